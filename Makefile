@@ -1,0 +1,47 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create the virtualenv .venv through `make setup` when it is missing or stale.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= data/movielens
+RUNS   ?= runs
+
+.PHONY: setup demo test test-fast lint format lock clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed in the same pip call as everything else: an unpinned
+# torch pulled in by another package would download a multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import numpy, torch; assert numpy.__version__ < '2', numpy.__version__; print('venv ready: numpy', numpy.__version__, 'torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m seminar.demo --data $(DATA) --runs $(RUNS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock:
+	rm -rf /tmp/seminar-lock && $(PYTHON) -m venv /tmp/seminar-lock
+	/tmp/seminar-lock/bin/pip install --quiet torch==2.13.0 -e .
+	/tmp/seminar-lock/bin/pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) data runs *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,51 @@
+"""`seminar`: one console command, sub-commands in data-flow order.
+
+Each area owns its commands in its own `cli.py`; this file only mounts them. Those modules
+import heavy libraries (torch, tritonclient, grpc) inside the command bodies so that
+`seminar --help` stays instant.
+"""
+
+import typer
+
+from seminar.build import cli as build_cli
+from seminar.clients import cli as clients_cli
+from seminar.data import cli as data_cli
+from seminar.pq import cli as pq_cli
+from seminar.serving import cli as serving_cli
+from seminar.training import cli as training_cli
+
+app = typer.Typer(
+    name="seminar",
+    help=(
+        "SEMINAR lifelong-sequence recommender: prepare data, train, build a Triton model "
+        "repository, serve it, and roll it out behind an A/B gateway."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+bench_app = typer.Typer(
+    help="Benchmarks: each prints a markdown table and writes it under reports/.",
+    no_args_is_help=True,
+)
+
+# data -> training -> PQ -> build -> serving -> clients
+app.add_typer(data_cli.app, name="data")
+app.command("train")(training_cli.train)
+app.command("evaluate")(training_cli.evaluate)
+app.command("score")(training_cli.score)
+bench_app.command("quality")(training_cli.bench_quality)
+bench_app.command("pq")(pq_cli.bench_pq)
+app.command("build")(build_cli.build)
+app.command("serve")(serving_cli.serve)
+bench_app.command("serving")(serving_cli.bench_serving)
+app.command("gateway")(clients_cli.gateway)
+app.add_typer(clients_cli.client_app, name="client")
+app.command("load")(clients_cli.load)
+app.command("perf")(clients_cli.perf)
+app.command("observe")(clients_cli.observe)
+app.add_typer(bench_app, name="bench")
+
+if __name__ == "__main__":
+    app()

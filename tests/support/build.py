@@ -1,0 +1,1 @@
+"""Fixtures for the build tests (owned by that area)."""

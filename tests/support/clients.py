@@ -1,0 +1,1 @@
+"""Fixtures for the clients tests (owned by that area)."""

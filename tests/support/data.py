@@ -1,0 +1,1 @@
+"""Fixtures for the data tests (owned by that area)."""

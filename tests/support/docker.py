@@ -1,0 +1,1 @@
+"""Fixtures for the docker tests (owned by that area)."""

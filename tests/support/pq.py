@@ -1,0 +1,1 @@
+"""Fixtures for the pq tests (owned by that area)."""

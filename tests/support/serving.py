@@ -1,0 +1,1 @@
+"""Fixtures for the serving tests (owned by that area)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the training tests (owned by that area)."""
