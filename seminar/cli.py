@@ -32,6 +32,7 @@ bench_app = typer.Typer(
 
 # data -> training -> PQ -> build -> serving -> clients
 app.add_typer(data_cli.app, name="data")
+bench_app.command("synthetic")(data_cli.bench_synthetic)
 app.command("train")(training_cli.train)
 app.command("evaluate")(training_cli.evaluate)
 app.command("score")(training_cli.score)
