@@ -1,9 +1,191 @@
-"""`seminar build` (owned by build/). Placeholder."""
+"""`seminar build`: a trained run -> a new numbered version of the Triton model repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from seminar import constants as C
 
-def build() -> None:
-    """Export a trained run into a new numbered version of the Triton model repository."""
-    typer.echo("not implemented yet", err=True)
-    raise typer.Exit(code=2)
+
+class RunError(ValueError):
+    """The run directory cannot be loaded; the message names the file or field."""
+
+
+def _data_dir_of(run: Path, config: dict) -> Path | None:
+    """The prepared dataset the run was trained on, as recorded in its config.json."""
+    for section in (config, config.get("training", {}), config.get("data", {})):
+        if not isinstance(section, dict):
+            continue
+        for key in ("data_dir", "data", "dataset", "path"):
+            value = section.get(key)
+            if isinstance(value, str) and value:
+                path = Path(value)
+                return (
+                    path if path.is_absolute() else (run / path if (run / path).exists() else path)
+                )
+    return None
+
+
+def load_run(run: Path):
+    """(model, model_config, run config dict) from RUN/config.json + checkpoint.safetensors."""
+    from seminar.model.config import ModelConfig
+    from seminar.model.seminar import SeminarModel
+
+    config_path, ckpt = run / "config.json", run / "checkpoint.safetensors"
+    for path in (config_path, ckpt):
+        if not path.is_file():
+            raise RunError(f"{path}: missing (train a run with `seminar train` first)")
+    try:
+        config = json.loads(config_path.read_text())
+        model_config = ModelConfig.from_dict(config["model"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{config_path}: no valid `model` section ({exc})") from exc
+    try:
+        from safetensors.torch import load_file
+
+        model = SeminarModel(model_config)
+        model.load_state_dict(load_file(str(ckpt)))
+    except (RuntimeError, OSError) as exc:
+        raise RunError(f"{ckpt}: does not match the model in {config_path.name} ({exc})") from exc
+    return model.eval(), model_config, config
+
+
+def _summary(summary, console) -> None:
+    from rich.table import Table
+    from seminar.build import pipeline as P
+
+    table = Table(title=f"{summary.repo} version {summary.version} ({summary.target.value})")
+    for col in ("model", "artifact", "parity cases", "max abs diff", "polygraphy", "bytes"):
+        table.add_column(col, justify="right" if col in ("bytes", "parity cases") else "left")
+    for name in P.COMPOSING_MODELS:
+        res = summary.exports.get(name)
+        kind = "ONNX" if summary.target is P.Target.CPU else "TensorRT plan + ONNX"
+        table.add_row(
+            name,
+            kind if res else ("pq artifacts" if name == C.PQ_RETRIEVAL_MODEL else "id maps"),
+            str(len(res.cases)) if res else "-",
+            f"{res.max_abs_diff:.2e}" if res else "-",
+            res.polygraphy if res else "-",
+            f"{summary.files[name]:,}",
+        )
+    console.print(table)
+    console.print(
+        f"ensembles: {P.pinned_ensemble_name(summary.version)} (A/B handle), "
+        f"{C.ENSEMBLE_MODEL} (pinned to the newest version); {summary.seconds:.1f} s"
+    )
+
+
+def build(
+    run: Annotated[
+        Path, typer.Option(help="Trained run directory (checkpoint.safetensors + config.json).")
+    ],
+    version: Annotated[int, typer.Option(min=1, help="Version number to write for every model.")],
+    target: Annotated[
+        str,
+        typer.Option(
+            help="cpu: Python backend + ONNX Runtime, KIND_CPU. gpu: TensorRT plans, KIND_GPU."
+        ),
+    ] = C.TARGET_CPU,
+    repo: Annotated[
+        Path, typer.Option(help="Triton model repository to add the version to.")
+    ] = Path("model_repository"),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Prepared dataset (default: the one recorded in RUN/config.json)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the version if it already exists.")] = False,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="max_batch_size (candidate rows) and TensorRT profile max.")
+    ] = 1024,
+    execution_env: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write EXECUTION_ENV_PATH=DIR for the Python models (default: the stub finds the venv on PATH)."
+        ),
+    ] = None,
+    polygraphy: Annotated[
+        bool, typer.Option(help="Run `polygraphy run --onnxrt` on each graph.")
+    ] = True,
+) -> None:
+    """Export a trained run into a new numbered version of the Triton model repository.
+
+    Writes version N of features, query_encoder, item_encoder, pq_retrieval, ranking_head,
+    the pinned ensemble seminar_vN (an A/B arm handle) and the contract ensemble `seminar`
+    (re-pinned to the newest version). The graphs must match PyTorch within 1e-4 on real and
+    random inputs or nothing is written; the version appears atomically.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        from seminar.build import pipeline as P
+
+        try:
+            tgt = P.Target(target)
+        except ValueError:
+            raise RunError(f"--target must be cpu or gpu, got {target!r}") from None
+        if tgt is P.Target.GPU:
+            # Fail fast, before loading anything or touching the repository.
+            from seminar.build import tensorrt as TRT
+
+            reason = TRT.unavailable_reason()
+            if reason:
+                typer.echo(f"error: {reason}", err=True)
+                raise typer.Exit(code=2)
+        _build(run, version, tgt, repo, data, force, max_batch, execution_env, polygraphy, console)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        from seminar.build.artifacts import ArtifactError
+        from seminar.build.builder import BuildError
+        from seminar.build.export import ExportError
+        from seminar.build.repository import ConfigError
+
+        if isinstance(
+            exc, RunError | BuildError | ExportError | ConfigError | ArtifactError | ValueError
+        ):
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        raise
+
+
+def _build(run, version, target, repo, data, force, max_batch, execution_env, polygraphy, console):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from seminar.build import builder as B
+    from seminar.build import export as E
+    from seminar.build import pipeline as P
+    from seminar.build import repository as R
+
+    serving = R.ServingConfig(
+        max_batch_size=max_batch,
+        preferred_batch_sizes=tuple(b for b in (128, 256, 512) if b <= max_batch) or (max_batch,),
+        execution_env=str(execution_env.resolve()) if execution_env else None,
+    )
+    request = B.BuildRequest(
+        repo=repo,
+        version=version,
+        target=target,
+        force=force,
+        serving=serving,
+        export=E.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
+    )
+    model, model_config, run_config = load_run(run)
+    dims = P.PipelineDims.from_model_config(model_config)
+    data_dir = data or _data_dir_of(run, run_config)
+    if data_dir is None:
+        raise RunError(f"{run / 'config.json'}: records no dataset path; pass --data DATA")
+    if not (data_dir / "arrays").is_dir():
+        raise RunError(f"{data_dir}: not a prepared dataset (no arrays/); pass --data DATA")
+    inputs = B.BuildInputs(model, dims, data_dir, run_dir=run, run_config=run_config)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("preflight", total=None)
+        summary = B.build_version(
+            request, inputs, lambda msg: progress.update(task, description=msg)
+        )
+    _summary(summary, console)

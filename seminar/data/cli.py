@@ -1,13 +1,188 @@
-"""`seminar data ...` (owned by the data pipeline)."""
+"""`seminar data ...` and `seminar bench synthetic` (owned by the data pipeline).
+
+Heavy imports (pyarrow, torch through MiniLM) happen inside the command bodies so that
+`seminar --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="Prepare datasets into the canonical layout (docs/data.md).", no_args_is_help=True)
-prepare_app = typer.Typer(help="Turn a source into a prepared dataset directory.", no_args_is_help=True)
+app = typer.Typer(
+    help="Prepare datasets into the canonical layout (docs/data.md, docs/design.md section 1).",
+    no_args_is_help=True,
+)
+prepare_app = typer.Typer(
+    help=(
+        "Turn a source into a prepared dataset directory: sequence arrays, evaluation splits "
+        "(last positive = test, the one before = validation, 99 seeded negatives), query "
+        "vocabulary and frozen MiniLM text features. The directory appears only when complete."
+    ),
+    no_args_is_help=True,
+)
 app.add_typer(prepare_app, name="prepare")
 
+OutOption = Annotated[
+    Path,
+    typer.Option("--out", help="Prepared dataset directory to create (replaced if it is one)."),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the statistics as one JSON object instead of a table.")
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of the sampled evaluation negatives.")]
+NegativesOption = Annotated[
+    int, typer.Option(help="Negatives per evaluated user and split (items never interacted with).")
+]
 
-def bench_synthetic() -> None:
-    """Synthetic generator throughput and peak memory for 1M events; writes reports/synthetic.*."""
-    typer.echo("not implemented yet", err=True)
-    raise typer.Exit(code=2)
+
+def _run(job: Callable[[], Any], as_json: bool, title: str) -> None:
+    """Run a prepare job; a DataError becomes one line on stderr and exit code 2."""
+    from seminar.data.errors import DataError
+
+    try:
+        stats = job()
+    except (DataError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    _print_stats(stats.to_dict(), as_json, title)
+
+
+def _print_stats(stats: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(stats))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else f"{value:,}")
+    Console().print(table)
+
+
+def _config(seed: int, negatives: int, progress: bool) -> Any:
+    from seminar.data.prepare import PrepareConfig
+
+    return PrepareConfig(seed=seed, negatives=negatives, progress=progress)
+
+
+@prepare_app.command("movielens")
+def prepare_movielens(
+    source: Annotated[
+        Path,
+        typer.Option(help="ml-latest-small directory (ratings.csv, tags.csv, movies.csv)."),
+    ] = Path("datasets/movielens/ml-latest-small"),
+    out: OutOption = Path("data/movielens"),
+    seed: SeedOption = 0,
+    negatives: NegativesOption = 99,
+    as_json: JsonOption = False,
+) -> None:
+    """MovieLens: ratings -> rec events (positive = rating >= 4.0), tags -> search events.
+
+    Item text is "title | genres"; attributes are genre=<g> and decade=<1990s> (from the title).
+    """
+    from seminar.data.movielens import prepare_movielens as run
+
+    _run(lambda: run(source, out, _config(seed, negatives, not as_json)), as_json, "MovieLens")
+
+
+@prepare_app.command("events")
+def prepare_events(
+    events: Annotated[
+        Path, typer.Option(help="Event log, Parquet in the canonical schema (docs/data.md).")
+    ],
+    items: Annotated[
+        Path, typer.Option(help="Item catalog, Parquet in the canonical schema (docs/data.md).")
+    ],
+    out: OutOption,
+    name: Annotated[str, typer.Option(help="Dataset name recorded in meta.json.")] = "events",
+    seed: SeedOption = 0,
+    negatives: NegativesOption = 99,
+    as_json: JsonOption = False,
+) -> None:
+    """Your own logs: canonical events.parquet + items.parquet -> prepared dataset.
+
+    Positive = label 1. Bad input (missing or mistyped columns, empty files, unknown or
+    duplicate item ids, non-UTF-8 text) exits with code 2 and names the file and column.
+    """
+    from seminar.data.events import prepare_events as run
+
+    _run(
+        lambda: run(events, items, out, name, _config(seed, negatives, not as_json)),
+        as_json,
+        name,
+    )
+
+
+@prepare_app.command("synthetic")
+def prepare_synthetic(
+    out: OutOption,
+    users: Annotated[int, typer.Option(help="Number of synthetic users.")] = 1000,
+    events_per_user: Annotated[
+        int, typer.Option(help="Mean events per user (lengths vary, see --length-spread).")
+    ] = 200,
+    items: Annotated[int, typer.Option(help="Catalog size.")] = 2000,
+    topics: Annotated[int, typer.Option(help="Latent topics planted in items and users.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the generator and the negatives.")] = 0,
+    length_spread: Annotated[
+        float, typer.Option(help="Log-normal sigma of per-user lengths; 0 = exactly the mean.")
+    ] = 0.5,
+    image_dim: Annotated[
+        int, typer.Option(help="Synthetic image embedding size (noisy topic vector); 0 = none.")
+    ] = 32,
+    as_json: JsonOption = False,
+) -> None:
+    """SYNTHETIC lifelong logs with planted topics (truth stored in meta.json / planted/).
+
+    Items get a topic, text from that topic's vocabulary, topic-correlated attributes and a
+    synthetic image vector; users get a topic mixture; search and rec events interleave and
+    labels follow interest. Streams to disk in bounded memory.
+    """
+    from seminar.data.synthetic import SyntheticConfig
+    from seminar.data.synthetic import prepare_synthetic as run
+
+    def job() -> Any:
+        config = SyntheticConfig(
+            users=users,
+            events_per_user=events_per_user,
+            items=items,
+            topics=topics,
+            seed=seed,
+            length_spread=length_spread,
+            image_dim=image_dim,
+        )
+        return run(config, out, _config(seed, 99, not as_json))
+
+    _run(job, as_json, "SYNTHETIC")
+
+
+def bench_synthetic(
+    events: Annotated[
+        list[int], typer.Option(help="Total events per run (repeat the option for a sweep).")
+    ] = [100_000, 1_000_000],  # noqa: B006 - typer needs a literal default
+    events_per_user: Annotated[int, typer.Option(help="Mean events per user.")] = 1000,
+    items: Annotated[int, typer.Option(help="Catalog size.")] = 10_000,
+    topics: Annotated[int, typer.Option(help="Latent topics.")] = 50,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    reports: Annotated[Path, typer.Option(help="Where synthetic.md / .json go.")] = Path("reports"),
+) -> None:
+    """Synthetic generator throughput (events/s) and peak RSS, e.g. for 1M events.
+
+    Each run prepares a SYNTHETIC dataset (events, arrays, splits; no MiniLM, which is timed
+    by the prepare commands) in a fresh process and is deleted afterwards. Prints a markdown
+    table and writes reports/synthetic.md and reports/synthetic.json.
+    """
+    from seminar.data.bench import run_bench
+
+    try:
+        run_bench(events, events_per_user, items, topics, seed, reports)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None

@@ -1,0 +1,35 @@
+"""Multi-modal product quantization for the GSU (spec: "Approximate retrieval").
+
+Core (plain arrays and tensors, no model needed): `train_codebooks`, `build_sequence_store`,
+`seminar.pq.adc` (torch ADC), `seminar.pq.faiss_scan` (faiss fast path),
+`seminar.pq.triton_kernel` (fused GPU kernel), `PQRetriever`.
+Adapters to a trained model: `build_pq_retriever`, `save_pq_artifacts`, `load_pq_retriever`.
+
+Names resolve lazily so that mounting `seminar.pq.cli` keeps `seminar --help` free of torch.
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "build_pq_retriever": "seminar.pq.artifacts",
+    "load_pq_retriever": "seminar.pq.artifacts",
+    "save_pq_artifacts": "seminar.pq.artifacts",
+    "save_retriever": "seminar.pq.artifacts",
+    "Codebooks": "seminar.pq.codebooks",
+    "train_codebooks": "seminar.pq.codebooks",
+    "PQConfig": "seminar.pq.config",
+    "ScoringBackend": "seminar.pq.config",
+    "PQError": "seminar.pq.errors",
+    "PQRetriever": "seminar.pq.retriever",
+    "SequenceStore": "seminar.pq.store",
+    "build_sequence_store": "seminar.pq.store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'seminar.pq' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -1,1 +1,181 @@
-"""Fixtures for the clients tests (owned by that area)."""
+"""Fixtures for the clients tests: a real `seminar gateway` process in front of the real Triton.
+
+    def test_x(gateway):            # session-scoped, two arms 50/50, no shadow
+        rank_via_gateway(gateway.address, "1", "", [1, 2, 3])
+
+    def test_y(start_gateway):      # function-scoped factory for tests that change the config
+        gw = start_gateway(weights=(50, 50), shadow=("shadow", "seminar_v1", 1))
+
+Arms come from the models the `triton` fixture has loaded (docs/design.md section 5): two
+pinned ensembles `seminar_vN` when the repository holds two builds, else `seminar_vN` and the
+contract ensemble `seminar` at the same version (same scores, distinct arm labels).
+Tests that need the serving chain skip, naming the missing fixture, until it exists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from seminar.clients.config import Arm, ExperimentConfig, Limits, write_config
+from seminar.clients.process import GatewayProcess
+from seminar.clients.workload import RankCall
+
+from seminar.constants import ENSEMBLE_MODEL
+
+_PINNED = re.compile(r"^seminar_v(\d+)$")
+TEST_LIMITS = Limits(max_candidates=200, max_query_bytes=64, deadline_ms=2000)
+
+
+def require_fixture(request: pytest.FixtureRequest, name: str) -> object:
+    """The fixture's value, or a skip naming the fixture that is not defined yet."""
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError as err:
+        pytest.skip(
+            f"needs the `{err.argname}` fixture (tests/support/, docs/design.md section 6), "
+            "which is not defined yet"
+        )
+
+
+def serving_arms(triton: object) -> tuple[Arm, Arm]:
+    """Two arms over READY models of the running Triton."""
+    ready: dict[str, list[int]] = {}
+    for entry in triton.repository_index():  # type: ignore[attr-defined]
+        if entry.get("state") == "READY" and entry.get("version", "").isdecimal():
+            ready.setdefault(entry["name"], []).append(int(entry["version"]))
+    pinned = sorted(
+        (int(m.group(1)), name)
+        for name in ready
+        if (m := _PINNED.match(name)) and int(m.group(1)) in ready[name]
+    )
+    if len(pinned) >= 2:
+        (va, a), (vb, b) = pinned[0], pinned[-1]
+        return Arm("control", a, va, 50), Arm("treatment", b, vb, 50)
+    if pinned and pinned[0][0] in ready.get(ENSEMBLE_MODEL, []):
+        v, a = pinned[0]
+        return Arm("control", a, v, 50), Arm("treatment", ENSEMBLE_MODEL, v, 50)
+    pytest.skip(f"Triton has no two servable arms (READY models: {sorted(ready)})")
+
+
+@dataclass
+class RunningGateway:
+    process: GatewayProcess
+    config: ExperimentConfig
+    triton_url: str
+
+    @property
+    def address(self) -> str:
+        return self.process.address
+
+    @property
+    def metrics_url(self) -> str:
+        return self.process.metrics_url
+
+    @property
+    def config_path(self) -> Path:
+        return self.process.config_path
+
+    def write_config(self, config: ExperimentConfig) -> None:
+        write_config(config, self.config_path)
+        self.config = config
+
+
+def make_config(
+    arms: tuple[Arm, Arm],
+    weights: tuple[float, float] = (50, 50),
+    shadow: Arm | None = None,
+    salt: str = "test-salt",
+    limits: Limits = TEST_LIMITS,
+) -> ExperimentConfig:
+    a, b = arms
+    return ExperimentConfig(
+        salt=salt,
+        arms=(
+            Arm(a.name, a.model, a.version, weights[0]),
+            Arm(b.name, b.model, b.version, weights[1]),
+        ),
+        shadow=shadow,
+        limits=limits,
+    )
+
+
+def _start(
+    config: ExperimentConfig, triton_url: str, catalog: Path, folder: Path
+) -> RunningGateway:
+    path = folder / "ab.yaml"
+    write_config(config, path)
+    process = GatewayProcess(path, triton_url, catalog=catalog, log_path=folder / "gateway.log")
+    process.start()
+    return RunningGateway(process, config, triton_url)
+
+
+@pytest.fixture(scope="session")
+def gateway_arms(request: pytest.FixtureRequest) -> tuple[Arm, Arm]:
+    return serving_arms(require_fixture(request, "triton"))
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    request: pytest.FixtureRequest,
+    gateway_arms: tuple[Arm, Arm],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningGateway]:
+    """A real gateway process in front of `triton`: arms 50/50, catalog = the model repository."""
+    triton = require_fixture(request, "triton")
+    gw = _start(
+        make_config(gateway_arms),
+        triton.grpc_url,  # type: ignore[attr-defined]
+        triton.repo,  # type: ignore[attr-defined]
+        tmp_path_factory.mktemp("gateway"),
+    )
+    try:
+        yield gw
+    finally:
+        gw.process.stop()
+
+
+@pytest.fixture
+def start_gateway(
+    request: pytest.FixtureRequest,
+    gateway_arms: tuple[Arm, Arm],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., RunningGateway]]:
+    """Factory: start more gateways (own config file) in front of `triton` or another server."""
+    started: list[RunningGateway] = []
+    triton = require_fixture(request, "triton")
+
+    def start(
+        weights: tuple[float, float] = (50, 50),
+        shadow: Arm | None = None,
+        triton_url: str | None = None,
+        limits: Limits = TEST_LIMITS,
+    ) -> RunningGateway:
+        config = make_config(gateway_arms, weights, shadow, limits=limits)
+        gw = _start(
+            config,
+            triton_url or triton.grpc_url,  # type: ignore[attr-defined]
+            triton.repo,  # type: ignore[attr-defined]
+            tmp_path_factory.mktemp("gateway"),
+        )
+        started.append(gw)
+        return gw
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            gw.process.stop()
+
+
+@pytest.fixture(scope="session")
+def real_calls(request: pytest.FixtureRequest) -> list[RankCall]:
+    """Real requests: evaluated MovieLens users with their real test candidate sets."""
+    from seminar.clients.workload import load_workload
+
+    data = require_fixture(request, "movielens_data")
+    root = getattr(data, "path", data)
+    return load_workload(Path(root), candidates=100, limit=64)  # type: ignore[arg-type]

@@ -1,0 +1,66 @@
+"""Triton Python model for an exported graph on the cpu target (query_encoder, item_encoder,
+ranking_head): runs this version's ONNX file with `seminar.serving.onnx_runner.OnnxRunner`.
+
+The rows of every request in the batch go through one ONNX Runtime call (dynamic batching
+merges candidate rows of many users), then are split back, one response per request.
+"""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from seminar.build import pipeline as P
+
+from seminar.serving.backend import (
+    BackendContext,
+    RequestError,
+    RowBatch,
+    check_numpy,
+    require_rows,
+    verify_manifest,
+)
+from seminar.serving.onnx_runner import OnnxRunner
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        check_numpy()
+        ctx = BackendContext.from_args(args)
+        verify_manifest(ctx.version_dir)
+        self.input_dtypes = ctx.tensor_dtypes("input")
+        self.input_dims = {t["name"]: tuple(int(d) for d in t["dims"]) for t in ctx.config["input"]}
+        self.runner = OnnxRunner(
+            ctx.artifact(P.PARAM_ONNX_FILE),
+            inputs=self.input_dtypes,
+            outputs=ctx.tensor_dtypes("output"),
+            intra_op_threads=ctx.int_parameter(P.PARAM_INTRA_OP_THREADS),
+        )
+
+    def _read(self, request) -> dict:
+        arrays = {}
+        for name, dtype in self.input_dtypes.items():
+            array = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            require_rows(name, array, dtype, self.input_dims[name])
+            arrays[name] = array
+        return arrays
+
+    def execute(self, requests: list) -> list:
+        per_request, errors = [], {}
+        for r, request in enumerate(requests):
+            try:
+                per_request.append(self._read(request))
+            except RequestError as e:
+                per_request.append(None)
+                errors[r] = e
+        batch = RowBatch.concat(per_request)
+        outputs = self.runner.run(batch.arrays) if batch.rows else {}
+        responses = []
+        for r in range(len(requests)):
+            if r in errors:
+                error = pb_utils.TritonError(str(errors[r]), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(value))
+                for name, value in batch.split(outputs, r).items()
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses

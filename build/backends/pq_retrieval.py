@@ -1,0 +1,130 @@
+"""Triton Python model `pq_retrieval`: user_index, query_emb, item_emb -> topk_emb, topk_mask.
+
+Adapter only: `seminar.serving.retrieval.BatchRetrieval` groups the batch's rows by user and runs
+the PQ GSU of `seminar.pq` (ADC top-K over the user's stored codes, exact gather of the K
+winners). On a GPU instance the store lives in GPU memory and tensors move in and out through
+DLPack (`FORCE_CPU_ONLY_INPUT_TENSORS: no`); on the CPU they are zero-copy numpy views.
+
+Metrics on /metrics (families kept on self: the backend drops a family that is collected):
+rows scored, stored sequence length per (request, user), and the time of the top-K call.
+"""
+
+import time
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from seminar.build import pipeline as P
+from torch.utils import dlpack
+
+from seminar.serving.backend import (
+    BackendContext,
+    RequestError,
+    RowBatch,
+    check_numpy,
+    require_rows,
+    verify_manifest,
+)
+from seminar.serving.retrieval import BatchRetrieval
+
+_INPUTS = (P.USER_INDEX, P.QUERY_EMB, P.ITEM_EMB)
+_SEQ_BUCKETS = [0, 10, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
+_TIME_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        check_numpy()
+        ctx = BackendContext.from_args(args)
+        verify_manifest(ctx.version_dir)
+        device = ctx.parameter(P.PARAM_DEVICE)
+        if device == "cuda":
+            if not ctx.on_gpu or not torch.cuda.is_available():
+                raise RuntimeError(
+                    f"pq_retrieval: device 'cuda' needs a KIND_GPU instance and a CUDA GPU "
+                    f"(instance kind {ctx.instance_kind}, torch.cuda.is_available() = "
+                    f"{torch.cuda.is_available()})"
+                )
+            device = f"cuda:{ctx.device_id}"
+        elif device != "cpu":
+            raise RuntimeError(
+                f"pq_retrieval: parameter device must be cpu or cuda, got {device!r}"
+            )
+        self.retrieval = BatchRetrieval.load(
+            ctx.artifact(P.PARAM_PQ_DIR), device, ctx.int_parameter(P.PARAM_TOP_K)
+        )
+        self.input_dtypes = ctx.tensor_dtypes("input")
+        self.input_dims = {t["name"]: tuple(int(d) for d in t["dims"]) for t in ctx.config["input"]}
+        labels = {"model": ctx.model_name, "version": str(args["model_version"])}
+        self.rows_family = pb_utils.MetricFamily(
+            name="seminar_pq_rows_total",
+            description="Candidate rows scored by pq_retrieval",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.seq_family = pb_utils.MetricFamily(
+            name="seminar_pq_sequence_length",
+            description="Stored lifelong sequence length of each user served (0 = cold start)",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self.time_family = pb_utils.MetricFamily(
+            name="seminar_pq_topk_seconds",
+            description="Time of one batch's PQ top-K + exact gather, in seconds",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self.rows_metric = self.rows_family.Metric(labels=labels)
+        self.seq_metric = self.seq_family.Metric(labels=labels, buckets=_SEQ_BUCKETS)
+        self.time_metric = self.time_family.Metric(labels=labels, buckets=_TIME_BUCKETS)
+
+    def _read(self, request) -> dict:
+        tensors = {}
+        for name in _INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            value = (
+                torch.from_numpy(tensor.as_numpy())
+                if tensor.is_cpu()
+                else dlpack.from_dlpack(tensor.to_dlpack())
+            )
+            require_rows(name, value, self.input_dtypes[name], self.input_dims[name])
+            tensors[name] = value
+        users = tensors[P.USER_INDEX].reshape(-1)  # (B, 1) -> (B,)
+        self.retrieval.check_users(users.cpu().numpy())
+        tensors[P.USER_INDEX] = users
+        return tensors
+
+    def execute(self, requests: list) -> list:
+        per_request, errors = [], {}
+        for r, request in enumerate(requests):
+            try:
+                per_request.append(self._read(request))
+            except RequestError as e:
+                per_request.append(None)
+                errors[r] = e
+        batch = RowBatch.concat(per_request)
+        outputs = {}
+        if batch.rows:
+            started = time.perf_counter()
+            topk_emb, topk_mask = self.retrieval(*(batch.arrays[n] for n in _INPUTS))
+            self.time_metric.observe(time.perf_counter() - started)
+            self.rows_metric.increment(batch.rows)
+            for tensors in filter(None, per_request):
+                for length in self.retrieval.sequence_lengths(
+                    np.unique(tensors[P.USER_INDEX].cpu().numpy())
+                ):
+                    self.seq_metric.observe(float(length))
+            outputs = {P.TOPK_EMB: topk_emb, P.TOPK_MASK: topk_mask}
+        responses = []
+        for r in range(len(requests)):
+            if r in errors:
+                error = pb_utils.TritonError(str(errors[r]), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            tensors = [_to_triton(name, value) for name, value in batch.split(outputs, r).items()]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+
+def _to_triton(name: str, value: torch.Tensor):
+    value = value.contiguous()
+    if value.is_cuda:
+        return pb_utils.Tensor.from_dlpack(name, dlpack.to_dlpack(value))
+    return pb_utils.Tensor(name, value.numpy())

@@ -1,0 +1,408 @@
+"""One build = one new numbered version of every model in a Triton model repository.
+
+Steps (docs/design.md sections 3, 5, 7):
+  preflight   target available? version free (or --force)? same D/H/K/T and target as the
+              versions already there? Nothing is written before these pass.
+  stage       in a temp dir beside the repository: export + parity-gate the graphs, (gpu)
+              TensorRT engines + trtexec.sh, features maps, PQ artifacts, backend sources,
+              manifests, every config.pbtxt (validated against the graphs), model card.
+  commit      rename the staged version dirs into the repository, the pinned ensemble
+              `seminar_vN` (whose build.json marks the version complete) last.
+An exception anywhere before commit removes the staging dir: the repository is untouched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seminar.build import artifacts as A
+from seminar.build import export as E
+from seminar.build import pipeline as P
+from seminar.build import repository as R
+from seminar.build import tensorrt as TRT
+from torch import nn
+
+from seminar import constants as C
+
+BUILD_INFO_FILE = "build.json"
+MODEL_CARD_FILE = "model_card.md"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class BuildError(RuntimeError):
+    """The build cannot proceed; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    repo: Path
+    version: int
+    target: P.Target = P.Target.CPU
+    force: bool = False
+    serving: R.ServingConfig = field(default_factory=R.ServingConfig)
+    export: E.ExportConfig = field(default_factory=E.ExportConfig)
+    opt_batch: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.version, int) or self.version < 1:
+            raise ValueError(f"BuildRequest.version must be a positive int, got {self.version!r}")
+        if not isinstance(self.target, P.Target):
+            raise ValueError(f"BuildRequest.target must be a Target, got {self.target!r}")
+        if self.export.max_batch < self.serving.max_batch_size:
+            raise ValueError("BuildRequest.export.max_batch must be >= serving.max_batch_size")
+
+    @property
+    def profile(self) -> TRT.Profile:
+        return TRT.Profile(
+            1, min(self.opt_batch, self.serving.max_batch_size), self.serving.max_batch_size
+        )
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build reads: the trained model, its sizes, the prepared dataset, the run."""
+
+    model: nn.Module
+    dims: P.PipelineDims
+    data_dir: Path
+    run_dir: Path | None = None
+    # Writes the pq_retrieval artifacts into the given (empty) dir; seminar.pq by default.
+    write_pq: Callable[[Path], None] | None = None
+    pq_config: object | None = None  # seminar.pq.PQConfig; its defaults when None
+    run_config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    version: int
+    target: P.Target
+    repo: Path
+    exports: dict[str, E.ExportResult]
+    files: dict[str, int]  # model -> bytes written in its version dir
+    seconds: float
+
+
+Progress = Callable[[str], None]
+
+
+def _version_dirs(repo: Path, version: int) -> list[Path]:
+    models = [*P.COMPOSING_MODELS, C.ENSEMBLE_MODEL]
+    dirs = [repo / m / str(version) for m in models]
+    dirs.append(repo / P.pinned_ensemble_name(version))
+    return [d for d in dirs if d.exists()]
+
+
+def existing_versions(repo: Path) -> list[int]:
+    """Complete versions in the repository (those whose pinned ensemble has build.json)."""
+    out = []
+    for d in repo.glob(f"{C.ENSEMBLE_MODEL}_v*") if repo.is_dir() else []:
+        suffix = d.name.removeprefix(f"{C.ENSEMBLE_MODEL}_v")
+        if suffix.isdigit() and (d / suffix / BUILD_INFO_FILE).is_file():
+            out.append(int(suffix))
+    return sorted(out)
+
+
+def preflight(request: BuildRequest, dims: P.PipelineDims) -> None:
+    """Every check that can refuse the build, before anything is written."""
+    if request.target is P.Target.GPU:
+        reason = TRT.unavailable_reason()
+        if reason:
+            raise BuildError(reason)
+    repo = request.repo
+    if repo.exists() and not repo.is_dir():
+        raise BuildError(f"{repo}: exists and is not a directory")
+    present = _version_dirs(repo, request.version)
+    if present and not request.force:
+        complete = request.version in existing_versions(repo)
+        what = "exists" if complete else "is partly present (an interrupted build?)"
+        raise BuildError(
+            f"version {request.version} {what} in {repo} ({present[0].name}/...); "
+            "pass --force to replace it or choose another --version"
+        )
+    specs = P.model_specs(dims)
+    for name in P.COMPOSING_MODELS:
+        path = repo / name / R.CONFIG_FILE
+        if not path.is_file():
+            continue
+        config = R.parse_config(path)
+        if R.config_target(config) is not request.target:
+            raise BuildError(
+                f"{path}: existing versions were built for --target "
+                f"{R.config_target(config).value}, this build is --target {request.target.value}; "
+                "use another --repo"
+            )
+        mismatch = R.tensor_mismatch(config, specs[name])
+        if mismatch:
+            raise BuildError(
+                f"{path}: the checkpoint does not match the versions already in {repo} "
+                f"(D={dims.d}, H={dims.h}, K={dims.k}, T={dims.t}; {mismatch}); use another --repo"
+            )
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
+def _copy_backend(source: str, version_dir: Path) -> None:
+    src = P.BACKENDS_DIR / source
+    if not src.is_file():
+        raise BuildError(f"{src}: backend source missing (build/backends/ is the serving area's)")
+    shutil.copyfile(src, version_dir / P.PYTHON_FILE)
+
+
+def _default_write_pq(inputs: BuildInputs) -> Callable[[Path], None]:
+    def write(out_dir: Path) -> None:
+        from seminar.data.dataset import PreparedDataset
+        from seminar.pq import PQConfig, save_pq_artifacts
+
+        config = inputs.pq_config or PQConfig()
+        save_pq_artifacts(inputs.model, PreparedDataset.load(inputs.data_dir), out_dir, config)
+
+    return write
+
+
+def _reports_metrics(run_dir: Path | None) -> list[tuple[str, str]]:
+    """Metrics for the model card: the run's metrics.json, then reports/*.md titles."""
+    rows = []
+    if run_dir and (run_dir / "metrics.json").is_file():
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except ValueError:
+            metrics = {}
+        flat = metrics.get("test", metrics) if isinstance(metrics, dict) else {}
+        for key, value in flat.items():
+            if isinstance(value, int | float):
+                rows.append((str(key), f"{value:.4f}" if isinstance(value, float) else str(value)))
+    return rows
+
+
+def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
+    dims = inputs.dims
+    metrics = _reports_metrics(inputs.run_dir)
+    reports = sorted((REPO_ROOT / "reports").glob("*.md"))
+    lines = [
+        f"# SEMINAR model card: version {request.version} ({request.target.value})",
+        "",
+        f"- Built: {info['built_at']} from git revision `{info['git_revision']}`",
+        f"- Run: `{inputs.run_dir}`; data: `{inputs.data_dir}`",
+        f"- Sizes: D={dims.d}, H={dims.h} GSU heads, K={dims.k} events per head, T={dims.t} query tokens",
+        f"- Serve through `{C.ENSEMBLE_MODEL}` (newest build) or `{P.pinned_ensemble_name(request.version)}` "
+        f"version {request.version} (A/B arm handle).",
+        f"- Output `{C.OUTPUT_SCORE}` FP32 [1] per candidate row is a **logit** (not a probability): "
+        "apply a sigmoid for a click probability; ranking by logit and by probability agree.",
+        "- Unknown item ids map to the OOV embedding (index 1); users with no stored history are "
+        "scored from the query and item alone (cold start).",
+        "",
+        "## Data",
+        "",
+        f"{info.get('data', 'prepared dataset at ' + str(inputs.data_dir))}",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in metrics]]
+    else:
+        lines.append("No metrics.json in the run.")
+    if reports:
+        lines += ["", "Reports: " + ", ".join(f"`reports/{p.name}`" for p in reports)]
+    lines += ["", "## Export parity (PyTorch vs ONNX Runtime, max abs diff)", ""]
+    lines += ["| model | cases | max abs diff | polygraphy |", "|---|---|---|---|"]
+    for name, res in info["exports"].items():
+        lines.append(
+            f"| {name} | {res['cases']} | {res['max_abs_diff']:.2e} | {res['polygraphy']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _data_summary(data_dir: Path) -> str:
+    meta = data_dir / "meta.json"
+    if not meta.is_file():
+        return f"prepared dataset at `{data_dir}`"
+    try:
+        m = json.loads(meta.read_text())
+    except ValueError:
+        return f"prepared dataset at `{data_dir}` (meta.json unreadable)"
+    synthetic = " (synthetic)" if m.get("synthetic") else ""
+    stats = m.get("stats", {})
+    stats_txt = ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int | float))
+    return f"`{m.get('name', data_dir.name)}`{synthetic} from `{data_dir}`; {stats_txt}"
+
+
+def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: Progress) -> dict:
+    """Write the whole version into `staging` (same layout as the repository)."""
+    dims, n = inputs.dims, request.version
+    specs = P.model_specs(dims)
+    onnx_dir = staging / ".onnx"
+
+    real = A.real_parity_inputs(inputs.model, inputs.data_dir, dims)
+    bounds = A.index_bounds(inputs.data_dir)
+    exports = E.export_all(inputs.model, dims, onnx_dir, real, bounds, request.export, progress)
+
+    version_dirs = {name: staging / name / str(n) for name in P.COMPOSING_MODELS}
+    for d in version_dirs.values():
+        d.mkdir(parents=True)
+
+    for name in P.EXPORTED_MODELS:
+        vdir, onnx_path = version_dirs[name], exports[name].onnx_path
+        shutil.copyfile(onnx_path, vdir / P.ONNX_FILE)
+        if request.target is P.Target.GPU:
+            progress(f"tensorrt {name}")
+            plan = vdir / P.PLAN_FILE
+            TRT.write_trtexec_script(vdir / P.ONNX_FILE, plan, specs[name], request.profile)
+            TRT.build_engine(vdir / P.ONNX_FILE, plan, specs[name], request.profile)
+            TRT.engine_parity(vdir / P.ONNX_FILE, plan, specs[name])
+        else:
+            _copy_backend(specs[name].backend_source, vdir)
+
+    progress("features maps")
+    A.write_features(inputs.data_dir, version_dirs[P.FEATURES_MODEL], dims)
+    _copy_backend(specs[P.FEATURES_MODEL].backend_source, version_dirs[P.FEATURES_MODEL])
+
+    progress("pq artifacts")
+    pq_dir = version_dirs[C.PQ_RETRIEVAL_MODEL] / P.PQ_DIR
+    pq_dir.mkdir()
+    (inputs.write_pq or _default_write_pq(inputs))(pq_dir)
+    _copy_backend(specs[C.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[C.PQ_RETRIEVAL_MODEL])
+
+    progress("configs and manifests")
+    for name in P.COMPOSING_MODELS:
+        A.write_manifest(version_dirs[name])
+        path = staging / name / R.CONFIG_FILE
+        path.write_text(R.to_text(R.model_config(specs[name], request.target, request.serving)))
+        onnx_path = version_dirs[name] / P.ONNX_FILE if name in P.EXPORTED_MODELS else None
+        R.validate_config(path, specs[name], request.target, onnx_path, request.serving)
+
+    newest = max([n, *existing_versions(request.repo)])
+    for name, pin in ((P.pinned_ensemble_name(n), n), (C.ENSEMBLE_MODEL, newest)):
+        (staging / name / str(n)).mkdir(parents=True)
+        path = staging / name / R.CONFIG_FILE
+        path.write_text(R.to_text(R.ensemble_config(dims, name, pin, request.serving)))
+        R.validate_config(path, P.ensemble_spec(dims, name), request.target)
+
+    info = {
+        "version": n,
+        "target": request.target.value,
+        "dims": {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t},
+        "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_revision": git_revision(),
+        "run": str(inputs.run_dir) if inputs.run_dir else None,
+        "data": _data_summary(inputs.data_dir),
+        "serving": {
+            "max_batch_size": request.serving.max_batch_size,
+            "preferred_batch_sizes": list(request.serving.preferred_batch_sizes),
+            "max_queue_delay_us": request.serving.max_queue_delay_us,
+        },
+        "exports": {
+            name: {
+                "cases": len(res.cases),
+                "max_abs_diff": res.max_abs_diff,
+                "polygraphy": res.polygraphy,
+            }
+            for name, res in exports.items()
+        },
+    }
+    pinned_dir = staging / P.pinned_ensemble_name(n) / str(n)
+    (pinned_dir / MODEL_CARD_FILE).write_text(model_card(request, inputs, info))
+    # build.json is written last: its presence after commit marks the version complete.
+    (pinned_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(onnx_dir)
+    return {"exports": exports, "info": info}
+
+
+def commit(request: BuildRequest, staging: Path) -> None:
+    """Move the staged version into the repository (renames on one filesystem).
+
+    If a rename fails half-way, the ones already done are undone, so the repository holds
+    either the whole version or none of it. (A crash of the process itself between renames
+    leaves a version without seminar_vN/N/build.json: preflight reports it as partial.)
+    """
+    repo, n = request.repo, request.version
+    trash = staging / ".replaced"
+    trash.mkdir()
+    done: list[tuple[Path, Path, Path | None]] = []  # (src, dst, where the old dst went)
+
+    def move(src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        old = None
+        if dst.exists():  # --force: keep the old one aside until the commit succeeds
+            old = trash / f"{len(done)}-{dst.parent.name}-{dst.name}"
+            os.rename(dst, old)
+        done.append((src, dst, old))
+        os.rename(src, dst)
+
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+        for name in [*P.COMPOSING_MODELS, C.ENSEMBLE_MODEL]:
+            move(staging / name / str(n), repo / name / str(n))
+            move(staging / name / R.CONFIG_FILE, repo / name / R.CONFIG_FILE)
+        # The pinned ensemble (with build.json) goes last: until it lands the version is
+        # incomplete.
+        move(staging / P.pinned_ensemble_name(n), repo / P.pinned_ensemble_name(n))
+    except BaseException:
+        for src, dst, old in reversed(done):
+            if dst.exists():
+                os.rename(dst, src)
+            if old is not None:
+                os.rename(old, dst)
+        for _, dst, _ in done:  # model dirs this build created: gone again
+            if dst.parent.is_dir() and not any(dst.parent.iterdir()):
+                dst.parent.rmdir()
+        raise
+
+
+def build_version(
+    request: BuildRequest, inputs: BuildInputs, progress: Progress = lambda _msg: None
+) -> BuildSummary:
+    """Preflight, stage in a temp dir beside the repository, commit. Atomic per version."""
+    started = time.perf_counter()
+    preflight(request, inputs.dims)
+    parent = request.repo.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{request.repo.name}.v{request.version}.", dir=parent))
+    try:
+        staged = stage(request, inputs, staging, progress)
+        progress("commit")
+        commit(request, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = {
+        name: sum(
+            p.stat().st_size
+            for p in (request.repo / name / str(request.version)).rglob("*")
+            if p.is_file()
+        )
+        for name in P.COMPOSING_MODELS
+    }
+    return BuildSummary(
+        request.version,
+        request.target,
+        request.repo,
+        staged["exports"],
+        files,
+        time.perf_counter() - started,
+    )

@@ -1,0 +1,297 @@
+"""The serving pipeline, declared once: every Triton model of the `seminar` ensemble.
+
+docs/design.md section 3 draws the data flow; this module is its single machine-readable
+declaration. build/ generates every config.pbtxt from it, the backends in build/backends/ read
+their tensor names and `parameters` keys from it, and tests check the exported graphs and the
+generated configs against it. Contract names (`seminar`, `user_id`, `query`, `item_id`, `score`,
+model names) come from seminar.constants; the internal tensor names between steps live here.
+
+Shapes: the batch dimension is the candidate row everywhere (max_batch_size > 0), so every
+`dims` below is per row and excludes it. Letters: D hidden size, H GSU heads, K events kept per
+head, T query tokens.
+
+    features       user_id INT64[1], query BYTES[1], item_id INT64[1]
+                   -> user_index INT64[1], query_tokens INT64[T], item_index INT64[1]
+    query_encoder  query_tokens -> query_emb FP32[D]
+    item_encoder   item_index -> item_emb FP32[D]
+    pq_retrieval   user_index, query_emb, item_emb -> topk_emb FP32[H,K,D], topk_mask FP32[H,K]
+    ranking_head   query_emb, item_emb, topk_emb, topk_mask -> score FP32[1]  (a logit)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum, unique
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from seminar import constants as C
+
+BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
+
+# Internal tensor names (between ensemble steps; clients never see them).
+USER_INDEX = "user_index"  # INT64 [1]: dense user index of the sequence store, -1 = cold start
+QUERY_TOKENS = "query_tokens"  # INT64 [T]: token ids, right-padded with 0 (<pad>), 1 = <unk>
+ITEM_INDEX = "item_index"  # INT64 [1]: dense item index, 1 = OOV (unknown item id)
+QUERY_EMB = "query_emb"  # FP32 [D]
+ITEM_EMB = "item_emb"  # FP32 [D]
+TOPK_EMB = "topk_emb"  # FP32 [H, K, D]: exact pair embeddings of each head's top-K events
+TOPK_MASK = "topk_mask"  # FP32 [H, K]: 1 = real event, 0 = empty slot (short or cold history)
+
+COLD_START_USER_INDEX = -1
+OOV_ITEM_INDEX = 1
+
+# Model-config `parameters` keys read by the backends (values are strings in config.pbtxt).
+PARAM_EXECUTION_ENV = "EXECUTION_ENV_PATH"  # Python models: the venv the stub activates
+PARAM_FORCE_CPU_ONLY = "FORCE_CPU_ONLY_INPUT_TENSORS"  # pq_retrieval on gpu: "no" (DLPack)
+PARAM_ONNX_FILE = "onnx_file"  # cpu ONNX Runtime models: graph file in the version dir
+PARAM_INTRA_OP_THREADS = "intra_op_threads"  # cpu ONNX Runtime models
+PARAM_USER_IDS = "user_ids_file"  # features: int64 (U,) external user id of user index u
+PARAM_ITEM_IDS = "item_ids_file"  # features: int64 (I,) external item id of item index i + 2
+PARAM_TOKENS = "tokens_file"  # features: JSON list[str], token vocabulary (0 <pad>, 1 <unk>)
+PARAM_QUERY_LEN = "query_len"  # features: T
+PARAM_PQ_DIR = "pq_dir"  # pq_retrieval: folder (in the version dir) of save_pq_artifacts
+PARAM_DEVICE = "device"  # pq_retrieval: "cpu" or "cuda"
+PARAM_TOP_K = "top_k"  # pq_retrieval: K
+
+# Artifact file names inside a model's version directory.
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+PYTHON_FILE = "model.py"
+USER_IDS_FILE = "user_ids.npy"
+ITEM_IDS_FILE = "item_ids.npy"
+TOKENS_FILE = "tokens.json"
+PQ_DIR = "pq"
+MANIFEST_FILE = "manifest.json"
+TRTEXEC_FILE = "trtexec.sh"
+
+# Python-backend sources in build/backends/ (written by the serving area), copied to
+# <model>/<version>/model.py. The three exported graphs share one ONNX Runtime runner.
+FEATURES_SOURCE = "features.py"
+ONNX_RUNNER_SOURCE = "onnx_model.py"
+PQ_RETRIEVAL_SOURCE = "pq_retrieval.py"
+
+
+@unique
+class Target(StrEnum):
+    CPU = C.TARGET_CPU
+    GPU = C.TARGET_GPU
+
+
+@unique
+class DataType(Enum):
+    """Triton data types used by the pipeline, with their numpy and ONNX counterparts."""
+
+    INT64 = "TYPE_INT64"
+    FP32 = "TYPE_FP32"
+    BYTES = "TYPE_STRING"
+
+    @property
+    def numpy(self) -> np.dtype:
+        return {DataType.INT64: np.dtype(np.int64), DataType.FP32: np.dtype(np.float32)}.get(
+            self, np.dtype(np.object_)
+        )
+
+    @property
+    def triton(self) -> str:
+        """The name the Triton client APIs use ("INT64", "FP32", "BYTES")."""
+        return {DataType.INT64: "INT64", DataType.FP32: "FP32", DataType.BYTES: "BYTES"}[self]
+
+    @property
+    def onnx(self) -> int:
+        """onnx.TensorProto element type."""
+        return {DataType.INT64: 7, DataType.FP32: 1, DataType.BYTES: 8}[self]
+
+
+@unique
+class ModelKind(Enum):
+    EXPORTED = "exported"  # a torch module exported to ONNX (cpu) / a TensorRT engine (gpu)
+    PYTHON = "python"  # a Python-backend model.py from build/backends/
+    ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class PipelineDims:
+    """The model sizes every tensor shape of the pipeline is derived from."""
+
+    d: int  # hidden size D
+    h: int  # GSU heads H
+    k: int  # events kept per head K
+    t: int  # query tokens T
+
+    def __post_init__(self) -> None:
+        for name in ("d", "h", "k", "t"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"PipelineDims.{name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def from_model_config(cls, config: object, query_len: int | None = None) -> PipelineDims:
+        """Read D, H, K, T from the model's config object (seminar.model)."""
+
+        def first(*names: str) -> int:
+            for name in names:
+                if hasattr(config, name):
+                    return int(getattr(config, name))
+            raise ValueError(f"model config has none of the fields {names}")
+
+        return cls(
+            d=first("d", "hidden", "hidden_size", "d_model", "dim"),
+            h=first("h", "heads", "num_heads", "gsu_heads", "n_heads"),
+            k=first("k", "top_k", "topk", "gsu_k", "gsu_top_k"),
+            t=query_len if query_len is not None else first("t", "query_len", "max_query_len"),
+        )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: DataType
+    dims: tuple[int, ...]  # per row, batch excluded
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One Triton model of the pipeline."""
+
+    name: str
+    kind: ModelKind
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Python models: file in build/backends/ copied to <version>/model.py (cpu target for the
+    # exported models; None where the target serves an engine directly).
+    backend_source: str | None = None
+    # Static `parameters` of config.pbtxt (artifact names, knobs); the repository writer adds
+    # the execution environment and per-target keys.
+    parameters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    model: str
+    input_map: Mapping[str, str]  # the model's input name -> ensemble tensor name
+    output_map: Mapping[str, str]  # the model's output name -> ensemble tensor name
+
+
+def _t(name: str, dtype: DataType, *dims: int) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(dims))
+
+
+def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
+    """Every composing model of the ensemble, in data-flow order, keyed by model name."""
+    i64, f32 = DataType.INT64, DataType.FP32
+    query_emb, item_emb = _t(QUERY_EMB, f32, dims.d), _t(ITEM_EMB, f32, dims.d)
+    topk_emb = _t(TOPK_EMB, f32, dims.h, dims.k, dims.d)
+    topk_mask = _t(TOPK_MASK, f32, dims.h, dims.k)
+    onnx_params = MappingProxyType({PARAM_ONNX_FILE: ONNX_FILE, PARAM_INTRA_OP_THREADS: "1"})
+    specs = [
+        ModelSpec(
+            name=FEATURES_MODEL,
+            kind=ModelKind.PYTHON,
+            inputs=(
+                _t(C.INPUT_USER_ID, i64, 1),
+                _t(C.INPUT_QUERY, DataType.BYTES, 1),
+                _t(C.INPUT_ITEM_ID, i64, 1),
+            ),
+            outputs=(
+                _t(USER_INDEX, i64, 1),
+                _t(QUERY_TOKENS, i64, dims.t),
+                _t(ITEM_INDEX, i64, 1),
+            ),
+            backend_source=FEATURES_SOURCE,
+            parameters=MappingProxyType(
+                {
+                    PARAM_USER_IDS: USER_IDS_FILE,
+                    PARAM_ITEM_IDS: ITEM_IDS_FILE,
+                    PARAM_TOKENS: TOKENS_FILE,
+                    PARAM_QUERY_LEN: str(dims.t),
+                }
+            ),
+        ),
+        ModelSpec(
+            name=C.QUERY_ENCODER_MODEL,
+            kind=ModelKind.EXPORTED,
+            inputs=(_t(QUERY_TOKENS, i64, dims.t),),
+            outputs=(query_emb,),
+            backend_source=ONNX_RUNNER_SOURCE,
+            parameters=onnx_params,
+        ),
+        ModelSpec(
+            name=C.ITEM_ENCODER_MODEL,
+            kind=ModelKind.EXPORTED,
+            inputs=(_t(ITEM_INDEX, i64, 1),),
+            outputs=(item_emb,),
+            backend_source=ONNX_RUNNER_SOURCE,
+            parameters=onnx_params,
+        ),
+        ModelSpec(
+            name=C.PQ_RETRIEVAL_MODEL,
+            kind=ModelKind.PYTHON,
+            inputs=(_t(USER_INDEX, i64, 1), query_emb, item_emb),
+            outputs=(topk_emb, topk_mask),
+            backend_source=PQ_RETRIEVAL_SOURCE,
+            parameters=MappingProxyType({PARAM_PQ_DIR: PQ_DIR, PARAM_TOP_K: str(dims.k)}),
+        ),
+        ModelSpec(
+            name=C.RANKING_HEAD_MODEL,
+            kind=ModelKind.EXPORTED,
+            inputs=(query_emb, item_emb, topk_emb, topk_mask),
+            outputs=(_t(C.OUTPUT_SCORE, f32, 1),),
+            backend_source=ONNX_RUNNER_SOURCE,
+            parameters=onnx_params,
+        ),
+    ]
+    return {s.name: s for s in specs}
+
+
+FEATURES_MODEL = "features"
+COMPOSING_MODELS: tuple[str, ...] = (
+    FEATURES_MODEL,
+    C.QUERY_ENCODER_MODEL,
+    C.ITEM_ENCODER_MODEL,
+    C.PQ_RETRIEVAL_MODEL,
+    C.RANKING_HEAD_MODEL,
+)
+EXPORTED_MODELS: tuple[str, ...] = (
+    C.QUERY_ENCODER_MODEL,
+    C.ITEM_ENCODER_MODEL,
+    C.RANKING_HEAD_MODEL,
+)
+
+
+def ensemble_spec(dims: PipelineDims, name: str = C.ENSEMBLE_MODEL) -> ModelSpec:
+    """The contract ensemble (`seminar`) or a pinned one (`seminar_vN`): same tensors."""
+    specs = model_specs(dims)
+    return ModelSpec(
+        name=name,
+        kind=ModelKind.ENSEMBLE,
+        inputs=specs[FEATURES_MODEL].inputs,
+        outputs=specs[C.RANKING_HEAD_MODEL].outputs,
+    )
+
+
+def ensemble_steps() -> tuple[EnsembleStep, ...]:
+    """The ensemble's scheduling steps; internal tensors keep their names between steps."""
+    specs = model_specs(PipelineDims(d=1, h=1, k=1, t=1))  # names only; dims do not matter
+    return tuple(
+        EnsembleStep(
+            model=name,
+            input_map=MappingProxyType({t.name: t.name for t in specs[name].inputs}),
+            output_map=MappingProxyType({t.name: t.name for t in specs[name].outputs}),
+        )
+        for name in COMPOSING_MODELS
+    )
+
+
+def pinned_ensemble_name(version: int) -> str:
+    """The A/B handle of build `version` (docs/design.md section 5)."""
+    return f"{C.ENSEMBLE_MODEL}_v{version}"

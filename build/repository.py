@@ -1,0 +1,226 @@
+"""config.pbtxt for every model of the pipeline, per target, and their validation.
+
+Configs are built as Triton's own ModelConfig protobuf (tritonclient.grpc.model_config_pb2)
+from the declaration in build/pipeline.py and printed with text_format, so a config can only
+name fields Triton knows. validate_config() parses a written file back and checks its
+tensors against the pipeline and, for exported models, against the ONNX graph itself.
+
+Versions (docs/design.md section 5): composing models keep every built version loadable
+(`version_policy: all`), so each pinned ensemble `seminar_vN` (the handle of an A/B arm)
+routes to version N of each step; the contract ensemble `seminar` keeps only its newest
+version and is re-pinned to the newest build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from seminar.build import pipeline as P
+from tritonclient.grpc import model_config_pb2 as mc
+
+from seminar import constants as C
+
+CONFIG_FILE = "config.pbtxt"
+
+
+class ConfigError(ValueError):
+    """A config.pbtxt does not parse or does not match the pipeline / exported graph."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Serving limits written into every config (one place for the defaults)."""
+
+    max_batch_size: int = 1024  # candidate rows per batch; = TensorRT profile max
+    preferred_batch_sizes: tuple[int, ...] = (128, 256, 512)
+    max_queue_delay_us: int = 500
+    cpu_instances: int = 1  # per model; 2-core CI machines gain nothing from more
+    execution_env: str | None = None  # EXECUTION_ENV_PATH for the Python models, if set
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(
+                f"ServingConfig.max_batch_size must be >= 1, got {self.max_batch_size}"
+            )
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ValueError("ServingConfig.preferred_batch_sizes must lie in [1, max_batch_size]")
+        if self.max_queue_delay_us < 0:
+            raise ValueError("ServingConfig.max_queue_delay_us must be >= 0")
+        if self.cpu_instances < 1:
+            raise ValueError("ServingConfig.cpu_instances must be >= 1")
+
+
+def _tensors(message_list, specs: tuple[P.TensorSpec, ...]) -> None:
+    for t in specs:
+        entry = message_list.add()
+        entry.name = t.name
+        entry.data_type = mc.DataType.Value(t.dtype.value)
+        entry.dims.extend(t.dims)
+
+
+def _params(config: mc.ModelConfig, params: Mapping[str, str]) -> None:
+    for key in sorted(params):
+        config.parameters[key].string_value = params[key]
+
+
+def model_config(spec: P.ModelSpec, target: P.Target, serving: ServingConfig) -> mc.ModelConfig:
+    """The ModelConfig of one composing model for a target."""
+    config = mc.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
+    _tensors(config.input, spec.inputs)
+    _tensors(config.output, spec.outputs)
+    config.version_policy.all.SetInParent()
+    config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
+    config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    group = config.instance_group.add()
+    group.count = serving.cpu_instances
+    gpu = target is P.Target.GPU
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    if gpu and spec.kind is P.ModelKind.EXPORTED:
+        group.count = 1
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = P.PLAN_FILE
+        return config
+    config.backend = "python"
+    params = dict(spec.parameters)
+    if spec.name == C.PQ_RETRIEVAL_MODEL:
+        params[P.PARAM_DEVICE] = "cuda" if gpu else "cpu"
+        if gpu:
+            params[P.PARAM_FORCE_CPU_ONLY] = "no"  # torch tensors in and out via DLPack
+    if serving.execution_env:
+        params[P.PARAM_EXECUTION_ENV] = serving.execution_env
+    _params(config, params)
+    return config
+
+
+def ensemble_config(
+    dims: P.PipelineDims, name: str, pinned_version: int, serving: ServingConfig
+) -> mc.ModelConfig:
+    """An ensemble whose every step is pinned to `pinned_version`."""
+    spec = P.ensemble_spec(dims, name)
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
+    _tensors(config.input, spec.inputs)
+    _tensors(config.output, spec.outputs)
+    config.version_policy.latest.num_versions = 1
+    for step in P.ensemble_steps():
+        s = config.ensemble_scheduling.step.add()
+        s.model_name = step.model
+        s.model_version = pinned_version
+        s.input_map.update(step.input_map)
+        s.output_map.update(step.output_map)
+    return config
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt with Triton's model-config protobuf; ConfigError names the file."""
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise ConfigError(f"{path}: not a valid Triton model config: {exc}") from exc
+
+
+def _check_tensors(where: str, kind: str, got, want: tuple[P.TensorSpec, ...]) -> None:
+    got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
+    want_list = [(t.name, t.dtype.value, t.dims) for t in want]
+    if got_list != want_list:
+        raise ConfigError(f"{where}: {kind} {got_list} != pipeline {want_list}")
+
+
+def onnx_tensors(onnx_path: Path) -> tuple[list[tuple], list[tuple]]:
+    """(name, TYPE_*, per-row dims) of a graph's inputs and outputs; checks the batch dim is
+    symbolic (dynamic)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    type_names = {t.onnx: t.value for t in P.DataType}
+
+    def rows(values) -> list[tuple]:
+        out = []
+        for v in values:
+            shape = v.type.tensor_type.shape.dim
+            if not shape or not shape[0].dim_param:
+                raise ConfigError(f"{onnx_path}: tensor {v.name} has no dynamic batch dim")
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in shape[1:])
+            out.append((v.name, type_names.get(v.type.tensor_type.elem_type, "?"), dims))
+        return out
+
+    return rows(graph.input), rows(graph.output)
+
+
+def validate_config(
+    path: Path,
+    spec: P.ModelSpec,
+    target: P.Target,
+    onnx_path: Path | None = None,
+    serving: ServingConfig | None = None,
+) -> mc.ModelConfig:
+    """Parse `path` and check it against the pipeline spec and (exported models) the graph."""
+    config = parse_config(path)
+    where = str(path)
+    if config.name != spec.name:
+        raise ConfigError(f"{where}: name {config.name!r} != {spec.name!r}")
+    if config.max_batch_size < 1:
+        raise ConfigError(f"{where}: max_batch_size must be > 0 (batch = candidate rows)")
+    if serving is not None and config.max_batch_size != serving.max_batch_size:
+        raise ConfigError(
+            f"{where}: max_batch_size {config.max_batch_size} != {serving.max_batch_size}"
+        )
+    _check_tensors(where, "inputs", config.input, spec.inputs)
+    _check_tensors(where, "outputs", config.output, spec.outputs)
+    if spec.kind is P.ModelKind.ENSEMBLE:
+        if config.platform != "ensemble":
+            raise ConfigError(f"{where}: platform {config.platform!r} != 'ensemble'")
+        steps = [s.model_name for s in config.ensemble_scheduling.step]
+        if steps != list(P.COMPOSING_MODELS):
+            raise ConfigError(f"{where}: ensemble steps {steps} != {list(P.COMPOSING_MODELS)}")
+        return config
+    gpu = target is P.Target.GPU
+    if spec.kind is P.ModelKind.EXPORTED and gpu:
+        if config.platform != "tensorrt_plan":
+            raise ConfigError(f"{where}: gpu target needs platform tensorrt_plan")
+    elif config.backend != "python":
+        raise ConfigError(f"{where}: {target.value} target needs backend python")
+    kinds = {g.kind for g in config.instance_group}
+    want_kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    if kinds != {want_kind}:
+        raise ConfigError(
+            f"{where}: instance kind must be {mc.ModelInstanceGroup.Kind.Name(want_kind)}"
+        )
+    if onnx_path is not None:
+        inputs, outputs = onnx_tensors(onnx_path)
+        for kind, graph_rows, cfg in (
+            ("inputs", inputs, config.input),
+            ("outputs", outputs, config.output),
+        ):
+            cfg_rows = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg]
+            if graph_rows != cfg_rows:
+                raise ConfigError(
+                    f"{where}: {kind} {cfg_rows} != ONNX graph {onnx_path.name} {graph_rows}"
+                )
+    return config
+
+
+def tensor_mismatch(config: mc.ModelConfig, spec: P.ModelSpec) -> str | None:
+    """None when a written config has the spec's tensors, else what differs (one line)."""
+    for kind, got, want in (
+        ("inputs", config.input, spec.inputs),
+        ("outputs", config.output, spec.outputs),
+    ):
+        got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
+        want_list = [(t.name, t.dtype.value, t.dims) for t in want]
+        if got_list != want_list:
+            diff = [(g, w) for g, w in zip(got_list, want_list, strict=False) if g != w]
+            return f"{kind} differ: existing {diff[0][0] if diff else got_list} vs this checkpoint {diff[0][1] if diff else want_list}"
+    return None
+
+
+def config_target(config: mc.ModelConfig) -> P.Target:
+    """The target a written composing-model config was generated for."""
+    kinds = {g.kind for g in config.instance_group}
+    return P.Target.GPU if mc.ModelInstanceGroup.KIND_GPU in kinds else P.Target.CPU

@@ -1,0 +1,90 @@
+"""Client library: rank through the gateway, or send the same request straight to Triton.
+
+from seminar.clients.client import rank_via_gateway, rank_direct
+r = rank_via_gateway("127.0.0.1:50051", "42", "space opera", [1, 2, 3])
+d = rank_direct("127.0.0.1:8001", "seminar_v1", 1, "42", "space opera", [1, 2, 3])
+assert r.item_ids == d.item_ids   # the gateway adds routing, never changes scores
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import grpc
+import numpy as np
+from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
+from seminar.clients.scoring import TRITON_CHANNEL_ARGS, TritonError, rank, score_async
+
+
+class ClientError(RuntimeError):
+    """A failed call: the gRPC status name and the server's message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class RankResult:
+    item_ids: list[int]  # best first
+    scores: list[float]
+    arm: str  # "" for a direct Triton call
+    model_version: str  # "<model>:<version>"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rank_via_gateway(
+    address: str, user_id: str, query: str, candidate_ids: list[int], timeout_s: float = 5.0
+) -> RankResult:
+    """One seminar.v1.Ranker/Rank call; raises ClientError with the gRPC status."""
+    with grpc.insecure_channel(address) as channel:
+        stub = ranker_pb2_grpc.RankerStub(channel)
+        request = ranker_pb2.RankRequest(user_id=user_id, query=query, candidate_ids=candidate_ids)
+        try:
+            response = stub.Rank(request, timeout=timeout_s)
+        except grpc.RpcError as err:
+            raise ClientError(err.code().name, err.details() or "") from None
+    return RankResult(
+        list(response.item_ids), list(response.scores), response.arm, response.model_version
+    )
+
+
+def rank_direct(
+    address: str,
+    model: str,
+    version: int,
+    user_id: str,
+    query: str,
+    candidate_ids: list[int],
+    timeout_s: float = 5.0,
+) -> RankResult:
+    """The same ranking computed by calling Triton's `model` (version 0 = Triton's default)."""
+    import asyncio
+
+    import tritonclient.grpc.aio as triton_aio
+
+    try:
+        uid = int(user_id)
+    except ValueError:
+        raise ClientError(
+            "INVALID_ARGUMENT", f"user id must be an integer, got {user_id!r}"
+        ) from None
+    ids = np.asarray(candidate_ids, dtype=np.int64)
+
+    async def call() -> np.ndarray:
+        client = triton_aio.InferenceServerClient(address, channel_args=TRITON_CHANNEL_ARGS)
+        try:
+            return await score_async(client, model, version or "", uid, query, ids, timeout_s)
+        finally:
+            await client.close()
+
+    try:
+        scores = asyncio.run(call())
+    except TritonError as err:
+        raise ClientError(err.code, err.message) from None
+    item_ids, sorted_scores = rank(ids, scores)
+    return RankResult(
+        item_ids.tolist(), sorted_scores.tolist(), "", f"{model}:{version or 'default'}"
+    )

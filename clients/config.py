@@ -1,0 +1,211 @@
+"""The A/B experiment config of the gateway: typed, validated, and the bucketing rule.
+
+A config file is YAML:
+
+    salt: exp-2026-11            # changing the salt reshuffles every user
+    arms:                        # (model, version) pairs in Triton, docs/design.md section 5
+      - {name: control,   model: seminar_v1, version: 1, weight: 50}
+      - {name: treatment, model: seminar_v2, version: 2, weight: 50}
+    shadow: {name: shadow, model: seminar_v2, version: 2}   # optional, never returned
+    limits: {max_candidates: 1000, max_query_bytes: 256, deadline_ms: 1000}
+
+A user lands in bucket `blake2b(salt + ":" + user_id) mod 10_000`; the arms own consecutive
+bucket ranges proportional to their weights, in file order. The same user therefore stays in
+the same arm until the salt or the weights change.
+
+`ExperimentConfig` is frozen: the gateway swaps the whole object on reload, so a request that
+started under the old config finishes under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seminar.constants import AB_BUCKETS
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the experiment: a (model, version) pair in Triton and its traffic weight."""
+
+    name: str
+    model: str
+    version: int
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(f"arm name {self.name!r} must match {_NAME_RE.pattern}")
+        if not isinstance(self.model, str) or not _NAME_RE.match(self.model):
+            raise ValueError(
+                f"arm {self.name!r}: model {self.model!r} must match {_NAME_RE.pattern}"
+            )
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ValueError(
+                f"arm {self.name!r}: version must be an integer >= 1, got {self.version!r}"
+            )
+        if (
+            isinstance(self.weight, bool)
+            or not isinstance(self.weight, int | float)
+            or self.weight < 0
+        ):
+            raise ValueError(
+                f"arm {self.name!r}: weight must be a number >= 0, got {self.weight!r}"
+            )
+
+    @property
+    def model_version(self) -> str:
+        """The label the gateway returns and meters, e.g. "seminar_v1:1"."""
+        return f"{self.model}:{self.version}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits the gateway enforces before calling Triton."""
+
+    max_candidates: int = 1000
+    max_query_bytes: int = 256
+    deadline_ms: int = 1000  # per Triton call; a client deadline shorter than this wins
+
+    def __post_init__(self) -> None:
+        for name in ("max_candidates", "max_query_bytes", "deadline_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"limits.{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Salt, arms, optional shadow arm and limits; `assign` maps a user id to an arm."""
+
+    salt: str
+    arms: tuple[Arm, ...]
+    shadow: Arm | None = None
+    limits: Limits = field(default_factory=Limits)
+    # bucket_ends[i] = first bucket after arm i's range; derived, not part of the file.
+    bucket_ends: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.salt, str) or not self.salt:
+            raise ValueError("salt must be a non-empty string")
+        if not self.arms:
+            raise ValueError("arms must list at least one arm")
+        names = [arm.name for arm in self.arms]
+        if self.shadow is not None:
+            names.append(self.shadow.name)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"arms: duplicate arm name(s) {duplicates}")
+        total = sum(arm.weight for arm in self.arms)
+        if total <= 0:
+            raise ValueError("arms: the weights must not all be zero")
+        ends, cumulative = [], 0.0
+        for arm in self.arms:
+            cumulative += arm.weight
+            ends.append(round(AB_BUCKETS * cumulative / total))
+        ends[-1] = AB_BUCKETS  # float rounding must never leave a bucket unowned
+        object.__setattr__(self, "bucket_ends", tuple(ends))
+
+    def assign(self, user_id: str) -> Arm:
+        """The arm that serves `user_id`: a pure function of (salt, weights, user id)."""
+        b = bucket(self.salt, user_id)
+        for arm, end in zip(self.arms, self.bucket_ends, strict=True):
+            if b < end:
+                return arm
+        raise AssertionError("unreachable: bucket_ends[-1] == AB_BUCKETS")
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> ExperimentConfig:
+        """Build from parsed YAML; unknown keys are errors (a typo must not pass silently)."""
+        if not isinstance(raw, dict):
+            raise ValueError("the top level must be a mapping with salt, arms, ...")
+        _reject_unknown(raw, {"salt", "arms", "shadow", "limits"}, "top level")
+        arms_raw = raw.get("arms")
+        if not isinstance(arms_raw, list):
+            raise ValueError("arms must be a list of {name, model, version, weight}")
+        arms = tuple(_arm(a, f"arms[{i}]") for i, a in enumerate(arms_raw))
+        shadow = None if raw.get("shadow") is None else _arm(raw["shadow"], "shadow", shadow=True)
+        limits_raw = raw.get("limits") or {}
+        if not isinstance(limits_raw, dict):
+            raise ValueError("limits must be a mapping")
+        _reject_unknown(limits_raw, {"max_candidates", "max_query_bytes", "deadline_ms"}, "limits")
+        return cls(salt=raw.get("salt"), arms=arms, shadow=shadow, limits=Limits(**limits_raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The inverse of from_dict (what a config file holds)."""
+
+        def arm(a: Arm) -> dict[str, Any]:
+            return {"name": a.name, "model": a.model, "version": a.version, "weight": a.weight}
+
+        out: dict[str, Any] = {"salt": self.salt, "arms": [arm(a) for a in self.arms]}
+        if self.shadow is not None:
+            out["shadow"] = {k: v for k, v in arm(self.shadow).items() if k != "weight"}
+        out["limits"] = {
+            "max_candidates": self.limits.max_candidates,
+            "max_query_bytes": self.limits.max_query_bytes,
+            "deadline_ms": self.limits.deadline_ms,
+        }
+        return out
+
+
+def bucket(salt: str, user_id: str) -> int:
+    """Bucket of a user in [0, AB_BUCKETS): blake2b of "salt:user_id", stable across processes."""
+    digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % AB_BUCKETS
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML experiment config; raise ConfigError naming file and field."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return ExperimentConfig.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def write_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write atomically (temp file + rename) so a watching gateway never reads half a file."""
+    import yaml
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def _arm(raw: Any, where: str, shadow: bool = False) -> Arm:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a mapping with name, model, version")
+    allowed = {"name", "model", "version"} | (set() if shadow else {"weight"})
+    _reject_unknown(raw, allowed, where)
+    missing = sorted({"name", "model", "version"} - raw.keys())
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    try:
+        return Arm(**raw)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")

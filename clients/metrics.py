@@ -1,0 +1,69 @@
+"""Prometheus metrics of the gateway, on their own registry and HTTP port.
+
+Latencies are in seconds (Prometheus convention) with buckets from 0.25 ms to 5 s, where a
+CPU ensemble call (~1-20 ms) lands in the middle. docker/prometheus/rules.yml turns them into
+p50/p99 by arm.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class GatewayMetrics:
+    """Every series the gateway exports. `arm` is "" for requests rejected before assignment."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "seminar_gateway_requests",
+            "Rank requests by arm, model version and gRPC status code.",
+            ["arm", "model_version", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "seminar_gateway_request_latency_seconds",
+            "Rank latency inside the gateway (validation + Triton + sorting).",
+            ["arm", "model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.triton_latency = Histogram(
+            "seminar_gateway_triton_latency_seconds",
+            "Latency of the gateway's Triton infer calls, primary and shadow.",
+            ["arm", "model_version", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "seminar_gateway_shadow_requests",
+            "Shadow-arm calls by outcome (never affects the response).",
+            ["arm", "model_version", "code"],
+            registry=r,
+        )
+        self.shadow_agreement = Histogram(
+            "seminar_gateway_shadow_agreement",
+            "Spearman rank correlation between primary and shadow rankings of one request.",
+            ["arm", "model_version"],
+            buckets=AGREEMENT_BUCKETS,
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "seminar_gateway_config_reloads",
+            "Experiment config reloads by result (applied | rejected).",
+            ["result"],
+            registry=r,
+        )
+        self.arm_share = Gauge(
+            "seminar_gateway_arm_share",
+            "Share of the 10,000 buckets each arm owns under the current config.",
+            ["arm", "model_version"],
+            registry=r,
+        )

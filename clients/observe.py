@@ -1,0 +1,163 @@
+"""`seminar observe`: a real Prometheus on loopback with the stack's scrape config and rules.
+
+docker/prometheus/prometheus.yml names the compose services (`triton:8002`, `gateway:9102`);
+for a local run the targets are rewritten to the given addresses and the scrape interval is
+shortened, and everything else (rules.yml included) is used as is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
+
+
+class ObserveError(RuntimeError):
+    """Prometheus is missing, its config is broken, or it did not start."""
+
+
+def local_config(triton_metrics: str, gateway_metrics: str, scrape_interval_s: float = 1.0) -> dict:
+    """docker/prometheus/prometheus.yml with loopback targets and a faster scrape."""
+    import yaml
+
+    source = PROMETHEUS_DIR / "prometheus.yml"
+    if not source.is_file():
+        raise ObserveError(f"{source}: missing (run from a checkout of the repository)")
+    config = yaml.safe_load(source.read_text())
+    targets = {"triton": triton_metrics, "gateway": gateway_metrics}
+    for job in config["scrape_configs"]:
+        if job["job_name"] not in targets:
+            raise ObserveError(f"{PROMETHEUS_DIR / 'prometheus.yml'}: unexpected job {job['job_name']!r}")
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    interval = f"{int(scrape_interval_s * 1000)}ms"
+    config["global"]["scrape_interval"] = interval
+    config["global"]["evaluation_interval"] = interval
+    return config
+
+
+class PrometheusProcess:
+    """`prometheus` on 127.0.0.1:port over a temp copy of the config; stopped on exit."""
+
+    def __init__(
+        self,
+        triton_metrics: str,
+        gateway_metrics: str,
+        port: int = 9090,
+        storage: Path | None = None,
+        scrape_interval_s: float = 1.0,
+    ) -> None:
+        self.binary = shutil.which("prometheus")
+        if self.binary is None:
+            raise ObserveError("the `prometheus` binary is not installed (Debian: apt-get install -y prometheus)")
+        self.port = port
+        self._tmp = tempfile.TemporaryDirectory(prefix="seminar-prometheus-")
+        root = Path(self._tmp.name)
+        self.storage = storage or root / "data"
+        import yaml
+
+        (root / "prometheus.yml").write_text(
+            yaml.safe_dump(local_config(triton_metrics, gateway_metrics, scrape_interval_s))
+        )
+        shutil.copy(PROMETHEUS_DIR / "rules.yml", root / "rules.yml")
+        self.config_path = root / "prometheus.yml"
+        self.log_path = root / "prometheus.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> PrometheusProcess:
+        cmd = [
+            str(self.binary),
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.storage}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
+                raise ObserveError(f"prometheus exited with code {self._proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ObserveError(f"prometheus not ready on {self.url} after {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def query(self, promql: str) -> list[dict]:
+        """Instant query: the `result` list of /api/v1/query."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body = json.load(resp)
+        if body.get("status") != "success":
+            raise ObserveError(f"query {promql!r} failed: {body}")
+        return body["data"]["result"]
+
+    def wait_scraped(self, jobs: tuple[str, ...] = ("triton", "gateway"), timeout_s: float = 30.0) -> None:
+        """Wait until every job has been scraped successfully (`up == 1`).
+
+        Prometheus hands discovered targets to the scrapers after a ~5 s throttle, so the
+        first samples arrive 5-6 s after start.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            up = {r["metric"].get("job"): r["value"][1] for r in self.query("up")}
+            if all(up.get(job) == "1" for job in jobs):
+                return
+            time.sleep(0.5)
+        raise ObserveError(f"targets {jobs} not all up after {timeout_s:.0f} s: {up}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> PrometheusProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def run_prometheus(triton_metrics: str, gateway_metrics: str, port: int, storage: Path | None) -> None:
+    """Run until Ctrl-C, printing where to look."""
+    with PrometheusProcess(triton_metrics, gateway_metrics, port, storage, scrape_interval_s=5.0) as prom:
+        print(f"Prometheus on {prom.url} scraping triton={triton_metrics} gateway={gateway_metrics}")
+        print("try: seminar:gateway_latency_ms:p99_by_arm, seminar:gateway_traffic_share:rate1m_by_arm")
+        try:
+            while prom.running:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,131 @@
+"""One home for "score these candidates in Triton": request tensors in, scores out.
+
+The gateway, the direct-to-Triton client and the perf input builder all speak the ensemble
+contract (docs/serving.md): one request per user, batch = candidate rows, per row
+`user_id` INT64 [1], `query` BYTES [1], `item_id` INT64 [1] -> `score` FP32 [1].
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from seminar.constants import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+
+if TYPE_CHECKING:
+    import tritonclient.grpc.aio as triton_aio
+
+# Reconnect fast after Triton comes back: gRPC's default backoff grows to 120 s.
+TRITON_CHANNEL_ARGS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+_STATUS_RE = re.compile(r"StatusCode\.([A-Z_]+)")
+
+
+class TritonError(Exception):
+    """A failed Triton call: the gRPC status name (e.g. "UNAVAILABLE") and Triton's message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def request_arrays(user_id: int, query: str, candidate_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row input arrays for one user's request, each (B, 1) with B = len(candidate_ids)."""
+    ids = np.asarray(candidate_ids, dtype=np.int64).reshape(-1, 1)  # (B, 1)
+    rows = ids.shape[0]
+    return {
+        INPUT_USER_ID: np.full((rows, 1), user_id, dtype=np.int64),  # (B, 1)
+        INPUT_QUERY: np.full((rows, 1), query.encode(), dtype=object),  # (B, 1) bytes
+        INPUT_ITEM_ID: ids,
+    }
+
+
+def triton_inputs(arrays: dict[str, np.ndarray]) -> list:
+    """tritonclient InferInput objects for request_arrays' output."""
+    import tritonclient.grpc as grpcclient
+
+    dtypes = {INPUT_USER_ID: "INT64", INPUT_QUERY: "BYTES", INPUT_ITEM_ID: "INT64"}
+    inputs = []
+    for name, array in arrays.items():
+        inp = grpcclient.InferInput(name, list(array.shape), dtypes[name])
+        inp.set_data_from_numpy(array)
+        inputs.append(inp)
+    return inputs
+
+
+async def score_async(
+    client: triton_aio.InferenceServerClient,
+    model: str,
+    version: int | str,  # "" = Triton's default version
+    user_id: int,
+    query: str,
+    candidate_ids: np.ndarray,
+    timeout_s: float,
+) -> np.ndarray:
+    """Scores (B,) float32 of the candidates from Triton's `model` at `version`.
+
+    Raises TritonError with the gRPC status name on any failure, including the deadline.
+    """
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    inputs = triton_inputs(request_arrays(user_id, query, candidate_ids))
+    try:
+        result = await client.infer(
+            model,
+            inputs,
+            model_version=str(version),
+            outputs=[grpcclient.InferRequestedOutput(OUTPUT_SCORE)],
+            client_timeout=timeout_s,
+        )
+    except InferenceServerException as err:
+        raise TritonError(_status_name(err), err.message() or str(err)) from err
+    scores = result.as_numpy(OUTPUT_SCORE)
+    if scores is None or scores.size != len(candidate_ids):
+        got = None if scores is None else scores.shape
+        raise TritonError(
+            "INTERNAL",
+            f"{model}:{version} returned score shape {got} for {len(candidate_ids)} rows",
+        )
+    return scores.reshape(-1).astype(np.float32)  # (B, 1) -> (B,)
+
+
+def _status_name(err: Exception) -> str:
+    status = getattr(err, "status", lambda: None)()
+    match = _STATUS_RE.search(str(status or ""))
+    if match:
+        return match.group(1)
+    # tritonclient reports a client-side timeout as "Deadline Exceeded" without a status.
+    if "deadline" in str(err).lower():
+        return "DEADLINE_EXCEEDED"
+    return "UNKNOWN"
+
+
+def rank(candidate_ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(item_ids, scores) sorted by score, best first; ties keep the request order."""
+    order = np.argsort(-scores, kind="stable")
+    return np.asarray(candidate_ids)[order], scores[order]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score vectors over the same candidates (1 = same order)."""
+    if len(a) < 2:
+        return 1.0
+    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else 1.0

@@ -1,0 +1,401 @@
+"""SYNTHETIC lifelong logs with planted structure, for scale tests and tests with a known truth.
+
+Generative story (every draw from one seeded generator):
+- T latent topics. Topic t owns a vocabulary of made-up words, a catalog of short queries built
+  from those words, a few brands, and a unit "image" centre vector.
+- Item i has topic z_i (every topic gets items), text = words of its topic (plus one shared
+  filler word), attributes `category=` (topic-correlated), `brand=` (topic-specific), `color=`
+  (pure noise), and a SYNTHETIC image embedding = centre[z_i] + Gaussian noise. Popularity within a
+  topic is Zipf-like.
+- User u has an interest mixture theta_u ~ Dirichlet(concentration) over topics and a log-normal
+  number of events around `events_per_user`.
+- Each event picks a topic from theta_u (or, with probability `explore`, uniformly), is a search
+  event with probability `search_fraction` (query from that topic's catalog), picks an item of
+  that topic, and is positive with probability 0.05 + 0.85 * theta_u[z] / max(theta_u): labels
+  follow interest. Gaps between events are exponential.
+
+Events are generated and written a chunk of users at a time through the shared pipeline
+(seminar.data.prepare), so memory stays bounded by the chunk size. The planted truth goes to
+`planted/` (user_mixture (U, T), item_topic (I+2,), query_topic (Q,), topic_words.json) and is
+described in meta.json["planted"].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pyarrow as pa
+
+from seminar.data.prepare import (
+    FIRST_ITEM,
+    Catalog,
+    DatasetWriter,
+    PrepareConfig,
+    Stats,
+    atomic_output,
+    user_chunks,
+    write_meta,
+)
+from seminar.data.schema import EVENTS_SCHEMA, EventType, validate_items
+
+SYNTHETIC_LABEL: Final = "SYNTHETIC"
+POSITIVE_RULE: Final = "label 1 with probability 0.05 + 0.85 * interest(topic) / max interest"
+IMAGE_NOTE: Final = "synthetic: noisy topic centre vector, not a rendered image"
+_START: Final = 1_420_070_400  # 2015-01-01, first possible event
+_SPAN: Final = 5 * 365 * 86_400  # users start within five years
+_MEAN_GAP: Final = 6 * 3600  # seconds between a user's events, on average
+_CONSONANTS: Final = "bdfgklmnprstvz"
+_VOWELS: Final = "aeiou"
+_COLORS: Final = ("red", "green", "blue", "black", "white", "gold", "grey", "pink")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    users: int = 1000
+    events_per_user: int = 200  # mean; see length_spread
+    items: int = 2000
+    topics: int = 20
+    seed: int = 0
+    length_spread: float = 0.5  # sigma of the log-normal user length; 0 = every user exactly
+    min_events: int = 5
+    image_dim: int = 32  # 0 = no image modality
+    image_noise: float = 0.5  # noise norm relative to the unit topic centre
+    words_per_topic: int = 12
+    queries_per_topic: int = 20
+    item_words: int = 5  # topic words per item text
+    brands_per_topic: int = 4
+    search_fraction: float = 0.25
+    explore: float = 0.1
+    concentration: float = 0.3  # Dirichlet alpha: small = few interests per user
+
+    def __post_init__(self) -> None:
+        positive = ("users", "events_per_user", "items", "topics", "words_per_topic")
+        positive += ("queries_per_topic", "item_words", "brands_per_topic", "min_events")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.items < self.topics:
+            raise ValueError(f"items ({self.items}) must be >= topics ({self.topics})")
+        if self.item_words > self.words_per_topic:
+            raise ValueError(f"item_words must be <= words_per_topic ({self.words_per_topic})")
+        max_queries = self.words_per_topic + self.words_per_topic * (self.words_per_topic - 1)
+        if self.queries_per_topic > max_queries:
+            raise ValueError(f"queries_per_topic must be <= {max_queries} (1- and 2-word queries)")
+        for name in ("search_fraction", "explore"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("length_spread", "image_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.image_dim < 0:
+            raise ValueError(f"image_dim must be >= 0, got {self.image_dim}")
+        if self.concentration <= 0:
+            raise ValueError(f"concentration must be > 0, got {self.concentration}")
+
+
+@dataclass(frozen=True)
+class World:
+    """The planted structure shared by all users (items, queries, topics)."""
+
+    topic_words: list[list[str]]  # (T, V)
+    item_topic: np.ndarray  # (I,) int32, catalog order (item index - 2)
+    items: pa.Table  # canonical catalog
+    queries: list[str]  # (Q,) sorted, queries[0] == ""
+    query_topic: np.ndarray  # (Q,) int32, -1 for the empty query
+    topic_queries: np.ndarray  # (T, Qt) int32 query indices of each topic
+    # Item sampling within a topic: items sorted by topic, keys = topic + cumulative weight.
+    items_by_topic: np.ndarray  # (I,) int64 catalog positions
+    item_keys: np.ndarray  # (I,) float64 ascending
+    topic_end: np.ndarray  # (T,) int64 end of each topic's segment in items_by_topic
+
+
+def _made_up_words(rng: np.random.Generator, count: int) -> list[str]:
+    """`count` distinct pronounceable nonsense words (2-3 consonant-vowel syllables)."""
+    words: dict[str, None] = {}
+    while len(words) < count:
+        n_syllables = rng.integers(2, 4)
+        word = "".join(
+            rng.choice(list(_CONSONANTS)) + rng.choice(list(_VOWELS)) for _ in range(n_syllables)
+        )
+        words[word] = None
+    return list(words)
+
+
+def make_world(config: SyntheticConfig, rng: np.random.Generator) -> World:
+    t, v = config.topics, config.words_per_topic
+    vocab = _made_up_words(rng, t * v + 16)
+    topic_words = [vocab[k * v : (k + 1) * v] for k in range(t)]
+    fillers = vocab[t * v :]  # shared by every topic: lexical noise
+
+    # Items: every topic non-empty, Zipf-like popularity within a topic.
+    item_topic = rng.permutation(np.arange(config.items) % t).astype(np.int32)
+    texts, attributes = [], []
+    for z in item_topic:
+        words = rng.choice(topic_words[z], size=config.item_words, replace=False).tolist()
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(fillers)))
+        texts.append(" ".join(words))
+        category = z if rng.random() < 0.85 else rng.integers(t)
+        brand_topic = z if rng.random() < 0.7 else rng.integers(t)
+        brand = f"b{brand_topic:03d}{rng.integers(config.brands_per_topic)}"
+        attributes.append(
+            [f"category=c{category:03d}", f"brand={brand}", f"color={rng.choice(_COLORS)}"]
+        )
+    columns: dict[str, Any] = {
+        "item_id": pa.array(np.arange(1, config.items + 1), pa.int64()),
+        "text": pa.array(texts, pa.string()),
+        "attributes": pa.array(attributes, pa.list_(pa.string())),
+    }
+    if config.image_dim:
+        centres = rng.standard_normal((t, config.image_dim))
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        noise = rng.standard_normal((config.items, config.image_dim)) / np.sqrt(config.image_dim)
+        image = (centres[item_topic] + config.image_noise * noise).astype(np.float32)  # (I, E)
+        columns["image_embedding"] = pa.array(list(image), pa.list_(pa.float32()))
+    items = validate_items(pa.table(columns), Path("<synthetic items>"))
+
+    weights = 1.0 / (rng.permutation(config.items) % 64 + 1.0) ** 0.7
+    order = np.lexsort((np.arange(config.items), item_topic))  # by topic, stable
+    w = weights[order]
+    sorted_topics = item_topic[order]
+    topic_end = np.searchsorted(sorted_topics, np.arange(t), side="right").astype(np.int64)
+    topic_start = np.concatenate([[0], topic_end[:-1]])
+    cum = np.cumsum(w)
+    seg_total = cum[topic_end - 1] - np.where(topic_start > 0, cum[topic_start - 1], 0.0)
+    seg_before = np.where(topic_start > 0, cum[topic_start - 1], 0.0)
+    within = (cum - seg_before[sorted_topics]) / seg_total[sorted_topics]  # (0, 1] per topic
+    item_keys = sorted_topics + within
+
+    # Queries: distinct 1- and 2-word combinations of each topic's words (topics never share).
+    per_topic: list[list[str]] = []
+    for words in topic_words:
+        combos = words + [f"{a} {b}" for a in words for b in words if a != b]
+        pick = rng.choice(len(combos), size=config.queries_per_topic, replace=False)
+        per_topic.append([combos[k] for k in pick])
+    queries = ["", *sorted(q for qs in per_topic for q in qs)]
+    index = {q: k for k, q in enumerate(queries)}
+    topic_queries = np.array([[index[q] for q in qs] for qs in per_topic], np.int32)  # (T, Qt)
+    query_topic = np.full(len(queries), -1, np.int32)
+    for z, qs in enumerate(topic_queries):
+        query_topic[qs] = z
+
+    return World(
+        topic_words=topic_words,
+        item_topic=item_topic,
+        items=items,
+        queries=queries,
+        query_topic=query_topic,
+        topic_queries=topic_queries,
+        items_by_topic=order.astype(np.int64),
+        item_keys=item_keys,
+        topic_end=topic_end,
+    )
+
+
+def _sample_items(world: World, topic: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Catalog positions of popularity-weighted items of `topic` (n,), r uniform in [0, 1)."""
+    pos = np.searchsorted(world.item_keys, topic + r, side="left")
+    pos = np.minimum(pos, world.topic_end[topic] - 1)  # guard rounding at a segment's end
+    return world.items_by_topic[pos]
+
+
+def _generate_events(
+    world: World,
+    config: SyntheticConfig,
+    rng: np.random.Generator,
+    mixtures: np.ndarray,
+    counts: np.ndarray,
+    first_user: int,
+) -> pa.Table:
+    """Canonical events of users first_user.. (mixtures (Uc, T), counts (Uc,)), time-ordered."""
+    n_users, t = mixtures.shape
+    n = int(counts.sum())
+    local = np.repeat(np.arange(n_users), counts)  # (n,) user of each event
+    # Topic per event: searchsorted over per-user cumulative mixtures laid end to end.
+    cum = np.cumsum(mixtures, axis=1)
+    cum /= cum[:, -1:]
+    keys = (np.arange(n_users)[:, None] + cum).ravel()  # (Uc * T,) ascending
+    topic = np.searchsorted(keys, local + rng.random(n), side="left") - local * t
+    topic = np.clip(topic, 0, t - 1)
+    explore = rng.random(n) < config.explore
+    topic[explore] = rng.integers(0, t, size=int(explore.sum()))
+
+    item = _sample_items(world, topic, rng.random(n))  # (n,) catalog positions
+    search = rng.random(n) < config.search_fraction
+    query = np.where(
+        search, world.topic_queries[topic, rng.integers(0, config.queries_per_topic, size=n)], 0
+    ).astype(np.int32)
+    interest = mixtures[local, topic] / mixtures.max(axis=1)[local]
+    label = (rng.random(n) < 0.05 + 0.85 * interest).astype(np.int8)
+
+    start = _START + rng.integers(0, _SPAN, size=n_users)
+    gaps = rng.exponential(_MEAN_GAP, size=n).astype(np.int64)
+    time = np.cumsum(gaps)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    time = time - np.repeat(time[first] - gaps[first], counts) + np.repeat(start, counts)
+
+    kinds = pa.array([EventType.REC.value, EventType.SEARCH.value], pa.string())
+    return pa.Table.from_arrays(
+        [
+            pa.array(first_user + local + 1, pa.int64()),  # external user ids start at 1
+            pa.array(item + 1, pa.int64()),  # external item ids start at 1
+            pa.array(time, pa.int64()),
+            pa.DictionaryArray.from_arrays(search.astype(np.int8), kinds).cast(pa.string()),
+            pa.DictionaryArray.from_arrays(query, pa.array(world.queries)).cast(pa.string()),
+            pa.array(label, pa.int8()),
+        ],
+        schema=EVENTS_SCHEMA,
+    )
+
+
+def user_lengths(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """(U,) events per user: log-normal around the mean (exact when length_spread = 0)."""
+    if config.length_spread == 0:
+        return np.full(config.users, config.events_per_user, np.int64)
+    sigma = config.length_spread
+    raw = rng.lognormal(np.log(config.events_per_user) - sigma**2 / 2, sigma, size=config.users)
+    return np.maximum(np.rint(raw), config.min_events).astype(np.int64)
+
+
+def prepare_synthetic(config: SyntheticConfig, out: Path, prepare: PrepareConfig) -> Stats:
+    """Generate a SYNTHETIC dataset into `out` through the shared pipeline."""
+    rng = np.random.default_rng(config.seed)
+    world = make_world(config, rng)
+    mixtures = rng.dirichlet(np.full(config.topics, config.concentration), size=config.users)
+    counts = user_lengths(config, rng)
+    user_ids = np.arange(1, config.users + 1, dtype=np.int64)
+    catalog = Catalog.from_table(world.items)
+
+    with atomic_output(out) as tmp:
+        writer = DatasetWriter(tmp, catalog, world.queries, user_ids, counts, prepare)
+        for start, stop in user_chunks(writer.offsets, prepare.chunk_rows):
+            u0 = int(np.searchsorted(writer.offsets, start))
+            u1 = int(np.searchsorted(writer.offsets, stop))
+            chunk = _generate_events(world, config, rng, mixtures[u0:u1], counts[u0:u1], u0)
+            writer.write(chunk)
+        stats = writer.finish()
+        planted = _write_planted(tmp, world, mixtures, config)
+        write_meta(
+            tmp,
+            name=f"synthetic-u{config.users}-e{config.events_per_user}-s{config.seed}",
+            synthetic=True,
+            positive_rule=POSITIVE_RULE,
+            config=prepare,
+            stats=stats,
+            sources={"generator": "seminar.data.synthetic", "label": SYNTHETIC_LABEL},
+            extra={"planted": planted, "image": IMAGE_NOTE if config.image_dim else None},
+        )
+    return stats
+
+
+def _write_planted(
+    root: Path, world: World, mixtures: np.ndarray, config: SyntheticConfig
+) -> dict[str, Any]:
+    planted = root / "planted"
+    planted.mkdir()
+    np.save(planted / "user_mixture.npy", mixtures.astype(np.float32))  # (U, T)
+    item_topic = np.full(len(world.item_topic) + FIRST_ITEM, -1, np.int32)
+    item_topic[FIRST_ITEM:] = world.item_topic  # (I+2,) by item index, -1 for PAD/OOV
+    np.save(planted / "item_topic.npy", item_topic)
+    np.save(planted / "query_topic.npy", world.query_topic)  # (Q,) by query index
+    (planted / "topic_words.json").write_text(json.dumps(world.topic_words))
+    return {
+        "label": SYNTHETIC_LABEL,
+        "topics": config.topics,
+        "user_mixture": "planted/user_mixture.npy",
+        "item_topic": "planted/item_topic.npy",
+        "query_topic": "planted/query_topic.npy",
+        "topic_words": "planted/topic_words.json",
+        "config": asdict(config),
+    }
+
+
+def load_planted(path: str | Path) -> dict[str, np.ndarray]:
+    """The planted truth of a prepared synthetic dataset: user_mixture, item_topic, query_topic."""
+    planted = Path(path) / "planted"
+    return {
+        name: np.load(planted / f"{name}.npy")
+        for name in ("user_mixture", "item_topic", "query_topic")
+    }
+
+
+@dataclass(frozen=True)
+class LifelongUser:
+    """One SYNTHETIC long user over an existing catalog (item / query indices of that dataset)."""
+
+    item: np.ndarray  # (L,) int32 item index (>= 2)
+    query: np.ndarray  # (L,) int32 query index (0 = rec event)
+    label: np.ndarray  # (L,) int8
+    time: np.ndarray  # (L,) int64 unix seconds, non-decreasing
+    topic: np.ndarray  # (L,) int32 topic each event was drawn from
+    mixture: np.ndarray  # (T,) float64 planted interests
+    synthetic: bool = True
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+
+def lifelong_user(
+    n_events: int,
+    item_topic: np.ndarray,
+    query_topic: np.ndarray | None = None,
+    *,
+    n_queries: int = 0,
+    seed: int = 0,
+    search_fraction: float = 0.25,
+    concentration: float = 0.3,
+) -> LifelongUser:
+    """A SYNTHETIC lifelong user (10k-100k+ events) for PQ and serving benchmarks.
+
+    item_topic: (I+2,) topic per item index, -1 for rows never to draw (PAD, OOV).
+    query_topic: (Q,) topic per query index (-1 for query 0); when None, search events draw any
+    of the `n_queries` query indices uniformly (n_queries < 2: rec events only).
+    The user draws topics from a Dirichlet mixture, items uniformly within the topic, queries of
+    the same topic on search events; labels follow interest as in the dataset generator.
+    """
+    if n_events < 1:
+        raise ValueError(f"n_events must be >= 1, got {n_events}")
+    rng = np.random.default_rng(seed)
+    valid = np.flatnonzero(item_topic >= 0)
+    topics = np.unique(item_topic[valid])
+    mixture = rng.dirichlet(np.full(len(topics), concentration))
+    topic = topics[rng.choice(len(topics), size=n_events, p=mixture)].astype(np.int32)
+    by_topic = valid[np.argsort(item_topic[valid], kind="stable")]
+    ends = np.searchsorted(item_topic[by_topic], topics, side="right")
+    starts = np.searchsorted(item_topic[by_topic], topics, side="left")
+    k = np.searchsorted(topics, topic)
+    item = by_topic[starts[k] + (rng.random(n_events) * (ends[k] - starts[k])).astype(np.int64)]
+
+    query = np.zeros(n_events, np.int32)
+    search = rng.random(n_events) < search_fraction
+    if query_topic is None and n_queries > 1:
+        query[search] = rng.integers(1, n_queries, size=int(search.sum()))
+    elif query_topic is not None:
+        for z in np.unique(topic[search]):
+            candidates = np.flatnonzero(query_topic == z)
+            rows = np.flatnonzero(search & (topic == z))
+            if len(candidates):
+                query[rows] = rng.choice(candidates, size=len(rows))
+    interest = mixture[k] / mixture.max()
+    label = (rng.random(n_events) < 0.05 + 0.85 * interest).astype(np.int8)
+    time = _START + np.cumsum(rng.exponential(_MEAN_GAP / 4, size=n_events).astype(np.int64))
+    full = np.zeros(int(item_topic.max()) + 1 if len(valid) else 0)
+    full[topics] = mixture
+    return LifelongUser(item.astype(np.int32), query, label, time, topic, full)
+
+
+def lifelong_user_for(dataset: Any, n_events: int, *, seed: int = 0) -> LifelongUser:
+    """A SYNTHETIC lifelong user over a PreparedDataset's catalog.
+
+    Synthetic datasets use their planted topics (queries of the event's topic); others use each
+    item's first attribute (MovieLens: its first genre) as its topic and any query at random.
+    """
+    if dataset.synthetic:
+        planted = load_planted(dataset.path)
+        return lifelong_user(n_events, planted["item_topic"], planted["query_topic"], seed=seed)
+    item_topic = dataset.item_attrs[:, 0].astype(np.int64) - 1  # attribute id 0 = <pad> -> -1
+    item_topic[:FIRST_ITEM] = -1
+    return lifelong_user(n_events, item_topic, None, n_queries=dataset.n_queries, seed=seed)

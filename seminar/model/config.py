@@ -1,0 +1,116 @@
+"""Typed model configuration: every architecture default lives here.
+
+Shape letters used across seminar.model:
+    B batch rows, C candidates per row, L history length, H heads, K top-K per head,
+    D hidden size, T query tokens, A attributes per item, F frozen feature width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import Enum, unique
+from typing import Any
+
+
+@unique
+class ModelKind(str, Enum):
+    """Which model the shared harness builds; they differ only in retrieval, G and pretraining."""
+
+    SEMINAR = "seminar"  # TWIN-style per-head GSU + G projections + PSU pretraining
+    TWIN = "twin"  # per-head GSU/ESU, no G, no pretraining
+    SIM = "sim"  # soft search: top-K by inner product with the target pair
+    ETA = "eta"  # SimHash LSH: top-K by Hamming distance to the target pair
+    DIN = "din"  # attention over the K most recent events
+
+
+@unique
+class Modality(str, Enum):
+    """Item modalities; the query is its own modality and always present."""
+
+    ID = "id"
+    TEXT = "text"
+    ATTR = "attr"
+    IMAGE = "image"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture plus the vocabulary sizes it was built for (read from the dataset).
+
+    The vocabulary fields make a checkpoint rebuild its model with no flags.
+    """
+
+    kind: ModelKind = ModelKind.SEMINAR
+    dim: int = 64  # D
+    heads: int = 4  # H
+    top_k: int = 50  # K per head
+    alpha: float = 0.5  # pair = alpha * query + (1 - alpha) * item
+    max_history: int = 256  # most recent events fed to the GSU while training (eval/score: all)
+    use_text: bool = True
+    use_attr: bool = True
+    use_image: bool = True  # only takes effect when the dataset has image features
+    mlp_hidden: tuple[int, ...] = (128, 64)
+    simhash_bits: int = 32  # ETA only
+    simhash_seed: int = 7  # ETA only: the random hyperplanes are a fixed buffer
+    # Dataset vocabulary, filled by `ModelConfig.for_dataset`.
+    num_items: int = 2  # I + 2 (0 = PAD, 1 = OOV)
+    num_queries: int = 1  # Q (0 = no query)
+    num_tokens: int = 2  # word vocabulary (0 = <pad>, 1 = <unk>)
+    query_len: int = 8  # T
+    num_attrs: int = 1  # attribute vocabulary (0 = <pad>)
+    attrs_per_item: int = 1  # A
+    text_dim: int = 384  # F of the frozen MiniLM features
+    image_dim: int = 0  # 0 = the dataset has no image modality
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ModelKind(self.kind))
+        object.__setattr__(self, "mlp_hidden", tuple(int(h) for h in self.mlp_hidden))
+        positive = ("dim", "heads", "top_k", "max_history", "simhash_bits", "query_len")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"ModelConfig.alpha must be in [0, 1], got {self.alpha}")
+        if any(h < 1 for h in self.mlp_hidden):
+            raise ValueError(f"ModelConfig.mlp_hidden must be positive widths, got {self.mlp_hidden}")
+        minimum = {"num_items": 2, "num_queries": 1, "num_tokens": 2, "num_attrs": 1}
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"ModelConfig.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.attrs_per_item < 1 or self.text_dim < 1 or self.image_dim < 0:
+            raise ValueError("ModelConfig.attrs_per_item/text_dim must be >= 1, image_dim >= 0")
+
+    @property
+    def projections(self) -> bool:
+        """Per-modality G projections exist only in SEMINAR."""
+        return self.kind is ModelKind.SEMINAR
+
+    @property
+    def pretrain(self) -> bool:
+        """Only SEMINAR is PSU-pretrained (the trainer may still switch it off)."""
+        return self.kind is ModelKind.SEMINAR
+
+    @property
+    def item_modalities(self) -> tuple[Modality, ...]:
+        present = [Modality.ID]
+        if self.use_text:
+            present.append(Modality.TEXT)
+        if self.use_attr:
+            present.append(Modality.ATTR)
+        if self.use_image and self.image_dim > 0:
+            present.append(Modality.IMAGE)
+        return tuple(present)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["kind"] = self.kind.value
+        out["mlp_hidden"] = list(self.mlp_hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig has no field(s) {', '.join(unknown)}")
+        return cls(**raw)

@@ -1,0 +1,123 @@
+"""Modality embeddings: the query encoder and the gated multi-modal item encoder.
+
+Frozen dataset features (query tokens, MiniLM text vectors, attribute ids, image vectors) are
+persistent buffers, so a checkpoint carries everything serving needs and the encoders take
+only indices as input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from seminar.model.config import Modality, ModelConfig
+
+
+class IdentityInitLinear(nn.Module):
+    """The per-modality projection G_m: a D x D matrix that starts as the identity."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.weight.T
+
+
+def masked_mean(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean of emb (B, N, D) over mask (B, N); returns (B, D) and presence (B,) bool."""
+    weight = mask.to(emb.dtype).unsqueeze(-1)  # (B, N, 1)
+    count = weight.sum(dim=1)  # (B, 1)
+    mean = (emb * weight).sum(dim=1) / count.clamp(min=1.0)  # (B, D)
+    return mean, count.squeeze(-1) > 0
+
+
+class QueryEncoder(nn.Module):
+    """query_tokens (B, T) int64 -> query_emb (B, D): mean of token embeddings.
+
+    An empty query (all tokens 0, a recommendation event) maps to a learned "no query" vector.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(config.num_tokens, config.dim, padding_idx=0)
+        nn.init.normal_(self.tokens.weight, std=0.1)
+        with torch.no_grad():
+            self.tokens.weight[0].zero_()
+        self.no_query = nn.Parameter(torch.randn(config.dim) * 0.1)
+        self.proj = IdentityInitLinear(config.dim) if config.projections else None
+
+    def forward(self, query_tokens: Tensor) -> Tensor:
+        emb = self.tokens(query_tokens)  # (B, T, D)
+        mean, present = masked_mean(emb, query_tokens > 0)  # (B, D), (B,)
+        out = torch.where(present.unsqueeze(-1), mean, self.no_query.expand_as(mean))
+        return self.proj(out) if self.proj is not None else out
+
+
+class ItemEncoder(nn.Module):
+    """item_index (B,) int64 -> item_emb (B, D): gate-weighted sum of projected modalities.
+
+    The gate is a learned logit per modality, softmaxed per item over the modalities that item
+    actually has (PAD has none and encodes to zeros; OOV has only its learned id row).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.modalities = config.item_modalities
+        dim, n = config.dim, config.num_items
+        self.id_table = nn.Embedding(n, dim, padding_idx=0)
+        nn.init.normal_(self.id_table.weight, std=0.1)
+        with torch.no_grad():
+            self.id_table.weight[0].zero_()
+        if Modality.TEXT in self.modalities:
+            self.register_buffer("item_text", torch.zeros(n, config.text_dim))
+            self.text_proj = nn.Linear(config.text_dim, dim, bias=False)
+        if Modality.ATTR in self.modalities:
+            self.register_buffer("item_attrs", torch.zeros(n, config.attrs_per_item, dtype=torch.long))
+            self.attr_table = nn.Embedding(config.num_attrs, dim, padding_idx=0)
+            nn.init.normal_(self.attr_table.weight, std=0.1)
+            with torch.no_grad():
+                self.attr_table.weight[0].zero_()
+        if Modality.IMAGE in self.modalities:
+            self.register_buffer("item_image", torch.zeros(n, config.image_dim))
+            self.image_proj = nn.Linear(config.image_dim, dim, bias=False)
+        self.gate_logits = nn.Parameter(torch.zeros(len(self.modalities)))
+        self.proj = (
+            nn.ModuleDict({m.value: IdentityInitLinear(dim) for m in self.modalities})
+            if config.projections
+            else None
+        )
+
+    def raw_modalities(self, item_index: Tensor) -> dict[Modality, tuple[Tensor, Tensor]]:
+        """Per modality: the embedding before G (B, D) and whether the item has it (B,)."""
+        out: dict[Modality, tuple[Tensor, Tensor]] = {}
+        out[Modality.ID] = (self.id_table(item_index), item_index > 0)
+        if Modality.TEXT in self.modalities:
+            feats = self.item_text[item_index]  # (B, F)
+            out[Modality.TEXT] = (self.text_proj(feats), feats.abs().sum(-1) > 0)
+        if Modality.ATTR in self.modalities:
+            attrs = self.item_attrs[item_index]  # (B, A)
+            out[Modality.ATTR] = masked_mean(self.attr_table(attrs), attrs > 0)  # (B, A, D) -> (B, D)
+        if Modality.IMAGE in self.modalities:
+            feats = self.item_image[item_index]  # (B, F)
+            out[Modality.IMAGE] = (self.image_proj(feats), feats.abs().sum(-1) > 0)
+        return out
+
+    def components(self, item_index: Tensor) -> dict[Modality, Tensor]:
+        """Per modality g_m * G_m e_m (B, D); their sum is the item embedding."""
+        raw = self.raw_modalities(item_index)
+        present = torch.stack([raw[m][1] for m in self.modalities], dim=-1)  # (B, M)
+        # -1e9 instead of -inf: an item with no modality (PAD) gets weights 0, not NaN.
+        logits = self.gate_logits.expand(present.shape).masked_fill(~present, -1e9)
+        gate = torch.softmax(logits, dim=-1) * present.to(logits.dtype)  # (B, M)
+        out: dict[Modality, Tensor] = {}
+        for j, m in enumerate(self.modalities):
+            emb = raw[m][0]
+            if self.proj is not None:
+                emb = self.proj[m.value](emb)
+            out[m] = gate[:, j : j + 1] * emb
+        return out
+
+    def forward(self, item_index: Tensor) -> Tensor:
+        parts = self.components(item_index)
+        return torch.stack(list(parts.values()), dim=0).sum(dim=0)  # (M, B, D) -> (B, D)

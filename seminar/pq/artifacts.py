@@ -1,0 +1,177 @@
+"""From a trained model to PQ artifacts and back: the adapter between seminar.model and the
+plain-tensor PQ core, and the on-disk layout the Triton `pq_retrieval` backend loads.
+
+Layout of an artifact directory:
+    manifest.json            format, config, k, modalities, D, H, sha256 of every file
+    codebooks.npz/.json      centroids (M, S, k, d)
+    tables.safetensors       exact component tables "table.<m>" (N_m, D) and their codes
+                             "codes.<m>" (N_m, S) uint8; "gsu.weight" (D, H, D), "gsu.bias" (H, D)
+    store/                   the lifelong sequence store (its own manifest.json)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seminar.pq.codebooks import Codebooks, train_codebooks
+from seminar.pq.config import PQConfig
+from seminar.pq.errors import PQError
+from seminar.pq.retriever import PQRetriever
+from seminar.pq.store import SequenceStore, build_sequence_store, sha256_file
+
+ARTIFACT_FORMAT = "seminar-pq/1"
+AFFINE_TOLERANCE = 1e-4
+
+
+def gsu_projection(model: Any, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recover u = x_t @ W + b from `model.gsu_query_vectors` by probing it with the basis.
+
+    Returns W (D, H, D) and b (H, D); refuses a map that is not affine (checked on random x).
+    """
+    probe = torch.cat([torch.zeros(1, dim), torch.eye(dim)])  # (D+1, D)
+    with torch.no_grad():
+        out = model.gsu_query_vectors(probe).float()  # (D+1, H, D)
+        bias = out[0]  # (H, D)
+        weight = out[1:] - bias  # (D, H, D): row j = u(e_j) - b
+        x = torch.randn(8, dim, generator=torch.Generator().manual_seed(0))
+        want = model.gsu_query_vectors(x).float()
+        got = torch.einsum("be,ehd->bhd", x, weight) + bias
+    err = (want - got).abs().max().item()
+    if err > AFFINE_TOLERANCE * max(1.0, want.abs().max().item()):
+        raise PQError(f"model.gsu_query_vectors is not affine in x_t (max error {err:.2e})")
+    return weight.contiguous(), bias.contiguous()
+
+
+def _model_tables(model: Any) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {
+            m: t.detach().float().cpu().contiguous() for m, t in model.component_tables().items()
+        }
+
+
+def _model_top_k(model: Any) -> int:
+    return int(getattr(getattr(model, "config", None), "top_k", 50))
+
+
+def build_pq_retriever(model: Any, dataset: Any, config: PQConfig = PQConfig()) -> PQRetriever:
+    """Train codebooks on the model's component tables, encode every table row, build the
+    sequence store of every user of `dataset` (a PreparedDataset or anything with
+    seq_offsets / seq_item / seq_query arrays) and return the retriever (CPU)."""
+    was_training = model.training
+    model.eval()
+    try:
+        tables = _model_tables(model)
+        dim = next(iter(tables.values())).shape[1]
+        weight, bias = gsu_projection(model, dim)
+    finally:
+        model.train(was_training)
+    tables_np = {m: t.numpy() for m, t in tables.items()}
+    codebooks = train_codebooks(tables_np, config)
+    table_codes = {m: codebooks.encode(m, t) for m, t in tables_np.items()}
+    store = None
+    if dataset is not None:
+        store = build_sequence_store(
+            dataset.seq_offsets,
+            dataset.seq_item,
+            dataset.seq_query,
+            table_codes,
+            codebooks.modalities,
+            codebooks.nbits,
+        )
+    return PQRetriever(
+        codebooks,
+        tables,
+        table_codes,
+        config,
+        store=store,
+        gsu_weight=weight,
+        gsu_bias=bias,
+        k=_model_top_k(model),
+    )
+
+
+def save_retriever(retriever: PQRetriever, out_dir: Path) -> dict:
+    """Write a retriever (with its store and projection) to `out_dir`; returns the manifest."""
+    from safetensors.torch import save_file
+
+    if retriever.store is None or retriever.gsu_weight is None:
+        raise PQError("only a retriever with a sequence store and GSU weights can be saved")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    retriever.codebooks.save(out_dir / "codebooks.npz")
+    tensors = {}
+    for m in retriever.modalities:
+        tensors[f"table.{m}"] = retriever.tables[m].cpu().contiguous()
+        tensors[f"codes.{m}"] = retriever.table_codes[m].cpu().contiguous()
+    tensors["gsu.weight"] = retriever.gsu_weight.cpu().contiguous()
+    tensors["gsu.bias"] = retriever.gsu_bias.cpu().contiguous()
+    save_file(tensors, str(out_dir / "tables.safetensors"))
+    store_manifest = retriever.store.save(out_dir / "store")
+    files = ["codebooks.npz", "codebooks.json", "tables.safetensors"]
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "config": retriever.config.to_json(),
+        "k": retriever.k,
+        "dim": retriever.codebooks.dim,
+        "heads": int(retriever.gsu_weight.shape[1]),
+        "modalities": list(retriever.modalities),
+        "bytes_per_event": retriever.store.bytes_per_event,
+        "n_users": retriever.store.n_users,
+        "n_events": retriever.store.n_events,
+        "files": {f: sha256_file(out_dir / f) for f in files},
+        "store": store_manifest,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def save_pq_artifacts(
+    model: Any, dataset: Any, out_dir: Path, config: PQConfig = PQConfig()
+) -> dict:
+    """build_pq_retriever + save_retriever: everything `pq_retrieval` needs, with sha256s."""
+    return save_retriever(build_pq_retriever(model, dataset, config), out_dir)
+
+
+def load_pq_retriever(
+    artifact_dir: Path, device: str = "cpu", verify: bool = True, mmap: bool = True
+) -> PQRetriever:
+    """Open a saved artifact directory; `verify` checks every file's sha256 first."""
+    from safetensors.torch import load_file
+
+    artifact_dir = Path(artifact_dir)
+    manifest_path = artifact_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise PQError(f"PQ artifact manifest not found: {manifest_path}")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise PQError(
+            f"{manifest_path}: format {manifest.get('format')!r}, want {ARTIFACT_FORMAT!r}"
+        )
+    for name, digest in manifest["files"].items():
+        path = artifact_dir / name
+        if not path.exists():
+            raise PQError(f"PQ artifact file not found: {path}")
+        if verify and sha256_file(path) != digest:
+            raise PQError(f"{path}: sha256 does not match {manifest_path}")
+    codebooks = Codebooks.load(artifact_dir / "codebooks.npz")
+    tensors = load_file(str(artifact_dir / "tables.safetensors"))
+    modalities = manifest["modalities"]
+    tables = {m: tensors[f"table.{m}"] for m in modalities}
+    table_codes = {m: tensors[f"codes.{m}"].numpy().astype(np.uint8) for m in modalities}
+    store = SequenceStore.load(artifact_dir / "store", mmap=mmap, verify=verify)
+    return PQRetriever(
+        codebooks,
+        tables,
+        table_codes,
+        PQConfig.from_json(manifest["config"]),
+        store=store,
+        gsu_weight=tensors["gsu.weight"],
+        gsu_bias=tensors["gsu.bias"],
+        k=int(manifest["k"]),
+        device=device,
+    )

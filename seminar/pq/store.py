@@ -1,0 +1,181 @@
+"""The lifelong sequence store: every user's time-ordered events as item index, query index and
+per-modality PQ codes, contiguous (offsets + arrays), a directory of .npy files that loads
+memory-mapped, described by manifest.json (shapes, dtypes, sha256).
+
+Shape letters: U users, N events in all, M modalities, S sub-spaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seminar.pq.codebooks import QUERY_MODALITY
+from seminar.pq.errors import PQError
+
+STORE_FORMAT = "seminar-pq-store/1"
+MANIFEST = "manifest.json"
+_ARRAYS = {"offsets": np.int64, "item": np.int32, "query": np.int32, "codes": np.uint8}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SequenceStore:
+    """offsets (U+1,) int64; item, query (N,) int32; codes (N, M*S) uint8 where columns
+    [m*S, (m+1)*S) hold modality `modalities[m]` (the query's codes come from the event's
+    query index, the others from its item index)."""
+
+    offsets: np.ndarray
+    item: np.ndarray
+    query: np.ndarray
+    codes: np.ndarray
+    modalities: tuple[str, ...]
+    nbits: int
+
+    def __post_init__(self) -> None:
+        n = len(self.item)
+        if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
+            raise PQError("store offsets must be a 1-d array starting at 0")
+        if self.offsets[-1] != n or np.any(np.diff(self.offsets) < 0):
+            raise PQError(f"store offsets must be non-decreasing and end at N={n}")
+        if len(self.query) != n or self.codes.shape[0] != n:
+            raise PQError(
+                f"store arrays disagree on N: item {n}, query {len(self.query)}, "
+                f"codes {self.codes.shape[0]}"
+            )
+        if self.codes.ndim != 2 or self.codes.shape[1] % len(self.modalities):
+            raise PQError(f"store codes must be (N, M*S) with M={len(self.modalities)}")
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.item)
+
+    @property
+    def bytes_per_event(self) -> int:
+        """Stored bytes of one event's codes (the ids are bookkeeping both layouts need)."""
+        return self.codes.shape[1] * self.codes.itemsize
+
+    def user_slice(self, user_index: int) -> slice:
+        if not 0 <= user_index < self.n_users:
+            raise PQError(f"user_index {user_index} out of range [0, {self.n_users})")
+        return slice(int(self.offsets[user_index]), int(self.offsets[user_index + 1]))
+
+    def user(self, user_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(item (L,), query (L,), codes (L, M*S)) of one user, time-ordered; views, no copy."""
+        sl = self.user_slice(user_index)
+        return self.item[sl], self.query[sl], self.codes[sl]
+
+    def save(self, out_dir: Path) -> dict:
+        """Write one .npy per array plus manifest.json; returns the manifest."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for name, dtype in _ARRAYS.items():
+            path = out_dir / f"{name}.npy"
+            arr = np.ascontiguousarray(getattr(self, name), dtype=dtype)
+            np.save(path, arr)
+            arrays[name] = {
+                "file": path.name,
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "sha256": sha256_file(path),
+            }
+        manifest = {
+            "format": STORE_FORMAT,
+            "modalities": list(self.modalities),
+            "nbits": self.nbits,
+            "n_users": self.n_users,
+            "n_events": self.n_events,
+            "arrays": arrays,
+        }
+        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+    @classmethod
+    def load(cls, store_dir: Path, mmap: bool = True, verify: bool = False) -> SequenceStore:
+        """Open a saved store; `mmap` maps the arrays read-only, `verify` checks every sha256."""
+        store_dir = Path(store_dir)
+        manifest_path = store_dir / MANIFEST
+        if not manifest_path.exists():
+            raise PQError(f"sequence store manifest not found: {manifest_path}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise PQError(f"{manifest_path} is not valid JSON: {e}") from e
+        if manifest.get("format") != STORE_FORMAT:
+            raise PQError(
+                f"{manifest_path}: format {manifest.get('format')!r}, want {STORE_FORMAT!r}"
+            )
+        loaded = {}
+        for name in _ARRAYS:
+            entry = manifest["arrays"].get(name)
+            if entry is None:
+                raise PQError(f"{manifest_path}: array {name!r} is missing")
+            path = store_dir / entry["file"]
+            if not path.exists():
+                raise PQError(f"sequence store file not found: {path}")
+            if verify and sha256_file(path) != entry["sha256"]:
+                raise PQError(f"{path}: sha256 does not match {manifest_path}")
+            arr = np.load(path, mmap_mode="r" if mmap else None)
+            if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
+                raise PQError(
+                    f"{path}: shape/dtype {arr.shape}/{arr.dtype} disagree with the manifest "
+                    f"{entry['shape']}/{entry['dtype']}"
+                )
+            loaded[name] = arr
+        return cls(modalities=tuple(manifest["modalities"]), nbits=int(manifest["nbits"]), **loaded)
+
+
+def event_codes(
+    table_codes: dict[str, np.ndarray],
+    modalities: tuple[str, ...],
+    item: np.ndarray,
+    query: np.ndarray,
+) -> np.ndarray:
+    """Per-event codes (N, M*S) from per-table-row codes (N_m, S) and the events' indices."""
+    parts = [
+        table_codes[m][query if m == QUERY_MODALITY else item]  # (N, S)
+        for m in modalities
+    ]
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.uint8)
+
+
+def build_sequence_store(
+    offsets: np.ndarray,
+    item: np.ndarray,
+    query: np.ndarray,
+    table_codes: dict[str, np.ndarray],
+    modalities: tuple[str, ...],
+    nbits: int,
+) -> SequenceStore:
+    """Store from plain arrays: offsets (U+1,), item/query index per event (N,), and the codes
+    of every table row per modality (from `Codebooks.encode`)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    item = np.asarray(item, dtype=np.int32)
+    query = np.asarray(query, dtype=np.int32)
+    for m in modalities:
+        if m not in table_codes:
+            raise PQError(f"no table codes for modality {m!r}")
+        rows = len(table_codes[m])
+        idx = query if m == QUERY_MODALITY else item
+        if len(idx) and (idx.min() < 0 or idx.max() >= rows):
+            raise PQError(
+                f"event {'query' if m == QUERY_MODALITY else 'item'} index out of range for table {m!r} ({rows} rows)"
+            )
+    codes = event_codes(table_codes, modalities, item, query)
+    return SequenceStore(offsets, item, query, codes, tuple(modalities), nbits)

@@ -1,0 +1,88 @@
+"""Synthetic (labelled so everywhere) tables and lifelong users for PQ tests and benchmarks.
+
+Trained embedding tables are far from isotropic: a few directions carry most of the variance.
+`synthetic_tables` imitates that with a rank-`rank` latent part plus small isotropic noise;
+`rank=None` gives the isotropic Gaussian worst case (every direction matters equally);
+`clusters=C` plants C cluster centres per table (rows = centre + small noise), the case PQ is
+built for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ITEM_MODALITIES = ("id", "text", "attr")
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Shapes and seed of one synthetic PQ world."""
+
+    dim: int = 64
+    heads: int = 4
+    n_items: int = 20_000
+    n_queries: int = 2_000
+    rank: int | None = 8
+    clusters: int | None = None
+    noise: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "heads", "n_items", "n_queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rank is not None and not 1 <= self.rank <= self.dim:
+            raise ValueError(f"rank must be in [1, dim], got {self.rank}")
+        if self.clusters is not None and self.clusters < 1:
+            raise ValueError(f"clusters must be >= 1, got {self.clusters}")
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
+
+
+def synthetic_tables(spec: SyntheticSpec = SyntheticSpec()) -> dict[str, np.ndarray]:
+    """Component tables "query" (Q, D) and one (I, D) per item modality, float32."""
+    rng = np.random.default_rng(spec.seed)
+    sizes = {"query": spec.n_queries} | {m: spec.n_items for m in ITEM_MODALITIES}
+    out = {}
+    for name, n in sizes.items():
+        if spec.clusters is not None:
+            # planted structure: every row is one of `clusters` centres plus small noise
+            centres = rng.standard_normal((spec.clusters, spec.dim))
+            table = centres[rng.integers(0, spec.clusters, n)]
+            table = table + spec.noise * rng.standard_normal((n, spec.dim))
+        elif spec.rank is None:
+            table = rng.standard_normal((n, spec.dim))
+        else:
+            basis = rng.standard_normal((spec.rank, spec.dim)) / np.sqrt(spec.rank)
+            table = rng.standard_normal((n, spec.rank)) @ basis
+            table += spec.noise * rng.standard_normal((n, spec.dim))
+        out[name] = (table / np.sqrt(len(sizes))).astype(np.float32)
+    return out
+
+
+def synthetic_users(
+    lengths: list[int], n_items: int, n_queries: int, seed: int = 0, search_share: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """offsets (U+1,), item (N,), query (N,) for users of the given lengths; a `search_share`
+    of events carry a query, the rest are recommendation events (query 0)."""
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    item = rng.integers(0, n_items, n).astype(np.int32)
+    query = rng.integers(1, max(n_queries, 2), n).astype(np.int32)
+    query[rng.random(n) >= search_share] = 0
+    return offsets, item, query
+
+
+def synthetic_gsu(spec: SyntheticSpec = SyntheticSpec()) -> tuple[np.ndarray, np.ndarray]:
+    """A GSU projection u = x_t @ W + b: W (D, H, D), b (H, D), like W_K^T W_Q per head."""
+    rng = np.random.default_rng(spec.seed + 1)
+    d, h = spec.dim, spec.heads
+    wq = rng.standard_normal((h, d, d)) / np.sqrt(d)
+    wk = rng.standard_normal((h, d, d)) / np.sqrt(d)
+    # u_h = W_K^h^T W_Q^h x  ->  W[e, h, :] = (W_K^h^T W_Q^h)[:, e]
+    a = np.einsum("hkd,hke->hde", wk, wq)  # (H, D, D)
+    weight = np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32)  # (D, H, D)
+    return weight, np.zeros((h, d), np.float32)

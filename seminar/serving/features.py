@@ -1,0 +1,121 @@
+"""Request features: external ids -> dense indices, query text -> token ids.
+
+The `features` Triton model (build/backends/features.py) is a thin adapter around
+`FeatureMapper`; the same mapper runs in-process in tests and in `seminar bench serving`.
+Maps travel with the model version (features/N/{user_ids.npy, item_ids.npy, tokens.json});
+tokenisation is the data area's `QueryTokenizer`, so served queries tokenise exactly as the
+training data did.
+
+- user id known -> its user index into the sequence store; unknown -> -1 (cold start: scored,
+  not rejected, docs/serving.md);
+- item id known -> its item index (>= 2); unknown -> 1 (OOV embedding; the gateway rejects
+  unknown ids earlier);
+- negative ids, non-UTF-8 queries -> RequestError (INVALID_ARG for that request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seminar.build import pipeline as P
+from seminar.data.tokenizer import QueryTokenizer
+from seminar.serving.backend import RequestError
+
+FIRST_ITEM_INDEX = 2  # 0 = PAD, 1 = OOV (docs/design.md section 1)
+
+
+def _sorted_ids(path: Path, what: str) -> np.ndarray:
+    ids = np.load(path, allow_pickle=False)
+    if ids.dtype != np.int64 or ids.ndim != 1:
+        raise ValueError(f"{path}: {what} ids must be int64 (N,), got {ids.dtype} {ids.shape}")
+    if len(ids) > 1 and not (np.diff(ids) > 0).all():
+        raise ValueError(f"{path}: {what} ids must be strictly increasing")
+    return ids
+
+
+def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each id in `sorted_ids` and whether it is there."""
+    pos = np.searchsorted(sorted_ids, ids)
+    pos_clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+    found = (
+        (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == ids)
+        if len(sorted_ids)
+        else np.zeros(ids.shape, bool)
+    )
+    return pos_clipped, found
+
+
+@dataclass(frozen=True)
+class FeatureMapper:
+    user_ids: np.ndarray  # int64 (U,), external id of user index u, ascending
+    item_ids: np.ndarray  # int64 (I,), external id of item index i + 2, ascending
+    tokenizer: QueryTokenizer
+
+    @classmethod
+    def load(cls, user_ids: Path, item_ids: Path, tokens: Path, query_len: int) -> FeatureMapper:
+        return cls(
+            user_ids=_sorted_ids(user_ids, "user"),
+            item_ids=_sorted_ids(item_ids, "item"),
+            tokenizer=QueryTokenizer.load(tokens, length=query_len),
+        )
+
+    @classmethod
+    def from_version_dir(cls, version_dir: Path, query_len: int) -> FeatureMapper:
+        """The features model's version folder (file names from build/pipeline.py)."""
+        return cls.load(
+            version_dir / P.USER_IDS_FILE,
+            version_dir / P.ITEM_IDS_FILE,
+            version_dir / P.TOKENS_FILE,
+            query_len,
+        )
+
+    def user_index(self, user_id: np.ndarray) -> np.ndarray:
+        """(B,) int64 external ids -> (B,) int64 user index, -1 = cold start."""
+        pos, found = _lookup(self.user_ids, user_id)
+        return np.where(found, pos, P.COLD_START_USER_INDEX).astype(np.int64)
+
+    def item_index(self, item_id: np.ndarray) -> np.ndarray:
+        """(B,) int64 external ids -> (B,) int64 item index, 1 = OOV."""
+        pos, found = _lookup(self.item_ids, item_id)
+        return np.where(found, pos + FIRST_ITEM_INDEX, P.OOV_ITEM_INDEX).astype(np.int64)
+
+    def query_tokens(self, queries: list[str]) -> np.ndarray:
+        """B query strings -> (B, T) int64 token ids; repeated queries are tokenised once."""
+        unique = {q: self.tokenizer.encode(q) for q in set(queries)}
+        return np.asarray([unique[q] for q in queries], dtype=np.int64).reshape(
+            len(queries), self.tokenizer.length
+        )
+
+    def __call__(
+        self, user_id: np.ndarray, query: np.ndarray, item_id: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Triton tensors in, Triton tensors out, all with a leading row dim B.
+
+        user_id (B, 1) int64, query (B, 1) bytes objects, item_id (B, 1) int64 ->
+        user_index (B, 1), query_tokens (B, T), item_index (B, 1), all int64.
+        """
+        b = user_id.shape[0]
+        if query.shape[0] != b or item_id.shape[0] != b:
+            raise RequestError(
+                f"inputs disagree on the number of rows: user_id {user_id.shape[0]}, "
+                f"query {query.shape[0]}, item_id {item_id.shape[0]}"
+            )
+        users, items = user_id.reshape(b), item_id.reshape(b)  # (B, 1) -> (B,)
+        for name, ids in (("user_id", users), ("item_id", items)):
+            if (ids < 0).any():
+                row = int(np.flatnonzero(ids < 0)[0])
+                raise RequestError(f"{name} must be >= 0, row {row} has {int(ids[row])}")
+        texts = []
+        for row, raw in enumerate(query.reshape(b)):
+            try:
+                texts.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+            except UnicodeDecodeError:
+                raise RequestError(f"query row {row} is not valid UTF-8") from None
+        return {
+            P.USER_INDEX: self.user_index(users).reshape(b, 1),
+            P.QUERY_TOKENS: self.query_tokens(texts),
+            P.ITEM_INDEX: self.item_index(items).reshape(b, 1),
+        }

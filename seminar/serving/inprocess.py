@@ -1,0 +1,105 @@
+"""The `seminar` ensemble's computation in-process, without Triton: the same artifacts and the
+same library calls the Triton models make (features -> encoders -> pq_retrieval -> head).
+
+`seminar bench serving` times it next to the served ensemble, so the difference is what Triton,
+gRPC and the Python backend's IPC cost.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seminar import constants as C
+from seminar.build import pipeline as P
+from seminar.serving.features import FeatureMapper
+from seminar.serving.onnx_runner import OnnxRunner
+from seminar.serving.retrieval import BatchRetrieval
+
+
+def _params(repo: Path, model: str) -> dict[str, str]:
+    """The `parameters` of a model's config.pbtxt (parsed with Triton's protobuf)."""
+    from seminar.build.repository import parse_config
+
+    config = parse_config(repo / model / "config.pbtxt")
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def _dtypes(repo: Path, model: str) -> tuple[dict[str, np.dtype], dict[str, np.dtype]]:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from seminar.build.repository import parse_config
+
+    config = parse_config(repo / model / "config.pbtxt")
+
+    def dtypes(tensors) -> dict[str, np.dtype]:
+        return {t.name: P.DataType(mc.DataType.Name(t.data_type)).numpy for t in tensors}
+
+    return dtypes(config.input), dtypes(config.output)
+
+
+@dataclass
+class InProcessPipeline:
+    features: FeatureMapper
+    encoders: dict[str, OnnxRunner]  # query_encoder, item_encoder, ranking_head
+    retrieval: BatchRetrieval
+
+    @classmethod
+    def from_repo(cls, repo: Path, version: int, threads: int = 1) -> InProcessPipeline:
+        """Load version `version` of every composing model of `repo` (cpu target)."""
+        repo = Path(repo)
+        feat = _params(repo, P.FEATURES_MODEL)
+        features = FeatureMapper.from_version_dir(
+            repo / P.FEATURES_MODEL / str(version), int(feat[P.PARAM_QUERY_LEN])
+        )
+        encoders = {}
+        for name in P.EXPORTED_MODELS:
+            inputs, outputs = _dtypes(repo, name)
+            onnx_file = _params(repo, name)[P.PARAM_ONNX_FILE]
+            encoders[name] = OnnxRunner(
+                repo / name / str(version) / onnx_file, inputs, outputs, intra_op_threads=threads
+            )
+        pq = _params(repo, C.PQ_RETRIEVAL_MODEL)
+        retrieval = BatchRetrieval.load(
+            repo / C.PQ_RETRIEVAL_MODEL / str(version) / pq[P.PARAM_PQ_DIR],
+            "cpu",
+            int(pq[P.PARAM_TOP_K]),
+        )
+        return cls(features=features, encoders=encoders, retrieval=retrieval)
+
+    def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
+        """Scores (B,) float32 of one user's B candidates, exactly as the ensemble computes."""
+        items = np.asarray(item_ids, dtype=np.int64).reshape(-1, 1)  # (B, 1)
+        b = items.shape[0]
+        f = self.features(
+            np.full((b, 1), user_id, dtype=np.int64),
+            np.full((b, 1), query.encode("utf-8"), dtype=object),
+            items,
+        )
+        q = self.encoders[C.QUERY_ENCODER_MODEL].run({P.QUERY_TOKENS: f[P.QUERY_TOKENS]})
+        i = self.encoders[C.ITEM_ENCODER_MODEL].run({P.ITEM_INDEX: f[P.ITEM_INDEX]})
+        query_emb, item_emb = q[P.QUERY_EMB], i[P.ITEM_EMB]  # (B, D) each
+        topk_emb, topk_mask = self.retrieval(
+            torch.from_numpy(f[P.USER_INDEX].reshape(b)),  # (B, 1) -> (B,)
+            torch.from_numpy(query_emb),
+            torch.from_numpy(item_emb),
+        )
+        out = self.encoders[C.RANKING_HEAD_MODEL].run(
+            {
+                P.QUERY_EMB: query_emb,
+                P.ITEM_EMB: item_emb,
+                P.TOPK_EMB: topk_emb.numpy(),
+                P.TOPK_MASK: topk_mask.numpy(),
+            }
+        )
+        return out[C.OUTPUT_SCORE].reshape(b)  # (B, 1) -> (B,)
+
+
+def build_info(repo: Path, version: int) -> dict:
+    """The pinned ensemble's build.json (dims, data, exports) for reports."""
+    path = Path(repo) / P.pinned_ensemble_name(version) / str(version) / "build.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,98 @@
+"""Batch retrieval for the `pq_retrieval` Triton model: candidate rows of many users at once.
+
+A Triton batch is candidate rows, possibly of several users (dynamic batching merges requests).
+`BatchRetrieval` groups the rows by user and calls the PQ engine once per user
+(`seminar.pq.PQRetriever.retrieve`: ADC top-K over that user's stored sequence, then the exact
+gather of the K winners), so a user's codes are scanned once for all of their candidates.
+
+Shapes: B rows, D hidden size, H heads, K events per head.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seminar.build import pipeline as P
+from seminar.serving.backend import ArtifactError, RequestError
+
+
+@dataclass
+class BatchRetrieval:
+    retriever: object  # seminar.pq.PQRetriever (imported lazily: seminar.pq pulls in faiss)
+    alpha: float  # pair embedding x_t = alpha * query_emb + (1 - alpha) * item_emb
+    k: int
+
+    @classmethod
+    def load(cls, pq_dir: Path, device: str, k: int) -> BatchRetrieval:
+        """Open this version's PQ artifacts (sha256-verified by seminar.pq) on `device`."""
+        from seminar.pq import load_pq_retriever
+
+        retriever = load_pq_retriever(pq_dir, device=device, verify=True)
+        manifest = json.loads((pq_dir / "manifest.json").read_text())
+        if "alpha" not in manifest:
+            raise ArtifactError(
+                f"{pq_dir / 'manifest.json'} has no 'alpha' (the model's pair weight, needed to "
+                "form x_t from query_emb and item_emb); rebuild the PQ artifacts"
+            )
+        if retriever.k != k:
+            raise ArtifactError(
+                f"{pq_dir}: PQ artifacts were built for K = {retriever.k}, the config says {k}"
+            )
+        return cls(retriever=retriever, alpha=float(manifest["alpha"]), k=k)
+
+    @property
+    def device(self) -> torch.device:
+        return self.retriever.device
+
+    @property
+    def n_users(self) -> int:
+        return self.retriever.store.n_users
+
+    def sequence_lengths(self, user_index: np.ndarray) -> np.ndarray:
+        """Stored events of each user (0 for cold start): (U',) -> (U',) int64."""
+        offsets = self.retriever.store.offsets
+        user_index = np.asarray(user_index, dtype=np.int64)
+        known = user_index >= 0
+        lengths = np.zeros(user_index.shape, dtype=np.int64)
+        u = user_index[known]
+        lengths[known] = offsets[u + 1] - offsets[u]
+        return lengths
+
+    def check_users(self, user_index: np.ndarray) -> None:
+        """user_index (B,): -1 (cold start) or a stored user; anything else is a bad request."""
+        bad = (user_index < P.COLD_START_USER_INDEX) | (user_index >= self.n_users)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise RequestError(
+                f"user_index row {row} is {int(user_index[row])}, "
+                f"outside [-1, {self.n_users}) of this version's sequence store"
+            )
+
+    @torch.inference_mode()
+    def __call__(
+        self, user_index: torch.Tensor, query_emb: torch.Tensor, item_emb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """user_index (B,) int64, query_emb / item_emb (B, D) float32 ->
+        topk_emb (B, H, K, D) float32 and topk_mask (B, H, K) float32 (1 = real event),
+        on the retriever's device."""
+        dev = self.device
+        query_emb, item_emb = query_emb.to(dev), item_emb.to(dev)
+        x_t = self.alpha * query_emb + (1.0 - self.alpha) * item_emb  # (B, D), as SeminarModel.pair
+        users = user_index.cpu().numpy()
+        topk_emb = topk_mask = None
+        for user in np.unique(users):
+            rows = np.flatnonzero(users == user)
+            rows_t = torch.from_numpy(rows).to(dev)
+            emb, valid = self.retriever.retrieve(int(user), x_t[rows_t], self.k)  # (b, H, K, D)
+            if topk_emb is None:
+                b = len(users)
+                topk_emb = emb.new_zeros((b, *emb.shape[1:]))  # (B, H, K, D)
+                topk_mask = emb.new_zeros((b, *valid.shape[1:]))  # (B, H, K)
+            topk_emb[rows_t] = emb.float()
+            topk_mask[rows_t] = valid.to(topk_mask.dtype)
+        return topk_emb, topk_mask

@@ -1,0 +1,216 @@
+"""build/ units that need no trained model: the pipeline declaration, config generation and
+validation, manifests, the parity gate itself, TensorRT command lines and the gpu refusal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from seminar.build import artifacts as A
+from seminar.build import export as E
+from seminar.build import pipeline as P
+from seminar.build import repository as R
+from seminar.build import tensorrt as TRT
+from torch import nn
+from typer.testing import CliRunner
+
+from seminar import constants as C
+from seminar.cli import app
+from seminar.model.config import ModelConfig
+
+DIMS = P.PipelineDims(d=16, h=2, k=4, t=8)
+
+
+def test_pipeline_dims_come_from_the_model_config():
+    dims = P.PipelineDims.from_model_config(ModelConfig(dim=32, heads=3, top_k=10, query_len=6))
+    assert dims == P.PipelineDims(d=32, h=3, k=10, t=6)
+    specs = P.model_specs(dims)
+    assert specs[C.PQ_RETRIEVAL_MODEL].output(P.TOPK_EMB).dims == (3, 10, 32)
+    assert specs[C.PQ_RETRIEVAL_MODEL].output(P.TOPK_MASK).dims == (3, 10)
+    assert specs[P.FEATURES_MODEL].output(P.QUERY_TOKENS).dims == (6,)
+    assert specs[C.RANKING_HEAD_MODEL].output(C.OUTPUT_SCORE).dims == (1,)
+
+
+@pytest.mark.parametrize("field", ["d", "h", "k", "t"])
+def test_pipeline_dims_reject_non_positive_sizes_naming_the_field(field):
+    values = {"d": 16, "h": 2, "k": 4, "t": 8, field: 0}
+    with pytest.raises(ValueError, match=f"PipelineDims.{field}"):
+        P.PipelineDims(**values)
+
+
+def test_ensemble_steps_chain_every_tensor_from_a_producer():
+    """Each step input is an ensemble input or an earlier step's output; score is produced."""
+    available = {t.name for t in P.ensemble_spec(DIMS).inputs}
+    for step in P.ensemble_steps():
+        missing = set(step.input_map.values()) - available
+        assert not missing, f"{step.model} reads {missing} before anything produces it"
+        available |= set(step.output_map.values())
+    assert C.OUTPUT_SCORE in available
+
+
+@pytest.mark.parametrize("target", list(P.Target))
+def test_every_generated_config_parses_and_validates(tmp_path, target):
+    serving = R.ServingConfig()
+    for spec in P.model_specs(DIMS).values():
+        path = tmp_path / f"{spec.name}.pbtxt"
+        path.write_text(R.to_text(R.model_config(spec, target, serving)))
+        config = R.validate_config(path, spec, target, serving=serving)
+        assert config.max_batch_size == serving.max_batch_size
+        assert list(config.dynamic_batching.preferred_batch_size) == [128, 256, 512]
+        assert config.version_policy.HasField("all")
+        gpu_engine = target is P.Target.GPU and spec.kind is P.ModelKind.EXPORTED
+        assert config.platform == ("tensorrt_plan" if gpu_engine else "")
+        assert config.backend == ("" if gpu_engine else "python")
+    pq = R.model_config(P.model_specs(DIMS)[C.PQ_RETRIEVAL_MODEL], target, serving)
+    assert pq.parameters[P.PARAM_DEVICE].string_value == (
+        "cuda" if target is P.Target.GPU else "cpu"
+    )
+    force = pq.parameters.get(P.PARAM_FORCE_CPU_ONLY)
+    assert (force.string_value if force else None) == ("no" if target is P.Target.GPU else None)
+    path = tmp_path / "seminar.pbtxt"
+    path.write_text(R.to_text(R.ensemble_config(DIMS, C.ENSEMBLE_MODEL, 3, serving)))
+    ens = R.validate_config(path, P.ensemble_spec(DIMS), target)
+    assert {s.model_version for s in ens.ensemble_scheduling.step} == {3}
+    assert ens.version_policy.latest.num_versions == 1
+
+
+def test_execution_env_is_written_only_when_asked():
+    spec = P.model_specs(DIMS)[P.FEATURES_MODEL]
+    plain = R.model_config(spec, P.Target.CPU, R.ServingConfig())
+    assert P.PARAM_EXECUTION_ENV not in plain.parameters
+    env = R.model_config(spec, P.Target.CPU, R.ServingConfig(execution_env="/opt/venv"))
+    assert env.parameters[P.PARAM_EXECUTION_ENV].string_value == "/opt/venv"
+
+
+def test_validate_config_rejects_wrong_dims_and_garbage(tmp_path):
+    specs = P.model_specs(DIMS)
+    other = P.model_specs(P.PipelineDims(d=16, h=2, k=5, t=8))[C.RANKING_HEAD_MODEL]
+    path = tmp_path / "config.pbtxt"
+    path.write_text(R.to_text(R.model_config(other, P.Target.CPU, R.ServingConfig())))
+    with pytest.raises(R.ConfigError, match="topk_emb"):
+        R.validate_config(path, specs[C.RANKING_HEAD_MODEL], P.Target.CPU)
+    path.write_text("name: 'x' not_a_field: 3\n")
+    with pytest.raises(R.ConfigError, match="not a valid Triton model config"):
+        R.parse_config(path)
+
+
+def test_serving_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="preferred_batch_sizes"):
+        R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(128,))
+    with pytest.raises(ValueError, match="max_batch_size"):
+        R.ServingConfig(max_batch_size=0)
+
+
+def test_manifest_verifies_and_detects_corruption(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(10, dtype=np.int64))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.json").write_text('["x"]')
+    manifest = A.write_manifest(tmp_path)
+    assert manifest["files"]["a.npy"]["shape"] == [10]
+    assert A.verify_manifest(tmp_path) == 2
+    (tmp_path / "sub" / "b.json").write_text('["y"]')  # same size, other bytes
+    with pytest.raises(A.ArtifactError, match=r"b\.json: sha256"):
+        A.verify_manifest(tmp_path)
+    (tmp_path / "sub" / "b.json").unlink()
+    with pytest.raises(A.ArtifactError, match="missing"):
+        A.verify_manifest(tmp_path)
+
+
+class _Doubler(nn.Module):
+    """Test-only graph: query_tokens (B, T) -> (B, D) with a softmax for the FP32 list."""
+
+    def __init__(self, scale: float = 2.0) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, DIMS.d)
+        self.scale = scale
+
+    def forward(self, query_tokens):
+        x = self.emb(query_tokens).mean(1) * self.scale  # (B, T, D) -> (B, D)
+        return torch.softmax(x, dim=-1)
+
+
+def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
+    """A graph exported from one module and compared with a different one must not pass."""
+    torch.manual_seed(0)
+    spec = P.model_specs(DIMS)[C.QUERY_ENCODER_MODEL]
+    module = _Doubler().eval()
+    path = E.export_onnx(module, spec, tmp_path / "q.onnx", E.ExportConfig())
+    bounds = {P.QUERY_TOKENS: 10}
+    real = {P.QUERY_TOKENS: np.array([[1, 2, 0, 0, 0, 0, 0, 0]], dtype=np.int64)}
+    cases = E.parity_cases(module, path, spec, real, bounds, E.ExportConfig())
+    assert [c.batch for c in cases] == [1, 1, 7, 256]
+    assert max(c.max_abs_diff for c in cases) <= 1e-4
+    drifted = _Doubler(scale=2.01).eval()
+    drifted.load_state_dict(module.state_dict())
+    with pytest.raises(
+        E.ExportError, match=r"ONNX parity failed for query_encoder .* max abs diff"
+    ):
+        E.parity_cases(drifted, path, spec, real, bounds, E.ExportConfig())
+    # The graph carries the contract names and a dynamic batch dim.
+    inputs, outputs = R.onnx_tensors(path)
+    assert inputs == [(P.QUERY_TOKENS, "TYPE_INT64", (8,))]
+    assert outputs == [(P.QUERY_EMB, "TYPE_FP32", (16,))]
+    # trtexec line: FP16, the batch profile, and the softmax kept FP32.
+    cmd = TRT.trtexec_command(path, tmp_path / "q.plan", spec, TRT.Profile(1, 128, 1024))
+    assert "--fp16" in cmd
+    assert f"--minShapes={P.QUERY_TOKENS}:1x8" in cmd
+    assert f"--optShapes={P.QUERY_TOKENS}:128x8" in cmd
+    assert f"--maxShapes={P.QUERY_TOKENS}:1024x8" in cmd
+    softmax = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Softmax"]
+    assert softmax and any(
+        f"{softmax[0]}:fp32" in a for a in cmd if a.startswith("--layerPrecisions")
+    )
+
+
+def test_profile_rejects_unordered_batches():
+    with pytest.raises(ValueError, match="min_batch <= opt_batch <= max_batch"):
+        TRT.Profile(1, 2048, 1024)
+
+
+@pytest.mark.skipif(TRT.unavailable_reason() is None, reason="TensorRT is available here")
+def test_gpu_target_without_tensorrt_fails_fast_with_one_line(tmp_path):
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(
+        app,
+        [
+            "build",
+            "--run",
+            str(tmp_path / "no-run"),
+            "--target",
+            "gpu",
+            "--repo",
+            str(repo),
+            "--version",
+            "1",
+        ],
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "TensorRT" in lines[0], result.stderr
+    assert not repo.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bad_target_and_missing_run_are_one_sentence_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["build", "--run", str(tmp_path), "--target", "tpu", "--version", "1"]
+    )
+    assert result.exit_code == 1 and "--target must be cpu or gpu" in result.stderr
+    result = runner.invoke(
+        app,
+        ["build", "--run", str(tmp_path / "nope"), "--repo", str(tmp_path / "r"), "--version", "1"],
+    )
+    assert result.exit_code == 1
+    assert "config.json: missing" in result.stderr and "Traceback" not in result.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {"dim": -1}}))
+    (tmp_path / "run" / "checkpoint.safetensors").write_bytes(b"")
+    result = runner.invoke(
+        app,
+        ["build", "--run", str(tmp_path / "run"), "--repo", str(tmp_path / "r"), "--version", "1"],
+    )
+    assert result.exit_code == 1 and "no valid `model` section" in result.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,162 @@
+"""The serving library the Triton model.py files call, run in-process (no Triton).
+
+Inputs are small hand-built arrays (labelled synthetic where they stand in for data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from seminar.build import pipeline as P
+
+from seminar.data.tokenizer import QueryTokenizer
+from seminar.serving.backend import (
+    ArtifactError,
+    BackendContext,
+    RequestError,
+    RowBatch,
+    check_numpy,
+    require_rows,
+)
+from seminar.serving.features import FeatureMapper
+from seminar.serving.onnx_runner import OnnxRunner
+
+
+# ---- features ------------------------------------------------------------------------------
+@pytest.fixture
+def mapper() -> FeatureMapper:
+    # Synthetic maps: users 10, 20, 30; items 100, 200 (indices 2, 3).
+    return FeatureMapper(
+        user_ids=np.array([10, 20, 30], dtype=np.int64),
+        item_ids=np.array([100, 200], dtype=np.int64),
+        tokenizer=QueryTokenizer.build(["dark comedy", "space"], length=4),
+    )
+
+
+def rows(*values, dtype=np.int64) -> np.ndarray:
+    return np.array(values, dtype=dtype).reshape(-1, 1)
+
+
+def test_features_map_ids_tokens_cold_start_and_oov(mapper: FeatureMapper) -> None:
+    out = mapper(
+        rows(20, 30, 99),  # 99: unknown user -> cold start
+        np.array([[b"Dark comedy"], [b""], [b"space opera"]], dtype=object),
+        rows(200, 100, 555),  # 555: unknown item -> OOV
+    )
+    assert out[P.USER_INDEX].tolist() == [[1], [2], [P.COLD_START_USER_INDEX]]
+    assert out[P.ITEM_INDEX].tolist() == [[3], [2], [P.OOV_ITEM_INDEX]]
+    vocab = mapper.tokenizer.vocab
+    assert out[P.QUERY_TOKENS].tolist() == [
+        [vocab.index("dark"), vocab.index("comedy"), 0, 0],
+        [0, 0, 0, 0],
+        [vocab.index("space"), 1, 0, 0],
+    ]
+    assert all(v.dtype == np.int64 for v in out.values())
+
+
+@pytest.mark.parametrize(
+    ("user", "query", "item", "message"),
+    [
+        (rows(-1), [[b"x"]], rows(100), "user_id must be >= 0, row 0 has -1"),
+        (rows(10, 10), [[b"x"], [b"y"]], rows(100, -5), "item_id must be >= 0, row 1 has -5"),
+        (rows(10), [[b"\xff\xfe"]], rows(100), "query row 0 is not valid UTF-8"),
+        (rows(10, 20), [[b"x"]], rows(100, 100), "disagree on the number of rows"),
+    ],
+)
+def test_features_reject_bad_rows(mapper, user, query, item, message) -> None:
+    with pytest.raises(RequestError, match=message):
+        mapper(user, np.array(query, dtype=object), item)
+
+
+def test_features_load_from_version_dir(tmp_path: Path) -> None:
+    np.save(tmp_path / P.USER_IDS_FILE, np.array([1, 5], dtype=np.int64))
+    np.save(tmp_path / P.ITEM_IDS_FILE, np.array([7, 3], dtype=np.int64))
+    QueryTokenizer.build(["a"]).save(tmp_path / P.TOKENS_FILE)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        FeatureMapper.from_version_dir(tmp_path, query_len=8)
+    np.save(tmp_path / P.ITEM_IDS_FILE, np.array([3, 7], dtype=np.int64))
+    mapper = FeatureMapper.from_version_dir(tmp_path, query_len=8)
+    assert mapper.item_index(np.array([7, 3, 4])).tolist() == [3, 2, 1]
+
+
+# ---- backend bookkeeping -------------------------------------------------------------------
+def test_row_batch_concat_and_split_skips_rejected_requests() -> None:
+    batch = RowBatch.concat([{"x": np.arange(3)}, None, {"x": np.arange(10, 12)}])
+    assert batch.rows == 5 and batch.valid == (0, -1, 1)
+    out = {"y": batch.arrays["x"] * 2}
+    assert batch.split(out, 0)["y"].tolist() == [0, 2, 4]
+    assert batch.split(out, 2)["y"].tolist() == [20, 22]
+    assert RowBatch.concat([None]).rows == 0
+
+
+def test_require_rows_names_the_problem() -> None:
+    require_rows("a", np.zeros((2, 3), np.float32), np.dtype(np.float32), (3,))
+    with pytest.raises(RequestError, match="input a must be float32"):
+        require_rows("a", np.zeros((2, 3), np.float64), np.dtype(np.float32), (3,))
+    with pytest.raises(RequestError, match=r"shape \(B, 3\)"):
+        require_rows("a", np.zeros((2, 4), np.float32), np.dtype(np.float32), (3,))
+    with pytest.raises(RequestError, match="empty batch"):
+        require_rows("a", np.zeros((0, 3), np.float32), np.dtype(np.float32), (3,))
+
+
+def test_check_numpy_passes_here() -> None:
+    check_numpy()  # the project pins numpy < 2; a numpy 2 stub would raise ArtifactError
+
+
+def test_backend_context_reads_config_parameters(tmp_path: Path) -> None:
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "model.onnx").write_bytes(b"")
+    config = {
+        "parameters": {"onnx_file": {"string_value": "model.onnx"}, "top_k": {"string_value": "x"}},
+        "input": [{"name": "a", "data_type": "TYPE_INT64", "dims": ["1"]}],
+        "output": [{"name": "b", "data_type": "TYPE_FP32", "dims": ["4"]}],
+    }
+    args = {
+        "model_config": json.dumps(config),
+        "model_name": "m",
+        "model_repository": str(tmp_path),
+        "model_version": "3",
+    }
+    ctx = BackendContext.from_args(args)
+    assert ctx.artifact("onnx_file") == tmp_path / "3" / "model.onnx"
+    assert ctx.tensor_dtypes("input") == {"a": np.dtype(np.int64)}
+    assert ctx.tensor_dtypes("output") == {"b": np.dtype(np.float32)}
+    with pytest.raises(ArtifactError, match="parameter 'top_k' must be an integer"):
+        ctx.int_parameter("top_k")
+    with pytest.raises(ArtifactError, match="no parameter 'pq_dir'"):
+        ctx.parameter("pq_dir")
+
+
+# ---- ONNX runner ---------------------------------------------------------------------------
+def tiny_graph(path: Path) -> None:
+    """y (B, 2) = x (B, 2) * 2, float32, dynamic batch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2])],
+        initializer=[two],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_onnx_runner_runs_and_checks_graph_against_config(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    tiny_graph(path)
+    f32 = np.dtype(np.float32)
+    runner = OnnxRunner(path, inputs={"x": f32}, outputs={"y": f32})
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(runner.run({"x": x})["y"], 2 * x)
+    with pytest.raises(ValueError, match="graph inputs"):
+        OnnxRunner(path, inputs={"z": f32}, outputs={"y": f32})
+    with pytest.raises(ValueError, match="graph output y is float32, config says int64"):
+        OnnxRunner(path, inputs={"x": f32}, outputs={"y": np.dtype(np.int64)})
