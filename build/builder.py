@@ -78,7 +78,6 @@ class BuildInputs:
     # Writes the pq_retrieval artifacts into the given (empty) dir; seminar.pq by default.
     write_pq: Callable[[Path], None] | None = None
     pq_config: object | None = None  # seminar.pq.PQConfig; its defaults when None
-    run_config: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,11 +133,11 @@ def preflight(request: BuildRequest, dims: P.PipelineDims) -> None:
         if not path.is_file():
             continue
         config = R.parse_config(path)
-        if R.config_target(config) is not request.target:
+        existing = R.config_target(config, specs[name])
+        if existing is not None and existing is not request.target:
             raise BuildError(
-                f"{path}: existing versions were built for --target "
-                f"{R.config_target(config).value}, this build is --target {request.target.value}; "
-                "use another --repo"
+                f"{path}: existing versions were built for --target {existing.value}, this "
+                f"build is --target {request.target.value}; use another --repo"
             )
         mismatch = R.tensor_mismatch(config, specs[name])
         if mismatch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,46 +14,19 @@ class RunError(ValueError):
     """The run directory cannot be loaded; the message names the file or field."""
 
 
-def _data_dir_of(run: Path, config: dict) -> Path | None:
-    """The prepared dataset the run was trained on, as recorded in its config.json."""
-    for section in (config, config.get("training", {}), config.get("data", {})):
-        if not isinstance(section, dict):
-            continue
-        for key in ("data_dir", "data", "dataset", "path"):
-            value = section.get(key)
-            if isinstance(value, str) and value:
-                path = Path(value)
-                return (
-                    path if path.is_absolute() else (run / path if (run / path).exists() else path)
-                )
-    return None
-
-
 def load_run(run: Path):
-    """(model, model_config, run config dict) from RUN/config.json + checkpoint.safetensors."""
-    from seminar.model.config import ModelConfig
-    from seminar.model.seminar import SeminarModel
+    """The training area's Run (model rebuilt from RUN/config.json + checkpoint, eval mode)."""
+    from seminar.training.checkpoint import load_run as load
+    from seminar.training.errors import TrainingError
 
-    config_path, ckpt = run / "config.json", run / "checkpoint.safetensors"
-    for path in (config_path, ckpt):
-        if not path.is_file():
-            raise RunError(f"{path}: missing (train a run with `seminar train` first)")
     try:
-        config = json.loads(config_path.read_text())
-        model_config = ModelConfig.from_dict(config["model"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"{config_path}: no valid `model` section ({exc})") from exc
-    try:
-        from safetensors.torch import load_file
-
-        model = SeminarModel(model_config)
-        model.load_state_dict(load_file(str(ckpt)))
-    except (RuntimeError, OSError) as exc:
-        raise RunError(f"{ckpt}: does not match the model in {config_path.name} ({exc})") from exc
-    return model.eval(), model_config, config
+        return load(run)
+    except TrainingError as exc:
+        raise RunError(str(exc)) from exc
 
 
 def _summary(summary, console) -> None:
+    """The final table: one row per composing model."""
     from rich.table import Table
     from seminar.build import pipeline as P
 
@@ -110,13 +82,19 @@ def build(
     polygraphy: Annotated[
         bool, typer.Option(help="Run `polygraphy run --onnxrt` on each graph.")
     ] = True,
+    pq_subspaces: Annotated[
+        int, typer.Option(min=1, help="PQ sub-spaces S per modality (D % S == 0).")
+    ] = 16,
+    pq_bits: Annotated[
+        int, typer.Option(help="Bits per PQ code: 8 (256 centroids) or 4 (16, faiss fast-scan).")
+    ] = 8,
+    pq_iters: Annotated[int, typer.Option(min=1, help="k-means iterations per PQ sub-space.")] = 25,
 ) -> None:
     """Export a trained run into a new numbered version of the Triton model repository.
 
-    Writes version N of features, query_encoder, item_encoder, pq_retrieval, ranking_head,
-    the pinned ensemble seminar_vN (an A/B arm handle) and the contract ensemble `seminar`
-    (re-pinned to the newest version). The graphs must match PyTorch within 1e-4 on real and
-    random inputs or nothing is written; the version appears atomically.
+    Writes version N of features, query_encoder, item_encoder, pq_retrieval and ranking_head, the pinned ensemble seminar_vN (the handle an A/B arm names) and the contract ensemble `seminar`, re-pinned to the newest version.
+
+    The exported graphs must match PyTorch within 1e-4 on real MovieLens and random inputs (batch 1, 7, 256) or nothing is written. The version is staged beside the repository and renamed into place, so it appears whole or not at all. Example: seminar build --run runs/quick --version 2
     """
     from rich.console import Console
 
@@ -136,7 +114,22 @@ def build(
             if reason:
                 typer.echo(f"error: {reason}", err=True)
                 raise typer.Exit(code=2)
-        _build(run, version, tgt, repo, data, force, max_batch, execution_env, polygraphy, console)
+        from seminar.pq import PQConfig
+
+        pq_config = PQConfig(n_subspaces=pq_subspaces, nbits=pq_bits, kmeans_iters=pq_iters)
+        _build(
+            run,
+            version,
+            tgt,
+            repo,
+            data,
+            force,
+            max_batch,
+            execution_env,
+            polygraphy,
+            pq_config,
+            console,
+        )
     except typer.Exit:
         raise
     except Exception as exc:
@@ -145,15 +138,29 @@ def build(
         from seminar.build.export import ExportError
         from seminar.build.repository import ConfigError
 
-        if isinstance(
-            exc, RunError | BuildError | ExportError | ConfigError | ArtifactError | ValueError
-        ):
+        from seminar.pq.errors import PQError
+
+        user_errors = (RunError, BuildError, ExportError, ConfigError, ArtifactError, PQError)
+        if isinstance(exc, user_errors) or type(exc) is ValueError:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from None
         raise
 
 
-def _build(run, version, target, repo, data, force, max_batch, execution_env, polygraphy, console):
+def _build(
+    run,
+    version,
+    target,
+    repo,
+    data,
+    force,
+    max_batch,
+    execution_env,
+    polygraphy,
+    pq_config,
+    console,
+):
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from seminar.build import builder as B
     from seminar.build import export as E
@@ -173,14 +180,15 @@ def _build(run, version, target, repo, data, force, max_batch, execution_env, po
         serving=serving,
         export=E.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
     )
-    model, model_config, run_config = load_run(run)
-    dims = P.PipelineDims.from_model_config(model_config)
-    data_dir = data or _data_dir_of(run, run_config)
+    loaded = load_run(run)
+    dims = P.PipelineDims.from_model_config(loaded.model_config)
+    recorded = loaded.data.get("path")
+    data_dir = data or (Path(recorded) if recorded else None)
     if data_dir is None:
         raise RunError(f"{run / 'config.json'}: records no dataset path; pass --data DATA")
     if not (data_dir / "arrays").is_dir():
         raise RunError(f"{data_dir}: not a prepared dataset (no arrays/); pass --data DATA")
-    inputs = B.BuildInputs(model, dims, data_dir, run_dir=run, run_config=run_config)
+    inputs = B.BuildInputs(loaded.model, dims, data_dir, run_dir=run, pq_config=pq_config)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as progress:
@@ -188,4 +196,5 @@ def _build(run, version, target, repo, data, force, max_batch, execution_env, po
         summary = B.build_version(
             request, inputs, lambda msg: progress.update(task, description=msg)
         )
-    _summary(summary, console)
+    # The summary is the command's result: stdout, wide enough that model names never wrap.
+    _summary(summary, Console(width=max(110, console.width)))

@@ -77,7 +77,7 @@ def model_config(spec: P.ModelSpec, target: P.Target, serving: ServingConfig) ->
     group = config.instance_group.add()
     group.count = serving.cpu_instances
     gpu = target is P.Target.GPU
-    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    group.kind = instance_kind(spec, target)
     if gpu and spec.kind is P.ModelKind.EXPORTED:
         group.count = 1
         config.platform = "tensorrt_plan"
@@ -187,7 +187,7 @@ def validate_config(
     elif config.backend != "python":
         raise ConfigError(f"{where}: {target.value} target needs backend python")
     kinds = {g.kind for g in config.instance_group}
-    want_kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    want_kind = instance_kind(spec, target)
     if kinds != {want_kind}:
         raise ConfigError(
             f"{where}: instance kind must be {mc.ModelInstanceGroup.Kind.Name(want_kind)}"
@@ -220,7 +220,15 @@ def tensor_mismatch(config: mc.ModelConfig, spec: P.ModelSpec) -> str | None:
     return None
 
 
-def config_target(config: mc.ModelConfig) -> P.Target:
-    """The target a written composing-model config was generated for."""
+def instance_kind(spec: P.ModelSpec, target: P.Target) -> int:
+    """KIND_GPU for the engines and pq_retrieval on gpu; the features lookup (numpy id maps
+    and a tokenizer) always runs on the CPU."""
+    on_gpu = target is P.Target.GPU and spec.name != P.FEATURES_MODEL
+    return mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+
+
+def config_target(config: mc.ModelConfig, spec: P.ModelSpec) -> P.Target | None:
+    """The target a written composing-model config was generated for (None: cannot tell)."""
     kinds = {g.kind for g in config.instance_group}
-    return P.Target.GPU if mc.ModelInstanceGroup.KIND_GPU in kinds else P.Target.CPU
+    matches = [t for t in P.Target if kinds == {instance_kind(spec, t)}]
+    return matches[0] if len(matches) == 1 else None

@@ -58,10 +58,7 @@ def gateway(
 ) -> None:
     """Run the seminar.v1.Ranker gRPC gateway in front of Triton.
 
-    Validates requests, assigns each user to an A/B arm (hash of salt + user id into 10,000
-    buckets), ranks the candidates with that arm's (model, version) in Triton, and exports
-    metrics. Serves grpc.health.v1 and server reflection. Stops on SIGINT/SIGTERM after
-    draining in-flight requests.
+    Validates requests, assigns each user to an A/B arm (hash of salt + user id into 10,000 buckets), ranks the candidates with that arm's (model, version) in Triton, and exports metrics. Serves grpc.health.v1 and server reflection. Stops on SIGINT/SIGTERM after draining in-flight requests.
     """
     import asyncio
     import logging
@@ -99,9 +96,15 @@ def client_rank(
     ] = 0,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    verify_triton: Annotated[
+        str | None,
+        typer.Option(
+            help="Smoke check: also score the request in Triton HOST:PORT with the (model, version) the gateway served; exit 1 on any difference."
+        ),
+    ] = None,
 ) -> None:
     """Rank candidates for one user through the gateway (or straight through Triton)."""
-    from seminar.clients.client import ClientError, rank_direct, rank_via_gateway
+    from seminar.clients.client import ClientError, rank_direct, rank_via_gateway, same_ranking
 
     if (gateway is None) == (triton is None):
         raise _fail("give exactly one of --gateway HOST:PORT or --triton HOST:PORT")
@@ -116,9 +119,30 @@ def client_rank(
             result = rank_direct(triton, model, version, user, query, ids, timeout)
     except ClientError as err:
         raise _fail(str(err)) from None
+    mismatch = None
+    if verify_triton is not None and gateway is not None:
+        served_model, _, served_version = result.model_version.rpartition(":")
+        try:
+            reference = rank_direct(
+                verify_triton, served_model, int(served_version), user, query, ids, timeout
+            )
+        except ClientError as err:
+            raise _fail(f"--verify-triton: {err}") from None
+        mismatch = same_ranking(result, reference)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
-        return
+    else:
+        _print_ranking(user, result)
+    if verify_triton is not None:
+        if mismatch:
+            typer.secho(
+                f"MISMATCH with Triton {result.model_version}: {mismatch}", err=True, fg="red"
+            )
+            raise typer.Exit(code=1)
+        typer.echo(f"verified: equal to Triton {result.model_version} scores", err=True)
+
+
+def _print_ranking(user: str, result) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -151,8 +175,7 @@ def load(
 ) -> None:
     """Drive load through the gateway; print throughput, errors by code, p50/p90/p99/max.
 
-    Requests are real: each is one evaluated user of DATA with its query and its real test
-    candidate set (the held-out item plus its sampled negatives).
+    Requests are real: each is one evaluated user of DATA with its query and its real test candidate set (the held-out item plus its sampled negatives).
     """
     import asyncio
 
@@ -208,9 +231,7 @@ def perf(
 ) -> None:
     """Run perf_analyzer against the seminar ensemble; write reports/perf.md and perf.png.
 
-    --input-data is built from real users and their real candidate sets. With --gateway, a
-    `seminar load` run at the same concurrencies through the gateway is added, so the
-    gateway's overhead shows as a ratio.
+    --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio.
     """
     from seminar.clients.perf import PerfConfig, PerfError, run_perf
     from seminar.clients.workload import WorkloadError
@@ -241,8 +262,7 @@ def observe(
 ) -> None:
     """Start Prometheus on loopback scraping Triton and the gateway (Ctrl-C stops it).
 
-    Uses docker/prometheus/prometheus.yml and rules.yml with the targets rewritten to the
-    given addresses. Needs the `prometheus` binary (Debian: apt-get install prometheus).
+    Uses docker/prometheus/prometheus.yml and rules.yml with the targets rewritten to the given addresses. Needs the `prometheus` binary (Debian: apt-get install prometheus).
     """
     from seminar.clients.observe import ObserveError, run_prometheus
 

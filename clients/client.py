@@ -88,3 +88,18 @@ def rank_direct(
     return RankResult(
         item_ids.tolist(), sorted_scores.tolist(), "", f"{model}:{version or 'default'}"
     )
+
+
+def same_ranking(served: RankResult, reference: RankResult, rtol: float = 1e-5) -> str | None:
+    """None when both score the same items equally, else a sentence saying where they differ.
+
+    Scores are compared per item: dynamic batching can merge a request with others, which
+    changes float summation order only (hence rtol, not bit equality).
+    """
+    if sorted(served.item_ids) != sorted(reference.item_ids):
+        return "different item sets"
+    ref = dict(zip(reference.item_ids, reference.scores, strict=True))
+    for item, score in zip(served.item_ids, served.scores, strict=True):
+        if not np.isclose(score, ref[item], rtol=rtol, atol=1e-6):
+            return f"item {item}: served {score:.7g}, Triton {ref[item]:.7g}"
+    return None

@@ -37,6 +37,7 @@ log = logging.getLogger("seminar.gateway")
 
 INT64_MAX = 2**63 - 1
 CONFIG_POLL_S = 0.2  # a weight change takes effect within this (the test asks for < 1 s)
+SHADOW_WARN_EVERY_S = 10.0
 
 # Triton failures the client can act on keep their code; anything else is the gateway's fault.
 _PASS_THROUGH = {
@@ -109,6 +110,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         self._publish_shares(self.config)
         self.triton = triton_aio.InferenceServerClient(triton_url, channel_args=TRITON_CHANNEL_ARGS)
         self._shadow_tasks: set[asyncio.Task] = set()
+        self._shadow_warned_at = -float("inf")
 
     async def Rank(
         self, request: ranker_pb2.RankRequest, context: grpc.aio.ServicerContext
@@ -127,7 +129,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             timeout_s = config.limits.deadline_ms / 1000
             remaining = context.time_remaining()
             if remaining is not None:
-                timeout_s = min(timeout_s, remaining)
+                timeout_s = max(min(timeout_s, remaining), 0.001)
             try:
                 t0 = time.perf_counter()
                 scores = await score_async(
@@ -195,7 +197,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         agreement = spearman(primary, scores)
         self.metrics.shadow_requests.labels(shadow.name, shadow.model_version, "OK").inc()
         self.metrics.shadow_agreement.labels(shadow.name, shadow.model_version).observe(agreement)
-        log.info(
+        log.debug(
             "shadow %s user=%d candidates=%d spearman=%.3f",
             shadow.model_version, valid.user_id, len(scores), agreement,
         )  # fmt: skip

@@ -36,7 +36,9 @@ def local_config(triton_metrics: str, gateway_metrics: str, scrape_interval_s: f
     targets = {"triton": triton_metrics, "gateway": gateway_metrics}
     for job in config["scrape_configs"]:
         if job["job_name"] not in targets:
-            raise ObserveError(f"{PROMETHEUS_DIR / 'prometheus.yml'}: unexpected job {job['job_name']!r}")
+            raise ObserveError(
+                f"{PROMETHEUS_DIR / 'prometheus.yml'}: unexpected job {job['job_name']!r}"
+            )
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     interval = f"{int(scrape_interval_s * 1000)}ms"
     config["global"]["scrape_interval"] = interval
@@ -57,7 +59,9 @@ class PrometheusProcess:
     ) -> None:
         self.binary = shutil.which("prometheus")
         if self.binary is None:
-            raise ObserveError("the `prometheus` binary is not installed (Debian: apt-get install -y prometheus)")
+            raise ObserveError(
+                "the `prometheus` binary is not installed (Debian: apt-get install -y prometheus)"
+            )
         self.port = port
         self._tmp = tempfile.TemporaryDirectory(prefix="seminar-prometheus-")
         root = Path(self._tmp.name)
@@ -84,7 +88,9 @@ class PrometheusProcess:
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
         with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             if self._proc.poll() is not None:
@@ -114,7 +120,9 @@ class PrometheusProcess:
             raise ObserveError(f"query {promql!r} failed: {body}")
         return body["data"]["result"]
 
-    def wait_scraped(self, jobs: tuple[str, ...] = ("triton", "gateway"), timeout_s: float = 30.0) -> None:
+    def wait_scraped(
+        self, jobs: tuple[str, ...] = ("triton", "gateway"), timeout_s: float = 30.0
+    ) -> None:
         """Wait until every job has been scraped successfully (`up == 1`).
 
         Prometheus hands discovered targets to the scrapers after a ~5 s throttle, so the
@@ -151,11 +159,19 @@ class PrometheusProcess:
         self.stop()
 
 
-def run_prometheus(triton_metrics: str, gateway_metrics: str, port: int, storage: Path | None) -> None:
+def run_prometheus(
+    triton_metrics: str, gateway_metrics: str, port: int, storage: Path | None
+) -> None:
     """Run until Ctrl-C, printing where to look."""
-    with PrometheusProcess(triton_metrics, gateway_metrics, port, storage, scrape_interval_s=5.0) as prom:
-        print(f"Prometheus on {prom.url} scraping triton={triton_metrics} gateway={gateway_metrics}")
-        print("try: seminar:gateway_latency_ms:p99_by_arm, seminar:gateway_traffic_share:rate1m_by_arm")
+    with PrometheusProcess(
+        triton_metrics, gateway_metrics, port, storage, scrape_interval_s=5.0
+    ) as prom:
+        print(
+            f"Prometheus on {prom.url} scraping triton={triton_metrics} gateway={gateway_metrics}"
+        )
+        print(
+            "try: seminar:gateway_latency_ms:p99_by_arm, seminar:gateway_traffic_share:rate1m_by_arm"
+        )
         try:
             while prom.running:
                 time.sleep(1)

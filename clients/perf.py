@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seminar.clients.workload import RankCall, load_workload
+
 from seminar.constants import ENSEMBLE_MODEL, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
 
 DEFAULT_CHROOT = Path("/opt/seminar/perf-chroot")
@@ -65,8 +66,15 @@ class PerfConfig:
             nums = [int(p) for p in parts]
         except ValueError:
             nums = []
-        if len(nums) not in (2, 3) or nums[0] < 1 or nums[1] < nums[0] or (len(nums) == 3 and nums[2] < 1):
-            raise ValueError(f"concurrency must be START:END[:STEP] with 1 <= START <= END, got {self.concurrency!r}")
+        if (
+            len(nums) not in (2, 3)
+            or nums[0] < 1
+            or nums[1] < nums[0]
+            or (len(nums) == 3 and nums[2] < 1)
+        ):
+            raise ValueError(
+                f"concurrency must be START:END[:STEP] with 1 <= START <= END, got {self.concurrency!r}"
+            )
         step = nums[2] if len(nums) == 3 else 1
         return list(range(nums[0], nums[1] + 1, step))
 
@@ -130,7 +138,13 @@ def input_data(calls: list[RankCall], synthetic_user: int | None = None) -> dict
         requests.append(RankCall(str(synthetic_user), "", calls[0].candidate_ids))
     for call in requests:
         for item in call.candidate_ids.tolist():
-            rows.append({INPUT_USER_ID: [int(call.user_id)], INPUT_QUERY: [call.query], INPUT_ITEM_ID: [item]})
+            rows.append(
+                {
+                    INPUT_USER_ID: [int(call.user_id)],
+                    INPUT_QUERY: [call.query],
+                    INPUT_ITEM_ID: [item],
+                }
+            )
     return {"data": rows}
 
 
@@ -168,7 +182,9 @@ def run_perf(cfg: PerfConfig) -> str:
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="seminar-perf-", dir=scratch_root) as scratch:
         inside = "/tmp/" + Path(scratch).name if pa.chroot else scratch
-        (Path(scratch) / "input.json").write_text(json.dumps(input_data(calls, cfg.synthetic_long_user)))
+        (Path(scratch) / "input.json").write_text(
+            json.dumps(input_data(calls, cfg.synthetic_long_user))
+        )
         args = [
             "-m", cfg.model, "-i", "grpc", "-u", cfg.triton,
             "-b", str(cfg.candidates),
@@ -209,7 +225,9 @@ def _gateway_runs(
         rows = []
         for c in levels:
             with console.status(f"seminar load through the gateway, concurrency {c}"):
-                load = LoadConfig(duration_s=cfg.measurement_ms / 1000 * 2, concurrency=c, warmup_s=0.5)
+                load = LoadConfig(
+                    duration_s=cfg.measurement_ms / 1000 * 2, concurrency=c, warmup_s=0.5
+                )
                 result = asyncio.run(run_load(address, calls, load))
             p = result.percentiles_ms()
             rows.append({"concurrency": c, "rps": result.throughput, **p, "codes": result.codes()})
@@ -225,7 +243,9 @@ def _gateway_runs(
     with tempfile.TemporaryDirectory(prefix="seminar-perf-gw-") as tmp:
         path = Path(tmp) / "ab.yaml"
         write_config(config, path)
-        with GatewayProcess(path, cfg.triton, catalog=cfg.data, log_path=Path(tmp) / "gw.log") as gw:
+        with GatewayProcess(
+            path, cfg.triton, catalog=cfg.data, log_path=Path(tmp) / "gw.log"
+        ) as gw:
             rows = measure(gw.address)
     return rows, f"a gateway started for this run (one arm: {cfg.model}:{version})"
 
@@ -268,7 +288,11 @@ def _markdown(
         f"- Machine: {_machine()}",
         f"- Model: `{cfg.model}` at {cfg.triton}; requests: {cfg.requests} real users of `{cfg.data}` "
         f"with their real test candidate sets, {cfg.candidates} candidates (rows) per request"
-        + (f"; plus one synthetic long user (id {cfg.synthetic_long_user})" if cfg.synthetic_long_user else ""),
+        + (
+            f"; plus one synthetic long user (id {cfg.synthetic_long_user})"
+            if cfg.synthetic_long_user
+            else ""
+        ),
         f"- perf_analyzer ({pa.where}):",
         "",
         f"      {shlex.join(command)}",
@@ -285,7 +309,9 @@ def _markdown(
     for t in triton_rows:
         g = gw.get(t["concurrency"])
         if g is None:
-            lines.append(f"| {t['concurrency']} | {t['rps']:.1f} | {t['p50']:.2f} | {t['p90']:.2f} | {t['p99']:.2f} | - | - | - | - | - | - | - |")
+            lines.append(
+                f"| {t['concurrency']} | {t['rps']:.1f} | {t['p50']:.2f} | {t['p90']:.2f} | {t['p99']:.2f} | - | - | - | - | - | - | - |"
+            )
             continue
         errors = ", ".join(f"{k}={v}" for k, v in g["codes"].items() if k != "OK") or "none"
         lines.append(
@@ -303,15 +329,22 @@ def _plot(triton_rows: list[dict], gateway_rows: list[dict], path: Path) -> None
     import matplotlib.pyplot as plt
 
     fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4))
-    for rows, label, marker in ((triton_rows, "Triton (perf_analyzer)", "o"), (gateway_rows, "gateway (seminar load)", "s")):
+    for rows, label, marker in (
+        (triton_rows, "Triton (perf_analyzer)", "o"),
+        (gateway_rows, "gateway (seminar load)", "s"),
+    ):
         if not rows:
             continue
         c = [r["concurrency"] for r in rows]
         ax_lat.plot(c, [r["p50"] for r in rows], marker=marker, label=f"{label} p50")
-        ax_lat.plot(c, [r["p99"] for r in rows], marker=marker, linestyle="--", label=f"{label} p99")
+        ax_lat.plot(
+            c, [r["p99"] for r in rows], marker=marker, linestyle="--", label=f"{label} p99"
+        )
         ax_tp.plot([r["rps"] for r in rows], [r["p50"] for r in rows], marker=marker, label=label)
     ax_lat.set(xlabel="concurrency", ylabel="latency (ms)", title="latency vs concurrency")
-    ax_tp.set(xlabel="throughput (requests/s)", ylabel="p50 latency (ms)", title="latency vs throughput")
+    ax_tp.set(
+        xlabel="throughput (requests/s)", ylabel="p50 latency (ms)", title="latency vs throughput"
+    )
     for ax in (ax_lat, ax_tp):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

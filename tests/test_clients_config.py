@@ -263,3 +263,24 @@ def test_client_cli_refuses_bad_arguments() -> None:
         "2",
     )
     assert down.returncode == 2 and "UNAVAILABLE" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_load_and_perf_clis_refuse_bad_inputs(tmp_path: Path) -> None:
+    no_data = _seminar("load", "--gateway", "127.0.0.1:1", "--data", str(tmp_path / "nope"))
+    assert no_data.returncode == 2 and "not a prepared dataset" in no_data.stderr
+    assert "Traceback" not in no_data.stderr
+    bad_rate = _seminar("load", "--gateway", "127.0.0.1:1", "--data", str(tmp_path), "--rate", "-1")
+    assert bad_rate.returncode == 2 and "rate" in bad_rate.stderr
+    bad_range = _seminar(
+        "perf", "--triton", "127.0.0.1:1", "--data", str(tmp_path), "--concurrency", "8:1"
+    )
+    assert bad_range.returncode == 2 and "concurrency" in bad_range.stderr
+
+
+def test_same_ranking_reports_where_scores_differ() -> None:
+    from seminar.clients.client import RankResult, same_ranking
+
+    served = RankResult([2, 1], [0.9, 0.1], "a", "m:1")
+    assert same_ranking(served, RankResult([1, 2], [0.1, 0.9], "", "m:1")) is None
+    assert "item 1" in same_ranking(served, RankResult([2, 1], [0.9, 0.2], "", "m:1"))
+    assert same_ranking(served, RankResult([2, 3], [0.9, 0.1], "", "m:1")) == "different item sets"

@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from seminar.build.pipeline import pinned_ensemble_name
 from seminar.clients.config import load_config
 
 from seminar.constants import (
@@ -20,7 +21,6 @@ from seminar.constants import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
-    ENSEMBLE_MODEL,
 )
 from tests.support.docker import (
     COMPOSE_SCHEMA,
@@ -164,7 +164,7 @@ def test_gateway_service(compose: dict[str, Any]) -> None:
     assert host_dir.is_dir(), host_dir
     experiment = load_config(host_dir / config.name)
     for arm in experiment.arms:
-        assert arm.model == f"{ENSEMBLE_MODEL}_v{arm.version}", arm  # docs/design.md section 5
+        assert arm.model == pinned_ensemble_name(arm.version), arm  # docs/design.md section 5
     assert mounts[flag_value(args, "--catalog")] == REPO / "model_repository"
     assert int(gateway["healthcheck"]["test"][-1].rsplit(":", 1)[1]) == DEFAULT_GATEWAY_PORT
 
@@ -198,21 +198,29 @@ def test_prometheus_scrapes_triton_and_gateway(compose: dict[str, Any]) -> None:
         assert list(host_file.parent.glob(pattern)), f"rule file {pattern} matches nothing"
 
 
+def _provisioned(directory: Path, key: str) -> list[dict[str, Any]]:
+    """Every entry under `key` across the provisioning YAML files of one directory."""
+    entries = []
+    for file in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        entries += yaml.safe_load(file.read_text()).get(key, [])
+    return entries
+
+
 def test_grafana_is_provisioned(compose: dict[str, Any]) -> None:
     grafana = compose["services"]["grafana"]
     mounts = {target: source for source, target in _bind_mounts(grafana)}
     provisioning = mounts["/etc/grafana/provisioning"]
-    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
-        "datasources"
-    ]
+    # Grafana refuses to start on two data sources (or providers) with one name or uid.
+    (datasource,) = _provisioned(provisioning / "datasources", "datasources")
     prometheus_port = _container_ports(compose["services"]["prometheus"])
     assert datasource["url"] == f"http://prometheus:{prometheus_port.pop()}"
-    (provider,) = yaml.safe_load((provisioning / "dashboards" / "seminar.yaml").read_text())[
-        "providers"
-    ]
+    (provider,) = _provisioned(provisioning / "dashboards", "providers")
     dashboards = mounts[provider["options"]["path"]]
     files = sorted(dashboards.glob("*.json"))
     assert files, f"no dashboard JSON in {dashboards}"
     for file in files:
         dashboard = json.loads(file.read_text())
         assert dashboard.get("panels"), f"{file}: no panels"
+        # Panels name the provisioned data source by uid (or a template variable).
+        for uid in re.findall(r'"datasource":\s*\{[^}]*"uid":\s*"([^"]+)"', file.read_text()):
+            assert uid in {datasource["uid"], "${datasource}", "${DS_PROMETHEUS}"}, (file, uid)

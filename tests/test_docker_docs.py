@@ -27,3 +27,13 @@ def test_paths_named_in_deploy_doc_exist() -> None:
     assert named, "no repository paths found: the pattern is broken"
     missing = sorted(p for p in named if "*" not in p and not (REPO / p).exists())
     assert not missing, f"docs/deploy.md names missing paths: {missing}"
+
+
+def test_rollout_loads_every_model_of_a_build() -> None:
+    """The repository-API loop in "Rolling out" names the build's models, composing first."""
+    from seminar.build.pipeline import COMPOSING_MODELS, pinned_ensemble_name
+
+    from seminar.constants import ENSEMBLE_MODEL
+
+    (loop,) = re.findall(r"for m in ([\w ]+); do", DEPLOY.read_text())
+    assert loop.split() == [*COMPOSING_MODELS, pinned_ensemble_name(2), ENSEMBLE_MODEL]

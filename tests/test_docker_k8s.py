@@ -11,6 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from seminar.build.pipeline import pinned_ensemble_name
 from seminar.clients.config import bucket, load_config
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS
 
@@ -20,7 +21,6 @@ from seminar.constants import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
-    ENSEMBLE_MODEL,
 )
 from tests.support.docker import (
     DOCKER,
@@ -191,7 +191,7 @@ def test_ab_configmap_is_the_compose_config(k8s_resources: Resources, tmp_path: 
     (tmp_path / "ab.yaml").write_text(text)
     experiment = load_config(tmp_path / "ab.yaml")
     for arm in experiment.arms:
-        assert arm.model == f"{ENSEMBLE_MODEL}_v{arm.version}", arm
+        assert arm.model == pinned_ensemble_name(arm.version), arm
 
 
 def test_engine_build_job(k8s_resources: Resources) -> None:

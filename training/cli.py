@@ -1,28 +1,303 @@
-"""`seminar train | evaluate | score | bench quality` (owned by training/). Placeholder."""
+"""`seminar train | evaluate | score | bench quality` (owned by training/).
+
+Heavy imports (torch, the model) happen inside the command bodies so `seminar --help` is fast.
+Bad input exits with code 2 and one sentence naming the file, field or id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from enum import StrEnum, unique
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-
-def _not_built_yet() -> int:
-    typer.echo("not implemented yet", err=True)
-    return 2
+T = TypeVar("T")
 
 
-def train() -> None:
-    """Train a model on a prepared dataset."""
-    raise typer.Exit(code=_not_built_yet())
+@unique
+class ModelName(StrEnum):
+    seminar = "seminar"
+    twin = "twin"
+    sim = "sim"
+    eta = "eta"
+    din = "din"
 
 
-def evaluate() -> None:
-    """Evaluate a trained run on the test split."""
-    raise typer.Exit(code=_not_built_yet())
+@unique
+class Split(StrEnum):
+    test = "test"
+    valid = "valid"
 
 
-def score() -> None:
-    """Offline reference scores for one request."""
-    raise typer.Exit(code=_not_built_yet())
+@unique
+class Gsu(StrEnum):
+    exact = "exact"
+    pq = "pq"
 
 
-def bench_quality() -> None:
-    """Train and evaluate every model over seeds; write reports/quality.*."""
-    raise typer.Exit(code=_not_built_yet())
+def _guard(job: Callable[[], T]) -> T:
+    """Run a command body; known bad-input errors become one line on stderr and exit 2."""
+    from seminar.training.errors import TrainingError
+
+    from seminar.data.errors import DataError
+
+    try:
+        return job()
+    except (TrainingError, DataError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def _require_data_dir(data: Path) -> None:
+    from seminar.training.errors import TrainingError
+
+    if not data.is_dir():
+        raise TrainingError(
+            f"{data}: data directory not found; create it with `seminar data prepare movielens "
+            f"--out {data}`."
+        )
+
+
+def train(
+    data: Annotated[Path, typer.Option(help="Prepared dataset directory (seminar data prepare).")],
+    out: Annotated[
+        Path, typer.Option(help="Run directory to write (checkpoint, config, metrics).")
+    ],
+    model: Annotated[ModelName, typer.Option(help="Which model to train.")] = ModelName.seminar,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small configuration (D=32, K=20, 2 epochs): minutes.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and negatives.")] = 0,
+    pretrain: Annotated[
+        bool, typer.Option("--pretrain/--no-pretrain", help="PSU pretraining (seminar only).")
+    ] = True,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (max).")] = None,
+    pretrain_epochs: Annotated[int | None, typer.Option(help="PSU pretraining epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    max_train_targets: Annotated[
+        int | None, typer.Option(help="Subsample of training targets per run (0 = all).")
+    ] = None,
+    align_weight: Annotated[float | None, typer.Option(help="PSU alignment loss weight.")] = None,
+    next_weight: Annotated[float | None, typer.Option(help="PSU next-pair loss weight.")] = None,
+    relevance_weight: Annotated[
+        float | None, typer.Option(help="PSU query-item relevance loss weight.")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="Hidden size D.")] = None,
+    heads: Annotated[int | None, typer.Option(help="GSU/ESU heads H.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Events retrieved per head K.")] = None,
+    max_history: Annotated[
+        int | None, typer.Option(help="Most recent events per training target.")
+    ] = None,
+    text: Annotated[bool, typer.Option("--text/--no-text", help="Text modality.")] = True,
+    attr: Annotated[bool, typer.Option("--attr/--no-attr", help="Attribute modality.")] = True,
+    threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/resume.pt (same configuration).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train a model on a prepared dataset (SEMINAR: PSU pretraining, then fine-tuning).
+
+    Early stopping on validation NDCG@10; the best epoch is evaluated on the test split and
+    written to OUT (checkpoint.safetensors, config.json, metrics.json, curve.png). Under
+    `torchrun --nproc-per-node N -m seminar.cli train ...` it trains data-parallel (gloo on CPU).
+    """
+
+    def job() -> dict[str, Any]:
+        from seminar.training.config import QUICK_MODEL, QUICK_TRAIN, TrainConfig
+        from seminar.training.errors import TrainingError
+        from seminar.training.trainer import train_run
+
+        _require_data_dir(data)
+        base = dict(QUICK_TRAIN) if quick else {}
+        model_fields: dict[str, Any] = dict(QUICK_MODEL) if quick else {}
+        train_fields = {
+            "seed": seed,
+            "pretrain": pretrain,
+            "epochs": epochs,
+            "pretrain_epochs": pretrain_epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "max_train_targets": max_train_targets,
+            "align_weight": align_weight,
+            "next_weight": next_weight,
+            "relevance_weight": relevance_weight,
+            "threads": threads,
+            "progress": not as_json,
+        }
+        model_changes = {"dim": dim, "heads": heads, "top_k": top_k, "max_history": max_history}
+        model_fields.update({k: v for k, v in model_changes.items() if v is not None})
+        model_fields.update({"use_text": text, "use_attr": attr})
+        try:
+            tc = TrainConfig(**base).override(**train_fields)
+            return train_run(data, out, model.value, tc, model_fields, resume=resume)
+        except ValueError as err:
+            if isinstance(err, TrainingError) or type(err).__name__ == "DataError":
+                raise
+            raise TrainingError(f"invalid configuration: {err}") from err
+
+    summary = _guard(job)
+    if not summary:  # a non-zero DDP rank
+        return
+    if as_json:
+        typer.echo(json.dumps(summary["test"], indent=2))
+        return
+    _print_metrics(f"{summary['model']} test ({out})", summary["test"])
+    secs = summary["seconds"]
+    typer.echo(
+        f"time: pretrain {secs['pretrain']:.0f}s, fine-tune {secs['finetune']:.0f}s "
+        f"({summary['samples_per_s']['finetune']:.0f} samples/s), eval {secs['eval']:.0f}s, "
+        f"total {secs['total']:.0f}s"
+    )
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from seminar.training.metrics import METRIC_NAMES
+
+    typer.echo(f"| {title} | " + " | ".join(METRIC_NAMES) + " |")
+    typer.echo("|---|" + "---:|" * len(METRIC_NAMES))
+    typer.echo("| | " + " | ".join(f"{metrics[m]:.4f}" for m in METRIC_NAMES) + " |")
+
+
+def _retriever(gsu: Gsu, run: Any, pq_dir: Path | None, dataset: Any) -> Any:
+    """None for the exact GSU; the PQ engineer's retriever for --gsu pq."""
+    from seminar.training.errors import TrainingError
+
+    if gsu is Gsu.exact:
+        return None
+    try:
+        import seminar.pq as pq
+
+        load, build = pq.load_pq_retriever, pq.build_pq_retriever
+    except (ImportError, AttributeError):
+        raise TrainingError("--gsu pq needs seminar.pq, which is not available.") from None
+    try:
+        if pq_dir is not None:
+            if not pq_dir.is_dir():
+                raise TrainingError(f"{pq_dir}: PQ artifact directory not found.")
+            return load(pq_dir)
+        return build(run.model, dataset)
+    except TrainingError:
+        raise
+    except Exception as err:  # seminar.pq's own error type names the artifact
+        raise TrainingError(f"PQ retriever: {err}") from err
+
+
+def evaluate(
+    run: Annotated[Path, typer.Option(help="Run directory written by `seminar train`.")],
+    split: Annotated[Split, typer.Option(help="Which 1 + 99 candidate lists.")] = Split.test,
+    gsu: Annotated[
+        Gsu, typer.Option(help="exact: score every event; pq: seminar.pq's approximate GSU.")
+    ] = Gsu.exact,
+    pq_dir: Annotated[
+        Path | None, typer.Option(help="Saved PQ artifacts (default: build them in memory).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset directory (default: the one in config.json).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Evaluate a trained run: HIT@{1,5,10,50}, NDCG@{1,5,10,50}, MRR, AUC, GAUC."""
+
+    def job() -> dict[str, float]:
+        from seminar.training.checkpoint import load_run
+        from seminar.training.evaluate import evaluate_split
+        from seminar.training.scoring import open_run_data
+
+        loaded = load_run(run)
+        ds = open_run_data(loaded, data)
+        retriever = _retriever(gsu, loaded, pq_dir, ds)
+        return evaluate_split(
+            loaded.model, ds, split.value, retriever=retriever, progress=not as_json
+        )
+
+    metrics = _guard(job)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        _print_metrics(f"{run} {split.value} ({gsu.value} GSU)", metrics)
+
+
+def score(
+    run: Annotated[Path, typer.Option(help="Run directory written by `seminar train`.")],
+    user: Annotated[int, typer.Option(help="External user id (e.g. MovieLens userId).")],
+    items: Annotated[str, typer.Option(help="Comma-separated external item ids, e.g. 1,2,3.")],
+    query: Annotated[str, typer.Option(help="Search query text; empty = recommendation.")] = "",
+    gsu: Annotated[Gsu, typer.Option(help="exact or pq retrieval.")] = Gsu.exact,
+    pq_dir: Annotated[
+        Path | None, typer.Option(help="PQ artifacts written by the build (for --gsu pq).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset directory (default: the one in config.json).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"scores": [...]}.')] = False,
+) -> None:
+    """Offline reference logits for one request, in the order of --items.
+
+    Computes what the serving ensemble computes: dataset tokenizer, the user's full history,
+    exact (or the given PQ) GSU, ESU and scorer. Unknown item ids score as OOV.
+    """
+
+    def job() -> list[float]:
+        from seminar.training.checkpoint import load_run
+        from seminar.training.errors import TrainingError
+        from seminar.training.scoring import open_run_data, score_request
+
+        try:
+            item_ids = [int(x) for x in items.split(",") if x.strip()]
+        except ValueError:
+            raise TrainingError(
+                f"--items: {items!r} is not a comma-separated list of ids."
+            ) from None
+        loaded = load_run(run)
+        ds = open_run_data(loaded, data)
+        retriever = _retriever(gsu, loaded, pq_dir, ds)
+        return score_request(loaded, user, query, item_ids, retriever=retriever, data=data)
+
+    scores = _guard(job)
+    if as_json:
+        typer.echo(json.dumps({"scores": scores}))
+    else:
+        for item_id, value in zip(items.split(","), scores, strict=True):
+            typer.echo(f"{item_id.strip()}\t{value:.6f}")
+
+
+def bench_quality(
+    data: Annotated[Path, typer.Option(help="Prepared MovieLens directory.")] = Path(
+        "data/movielens"
+    ),
+    seeds: Annotated[
+        int, typer.Option(help="Seeds per model and ablation (>= 3 for the report).")
+    ] = 3,
+    runs: Annotated[Path, typer.Option(help="Where the runs are written.")] = Path("runs/quality"),
+    reports: Annotated[Path, typer.Option(help="Where quality.md / quality.json go.")] = Path(
+        "reports"
+    ),
+    ablations: Annotated[
+        bool, typer.Option("--ablations/--no-ablations", help="Also run the SEMINAR ablations.")
+    ] = True,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Quick configuration for every run.")
+    ] = False,
+    only: Annotated[
+        str, typer.Option(help="Comma-separated subset of variants (default: all).")
+    ] = "",
+) -> None:
+    """Train and evaluate every model and ablation over seeds; writes reports/quality.{md,json}.
+
+    Variants: seminar, twin, sim, eta, din, and SEMINAR without pretraining, without each PSU
+    loss, without text, without attributes. Prints the markdown table with mean ± std.
+    """
+
+    def job() -> None:
+        from seminar.training.bench import QualityBench
+
+        _require_data_dir(data)
+        names = [x.strip() for x in only.split(",") if x.strip()]
+        QualityBench(data, runs, reports, seeds, ablations, quick, names).run(echo=typer.echo)
+
+    _guard(job)

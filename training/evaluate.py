@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from seminar.training.batches import eval_lists, histories
+from seminar.training.metrics import ranking_metrics
 from tqdm import tqdm
 
 from seminar.data.dataset import PreparedDataset
 from seminar.model.retrieval import Retriever
 from seminar.model.seminar import SeminarModel
-from seminar.training.batches import eval_lists, histories
-from seminar.training.metrics import ranking_metrics
 
 # Rows x candidates x heads x history elements scored per chunk: bounds peak memory.
 SCORE_BUDGET = 24_000_000
@@ -46,9 +46,10 @@ def score_split(
     while first < len(order):
         # Grow the chunk while the longest history in it keeps the work under the budget.
         last = first + 1
-        while last < len(order) and (last + 1 - first) * per_row * max(
-            int(lengths[order[last]]), 1
-        ) <= SCORE_BUDGET:
+        while (
+            last < len(order)
+            and (last + 1 - first) * per_row * max(int(lengths[order[last]]), 1) <= SCORE_BUDGET
+        ):
             last += 1
         rows = order[first:last]
         seq_item, seq_query, mask = histories(ds, positions[rows], max_history)

@@ -53,6 +53,8 @@ def ranking_metrics(scores: np.ndarray) -> dict[str, float]:
     labels = np.zeros_like(scores, dtype=np.int64)
     labels[:, 0] = 1
     out["auc"] = global_auc(scores.ravel(), labels.ravel())
-    per_user = (neg.shape[1] - greater - 0.5 * equal) / neg.shape[1]  # (U,) share of negatives below
+    per_user = (neg.shape[1] - greater - 0.5 * equal) / neg.shape[
+        1
+    ]  # (U,) share of negatives below
     out["gauc"] = float(per_user.mean())
     return out

@@ -21,6 +21,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from seminar.training.batches import Batch, epoch_batches, training_targets
+from seminar.training.checkpoint import CURVE, METRICS, RESUME, save_run
+from seminar.training.config import TrainConfig
+from seminar.training.errors import TrainingError
+from seminar.training.evaluate import evaluate_split
 from torch import nn
 from tqdm import tqdm
 
@@ -28,11 +33,6 @@ from seminar.data.dataset import PreparedDataset
 from seminar.model.config import ModelConfig, ModelKind
 from seminar.model.psu import PSU, transferable_state
 from seminar.model.seminar import SeminarModel
-from seminar.training.batches import Batch, epoch_batches, training_targets
-from seminar.training.checkpoint import CURVE, METRICS, RESUME, save_run
-from seminar.training.config import TrainConfig
-from seminar.training.errors import TrainingError
-from seminar.training.evaluate import evaluate_split
 
 SELECT_METRIC = "ndcg@10"
 
@@ -74,7 +74,8 @@ class DistContext:
     def wrap(self, module: nn.Module) -> nn.Module:
         if self.world == 1:
             return module
-        return nn.parallel.DistributedDataParallel(module)
+        # PSU variants with a loss switched off leave some parameters without gradients.
+        return nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -105,6 +106,19 @@ def model_config_for(ds: PreparedDataset, kind: ModelKind | str, **overrides: An
 def new_model(config: ModelConfig, ds: PreparedDataset) -> SeminarModel:
     model = SeminarModel(config)
     model.load_features(ds.query_tokens, ds.item_text_emb, ds.item_attrs, ds.item_image_emb)
+    return model
+
+
+def finetune_model(
+    config: ModelConfig, ds: PreparedDataset, pretrained: dict[str, torch.Tensor] | None
+) -> SeminarModel:
+    """A fresh downstream model; with PSU state, its embedding tables and modality projections
+    start from the pretrained values (G, GSU/ESU and scorer keep their fresh initialisation)."""
+    model = new_model(config, ds)
+    if pretrained is not None:
+        missing, unexpected = model.load_state_dict(pretrained, strict=False)
+        if unexpected:
+            raise TrainingError(f"pretrained state has tensors the model lacks: {unexpected[:3]}")
     return model
 
 
@@ -236,9 +250,7 @@ def train_run(
         pretrain_seconds = time.perf_counter() - started
 
     torch.manual_seed(tc.seed + 1)
-    model = new_model(config, ds)
-    if pretrained is not None:
-        model.load_state_dict(pretrained, strict=False)
+    model = finetune_model(config, ds, pretrained)
     wrapped = ctx.wrap(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     best, bad, first_epoch = -1.0, 0, 0

@@ -14,7 +14,7 @@ Generative story (every draw from one seeded generator):
   that topic, and is positive with probability 0.05 + 0.85 * theta_u[z] / max(theta_u): labels
   follow interest. Gaps between events are exponential.
 
-Events are generated and written a chunk of users at a time through the shared pipeline
+Events are generated in blocks of 16 users (each from its own seeded stream) and written a chunk at a time through the shared pipeline
 (seminar.data.prepare), so memory stays bounded by the chunk size. The planted truth goes to
 `planted/` (user_mixture (U, T), item_topic (I+2,), query_topic (Q,), topic_words.json) and is
 described in meta.json["planted"].
@@ -37,7 +37,6 @@ from seminar.data.prepare import (
     PrepareConfig,
     Stats,
     atomic_output,
-    user_chunks,
     write_meta,
 )
 from seminar.data.schema import EVENTS_SCHEMA, EventType, validate_items
@@ -48,6 +47,9 @@ IMAGE_NOTE: Final = "synthetic: noisy topic centre vector, not a rendered image"
 _START: Final = 1_420_070_400  # 2015-01-01, first possible event
 _SPAN: Final = 5 * 365 * 86_400  # users start within five years
 _MEAN_GAP: Final = 6 * 3600  # seconds between a user's events, on average
+# Users are generated in blocks with their own seeded stream, so the output depends on the seed
+# and the config only, never on how many events the writer takes per chunk.
+BLOCK_USERS: Final = 16
 _CONSONANTS: Final = "bdfgklmnprstvz"
 _VOWELS: Final = "aeiou"
 _COLORS: Final = ("red", "green", "blue", "black", "white", "gold", "grey", "pink")
@@ -262,7 +264,7 @@ def user_lengths(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarra
 
 def prepare_synthetic(config: SyntheticConfig, out: Path, prepare: PrepareConfig) -> Stats:
     """Generate a SYNTHETIC dataset into `out` through the shared pipeline."""
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng((config.seed, 0))
     world = make_world(config, rng)
     mixtures = rng.dirichlet(np.full(config.topics, config.concentration), size=config.users)
     counts = user_lengths(config, rng)
@@ -271,11 +273,16 @@ def prepare_synthetic(config: SyntheticConfig, out: Path, prepare: PrepareConfig
 
     with atomic_output(out) as tmp:
         writer = DatasetWriter(tmp, catalog, world.queries, user_ids, counts, prepare)
-        for start, stop in user_chunks(writer.offsets, prepare.chunk_rows):
-            u0 = int(np.searchsorted(writer.offsets, start))
-            u1 = int(np.searchsorted(writer.offsets, stop))
-            chunk = _generate_events(world, config, rng, mixtures[u0:u1], counts[u0:u1], u0)
-            writer.write(chunk)
+        pending: list[pa.Table] = []
+        for u0 in range(0, config.users, BLOCK_USERS):
+            u1 = min(u0 + BLOCK_USERS, config.users)
+            block_rng = np.random.default_rng((config.seed, 1, u0 // BLOCK_USERS))
+            pending.append(
+                _generate_events(world, config, block_rng, mixtures[u0:u1], counts[u0:u1], u0)
+            )
+            if sum(t.num_rows for t in pending) >= prepare.chunk_rows or u1 == config.users:
+                writer.write(pa.concat_tables(pending))
+                pending = []
         stats = writer.finish()
         planted = _write_planted(tmp, world, mixtures, config)
         write_meta(

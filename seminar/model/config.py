@@ -8,12 +8,12 @@ Shape letters used across seminar.model:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from enum import Enum, unique
+from enum import StrEnum, unique
 from typing import Any
 
 
 @unique
-class ModelKind(str, Enum):
+class ModelKind(StrEnum):
     """Which model the shared harness builds; they differ only in retrieval, G and pretraining."""
 
     SEMINAR = "seminar"  # TWIN-style per-head GSU + G projections + PSU pretraining
@@ -24,7 +24,7 @@ class ModelKind(str, Enum):
 
 
 @unique
-class Modality(str, Enum):
+class Modality(StrEnum):
     """Item modalities; the query is its own modality and always present."""
 
     ID = "id"
@@ -63,7 +63,11 @@ class ModelConfig:
     image_dim: int = 0  # 0 = the dataset has no image modality
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", ModelKind(self.kind))
+        try:
+            object.__setattr__(self, "kind", ModelKind(self.kind))
+        except ValueError:
+            choices = ", ".join(k.value for k in ModelKind)
+            raise ValueError(f"ModelConfig.kind must be one of {choices}, got {self.kind!r}") from None
         object.__setattr__(self, "mlp_hidden", tuple(int(h) for h in self.mlp_hidden))
         positive = ("dim", "heads", "top_k", "max_history", "simhash_bits", "query_len")
         for name in positive:
@@ -72,7 +76,9 @@ class ModelConfig:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"ModelConfig.alpha must be in [0, 1], got {self.alpha}")
         if any(h < 1 for h in self.mlp_hidden):
-            raise ValueError(f"ModelConfig.mlp_hidden must be positive widths, got {self.mlp_hidden}")
+            raise ValueError(
+                f"ModelConfig.mlp_hidden must be positive widths, got {self.mlp_hidden}"
+            )
         minimum = {"num_items": 2, "num_queries": 1, "num_tokens": 2, "num_attrs": 1}
         for name, low in minimum.items():
             if getattr(self, name) < low:

@@ -73,7 +73,9 @@ class ItemEncoder(nn.Module):
             self.register_buffer("item_text", torch.zeros(n, config.text_dim))
             self.text_proj = nn.Linear(config.text_dim, dim, bias=False)
         if Modality.ATTR in self.modalities:
-            self.register_buffer("item_attrs", torch.zeros(n, config.attrs_per_item, dtype=torch.long))
+            self.register_buffer(
+                "item_attrs", torch.zeros(n, config.attrs_per_item, dtype=torch.long)
+            )
             self.attr_table = nn.Embedding(config.num_attrs, dim, padding_idx=0)
             nn.init.normal_(self.attr_table.weight, std=0.1)
             with torch.no_grad():
@@ -97,7 +99,9 @@ class ItemEncoder(nn.Module):
             out[Modality.TEXT] = (self.text_proj(feats), feats.abs().sum(-1) > 0)
         if Modality.ATTR in self.modalities:
             attrs = self.item_attrs[item_index]  # (B, A)
-            out[Modality.ATTR] = masked_mean(self.attr_table(attrs), attrs > 0)  # (B, A, D) -> (B, D)
+            out[Modality.ATTR] = masked_mean(
+                self.attr_table(attrs), attrs > 0
+            )  # (B, A, D) -> (B, D)
         if Modality.IMAGE in self.modalities:
             feats = self.item_image[item_index]  # (B, F)
             out[Modality.IMAGE] = (self.image_proj(feats), feats.abs().sum(-1) > 0)

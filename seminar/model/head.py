@@ -32,7 +32,9 @@ class RankingHead(nn.Module):
         self.w_q = nn.Parameter(torch.randn(h, d, d) * std)
         self.w_k = nn.Parameter(torch.randn(h, d, d) * std)
         self.w_v = nn.Parameter(torch.randn(h, d, d) * std)
-        self.w_o = nn.Linear(h * d, d, bias=False)  # no bias: an empty history contributes exactly 0
+        self.w_o = nn.Linear(
+            h * d, d, bias=False
+        )  # no bias: an empty history contributes exactly 0
         layers: list[nn.Module] = []
         width = 3 * d  # [esu; x_t; esu * x_t]
         for hidden in config.mlp_hidden:
@@ -52,8 +54,9 @@ class RankingHead(nn.Module):
         u = self.query_vectors(x_t)  # (B, H, D)
         scores = torch.einsum("bhd,bhkd->bhk", u, topk_emb) * self.scale  # (B, H, K)
         weights = masked_softmax(scores, mask)  # (B, H, K)
-        values = torch.einsum("hed,bhkd->bhke", self.w_v, topk_emb)  # (B, H, K, D)
-        heads = torch.einsum("bhk,bhke->bhe", weights, values)  # (B, H, D)
+        # sum_k w_k (W_V x_k) = W_V (sum_k w_k x_k): pool first, project once (K times cheaper).
+        pooled = torch.einsum("bhk,bhkd->bhd", weights, topk_emb)  # (B, H, D)
+        heads = torch.einsum("hed,bhd->bhe", self.w_v, pooled)  # (B, H, D)
         return self.w_o(heads.flatten(1))  # (B, H*D) -> (B, D)
 
     def forward(

@@ -96,15 +96,19 @@ class PSU(nn.Module):
         losses = {"align": zero, "next": zero, "relevance": zero}
         if cfg.next_weight > 0:
             eos = self.eos.expand(len(candidates), 1, -1)  # (B, 1, D)
-            logits = self.model(target_query, candidates, seq_item, seq_query, seq_mask, extra_events=eos)
+            logits = self.model(
+                target_query, candidates, seq_item, seq_query, seq_mask, extra_events=eos
+            )
             labels = torch.zeros_like(logits)
             labels[:, 0] = 1.0
             losses["next"] = F.binary_cross_entropy_with_logits(logits, labels)
         if cfg.align_weight > 0:
-            items = torch.cat([candidates[:, 0], seq_item.flatten()])
-            losses["align"] = alignment_loss(self.model, items, cfg.tau)
+            # Targets and sampled negatives: ~B*(1+N) in-batch items, not the whole histories.
+            losses["align"] = alignment_loss(self.model, candidates.flatten(), cfg.tau)
         if cfg.relevance_weight > 0:
-            losses["relevance"] = relevance_loss(self.model, target_query, candidates[:, 0], cfg.tau)
+            losses["relevance"] = relevance_loss(
+                self.model, target_query, candidates[:, 0], cfg.tau
+            )
         losses["total"] = (
             cfg.align_weight * losses["align"]
             + cfg.next_weight * losses["next"]

@@ -57,14 +57,14 @@ class SeminarModel(nn.Module):
     ) -> None:
         """Copy the dataset's frozen features into the buffers (shapes must match the config)."""
         with torch.no_grad():
-            self.query_tokens.copy_(torch.as_tensor(np.asarray(query_tokens), dtype=torch.long))
+            self.query_tokens.copy_(torch.as_tensor(np.array(query_tokens), dtype=torch.long))
             enc = self.item_encoder
             if hasattr(enc, "item_text") and item_text is not None:
-                enc.item_text.copy_(torch.as_tensor(np.asarray(item_text), dtype=torch.float32))
+                enc.item_text.copy_(torch.as_tensor(np.array(item_text), dtype=torch.float32))
             if hasattr(enc, "item_attrs") and item_attrs is not None:
-                enc.item_attrs.copy_(torch.as_tensor(np.asarray(item_attrs), dtype=torch.long))
+                enc.item_attrs.copy_(torch.as_tensor(np.array(item_attrs), dtype=torch.long))
             if hasattr(enc, "item_image") and item_image is not None:
-                enc.item_image.copy_(torch.as_tensor(np.asarray(item_image), dtype=torch.float32))
+                enc.item_image.copy_(torch.as_tensor(np.array(item_image), dtype=torch.float32))
 
     # ---- embeddings ---------------------------------------------------------------------
     def pair(self, query_emb: Tensor, item_emb: Tensor) -> Tensor:
@@ -146,7 +146,13 @@ class SeminarModel(nn.Module):
             seq_query = torch.cat([seq_query, seq_query.new_zeros(len(seq_query), e)], dim=1)
             seq_mask = torch.cat([seq_mask, seq_mask.new_ones(len(seq_mask), e)], dim=1)
         return self.score_candidates(
-            queries[target_query], items[candidates], x_seq, seq_item, seq_query, seq_mask, retriever
+            queries[target_query],
+            items[candidates],
+            x_seq,
+            seq_item,
+            seq_query,
+            seq_mask,
+            retriever,
         )
 
     def per_modality_names(self) -> list[str]:

@@ -68,6 +68,11 @@ class PQRetriever:
         self.modalities = codebooks.modalities
         self.centroids = torch.from_numpy(codebooks.centroids).to(self.device)
         self.tables = {m: tables[m].detach().float().to(self.device) for m in self.modalities}
+        # The gather of exact embeddings needs only the fused item table: summing the item
+        # modalities once here turns M row gathers per event into two (query + item).
+        item_parts = [self.tables[m] for m in self.modalities if m != QUERY_MODALITY]
+        self.item_table = torch.stack(item_parts).sum(0) if item_parts else None
+        self.query_table = self.tables.get(QUERY_MODALITY)
         self.table_codes = {
             m: torch.from_numpy(np.asarray(table_codes[m], dtype=np.uint8)).to(self.device)
             for m in self.modalities
@@ -87,11 +92,11 @@ class PQRetriever:
 
     def exact_vectors(self, item: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Exact pair embeddings x = tables["query"][q] + sum_m tables[m][i]: (...) -> (..., D)."""
-        out = None
-        for m in self.modalities:
-            part = self.tables[m][query if m == QUERY_MODALITY else item]
-            out = part if out is None else out + part
-        return out
+        if self.item_table is None:
+            return self.query_table[query]
+        if self.query_table is None:
+            return self.item_table[item]
+        return self.query_table[query] + self.item_table[item]
 
     def event_codes(self, item: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Codes of events from their indices: (B, L) -> (B, L, C) uint8, modality-major."""
@@ -104,7 +109,9 @@ class PQRetriever:
         """u = model.gsu_query_vectors(x_t) from the saved projection: (B, D) -> (B, H, D)."""
         if self.gsu_weight is None:
             raise PQError("this retriever has no GSU projection weights (built without a model)")
-        u = torch.einsum("be,ehd->bhd", x_t.float().to(self.device), self.gsu_weight)
+        d, h, _ = self.gsu_weight.shape
+        # (B, D) @ (D, H*D) -> (B, H*D) -> (B, H, D): one small GEMM
+        u = (x_t.float().to(self.device) @ self.gsu_weight.reshape(d, h * d)).reshape(-1, h, d)
         return u if self.gsu_bias is None else u + self.gsu_bias
 
     def adc_scores(self, u: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -167,12 +174,21 @@ class PQRetriever:
         return pos.to(self.device), valid.to(self.device)
 
     def _rerank(self, u, pos, valid, item, query, k):
+        """Exact scores of the shortlist (B, H, R) -> the best K of it."""
         b, h, r = pos.shape
-        # (B|1, L) -> (B, H, R) indices of the shortlisted events
-        it = torch.gather(item.expand(b, -1).unsqueeze(1).expand(b, h, -1), 2, pos)
-        qu = torch.gather(query.expand(b, -1).unsqueeze(1).expand(b, h, -1), 2, pos)
-        x = self.exact_vectors(it, qu)  # (B, H, R, D)
-        exact = torch.einsum("bhd,bhrd->bhr", u, x)
+        if item.shape[0] == 1:
+            # One user's sequence for every target: compute each shortlisted event's exact
+            # vector once (the union is at most L, usually far less than B*H*R), score the
+            # union with one GEMM, then pick each row's shortlist scores out of it.
+            uniq, inv = torch.unique(pos, return_inverse=True)  # (U,), (B, H, R)
+            x = self.exact_vectors(item[0][uniq], query[0][uniq])  # (U, D)
+            scores = (u.reshape(b * h, -1) @ x.T).reshape(b, h, -1)  # (B, H, U)
+            exact = torch.gather(scores, 2, inv)  # (B, H, R)
+        else:
+            # (B, L) -> (B, H, R) item / query index of each shortlisted event
+            it = torch.gather(item.unsqueeze(1).expand(b, h, -1), 2, pos)
+            qu = torch.gather(query.unsqueeze(1).expand(b, h, -1), 2, pos)
+            exact = torch.einsum("bhd,bhrd->bhr", u, self.exact_vectors(it, qu))
         exact = exact.masked_fill(~valid, torch.finfo(exact.dtype).min)
         kk = min(k, r)
         _, top = exact.topk(kk, dim=-1)  # (B, H, kk) into the shortlist
@@ -221,6 +237,22 @@ class PQRetriever:
 
         return t(item).long(), t(query).long(), t(codes)
 
+    def gather_winners(
+        self, item: torch.Tensor, query: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Exact embeddings (B, H, K, D) of the chosen events of one sequence (item, query
+        (1, L)) at positions (B, H, K); zero where not valid."""
+        b, h, k = pos.shape
+        if item.shape[1] == 0:
+            return torch.zeros((b, h, k, self.codebooks.dim), device=self.device)
+        # Heads and targets pick many of the same events: build each winner's exact vector
+        # once, then one gather writes (B, H, K, D).
+        uniq, inv = torch.unique(pos, return_inverse=True)  # (U,), (B, H, K)
+        x = self.exact_vectors(item[0][uniq], query[0][uniq])  # (U, D)
+        emb = x[inv]  # (B, H, K, D)
+        emb.masked_fill_(~valid.unsqueeze(-1), 0.0)
+        return emb
+
     def retrieve(
         self, user_index: int, x_t: torch.Tensor, k: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,9 +268,4 @@ class PQRetriever:
         u = self.query_vectors(x_t)  # (B, H, D)
         mask = torch.ones(item.shape, dtype=torch.bool, device=self.device)  # (1, L)
         pos, valid = self.topk_positions(u, codes, mask, item, query, k)
-        # (1, L) -> (B, H, K) item / query index of each winner
-        it = item[0][pos] if item.shape[1] else torch.zeros_like(pos)
-        qu = query[0][pos] if query.shape[1] else torch.zeros_like(pos)
-        emb = self.exact_vectors(it, qu)  # (B, H, K, D)
-        emb = emb * valid.unsqueeze(-1)
-        return emb, valid
+        return self.gather_winners(item, query, pos, valid), valid

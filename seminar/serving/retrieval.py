@@ -21,6 +21,24 @@ from seminar.build import pipeline as P
 from seminar.serving.backend import ArtifactError, RequestError
 
 
+def pair_alpha(pq_dir: Path, retriever: object | None = None) -> float:
+    """The model's pair weight alpha, recorded with the PQ artifacts (docs/design.md section 8).
+
+    The PQ engine scores x_t = alpha * query_emb + (1 - alpha) * item_emb, but pq_retrieval
+    receives query_emb and item_emb, so the artifacts must say which alpha the model used.
+    """
+    alpha = getattr(retriever, "alpha", None)
+    if alpha is None:
+        manifest = json.loads((pq_dir / "manifest.json").read_text())
+        alpha = manifest.get("alpha")
+    if alpha is None:
+        raise ArtifactError(
+            f"{pq_dir / 'manifest.json'} records no 'alpha' (the model's pair weight, needed to "
+            "form x_t from query_emb and item_emb): seminar.pq.save_retriever must write it"
+        )
+    return float(alpha)
+
+
 @dataclass
 class BatchRetrieval:
     retriever: object  # seminar.pq.PQRetriever (imported lazily: seminar.pq pulls in faiss)
@@ -33,17 +51,12 @@ class BatchRetrieval:
         from seminar.pq import load_pq_retriever
 
         retriever = load_pq_retriever(pq_dir, device=device, verify=True)
-        manifest = json.loads((pq_dir / "manifest.json").read_text())
-        if "alpha" not in manifest:
-            raise ArtifactError(
-                f"{pq_dir / 'manifest.json'} has no 'alpha' (the model's pair weight, needed to "
-                "form x_t from query_emb and item_emb); rebuild the PQ artifacts"
-            )
+        alpha = pair_alpha(pq_dir, retriever)
         if retriever.k != k:
             raise ArtifactError(
                 f"{pq_dir}: PQ artifacts were built for K = {retriever.k}, the config says {k}"
             )
-        return cls(retriever=retriever, alpha=float(manifest["alpha"]), k=k)
+        return cls(retriever=retriever, alpha=alpha, k=k)
 
     @property
     def device(self) -> torch.device:

@@ -27,7 +27,8 @@ from seminar.clients.workload import RankCall
 from seminar.constants import ENSEMBLE_MODEL
 
 _PINNED = re.compile(r"^seminar_v(\d+)$")
-TEST_LIMITS = Limits(max_candidates=200, max_query_bytes=64, deadline_ms=2000)
+# A generous deadline: the shared 2-core CI machine runs other areas' tests beside these.
+TEST_LIMITS = Limits(max_candidates=200, max_query_bytes=64, deadline_ms=5000)
 
 
 def require_fixture(request: pytest.FixtureRequest, name: str) -> object:

@@ -36,7 +36,7 @@ class PQWorld:
     gsu_weight: np.ndarray
     gsu_bias: np.ndarray
 
-    def retriever(self, **config) -> PQRetriever:
+    def retriever(self, device: str = "cpu", **config) -> PQRetriever:
         cfg = PQConfig(nbits=self.codebooks.nbits, **config)
         return PQRetriever(
             self.codebooks,
@@ -47,6 +47,7 @@ class PQWorld:
             gsu_weight=torch.from_numpy(self.gsu_weight),
             gsu_bias=torch.from_numpy(self.gsu_bias),
             k=PQ_TEST_K,
+            device=device,
         )
 
 

@@ -15,10 +15,12 @@ nvidia-pytriton is missing; they never mock it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from seminar.constants import ENSEMBLE_MODEL
@@ -39,14 +41,88 @@ def require_tritonserver() -> None:
         pytest.skip(f"real tritonserver unavailable: {e}")
 
 
+# Served vs offline scores (issue 6): same artifacts, same PQ top-K, float32 ONNX vs torch.
+ATOL = 1e-4
+
+
+def _path_of(fixture_value: object, attrs: tuple[str, ...]) -> Path:
+    for attr in attrs:
+        value = getattr(fixture_value, attr, None)
+        if isinstance(value, str | os.PathLike):
+            return Path(value)
+    return Path(fixture_value)  # type: ignore[arg-type]
+
+
 def repo_path(model_repo: object) -> Path:
     """The repository folder of whatever the build fixture returns (a path or an object with
     `.path` / `.repo`)."""
-    for attr in ("path", "repo", "root"):
-        value = getattr(model_repo, attr, None)
-        if isinstance(value, str | os.PathLike):
-            return Path(value)
-    return Path(model_repo)  # type: ignore[arg-type]
+    return _path_of(model_repo, ("path", "repo", "root"))
+
+
+def run_path(quick_run: object) -> Path:
+    """The run directory of whatever the training fixture returns."""
+    return _path_of(quick_run, ("path", "run_dir", "run", "root"))
+
+
+def pq_dir_of(repo: Path, version: int = 1) -> Path:
+    """The PQ artifacts `pq_retrieval` serves for `version` (what `seminar score --gsu pq
+    --pq-dir` must use to pick the same K events)."""
+    from seminar.build import pipeline as P
+
+    from seminar.constants import PQ_RETRIEVAL_MODEL
+
+    return repo / PQ_RETRIEVAL_MODEL / str(version) / P.PQ_DIR
+
+
+@functools.cache
+def _reference_parts(run: Path, pq_dir: Path):
+    try:
+        from seminar.training.checkpoint import load_run
+        from seminar.training.scoring import score_indices, score_request
+    except ImportError as e:
+        pytest.skip(
+            "offline reference missing: seminar.training.scoring (model area, "
+            f"`seminar score --gsu pq --pq-dir`) is not importable ({e})"
+        )
+    from seminar.pq import load_pq_retriever
+
+    return load_run(run), load_pq_retriever(pq_dir, "cpu"), score_request, score_indices
+
+
+def offline_scores(
+    quick_run: object,
+    data: Path,
+    pq_dir: Path,
+    user_id: int,
+    query: str,
+    item_ids: np.ndarray,
+) -> np.ndarray:
+    """The offline reference with the server's PQ artifacts (so both pick the same K events).
+
+    A user of `data` goes through `score_request` (what `seminar score --gsu pq` runs); a
+    cold-start user (no stored history) through its core `score_indices` with an empty history,
+    which is how the contract scores them.
+    """
+    from seminar.data.dataset import PreparedDataset
+
+    run, retriever, score_request, score_indices = _reference_parts(run_path(quick_run), pq_dir)
+    items = [int(i) for i in item_ids]
+    ds = PreparedDataset.load(data)
+    if int(user_id) in set(ds.user_ids.tolist()) and "synthetic_users" not in ds.meta:
+        scores = score_request(run, int(user_id), query, items, retriever=retriever, data=data)
+    else:
+        # Cold start, or a SYNTHETIC user appended to the run's dataset (checksum differs).
+        known = int(user_id) in set(ds.user_ids.tolist())
+        history = ds.history(ds.user_index(int(user_id))) if known else None
+        scores = score_indices(
+            run.model,
+            ds.tokenizer().encode(query),
+            [ds.item_index(i) for i in items],
+            history.item if known else [],
+            history.query if known else [],
+            retriever,
+        )
+    return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 
 @contextlib.contextmanager
@@ -71,9 +147,23 @@ def start_triton(
         yield server
 
 
+def require_serving_pieces(repo: Path) -> None:
+    """Skip, naming the missing piece, when another area's part the server needs is absent."""
+    from seminar.serving.backend import ArtifactError
+    from seminar.serving.retrieval import pair_alpha
+
+    for pq_dir in sorted(repo.glob("pq_retrieval/*/pq")):
+        try:
+            pair_alpha(pq_dir)
+        except ArtifactError as e:
+            pytest.skip(f"missing piece from seminar.pq: {e}")
+
+
 @pytest.fixture(scope="session")
 def triton(model_repo: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """The real tritonserver over `model_repo`: explicit model control, everything loaded."""
+    repo = repo_path(model_repo)
+    require_serving_pieces(repo)
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with start_triton(repo_path(model_repo), log_path=log) as server:
+    with start_triton(repo, log_path=log) as server:
         yield server

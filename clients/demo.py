@@ -1,0 +1,187 @@
+"""The gateway end of `make demo`: Triton + gateway with an A/B config, a few rankings, a short
+load, and the arm split read back from the gateway's /metrics (and Prometheus, if installed).
+
+    from seminar.clients.demo import run_gateway_demo
+    run_gateway_demo(repo=Path("model_repository"), data=Path("data/movielens"))
+
+Arms are the two newest pinned ensembles `seminar_vN` found in the repository (one build gives
+one arm pair over the same version: `seminar_vN` and the contract ensemble `seminar`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seminar.clients.config import Arm, ExperimentConfig, write_config
+
+from seminar.constants import ENSEMBLE_MODEL
+
+_PINNED = re.compile(r"^seminar_v(\d+)$")
+
+
+class DemoError(RuntimeError):
+    """The repository or dataset cannot run the demo; the message names what is missing."""
+
+
+@dataclass
+class DemoResult:
+    arms: tuple[Arm, ...]
+    rankings: list[dict] = field(default_factory=list)
+    load_markdown: str = ""
+    arm_split_metrics: dict[str, float] = field(default_factory=dict)  # arm -> OK requests
+    arm_split_prometheus: dict[str, float] | None = None
+    report_path: Path | None = None
+
+
+def demo_arms(repo: Path) -> tuple[Arm, Arm]:
+    """Two arms from the builds on disk (docs/design.md section 5)."""
+    builds = sorted(
+        int(m.group(1))
+        for d in repo.iterdir()
+        if (m := _PINNED.match(d.name)) and (d / m.group(1)).is_dir()
+    ) if repo.is_dir() else []  # fmt: skip
+    if len(builds) >= 2:
+        a, b = builds[-2], builds[-1]
+        return Arm("control", f"seminar_v{a}", a, 50), Arm("treatment", f"seminar_v{b}", b, 50)
+    if len(builds) == 1:
+        v = builds[0]
+        return Arm("control", f"seminar_v{v}", v, 50), Arm("treatment", ENSEMBLE_MODEL, v, 50)
+    raise DemoError(f"{repo}: no pinned ensemble seminar_vN/N (run `seminar build` first)")
+
+
+def arm_split_from_metrics(metrics_url: str) -> dict[str, float]:
+    """OK requests per arm, read from the gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    split: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "seminar_gateway_requests_total" and s.labels["code"] == "OK":
+                split[s.labels["arm"]] = split.get(s.labels["arm"], 0.0) + s.value
+    return split
+
+
+def run_gateway_demo(
+    repo: Path,
+    data: Path,
+    out_dir: Path = Path("reports"),
+    users: int = 3,
+    load_seconds: float = 5.0,
+    concurrency: int = 4,
+    prometheus: bool = True,
+) -> DemoResult:
+    """Start Triton and the gateway, rank, load, read the arm split back; stop everything."""
+    from rich.console import Console
+    from rich.table import Table
+    from seminar.clients.client import rank_via_gateway
+    from seminar.clients.load import LoadConfig, run_load
+    from seminar.clients.process import GatewayProcess
+    from seminar.clients.workload import load_workload
+
+    from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
+
+    console = Console()
+    arms = demo_arms(repo)
+    calls = load_workload(data, candidates=100, limit=200)
+    config = ExperimentConfig(salt="demo", arms=arms)
+    result = DemoResult(arms=arms)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    triton_config = TritonConfig(
+        repo=repo,
+        model_control=ModelControl.EXPLICIT,
+        load_models=tuple(sorted({a.model for a in arms})),
+        wait_models=tuple(sorted({a.model for a in arms})),
+    )
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seminar-demo-")))
+        write_config(config, tmp / "ab.yaml")
+        with console.status("starting tritonserver (loading both arms)"):
+            triton = stack.enter_context(TritonServer(triton_config))
+        with console.status("starting the gateway"):
+            gw = stack.enter_context(GatewayProcess(tmp / "ab.yaml", triton.grpc_url, catalog=repo))
+        console.print(
+            f"Triton on {triton.grpc_url}, gateway on {gw.address} (metrics {gw.metrics_url}); "
+            f"arms: " + ", ".join(f"{a.name}={a.model_version} ({a.weight:g}%)" for a in arms)
+        )
+
+        for call in calls[:users]:
+            r = rank_via_gateway(gw.address, call.user_id, call.query, call.candidate_ids.tolist())
+            result.rankings.append({"user_id": call.user_id, "query": call.query, **r.to_dict()})
+            table = Table(title=f"user {call.user_id} · arm {r.arm} · {r.model_version}")
+            for col in ("rank", "item_id", "score"):
+                table.add_column(col, justify="right")
+            for rank_no, (item, score) in enumerate(
+                zip(r.item_ids[:5], r.scores[:5], strict=True), 1
+            ):
+                table.add_row(str(rank_no), str(item), f"{score:.4f}")
+            console.print(table)
+
+        prom = None
+        if prometheus and shutil.which("prometheus"):
+            from seminar.clients.observe import PrometheusProcess
+
+            host_port = triton.metrics_url.removeprefix("http://").removesuffix("/metrics")
+            with console.status("starting Prometheus"):
+                prom = stack.enter_context(
+                    PrometheusProcess(host_port, f"127.0.0.1:{gw.metrics_port}", port=_free_port())
+                )
+                prom.wait_scraped()
+
+        load = LoadConfig(duration_s=load_seconds, concurrency=concurrency, warmup_s=0.5)
+        load_result = asyncio.run(run_load(gw.address, calls, load, progress=True))
+        result.load_markdown = load_result.markdown()
+        console.print(result.load_markdown, soft_wrap=True)
+
+        result.arm_split_metrics = arm_split_from_metrics(gw.metrics_url)
+        if prom is not None:
+            time.sleep(2.5)  # two scrapes after the load, so Prometheus holds the final counts
+            query = 'sum by (arm) (seminar_gateway_requests_total{code="OK"})'
+            result.arm_split_prometheus = {
+                r["metric"]["arm"]: float(r["value"][1]) for r in prom.query(query)
+            }
+        total = sum(result.arm_split_metrics.values()) or 1.0
+        split = ", ".join(
+            f"{arm}={n:.0f} ({n / total:.1%})"
+            for arm, n in sorted(result.arm_split_metrics.items())
+        )
+        console.print(f"arm split from the gateway's /metrics: {split}")
+        if result.arm_split_prometheus is not None:
+            console.print(f"arm split from Prometheus: {result.arm_split_prometheus}")
+
+    result.report_path = out_dir / "demo_gateway.md"
+    result.report_path.write_text(_report(result))
+    return result
+
+
+def _free_port() -> int:
+    from seminar.clients.process import free_port
+
+    return free_port()
+
+
+def _report(result: DemoResult) -> str:
+    lines = ["# Demo: A/B gateway in front of Triton", "", "Arms: " + ", ".join(
+        f"`{a.name}` = {a.model_version} ({a.weight:g}%)" for a in result.arms
+    ), "", "## Rankings through the gateway (top 5)", ""]  # fmt: skip
+    for r in result.rankings:
+        top = ", ".join(
+            f"{i} ({s:.3f})" for i, s in zip(r["item_ids"][:5], r["scores"][:5], strict=True)
+        )
+        lines.append(f"- user {r['user_id']} → arm `{r['arm']}` ({r['model_version']}): {top}")
+    lines += ["", "## Load through the gateway", "", result.load_markdown, "", "## Arm split", ""]
+    lines.append(f"- gateway /metrics (OK requests): {result.arm_split_metrics}")
+    if result.arm_split_prometheus is not None:
+        lines.append(
+            f'- Prometheus `sum by (arm) (seminar_gateway_requests_total{{code="OK"}})`: {result.arm_split_prometheus}'
+        )
+    return "\n".join(lines) + "\n"

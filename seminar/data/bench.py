@@ -1,0 +1,155 @@
+"""`seminar bench synthetic`: SYNTHETIC generator throughput and peak memory.
+
+Each run prepares a synthetic dataset (generate -> Parquet + sequence arrays + splits; MiniLM
+off, it is measured by the prepare commands) in a fresh spawned process, so its peak RSS is its
+own. The anchor row is a process that only imports the pipeline: the memory every run pays.
+Runs with more events than one write chunk show whether memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    run: str
+    events: int
+    users: int
+    seconds: float
+    events_per_s: float
+    peak_rss_mib: float
+    disk_mib: float
+
+
+def _child(
+    events: int, events_per_user: int, items: int, topics: int, seed: int, chunk_rows: int
+) -> dict:
+    """Runs in a fresh process: one synthetic prepare; returns timing and this process's peak RSS."""
+    from seminar.data.prepare import PrepareConfig
+    from seminar.data.synthetic import SyntheticConfig, prepare_synthetic
+
+    if events == 0:  # anchor: imports only
+        return {
+            "seconds": 0.0,
+            "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "disk": 0,
+            "users": 0,
+            "events": 0,
+        }
+    users = max(1, events // events_per_user)
+    config = SyntheticConfig(
+        users=users,
+        events_per_user=events_per_user,
+        items=items,
+        topics=topics,
+        seed=seed,
+        length_spread=0.0,
+    )
+    prepare = PrepareConfig(seed=seed, chunk_rows=chunk_rows, text_features=False, progress=False)
+    root = Path(tempfile.mkdtemp(prefix="seminar-bench-synthetic-"))
+    try:
+        start = time.perf_counter()
+        stats = prepare_synthetic(config, root / "data", prepare)
+        seconds = time.perf_counter() - start
+        disk = sum(p.stat().st_size for p in (root / "data").rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "seconds": seconds,
+        "rss_kib": rss,
+        "disk": disk,
+        "users": stats.users,
+        "events": stats.events,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_bench(
+    sizes: list[int],
+    events_per_user: int,
+    items: int,
+    topics: int,
+    seed: int,
+    reports: Path,
+    chunk_rows: int = 262_144,
+) -> list[BenchRow]:
+    if any(n < 1 for n in sizes):
+        raise ValueError("--events values must be >= 1")
+    from rich.progress import track
+
+    rows: list[BenchRow] = []
+    for n in track([0, *sizes], description="synthetic bench"):
+        # A fresh spawned process per run: its peak RSS belongs to that run alone.
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            r = pool.submit(_child, n, events_per_user, items, topics, seed, chunk_rows).result()
+        rows.append(
+            BenchRow(
+                run="imports only (anchor)" if n == 0 else f"{r['events']:,} events",
+                events=r["events"],
+                users=r["users"],
+                seconds=round(r["seconds"], 3),
+                events_per_s=round(r["events"] / r["seconds"]) if r["seconds"] else 0.0,
+                peak_rss_mib=round(r["rss_kib"] / 1024, 1),
+                disk_mib=round(r["disk"] / 2**20, 1),
+            )
+        )
+
+    anchor = rows[0].peak_rss_mib
+    header = (
+        f"# Synthetic generator benchmark (SYNTHETIC data)\n\n"
+        f"- machine: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}\n"
+        f"- command: `seminar bench synthetic {' '.join(sys.argv[3:])}`\n"
+        f"- seed {seed}; {events_per_user} events/user; {items} items; {topics} topics; "
+        f"write chunk {chunk_rows:,} events; MiniLM off\n\n"
+    )
+    lines = [
+        "| run | users | events | seconds | events/s | peak RSS MiB | RSS - anchor MiB | on disk MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.run} | {row.users:,} | {row.events:,} | {row.seconds:.2f} | "
+            f"{row.events_per_s:,.0f} | {row.peak_rss_mib:.0f} | {row.peak_rss_mib - anchor:+.0f} | "
+            f"{row.disk_mib:.1f} |"
+        )
+    markdown = header + "\n".join(lines) + "\n"
+    print(markdown)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "synthetic.md").write_text(markdown)
+    payload = {
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "seed": seed,
+        "events_per_user": events_per_user,
+        "items": items,
+        "topics": topics,
+        "chunk_rows": chunk_rows,
+        "rows": [asdict(row) for row in rows],
+    }
+    (reports / "synthetic.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return rows

@@ -1,0 +1,229 @@
+"""`seminar build` end to end on the real quick-trained MovieLens run (the `model_repo` fixture):
+ONNX parity of each exported graph, configs vs graphs, manifests, versions side by side,
+atomicity, --force and the mismatch refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from seminar.build import artifacts as A
+from seminar.build import builder as B
+from seminar.build import export as E
+from seminar.build import pipeline as P
+from seminar.build import repository as R
+from seminar.build import tensorrt as TRT
+
+from seminar import constants as C
+from tests.support.build import BuiltRepo, build_cli, copy_repo
+
+pytestmark = pytest.mark.slow
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file below root (Triton's __pycache__ excluded)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def _version_files(repo: Path, version: int) -> dict[str, str]:
+    out = {}
+    for name in [*P.COMPOSING_MODELS, C.ENSEMBLE_MODEL]:
+        for rel, digest in _tree_digest(repo / name / str(version)).items():
+            out[f"{name}/{version}/{rel}"] = digest
+    for rel, digest in _tree_digest(repo / P.pinned_ensemble_name(version)).items():
+        out[f"{P.pinned_ensemble_name(version)}/{rel}"] = digest
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(model_repo: BuiltRepo):
+    from seminar.training.checkpoint import load_run
+
+    run = load_run(model_repo.run)
+    return run.model, P.PipelineDims.from_model_config(run.model_config)
+
+
+@pytest.mark.parametrize("name", P.EXPORTED_MODELS)
+def test_onnx_matches_pytorch_at_batch_1_7_256(model_repo, trained, name):
+    """The served graph vs the trained module: random rows at batch 1, 7, 256 (head: 1, K-1
+    and K valid slots per head) and real MovieLens rows, max abs diff <= 1e-4."""
+    import onnxruntime as ort
+
+    model, dims = trained
+    spec = P.model_specs(dims)[name]
+    module = E.graph_modules(model)[name]
+    session = ort.InferenceSession(str(model_repo.repo / name / "1" / P.ONNX_FILE))
+    bounds = A.index_bounds(model_repo.data)
+    rng = np.random.default_rng(123)
+    slots = [1, dims.k - 1, dims.k] if name == C.RANKING_HEAD_MODEL else [None]
+    checked = 0
+    for batch in (1, 7, 256):
+        for valid in slots:
+            inputs = E.random_inputs(spec, batch, bounds, rng, valid)
+            diff = E.compare(module, session, spec, inputs)
+            assert diff <= 1e-4, f"{name} batch {batch} valid={valid}: max abs diff {diff:.3e}"
+            checked += 1
+    real = A.real_parity_inputs(model, model_repo.data, dims)[name]
+    assert E.compare(module, session, spec, real) <= 1e-4
+    assert checked == 3 * len(slots)
+
+
+def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained):
+    _, dims = trained
+    repo, specs = model_repo.repo, P.model_specs(dims)
+    for name, spec in specs.items():
+        onnx_path = repo / name / "1" / P.ONNX_FILE if name in P.EXPORTED_MODELS else None
+        config = R.validate_config(repo / name / R.CONFIG_FILE, spec, P.Target.CPU, onnx_path)
+        assert config.backend == "python"
+        assert config.version_policy.HasField("all")
+        assert (repo / name / "1" / P.PYTHON_FILE).read_bytes() == (
+            P.BACKENDS_DIR / spec.backend_source
+        ).read_bytes()
+    for ensemble in (C.ENSEMBLE_MODEL, P.pinned_ensemble_name(1)):
+        config = R.validate_config(
+            repo / ensemble / R.CONFIG_FILE, P.ensemble_spec(dims, ensemble), P.Target.CPU
+        )
+        assert [s.model_version for s in config.ensemble_scheduling.step] == [1] * 5
+        assert (repo / ensemble / "1").is_dir()
+    card = (repo / P.pinned_ensemble_name(1) / "1" / B.MODEL_CARD_FILE).read_text()
+    assert "logit" in card and "git revision" in card and "movielens" in card.lower()
+    info = json.loads((repo / P.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text())
+    assert info["dims"] == {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t}
+    assert all(
+        e["max_abs_diff"] <= 1e-4 and e["polygraphy"] == "passed" for e in info["exports"].values()
+    )
+
+
+def test_manifests_verify_and_a_corrupted_artifact_is_detected(model_repo, tmp_path):
+    for name in P.COMPOSING_MODELS:
+        assert A.verify_manifest(model_repo.repo / name / "1") >= 2
+    pq = A.verify_manifest(model_repo.repo / C.PQ_RETRIEVAL_MODEL / "1")
+    assert pq >= 4, "the PQ artifacts (codebooks, store, tables) are covered"
+    repo = copy_repo(model_repo, tmp_path / "repo")
+    victim = repo / P.FEATURES_MODEL / "1" / P.ITEM_IDS_FILE
+    ids = np.load(victim)
+    ids[0] += 1  # same shape, size and dtype: only the checksum can tell
+    np.save(victim, ids)
+    with pytest.raises(A.ArtifactError, match=r"item_ids\.npy: sha256"):
+        A.verify_manifest(repo / P.FEATURES_MODEL / "1")
+
+
+def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
+    repo = copy_repo(model_repo, tmp_path / "repo")
+    before = _version_files(repo, 1)
+    result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--no-polygraphy")
+    assert result.exit_code == 0, result.output
+    assert _version_files(repo, 1) == before, "version 1 changed while building version 2"
+    assert sorted(B.existing_versions(repo)) == [1, 2]
+    contract = R.parse_config(repo / C.ENSEMBLE_MODEL / R.CONFIG_FILE)
+    assert {s.model_version for s in contract.ensemble_scheduling.step} == {2}
+    pinned = R.parse_config(repo / P.pinned_ensemble_name(1) / R.CONFIG_FILE)
+    assert {s.model_version for s in pinned.ensemble_scheduling.step} == {1}
+    # Same checkpoint, same graphs: the rebuilt ONNX is byte-identical (deterministic export).
+    for name in P.EXPORTED_MODELS:
+        assert (repo / name / "2" / P.ONNX_FILE).read_bytes() == (
+            repo / name / "1" / P.ONNX_FILE
+        ).read_bytes()
+
+    # An existing version is never overwritten without --force ...
+    again = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data))
+    assert again.exit_code == 1 and "version 2 exists" in again.stderr and "--force" in again.stderr
+    assert _version_files(repo, 1) == before
+
+
+def _request(repo: Path, version: int, **kw) -> B.BuildRequest:
+    return B.BuildRequest(repo=repo, version=version, export=E.ExportConfig(polygraphy=False), **kw)
+
+
+def _inputs(model_repo: BuiltRepo, trained, **kw) -> B.BuildInputs:
+    from seminar.pq import PQConfig
+
+    model, dims = trained
+    pq = PQConfig(nbits=4, kmeans_iters=2, n_subspaces=8)
+    return B.BuildInputs(model, dims, model_repo.data, run_dir=model_repo.run, pq_config=pq, **kw)
+
+
+def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_path, monkeypatch):
+    repo = copy_repo(model_repo, tmp_path / "repo")
+    before = _tree_digest(repo)
+
+    def crash(out_dir: Path) -> None:  # mid-build: graphs exported, features written
+        (out_dir / "half.npy").write_bytes(b"partial")
+        raise KeyboardInterrupt("simulated interrupt")
+
+    with pytest.raises(KeyboardInterrupt):
+        B.build_version(_request(repo, 3), _inputs(model_repo, trained, write_pq=crash))
+    assert _tree_digest(repo) == before
+    assert not list(repo.parent.glob(".model_repository.v3.*")), "staging dir left behind"
+
+    # Interrupt the commit itself after a few renames: they are undone.
+    import os
+
+    real_rename, calls = os.rename, []
+
+    def flaky_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise OSError("simulated crash during commit")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(B.os, "rename", flaky_rename)
+    with pytest.raises(OSError, match="simulated crash"):
+        B.build_version(_request(repo, 3), _inputs(model_repo, trained))
+    monkeypatch.undo()
+    assert len(calls) > 4, "the renames done before the crash were undone"
+    assert _tree_digest(repo) == before
+    assert 3 not in B.existing_versions(repo)
+    assert not any((repo / m / "3").exists() for m in P.COMPOSING_MODELS)
+
+
+def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path):
+    repo = copy_repo(model_repo, tmp_path / "repo")
+    _, dims = trained
+    with pytest.raises(B.BuildError, match="version 1 exists"):
+        B.preflight(_request(repo, 1), dims)
+    B.preflight(_request(repo, 1, force=True), dims)  # allowed
+
+    other = P.PipelineDims(d=dims.d, h=dims.h, k=dims.k + 1, t=dims.t)
+    with pytest.raises(B.BuildError, match=r"does not match the versions already.*K=") as err:
+        B.preflight(_request(repo, 2), other)
+    assert "\n" not in str(err.value)
+    # A repository of one target refuses a build of the other (configs are shared).
+    gpu_repo = copy_repo(model_repo, tmp_path / "gpu_repo")
+    spec = P.model_specs(dims)[C.PQ_RETRIEVAL_MODEL]
+    gpu_config = R.model_config(spec, P.Target.GPU, R.ServingConfig())
+    (gpu_repo / C.PQ_RETRIEVAL_MODEL / R.CONFIG_FILE).write_text(R.to_text(gpu_config))
+    with pytest.raises(B.BuildError, match="built for --target gpu"):
+        B.preflight(_request(gpu_repo, 2), dims)
+
+    # A partly present version (a crash between renames) is reported, not silently reused.
+    (repo / P.FEATURES_MODEL / "5").mkdir()
+    with pytest.raises(B.BuildError, match="version 5 is partly present"):
+        B.preflight(_request(repo, 5), dims)
+
+    B.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
+    assert B.existing_versions(repo) == [1]
+    assert not list(repo.parent.glob(".repo.v1.*")), "the replaced version was not cleaned up"
+    for name in P.COMPOSING_MODELS:
+        A.verify_manifest(repo / name / "1")
+
+
+@pytest.mark.gpu
+def test_tensorrt_engines_match_onnx(model_repo, trained, tmp_path):
+    """GPU only: FP16 engines with the serving profile, engine vs ONNX Runtime via polygraphy."""
+    reason = TRT.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    _, dims = trained
+    specs = P.model_specs(dims)
+    for name in P.EXPORTED_MODELS:
+        onnx_path = model_repo.repo / name / "1" / P.ONNX_FILE
+        plan = TRT.build_engine(onnx_path, tmp_path / f"{name}.plan", specs[name], TRT.Profile())
+        assert TRT.engine_parity(onnx_path, plan, specs[name]) <= 1e-2

@@ -1,0 +1,256 @@
+"""The `seminar` ensemble on the real tritonserver, over the session's built repository.
+
+Served scores are compared with the offline reference (`seminar score`'s Python function with
+the same PQ artifacts, so both pick the same K events); malformed requests must get an error
+status while the server stays healthy; /metrics must move.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from seminar import constants as C
+from seminar.serving.client import request_inputs, score
+from tests.support.serving import ATOL, offline_scores, pq_dir_of, repo_path
+
+pytestmark = [pytest.mark.slow, pytest.mark.serving]
+
+
+@pytest.fixture(scope="module")
+def ml(movielens_data):
+    from seminar.data.dataset import PreparedDataset
+
+    return PreparedDataset.load(movielens_data)
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(triton.grpc_url)
+
+
+def candidates_of(ml, u: int) -> np.ndarray:
+    """The user's test candidates as external ids: the held-out positive, then 99 negatives."""
+    positive = int(ml.seq_item[ml.test_pos[u]])
+    return np.array(
+        [ml.item_id(positive), *(ml.item_id(int(i)) for i in ml.test_negatives[u])], np.int64
+    )
+
+
+def a_user_with_a_search(ml) -> tuple[int, str]:
+    """(user index, one of their real search queries)."""
+    for u in ml.evaluated_users():
+        start, stop = ml.user_span(int(u))
+        queries = np.asarray(ml.seq_query[start:stop])
+        if (queries > 0).any():
+            return int(u), ml.queries[int(queries[queries > 0][0])]
+    raise AssertionError("MovieLens has search events (tags); none found")
+
+
+def check_against_reference(client, model_repo, quick_run, movielens_data, user_id, query, items):
+    served = score(client, user_id, query, items)
+    assert served.shape == (len(items),) and served.dtype == np.float32
+    offline = offline_scores(
+        quick_run, movielens_data, pq_dir_of(repo_path(model_repo)), user_id, query, items
+    )
+    np.testing.assert_allclose(served, offline, atol=ATOL, rtol=0)
+    return served
+
+
+def test_search_request_matches_offline_reference(
+    client, ml, model_repo, quick_run, movielens_data
+) -> None:
+    u, query = a_user_with_a_search(ml)
+    items = candidates_of(ml, u)
+    served = check_against_reference(
+        client, model_repo, quick_run, movielens_data, int(ml.user_ids[u]), query, items
+    )
+    assert np.unique(served).size > 1  # the candidates are told apart
+
+
+def test_recommendation_request_matches_offline_reference(
+    client, ml, model_repo, quick_run, movielens_data
+) -> None:
+    u = int(ml.evaluated_users()[1])
+    items = candidates_of(ml, u)
+    rec = check_against_reference(
+        client, model_repo, quick_run, movielens_data, int(ml.user_ids[u]), "", items
+    )
+    search = score(client, int(ml.user_ids[u]), a_user_with_a_search(ml)[1], items)
+    assert not np.allclose(rec, search)  # the query reaches the model
+
+
+def test_cold_start_user_is_scored_and_matches_offline_reference(
+    client, ml, model_repo, quick_run, movielens_data
+) -> None:
+    unknown_user = int(ml.user_ids.max()) + 1_000
+    items = candidates_of(ml, int(ml.evaluated_users()[0]))
+    check_against_reference(client, model_repo, quick_run, movielens_data, unknown_user, "", items)
+
+
+def test_history_changes_the_score(client, ml) -> None:
+    """Two users with stored histories, same candidates: the retrieved events matter."""
+    users = ml.evaluated_users()[:2]
+    items = candidates_of(ml, int(users[0]))
+    a, b = (score(client, int(ml.user_ids[u]), "", items) for u in users)
+    assert np.abs(a - b).max() > 1e-6
+
+
+def test_concurrent_users_are_batched_and_each_gets_its_own_scores(client, ml, triton) -> None:
+    """Dynamic batching merges requests of several users; rows must not leak between them."""
+    import tritonclient.grpc as grpcclient
+
+    users = [int(ml.user_ids[u]) for u in ml.evaluated_users()[:8]]
+    items = candidates_of(ml, int(ml.evaluated_users()[0]))
+    alone = {uid: score(client, uid, "", items) for uid in users}
+
+    def call(uid: int) -> tuple[int, np.ndarray]:
+        own = grpcclient.InferenceServerClient(triton.grpc_url)
+        return uid, score(own, uid, "", items)
+
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(call, users * 4))
+    for uid, scores in together:
+        np.testing.assert_allclose(scores, alone[uid], atol=1e-6, rtol=0)
+
+
+# ---- malformed requests ----------------------------------------------------------------------
+def raw_inputs(user, query, item, user_dtype="INT64"):
+    import tritonclient.grpc as grpcclient
+
+    tensors = []
+    for name, value, dtype in (
+        (C.INPUT_USER_ID, user, user_dtype),
+        (C.INPUT_QUERY, query, "BYTES"),
+        (C.INPUT_ITEM_ID, item, "INT64"),
+    ):
+        if value is None:
+            continue
+        t = grpcclient.InferInput(name, list(value.shape), dtype)
+        t.set_data_from_numpy(value)
+        tensors.append(t)
+    return tensors
+
+
+def col(values, dtype=np.int64) -> np.ndarray:
+    return np.asarray(values, dtype=dtype).reshape(-1, 1)
+
+
+def texts(n: int, text: bytes = b"comedy") -> np.ndarray:
+    return np.full((n, 1), text, dtype=object)
+
+
+MALFORMED = {
+    "wrong dtype": (
+        lambda: raw_inputs(col([1, 1], np.int32), texts(2), col([1, 2]), user_dtype="INT32"),
+        "(?i)data-type|datatype|dtype|INT32",
+    ),
+    "missing input": (lambda: raw_inputs(col([1]), texts(1), None), "(?i)item_id"),
+    "negative user id": (
+        lambda: raw_inputs(col([1, -7]), texts(2), col([1, 2])),
+        "user_id must be >= 0, row 1 has -7",
+    ),
+    "negative item id": (
+        lambda: raw_inputs(col([1]), texts(1), col([-3])),
+        "item_id must be >= 0, row 0 has -3",
+    ),
+    "non-UTF-8 query": (
+        lambda: raw_inputs(col([1]), texts(1, b"\xff\xfe"), col([1])),
+        "query row 0 is not valid UTF-8",
+    ),
+    "empty batch": (
+        lambda: raw_inputs(col([]), np.zeros((0, 1), object), col([])),
+        "(?i)batch|shape|empty|rows",
+    ),
+    "100k-row batch": (
+        lambda: raw_inputs(col(np.ones(100_000)), texts(100_000), col(np.ones(100_000))),
+        "(?i)batch.?size|max",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_request_gets_an_error_and_the_server_stays_healthy(case, client, ml) -> None:
+    import tritonclient.grpc as grpcclient
+
+    make, message = MALFORMED[case]
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        client.infer(C.ENSEMBLE_MODEL, make())
+    assert re.search(message, info.value.message()), info.value.message()
+    assert info.value.status() in ("StatusCode.INVALID_ARGUMENT", "400"), info.value.status()
+    assert client.is_server_live() and client.is_model_ready(C.ENSEMBLE_MODEL)
+    good = score(client, int(ml.user_ids[0]), "", ml.item_ids[:5])
+    assert np.isfinite(good).all()
+
+
+def test_a_bad_request_does_not_fail_the_good_ones_batched_with_it(client, ml, triton) -> None:
+    import tritonclient.grpc as grpcclient
+
+    uid, items = int(ml.user_ids[0]), ml.item_ids[:50]
+    expected = score(client, uid, "", items)
+
+    def call(i: int):
+        own = grpcclient.InferenceServerClient(triton.grpc_url)
+        if i % 4 == 0:
+            try:
+                own.infer(C.ENSEMBLE_MODEL, raw_inputs(col([-1] * 50), texts(50), col(items)))
+            except grpcclient.InferenceServerException as e:
+                return "error", e.message()
+            return "served", None
+        return "ok", score(own, uid, "", items)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(call, range(32)))
+    assert sum(kind == "error" for kind, _ in outcomes) == 8
+    for kind, value in outcomes:
+        if kind == "ok":
+            np.testing.assert_allclose(value, expected, atol=1e-6, rtol=0)
+
+
+# ---- metrics -------------------------------------------------------------------------------
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, triton) -> None:
+    before = triton.metrics()
+    items = ml.item_ids[:100]
+    for _ in range(3):
+        score(client, int(ml.user_ids[0]), "", items)
+    after = triton.metrics()
+    ok = "nv_inference_request_success"
+    assert (
+        metric(after, ok, model=C.ENSEMBLE_MODEL) - metric(before, ok, model=C.ENSEMBLE_MODEL) >= 3
+    )
+    assert metric(after, ok, model=C.PQ_RETRIEVAL_MODEL) > metric(
+        before, ok, model=C.PQ_RETRIEVAL_MODEL
+    )
+    rows = "seminar_pq_rows_total"
+    assert metric(after, rows) - metric(before, rows) >= 300
+    seq = "seminar_pq_sequence_length_count"
+    assert metric(after, seq) - metric(before, seq) >= 3
+    topk = "seminar_pq_topk_seconds_count"
+    assert metric(after, topk) > metric(before, topk)
+    assert metric(after, "seminar_pq_topk_seconds_sum") > 0
+
+
+def test_request_to_a_missing_model_or_version_is_an_error(client) -> None:
+    import tritonclient.grpc as grpcclient
+
+    with pytest.raises(grpcclient.InferenceServerException, match=r"(?i)unknown|not found"):
+        client.infer("no_such_model", request_inputs(1, "", [1]))
+    with pytest.raises(grpcclient.InferenceServerException, match=r"(?i)version|unavailable"):
+        client.infer(C.ENSEMBLE_MODEL, request_inputs(1, "", [1]), model_version="99")

@@ -1,0 +1,95 @@
+"""Offline reference scores for one request: exactly what the serving pipeline computes.
+
+Per docs/design.md section 3: the query is tokenised with the dataset tokenizer, items map to
+indices (unknown -> OOV 1), the history is the user's full event sequence, each candidate row
+is encoded by `query_encoder` / `item_encoder`, retrieval picks the top-K per head (exact GSU,
+or any Retriever such as seminar.pq's), and `ranking_head` returns a logit per candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from seminar.training.checkpoint import Run, load_run
+from seminar.training.errors import TrainingError
+
+from seminar.data.dataset import PreparedDataset
+from seminar.data.errors import DataError
+from seminar.model.retrieval import Retriever
+from seminar.model.seminar import SeminarModel
+
+
+def open_run_data(run: Run, data: str | Path | None = None) -> PreparedDataset:
+    """The prepared dataset a run was trained on (or `data`), checked by checksum."""
+    path = Path(data) if data is not None else Path(run.data.get("path", ""))
+    try:
+        ds = PreparedDataset.load(path)
+    except DataError as err:
+        raise TrainingError(f"{run.path}: cannot open its dataset ({err})") from err
+    expected = run.data.get("checksum")
+    if expected and ds.checksum != expected:
+        raise TrainingError(
+            f"{path}: dataset checksum {ds.checksum[:12]} differs from the one {run.path} was "
+            f"trained on ({str(expected)[:12]}); pass the dataset it was trained on."
+        )
+    return ds
+
+
+@torch.no_grad()
+def score_indices(
+    model: SeminarModel,
+    query_tokens: Sequence[int],
+    item_index: Sequence[int],
+    seq_item: Sequence[int],
+    seq_query: Sequence[int],
+    retriever: Retriever | None = None,
+) -> list[float]:
+    """Logits of candidates `item_index` for one (user history, query); empty history is scored."""
+    model.eval()
+    q = model.query_encoder(torch.as_tensor([list(query_tokens)], dtype=torch.long))  # (1, D)
+    cand = model.item_encoder(torch.as_tensor(list(item_index), dtype=torch.long))  # (C, D)
+    items = torch.as_tensor(list(seq_item), dtype=torch.long)
+    queries = torch.as_tensor(list(seq_query), dtype=torch.long)
+    mask = torch.ones(len(items), dtype=torch.bool)
+    if len(items) == 0:
+        # Cold start: one padding slot that no retriever may select; the ESU then adds zeros.
+        items, queries = items.new_zeros(1), queries.new_zeros(1)
+        mask = torch.zeros(1, dtype=torch.bool)
+    x_seq = model.pair(
+        model.query_encoder(model.query_tokens[queries]), model.item_encoder(items)
+    )  # (L, D)
+    logits = model.score_candidates(
+        q,
+        cand.unsqueeze(0),  # (1, C, D)
+        x_seq.unsqueeze(0),  # (1, L, D)
+        items.unsqueeze(0),
+        queries.unsqueeze(0),
+        mask.unsqueeze(0),
+        retriever,
+    )  # (1, C)
+    return [float(x) for x in logits[0]]
+
+
+def score_request(
+    run: str | Path | Run,
+    user_id: int,
+    query: str,
+    item_ids: Sequence[int],
+    retriever: Retriever | None = None,
+    data: str | Path | None = None,
+) -> list[float]:
+    """Logits for `item_ids` (external ids, in that order) of one user and query."""
+    loaded = run if isinstance(run, Run) else load_run(run)
+    ds = open_run_data(loaded, data)
+    if not item_ids:
+        raise TrainingError("items: at least one candidate item id is required.")
+    try:
+        user = ds.user_index(int(user_id))
+    except KeyError:
+        raise TrainingError(f"user {user_id} is not in the dataset {ds.path}.") from None
+    history = ds.history(user)  # the full lifelong sequence, as the serving store holds it
+    tokens = ds.tokenizer().encode(query)
+    items = [ds.item_index(int(i)) for i in item_ids]
+    return score_indices(loaded.model, tokens, items, history.item, history.query, retriever)
