@@ -35,6 +35,7 @@ from seminar import constants as C
 
 BUILD_INFO_FILE = "build.json"
 MODEL_CARD_FILE = "model_card.md"
+STAGING_PID_FILE = ".pid"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -124,7 +125,7 @@ def preflight(request: BuildRequest, dims: P.PipelineDims) -> None:
         complete = request.version in existing_versions(repo)
         what = "exists" if complete else "is partly present (an interrupted build?)"
         raise BuildError(
-            f"version {request.version} {what} in {repo} ({present[0].name}/...); "
+            f"version {request.version} {what} in {repo} ({present[0].relative_to(repo)}); "
             "pass --force to replace it or choose another --version"
         )
     specs = P.model_specs(dims)
@@ -374,6 +375,19 @@ def commit(request: BuildRequest, staging: Path) -> None:
         raise
 
 
+def _remove_stale_staging(parent: Path, repo_name: str) -> None:
+    """Staging dirs of builds whose process is gone (killed, not interrupted) are garbage;
+    those of a live build (another terminal) are left alone."""
+    for staging in parent.glob(f".{repo_name}.v*.*"):
+        try:
+            pid = int((staging / STAGING_PID_FILE).read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(staging, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # unreadable pid file or not ours to signal: leave it
+
+
 def build_version(
     request: BuildRequest, inputs: BuildInputs, progress: Progress = lambda _msg: None
 ) -> BuildSummary:
@@ -382,7 +396,9 @@ def build_version(
     preflight(request, inputs.dims)
     parent = request.repo.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(parent, request.repo.name)
     staging = Path(tempfile.mkdtemp(prefix=f".{request.repo.name}.v{request.version}.", dir=parent))
+    (staging / STAGING_PID_FILE).write_text(str(os.getpid()))
     try:
         staged = stage(request, inputs, staging, progress)
         progress("commit")

@@ -18,7 +18,18 @@ from pathlib import Path
 from seminar.build import pipeline as P
 
 # ONNX ops whose FP16 versions lose accuracy (variance / exp over a long row): kept FP32.
-FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Exp", "Reciprocal")
+# Where too: masked_fill(-1e9) overflows FP16 to -inf, and an all-masked row (a cold-start
+# user) would then softmax to NaN instead of zeros.
+FP32_OPS = (
+    "LayerNormalization",
+    "Softmax",
+    "Where",
+    "ReduceMean",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Reciprocal",
+)
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,8 @@ async def serve(
 
     metrics = GatewayMetrics()
     service = RankerService(config_path, triton_url, catalog, metrics)
-    server = grpc.aio.server()
+    # No SO_REUSEPORT: a second gateway on a taken port must fail, not silently share it.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     ranker_pb2_grpc.add_RankerServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -277,7 +278,11 @@ async def serve(
         (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{host}:{port}"
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as err:  # grpcio raises on a taken port, older versions return 0
+        raise OSError(f"cannot bind the gateway to {address}: {err}") from err
+    if bound == 0:
         raise OSError(f"cannot bind the gateway to {address}")
     http_server = None
     if metrics_port is not None:

@@ -162,7 +162,13 @@ class PrometheusProcess:
 def run_prometheus(
     triton_metrics: str, gateway_metrics: str, port: int, storage: Path | None
 ) -> None:
-    """Run until Ctrl-C, printing where to look."""
+    """Run until Ctrl-C or SIGTERM, printing where to look; Prometheus is always stopped."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     with PrometheusProcess(
         triton_metrics, gateway_metrics, port, storage, scrape_interval_s=5.0
     ) as prom:

@@ -284,3 +284,19 @@ def test_same_ranking_reports_where_scores_differ() -> None:
     assert same_ranking(served, RankResult([1, 2], [0.1, 0.9], "", "m:1")) is None
     assert "item 1" in same_ranking(served, RankResult([2, 1], [0.9, 0.2], "", "m:1"))
     assert same_ranking(served, RankResult([2, 3], [0.9, 0.1], "", "m:1")) == "different item sets"
+
+
+def test_gateway_cli_refuses_a_taken_port(tmp_path: Path) -> None:
+    import socket
+
+    config = tmp_path / "ab.yaml"
+    config.write_text(yaml.safe_dump(GOOD))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _seminar(
+            "gateway", "--config", str(config), "--port", str(port), "--metrics-port", "0"
+        )
+    assert result.returncode == 2 and f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -114,3 +114,36 @@ def test_decade_from_title(title: str, expected: str) -> None:
 
 def test_item_text_without_genres_is_the_title() -> None:
     assert item_text("Babylon 5", []) == "Babylon 5"
+
+
+def test_cli_names_a_missing_source_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from seminar.data.cli import app
+
+    source = tmp_path / "ml"
+    source.mkdir()
+    (source / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,5\n")
+    out = tmp_path / "out"
+    args = ["prepare", "movielens", "--source", str(source), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "tags.csv: file not found" in result.stderr
+    assert not out.exists()
+
+
+def test_cli_names_a_malformed_ratings_column(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from seminar.data.cli import app
+
+    source = tmp_path / "ml"
+    source.mkdir()
+    for name in ("tags.csv", "movies.csv"):
+        (source / name).write_bytes((MOVIELENS_SOURCE / name).read_bytes())
+    (source / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,four,5\n")
+    result = CliRunner().invoke(
+        app, ["prepare", "movielens", "--source", str(source), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "ratings.csv" in result.stderr and "rating" in result.stderr

@@ -160,3 +160,15 @@ def test_lifelong_user_without_queries_is_rec_only() -> None:
 def test_synthetic_config_names_the_bad_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field if field != "items" else "items"):
         SyntheticConfig(**{**SYNTHETIC_SMALL, field: value})
+
+
+def test_cli_rejects_a_bad_synthetic_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from seminar.data.cli import app
+
+    out = tmp_path / "synth"
+    result = CliRunner().invoke(app, ["prepare", "synthetic", "--out", str(out), "--users", "0"])
+    assert result.exit_code == 2
+    assert "users must be >= 1" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()

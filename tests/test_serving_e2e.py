@@ -165,7 +165,7 @@ MALFORMED = {
     ),
     "empty batch": (
         lambda: raw_inputs(col([]), np.zeros((0, 1), object), col([])),
-        "(?i)batch|shape|empty|rows",
+        "(?i)byte size|batch|shape|empty",
     ),
     "100k-row batch": (
         lambda: raw_inputs(col(np.ones(100_000)), texts(100_000), col(np.ones(100_000))),

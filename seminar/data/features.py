@@ -62,13 +62,18 @@ def embed_texts(
 
     model = _model()
     out = np.empty((len(texts), TEXT_DIM), np.float32)
+    # Batches of similar length waste little on padding: encode in length order, store in place.
+    order = np.argsort([len(text) for text in texts], kind="stable")
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar:
         for start in range(0, len(texts), batch_size):
-            batch = list(texts[start : start + batch_size])
-            out[start : start + len(batch)] = model.encode(
-                batch, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
+            rows = order[start : start + batch_size]
+            out[rows] = model.encode(
+                [texts[i] for i in rows],
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
             )
-            bar.update(len(batch))
+            bar.update(len(rows))
     _save_atomic(path, out)
     return out
 

@@ -60,7 +60,7 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
-        self.split  # noqa: B018 - validates negatives / min_positives now, not at first use
+        SplitConfig(self.seed, self.negatives, self.min_positives)  # raises on a bad field now
 
     @property
     def split(self) -> SplitConfig:

@@ -71,6 +71,9 @@ class ItemEncoder(nn.Module):
             self.id_table.weight[0].zero_()
         if Modality.TEXT in self.modalities:
             self.register_buffer("item_text", torch.zeros(n, config.text_dim))
+            # Which rows have text (a zero row = missing), kept beside the features so the
+            # forward pass does not rescan all F columns.
+            self.register_buffer("item_has_text", torch.zeros(n, dtype=torch.bool))
             self.text_proj = nn.Linear(config.text_dim, dim, bias=False)
         if Modality.ATTR in self.modalities:
             self.register_buffer(
@@ -82,6 +85,7 @@ class ItemEncoder(nn.Module):
                 self.attr_table.weight[0].zero_()
         if Modality.IMAGE in self.modalities:
             self.register_buffer("item_image", torch.zeros(n, config.image_dim))
+            self.register_buffer("item_has_image", torch.zeros(n, dtype=torch.bool))
             self.image_proj = nn.Linear(config.image_dim, dim, bias=False)
         self.gate_logits = nn.Parameter(torch.zeros(len(self.modalities)))
         self.proj = (
@@ -96,7 +100,7 @@ class ItemEncoder(nn.Module):
         out[Modality.ID] = (self.id_table(item_index), item_index > 0)
         if Modality.TEXT in self.modalities:
             feats = self.item_text[item_index]  # (B, F)
-            out[Modality.TEXT] = (self.text_proj(feats), feats.abs().sum(-1) > 0)
+            out[Modality.TEXT] = (self.text_proj(feats), self.item_has_text[item_index])
         if Modality.ATTR in self.modalities:
             attrs = self.item_attrs[item_index]  # (B, A)
             out[Modality.ATTR] = masked_mean(
@@ -104,7 +108,7 @@ class ItemEncoder(nn.Module):
             )  # (B, A, D) -> (B, D)
         if Modality.IMAGE in self.modalities:
             feats = self.item_image[item_index]  # (B, F)
-            out[Modality.IMAGE] = (self.image_proj(feats), feats.abs().sum(-1) > 0)
+            out[Modality.IMAGE] = (self.image_proj(feats), self.item_has_image[item_index])
         return out
 
     def components(self, item_index: Tensor) -> dict[Modality, Tensor]:

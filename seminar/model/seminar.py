@@ -61,10 +61,12 @@ class SeminarModel(nn.Module):
             enc = self.item_encoder
             if hasattr(enc, "item_text") and item_text is not None:
                 enc.item_text.copy_(torch.as_tensor(np.array(item_text), dtype=torch.float32))
+                enc.item_has_text.copy_(enc.item_text.abs().sum(-1) > 0)
             if hasattr(enc, "item_attrs") and item_attrs is not None:
                 enc.item_attrs.copy_(torch.as_tensor(np.array(item_attrs), dtype=torch.long))
             if hasattr(enc, "item_image") and item_image is not None:
                 enc.item_image.copy_(torch.as_tensor(np.array(item_image), dtype=torch.float32))
+                enc.item_has_image.copy_(enc.item_image.abs().sum(-1) > 0)
 
     # ---- embeddings ---------------------------------------------------------------------
     def pair(self, query_emb: Tensor, item_emb: Tensor) -> Tensor:
@@ -136,9 +138,16 @@ class SeminarModel(nn.Module):
         retriever: Retriever | None = None,
         extra_events: Tensor | None = None,  # (B, E, D) appended pair embeddings (PSU's EOS)
     ) -> Tensor:
-        """Logits (B, C). Tables are computed once per call and gathered (training path)."""
-        queries, items = self.query_table(), self.item_table()  # (Q, D), (I+2, D)
-        x_seq = self.pair(queries[seq_query], items[seq_item])  # (B, L, D)
+        """Logits (B, C). Each distinct item/query is encoded once per call, then gathered."""
+        queries = self.query_table()  # (Q, D): small, the whole table
+        # Encode only the items this batch touches (far fewer than the catalog).
+        flat = torch.cat([seq_item.flatten(), candidates.flatten()])  # (B*L + B*C,)
+        ids, inverse = torch.unique(flat, return_inverse=True)
+        emb = self.item_encoder(ids)  # (U, D)
+        n = seq_item.numel()
+        seq_emb = emb[inverse[:n].view(seq_item.shape)]  # (B, L, D)
+        cand_emb = emb[inverse[n:].view(candidates.shape)]  # (B, C, D)
+        x_seq = self.pair(queries[seq_query], seq_emb)  # (B, L, D)
         if extra_events is not None:
             x_seq = torch.cat([x_seq, extra_events], dim=1)  # (B, L+E, D)
             e = extra_events.shape[1]
@@ -147,7 +156,7 @@ class SeminarModel(nn.Module):
             seq_mask = torch.cat([seq_mask, seq_mask.new_ones(len(seq_mask), e)], dim=1)
         return self.score_candidates(
             queries[target_query],
-            items[candidates],
+            cand_emb,
             x_seq,
             seq_item,
             seq_query,

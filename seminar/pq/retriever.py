@@ -160,16 +160,22 @@ class PQRetriever:
         mask_np = mask.cpu().numpy()
         rows = range(codes_np.shape[0])
         for r in rows:
-            real = np.flatnonzero(mask_np[r])  # positions of the real events of this sequence
-            if len(real) == 0:
-                continue  # nothing to select: every slot stays invalid
             # one user's sequence for all targets, or one sequence per target row
             targets = slice(None) if codes_np.shape[0] == 1 else slice(r, r + 1)
             uq = u_np[targets].reshape(-1, dim)  # (B'*H, D)
-            _, found = self._faiss.search(uq, codes_np[r, real], k)  # (B'*H, K), -1 = none
-            found = found.reshape(-1, h, k)
-            ok = found >= 0
-            pos[targets] = torch.from_numpy(np.where(ok, real[np.maximum(found, 0)], 0))
+            if mask_np[r].all():  # a stored sequence: no padding, positions are faiss ids
+                _, found = self._faiss.search(uq, codes_np[r], k)  # (B'*H, K), -1 = none
+                found = found.reshape(-1, h, k)
+                ok = found >= 0
+                pos[targets] = torch.from_numpy(np.maximum(found, 0))
+            else:
+                real = np.flatnonzero(mask_np[r])  # positions of the real events
+                if len(real) == 0:
+                    continue  # nothing to select: every slot stays invalid
+                _, found = self._faiss.search(uq, codes_np[r, real], k)
+                found = found.reshape(-1, h, k)
+                ok = found >= 0
+                pos[targets] = torch.from_numpy(real[np.maximum(found, 0)])
             valid[targets] = torch.from_numpy(ok)
         return pos.to(self.device), valid.to(self.device)
 

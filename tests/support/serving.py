@@ -46,22 +46,24 @@ ATOL = 1e-4
 
 
 def _path_of(fixture_value: object, attrs: tuple[str, ...]) -> Path:
+    if isinstance(fixture_value, str | os.PathLike):
+        return Path(fixture_value)
     for attr in attrs:
         value = getattr(fixture_value, attr, None)
         if isinstance(value, str | os.PathLike):
             return Path(value)
-    return Path(fixture_value)  # type: ignore[arg-type]
+    raise TypeError(f"no path in fixture value {fixture_value!r} (looked for {attrs})")
 
 
 def repo_path(model_repo: object) -> Path:
     """The repository folder of whatever the build fixture returns (a path or an object with
     `.path` / `.repo`)."""
-    return _path_of(model_repo, ("path", "repo", "root"))
+    return _path_of(model_repo, ("path", "repo"))
 
 
 def run_path(quick_run: object) -> Path:
     """The run directory of whatever the training fixture returns."""
-    return _path_of(quick_run, ("path", "run_dir", "run", "root"))
+    return _path_of(quick_run, ("path", "run_dir", "run"))
 
 
 def pq_dir_of(repo: Path, version: int = 1) -> Path:

@@ -16,7 +16,8 @@ TINY_TRAIN = {
     "epochs": 1,
     "pretrain_epochs": 1,
     "batch_size": 128,
-    "max_train_targets": 1024,
+    "lr": 0.01,  # 16 steps must be enough to beat chance clearly
+    "max_train_targets": 2048,
     "eval_users": 64,
     "progress": False,
 }
