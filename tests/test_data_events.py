@@ -245,3 +245,33 @@ def test_a_failure_midway_leaves_nothing_behind(
     with pytest.raises(RuntimeError, match="disk full"):
         prepare_events(events, items, tmp_path / "out", "x", PrepareConfig(progress=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet", "items.parquet"]
+
+
+def test_accepts_narrow_ints_bool_labels_timestamps_and_dictionary_strings(tmp_path: Path) -> None:
+    from seminar.data.schema import read_events
+
+    columns = _events()
+    table = pa.table(
+        {
+            "user_id": pa.array(columns["user_id"], pa.int32()),
+            "item_id": pa.array(columns["item_id"], pa.uint16()),
+            "timestamp": pa.array([t * 1000 for t in columns["timestamp"]], pa.timestamp("ms")),
+            "event_type": pa.array(columns["event_type"]).dictionary_encode(),
+            "query": pa.array(columns["query"], pa.large_string()),
+            "label": pa.array([bool(x) for x in columns["label"]]),
+            "extra": pa.array(range(len(columns["label"]))),  # ignored
+        }
+    )
+    pq.write_table(table, tmp_path / "events.parquet")
+    events = read_events(tmp_path / "events.parquet")
+    assert events.schema.names == [
+        "user_id",
+        "item_id",
+        "timestamp",
+        "event_type",
+        "query",
+        "label",
+    ]
+    assert events.column("timestamp").to_pylist() == columns["timestamp"]
+    assert events.column("label").to_pylist() == columns["label"]
+    assert events.column("event_type").to_pylist() == columns["event_type"]

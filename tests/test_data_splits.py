@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,7 @@ def test_sample_negatives_small_catalog_and_too_small() -> None:
     interacted = np.arange(2, 12)
     got = sample_negatives(rng, interacted, n_item_rows=12 + 99, k=99)  # exactly 99 left
     assert sorted(got.tolist()) == list(range(12, 111))
-    with pytest.raises(Exception):  # noqa: B017 - private "too few" signal
-        sample_negatives(rng, interacted, n_item_rows=12 + 98, k=99)
+    assert sample_negatives(rng, interacted, n_item_rows=12 + 98, k=99) is None
 
 
 def test_split_config_rejects_bad_values() -> None:
@@ -97,3 +97,16 @@ def test_split_config_rejects_bad_values() -> None:
         SplitConfig(negatives=0)
     with pytest.raises(ValueError, match="min_positives"):
         SplitConfig(min_positives=1)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 50, 10_000])
+def test_user_chunks_cover_every_user_whole(chunk_rows: int) -> None:
+    from seminar.data.prepare import user_chunks
+
+    counts = np.array([3, 40, 1, 1, 25, 9, 60, 2])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    spans = list(user_chunks(offsets, chunk_rows))
+    assert spans[0][0] == 0 and spans[-1][1] == offsets[-1]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    assert all(start in offsets and stop in offsets for start, stop in spans)  # whole users
+    assert all(stop - start <= max(chunk_rows, counts.max()) for start, stop in spans)

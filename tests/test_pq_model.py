@@ -34,6 +34,8 @@ def test_offline_and_serving_scores_agree(ml_model_and_artifacts) -> None:
     d = model.config.dim
     r = load_pq_retriever(out, verify=True)
     assert manifest["n_users"] == ds.n_users and manifest["n_events"] == ds.n_events
+    assert manifest["alpha"] == r.alpha == model.config.alpha
+    assert r.k == model.config.top_k
     # stored bytes per event vs the float32 components PQ replaces
     assert manifest["bytes_per_event"] * 16 <= len(manifest["modalities"]) * d * 4
     with torch.no_grad():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from seminar.build import pipeline as P
 
 from seminar.data.tokenizer import QueryTokenizer
@@ -23,6 +24,8 @@ from seminar.serving.backend import (
 )
 from seminar.serving.features import FeatureMapper
 from seminar.serving.onnx_runner import OnnxRunner
+from seminar.serving.retrieval import BatchRetrieval, pair_alpha
+from tests.support.pq import PQ_TEST_K
 
 
 # ---- features ------------------------------------------------------------------------------
@@ -160,3 +163,61 @@ def test_onnx_runner_runs_and_checks_graph_against_config(tmp_path: Path) -> Non
         OnnxRunner(path, inputs={"z": f32}, outputs={"y": f32})
     with pytest.raises(ValueError, match="graph output y is float32, config says int64"):
         OnnxRunner(path, inputs={"x": f32}, outputs={"y": np.dtype(np.int64)})
+
+
+# ---- batch retrieval (SYNTHETIC PQ world from tests/support/pq.py) --------------------------
+def batch_retrieval(world, device: str = "cpu") -> BatchRetrieval:
+    return BatchRetrieval(retriever=world.retriever(device), alpha=0.3, k=PQ_TEST_K)
+
+
+def test_batch_retrieval_groups_rows_by_user_like_per_user_calls(pq_world_8bit) -> None:
+    """A dynamic batch mixing users (and a cold start) equals one retrieve call per user."""
+    br = batch_retrieval(pq_world_8bit)
+    d = pq_world_8bit.spec.dim
+    gen = torch.Generator().manual_seed(0)
+    users = torch.tensor([4, 2, -1, 4, 3, 2, 4])  # store users 0..4; -1 = cold start
+    q, i = torch.randn(len(users), d, generator=gen), torch.randn(len(users), d, generator=gen)
+    emb, mask = br(users, q, i)
+    h, k = pq_world_8bit.spec.heads, PQ_TEST_K
+    assert emb.shape == (len(users), h, k, d) and mask.shape == (len(users), h, k)
+    assert emb.dtype == torch.float32 and mask.dtype == torch.float32
+    x_t = 0.3 * q + 0.7 * i  # (B, D)
+    for user in users.unique().tolist():
+        rows = (users == user).nonzero().flatten()
+        want_emb, want_valid = br.retriever.retrieve(user, x_t[rows], k)
+        torch.testing.assert_close(emb[rows], want_emb.float(), rtol=0, atol=0)
+        torch.testing.assert_close(mask[rows], want_valid.float(), rtol=0, atol=0)
+    assert mask[users == -1].sum() == 0  # cold start: nothing retrieved, still scored
+    assert mask[users == 4].sum() == (users == 4).sum() * h * k  # user 4 has 3,000 events
+    assert br.sequence_lengths(np.array([-1, 0, 4])).tolist() == [0, 0, 3_000]
+
+
+def test_batch_retrieval_rejects_user_indices_outside_the_store(pq_world_8bit) -> None:
+    br = batch_retrieval(pq_world_8bit)
+    br.check_users(np.array([-1, 0, 4]))
+    with pytest.raises(RequestError, match=r"user_index row 1 is 5, outside \[-1, 5\)"):
+        br.check_users(np.array([0, 5]))
+    with pytest.raises(RequestError, match="row 0 is -2"):
+        br.check_users(np.array([-2]))
+
+
+def test_pair_alpha_must_travel_with_the_pq_artifacts(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "x"}))
+    with pytest.raises(ArtifactError, match="records no 'alpha'"):
+        pair_alpha(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"alpha": 0.25}))
+    assert pair_alpha(tmp_path) == 0.25
+
+
+@pytest.mark.gpu
+def test_batch_retrieval_on_cuda_matches_cpu(pq_world_8bit) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False on this machine)")
+    d = pq_world_8bit.spec.dim
+    users = torch.tensor([4, 3, -1, 4])
+    q, i = torch.randn(4, d), torch.randn(4, d)
+    cpu_emb, cpu_mask = batch_retrieval(pq_world_8bit)(users, q, i)
+    gpu_emb, gpu_mask = batch_retrieval(pq_world_8bit, "cuda")(users.cuda(), q.cuda(), i.cuda())
+    assert gpu_emb.is_cuda
+    torch.testing.assert_close(gpu_mask.cpu(), cpu_mask, rtol=0, atol=0)
+    torch.testing.assert_close(gpu_emb.cpu(), cpu_emb, rtol=1e-5, atol=1e-5)

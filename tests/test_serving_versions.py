@@ -117,11 +117,12 @@ def test_loading_version_2_while_traffic_flows_drops_no_request(
             except grpcclient.InferenceServerException as e:
                 outcomes.append(("error", e.message()))
 
+    build(quick_run, data, long_repo, 2)  # the real build; explicit mode does not poll
     threads = [threading.Thread(target=traffic) for _ in range(2)]
     for t in threads:
         t.start()
     try:
-        build(quick_run, data, long_repo, 2)  # the real build, while version 1 serves
+        time.sleep(0.5)  # traffic on version 1
         # Composing models keep every version (version_policy all): v2 loads beside v1; then
         # the pinned handle seminar_v2, then `seminar` re-pinned to v2. Each load swaps
         # atomically once the new version is READY.
@@ -158,7 +159,7 @@ def test_a_corrupt_version_fails_to_load_and_the_served_one_keeps_serving(
     blob[-1] ^= 0xFF  # same size, one flipped byte
     table.write_bytes(bytes(blob))
     try:
-        with pytest.raises(TritonError, match="(?i)sha256"):
+        with pytest.raises(TritonError, match=r"(?i)sha256"):
             server.load_model(C.PQ_RETRIEVAL_MODEL)
         assert not server.model_ready(C.PQ_RETRIEVAL_MODEL, 9)
     finally:

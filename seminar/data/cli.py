@@ -189,3 +189,21 @@ def bench_synthetic(
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None
+
+
+@app.command("info")
+def info(
+    data: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Open a prepared dataset (checking its arrays) and print its statistics from meta.json."""
+    from seminar.data.dataset import PreparedDataset
+    from seminar.data.errors import DataError
+
+    try:
+        ds = PreparedDataset.load(data)
+    except DataError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    label = "SYNTHETIC " if ds.synthetic else ""
+    _print_stats(ds.meta["stats"], as_json, f"{label}{ds.meta['name']}")

@@ -292,8 +292,8 @@ class DatasetWriter:
             queries=len(self.queries) - 1,
             tokens=len(tokenizer),
             attributes=n_attributes,
-            history_p50=float(np.percentile(self.counts, 50)),
-            history_p90=float(np.percentile(self.counts, 90)),
+            history_p50=round(float(np.percentile(self.counts, 50)), 2),
+            history_p90=round(float(np.percentile(self.counts, 90)), 2),
             history_max=int(self.counts.max()),
             image_dim=0 if image is None else int(image.shape[1]),
         )

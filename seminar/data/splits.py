@@ -58,36 +58,37 @@ def split_user(
     if len(positives) < config.min_positives:
         return UserSplit(-1, -1, none, none)
     rng = np.random.default_rng((config.seed, user))
-    try:
-        test_negatives = sample_negatives(rng, interacted, n_item_rows, k)
-        valid_negatives = sample_negatives(rng, interacted, n_item_rows, k)
-    except _TooFewItems:
+    test_negatives = sample_negatives(rng, interacted, n_item_rows, k)
+    valid_negatives = sample_negatives(rng, interacted, n_item_rows, k)
+    if test_negatives is None or valid_negatives is None:
         return UserSplit(-1, -1, none, none)
     return UserSplit(
         start + int(positives[-1]), start + int(positives[-2]), test_negatives, valid_negatives
     )
 
 
-class _TooFewItems(Exception):
-    pass
-
-
 def sample_negatives(
     rng: np.random.Generator, interacted: np.ndarray, n_item_rows: int, k: int
-) -> np.ndarray:
-    """`k` distinct item indices in [2, n_item_rows) not in `interacted` (sorted unique)."""
+) -> np.ndarray | None:
+    """`k` distinct item indices in [2, n_item_rows) not in `interacted` (sorted unique).
+
+    None when fewer than `k` items are left to choose from.
+    """
     free = n_item_rows - FIRST_ITEM - int(np.count_nonzero(interacted >= FIRST_ITEM))
     if free < k:
-        raise _TooFewItems
+        return None
     if free < 4 * k:
         # Small catalog left: enumerate what is allowed instead of rejection sampling.
         allowed = np.setdiff1d(np.arange(FIRST_ITEM, n_item_rows), interacted)
         return rng.choice(allowed, size=k, replace=False).astype(np.int32)
-    chosen = np.empty(0, np.int64)
+    # First k distinct allowed items in draw order; a set beats np.isin at this size (k ~ 100).
+    blocked = set(interacted.tolist())
+    chosen: list[int] = []
     while len(chosen) < k:
-        draw = rng.integers(FIRST_ITEM, n_item_rows, size=2 * k)
-        draw = draw[~np.isin(draw, interacted)]
-        merged = np.concatenate([chosen, draw])
-        _, first = np.unique(merged, return_index=True)
-        chosen = merged[np.sort(first)]  # distinct, in draw order
-    return chosen[:k].astype(np.int32)
+        for item in rng.integers(FIRST_ITEM, n_item_rows, size=2 * k).tolist():
+            if item not in blocked:
+                blocked.add(item)
+                chosen.append(item)
+                if len(chosen) == k:
+                    break
+    return np.array(chosen, np.int32)

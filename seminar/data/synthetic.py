@@ -159,17 +159,17 @@ def make_world(config: SyntheticConfig, rng: np.random.Generator) -> World:
         columns["image_embedding"] = pa.array(list(image), pa.list_(pa.float32()))
     items = validate_items(pa.table(columns), Path("<synthetic items>"))
 
-    weights = 1.0 / (rng.permutation(config.items) % 64 + 1.0) ** 0.7
+    # Popularity sampling within a topic: items sorted by topic get the key topic + cumulative
+    # popularity share in (0, 1], so searchsorted(item_keys, topic + u) draws an item of `topic`.
+    popularity = 1.0 / (rng.permutation(config.items) % 64 + 1.0) ** 0.7  # Zipf-like
     order = np.lexsort((np.arange(config.items), item_topic))  # by topic, stable
-    w = weights[order]
     sorted_topics = item_topic[order]
-    topic_end = np.searchsorted(sorted_topics, np.arange(t), side="right").astype(np.int64)
-    topic_start = np.concatenate([[0], topic_end[:-1]])
-    cum = np.cumsum(w)
-    seg_total = cum[topic_end - 1] - np.where(topic_start > 0, cum[topic_start - 1], 0.0)
-    seg_before = np.where(topic_start > 0, cum[topic_start - 1], 0.0)
-    within = (cum - seg_before[sorted_topics]) / seg_total[sorted_topics]  # (0, 1] per topic
-    item_keys = sorted_topics + within
+    w = popularity[order]
+    sizes = np.bincount(sorted_topics, minlength=t)  # (T,) items per topic
+    totals = np.bincount(sorted_topics, weights=w, minlength=t)  # (T,) popularity per topic
+    within = np.cumsum(w) - np.repeat(np.cumsum(totals) - totals, sizes)  # (I,) running share
+    item_keys = sorted_topics + within / totals[sorted_topics]
+    topic_end = np.cumsum(sizes).astype(np.int64)
 
     # Queries: distinct 1- and 2-word combinations of each topic's words (topics never share).
     per_topic: list[list[str]] = []
@@ -235,8 +235,9 @@ def _generate_events(
 
     start = _START + rng.integers(0, _SPAN, size=n_users)
     gaps = rng.exponential(_MEAN_GAP, size=n).astype(np.int64)
+    # One running clock over the block, restarted at each user's own start time.
     time = np.cumsum(gaps)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (Uc,) first event of each user
     time = time - np.repeat(time[first] - gaps[first], counts) + np.repeat(start, counts)
 
     kinds = pa.array([EventType.REC.value, EventType.SEARCH.value], pa.string())

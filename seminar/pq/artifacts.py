@@ -2,7 +2,7 @@
 plain-tensor PQ core, and the on-disk layout the Triton `pq_retrieval` backend loads.
 
 Layout of an artifact directory:
-    manifest.json            format, config, k, modalities, D, H, sha256 of every file
+    manifest.json            format, config, k, alpha, modalities, D, H, sha256 of every file
     codebooks.npz/.json      centroids (M, S, k, d)
     tables.safetensors       exact component tables "table.<m>" (N_m, D) and their codes
                              "codes.<m>" (N_m, S) uint8; "gsu.weight" (D, H, D), "gsu.bias" (H, D)
@@ -58,6 +58,11 @@ def _model_top_k(model: Any) -> int:
     return int(getattr(getattr(model, "config", None), "top_k", 50))
 
 
+def _model_alpha(model: Any) -> float | None:
+    alpha = getattr(getattr(model, "config", None), "alpha", None)
+    return None if alpha is None else float(alpha)
+
+
 def build_pq_retriever(model: Any, dataset: Any, config: PQConfig = PQConfig()) -> PQRetriever:
     """Train codebooks on the model's component tables, encode every table row, build the
     sequence store of every user of `dataset` (a PreparedDataset or anything with
@@ -92,6 +97,7 @@ def build_pq_retriever(model: Any, dataset: Any, config: PQConfig = PQConfig()) 
         gsu_weight=weight,
         gsu_bias=bias,
         k=_model_top_k(model),
+        alpha=_model_alpha(model),
     )
 
 
@@ -117,6 +123,7 @@ def save_retriever(retriever: PQRetriever, out_dir: Path) -> dict:
         "format": ARTIFACT_FORMAT,
         "config": retriever.config.to_json(),
         "k": retriever.k,
+        "alpha": retriever.alpha,
         "dim": retriever.codebooks.dim,
         "heads": int(retriever.gsu_weight.shape[1]),
         "modalities": list(retriever.modalities),
@@ -174,4 +181,5 @@ def load_pq_retriever(
         gsu_bias=tensors["gsu.bias"],
         k=int(manifest["k"]),
         device=device,
+        alpha=manifest.get("alpha"),
     )

@@ -41,6 +41,8 @@ class PQRetriever:
     store: the lifelong sequence store (serving `retrieve`); None for offline use only.
     gsu_weight (D, H, D), gsu_bias (H, D): u = x_t @ W + b, i.e. model.gsu_query_vectors.
     k: the GSU top-K used by `retrieve` when none is given.
+    alpha: the model's pair weight (recorded for serving, which receives query and item
+        embeddings separately); None when built without a model.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class PQRetriever:
         gsu_bias: torch.Tensor | None = None,
         k: int = 50,
         device: str | torch.device = "cpu",
+        alpha: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -64,6 +67,8 @@ class PQRetriever:
         self.codebooks = codebooks
         self.config = config
         self.k = k
+        # the model's pair weight: serving forms x_t = alpha * query_emb + (1 - alpha) * item_emb
+        self.alpha = alpha
         self.backend = resolve_backend(config.backend, codebooks.nbits, self.device)
         self.modalities = codebooks.modalities
         self.centroids = torch.from_numpy(codebooks.centroids).to(self.device)
