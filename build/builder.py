@@ -200,6 +200,31 @@ def _reports_metrics(run_dir: Path | None) -> list[tuple[str, str]]:
     return rows
 
 
+def _quality_report(variant: str) -> list[str]:
+    """This model kind's row of reports/quality.json (`seminar bench quality`), if present:
+    the benchmark of the recipe, over seeds, not of this particular checkpoint."""
+    path = REPO_ROOT / "reports" / "quality.json"
+    try:
+        row = json.loads(path.read_text()).get(variant, {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    cells = [
+        (metric, stat)
+        for metric, stat in row.items()
+        if isinstance(stat, dict) and {"mean", "std"} <= stat.keys()
+    ]
+    if not cells:
+        return []
+    out = [
+        "",
+        f"Benchmark of the `{variant}` recipe (reports/quality.json, mean ± std over seeds):",
+        "",
+    ]
+    out += ["| metric | mean ± std | n |", "|---|---|---|"]
+    out += [f"| {m} | {s['mean']:.4f} ± {s['std']:.4f} | {s.get('n', '')} |" for m, s in cells]
+    return out
+
+
 def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
     dims = inputs.dims
     metrics = _reports_metrics(inputs.run_dir)
@@ -228,6 +253,8 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
         lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in metrics]]
     else:
         lines.append("No metrics.json in the run.")
+    kind = getattr(getattr(inputs.model, "config", None), "kind", None)
+    lines += _quality_report(getattr(kind, "value", "seminar"))
     if reports:
         lines += ["", "Reports: " + ", ".join(f"`reports/{p.name}`" for p in reports)]
     lines += ["", "## Export parity (PyTorch vs ONNX Runtime, max abs diff)", ""]

@@ -173,6 +173,12 @@ def export_onnx(module: nn.Module, spec: P.ModelSpec, path: Path, config: Export
             )
     except Exception as exc:  # the exporter raises many types; report them as one
         raise ExportError(f"ONNX export of {spec.name} failed: {exc}") from exc
+    import onnx
+
+    try:  # the ONNX spec itself, with full shape inference, before any runtime sees the graph
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"ONNX graph of {spec.name} is invalid: {exc}") from exc
     return path
 
 

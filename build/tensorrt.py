@@ -32,6 +32,10 @@ FP32_OPS = (
 )
 
 
+# The graphs take INT64 ids and tokens (pipeline.py); TensorRT engines accept INT64 I/O from 10.
+MIN_TENSORRT_MAJOR = 10
+
+
 @dataclass(frozen=True)
 class Profile:
     """One optimisation profile over the batch dim (min / opt / max rows)."""
@@ -61,6 +65,12 @@ def unavailable_reason() -> str | None:
         return (
             "--target gpu needs the TensorRT builder: only the lean runtime of `tensorrt` is "
             "installed here; build inside NVIDIA's TensorRT container or use --target cpu."
+        )
+    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
+    if major < MIN_TENSORRT_MAJOR:
+        return (
+            f"--target gpu needs TensorRT >= {MIN_TENSORRT_MAJOR} (INT64 engine inputs for the "
+            f"id and token tensors), found {trt.__version__}."
         )
     import torch
 

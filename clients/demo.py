@@ -89,7 +89,7 @@ def run_gateway_demo(
 
     from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
 
-    console = Console()
+    console = Console(soft_wrap=True)
     arms = demo_arms(repo)
     calls = load_workload(data, candidates=100, limit=200)
     config = ExperimentConfig(salt="demo", arms=arms)

@@ -165,7 +165,7 @@ def parse_csv(path: Path, batch: int) -> list[dict[str, float]]:
                     "compute": float(row.get("Server Compute Infer", 0) or 0) / 1000,
                 }
             )
-    return out
+    return sorted(out, key=lambda r: r["concurrency"])  # perf_analyzer sorts by throughput
 
 
 def run_perf(cfg: PerfConfig) -> str:
@@ -204,14 +204,26 @@ def run_perf(cfg: PerfConfig) -> str:
             raise PerfError(f"perf_analyzer failed (exit {proc.returncode}):\n{tail}")
         shutil.copy(Path(scratch) / "perf.csv", cfg.out_dir / "perf_analyzer.csv")
         (cfg.out_dir / "perf_analyzer.log").write_text(proc.stdout)
-    triton_rows = parse_csv(cfg.out_dir / "perf_analyzer.csv", cfg.candidates)
-
     gateway_rows, gateway_note = _gateway_runs(cfg, calls, levels, console)
-    (cfg.out_dir / "perf_gateway.json").write_text(json.dumps(gateway_rows, indent=2))
-    report = _markdown(cfg, pa, command, triton_rows, gateway_rows, gateway_note)
-    (cfg.out_dir / "perf.md").write_text(report)
-    _plot(triton_rows, gateway_rows, cfg.out_dir / "perf.png")
+    run = {"perf_analyzer": {"where": pa.where, "command": command}, "gateway": gateway_note}
+    (cfg.out_dir / "perf_gateway.json").write_text(
+        json.dumps({**run, "rows": gateway_rows}, indent=2)
+    )
+    report = write_report(cfg)
     console.print(f"wrote {cfg.out_dir / 'perf.md'} and {cfg.out_dir / 'perf.png'}")
+    return report
+
+
+def write_report(cfg: PerfConfig) -> str:
+    """perf.md and perf.png from the run's files in cfg.out_dir (perf_analyzer.csv, perf_gateway.json)."""
+    triton_rows = parse_csv(cfg.out_dir / "perf_analyzer.csv", cfg.candidates)
+    run = json.loads((cfg.out_dir / "perf_gateway.json").read_text())
+    report = _markdown(
+        cfg, run["perf_analyzer"]["where"], run["perf_analyzer"]["command"], triton_rows,
+        run["rows"], run["gateway"],
+    )  # fmt: skip
+    (cfg.out_dir / "perf.md").write_text(report)
+    _plot(triton_rows, run["rows"], cfg.out_dir / "perf.png")
     return report
 
 
@@ -275,7 +287,7 @@ def _machine() -> str:
 
 def _markdown(
     cfg: PerfConfig,
-    pa: PerfAnalyzer,
+    pa_where: str,
     command: list[str],
     triton_rows: list[dict],
     gateway_rows: list[dict],
@@ -293,7 +305,8 @@ def _markdown(
             if cfg.synthetic_long_user
             else ""
         ),
-        f"- perf_analyzer ({pa.where}):",
+        f"- Command: `{_invocation(cfg)}`",
+        f"- perf_analyzer ({pa_where}):",
         "",
         f"      {shlex.join(command)}",
         "",
@@ -320,6 +333,26 @@ def _markdown(
             f"| {g['p50'] / t['p50']:.2f}x | {g['p99'] / t['p99']:.2f}x | {errors} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _invocation(cfg: PerfConfig) -> str:
+    args = [
+        "seminar",
+        "perf",
+        "--triton",
+        cfg.triton,
+        "--data",
+        str(cfg.data),
+        "--model",
+        cfg.model,
+    ]
+    args += ["--concurrency", cfg.concurrency, "--candidates", str(cfg.candidates)]
+    args += ["--requests", str(cfg.requests), "--measurement-ms", str(cfg.measurement_ms)]
+    if cfg.gateway:
+        args += ["--gateway", cfg.gateway]
+    if cfg.synthetic_long_user is not None:
+        args += ["--synthetic-long-user", str(cfg.synthetic_long_user)]
+    return shlex.join(args)
 
 
 def _plot(triton_rows: list[dict], gateway_rows: list[dict], path: Path) -> None:

@@ -192,6 +192,7 @@ def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_pa
     assert len(calls) > 4, "the renames done before the crash were undone"
     assert _tree_digest(repo) == before
     assert B.existing_versions(repo) == [1]
+    assert not list(repo.parent.glob(".repo.v*"))
 
 
 def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path):

@@ -218,3 +218,16 @@ def test_bad_target_and_missing_run_are_one_sentence_errors(tmp_path):
     assert result.exit_code == 1 and "config.json" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_model_card_quotes_the_quality_benchmark_when_present(tmp_path, monkeypatch):
+    from seminar.build import builder as B
+
+    monkeypatch.setattr(B, "REPO_ROOT", tmp_path)
+    assert B._quality_report("seminar") == []  # no reports/ yet
+    (tmp_path / "reports").mkdir()
+    quality = {"seminar": {"ndcg@10": {"mean": 0.25, "std": 0.01, "n": 3}}, "din": {}}
+    (tmp_path / "reports" / "quality.json").write_text(json.dumps(quality))
+    lines = B._quality_report("seminar")
+    assert "| ndcg@10 | 0.2500 ± 0.0100 | 3 |" in lines
+    assert B._quality_report("din") == []

@@ -146,5 +146,5 @@ def test_perf_analyzer_against_the_real_ensemble(
     assert all(r["rps"] > 0 and 0 < r["p50"] <= r["p99"] for r in rows)
     assert "p50 ratio" in report and "perf_analyzer" in report and "-b 100" in report
     assert (tmp_path / "perf.png").stat().st_size > 10_000
-    gateway_rows = json.loads((tmp_path / "perf_gateway.json").read_text())
+    gateway_rows = json.loads((tmp_path / "perf_gateway.json").read_text())["rows"]
     assert all(r["codes"] == {"OK": r["codes"].get("OK", 0)} and r["rps"] > 0 for r in gateway_rows)

@@ -223,28 +223,38 @@ def test_weight_change_under_load_loses_nothing_and_moves_traffic_within_a_secon
 
 
 def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
-    request: pytest.FixtureRequest, start_gateway, real_calls: list[RankCall], tmp_path: Path
+    request: pytest.FixtureRequest,
+    start_gateway,
+    gateway_arms: tuple[Arm, Arm],
+    real_calls: list[RankCall],
+    tmp_path: Path,
 ) -> None:
     """A separate tritonserver (not the shared one), stopped and restarted on the same port."""
     from seminar.serving.triton import ModelControl, TritonConfig, TritonServer, free_port
-    from tests.support.clients import require_fixture
+    from tests.support.clients import require_fixture, single_version_repo
 
     triton = require_fixture(request, "triton")
+    control = gateway_arms[0]
+    repo = single_version_repo(triton.repo, control.version, tmp_path / "repo")
     grpc_port = free_port()
     # The restarted server must listen on the same port the gateway dials, but the stopped
     # server leaves that port in TIME_WAIT, which TritonServer's pre-start port check (a bind
     # without SO_REUSEADDR) refuses although tritonserver itself binds it fine. So the port is
     # forced with a trailing --grpc-port flag (last one wins) and the check sees a free port.
     config = TritonConfig(
-        repo=triton.repo, model_control=ModelControl.EXPLICIT, log_path=tmp_path / "triton.log",
-        load_models=("*",), extra_args=(f"--grpc-port={grpc_port}",),
+        repo=repo, model_control=ModelControl.EXPLICIT, log_path=tmp_path / "triton.log",
+        load_models=(control.model,), wait_models=(control.model,),
+        extra_args=(f"--grpc-port={grpc_port}",),
     )  # fmt: skip
     triton_url = f"127.0.0.1:{grpc_port}"
     server = TritonServer(config)
     server.start()
     try:
         deadline_ms = 1000
-        gw = start_gateway(triton_url=triton_url, limits=Limits(200, 64, deadline_ms))
+        # All traffic to the control arm: the only model this server loads.
+        gw = start_gateway(
+            weights=(100, 0), triton_url=triton_url, limits=Limits(200, 64, deadline_ms)
+        )
         call = real_calls[0]
         args = (gw.address, call.user_id, call.query, call.candidate_ids.tolist())
         assert rank_via_gateway(*args).item_ids

@@ -10,7 +10,8 @@ import torch
 
 from seminar.pq import PQConfig, PQError, load_pq_retriever, save_pq_artifacts
 
-FAST_PQ = PQConfig(train_max_rows=4_096, kmeans_iters=8)
+# 4-bit codes train in a blink and route select() and retrieve() through the faiss fast-scan path
+FAST_PQ = PQConfig(nbits=4, train_max_rows=4_096, kmeans_iters=8)
 
 
 @pytest.fixture(scope="module")

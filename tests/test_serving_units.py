@@ -221,3 +221,10 @@ def test_batch_retrieval_on_cuda_matches_cpu(pq_world_8bit) -> None:
     assert gpu_emb.is_cuda
     torch.testing.assert_close(gpu_mask.cpu(), cpu_mask, rtol=0, atol=0)
     torch.testing.assert_close(gpu_emb.cpu(), cpu_emb, rtol=1e-5, atol=1e-5)
+
+
+def test_check_numpy_refuses_numpy_2(monkeypatch) -> None:
+    """The stub with numpy 2 reads all-zero inputs silently: initialize must fail instead."""
+    monkeypatch.setattr(np, "__version__", "2.1.0")
+    with pytest.raises(ArtifactError, match=r"numpy 2\.1\.0 .* needs numpy < 2"):
+        check_numpy()

@@ -109,7 +109,9 @@ class QualityBench:
 
         started = time.perf_counter()
         results: dict[str, dict[str, list[float]]] = {}
-        jobs = [(v, s) for v in self.variants for s in range(self.seeds)]
+        # Seed-major order: an interrupted bench still has every variant at n >= 1.
+        jobs = [(v, s) for s in range(self.seeds) for v in self.variants]
+        report: dict[str, Any] = {}
         for variant, seed in tqdm(jobs, desc="quality bench"):
             summary = self.run_one(variant, seed)
             row = results.setdefault(variant.name, {})
@@ -117,12 +119,16 @@ class QualityBench:
                 row.setdefault(metric, []).append(summary["test"][metric])
             row.setdefault("seconds", []).append(summary["seconds"]["total"])
             row.setdefault("samples_per_s", []).append(summary["samples_per_s"]["finetune"])
+            report = self.write(results, time.perf_counter() - started)
+        echo((self.reports / "quality.md").read_text())
+        return report
+
+    def write(self, results: dict[str, dict[str, list[float]]], seconds: float) -> dict[str, Any]:
+        """(Re)write reports/quality.{json,md} from the runs finished so far."""
         report = {name: {m: summarize(v) for m, v in row.items()} for name, row in results.items()}
         self.reports.mkdir(parents=True, exist_ok=True)
         (self.reports / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-        markdown = self.markdown(report, time.perf_counter() - started)
-        (self.reports / "quality.md").write_text(markdown)
-        echo(markdown)
+        (self.reports / "quality.md").write_text(self.markdown(report, seconds))
         return report
 
     def markdown(self, report: dict[str, Any], seconds: float) -> str:
@@ -136,8 +142,8 @@ class QualityBench:
             f"Train config: {json.dumps({k: v for k, v in tc.to_dict().items() if k not in ('seed', 'progress')})}; "
             f"model overrides: {json.dumps(model)}.",
             "",
-            "Cells are mean ± std over seeds; `s/run` is train+eval wall time; `samples/s` is "
-            "fine-tuning throughput.",
+            "Cells are mean ± std over seeds (n per variant in quality.json); `s/run` is "
+            "train+eval wall time; `samples/s` is fine-tuning throughput.",
             "",
         ]
         sections = (("Models", [v for v in self.variants if not v.ablation]),
@@ -149,6 +155,8 @@ class QualityBench:
             lines.append("| variant | " + " | ".join(SHOWN) + " | s/run | samples/s |")
             lines.append("|---|" + "---:|" * (len(SHOWN) + 2))
             for v in variants:
+                if v.name not in report:
+                    continue
                 row = report[v.name]
                 cells = [f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in SHOWN]
                 cells.append(f"{row['seconds']['mean']:.0f}")

@@ -116,7 +116,7 @@ def finetune_model(
     start from the pretrained values (G, GSU/ESU and scorer keep their fresh initialisation)."""
     model = new_model(config, ds)
     if pretrained is not None:
-        missing, unexpected = model.load_state_dict(pretrained, strict=False)
+        _, unexpected = model.load_state_dict(pretrained, strict=False)
         if unexpected:
             raise TrainingError(f"pretrained state has tensors the model lacks: {unexpected[:3]}")
     return model

@@ -67,7 +67,9 @@ class ModelConfig:
             object.__setattr__(self, "kind", ModelKind(self.kind))
         except ValueError:
             choices = ", ".join(k.value for k in ModelKind)
-            raise ValueError(f"ModelConfig.kind must be one of {choices}, got {self.kind!r}") from None
+            raise ValueError(
+                f"ModelConfig.kind must be one of {choices}, got {self.kind!r}"
+            ) from None
         object.__setattr__(self, "mlp_hidden", tuple(int(h) for h in self.mlp_hidden))
         positive = ("dim", "heads", "top_k", "max_history", "simhash_bits", "query_len")
         for name in positive:

@@ -45,12 +45,13 @@ class QueryEncoder(nn.Module):
         with torch.no_grad():
             self.tokens.weight[0].zero_()
         self.no_query = nn.Parameter(torch.randn(config.dim) * 0.1)
+        self.norm = nn.LayerNorm(config.dim)  # same scale as the item modalities
         self.proj = IdentityInitLinear(config.dim) if config.projections else None
 
     def forward(self, query_tokens: Tensor) -> Tensor:
         emb = self.tokens(query_tokens)  # (B, T, D)
         mean, present = masked_mean(emb, query_tokens > 0)  # (B, D), (B,)
-        out = torch.where(present.unsqueeze(-1), mean, self.no_query.expand_as(mean))
+        out = self.norm(torch.where(present.unsqueeze(-1), mean, self.no_query.expand_as(mean)))
         return self.proj(out) if self.proj is not None else out
 
 
@@ -87,6 +88,7 @@ class ItemEncoder(nn.Module):
             self.register_buffer("item_image", torch.zeros(n, config.image_dim))
             self.register_buffer("item_has_image", torch.zeros(n, dtype=torch.bool))
             self.image_proj = nn.Linear(config.image_dim, dim, bias=False)
+        self.norms = nn.ModuleDict({m.value: nn.LayerNorm(dim) for m in self.modalities})
         self.gate_logits = nn.Parameter(torch.zeros(len(self.modalities)))
         self.proj = (
             nn.ModuleDict({m.value: IdentityInitLinear(dim) for m in self.modalities})
@@ -109,7 +111,10 @@ class ItemEncoder(nn.Module):
         if Modality.IMAGE in self.modalities:
             feats = self.item_image[item_index]  # (B, F)
             out[Modality.IMAGE] = (self.image_proj(feats), self.item_has_image[item_index])
-        return out
+        # Per-modality LayerNorm puts lookups and projected dense features on one scale, so
+        # the gate mixes comparable vectors and the ESU's bilinear terms train at a useful rate
+        # (without it the history pathway stays near zero and the model learns popularity only).
+        return {m: (self.norms[m.value](emb), has) for m, (emb, has) in out.items()}
 
     def components(self, item_index: Tensor) -> dict[Modality, Tensor]:
         """Per modality g_m * G_m e_m (B, D); their sum is the item embedding."""

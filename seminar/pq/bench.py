@@ -390,26 +390,21 @@ def plot(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        1,
-        len({r.length for r in rows}),
-        figsize=(5 * len({r.length for r in rows}), 4),
-        squeeze=False,
-    )
-    for ax, length in zip(axes[0], sorted({r.length for r in rows}), strict=True):
+    lengths = sorted({r.length for r in rows})
+    methods = list(dict.fromkeys(r.method for r in rows))
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 4.5), squeeze=False)
+    for ax, length in zip(axes[0], lengths, strict=True):
         for r in (r for r in rows if r.length == length):
-            ax.scatter(r.mean, r.recall, s=30)
-            ax.annotate(
-                r.method.replace(" (gather tables + GEMM + top-K + gather)", ""),
-                (r.mean, r.recall),
-                fontsize=6,
-            )
+            ax.scatter(r.mean, r.recall, s=40, color=colors[r.method], label=r.method)
         ax.set_xscale("log")
-        ax.set_xlabel("ms per request (1 user × 100 cand × 4 heads, top-50)")
+        ax.set_xlabel("ms per request (1 user x 100 cand x 4 heads, top-50)")
         ax.set_ylabel("recall@50 vs exact GSU")
-        ax.set_title(f"synthetic user, L = {length:,}")
+        ax.set_title(f"SYNTHETIC user, L = {length:,}")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

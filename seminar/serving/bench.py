@@ -197,7 +197,9 @@ def prepare_repo(
         progress(f"reusing {repo}")
         meta = json.loads((data_long / "meta.json").read_text())
         return repo, data_long, tuple(meta["synthetic_users"]["user_ids"])
-    shutil.rmtree(work, ignore_errors=True)
+    if work.exists() and any(work.iterdir()) and not stamp.is_file():
+        raise RuntimeError(f"--work {work} is not empty and is not a previous bench folder")
+    shutil.rmtree(work, ignore_errors=True)  # a stale bench folder of ours
     work.mkdir(parents=True)
     progress(f"appending SYNTHETIC users of {list(cfg.synthetic_lengths)} events to {data}")
     long_users = append_synthetic_users(data, data_long, cfg.synthetic_lengths, seed=cfg.seed)

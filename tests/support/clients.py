@@ -62,6 +62,22 @@ def serving_arms(triton: object) -> tuple[Arm, Arm]:
     pytest.skip(f"Triton has no two servable arms (READY models: {sorted(ready)})")
 
 
+def single_version_repo(repo: Path, version: int, dest: Path) -> Path:
+    """A view of the built repository holding only `version`: every model dir that has it, with
+    its config.pbtxt copied and the version dir symlinked (read-only use, nothing copied big).
+
+    A private tritonserver over it loads one build's stubs instead of every build's, which
+    halves start-up on the 2-core CI machine.
+    """
+    dest.mkdir(parents=True, exist_ok=False)
+    for model in sorted(Path(repo).iterdir()):
+        if (model / str(version)).is_dir() and (model / "config.pbtxt").is_file():
+            (dest / model.name).mkdir()
+            (dest / model.name / "config.pbtxt").write_bytes((model / "config.pbtxt").read_bytes())
+            (dest / model.name / str(version)).symlink_to((model / str(version)).resolve())
+    return dest
+
+
 @dataclass
 class RunningGateway:
     process: GatewayProcess

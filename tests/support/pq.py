@@ -18,10 +18,10 @@ from seminar.pq import (
 )
 from seminar.pq.synthetic import SyntheticSpec, synthetic_gsu, synthetic_tables, synthetic_users
 
-PQ_TEST_SPEC = SyntheticSpec(dim=64, heads=4, n_items=3_000, n_queries=300, rank=8, seed=7)
+PQ_TEST_SPEC = SyntheticSpec(dim=64, heads=4, n_items=2_000, n_queries=300, rank=8, seed=7)
 PQ_TEST_K = 50
 # users with 0, 1, K-1, K+1 and a long history: the edge cases and an ordinary one
-PQ_TEST_LENGTHS = [0, 1, PQ_TEST_K - 1, PQ_TEST_K + 1, 3_000]
+PQ_TEST_LENGTHS = [0, 1, PQ_TEST_K - 1, PQ_TEST_K + 1, 2_000]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class PQWorld:
 
 def make_world(spec: SyntheticSpec, nbits: int, lengths: list[int]) -> PQWorld:
     tables = synthetic_tables(spec)
-    codebooks = train_codebooks(tables, PQConfig(nbits=nbits, kmeans_iters=10, seed=spec.seed))
+    codebooks = train_codebooks(tables, PQConfig(nbits=nbits, kmeans_iters=6, seed=spec.seed))
     table_codes = {m: codebooks.encode(m, t) for m, t in tables.items()}
     offsets, item, query = synthetic_users(lengths, spec.n_items, spec.n_queries, seed=spec.seed)
     store = build_sequence_store(
