@@ -173,9 +173,11 @@ def batch_retrieval(world, device: str = "cpu") -> BatchRetrieval:
 def test_batch_retrieval_groups_rows_by_user_like_per_user_calls(pq_world_8bit) -> None:
     """A dynamic batch mixing users (and a cold start) equals one retrieve call per user."""
     br = batch_retrieval(pq_world_8bit)
+    lengths = np.diff(pq_world_8bit.store.offsets)  # events per stored user
+    long, short = int(np.argmax(lengths)), int(np.argmin(lengths))
     d = pq_world_8bit.spec.dim
     gen = torch.Generator().manual_seed(0)
-    users = torch.tensor([4, 2, -1, 4, 3, 2, 4])  # store users 0..4; -1 = cold start
+    users = torch.tensor([long, short, -1, long, 1, short, long])  # -1 = cold start
     q, i = torch.randn(len(users), d, generator=gen), torch.randn(len(users), d, generator=gen)
     emb, mask = br(users, q, i)
     h, k = pq_world_8bit.spec.heads, PQ_TEST_K
@@ -188,15 +190,17 @@ def test_batch_retrieval_groups_rows_by_user_like_per_user_calls(pq_world_8bit) 
         torch.testing.assert_close(emb[rows], want_emb.float(), rtol=0, atol=0)
         torch.testing.assert_close(mask[rows], want_valid.float(), rtol=0, atol=0)
     assert mask[users == -1].sum() == 0  # cold start: nothing retrieved, still scored
-    assert mask[users == 4].sum() == (users == 4).sum() * h * k  # user 4 has 3,000 events
-    assert br.sequence_lengths(np.array([-1, 0, 4])).tolist() == [0, 0, 3_000]
+    assert lengths[long] >= k and mask[users == long].sum() == (users == long).sum() * h * k
+    got = br.sequence_lengths(np.array([-1, short, long]))
+    assert got.tolist() == [0, lengths[short], lengths[long]]
 
 
 def test_batch_retrieval_rejects_user_indices_outside_the_store(pq_world_8bit) -> None:
     br = batch_retrieval(pq_world_8bit)
-    br.check_users(np.array([-1, 0, 4]))
-    with pytest.raises(RequestError, match=r"user_index row 1 is 5, outside \[-1, 5\)"):
-        br.check_users(np.array([0, 5]))
+    br.check_users(np.array([-1, 0, br.n_users - 1]))
+    n = br.n_users
+    with pytest.raises(RequestError, match=rf"user_index row 1 is {n}, outside \[-1, {n}\)"):
+        br.check_users(np.array([0, n]))
     with pytest.raises(RequestError, match="row 0 is -2"):
         br.check_users(np.array([-2]))
 
