@@ -246,3 +246,52 @@ def test_images_are_pinned_and_exist_as_dockerfile_targets(k8s_resources: Resour
             image = _container(resource)["image"]
             repo, _, tag = image.rpartition(":")
             assert repo in images and re.fullmatch(r"\d+\.\d+\.\d+", tag), (name, image)
+
+
+def test_gateway_channel_spreads_calls_over_every_address() -> None:
+    """What a headless Service gives the gateway, one name with several addresses, here as a
+    static two-address target: with the gateway's channel args, tritonclient's channel must
+    call both servers (pick_first, gRPC's default, would send everything to one)."""
+    import asyncio
+    from concurrent import futures
+
+    import grpc
+    import tritonclient.grpc.aio as triton_aio
+    from tritonclient.grpc import service_pb2
+
+    calls = [0, 0]
+
+    def live_handler(index: int) -> grpc.GenericRpcHandler:
+        def server_live(request: bytes, context: grpc.ServicerContext) -> bytes:
+            calls[index] += 1
+            return service_pb2.ServerLiveResponse(live=True).SerializeToString()
+
+        method = grpc.unary_unary_rpc_method_handler(server_live)
+        return grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ServerLive": method}
+        )
+
+    servers, ports = [], []
+    for index in range(2):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        server.add_generic_rpc_handlers((live_handler(index),))
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        server.start()
+        servers.append(server)
+
+    async def call_many() -> None:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+        client = triton_aio.InferenceServerClient(target, channel_args=TRITON_CHANNEL_ARGS)
+        try:
+            for _ in range(20):
+                assert await client.is_server_live()
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(call_many())
+    finally:
+        for server in servers:
+            server.stop(grace=None)
+    assert sum(calls) == 20
+    assert min(calls) > 0, f"all calls went to one server: {calls}"

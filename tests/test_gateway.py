@@ -301,3 +301,40 @@ def test_client_cli_ranks_through_the_gateway_and_verifies_against_triton(
     assert body["arm"] == gateway.config.assign(call.user_id).name
     assert body["scores"] == sorted(body["scores"], reverse=True)
     assert "verified" in result.stderr
+
+
+def test_load_cli_closed_and_open_loop_through_the_gateway(
+    request: pytest.FixtureRequest, gateway: RunningGateway, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.clients import require_fixture
+
+    data = require_fixture(request, "movielens_data")
+    base = [sys.executable, "-m", "seminar.cli", "load", "--gateway", gateway.address]
+    base += ["--data", str(data), "--candidates", "20", "--warmup", "0"]
+    closed = subprocess.run(
+        [*base, "--duration", "1.5", "--concurrency", "2", "--out", str(tmp_path / "closed.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert closed.returncode == 0, closed.stderr
+    assert "| p50 ms |" in closed.stdout
+    report = json.loads((tmp_path / "closed.json").read_text())
+    assert report["ok"] > 0 and report["codes"] == {"OK": report["ok"]}
+    assert set(report["arms"]) <= {a.name for a in gateway.config.arms}
+    assert (
+        0
+        < report["latency_ms"]["p50"]
+        <= report["latency_ms"]["p99"]
+        <= report["latency_ms"]["max"]
+    )
+    # Open loop: arrivals follow the clock, not the responses: rate x duration requests.
+    opened = subprocess.run(
+        [*base, "--duration", "1.5", "--rate", "40", "--out", str(tmp_path / "open.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert opened.returncode == 0, opened.stderr
+    report = json.loads((tmp_path / "open.json").read_text())
+    assert report["mode"] == "rate" and abs(report["requests"] - 60) <= 2, report

@@ -133,10 +133,11 @@ def test_users_with_0_1_and_k_minus_1_events(world: str, backend: str, request) 
     assert not mask.any() and (emb == 0).all()
 
 
+@pytest.mark.parametrize("rerank", [1, 2])
 @pytest.mark.parametrize("backend", ["torch_lut", "torch_decode", "faiss"])
-def test_select_never_picks_padding(pq_world_8bit, backend: str) -> None:
+def test_select_never_picks_padding(pq_world_8bit, backend: str, rerank: int) -> None:
     w = pq_world_8bit
-    r = w.retriever(backend=ScoringBackend(backend))
+    r = w.retriever(backend=ScoringBackend(backend), rerank=rerank)
     g = torch.Generator().manual_seed(4)
     b, n_l = 3, 80
     seq_item = torch.randint(2, w.spec.n_items, (b, n_l), generator=g)
@@ -214,3 +215,13 @@ def test_rerank_raises_recall(pq_world_8bit) -> None:
         )
     assert recalls[4] > recalls[1]
     assert recalls[4] >= 0.9, recalls
+
+
+def test_with_config_shares_codebooks_and_checks_code_shape(pq_world_8bit) -> None:
+    base = pq_world_8bit.retriever(backend=ScoringBackend.TORCH_LUT)
+    other = base.with_config(PQConfig(nbits=8, backend=ScoringBackend.TORCH_DECODE))
+    assert other.store is base.store and other.backend == ScoringBackend.TORCH_DECODE
+    x_t = torch.randn(3, pq_world_8bit.spec.dim, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(base.retrieve(4, x_t)[1], other.retrieve(4, x_t)[1])
+    with pytest.raises(PQError, match="4-bit"):
+        base.with_config(PQConfig(nbits=4))

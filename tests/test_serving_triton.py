@@ -179,3 +179,25 @@ def test_serve_cli_bad_options_exit_nonzero_with_one_sentence(
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_serving_cli_bad_inputs_exit_nonzero_with_one_sentence(tmp_path: Path) -> None:
+    missing = tmp_path / "no-run"
+    proc = subprocess.run(
+        seminar_cli("bench", "serving", "--run", str(missing), "--data", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert f"--run: {missing / 'checkpoint.safetensors'} does not exist." in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_config_rejects_bad_fields() -> None:
+    from seminar.serving.bench import ServingBenchConfig
+
+    with pytest.raises(ValueError, match="requests: 10 must be a multiple of concurrency 4"):
+        ServingBenchConfig(requests=10)
+    with pytest.raises(ValueError, match="candidates"):
+        ServingBenchConfig(candidates=0)

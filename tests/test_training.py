@@ -225,7 +225,7 @@ def test_model_recovers_planted_interests_on_synthetic_data(
 def _train_cli(out: Path, data: Path, nproc: int) -> list[float]:
     args = ["train", "--data", str(data), "--out", str(out), "--model", "twin", "--no-pretrain",
             "--dim", "16", "--heads", "2", "--top-k", "8", "--max-history", "32",
-            "--epochs", "1", "--batch-size", "128", "--max-train-targets", "768", "--json"]  # fmt: skip
+            "--epochs", "1", "--batch-size", "128", "--max-train-targets", "768", "--eval-users", "32", "--json"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
         cmd = [sys.executable, "-m", "seminar.cli", *args]
@@ -252,3 +252,29 @@ def test_two_process_torchrun_matches_one_process(movielens_data: Path, tmp_path
     np.testing.assert_allclose(double, single, rtol=1e-4, atol=1e-5)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+
+
+def test_resume_continues_from_the_saved_state(
+    quick_run: Path, tmp_path: Path, movielens_data: Path
+) -> None:
+    """A finished run resumed with the same config trains no further and gives the same model."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "resumed"
+    shutil.copytree(quick_run, copy)
+    before = load_file(str(copy / "checkpoint.safetensors"))
+    summary = train_tiny(movielens_data, copy, resume=True)
+    after = load_file(str(copy / "checkpoint.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    original = json.loads((quick_run / "metrics.json").read_text())
+    assert summary["test"] == pytest.approx(original["test"], abs=1e-6)
+    assert summary["valid"] == original["valid"]
+    from seminar.training.config import TrainConfig
+    from seminar.training.errors import TrainingError
+    from seminar.training.trainer import train_run
+
+    with pytest.raises(TrainingError, match="different configuration"):
+        train_run(movielens_data, copy, "seminar", TrainConfig(**{**TINY_TRAIN, "lr": 0.5}),
+                  dict(TINY_MODEL), resume=True)  # fmt: skip

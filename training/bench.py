@@ -50,8 +50,6 @@ ABLATIONS = (
 )
 # The report's columns: the acceptance metric first.
 SHOWN = ("ndcg@10", "hit@10", "mrr", "ndcg@50", "hit@50", "hit@1", "auc", "gauc")
-# Default bench configuration: sized so that a run takes a few minutes on 2 cores.
-BENCH_TRAIN = {"epochs": 4, "pretrain_epochs": 1, "max_train_targets": 20_000, "patience": 1}
 
 
 def summarize(values: list[float]) -> dict[str, float | int]:
@@ -84,7 +82,7 @@ class QualityBench:
         self.seeds, self.quick, self.variants = seeds, quick, variants
 
     def config(self, variant: Variant, seed: int) -> tuple[TrainConfig, dict[str, Any]]:
-        base = dict(QUICK_TRAIN) if self.quick else dict(BENCH_TRAIN)
+        base = dict(QUICK_TRAIN) if self.quick else {}
         base.update(variant.train)
         model = dict(QUICK_MODEL) if self.quick else {}
         model.update(variant.model)

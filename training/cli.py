@@ -94,6 +94,9 @@ def train(
     ] = None,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Text modality.")] = True,
     attr: Annotated[bool, typer.Option("--attr/--no-attr", help="Attribute modality.")] = True,
+    eval_users: Annotated[
+        int | None, typer.Option(help="Validate on the first N users only (0 = all).")
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch threads (0 = default).")] = 0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from OUT/resume.pt (same configuration).")
@@ -127,6 +130,7 @@ def train(
             "next_weight": next_weight,
             "relevance_weight": relevance_weight,
             "threads": threads,
+            "eval_users": eval_users,
             "progress": not as_json,
         }
         model_changes = {"dim": dim, "heads": heads, "top_k": top_k, "max_history": max_history}

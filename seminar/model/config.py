@@ -45,7 +45,7 @@ class ModelConfig:
     heads: int = 4  # H
     top_k: int = 50  # K per head
     alpha: float = 0.5  # pair = alpha * query + (1 - alpha) * item
-    max_history: int = 256  # most recent events fed to the GSU while training (eval/score: all)
+    max_history: int = 128  # most recent events fed to the GSU while training (eval/score: all)
     use_text: bool = True
     use_attr: bool = True
     use_image: bool = True  # only takes effect when the dataset has image features

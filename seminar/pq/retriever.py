@@ -93,6 +93,27 @@ class PQRetriever:
 
             self._faiss = FaissScanner(codebooks)
 
+    def with_config(self, config: PQConfig) -> PQRetriever:
+        """The same codebooks, tables, store and projection scored with another backend /
+        rerank setting (the code width must match the trained codebooks)."""
+        if config.nbits != self.codebooks.nbits or config.n_subspaces != self.codebooks.n_subspaces:
+            raise PQError(
+                f"config asks for {config.n_subspaces} x {config.nbits}-bit codes, the codebooks "
+                f"are {self.codebooks.n_subspaces} x {self.codebooks.nbits}-bit"
+            )
+        return PQRetriever(
+            self.codebooks,
+            self.tables,
+            {m: c.cpu().numpy() for m, c in self.table_codes.items()},
+            config,
+            store=self.store,
+            gsu_weight=self.gsu_weight,
+            gsu_bias=self.gsu_bias,
+            k=self.k,
+            device=self.device,
+            alpha=self.alpha,
+        )
+
     # -- pieces --------------------------------------------------------------------------------
 
     def exact_vectors(self, item: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -196,10 +217,10 @@ class PQRetriever:
             scores = (u.reshape(b * h, -1) @ x.T).reshape(b, h, -1)  # (B, H, U)
             exact = torch.gather(scores, 2, inv)  # (B, H, R)
         else:
-            # (B, L) -> (B, H, R) item / query index of each shortlisted event
-            it = torch.gather(item.unsqueeze(1).expand(b, h, -1), 2, pos)
-            qu = torch.gather(query.unsqueeze(1).expand(b, h, -1), 2, pos)
-            exact = torch.einsum("bhd,bhrd->bhr", u, self.exact_vectors(it, qu))
+            # One sequence per row (offline evaluation): exact vectors of every event of the
+            # row (B, L, D) cost less than one per shortlisted (row, head, slot).
+            x = self.exact_vectors(item, query)  # (B, L, D)
+            exact = torch.gather(torch.einsum("bhd,bld->bhl", u, x), 2, pos)  # (B, H, R)
         exact = exact.masked_fill(~valid, torch.finfo(exact.dtype).min)
         kk = min(k, r)
         _, top = exact.topk(kk, dim=-1)  # (B, H, kk) into the shortlist

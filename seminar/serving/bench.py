@@ -349,6 +349,16 @@ def markdown(report: dict) -> str:
                 f"| {row['length']:,} | {name} | {b['queue']:.3f} | {b['compute_input']:.3f} "
                 f"| {b['compute_infer']:.3f} | {b['compute_output']:.3f} |"
             )
+    lines.append("")
+    for row in report["rows"]:
+        queue = sum(b["queue"] for b in row["breakdown"].values())
+        infer = sum(b["compute_infer"] for b in row["breakdown"].values())
+        lines.append(
+            f"- L = {row['length']:,}: of the ensemble's mean {row['ensemble']['mean_ms']:.2f} ms, "
+            f"{queue:.2f} ms is queueing in the {len(row['breakdown'])} steps' dynamic batchers "
+            f"(max_queue_delay) and {infer:.2f} ms is compute (Triton's compute_infer, which "
+            "includes each Python model's IPC with its stub process)."
+        )
     last = report["rows"][-1]
     ratio = last["ensemble"]["p50_ms"] / last["in_process"]["p50_ms"]
     lines += [

@@ -116,7 +116,7 @@ def bench_serving(
         Path("data/movielens"), help="Prepared MovieLens dataset the run was trained on."
     ),
     work: Path = typer.Option(
-        Path("reports/.serving-bench"),
+        Path("runs/serving-bench"),
         help="Scratch folder for the bench's dataset (+ SYNTHETIC long users) and repository; "
         "reused when its inputs are unchanged.",
     ),

@@ -37,15 +37,11 @@ def _sorted_ids(path: Path, what: str) -> np.ndarray:
 
 
 def _lookup(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Position of each id in `sorted_ids` and whether it is there."""
-    pos = np.searchsorted(sorted_ids, ids)
-    pos_clipped = np.minimum(pos, max(len(sorted_ids) - 1, 0))
-    found = (
-        (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == ids)
-        if len(sorted_ids)
-        else np.zeros(ids.shape, bool)
-    )
-    return pos_clipped, found
+    """Position of each id in `sorted_ids` and whether it is there: (B,) -> (B,), (B,) bool."""
+    if len(sorted_ids) == 0:
+        return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return pos, sorted_ids[pos] == ids
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,14 @@ TINY_TRAIN = {
 }
 
 
-def train_tiny(data: Path, out: Path, kind: str = "seminar", **train: object) -> dict:
+def train_tiny(
+    data: Path, out: Path, kind: str = "seminar", resume: bool = False, **train: object
+) -> dict:
     from seminar.training.config import TrainConfig
     from seminar.training.trainer import train_run
 
     config = TrainConfig(**{**TINY_TRAIN, **train})
-    return train_run(data, out, kind, config, dict(TINY_MODEL))
+    return train_run(data, out, kind, config, dict(TINY_MODEL), resume=resume)
 
 
 @pytest.fixture(scope="session")
