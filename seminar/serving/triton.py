@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum, unique
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from seminar.constants import ENSEMBLE_MODEL
 
@@ -179,7 +180,7 @@ class TritonServer:
     metrics_port: int = field(init=False, default=0)
     log_path: Path = field(init=False)
     _proc: subprocess.Popen[bytes] | None = field(init=False, default=None, repr=False)
-    _log_file: object = field(init=False, default=None, repr=False)
+    _log_file: BinaryIO | None = field(init=False, default=None, repr=False)
 
     # ---- addresses -------------------------------------------------------------------------
     @property
@@ -313,7 +314,7 @@ class TritonServer:
                     proc.wait()
         finally:
             if self._log_file is not None:
-                self._log_file.close()  # type: ignore[attr-defined]
+                self._log_file.close()
                 self._log_file = None
 
     def wait(self) -> int:
