@@ -52,11 +52,7 @@ def score_indices(
     cand = model.item_encoder(torch.as_tensor(list(item_index), dtype=torch.long))  # (C, D)
     items = torch.as_tensor(list(seq_item), dtype=torch.long)
     queries = torch.as_tensor(list(seq_query), dtype=torch.long)
-    mask = torch.ones(len(items), dtype=torch.bool)
-    if len(items) == 0:
-        # Cold start: one padding slot that no retriever may select; the ESU then adds zeros.
-        items, queries = items.new_zeros(1), queries.new_zeros(1)
-        mask = torch.zeros(1, dtype=torch.bool)
+    mask = torch.ones(len(items), dtype=torch.bool)  # an empty history stays empty: cold start
     x_seq = model.pair(
         model.query_encoder(model.query_tokens[queries]), model.item_encoder(items)
     )  # (L, D)

@@ -115,6 +115,11 @@ class SeminarModel(nn.Module):
         """Logits (B, C) of C candidates per row against that row's history."""
         b, c, d = cand_emb.shape
         h, k = self.config.heads, self.config.top_k
+        if x_seq.shape[1] == 0:
+            # Cold start: one padding slot that no retriever may select; the ESU then adds 0.
+            x_seq = x_seq.new_zeros(b, 1, d)
+            seq_item, seq_query = seq_item.new_zeros(b, 1), seq_query.new_zeros(b, 1)
+            seq_mask = seq_mask.new_zeros(b, 1)
         q = query_emb.unsqueeze(1).expand(b, c, d)  # (B, C, D)
         x_t = self.pair(q, cand_emb).reshape(b * c, d)  # (B*C, D)
         # Candidates of one row share its history: fold them into the retriever's row dim.
@@ -163,9 +168,6 @@ class SeminarModel(nn.Module):
             seq_mask,
             retriever,
         )
-
-    def per_modality_names(self) -> list[str]:
-        return [m.value for m in self.config.item_modalities]
 
 
 __all__ = ["Modality", "ModelConfig", "ModelKind", "SeminarModel"]
