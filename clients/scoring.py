@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     import tritonclient.grpc.aio as triton_aio
 
 # Reconnect fast after Triton comes back: gRPC's default backoff grows to 120 s.
-TRITON_CHANNEL_ARGS: list[tuple[str, int]] = [
+TRITON_CHANNEL_ARGS: list[tuple[str, int | str]] = [
+    # Spread calls over every pod behind a headless Service (DNS gives all their addresses).
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
     ("grpc.initial_reconnect_backoff_ms", 100),

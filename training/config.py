@@ -28,7 +28,9 @@ class TrainConfig:
     max_train_targets: int = 20_000
     eval_max_history: int = 0  # 0 = the full lifelong history at evaluation
     eval_users: int = 0  # 0 = every evaluated user; >0 = the first N (quick validation)
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # torch intra-op threads; 0 = torch's default (all cores). On a machine shared with other
+    # jobs use 1: spinning OpenMP workers of oversubscribed processes cost 10x in wall time.
+    threads: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:

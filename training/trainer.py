@@ -223,9 +223,24 @@ def train_run(
     resume: bool = False,
 ) -> dict[str, Any]:
     """Train (and pretrain) one model, evaluate it, and write the run directory."""
-    ctx = DistContext.from_env()
+    threads = torch.get_num_threads()
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
+    try:
+        return _train_run(data, out, kind, tc, model_overrides, resume)
+    finally:
+        torch.set_num_threads(threads)  # the caller's process (e.g. pytest) keeps its setting
+
+
+def _train_run(
+    data: str | Path,
+    out: str | Path,
+    kind: ModelKind | str,
+    tc: TrainConfig,
+    model_overrides: dict[str, Any] | None,
+    resume: bool,
+) -> dict[str, Any]:
+    ctx = DistContext.from_env()
     if tc.batch_size % ctx.world:
         raise TrainingError(f"batch_size {tc.batch_size} is not divisible by {ctx.world} ranks.")
     out = Path(out)

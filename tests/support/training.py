@@ -19,6 +19,7 @@ TINY_TRAIN = {
     "lr": 0.01,  # 16 steps must be enough to beat chance clearly
     "max_train_targets": 2048,
     "eval_users": 64,
+    "threads": 1,  # CI runs other areas' tests beside these: one thread avoids oversubscription
     "progress": False,
 }
 
