@@ -23,6 +23,7 @@ from pathlib import Path
 from seminar.clients.config import Arm, ExperimentConfig, write_config
 
 from seminar.constants import ENSEMBLE_MODEL
+from seminar.serving.triton import free_port
 
 _PINNED = re.compile(r"^seminar_v(\d+)$")
 
@@ -133,7 +134,7 @@ def run_gateway_demo(
             host_port = triton.metrics_url.removeprefix("http://").removesuffix("/metrics")
             with console.status("starting Prometheus"):
                 prom = stack.enter_context(
-                    PrometheusProcess(host_port, f"127.0.0.1:{gw.metrics_port}", port=_free_port())
+                    PrometheusProcess(host_port, f"127.0.0.1:{gw.metrics_port}", port=free_port())
                 )
                 prom.wait_scraped()
 
@@ -161,12 +162,6 @@ def run_gateway_demo(
     result.report_path = out_dir / "demo_gateway.md"
     result.report_path.write_text(_report(result))
     return result
-
-
-def _free_port() -> int:
-    from seminar.clients.process import free_port
-
-    return free_port()
 
 
 def _report(result: DemoResult) -> str:

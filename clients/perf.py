@@ -28,6 +28,7 @@ from pathlib import Path
 from seminar.clients.workload import RankCall, load_workload
 
 from seminar.constants import ENSEMBLE_MODEL, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.machine import cpu_model
 
 DEFAULT_CHROOT = Path("/opt/seminar/perf-chroot")
 _CHROOT_BINARY = "opt/pa/lib/python3*/site-packages/perf_analyzer/bin/perf_analyzer"
@@ -274,15 +275,7 @@ def _newest_version(triton: str, model: str) -> int:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, no GPU (cpu target)"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, no GPU (cpu target)"
 
 
 def _markdown(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,17 +18,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-LOOPBACK = "127.0.0.1"
+from seminar.serving.triton import LOOPBACK, free_port
+
+__all__ = ["LOOPBACK", "GatewayProcess", "GatewayStartError", "free_port"]
 
 
 class GatewayStartError(RuntimeError):
     """The gateway process exited or never became healthy; the message holds its log tail."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 class GatewayProcess:

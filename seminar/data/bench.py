@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from seminar.machine import cpu_model
+
 
 @dataclass(frozen=True)
 class BenchRow:
@@ -76,16 +78,6 @@ def _child(
     }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def run_bench(
     sizes: list[int],
     events_per_user: int,
@@ -119,7 +111,7 @@ def run_bench(
     anchor = rows[0].peak_rss_mib
     header = (
         f"# Synthetic generator benchmark (SYNTHETIC data)\n\n"
-        f"- machine: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}\n"
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}\n"
         f"- command: `seminar bench synthetic {' '.join(sys.argv[3:])}`\n"
         f"- seed {seed}; {events_per_user} events/user; {items} items; {topics} topics; "
         f"write chunk {chunk_rows:,} events; MiniLM off\n\n"
@@ -140,7 +132,7 @@ def run_bench(
     (reports / "synthetic.md").write_text(markdown)
     payload = {
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
         },

@@ -10,7 +10,6 @@ anchor row first with a ratio column; recall beside latency.
 from __future__ import annotations
 
 import json
-import platform
 import shlex
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from seminar.machine import cpu_model
 from seminar.pq.codebooks import Codebooks, train_codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
 from seminar.pq.faiss_scan import FaissScanner
@@ -102,14 +102,7 @@ class Row:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}; torch threads {torch.get_num_threads()}; {gpu}"
 

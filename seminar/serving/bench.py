@@ -34,6 +34,7 @@ import numpy as np
 
 from seminar import constants as C
 from seminar.build import pipeline as P
+from seminar.machine import cpu_model
 
 
 @dataclass(frozen=True)
@@ -116,18 +117,10 @@ def time_calls(
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
