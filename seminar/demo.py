@@ -48,7 +48,9 @@ def main(
     """Prepare MovieLens, train SEMINAR and TWIN, build two versions, serve, rank, load-test."""
     _banner("1. data: MovieLens ml-latest-small -> prepared dataset")
     if not (data / "meta.json").exists():
-        _seminar("data", "prepare", "movielens", "--source", str(MOVIELENS_SOURCE), "--out", str(data))
+        _seminar(
+            "data", "prepare", "movielens", "--source", str(MOVIELENS_SOURCE), "--out", str(data)
+        )
     else:
         typer.echo(f"reusing {data}")
         stats = json.loads((data / "meta.json").read_text()).get("stats", {})
@@ -74,8 +76,15 @@ def main(
             typer.echo(f"reusing version {version} in {repo}")
             continue
         _seminar(
-            "build", "--run", str(runs / model), "--target", "cpu", "--repo", str(repo),
-            "--version", str(version),
+            "build",
+            "--run",
+            str(runs / model),
+            "--target",
+            "cpu",
+            "--repo",
+            str(repo),
+            "--version",
+            str(version),
         )
 
     _banner("4. serving: the real tritonserver ranks MovieLens candidates")
