@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +21,8 @@ import numpy as np
 from seminar.training.config import QUICK_MODEL, QUICK_TRAIN, TrainConfig
 from seminar.training.errors import TrainingError
 from seminar.training.metrics import METRIC_NAMES
+
+from seminar.machine import cpu_model
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class QualityBench:
             "# Quality: SEMINAR vs baselines on MovieLens (1 + 99 candidates, test split)",
             "",
             f"Command: `{' '.join(sys.argv)}`  ",
-            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+            f"Machine: {cpu_model()}, {os.cpu_count()} CPUs; "
             f"data: `{self.data}`; seeds: {self.seeds}; bench time {seconds / 60:.1f} min.  ",
             f"Train config: {json.dumps({k: v for k, v in tc.to_dict().items() if k not in ('seed', 'progress')})}; "
             f"model overrides: {json.dumps(model)}.",
