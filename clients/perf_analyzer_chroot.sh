@@ -12,8 +12,8 @@
 set -euo pipefail
 
 DIR="${1:-/opt/seminar/perf-chroot}"
-PA_VERSION="${PA_VERSION:-}"   # empty = newest perf-analyzer wheel pip finds for glibc 2.41
-MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+PA_VERSION="${PA_VERSION:-2.60.0}"   # the perf-analyzer wheel reports/perf.md was measured with
+MIRROR="${MIRROR:-}"                 # empty = debootstrap's default Debian mirror
 
 if [[ $EUID -ne 0 ]]; then
   echo "perf_analyzer_chroot.sh: must run as root (debootstrap and chroot need it)" >&2
@@ -26,7 +26,7 @@ fi
 
 if [[ ! -x "$DIR/usr/bin/apt-get" ]]; then
   mkdir -p "$DIR"
-  debootstrap --variant=minbase trixie "$DIR" "$MIRROR"
+  debootstrap --variant=minbase trixie "$DIR" ${MIRROR:+"$MIRROR"}
 fi
 cp /etc/resolv.conf "$DIR/etc/resolv.conf"
 

@@ -11,9 +11,9 @@ from seminar.build import pipeline as P
 
 from seminar.serving.backend import (
     BackendContext,
-    RequestError,
     RowBatch,
     check_numpy,
+    read_requests,
     require_rows,
     verify_manifest,
 )
@@ -43,13 +43,7 @@ class TritonPythonModel:
         return arrays
 
     def execute(self, requests: list) -> list:
-        per_request, errors = [], {}
-        for r, request in enumerate(requests):
-            try:
-                per_request.append(self._read(request))
-            except RequestError as e:
-                per_request.append(None)
-                errors[r] = e
+        per_request, errors = read_requests(requests, self._read)
         batch = RowBatch.concat(per_request)
         outputs = self.runner.run(batch.arrays) if batch.rows else {}
         responses = []

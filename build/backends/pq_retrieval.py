@@ -19,9 +19,9 @@ from torch.utils import dlpack
 
 from seminar.serving.backend import (
     BackendContext,
-    RequestError,
     RowBatch,
     check_numpy,
+    read_requests,
     require_rows,
     verify_manifest,
 )
@@ -92,13 +92,7 @@ class TritonPythonModel:
         return tensors
 
     def execute(self, requests: list) -> list:
-        per_request, errors = [], {}
-        for r, request in enumerate(requests):
-            try:
-                per_request.append(self._read(request))
-            except RequestError as e:
-                per_request.append(None)
-                errors[r] = e
+        per_request, errors = read_requests(requests, self._read)
         batch = RowBatch.concat(per_request)
         outputs = {}
         if batch.rows:

@@ -9,9 +9,10 @@ tests. Nothing here imports `triton_python_backend_utils`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,6 +153,25 @@ class RowBatch:
         i = self.valid[request]
         lo, hi = self.offsets[i], self.offsets[i + 1]
         return {name: array[lo:hi] for name, array in outputs.items()}
+
+
+def read_requests(
+    requests: Sequence[Any], read: Callable[[Any], dict[str, Any]]
+) -> tuple[list[dict[str, Any] | None], dict[int, RequestError]]:
+    """`read` every request of a Triton batch; a bad one is set aside, not raised.
+
+    Returns the per-request tensors (None where the request was bad) and the errors by request
+    position, so that `execute` answers the bad requests with INVALID_ARG and still serves the rest.
+    """
+    per_request: list[dict[str, Any] | None] = []
+    errors: dict[int, RequestError] = {}
+    for position, request in enumerate(requests):
+        try:
+            per_request.append(read(request))
+        except RequestError as error:
+            per_request.append(None)
+            errors[position] = error
+    return per_request, errors
 
 
 def require_rows(name: str, array, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
