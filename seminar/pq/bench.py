@@ -10,6 +10,7 @@ anchor row first with a ratio column; recall beside latency.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -429,7 +430,7 @@ def run_bench(
     )
     spec = SyntheticSpec(n_items=cfg.n_items, seed=cfg.seed)
     header = [
-        f"machine: {machine()} (shared with other jobs while measured)",
+        f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}",
         f"threads: {cfg.threads}; seed: {cfg.seed}; runs: {cfg.runs} (L=100k: {max(2, cfg.runs // 4)}) after {cfg.warmup} warm-up",
         f"command: {command}",
         f"data: SYNTHETIC users and tables (query + {', '.join(ITEM_MODALITIES)} modalities, "
