@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from seminar.serving.triton import terminate
+
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
 
 
@@ -138,13 +140,7 @@ class PrometheusProcess:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout_s=10)
         self._tmp.cleanup()
 
     def __enter__(self) -> PrometheusProcess:

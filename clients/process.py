@@ -9,7 +9,6 @@ log tail if the process dies, and always stops it (SIGTERM, then SIGKILL).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from seminar.serving.triton import LOOPBACK, free_port
+from seminar.serving.triton import LOOPBACK, free_port, terminate
 
 __all__ = ["LOOPBACK", "GatewayProcess", "GatewayStartError", "free_port"]
 
@@ -118,14 +117,7 @@ class GatewayProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        terminate(proc, timeout_s)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -162,6 +162,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """SIGTERM (graceful: in-flight work finishes), then SIGKILL after `timeout_s`.
+
+    Kills the whole process group when the child leads one (start_new_session=True), so that
+    tritonserver's Python-backend stubs go with it.
+    """
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait()
+
+
 def _check_port_free(port: int, what: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # Like tritonserver itself: a port left in TIME_WAIT by a stopped server is free.
@@ -307,13 +326,7 @@ class TritonServer:
         """SIGTERM (graceful: in-flight requests finish), then SIGKILL after `timeout_s`."""
         proc, self._proc = self._proc, None
         try:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            terminate(proc, timeout_s)
         finally:
             if self._log_file is not None:
                 self._log_file.close()
