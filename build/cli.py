@@ -86,8 +86,18 @@ def build(
         int, typer.Option(min=1, help="PQ sub-spaces S per modality (D % S == 0).")
     ] = 16,
     pq_bits: Annotated[
-        int, typer.Option(help="Bits per PQ code: 8 (256 centroids) or 4 (16, faiss fast-scan).")
-    ] = 8,
+        int | None,
+        typer.Option(
+            help="Bits per PQ code: 8 (256 centroids) or 4 (16, faiss fast-scan). Default: 4 for --target cpu, 8 for gpu."
+        ),
+    ] = None,
+    pq_rerank: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rescore a shortlist of RERANK x K events exactly and keep the best K (1 = pure PQ top-K). Default: 4 for --target cpu, 1 for gpu.",
+        ),
+    ] = None,
     pq_iters: Annotated[int, typer.Option(min=1, help="k-means iterations per PQ sub-space.")] = 25,
 ) -> None:
     """Export a trained run into a new numbered version of the Triton model repository.
@@ -116,7 +126,13 @@ def build(
                 raise typer.Exit(code=2)
         from seminar.pq import PQConfig
 
-        pq_config = PQConfig(n_subspaces=pq_subspaces, nbits=pq_bits, kmeans_iters=pq_iters)
+        pq_config = PQConfig.for_serving(
+            "cpu" if tgt is P.Target.CPU else "cuda",
+            n_subspaces=pq_subspaces,
+            nbits=pq_bits,
+            rerank=pq_rerank,
+            kmeans_iters=pq_iters,
+        )
         _build(
             run,
             version,

@@ -238,3 +238,20 @@ def test_tensorrt_engines_match_onnx(model_repo, trained, tmp_path):
         onnx_path = model_repo.repo / name / "1" / P.ONNX_FILE
         plan = TRT.build_engine(onnx_path, tmp_path / f"{name}.plan", specs[name], TRT.Profile())
         assert TRT.engine_parity(onnx_path, plan, specs[name]) <= 1e-2
+
+
+def test_cpu_build_serves_the_fast_scan_rerank_config_by_default(model_repo):
+    """Without --pq-rerank a cpu build serves PQConfig.for_serving("cpu"): 4-bit fast-scan
+    codes stored in faiss's block layout, then an exact rerank of a 4K shortlist."""
+    from seminar.pq import PQConfig
+
+    pq_dir = model_repo.repo / C.PQ_RETRIEVAL_MODEL / "1" / P.PQ_DIR
+    manifest = json.loads((pq_dir / "manifest.json").read_text())
+    want = PQConfig.for_serving("cpu")
+    assert manifest["config"]["nbits"] == want.nbits == 4
+    assert manifest["config"]["rerank"] == want.rerank == 4
+    assert "block_offsets" in manifest["store"]["arrays"]
+    # two codes per byte: half a byte per (modality, sub-space) code, plus each user's last
+    # block of 32 events padded (MovieLens histories are short, so that padding shows)
+    n_codes = manifest["store"]["arrays"]["codes"]["shape"][1] // 16
+    assert manifest["bytes_per_event"] <= 0.6 * n_codes

@@ -55,7 +55,7 @@ def test_encode_picks_nearest_centroid(pq_world_8bit) -> None:
     w = pq_world_8bit
     cb = w.codebooks
     for mi, m in enumerate(cb.modalities):
-        x = w.tables[m][:200]
+        x = w.tables[m][:200] @ cb.rotation.T  # codes quantize the rotated rows R e
         codes = w.table_codes[m][:200]
         s, d = cb.n_subspaces, cb.centroids.shape[-1]
         # (N, S, 1, d) - (S, k, d) -> distances (N, S, k)
@@ -70,18 +70,22 @@ def test_adc_equals_bruteforce_on_decoded_vectors(world: str, request) -> None:
     cb = w.codebooks
     _, _, codes = w.store.user(4)  # (L, C)
     u = torch.randn(3, 4, cb.dim, generator=torch.Generator().manual_seed(1))
-    # brute force: decode with numpy (independent of seminar.pq.adc), then plain dot products
+    # brute force: decode with numpy (independent of seminar.pq.adc, and turned back from the
+    # OPQ rotation), then plain dot products
+    assert cb.rotation is not None
     decoded = torch.from_numpy(cb.decode(np.asarray(codes)))  # (L, D)
     want = torch.einsum("bhd,ld->bhl", u.double(), decoded.double())
     codes_t = torch.from_numpy(np.ascontiguousarray(codes)).unsqueeze(0)
     centroids = torch.from_numpy(cb.centroids)
-    lut = build_luts(u, centroids)  # (B, H, C, k)
+    u_rot = u @ torch.from_numpy(cb.rotation).T  # the ADC scores R u against the centroids
+    lut = build_luts(u_rot, centroids)  # (B, H, C, k)
     assert lut.shape == (3, 4, cb.code_size, cb.n_centroids)
     got_lut = adc_scores_lut(lut, codes_t)
-    got_dec = adc_scores_decode(u, codes_t, centroids)
+    got_dec = adc_scores_decode(u_rot, codes_t, centroids)
+    got_retriever = w.retriever(backend=ScoringBackend.TORCH_LUT).adc_scores(u, codes_t)
     scale = want.abs().max().item()
-    torch.testing.assert_close(got_lut.double(), want, rtol=0, atol=1e-5 * scale)
-    torch.testing.assert_close(got_dec.double(), want, rtol=0, atol=1e-5 * scale)
+    for got in (got_lut, got_dec, got_retriever):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("world", ["pq_world_8bit", "pq_world_4bit"])
@@ -111,11 +115,14 @@ def test_torch_and_faiss_return_the_same_topk(world: str, request) -> None:
         assert _recall(torch.from_numpy(fast).reshape(8, 4, -1), want) >= 0.95
 
 
+@pytest.mark.parametrize("rerank", [1, 4])
 @pytest.mark.parametrize("backend", ["torch_lut", "torch_decode", "faiss"])
 @pytest.mark.parametrize("world", ["pq_world_8bit", "pq_world_4bit"])
-def test_users_with_0_1_and_k_minus_1_events(world: str, backend: str, request) -> None:
+def test_users_with_0_1_and_k_minus_1_events(
+    world: str, backend: str, rerank: int, request
+) -> None:
     w = request.getfixturevalue(world)
-    r = w.retriever(backend=ScoringBackend(backend))
+    r = w.retriever(backend=ScoringBackend(backend), rerank=rerank)
     x_t = torch.randn(5, w.spec.dim, generator=torch.Generator().manual_seed(3))
     for user, length in enumerate([0, 1, PQ_TEST_K - 1, PQ_TEST_K + 1]):
         emb, mask = r.retrieve(user, x_t)
@@ -206,7 +213,7 @@ def test_rerank_raises_recall(pq_world_8bit) -> None:
     recalls = {}
     for rerank in (1, 4):
         r = w.retriever(backend=ScoringBackend.TORCH_DECODE, rerank=rerank)
-        it, qu, codes = r.user_sequence(4)
+        it, qu, codes, _ = r.user_sequence(4)
         pos, valid = r.topk_positions(
             u, codes, torch.ones_like(it, dtype=torch.bool), it, qu, PQ_TEST_K
         )
@@ -225,3 +232,118 @@ def test_with_config_shares_codebooks_and_checks_code_shape(pq_world_8bit) -> No
     assert torch.equal(base.retrieve(4, x_t)[1], other.retrieve(4, x_t)[1])
     with pytest.raises(PQError, match="4-bit"):
         base.with_config(PQConfig(nbits=4))
+
+
+# -- 4-bit store in faiss fast-scan layout -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_events", [0, 1, 31, 32, 33, 1_000])
+def test_pack_fastscan_is_faiss_layout_and_round_trips(n_events: int) -> None:
+    """Our block packing is byte-for-byte what IndexPQFastScan builds from the same codes."""
+    import faiss
+
+    from seminar.pq.faiss_scan import pack_fastscan, unpack_fastscan
+
+    c = 64
+    codes = np.random.default_rng(n_events).integers(0, 16, (n_events, c)).astype(np.uint8)
+    blocks = pack_fastscan(codes)
+    np.testing.assert_array_equal(unpack_fastscan(blocks, n_events), codes)
+    index = faiss.IndexPQ(c, c, 4, faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True
+    index.add_sa_codes(pack_codes(codes, 4))
+    fast = faiss.IndexPQFastScan(index, 32)
+    want = faiss.rev_swig_ptr(fast.codes.get(), fast.codes.size())
+    np.testing.assert_array_equal(blocks.reshape(-1), want)
+
+
+def test_4bit_store_round_trips_codes_and_files(pq_world_4bit, pq_world_8bit, tmp_path) -> None:
+    from seminar.pq.store import event_codes
+
+    w = pq_world_4bit
+    store = w.store
+    assert store.fastscan and store.code_size == w.codebooks.code_size
+    # two codes per byte plus each user's last block padding: under 1/16 of M x D float32
+    exact_bytes = w.codebooks.n_modalities * w.spec.dim * 4
+    assert store.bytes_per_event * 16 <= exact_bytes
+    for u in range(store.n_users):
+        item, query, codes = store.user(u)
+        np.testing.assert_array_equal(
+            codes, event_codes(w.table_codes, w.codebooks.modalities, item, query)
+        )
+    store.save(tmp_path / "store")
+    loaded = SequenceStore.load(tmp_path / "store", verify=True)
+    np.testing.assert_array_equal(loaded.block_offsets, store.block_offsets)
+    for u in range(store.n_users):
+        np.testing.assert_array_equal(loaded.user_blocks(u), store.user_blocks(u))
+    with pytest.raises(PQError, match="block_offsets disagree"):
+        SequenceStore(
+            store.offsets,
+            store.item,
+            store.query,
+            store.codes,
+            store.modalities,
+            4,
+            store.block_offsets + 1,
+        )
+    with pytest.raises(PQError, match="only a 4-bit store"):
+        pq_world_8bit.store.user_blocks(0)
+
+
+def test_stored_fastscan_search_equals_per_request_packing(pq_world_4bit) -> None:
+    """Searching the build-time blocks picks what packing the codes per request picks, for
+    users with 0, 1, K-1, K+1 and 2,000 events, and never returns a padding slot."""
+    w = pq_world_4bit
+    scanner = FaissScanner(w.codebooks)
+    u = np.random.default_rng(3).standard_normal((12, w.spec.dim)).astype(np.float32)
+    for user in range(w.store.n_users):
+        _, _, codes = w.store.user(user)
+        n = len(codes)
+        want_s, want_i = scanner.search(u, codes, PQ_TEST_K)
+        got_s, got_i = scanner.search_blocks(u, w.store.user_blocks(user), n, PQ_TEST_K)
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_s, want_s)
+        assert got_i.max() < n
+        assert ((got_i >= 0).sum(-1) == min(n, PQ_TEST_K)).all()
+
+
+def test_shortlist_scores_by_index_equal_torch(pq_world_4bit) -> None:
+    """The CPU rerank's by-index inner products equal the gathered exact vectors' scores."""
+    r = pq_world_4bit.retriever(backend=ScoringBackend.FAISS, rerank=4)
+    g = torch.Generator().manual_seed(8)
+    u = torch.randn(5, 4, pq_world_4bit.spec.dim, generator=g)
+    item = torch.randint(0, pq_world_4bit.spec.n_items, (5, 4, 30), generator=g)
+    query = torch.randint(0, pq_world_4bit.spec.n_queries, (5, 4, 30), generator=g)
+    want = torch.einsum("bhd,bhrd->bhr", u, r.exact_vectors(item, query))
+    torch.testing.assert_close(r._shortlist_scores(u, item, query), want, rtol=1e-5, atol=1e-5)
+
+
+def test_serving_presets_and_overrides() -> None:
+    cpu, gpu = PQConfig.for_serving("cpu"), PQConfig.for_serving("cuda")
+    assert (cpu.nbits, cpu.rerank) == (4, 4)
+    assert (gpu.nbits, gpu.rerank) == (PQConfig().nbits, 1) == (8, 1)
+    assert PQConfig.for_serving("cpu", rerank=2, nbits=None).rerank == 2
+
+
+def test_opq_rotation_is_orthogonal_and_cuts_quantization_error() -> None:
+    """On low-rank (trained-like) SYNTHETIC tables the learnt rotation spreads the variance
+    over the sub-spaces: 4-bit codes reconstruct the rows with less error than plain PQ."""
+    from seminar.pq import train_codebooks
+    from seminar.pq.synthetic import SyntheticSpec, synthetic_tables
+
+    tables = synthetic_tables(SyntheticSpec(n_items=3_000, n_queries=500, rank=8, seed=11))
+    errors = {}
+    for opq_iters in (0, 10):
+        cb = train_codebooks(tables, PQConfig(nbits=4, kmeans_iters=10, opq_iters=opq_iters))
+        if opq_iters:
+            np.testing.assert_allclose(cb.rotation @ cb.rotation.T, np.eye(cb.dim), atol=1e-4)
+        else:
+            assert cb.rotation is None
+        x = tables["id"]
+        codes = cb.encode("id", x).astype(np.int64)  # (N, S)
+        centroids = cb.centroids[cb.modalities.index("id")]  # (S, k, d)
+        # (N, S, d) -> (N, D), then back from the rotated space
+        approx = centroids[np.arange(cb.n_subspaces)[None, :], codes].reshape(len(x), -1)
+        if cb.rotation is not None:
+            approx = approx @ cb.rotation
+        errors[opq_iters] = float(((approx - x) ** 2).sum(-1).mean())
+    assert errors[10] < 0.8 * errors[0], errors

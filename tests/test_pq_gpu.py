@@ -44,7 +44,7 @@ def test_cuda_retrieve_matches_cpu(pq_world_8bit, backend: str) -> None:
     cpu = w.retriever(backend=ScoringBackend.TORCH_LUT)
     gpu = w.retriever(device="cuda", backend=ScoringBackend(backend))
     for user in range(w.store.n_users):
-        _, _, codes = cpu.user_sequence(user)
+        _, _, codes, _ = cpu.user_sequence(user)
         u = cpu.query_vectors(x_t)
         torch.testing.assert_close(
             gpu.adc_scores(u.cuda(), codes.cuda()).cpu(),

@@ -168,7 +168,8 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def _retriever(gsu: Gsu, run: Any, pq_dir: Path | None, dataset: Any) -> Any:
-    """None for the exact GSU; the PQ engineer's retriever for --gsu pq."""
+    """None for the exact GSU; for --gsu pq the served artifacts of --pq-dir, or else the
+    configuration `seminar build --target cpu` would serve, built from the run."""
     from seminar.training.errors import TrainingError
 
     if gsu is Gsu.exact:
@@ -184,7 +185,7 @@ def _retriever(gsu: Gsu, run: Any, pq_dir: Path | None, dataset: Any) -> Any:
             if not pq_dir.is_dir():
                 raise TrainingError(f"{pq_dir}: PQ artifact directory not found.")
             return load(pq_dir)
-        return build(run.model, dataset)
+        return build(run.model, dataset, pq.PQConfig.for_serving("cpu"))
     except TrainingError:
         raise
     except Exception as err:  # seminar.pq's own error type names the artifact

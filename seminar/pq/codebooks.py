@@ -1,5 +1,9 @@
 """Per-modality PQ codebooks: k-means training (faiss), encoding, decoding, save/load.
 
+Optionally every table is first turned by one learnt orthogonal rotation R (OPQ, shared by
+all modalities): codes quantize R e, and since <R u, R e> = <u, e> the ADC scores R u against
+the centroids (PQRetriever turns u once, before any backend).
+
 Shape letters: M modalities, S sub-spaces per modality, k centroids per sub-space,
 D embedding size, d = D / S sub-space size, N table rows.
 """
@@ -38,7 +42,7 @@ def pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
     if codes.shape[1] % 2:
         codes = np.pad(codes, ((0, 0), (0, 1)))
     # (N, C) -> (N, C / 2, 2): low nibble first
-    pairs = codes.reshape(len(codes), -1, 2).astype(np.uint8)
+    pairs = codes.reshape(len(codes), codes.shape[1] // 2, 2).astype(np.uint8)
     return np.ascontiguousarray(pairs[..., 0] | (pairs[..., 1] << 4))
 
 
@@ -47,12 +51,14 @@ class Codebooks:
     """Trained centroids of every modality.
 
     modalities: table names in code order ("query" first, then the item modalities).
-    centroids: float32 (M, S, k, d).
+    centroids: float32 (M, S, k, d), in the rotated space when `rotation` is set.
+    rotation: float32 (D, D) orthogonal OPQ rotation shared by all modalities, or None.
     """
 
     modalities: tuple[str, ...]
     centroids: np.ndarray
     nbits: int
+    rotation: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.centroids.ndim != 4 or self.centroids.shape[0] != len(self.modalities):
@@ -61,6 +67,8 @@ class Codebooks:
             )
         if self.centroids.shape[2] != 1 << self.nbits:
             raise ValueError(f"centroids has k={self.centroids.shape[2]}, nbits={self.nbits}")
+        if self.rotation is not None and self.rotation.shape != (self.dim, self.dim):
+            raise ValueError(f"rotation must be (D, D) = ({self.dim}, {self.dim})")
 
     @property
     def n_modalities(self) -> int:
@@ -100,6 +108,8 @@ class Codebooks:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise PQError(f"table {modality!r} must be (N, {self.dim}), got {x.shape}")
+        if self.rotation is not None:
+            x = np.ascontiguousarray(x @ self.rotation.T)  # rows e -> R e
         pq = self._faiss_pq(self.modalities.index(modality))
         return unpack_codes(pq.compute_codes(x), self.n_subspaces, self.nbits)
 
@@ -111,12 +121,15 @@ class Codebooks:
         # centroids[m, s, c[n, m, s]] -> (N, M, S, d)
         parts = self.centroids[np.arange(m_)[None, :, None], np.arange(s_)[None, None, :], c]
         # sum over modalities, then (N, S, d) -> (N, D)
-        return parts.sum(axis=1).reshape(len(codes), s_ * d)
+        x = parts.sum(axis=1).reshape(len(codes), s_ * d)
+        # back from the rotated space: rows R e -> e
+        return x if self.rotation is None else x @ self.rotation
 
     def save(self, path: Path) -> None:
         """Write `path` (.npz with the centroids) and `path.json` (modalities, nbits)."""
         path = Path(path)
-        np.savez(path, centroids=self.centroids)
+        extra = {} if self.rotation is None else {"rotation": self.rotation}
+        np.savez(path, centroids=self.centroids, **extra)
         meta = {"modalities": list(self.modalities), "nbits": self.nbits}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -129,7 +142,8 @@ class Codebooks:
         meta = json.loads(meta_path.read_text())
         with np.load(path) as z:
             centroids = z["centroids"].astype(np.float32)
-        return cls(tuple(meta["modalities"]), centroids, int(meta["nbits"]))
+            rotation = z["rotation"].astype(np.float32) if "rotation" in z.files else None
+        return cls(tuple(meta["modalities"]), centroids, int(meta["nbits"]), rotation)
 
 
 def train_codebooks(tables: dict[str, np.ndarray], config: PQConfig = PQConfig()) -> Codebooks:
@@ -151,11 +165,17 @@ def train_codebooks(tables: dict[str, np.ndarray], config: PQConfig = PQConfig()
         raise PQError(f"D={dim} is not divisible by n_subspaces={config.n_subspaces}")
     k = config.n_centroids
     rng = np.random.default_rng(config.seed)
-    out = []
+    samples = {}
     for name in names:
         x = np.ascontiguousarray(tables[name], dtype=np.float32)
         if len(x) > config.train_max_rows:
             x = x[np.sort(rng.choice(len(x), config.train_max_rows, replace=False))]
+        samples[name] = x
+    rotation = _train_rotation(samples, dim, config, rng) if config.opq_iters else None
+    out = []
+    for name in names:
+        x = samples[name] if rotation is None else samples[name] @ rotation.T
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) < k:
             # k-means needs at least k points; repeating rows lets a small table (tiny test
             # vocabularies) be represented exactly, with spare centroids duplicated.
@@ -168,7 +188,28 @@ def train_codebooks(tables: dict[str, np.ndarray], config: PQConfig = PQConfig()
         pq.train(x)
         # (S * k * d,) -> (S, k, d)
         out.append(faiss.vector_to_array(pq.centroids).reshape(config.n_subspaces, k, -1))
-    return Codebooks(tuple(names), np.stack(out).astype(np.float32), config.nbits)
+    return Codebooks(tuple(names), np.stack(out).astype(np.float32), config.nbits, rotation)
+
+
+def _train_rotation(
+    samples: dict[str, np.ndarray], dim: int, config: PQConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """One OPQ rotation (D, D) for the rows of all tables together (faiss OPQMatrix, with a
+    PQ of the configured code width inside)."""
+    import faiss
+
+    rows = np.concatenate(list(samples.values()))
+    if len(rows) > config.opq_max_rows:
+        rows = rows[np.sort(rng.choice(len(rows), config.opq_max_rows, replace=False))]
+    opq = faiss.OPQMatrix(dim, config.n_subspaces)
+    opq.niter = config.opq_iters
+    opq.verbose = False
+    inner = faiss.ProductQuantizer(dim, config.n_subspaces, config.nbits)
+    inner.cp.min_points_per_centroid = 1
+    inner.cp.seed = config.seed
+    opq.pq = inner  # faiss keeps a raw pointer: `inner` must outlive train()
+    opq.train(np.ascontiguousarray(rows, dtype=np.float32))
+    return faiss.vector_to_array(opq.A).reshape(dim, dim).astype(np.float32)
 
 
 def _ordered_modalities(tables: dict[str, object]) -> list[str]:

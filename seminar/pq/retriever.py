@@ -72,6 +72,12 @@ class PQRetriever:
         self.backend = resolve_backend(config.backend, codebooks.nbits, self.device)
         self.modalities = codebooks.modalities
         self.centroids = torch.from_numpy(codebooks.centroids).to(self.device)
+        # OPQ: the centroids live in a rotated space; the ADC scores R u against them
+        self.rotation = (
+            None
+            if codebooks.rotation is None
+            else torch.from_numpy(codebooks.rotation).to(self.device)
+        )
         self.tables = {m: tables[m].detach().float().to(self.device) for m in self.modalities}
         # The gather of exact embeddings needs only the fused item table: summing the item
         # modalities once here turns M row gathers per event into two (query + item).
@@ -117,12 +123,17 @@ class PQRetriever:
     # -- pieces --------------------------------------------------------------------------------
 
     def exact_vectors(self, item: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Exact pair embeddings x = tables["query"][q] + sum_m tables[m][i]: (...) -> (..., D)."""
-        if self.item_table is None:
-            return self.query_table[query]
-        if self.query_table is None:
-            return self.item_table[item]
-        return self.query_table[query] + self.item_table[item]
+        """Exact pair embeddings x = tables["query"][q] + sum_m tables[m][i]: (...) -> (..., D).
+
+        index_select on flat indices: on the CPU it is several times faster than advanced
+        indexing for the (B, H, K) gathers of a request."""
+        out = None
+        if self.item_table is not None:
+            out = self.item_table.index_select(0, item.reshape(-1))
+        if self.query_table is not None:
+            rows = self.query_table.index_select(0, query.reshape(-1))
+            out = rows if out is None else out.add_(rows)
+        return out.reshape(*item.shape, -1)
 
     def event_codes(self, item: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Codes of events from their indices: (B, L) -> (B, L, C) uint8, modality-major."""
@@ -140,8 +151,15 @@ class PQRetriever:
         u = (x_t.float().to(self.device) @ self.gsu_weight.reshape(d, h * d)).reshape(-1, h, d)
         return u if self.gsu_bias is None else u + self.gsu_bias
 
+    def rotated(self, u: torch.Tensor) -> torch.Tensor:
+        """u (..., D) -> R u, the query the ADC scores against the (rotated) centroids."""
+        return u if self.rotation is None else u.float() @ self.rotation.T
+
     def adc_scores(self, u: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """ADC scores (B, H, L) with this retriever's torch/triton backend."""
+        """ADC scores (B, H, L) ~ <u, x_l> with this retriever's torch/triton backend."""
+        return self._adc(self.rotated(u), codes)
+
+    def _adc(self, u: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         if self.backend == ScoringBackend.TORCH_LUT:
             return adc_scores_lut(build_luts(u, self.centroids), codes)
         if self.backend == ScoringBackend.TRITON:
@@ -155,25 +173,40 @@ class PQRetriever:
     def topk_positions(
         self,
         u: torch.Tensor,
-        codes: torch.Tensor,
+        codes: torch.Tensor | None,
         mask: torch.Tensor,
         item: torch.Tensor,
         query: torch.Tensor,
         k: int,
+        blocks: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head top-K events by PQ score (then exact rerank of a shortlist if configured).
 
         u (B, H, D); codes (B|1, L, C); mask, item, query (B|1, L) -> positions (B, H, K) int64,
-        valid (B, H, K) bool. Masked events are never selected.
+        valid (B, H, K) bool. Masked events are never selected. `blocks`: one stored sequence
+        in fast-scan layout, searched in place of `codes` (faiss backend, no padding).
         """
         short = k * self.config.rerank
-        if self.backend == ScoringBackend.FAISS:
-            pos, valid = self._faiss_topk(u, codes, mask, short)
+        u_pq = self.rotated(u)
+        if blocks is not None:
+            pos, valid = self._faiss_stored_topk(u_pq, blocks, item.shape[1], short)
+        elif self.backend == ScoringBackend.FAISS:
+            pos, valid = self._faiss_topk(u_pq, codes, mask, short)
         else:
-            pos, valid = masked_topk(self.adc_scores(u, codes), mask, short)
+            pos, valid = masked_topk(self._adc(u_pq, codes), mask, short)
         if self.config.rerank == 1:
             return pos, valid
         return self._rerank(u, pos, valid, item, query, k)
+
+    def _faiss_stored_topk(
+        self, u: torch.Tensor, blocks: np.ndarray, n_events: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, h, dim = u.shape
+        _, found = self._faiss.search_blocks(
+            u.detach().cpu().reshape(-1, dim).numpy(), blocks, n_events, k
+        )
+        found = torch.from_numpy(found).reshape(b, h, k)  # -1 = fewer than K events
+        return found.clamp(min=0), found >= 0
 
     def _faiss_topk(
         self, u: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, k: int
@@ -205,17 +238,45 @@ class PQRetriever:
             valid[targets] = torch.from_numpy(ok)
         return pos.to(self.device), valid.to(self.device)
 
+    def _shortlist_scores(
+        self, u: torch.Tensor, item: torch.Tensor, query: torch.Tensor
+    ) -> torch.Tensor:
+        """Exact scores <u[b, h], x(item[b, h, r], query[b, h, r])> -> (B, H, R).
+
+        On the CPU faiss computes them straight from the tables by index, without writing the
+        (B, H, R, D) vectors out; elsewhere a batched gather + dot."""
+        b, h, r = item.shape
+        if self.device.type != "cpu":
+            x = self.exact_vectors(item, query)  # (B, H, R, D)
+            return torch.einsum("bhd,bhrd->bhr", u, x)
+        from faiss import fvec_inner_products_by_idx, swig_ptr
+
+        uq = np.ascontiguousarray(u.reshape(b * h, -1).numpy(), dtype=np.float32)
+        total = np.zeros((b * h, r), np.float32)
+        part = np.empty((b * h, r), np.float32)
+        for table, rows in ((self.item_table, item), (self.query_table, query)):
+            if table is None:
+                continue
+            ids = np.ascontiguousarray(rows.reshape(b * h, r).numpy(), dtype=np.int64)
+            tab = table.numpy()
+            fvec_inner_products_by_idx(
+                swig_ptr(part), swig_ptr(uq), swig_ptr(tab), swig_ptr(ids), uq.shape[1], b * h, r
+            )
+            total += part
+        return torch.from_numpy(total).reshape(b, h, r)
+
     def _rerank(self, u, pos, valid, item, query, k):
         """Exact scores of the shortlist (B, H, R) -> the best K of it."""
         b, h, r = pos.shape
+        if item.shape[-1] == 0:  # an empty sequence: nothing was shortlisted
+            return pos[:, :, :k], valid[:, :, :k]
         if item.shape[0] == 1:
-            # One user's sequence for every target: compute each shortlisted event's exact
-            # vector once (the union is at most L, usually far less than B*H*R), score the
-            # union with one GEMM, then pick each row's shortlist scores out of it.
-            uniq, inv = torch.unique(pos, return_inverse=True)  # (U,), (B, H, R)
-            x = self.exact_vectors(item[0][uniq], query[0][uniq])  # (U, D)
-            scores = (u.reshape(b * h, -1) @ x.T).reshape(b, h, -1)  # (B, H, U)
-            exact = torch.gather(scores, 2, inv)  # (B, H, R)
+            # One user's sequence for every target: score each (target, head)'s shortlist by
+            # index into the tables (no (B, H, R, D) tensor on the CPU).
+            flat = pos.reshape(-1)
+            at_item = item[0].index_select(0, flat).reshape(pos.shape)
+            at_query = query[0].index_select(0, flat).reshape(pos.shape)
+            exact = self._shortlist_scores(u, at_item, at_query)  # (B, H, R)
         else:
             # One sequence per row (offline evaluation): exact vectors of every event of the
             # row (B, L, D) cost less than one per shortlisted (row, head, slot).
@@ -252,22 +313,30 @@ class PQRetriever:
 
     # -- serving: one user's stored lifelong sequence ------------------------------------------
 
-    def user_sequence(self, user_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(item (1, L), query (1, L), codes (1, L, C)) of a stored user on this device;
-        user_index -1 (unknown user) -> an empty sequence."""
+    def user_sequence(
+        self, user_index: int, with_codes: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray | None]:
+        """(item (1, L), query (1, L), codes (1, L, C), blocks) of a stored user on this device;
+        user_index -1 (unknown user) -> an empty sequence. With the faiss backend over a 4-bit
+        store, `blocks` are the user's fast-scan blocks and codes are not unpacked (None)."""
         if self.store is None:
             raise PQError("this retriever has no sequence store (built for offline use only)")
+        blocks = None
         if user_index == -1:
             item = np.zeros(0, np.int32)
             query = np.zeros(0, np.int32)
             codes = np.zeros((0, self.codebooks.code_size), np.uint8)
+        elif self.backend == ScoringBackend.FAISS and self.store.fastscan and not with_codes:
+            sl = self.store.user_slice(user_index)
+            item, query, codes = self.store.item[sl], self.store.query[sl], None
+            blocks = self.store.user_blocks(user_index)
         else:
             item, query, codes = self.store.user(user_index)
 
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(0).to(self.device)
 
-        return t(item).long(), t(query).long(), t(codes)
+        return t(item).long(), t(query).long(), None if codes is None else t(codes), blocks
 
     def gather_winners(
         self, item: torch.Tensor, query: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor
@@ -277,13 +346,27 @@ class PQRetriever:
         b, h, k = pos.shape
         if item.shape[1] == 0:
             return torch.zeros((b, h, k, self.codebooks.dim), device=self.device)
-        # Heads and targets pick many of the same events: build each winner's exact vector
-        # once, then one gather writes (B, H, K, D).
-        uniq, inv = torch.unique(pos, return_inverse=True)  # (U,), (B, H, K)
-        x = self.exact_vectors(item[0][uniq], query[0][uniq])  # (U, D)
-        emb = x[inv]  # (B, H, K, D)
-        emb.masked_fill_(~valid.unsqueeze(-1), 0.0)
+        flat = pos.reshape(-1)
+        at_item = item[0].index_select(0, flat).reshape(pos.shape)
+        at_query = query[0].index_select(0, flat).reshape(pos.shape)
+        emb = self.exact_vectors(at_item, at_query)  # (B, H, K, D)
+        if not bool(valid.all()):
+            emb.masked_fill_(~valid.unsqueeze(-1), 0.0)
         return emb
+
+    def retrieve_positions(
+        self, user_index: int, x_t: torch.Tensor, k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The GSU of one stored user for B targets: item, query (1, L) of the user's sequence
+        and the chosen positions (B, H, K) with their validity."""
+        k = self.k if k is None else k
+        if x_t.ndim != 2 or x_t.shape[1] != self.codebooks.dim:
+            raise PQError(f"x_t must be (B, {self.codebooks.dim}), got {tuple(x_t.shape)}")
+        item, query, codes, blocks = self.user_sequence(user_index, with_codes=False)
+        u = self.query_vectors(x_t)  # (B, H, D)
+        mask = torch.ones(item.shape, dtype=torch.bool, device=self.device)  # (1, L)
+        pos, valid = self.topk_positions(u, codes, mask, item, query, k, blocks=blocks)
+        return item, query, pos, valid
 
     def retrieve(
         self, user_index: int, x_t: torch.Tensor, k: int | None = None
@@ -293,11 +376,5 @@ class PQRetriever:
         x_t (B, D) target pair embeddings -> topk_emb (B, H, K, D) float32 (zero where masked),
         topk_mask (B, H, K) bool. An unknown user (-1) or an empty sequence -> all masked.
         """
-        k = self.k if k is None else k
-        if x_t.ndim != 2 or x_t.shape[1] != self.codebooks.dim:
-            raise PQError(f"x_t must be (B, {self.codebooks.dim}), got {tuple(x_t.shape)}")
-        item, query, codes = self.user_sequence(user_index)
-        u = self.query_vectors(x_t)  # (B, H, D)
-        mask = torch.ones(item.shape, dtype=torch.bool, device=self.device)  # (1, L)
-        pos, valid = self.topk_positions(u, codes, mask, item, query, k)
+        item, query, pos, valid = self.retrieve_positions(user_index, x_t, k)
         return self.gather_winners(item, query, pos, valid), valid

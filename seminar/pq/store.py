@@ -2,6 +2,12 @@
 per-modality PQ codes, contiguous (offsets + arrays), a directory of .npy files that loads
 memory-mapped, described by manifest.json (shapes, dtypes, sha256).
 
+Two code layouts, fixed by the code width:
+- 8-bit: `codes` (N, M*S), one uint8 per code, event n at row n.
+- 4-bit: faiss fast-scan blocks, built once here so that serving never re-packs: each user's
+  events start a new block of 32 (`block_offsets`), `codes` (n_blocks, 16*M*S) holds two codes
+  per byte; a user's last block is zero-padded.
+
 Shape letters: U users, N events in all, M modalities, S sub-spaces.
 """
 
@@ -16,10 +22,12 @@ import numpy as np
 
 from seminar.pq.codebooks import QUERY_MODALITY
 from seminar.pq.errors import PQError
+from seminar.pq.faiss_scan import FASTSCAN_BBS, pack_fastscan, unpack_fastscan
 
-STORE_FORMAT = "seminar-pq-store/1"
+STORE_FORMAT = "seminar-pq-store/2"
 MANIFEST = "manifest.json"
 _ARRAYS = {"offsets": np.int64, "item": np.int32, "query": np.int32, "codes": np.uint8}
+_FASTSCAN_ARRAYS = {"block_offsets": np.int64}
 
 
 def sha256_file(path: Path) -> str:
@@ -32,9 +40,10 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class SequenceStore:
-    """offsets (U+1,) int64; item, query (N,) int32; codes (N, M*S) uint8 where columns
-    [m*S, (m+1)*S) hold modality `modalities[m]` (the query's codes come from the event's
-    query index, the others from its item index)."""
+    """offsets (U+1,) int64; item, query (N,) int32; codes in the layout of `nbits` (module
+    docstring), where code columns [m*S, (m+1)*S) hold modality `modalities[m]` (the query's
+    codes come from the event's query index, the others from its item index);
+    block_offsets (U+1,) int64, 4-bit only: user u's blocks are codes[block_offsets[u]:...]."""
 
     offsets: np.ndarray
     item: np.ndarray
@@ -42,6 +51,7 @@ class SequenceStore:
     codes: np.ndarray
     modalities: tuple[str, ...]
     nbits: int
+    block_offsets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.item)
@@ -49,13 +59,32 @@ class SequenceStore:
             raise PQError("store offsets must be a 1-d array starting at 0")
         if self.offsets[-1] != n or np.any(np.diff(self.offsets) < 0):
             raise PQError(f"store offsets must be non-decreasing and end at N={n}")
-        if len(self.query) != n or self.codes.shape[0] != n:
+        if len(self.query) != n:
+            raise PQError(f"store arrays disagree on N: item {n}, query {len(self.query)}")
+        if self.codes.ndim != 2 or self.code_size % len(self.modalities):
             raise PQError(
-                f"store arrays disagree on N: item {n}, query {len(self.query)}, "
-                f"codes {self.codes.shape[0]}"
+                f"store codes must hold M*S codes per event with M={len(self.modalities)}"
             )
-        if self.codes.ndim != 2 or self.codes.shape[1] % len(self.modalities):
-            raise PQError(f"store codes must be (N, M*S) with M={len(self.modalities)}")
+        if not self.fastscan:
+            if self.codes.shape[0] != n:
+                raise PQError(f"store arrays disagree on N: item {n}, codes {self.codes.shape[0]}")
+            return
+        blocks = self.block_offsets
+        if blocks is None or len(blocks) != len(self.offsets):
+            raise PQError("a 4-bit store needs block_offsets (U+1,) beside its fast-scan codes")
+        need = -(-np.diff(self.offsets) // FASTSCAN_BBS)  # blocks each user needs
+        if blocks[0] != 0 or np.any(np.diff(blocks) != need) or blocks[-1] != len(self.codes):
+            raise PQError("store block_offsets disagree with offsets and the fast-scan codes")
+
+    @property
+    def fastscan(self) -> bool:
+        """True when codes are in faiss fast-scan blocks (4-bit codes)."""
+        return self.nbits == 4
+
+    @property
+    def code_size(self) -> int:
+        """M * S codes per event."""
+        return self.codes.shape[1] // 16 if self.fastscan else self.codes.shape[1]
 
     @property
     def n_users(self) -> int:
@@ -66,9 +95,10 @@ class SequenceStore:
         return len(self.item)
 
     @property
-    def bytes_per_event(self) -> int:
-        """Stored bytes of one event's codes (the ids are bookkeeping both layouts need)."""
-        return self.codes.shape[1] * self.codes.itemsize
+    def bytes_per_event(self) -> float:
+        """Stored code bytes per event, block padding included (the ids are bookkeeping both
+        the exact and the PQ layout need)."""
+        return self.codes.nbytes / max(self.n_events, 1)
 
     def user_slice(self, user_index: int) -> slice:
         if not 0 <= user_index < self.n_users:
@@ -76,16 +106,32 @@ class SequenceStore:
         return slice(int(self.offsets[user_index]), int(self.offsets[user_index + 1]))
 
     def user(self, user_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(item (L,), query (L,), codes (L, M*S)) of one user, time-ordered; views, no copy."""
+        """(item (L,), query (L,), codes (L, M*S) one per byte) of one user, time-ordered;
+        views, except 4-bit codes, which are unpacked from their blocks."""
         sl = self.user_slice(user_index)
-        return self.item[sl], self.query[sl], self.codes[sl]
+        if self.fastscan:
+            codes = unpack_fastscan(self.user_blocks(user_index), sl.stop - sl.start)
+        else:
+            codes = self.codes[sl]
+        return self.item[sl], self.query[sl], codes
+
+    def user_blocks(self, user_index: int) -> np.ndarray:
+        """One user's fast-scan blocks (ceil(L / 32), 16*M*S) uint8, a view (4-bit only)."""
+        if not self.fastscan:
+            raise PQError("only a 4-bit store holds fast-scan blocks")
+        self.user_slice(user_index)  # range check
+        lo, hi = self.block_offsets[user_index], self.block_offsets[user_index + 1]
+        return self.codes[int(lo) : int(hi)]
+
+    def _arrays(self) -> dict[str, type]:
+        return _ARRAYS | (_FASTSCAN_ARRAYS if self.fastscan else {})
 
     def save(self, out_dir: Path) -> dict:
         """Write one .npy per array plus manifest.json; returns the manifest."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         arrays = {}
-        for name, dtype in _ARRAYS.items():
+        for name, dtype in self._arrays().items():
             path = out_dir / f"{name}.npy"
             arr = np.ascontiguousarray(getattr(self, name), dtype=dtype)
             np.save(path, arr)
@@ -122,7 +168,8 @@ class SequenceStore:
                 f"{manifest_path}: format {manifest.get('format')!r}, want {STORE_FORMAT!r}"
             )
         loaded = {}
-        for name in _ARRAYS:
+        names = _ARRAYS | (_FASTSCAN_ARRAYS if int(manifest.get("nbits", 8)) == 4 else {})
+        for name in names:
             entry = manifest["arrays"].get(name)
             if entry is None:
                 raise PQError(f"{manifest_path}: array {name!r} is missing")
@@ -178,4 +225,15 @@ def build_sequence_store(
                 f"event {'query' if m == QUERY_MODALITY else 'item'} index out of range for table {m!r} ({rows} rows)"
             )
     codes = event_codes(table_codes, modalities, item, query)
-    return SequenceStore(offsets, item, query, codes, tuple(modalities), nbits)
+    if nbits != 4:
+        return SequenceStore(offsets, item, query, codes, tuple(modalities), nbits)
+    # 4-bit: start every user on a fresh block of 32 events, then pack all blocks at once
+    lengths = np.diff(offsets)
+    block_offsets = np.concatenate([[0], np.cumsum(-(-lengths // FASTSCAN_BBS))]).astype(np.int64)
+    owner = np.repeat(np.arange(len(lengths)), lengths)  # user of each event
+    slot = block_offsets[owner] * FASTSCAN_BBS + (np.arange(len(item)) - offsets[owner])
+    padded = np.zeros((int(block_offsets[-1]) * FASTSCAN_BBS, codes.shape[1]), np.uint8)
+    padded[slot] = codes
+    return SequenceStore(
+        offsets, item, query, pack_fastscan(padded), tuple(modalities), nbits, block_offsets
+    )

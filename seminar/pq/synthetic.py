@@ -63,14 +63,20 @@ def synthetic_tables(spec: SyntheticSpec = SyntheticSpec()) -> dict[str, np.ndar
 
 
 def synthetic_users(
-    lengths: list[int], n_items: int, n_queries: int, seed: int = 0, search_share: float = 0.3
+    lengths: list[int],
+    n_items: int,
+    n_queries: int,
+    seed: int = 0,
+    search_share: float = 0.3,
+    first_item: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """offsets (U+1,), item (N,), query (N,) for users of the given lengths; a `search_share`
-    of events carry a query, the rest are recommendation events (query 0)."""
+    """offsets (U+1,), item (N,), query (N,) for users of the given lengths; items uniform in
+    [first_item, n_items); a `search_share` of events carry a query, the rest are
+    recommendation events (query 0)."""
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     n = int(offsets[-1])
-    item = rng.integers(0, n_items, n).astype(np.int32)
+    item = rng.integers(first_item, n_items, n).astype(np.int32)
     query = rng.integers(1, max(n_queries, 2), n).astype(np.int32)
     query[rng.random(n) >= search_share] = 0
     return offsets, item, query
