@@ -347,3 +347,23 @@ def test_opq_rotation_is_orthogonal_and_cuts_quantization_error() -> None:
             approx = approx @ cb.rotation
         errors[opq_iters] = float(((approx - x) ** 2).sum(-1).mean())
     assert errors[10] < 0.8 * errors[0], errors
+
+
+@pytest.mark.parametrize("world", ["pq_world_8bit", "pq_world_4bit"])
+def test_short_history_under_the_shortlist_gets_the_exact_gsu(world: str, request) -> None:
+    """With rerank R and L <= R*K the shortlist is the whole history: the choice is the exact
+    GSU's (recall 1), for the served path and the offline one."""
+    w = request.getfixturevalue(world)
+    r = w.retriever(backend=ScoringBackend.FAISS, rerank=4)
+    x_t = torch.randn(6, w.spec.dim, generator=torch.Generator().manual_seed(9))
+    u = r.query_vectors(x_t)
+    user = 3  # K + 1 = 51 events <= 4K
+    item, query, pos, valid = r.retrieve_positions(user, x_t)
+    exact = torch.einsum("bhd,ld->bhl", u, r.exact_vectors(item[0], query[0]))
+    assert threshold_recall(
+        pos.reshape(-1, PQ_TEST_K), valid.reshape(-1, PQ_TEST_K), exact.reshape(-1, 51), PQ_TEST_K
+    ) == pytest.approx(1.0)
+    offline_pos, offline_valid = r.select(
+        u, torch.empty(0), item, query, torch.ones_like(item, dtype=torch.bool), PQ_TEST_K
+    )
+    assert torch.equal(offline_pos[offline_valid].sort().values, pos[valid].sort().values)

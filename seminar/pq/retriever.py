@@ -187,6 +187,14 @@ class PQRetriever:
         in fast-scan layout, searched in place of `codes` (faiss backend, no padding).
         """
         short = k * self.config.rerank
+        n_events = item.shape[-1]
+        if self.config.rerank > 1 and 0 < n_events <= short:
+            # The shortlist would hold every event: skip the ADC and rerank them all, which is
+            # the exact GSU (the common case for short histories, and cheaper than the scan).
+            b, h = u.shape[:2]
+            pos = torch.arange(n_events, device=u.device).expand(b, h, n_events)
+            valid = mask.to(u.device).bool().unsqueeze(1).expand(b, h, n_events)
+            return self._rerank(u, pos, valid, item, query, k)
         u_pq = self.rotated(u)
         if blocks is not None:
             pos, valid = self._faiss_stored_topk(u_pq, blocks, item.shape[1], short)
