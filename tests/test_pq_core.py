@@ -367,3 +367,28 @@ def test_short_history_under_the_shortlist_gets_the_exact_gsu(world: str, reques
         u, torch.empty(0), item, query, torch.ones_like(item, dtype=torch.bool), PQ_TEST_K
     )
     assert torch.equal(offline_pos[offline_valid].sort().values, pos[valid].sort().values)
+
+
+def test_a_store_saved_before_the_fast_scan_layout_still_loads(pq_world_4bit, tmp_path) -> None:
+    """Format /1 kept one byte per code at every width: a version built then still serves."""
+    import json
+
+    from seminar.pq.store import STORE_FORMAT_V1
+
+    store = pq_world_4bit.store
+    old = tmp_path / "old"
+    old.mkdir()
+    codes = np.concatenate([store.user(u)[2] for u in range(store.n_users)])  # (N, C)
+    arrays = {"offsets": store.offsets, "item": store.item, "query": store.query, "codes": codes}
+    entries = {}
+    for name, arr in arrays.items():
+        np.save(old / f"{name}.npy", arr)
+        entries[name] = {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": str(arr.dtype)}
+    manifest = {"format": STORE_FORMAT_V1, "modalities": list(store.modalities), "nbits": 4}
+    (old / "manifest.json").write_text(json.dumps(manifest | {"arrays": entries}))
+    loaded = SequenceStore.load(old)
+    np.testing.assert_array_equal(loaded.codes, store.codes)
+    np.testing.assert_array_equal(loaded.block_offsets, store.block_offsets)
+    (old / "manifest.json").write_text(json.dumps(manifest | {"format": "seminar-pq-store/9"}))
+    with pytest.raises(PQError, match="format"):
+        SequenceStore.load(old)

@@ -25,6 +25,9 @@ from seminar.pq.errors import PQError
 from seminar.pq.faiss_scan import FASTSCAN_BBS, pack_fastscan, unpack_fastscan
 
 STORE_FORMAT = "seminar-pq-store/2"
+# /1 (before the fast-scan layout): one byte per code at every width. Versions built then
+# still load; a 4-bit one is re-packed in memory (not memory-mapped).
+STORE_FORMAT_V1 = "seminar-pq-store/1"
 MANIFEST = "manifest.json"
 _ARRAYS = {"offsets": np.int64, "item": np.int32, "query": np.int32, "codes": np.uint8}
 _FASTSCAN_ARRAYS = {"block_offsets": np.int64}
@@ -163,12 +166,13 @@ class SequenceStore:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as e:
             raise PQError(f"{manifest_path} is not valid JSON: {e}") from e
-        if manifest.get("format") != STORE_FORMAT:
-            raise PQError(
-                f"{manifest_path}: format {manifest.get('format')!r}, want {STORE_FORMAT!r}"
-            )
+        fmt = manifest.get("format")
+        if fmt not in (STORE_FORMAT, STORE_FORMAT_V1):
+            raise PQError(f"{manifest_path}: format {fmt!r}, want {STORE_FORMAT!r}")
+        nbits = int(manifest["nbits"])
+        packed = nbits == 4 and fmt == STORE_FORMAT
         loaded = {}
-        names = _ARRAYS | (_FASTSCAN_ARRAYS if int(manifest.get("nbits", 8)) == 4 else {})
+        names = _ARRAYS | (_FASTSCAN_ARRAYS if packed else {})
         for name in names:
             entry = manifest["arrays"].get(name)
             if entry is None:
@@ -185,7 +189,12 @@ class SequenceStore:
                     f"{entry['shape']}/{entry['dtype']}"
                 )
             loaded[name] = arr
-        return cls(modalities=tuple(manifest["modalities"]), nbits=int(manifest["nbits"]), **loaded)
+        modalities = tuple(manifest["modalities"])
+        if nbits == 4 and not packed:
+            return fastscan_store(
+                loaded["offsets"], loaded["item"], loaded["query"], loaded["codes"], modalities
+            )
+        return cls(modalities=modalities, nbits=nbits, **loaded)
 
 
 def event_codes(
@@ -227,7 +236,18 @@ def build_sequence_store(
     codes = event_codes(table_codes, modalities, item, query)
     if nbits != 4:
         return SequenceStore(offsets, item, query, codes, tuple(modalities), nbits)
-    # 4-bit: start every user on a fresh block of 32 events, then pack all blocks at once
+    return fastscan_store(offsets, item, query, codes, tuple(modalities))
+
+
+def fastscan_store(
+    offsets: np.ndarray,
+    item: np.ndarray,
+    query: np.ndarray,
+    codes: np.ndarray,
+    modalities: tuple[str, ...],
+) -> SequenceStore:
+    """A 4-bit store from event codes (N, M*S), one per byte: every user starts a fresh block
+    of 32 events, then all blocks are packed at once."""
     lengths = np.diff(offsets)
     block_offsets = np.concatenate([[0], np.cumsum(-(-lengths // FASTSCAN_BBS))]).astype(np.int64)
     owner = np.repeat(np.arange(len(lengths)), lengths)  # user of each event
@@ -235,5 +255,5 @@ def build_sequence_store(
     padded = np.zeros((int(block_offsets[-1]) * FASTSCAN_BBS, codes.shape[1]), np.uint8)
     padded[slot] = codes
     return SequenceStore(
-        offsets, item, query, pack_fastscan(padded), tuple(modalities), nbits, block_offsets
+        offsets, item, query, pack_fastscan(padded), tuple(modalities), 4, block_offsets
     )
