@@ -255,3 +255,15 @@ def test_cpu_build_serves_the_fast_scan_rerank_config_by_default(model_repo):
     # block of 32 events padded (MovieLens histories are short, so that padding shows)
     n_codes = manifest["store"]["arrays"]["codes"]["shape"][1] // 16
     assert manifest["bytes_per_event"] <= 0.6 * n_codes
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(("--pq-bits", "5"), "nbits must be 4 or 8"), (("--pq-rerank", "0"), "--pq-rerank")],
+)
+def test_bad_pq_flags_fail_with_a_sentence_and_write_nothing(model_repo, tmp_path, flags, message):
+    repo = tmp_path / "repo"
+    result = build_cli(model_repo.run, repo, 1, "--data", str(model_repo.data), *flags)
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert not repo.exists()
