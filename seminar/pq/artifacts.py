@@ -47,7 +47,7 @@ def gsu_projection(model: Any, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return weight.contiguous(), bias.contiguous()
 
 
-def _model_tables(model: Any) -> dict[str, torch.Tensor]:
+def model_tables(model: Any) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {
             m: t.detach().float().cpu().contiguous() for m, t in model.component_tables().items()
@@ -70,7 +70,7 @@ def build_pq_retriever(model: Any, dataset: Any, config: PQConfig = PQConfig()) 
     was_training = model.training
     model.eval()
     try:
-        tables = _model_tables(model)
+        tables = model_tables(model)
         dim = next(iter(tables.values())).shape[1]
         weight, bias = gsu_projection(model, dim)
     finally:

@@ -213,11 +213,11 @@ def make_world(spec: SyntheticSpec, cfg: BenchConfig) -> World:
 def trained_world(run: Path, cfg: BenchConfig) -> World:
     """The component tables and GSU projection of a trained run: synthetic users drawn over a
     real model's embeddings, the distribution PQ meets in serving."""
-    from seminar.pq.artifacts import _model_tables, gsu_projection
+    from seminar.pq.artifacts import gsu_projection, model_tables
     from seminar.training.checkpoint import load_run
 
     model = load_run(run).model.eval()
-    tables = {m: t.numpy() for m, t in _model_tables(model).items()}
+    tables = {m: t.numpy() for m, t in model_tables(model).items()}
     weight, bias = gsu_projection(model, next(iter(tables.values())).shape[1])
     label = (
         f"SYNTHETIC users over the trained tables and GSU weights of {run} "

@@ -22,15 +22,11 @@ FASTSCAN_BBS = 32  # events per fast-scan block: the AVX2 register width in 4-bi
 # PERM0[j] (low nibble) and PERM0[j] + 16 (high nibble), the order its SIMD kernels read.
 _PERM0 = np.array([0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15])
 # Search kernel: 13 = query-blocked kernel with a reservoir for the top-K, 4 queries per pass
-# over the codes (qbs 0x4444). On the 2-core bench machine it is the fastest of faiss's
-# implementations for 400 queries x top-50..200 (seminar bench pq, section "kernel choice").
+# over the codes (qbs 0x4444). Timed against implem 0 and 12-15 on the bench's 10k-event
+# request (400 queries, top-50..200) on the 2-core machine: 13 and 15 were fastest, within
+# noise of each other; the heap kernels (12, 14) took twice as long at top-200.
 FASTSCAN_IMPLEM = 13
 FASTSCAN_QBS = 0x4444
-
-
-def fastscan_block_bytes(code_size: int) -> int:
-    """Bytes of one block of FASTSCAN_BBS events with `code_size` 4-bit codes each."""
-    return FASTSCAN_BBS * code_size // 2
 
 
 def pack_fastscan(codes: np.ndarray) -> np.ndarray:

@@ -135,6 +135,15 @@ class PQRetriever:
             out = rows if out is None else out.add_(rows)
         return out.reshape(*item.shape, -1)
 
+    @staticmethod
+    def _events_at(
+        item: torch.Tensor, query: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item and query indices of one sequence (item, query (1, L)) at positions (B, H, R)."""
+        flat = pos.reshape(-1)
+        at_item = item[0].index_select(0, flat).reshape(pos.shape)
+        return at_item, query[0].index_select(0, flat).reshape(pos.shape)
+
     def event_codes(self, item: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Codes of events from their indices: (B, L) -> (B, L, C) uint8, modality-major."""
         return torch.cat(
@@ -197,7 +206,7 @@ class PQRetriever:
             return self._rerank(u, pos, valid, item, query, k)
         u_pq = self.rotated(u)
         if blocks is not None:
-            pos, valid = self._faiss_stored_topk(u_pq, blocks, item.shape[1], short)
+            pos, valid = self._faiss_stored_topk(u_pq, blocks, n_events, short)
         elif self.backend == ScoringBackend.FAISS:
             pos, valid = self._faiss_topk(u_pq, codes, mask, short)
         else:
@@ -281,10 +290,7 @@ class PQRetriever:
         if item.shape[0] == 1:
             # One user's sequence for every target: score each (target, head)'s shortlist by
             # index into the tables (no (B, H, R, D) tensor on the CPU).
-            flat = pos.reshape(-1)
-            at_item = item[0].index_select(0, flat).reshape(pos.shape)
-            at_query = query[0].index_select(0, flat).reshape(pos.shape)
-            exact = self._shortlist_scores(u, at_item, at_query)  # (B, H, R)
+            exact = self._shortlist_scores(u, *self._events_at(item, query, pos))  # (B, H, R)
         else:
             # One sequence per row (offline evaluation): exact vectors of every event of the
             # row (B, L, D) cost less than one per shortlisted (row, head, slot).
@@ -354,10 +360,7 @@ class PQRetriever:
         b, h, k = pos.shape
         if item.shape[1] == 0:
             return torch.zeros((b, h, k, self.codebooks.dim), device=self.device)
-        flat = pos.reshape(-1)
-        at_item = item[0].index_select(0, flat).reshape(pos.shape)
-        at_query = query[0].index_select(0, flat).reshape(pos.shape)
-        emb = self.exact_vectors(at_item, at_query)  # (B, H, K, D)
+        emb = self.exact_vectors(*self._events_at(item, query, pos))  # (B, H, K, D)
         if not bool(valid.all()):
             emb.masked_fill_(~valid.unsqueeze(-1), 0.0)
         return emb
