@@ -34,3 +34,7 @@ DEFAULT_HTTP_PORT: Final = 8000
 DEFAULT_METRICS_PORT: Final = 8002
 DEFAULT_GATEWAY_PORT: Final = 50051
 DEFAULT_GATEWAY_METRICS_PORT: Final = 9102
+DEFAULT_HEALTH_PORT: Final = 8003  # `seminar serve`'s own /live, /ready, /status, /metrics
+
+# Header that unlocks Triton's model-repository API (load, unload, index) under `seminar serve`.
+ADMIN_KEY_HEADER: Final = "seminar-admin-key"

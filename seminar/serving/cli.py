@@ -10,62 +10,80 @@ from pathlib import Path
 import typer
 
 from seminar.constants import (
+    ADMIN_KEY_HEADER,
     DEFAULT_GRPC_PORT,
+    DEFAULT_HEALTH_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
-    ENSEMBLE_MODEL,
 )
+from seminar.serving.triton import LOOPBACK
 
 
 def serve(
     repo: Path = typer.Option(
         Path("model_repository"), "--repo", help="Model repository written by `seminar build`."
     ),
+    host: str = typer.Option(
+        LOOPBACK,
+        help="Address of the public ports (0.0.0.0 inside a container). Triton's own gRPC "
+        "port always stays on loopback behind the proxy.",
+    ),
     grpc_port: int = typer.Option(
-        DEFAULT_GRPC_PORT, help="gRPC port on 127.0.0.1 (0 = free port)."
+        DEFAULT_GRPC_PORT,
+        help="KServe v2 gRPC inference port (the proxy that never cancels inside Triton; "
+        "0 = free port).",
     ),
-    http_port: int = typer.Option(
-        DEFAULT_HTTP_PORT, help="HTTP port on 127.0.0.1 (0 = free port)."
-    ),
+    http_port: int = typer.Option(DEFAULT_HTTP_PORT, help="Triton's HTTP port (0 = free port)."),
     metrics_port: int = typer.Option(
-        DEFAULT_METRICS_PORT, help="Prometheus /metrics port on 127.0.0.1 (0 = free port)."
+        DEFAULT_METRICS_PORT, help="Triton's Prometheus /metrics port (0 = free port)."
     ),
-    model_control: str = typer.Option(
-        "none",
-        help="`none`: load every model at start. `explicit`: load/unload versions at run time "
-        "through the repository API (all models are still loaded at start).",
+    health_port: int = typer.Option(
+        DEFAULT_HEALTH_PORT,
+        help="This supervisor's HTTP port: /live, /ready, /status, /metrics (0 = free port).",
+    ),
+    admin_key_file: Path | None = typer.Option(
+        None,
+        help="File holding the key of Triton's model-repository API (header "
+        f"`{ADMIN_KEY_HEADER}`); created with a random key if missing. Without it, only this "
+        "process can load or unload models.",
+    ),
+    tritonserver: Path | None = typer.Option(
+        None, help="Another tritonserver binary (e.g. NGC's); needs --backend-directory."
+    ),
+    backend_directory: Path | None = typer.Option(
+        None, help="The backends of --tritonserver (default: nvidia-pytriton's Python backend)."
+    ),
+    shm_default_bytes: int = typer.Option(
+        4 * 1024 * 1024, help="Python-backend shared memory per model instance, in bytes."
     ),
     wait_model: list[str] = typer.Option(
-        [ENSEMBLE_MODEL], help="Model(s) that must be READY before the server counts as up."
+        [], help="Model(s) that must be served, else the start fails (repeatable)."
     ),
-    startup_timeout: float = typer.Option(180.0, help="Seconds to wait for readiness."),
+    startup_timeout: float = typer.Option(180.0, help="Seconds to start and load everything."),
     log_verbose: int = typer.Option(0, help="tritonserver --log-verbose level."),
 ) -> None:
-    """Run the bundled tritonserver (nvidia-pytriton) on loopback over a model repository.
+    """Serve a model repository with tritonserver under a supervisor that keeps it up.
 
-    Waits until the ensemble is ready, then stays in the foreground until SIGINT or SIGTERM, which it forwards to tritonserver so in-flight requests finish before it exits.
+    Loads every version that loads (a failing version is left out and named with its file; `seminar` falls back to the newest complete version), restarts tritonserver if it dies, resumes stopped model processes and reloads dead ones, and keeps the model-repository API locked with an admin key. Clients use the gRPC port (KServe v2; calls are never cancelled inside Triton, whose 2.51 release crashes on cancellations) or Triton's HTTP port. Runs in the foreground until SIGINT or SIGTERM.
 
-    Example: seminar serve --repo model_repository --grpc-port 8001 --http-port 8000 --metrics-port 8002
+    Example: seminar serve --repo model_repository --grpc-port 8001 --http-port 8000 --metrics-port 8002 --health-port 8003
     """
-    import signal
+    import logging
 
-    from seminar.serving.triton import ModelControl, TritonConfig, TritonError, TritonServer
+    from seminar.serving.supervisor import ServeConfig, ServeError, serve_forever
 
     try:
-        control = ModelControl(model_control)
-    except ValueError:
-        typer.echo(
-            f"--model-control must be one of: none, explicit (got {model_control!r}).", err=True
-        )
-        raise typer.Exit(code=2) from None
-    try:
-        config = TritonConfig(
+        config = ServeConfig(
             repo=repo,
+            host=host,
             grpc_port=grpc_port,
             http_port=http_port,
             metrics_port=metrics_port,
-            model_control=control,
-            load_models=("*",) if control is ModelControl.EXPLICIT else (),
+            health_port=health_port,
+            admin_key_file=admin_key_file,
+            tritonserver=tritonserver,
+            backend_directory=backend_directory,
+            shm_default_bytes=shm_default_bytes,
             wait_models=tuple(wait_model),
             startup_timeout_s=startup_timeout,
             log_verbose=log_verbose,
@@ -73,39 +91,28 @@ def serve(
     except ValueError as e:
         typer.echo(f"Invalid option: {e}.", err=True)
         raise typer.Exit(code=2) from None
+    logging.basicConfig(level=logging.INFO, format="seminar serve: %(message)s")
 
-    server = TritonServer(config)
-    stop_signal: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        stop_signal.append(signum)
-        server.send_signal(signal.SIGTERM)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            server.start()
-        except TritonError as e:
-            typer.echo(f"tritonserver failed to start: {e}", err=True)
-            raise typer.Exit(code=1) from None
-        if stop_signal:  # a signal arrived during start-up
-            raise typer.Exit(code=0)
+    def announce(supervisor) -> None:
+        server = supervisor.server
+        shown = LOOPBACK if host in ("0.0.0.0", "::") else host
         typer.echo(
-            f"tritonserver ready: grpc {server.grpc_url}  http {server.http_url}  "
-            f"metrics {server.metrics_url}  (model control {control.value}, log {server.log_path})",
+            f"seminar serve ready: grpc {shown}:{supervisor.grpc_port}  "
+            f"http {server.http_url}  metrics {server.metrics_url}  "
+            f"health http://{shown}:{supervisor.health_port}/ready  "
+            f"(tritonserver pid {server.pid}, log {server.log_path})",
             err=True,
         )
-        code = server.wait()
-        if not stop_signal and code != 0:
-            typer.echo(
-                f"tritonserver exited with code {code}; log tail:\n{server.log_tail()}", err=True
-            )
-            raise typer.Exit(code=1)
-        typer.echo("tritonserver stopped.", err=True)
-    finally:
-        server.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+
+    try:
+        serve_forever(config, announce)
+    except ServeError as e:
+        typer.echo(f"seminar serve failed: {e}", err=True)
+        raise typer.Exit(code=1) from None
+    except ValueError as e:  # the admin key file
+        typer.echo(f"Invalid option: {e}.", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo("seminar serve stopped.", err=True)
 
 
 def bench_serving(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,10 +39,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from seminar.constants import ENSEMBLE_MODEL
+from seminar.constants import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
+from seminar.serving import process_group
 
 LOOPBACK = "127.0.0.1"
 _STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+# Triton parses `--http-restricted-api=<apis>:<header>=<value>`: keep the value to a token.
+ADMIN_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{16,256}$")
 
 
 class TritonError(RuntimeError):
@@ -76,6 +80,20 @@ class TritonConfig:
     shm_default_bytes: int = 4 * 1024 * 1024
     extra_args: tuple[str, ...] = ()
     log_path: Path | None = None
+    # Where Triton's HTTP and metrics endpoints listen. gRPC always stays on loopback: Triton
+    # 2.51 crashes when a gRPC client cancels a call, so only the supervisor's proxy
+    # (seminar.serving.shield) may face clients.
+    http_host: str = LOOPBACK
+    metrics_host: str = LOOPBACK
+    # With a key, Triton refuses model-repository calls (load, unload, index) that do not
+    # carry it in the `seminar-admin-key` header, over HTTP and gRPC alike.
+    admin_key: str | None = None
+    # A failed model is reported, not fatal, when a supervisor decides what to serve.
+    exit_on_error: bool = True
+    # Another tritonserver build (NGC's, on the gpu image) and its backends; default: the
+    # binary and the Python backend bundled in the nvidia-pytriton wheel.
+    binary: Path | None = None
+    backend_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not Path(self.repo).is_dir():
@@ -90,6 +108,12 @@ class TritonConfig:
             raise ValueError(f"log_verbose: must be >= 0, got {self.log_verbose}")
         if self.load_models and self.model_control is not ModelControl.EXPLICIT:
             raise ValueError("load_models: only meaningful with model_control=explicit")
+        if self.admin_key is not None and not ADMIN_KEY_RE.match(self.admin_key):
+            raise ValueError(
+                "admin_key: must be 16-256 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+            )
+        if (self.binary is None) != (self.backend_dir is None):
+            raise ValueError("binary and backend_dir: give both or neither")
         object.__setattr__(self, "model_control", ModelControl(self.model_control))
         object.__setattr__(self, "repo", Path(self.repo).resolve())
 
@@ -181,14 +205,31 @@ def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
         proc.wait()
 
 
-def _check_port_free(port: int, what: str) -> None:
+def _connect_host(bind_host: str) -> str:
+    """Where a local client reaches a server bound to `bind_host` (0.0.0.0 = every address)."""
+    return LOOPBACK if bind_host in ("0.0.0.0", "", "::") else bind_host
+
+
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """`cmd` run so that it gets SIGTERM when the process that started it dies.
+
+    A supervisor killed with SIGKILL must not leave a tritonserver (and its stubs) behind.
+    setpriv (util-linux) sets the signal in the child without a Python preexec_fn, which is
+    unsafe in a threaded parent. The kernel ties the signal to the starting *thread*: start
+    the server from a thread that lives as long as the process (the main thread).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
+
+
+def _check_port_free(port: int, what: str, host: str = LOOPBACK) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # Like tritonserver itself: a port left in TIME_WAIT by a stopped server is free.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((LOOPBACK, port))
+            s.bind((host, port))
         except OSError as e:
-            raise TritonError(f"{what} {LOOPBACK}:{port} is already in use ({e.strerror})") from e
+            raise TritonError(f"{what} {host}:{port} is already in use ({e.strerror})") from e
 
 
 @dataclass
@@ -202,6 +243,7 @@ class TritonServer:
     log_path: Path = field(init=False)
     _proc: subprocess.Popen[bytes] | None = field(init=False, default=None, repr=False)
     _log_file: BinaryIO | None = field(init=False, default=None, repr=False)
+    _shm_regions: set[str] = field(init=False, default_factory=set, repr=False)
 
     # ---- addresses -------------------------------------------------------------------------
     @property
@@ -212,12 +254,12 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         """`host:port` for `tritonclient.http` (and `http://{http_url}/v2/...`)."""
-        return f"{LOOPBACK}:{self.http_port}"
+        return f"{_connect_host(self.config.http_host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
         """Full URL of the Prometheus text endpoint."""
-        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        return f"http://{_connect_host(self.config.metrics_host)}:{self.metrics_port}/metrics"
 
     @property
     def repo(self) -> Path:
@@ -242,14 +284,28 @@ class TritonServer:
 
     def start(self) -> None:
         """Start the process and wait until the server and `config.wait_models` are ready."""
+        self.launch()
+        try:
+            self.wait_ready(self.config.wait_models, self.config.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (see `start`)."""
         if self._proc is not None:
             raise TritonError("server already started")
         cfg = self.config
         ports = {}
+        hosts = {
+            "grpc_port": LOOPBACK,
+            "http_port": cfg.http_host,
+            "metrics_port": cfg.metrics_host,
+        }
         for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(cfg, name)
             if port:
-                _check_port_free(port, name.replace("_", " "))
+                _check_port_free(port, name.replace("_", " "), hosts[name])
             ports[name] = port or free_port()
         if len(set(ports.values())) != 3:
             raise TritonError(f"grpc, http and metrics ports must differ, got {ports}")
@@ -258,7 +314,7 @@ class TritonServer:
             ports["http_port"],
             ports["metrics_port"],
         )
-        install = TritonInstall.find()
+        install = self.install()
         cmd = self.command(install)
         if cfg.log_path is not None:
             self.log_path = cfg.log_path
@@ -268,41 +324,59 @@ class TritonServer:
             self.log_path = Path(name)
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop())
         self._proc = subprocess.Popen(
-            cmd,
+            _with_parent_death_signal(cmd),
             env=self.environment(install),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            # Own process group: Ctrl-C in a terminal reaches us, and we decide how to stop it.
+            # Own process group: Ctrl-C in a terminal reaches us, and we decide how to stop it;
+            # the stubs inherit the group, so it can be killed as one after a crash.
             start_new_session=True,
         )
-        try:
-            self.wait_ready(cfg.wait_models, cfg.startup_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+
+    def install(self) -> TritonInstall:
+        cfg = self.config
+        if cfg.binary is None or cfg.backend_dir is None:
+            return TritonInstall.find()
+        for path in (cfg.binary, cfg.backend_dir):
+            if not Path(path).exists():
+                raise TritonError(f"{path} does not exist")
+        return TritonInstall(
+            binary=Path(cfg.binary),
+            lib_dir=Path(cfg.binary).parent,
+            python_backend=Path(cfg.backend_dir) / "python",
+            stub=Path(cfg.backend_dir) / "python" / "triton_python_backend_stub",
+        )
 
     def command(self, install: TritonInstall) -> list[str]:
         cfg = self.config
+        backends = cfg.backend_dir if cfg.backend_dir is not None else backend_directory(install)
         cmd = [
             str(install.binary),
             f"--model-repository={cfg.repo}",
-            f"--backend-directory={backend_directory(install)}",
+            f"--backend-directory={backends}",
             f"--model-control-mode={cfg.model_control.value}",
             f"--grpc-address={LOOPBACK}",
             f"--grpc-port={self.grpc_port}",
-            f"--http-address={LOOPBACK}",
+            f"--http-address={cfg.http_host}",
             f"--http-port={self.http_port}",
-            f"--metrics-address={LOOPBACK}",
+            f"--metrics-address={cfg.metrics_host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
             "--allow-cpu-metrics=true",
             f"--log-verbose={cfg.log_verbose}",
             f"--backend-config=python,shm-default-byte-size={cfg.shm_default_bytes}",
-            # A model that fails to load is a failed start, not a half-working server.
-            "--exit-on-error=true",
+            # Without a supervisor, a model that fails to load is a failed start, not a
+            # half-working server; a supervisor loads version by version and reports failures.
+            f"--exit-on-error={'true' if cfg.exit_on_error else 'false'}",
             "--strict-readiness=true",
         ]
+        if cfg.admin_key is not None:
+            restriction = f"model-repository:{ADMIN_KEY_HEADER}={cfg.admin_key}"
+            cmd += [
+                f"--http-restricted-api={restriction}",
+                f"--grpc-restricted-protocol={restriction}",
+            ]
         cmd += [f"--load-model={m}" for m in cfg.load_models]
         cmd += list(cfg.extra_args)
         return cmd
@@ -323,14 +397,46 @@ class TritonServer:
         return env
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM (graceful: in-flight requests finish), then SIGKILL after `timeout_s`."""
+        """SIGTERM (graceful: in-flight requests finish), then SIGKILL after `timeout_s`; then
+        whatever the server left behind: stubs still in its process group, shared memory."""
         proc, self._proc = self._proc, None
         try:
-            terminate(proc, timeout_s)
+            if proc is not None:
+                self.remember_shm_regions(proc.pid)
+                terminate(proc, timeout_s)
+                self.cleanup(proc.pid)
         finally:
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
+
+    def remember_shm_regions(self, pid: int | None = None) -> None:
+        """Note the shared-memory regions the server has mapped, to unlink them if it dies."""
+        pid = pid if pid is not None else self.pid
+        if pid is not None:
+            self._shm_regions |= process_group.mapped_shm_regions(pid)
+
+    def cleanup(self, pgid: int) -> tuple[list[int], list[str]]:
+        """After the server exited: SIGKILL what is left of its process group (stubs that
+        ignore SIGTERM), unlink the shared memory it had mapped; (pids killed, regions)."""
+        killed = process_group.kill_group(pgid)
+        removed = process_group.unlink_regions(self._shm_regions)
+        self._shm_regions = set()
+        return killed, removed
+
+    def reap(self) -> int | None:
+        """The exit code if the server has exited (and its leftovers cleaned), else None."""
+        if self._proc is None:
+            return None
+        code = self._proc.poll()
+        if code is None:
+            return None
+        proc, self._proc = self._proc, None
+        self.cleanup(proc.pid)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
 
     def wait(self) -> int:
         """Block until the process exits; its return code."""
@@ -364,7 +470,10 @@ class TritonServer:
         self, method: str, path: str, body: dict | None = None, timeout: float = 5.0
     ) -> tuple[int, str]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=data, method=method)
+        headers = {ADMIN_KEY_HEADER: self.config.admin_key} if self.config.admin_key else {}
+        req = urllib.request.Request(
+            f"http://{self.http_url}{path}", data=data, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read().decode()
@@ -403,10 +512,19 @@ class TritonServer:
             time.sleep(0.1)
 
     # ---- repository API (explicit model control) ----------------------------------------------
-    def load_model(self, name: str, timeout_s: float = 120.0) -> None:
-        """Load (or reload, picking up new versions on disk) `name`; blocks until done."""
+    def load_model(
+        self, name: str, timeout_s: float = 120.0, config_json: str | None = None
+    ) -> None:
+        """Load (or reload, picking up new versions on disk) `name`; blocks until done.
+
+        `config_json` replaces the model's config.pbtxt for this load (Triton's JSON form of
+        ModelConfig); a changed config makes Triton reload every version of the model.
+        """
         self._check_alive()
-        code, text = self._http("POST", f"/v2/repository/models/{name}/load", timeout=timeout_s)
+        body = {"parameters": {"config": config_json}} if config_json is not None else None
+        code, text = self._http(
+            "POST", f"/v2/repository/models/{name}/load", body=body, timeout=timeout_s
+        )
         if code != 200:
             raise TritonError(f"loading model {name} failed (HTTP {code}): {text}")
 
