@@ -270,3 +270,55 @@ def observe(
         run_prometheus(triton_metrics, gateway_metrics, port, storage)
     except ObserveError as err:
         raise _fail(str(err)) from None
+
+
+def bench_soak(
+    repo: Path = typer.Option(
+        Path("model_repository"),
+        help="Model repository built by `seminar build` (2 versions: A/B).",
+    ),
+    data: Path = typer.Option(
+        Path("data/movielens"), help="Prepared dataset the repository was built from."
+    ),
+    duration: float = typer.Option(600.0, help="Seconds of traffic before the kill -9 phase."),
+    concurrency: int = typer.Option(8, help="Client threads."),
+    stall_every: float = typer.Option(30.0, help="Seconds between two frozen model processes."),
+    stall: float = typer.Option(3.0, help="Seconds each model process stays frozen (SIGSTOP)."),
+    kill: bool = typer.Option(True, help="End with kill -9 of tritonserver under load."),
+    seed: int = typer.Option(0, help="Seed of the traffic mix and of the stall victims."),
+    out: Path = typer.Option(
+        Path("reports/soak"), help="Report path without suffix: writes OUT.md, OUT.json, OUT.png."
+    ),
+) -> None:
+    """Hostile traffic through the gateway while model processes freeze; exit 1 unless it held.
+
+    Starts `seminar serve` and `seminar gateway` over REPO, sends CONCURRENCY clients with deadlines from 5 ms to 2 s, 1000-candidate requests, 1 MB queries and client cancellations for DURATION seconds, freezes a random model process every STALL_EVERY seconds, then kills tritonserver and times the recovery. Passes when tritonserver never died during the soak, every call ended OK or with a status a client can act on, and the kill left nothing behind.
+    """
+    import shlex
+    import sys
+
+    from seminar.clients.soak import SoakConfig, SoakError, markdown, run_soak, write_reports
+
+    try:
+        config = SoakConfig(
+            duration_s=duration,
+            concurrency=concurrency,
+            stall_every_s=stall_every,
+            stall_s=stall,
+            kill_at_end=kill,
+            seed=seed,
+        )
+    except ValueError as err:
+        typer.echo(f"Invalid option: {err}.", err=True)
+        raise typer.Exit(code=2) from None
+    command = "seminar bench soak " + shlex.join(sys.argv[3:])
+    try:
+        report = run_soak(repo, data, config, command, lambda m: typer.echo(m, err=True))
+    except (SoakError, OSError, ValueError) as err:
+        typer.echo(f"bench soak could not run: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    paths = write_reports(report, out)
+    typer.echo(markdown(report))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
+    if not report["passed"]:
+        raise typer.Exit(code=1)

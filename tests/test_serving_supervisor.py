@@ -32,7 +32,7 @@ from seminar.constants import (
 )
 from seminar.serving import process_group
 from seminar.serving.serve_process import ServeProcess
-from tests.support.build import BuiltRepo, build_cli, copy_repo
+from tests.support.build import BuiltRepo, copy_repo
 from tests.support.serving import require_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
@@ -356,21 +356,15 @@ def test_killed_tritonserver_is_restarted_and_leaves_nothing_behind(
 # ---- item 6: a corrupt version -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def two_versions(model_repo: BuiltRepo, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session repository plus a version 2 built from the same run."""
-    repo = copy_repo(model_repo, tmp_path_factory.mktemp("two_versions") / "model_repository")
-    result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data))
-    assert result.exit_code == 0, result.output
-    return repo
-
-
 @pytest.mark.parametrize("damage", ["truncated store", "flipped onnx bytes"])
 def test_a_corrupt_version_is_left_out_and_named_while_the_others_serve(
-    two_versions: Path, tmp_path: Path, damage: str, catalog: tuple[np.ndarray, np.ndarray]
+    model_repo_two_versions: Path,
+    tmp_path: Path,
+    damage: str,
+    catalog: tuple[np.ndarray, np.ndarray],
 ) -> None:
     require_tritonserver()
-    repo = Path(shutil.copytree(two_versions, tmp_path / "model_repository"))
+    repo = Path(shutil.copytree(model_repo_two_versions, tmp_path / "model_repository"))
     if damage == "truncated store":
         target = repo / "pq_retrieval" / "2" / "pq" / "store" / "codes.npy"
         os.truncate(target, 100)

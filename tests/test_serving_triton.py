@@ -121,7 +121,7 @@ def seminar_cli(*args: str) -> list[str]:
 
 def test_serve_cli_runs_until_sigterm(floor_repo: Path) -> None:
     require_tritonserver()
-    ports = [free_port(), free_port(), free_port()]
+    ports = [free_port(), free_port(), free_port(), free_port()]
     proc = subprocess.Popen(
         seminar_cli(
             "serve",
@@ -133,8 +133,8 @@ def test_serve_cli_runs_until_sigterm(floor_repo: Path) -> None:
             str(ports[1]),
             "--metrics-port",
             str(ports[2]),
-            "--model-control",
-            "explicit",
+            "--health-port",
+            str(ports[3]),
             "--wait-model",
             FLOOR_MODEL,
         ),
@@ -142,10 +142,15 @@ def test_serve_cli_runs_until_sigterm(floor_repo: Path) -> None:
         text=True,
     )
     try:
-        line = proc.stderr.readline()
-        assert "tritonserver ready" in line, line
+        lines = []
+        while not any("seminar serve ready" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
         url = f"http://{LOOPBACK}:{ports[1]}/v2/models/{FLOOR_MODEL}/ready"
         with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{ports[3]}/ready", timeout=5) as resp:
             assert resp.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -153,10 +158,13 @@ def test_serve_cli_runs_until_sigterm(floor_repo: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # The server is gone with it: the port is free again.
+    # The server is gone with it: a new server can bind the ports again (servers set
+    # SO_REUSEADDR, so connections the old one closed, left in TIME_WAIT, do not count).
     time.sleep(0.2)
-    with socket.socket() as s:
-        s.bind((LOOPBACK, ports[0]))
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((LOOPBACK, port))
 
 
 @pytest.mark.parametrize(
@@ -166,17 +174,22 @@ def test_serve_cli_runs_until_sigterm(floor_repo: Path) -> None:
             ["--repo", "/nonexistent/repo"],
             "repo: model repository /nonexistent/repo is not a directory",
         ),
-        (["--model-control", "sometimes"], "--model-control must be one of"),
         (["--grpc-port", "99999"], "grpc_port"),
+        (["--http-port", "8100", "--health-port", "8100"], "must differ"),
+        (["--admin-key-file", "{bad_key}"], "the key must be 16-256 characters"),
+        (["--tritonserver", "/bin/true"], "give both or neither"),
     ],
 )
 def test_serve_cli_bad_options_exit_nonzero_with_one_sentence(
-    args: list[str], message: str, floor_repo: Path
+    args: list[str], message: str, floor_repo: Path, tmp_path: Path
 ) -> None:
+    bad_key = tmp_path / "admin.key"
+    bad_key.write_text("REPLACE-ME\n")
+    args = [a.replace("{bad_key}", str(bad_key)) for a in args]
     if "--repo" not in args:
         args = ["--repo", str(floor_repo), *args]
     proc = subprocess.run(seminar_cli("serve", *args), capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -13,7 +13,9 @@ this proxy, which forwards each call to Triton as raw bytes and never cancels on
 - calls in flight, abandoned ones included, are bounded: past `max_inflight` a call is refused
   with RESOURCE_EXHAUSTED at once, so a flood of impatient clients cannot pile work up forever;
 - ServerReady and ModelReady answer what the supervisor knows: Triton still says READY for a
-  model whose Python process died, the supervisor does not;
+  model whose Python process died, the supervisor does not; an inference that cannot be served
+  now (tritonserver restarting, the model's process being reloaded) is refused at once with
+  UNAVAILABLE and the reason;
 - streaming inference (ModelStreamInfer) is refused: a stream is cancelled by design.
 
 Every other method (metadata, statistics, the model-repository API, which Triton itself locks
@@ -84,6 +86,10 @@ class ShieldMetrics:
 # Readiness as the supervisor sees it: (model name, version or "") -> False when it knows the
 # model cannot serve, None when it has no opinion (Triton's answer stands).
 ModelHealth = Callable[[str, str], bool | None]
+# Why an inference on (model name, version or "") cannot be served right now (tritonserver
+# restarting, the model's process being reloaded), or None: such calls are refused at once
+# with UNAVAILABLE instead of waiting on a server that cannot answer.
+Unavailable = Callable[[str, str], str | None]
 
 
 class InferenceShield:
@@ -96,12 +102,14 @@ class InferenceShield:
         registry: CollectorRegistry,
         server_ready: Callable[[], bool],
         model_health: ModelHealth,
+        unavailable: Unavailable,
     ) -> None:
         self.upstream = upstream
         self.config = config
         self.metrics = ShieldMetrics(registry)
         self.server_ready = server_ready
         self.model_health = model_health
+        self.unavailable = unavailable
         self._inflight: set[asyncio.Task] = set()
         self._channel: grpc.aio.Channel | None = None
         self._server: grpc.aio.Server | None = None
@@ -153,15 +161,15 @@ class InferenceShield:
                 f"server overloaded: {len(self._inflight)} calls in flight "
                 f"(limit {self.config.max_inflight}); retry with backoff",
             )
+        if name == "ModelInfer":
+            request = await self._admit_inference(request, context)
         assert self._channel is not None
-        call = self._channel.unary_unary(method)  # bytes in, bytes out: no parsing on the way
+        call = self._channel.unary_unary(method)  # bytes in, bytes out: no re-encoding
         metadata = tuple(
             (key, value)
             for key, value in context.invocation_metadata() or ()
             if not key.startswith((":", "grpc-")) and key not in _HOP_HEADERS
         )
-        if name == "ModelInfer":
-            request = _with_queue_timeout(request, context.time_remaining())
         task = asyncio.ensure_future(call(request, metadata=metadata))
         self._inflight.add(task)
         self.metrics.inflight.set(len(self._inflight))
@@ -179,6 +187,17 @@ class InferenceShield:
             await context.abort(code, _upstream_details(err))
         self.metrics.calls.labels(name, "OK").inc()
         return reply
+
+    async def _admit_inference(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Refuse at once what Triton cannot serve now; carry the client's deadline along."""
+        from tritonclient.grpc import service_pb2
+
+        parsed = service_pb2.ModelInferRequest.FromString(request)
+        why = self.unavailable(parsed.model_name, parsed.model_version)
+        if why is not None:
+            self.metrics.calls.labels("ModelInfer", "UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+        return _with_queue_timeout(request, parsed, context.time_remaining())
 
     def _finished(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
@@ -214,7 +233,7 @@ class InferenceShield:
         )
 
 
-def _with_queue_timeout(request: bytes, remaining_s: float | None) -> bytes:
+def _with_queue_timeout(request: bytes, parsed, remaining_s: float | None) -> bytes:
     """The request with Triton's queue timeout cut to the client's remaining deadline.
 
     A call abandoned by its client still reaches Triton; with this timeout it expires in
@@ -228,7 +247,7 @@ def _with_queue_timeout(request: bytes, remaining_s: float | None) -> bytes:
     from tritonclient.grpc import service_pb2
 
     budget_us = max(int(remaining_s * 1e6), 1)
-    sent = service_pb2.ModelInferRequest.FromString(request).parameters.get("timeout")
+    sent = parsed.parameters.get("timeout")
     if (
         sent is not None
         and sent.WhichOneof("parameter_choice") == "int64_param"

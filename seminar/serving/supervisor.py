@@ -443,6 +443,18 @@ class Supervisor:
                 return False
         return None
 
+    def unavailable(self, name: str, version: str) -> str | None:
+        """Why an inference on `name` cannot be served now, or None."""
+        with self._lock:
+            if self.state is not ServeState.SERVING:
+                return f"tritonserver is {self.state.value}; retry shortly"
+            if name in self.unhealthy:
+                return f"{name}: {self.unhealthy[name]}"
+            if name in self.repository.served and self._depends_on_unhealthy(name):
+                reasons = "; ".join(f"{m}: {why}" for m, why in self.unhealthy.items())
+                return f"{name} is being repaired ({reasons})"
+        return None
+
     def _depends_on_unhealthy(self, name: str) -> bool:
         # Ensembles are served only when their steps are; their names are not in `configs`
         # of plain models, so read the steps from disk once per question (cheap, tiny file).
@@ -497,6 +509,7 @@ class Supervisor:
             self.registry,
             server_ready=self.is_ready,
             model_health=self.model_health,
+            unavailable=self.unavailable,
         )
         self.grpc_port = await shield.start(self.config.host, self.config.grpc_port)
         consecutive_crashes = 0

@@ -65,3 +65,15 @@ def model_repo(quick_run, movielens_data, tmp_path_factory: pytest.TempPathFacto
     if result.exit_code != 0:
         raise RuntimeError(f"seminar build failed (exit {result.exit_code}):\n{result.output}")
     return BuiltRepo(repo=repo, run=run, data=Path(movielens_data))
+
+
+@pytest.fixture(scope="session")
+def model_repo_two_versions(
+    model_repo: BuiltRepo, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of `model_repo` plus a version 2 built from the same run: two A/B arms."""
+    repo = copy_repo(model_repo, tmp_path_factory.mktemp("two_versions") / "model_repository")
+    result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data))
+    if result.exit_code != 0:
+        raise RuntimeError(f"seminar build --version 2 failed:\n{result.output}")
+    return repo
