@@ -210,7 +210,13 @@ def _build(
     ) as progress:
         task = progress.add_task("preflight", total=None)
         summary = B.build_version(
-            request, inputs, lambda msg: progress.update(task, description=msg)
+            request,
+            inputs,
+            lambda msg: progress.update(task, description=msg),
+            # One line above the spinner, never wrapped: who holds the repository lock.
+            on_lock_wait=lambda line: progress.console.print(
+                line, markup=False, highlight=False, soft_wrap=True
+            ),
         )
     # The summary is the command's result: stdout, wide enough that model names never wrap.
     _summary(summary, Console(width=max(110, console.width)))
