@@ -13,11 +13,12 @@ version and is re-pinned to the newest build.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from seminar.build import pipeline as P
 from tritonclient.grpc import model_config_pb2 as mc
@@ -295,7 +296,9 @@ def _first_difference(old: Message, new: Message, prefix: str) -> tuple[str, str
     return None
 
 
-def _value_difference(fd, old_value, new_value, path: str) -> tuple[str, str, str] | None:
+def _value_difference(
+    fd: FieldDescriptor, old_value: object, new_value: object, path: str
+) -> tuple[str, str, str] | None:
     if fd.message_type is not None:
         return _first_difference(old_value, new_value, path + ".")
     if old_value != new_value:
@@ -303,11 +306,11 @@ def _value_difference(fd, old_value, new_value, path: str) -> tuple[str, str, st
     return None
 
 
-def _is_map(fd) -> bool:
+def _is_map(fd: FieldDescriptor) -> bool:
     return fd.message_type is not None and fd.message_type.GetOptions().map_entry
 
 
-def _show(fd, value) -> str:
+def _show(fd: FieldDescriptor, value: object) -> str:
     if fd.message_type is not None:
         return "{ " + text_format.MessageToString(value, as_one_line=True) + " }"
     if fd.enum_type is not None:
@@ -317,7 +320,7 @@ def _show(fd, value) -> str:
     return str(value)
 
 
-def _show_list(fd, values) -> str:
+def _show_list(fd: FieldDescriptor, values: Iterable[object]) -> str:
     return "[" + ", ".join(_show(fd, v) for v in values) + "]"
 
 

@@ -49,7 +49,6 @@ from seminar import constants as C
 # The header tritonserver checks when started with
 # --http-restricted-api=model-repository:seminar-admin-key=<key>.
 ADMIN_KEY_HEADER = "seminar-admin-key"
-STAGING_PID_FILE = B.STAGING_PID_FILE
 
 Progress = Callable[[str], None]
 
@@ -144,14 +143,14 @@ class LiveTriton:
         text = self._repository_call("list its model repository", "/v2/repository/index", {})
         return json.loads(text)
 
-    def loaded_versions(self, name: str) -> set[int]:
-        return {
-            int(entry["version"])
-            for entry in self.index()
-            if entry.get("name") == name
-            and entry.get("state") == "READY"
-            and str(entry.get("version", "")).isdigit()
-        }
+    def loaded_versions(self) -> dict[str, set[int]]:
+        """Model name -> the versions Triton has READY (one index call)."""
+        loaded: dict[str, set[int]] = {}
+        for entry in self.index():
+            version = str(entry.get("version", ""))
+            if entry.get("state") == "READY" and version.isdigit():
+                loaded.setdefault(entry["name"], set()).add(int(version))
+        return loaded
 
     def load(self, name: str) -> None:
         self._repository_call(f"load {name}", f"/v2/repository/models/{name}/load")
@@ -242,8 +241,8 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
         pin = contract_pin(repo)
         # A live server may still hold version N after an interrupted retire removed the
         # folders: it is known there, and this run finishes the job.
-        loaded = {name: live.loaded_versions(name) for name in P.COMPOSING_MODELS} if live else {}
-        still_loaded = [name for name, versions in loaded.items() if n in versions]
+        loaded = live.loaded_versions() if live else {}
+        still_loaded = [name for name in P.COMPOSING_MODELS if n in loaded.get(name, set())]
         if not present and not still_loaded:
             known = ", ".join(map(str, complete)) or "none"
             raise RetireError(
@@ -261,7 +260,7 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
         parent = repo.resolve().parent
         B.remove_stale_staging(parent, repo.name)
         trash = Path(tempfile.mkdtemp(prefix=f".{repo.name}.v{n}.retired.", dir=parent))
-        (trash / STAGING_PID_FILE).write_text(str(os.getpid()))
+        (trash / B.STAGING_PID_FILE).write_text(str(os.getpid()))
         removed: list[str] = []
 
         def take_out(folder: Path) -> None:
@@ -295,15 +294,16 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
                     progress(f"{contract} version {target} is READY on {live.url}")
 
             pinned_ensemble = P.pinned_ensemble_name(n)
-            if live and n in live.loaded_versions(pinned_ensemble):
+            if live and n in live.loaded_versions().get(pinned_ensemble, set()):
                 live.unload(pinned_ensemble)
                 progress(f"unloaded {pinned_ensemble} on {live.url}")
             for folder in _version_folders(repo, n):
                 if folder.exists():
                     take_out(folder)
             if live:
+                loaded = live.loaded_versions()
                 for name in P.COMPOSING_MODELS:
-                    if live.loaded_versions(name):  # a model the server does not run stays so
+                    if loaded.get(name):  # a model the server does not run stays unloaded
                         live.load(name)  # re-reads the model's folder: version N is unloaded
                         progress(f"reloaded {name} on {live.url} (version {n} dropped)")
         finally:
