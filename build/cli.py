@@ -105,7 +105,7 @@ def build(
 
     Writes version N of features, query_encoder, item_encoder, pq_retrieval and ranking_head, the pinned ensemble seminar_vN (the handle an A/B arm names) and the contract ensemble `seminar`, re-pinned to the newest version.
 
-    The exported graphs must match PyTorch within 1e-4 on real MovieLens and random inputs (batch 1, 7, 256) or nothing is written. The version is staged beside the repository and renamed into place, so it appears whole or not at all. Example: seminar build --run runs/quick --version 2
+    The exported graphs must match PyTorch within 1e-4 on real MovieLens and random inputs (batch 1, 7, 256) or nothing is written. The version is staged beside the repository and renamed into place, so it appears whole or not at all; builds (and retires) of one repository take turns on a lock file beside it. Settings kept once per model (--max-batch, --execution-env, --target) must match the versions already there, or the build is refused. Example: seminar build --run runs/quick --version 2
     """
     from rich.console import Console
 
