@@ -1,18 +1,25 @@
 """One build = one new numbered version of every model in a Triton model repository.
 
-Steps (docs/design.md sections 3, 5, 7):
-  preflight   target available? version free (or --force)? same D/H/K/T and target as the
-              versions already there? Nothing is written before these pass.
+Steps (docs/design.md sections 3, 5, 7), all under the repository lock (build/lock.py), so
+concurrent builds and retires of one repository run one after the other:
+  preflight   target available? version free (or --force)? same D/H/K/T, target and
+              model-level settings (max_batch_size, batching, instances, parameters) as the
+              versions already there? Nothing but the lock file is written before these pass.
   stage       in a temp dir beside the repository: export + parity-gate the graphs, (gpu)
               TensorRT engines + trtexec.sh, features maps, PQ artifacts, backend sources,
               manifests, every config.pbtxt (validated against the graphs), model card.
   commit      rename the staged version dirs into the repository, the pinned ensemble
               `seminar_vN` (whose build.json marks the version complete) last.
 An exception anywhere before commit removes the staging dir: the repository is untouched.
+
+Artifacts name no path of the build machine: build.json and the model card show the run and
+the data relative to the current directory (or by folder name), and the ONNX graphs lose the
+exporter's stack traces (build/export.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -26,6 +33,7 @@ from pathlib import Path
 
 from seminar.build import artifacts as A
 from seminar.build import export as E
+from seminar.build import lock as L
 from seminar.build import pipeline as P
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
@@ -111,8 +119,18 @@ def existing_versions(repo: Path) -> list[int]:
     return sorted(out)
 
 
+def _other_version_dirs(repo: Path, model: str, version: int) -> list[str]:
+    """Version folders of `model` other than `version` (those that share its config)."""
+    folder = repo / model
+    if not folder.is_dir():
+        return []
+    names = [d.name for d in folder.iterdir() if d.is_dir() and d.name.isdigit()]
+    return sorted((n for n in names if int(n) != version), key=int)
+
+
 def preflight(request: BuildRequest, dims: P.PipelineDims) -> None:
-    """Every check that can refuse the build, before anything is written."""
+    """Every check that can refuse the build, before anything is written (call it under the
+    repository lock, so that what it checks still holds at commit)."""
     if request.target is P.Target.GPU:
         reason = TRT.unavailable_reason()
         if reason:
@@ -146,6 +164,37 @@ def preflight(request: BuildRequest, dims: P.PipelineDims) -> None:
                 f"{path}: the checkpoint does not match the versions already in {repo} "
                 f"(D={dims.d}, H={dims.h}, K={dims.k}, T={dims.t}; {mismatch}); use another --repo"
             )
+        # Triton keeps model-level settings in this one file for every version: rewriting
+        # it (say max_batch_size) would change the versions already served, and ensembles
+        # of theirs with a larger batch would stop loading.
+        sharing = _other_version_dirs(repo, name, request.version)
+        generated = R.model_config(specs[name], request.target, request.serving)
+        difference = R.config_difference(config, generated)
+        if difference and sharing:
+            field_path, existing_value, new_value = difference
+            raise BuildError(
+                f"{path}: {field_path} is {existing_value} there but {new_value} in this "
+                f"build, and this setting is shared by every version of {name} "
+                f"(versions {', '.join(sharing)}), so build with the same value or into "
+                "another --repo"
+            )
+
+
+def display_path(path: Path) -> str:
+    """How artifacts name a path of the build machine: relative to the current directory
+    when inside it, else only its folder name (a repository is copied to other machines,
+    where the builder's absolute paths mean nothing and would reveal its layout)."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return resolved.name
+
+
+def serving_record(serving: R.ServingConfig) -> dict:
+    """The serving settings of a build, as build.json records them (every field of
+    ServingConfig, so settings added there are recorded too)."""
+    return json.loads(json.dumps(dataclasses.asdict(serving), default=str))
 
 
 def git_revision() -> str:
@@ -233,7 +282,8 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
         f"# SEMINAR model card: version {request.version} ({request.target.value})",
         "",
         f"- Built: {info['built_at']} from git revision `{info['git_revision']}`",
-        f"- Run: `{inputs.run_dir}`; data: `{inputs.data_dir}`",
+        f"- Run: `{display_path(inputs.run_dir) if inputs.run_dir else None}`; "
+        f"data: `{display_path(inputs.data_dir)}`",
         f"- Sizes: D={dims.d}, H={dims.h} GSU heads, K={dims.k} events per head, T={dims.t} query tokens",
         f"- Serve through `{C.ENSEMBLE_MODEL}` (newest build) or `{P.pinned_ensemble_name(request.version)}` "
         f"version {request.version} (A/B arm handle).",
@@ -244,7 +294,7 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
         "",
         "## Data",
         "",
-        f"{info.get('data', 'prepared dataset at ' + str(inputs.data_dir))}",
+        f"{info.get('data', 'prepared dataset at ' + display_path(inputs.data_dir))}",
         "",
         "## Metrics",
         "",
@@ -268,16 +318,17 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
 
 def _data_summary(data_dir: Path) -> str:
     meta = data_dir / "meta.json"
+    where = display_path(data_dir)
     if not meta.is_file():
-        return f"prepared dataset at `{data_dir}`"
+        return f"prepared dataset at `{where}`"
     try:
         m = json.loads(meta.read_text())
     except ValueError:
-        return f"prepared dataset at `{data_dir}` (meta.json unreadable)"
+        return f"prepared dataset at `{where}` (meta.json unreadable)"
     synthetic = " (synthetic)" if m.get("synthetic") else ""
     stats = m.get("stats", {})
     stats_txt = ", ".join(f"{k}={v}" for k, v in stats.items() if isinstance(v, int | float))
-    return f"`{m.get('name', data_dir.name)}`{synthetic} from `{data_dir}`; {stats_txt}"
+    return f"`{m.get('name', data_dir.name)}`{synthetic} from `{where}`; {stats_txt}"
 
 
 def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: Progress) -> dict:
@@ -337,13 +388,9 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         "dims": {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t},
         "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_revision": git_revision(),
-        "run": str(inputs.run_dir) if inputs.run_dir else None,
+        "run": display_path(inputs.run_dir) if inputs.run_dir else None,
         "data": _data_summary(inputs.data_dir),
-        "serving": {
-            "max_batch_size": request.serving.max_batch_size,
-            "preferred_batch_sizes": list(request.serving.preferred_batch_sizes),
-            "max_queue_delay_us": request.serving.max_queue_delay_us,
-        },
+        "serving": serving_record(request.serving),
         "exports": {
             name: {
                 "cases": len(res.cases),
@@ -402,9 +449,9 @@ def commit(request: BuildRequest, staging: Path) -> None:
         raise
 
 
-def _remove_stale_staging(parent: Path, repo_name: str) -> None:
-    """Staging dirs of builds whose process is gone (killed, not interrupted) are garbage;
-    those of a live build (another terminal) are left alone."""
+def remove_stale_staging(parent: Path, repo_name: str) -> None:
+    """Staging dirs of builds (and trash dirs of retires) whose process is gone (killed, not
+    interrupted) are garbage; those of a live process (another terminal) are left alone."""
     for staging in parent.glob(f".{repo_name}.v*.*"):
         try:
             pid = int((staging / STAGING_PID_FILE).read_text())
@@ -416,22 +463,31 @@ def _remove_stale_staging(parent: Path, repo_name: str) -> None:
 
 
 def build_version(
-    request: BuildRequest, inputs: BuildInputs, progress: Progress = lambda _msg: None
+    request: BuildRequest,
+    inputs: BuildInputs,
+    progress: Progress = lambda _msg: None,
+    on_lock_wait: Progress | None = None,
 ) -> BuildSummary:
-    """Preflight, stage in a temp dir beside the repository, commit. Atomic per version."""
+    """Preflight, stage in a temp dir beside the repository, commit. Atomic per version.
+
+    All of it runs under the repository lock; while another build or retire holds it,
+    `on_lock_wait` (default: `progress`) is told once who holds it, and the build waits.
+    """
     started = time.perf_counter()
-    preflight(request, inputs.dims)
-    parent = request.repo.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(parent, request.repo.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{request.repo.name}.v{request.version}.", dir=parent))
-    (staging / STAGING_PID_FILE).write_text(str(os.getpid()))
-    try:
-        staged = stage(request, inputs, staging, progress)
-        progress("commit")
-        commit(request, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with L.RepositoryLock(request.repo, "build", request.version, on_lock_wait or progress):
+        preflight(request, inputs.dims)
+        parent = request.repo.resolve().parent
+        remove_stale_staging(parent, request.repo.name)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{request.repo.name}.v{request.version}.", dir=parent)
+        )
+        (staging / STAGING_PID_FILE).write_text(str(os.getpid()))
+        try:
+            staged = stage(request, inputs, staging, progress)
+            progress("commit")
+            commit(request, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     files = {
         name: sum(
             p.stat().st_size

@@ -1,4 +1,5 @@
-"""`seminar build`: a trained run -> a new numbered version of the Triton model repository."""
+"""`seminar build`: a trained run -> a new numbered version of the Triton model repository.
+`seminar retire`: take a version out of the repository (and a live Triton) safely."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def build(
 
     Writes version N of features, query_encoder, item_encoder, pq_retrieval and ranking_head, the pinned ensemble seminar_vN (the handle an A/B arm names) and the contract ensemble `seminar`, re-pinned to the newest version.
 
-    The exported graphs must match PyTorch within 1e-4 on real MovieLens and random inputs (batch 1, 7, 256) or nothing is written. The version is staged beside the repository and renamed into place, so it appears whole or not at all. Example: seminar build --run runs/quick --version 2
+    The exported graphs must match PyTorch within 1e-4 on real MovieLens and random inputs (batch 1, 7, 256) or nothing is written. The version is staged beside the repository and renamed into place, so it appears whole or not at all; builds (and retires) of one repository take turns on a lock file beside it. Settings kept once per model (--max-batch, --execution-env, --target) must match the versions already there, or the build is refused. Example: seminar build --run runs/quick --version 2
     """
     from rich.console import Console
 
@@ -210,7 +211,68 @@ def _build(
     ) as progress:
         task = progress.add_task("preflight", total=None)
         summary = B.build_version(
-            request, inputs, lambda msg: progress.update(task, description=msg)
+            request,
+            inputs,
+            lambda msg: progress.update(task, description=msg),
+            # One line above the spinner, never wrapped: who holds the repository lock.
+            on_lock_wait=lambda line: progress.console.print(
+                line, markup=False, highlight=False, soft_wrap=True
+            ),
         )
     # The summary is the command's result: stdout, wide enough that model names never wrap.
     _summary(summary, Console(width=max(110, console.width)))
+
+
+def retire(
+    version: Annotated[int, typer.Option(min=1, help="The version to take out.")],
+    repo: Annotated[
+        Path, typer.Option(help="Triton model repository written by `seminar build`.")
+    ] = Path("model_repository"),
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:HTTP_PORT of a Triton serving the repository in explicit model-control "
+            "mode: it is reloaded step by step so it keeps answering (default: files only)."
+        ),
+    ] = None,
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the key Triton's restricted repository API wants in header "
+            "seminar-admin-key (tritonserver --http-restricted-api=model-repository:"
+            "seminar-admin-key=KEY)."
+        ),
+    ] = None,
+    ready_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for a reloaded model to be READY.")
+    ] = 120.0,
+) -> None:
+    """Take version N out of the model repository, and out of a live Triton with --server.
+
+    If the contract ensemble `seminar` is pinned to N, it is first re-pinned to the newest other complete version M (and with --server reloaded until version M is READY); then seminar_vN is unloaded and version N of every model is moved out of the repository and deleted, and with --server each composing model is reloaded so Triton drops N. The order keeps the repository servable if the command stops half-way; running it again finishes the job. Remove seminar_vN from the gateway's A/B arms first.
+
+    Exit codes: 1 not a repository or unreadable key file, 3 unknown version, 4 the only complete version (never retired), 5 Triton unreachable or refused a call. Example: seminar retire --repo model_repository --version 1 --server 127.0.0.1:8000
+    """
+    from seminar.build import retire as RT
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        request = RT.RetireRequest(
+            repo=repo,
+            version=version,
+            server=server,
+            admin_key=RT.read_admin_key(admin_key_file) if admin_key_file else None,
+            ready_timeout_s=ready_timeout,
+        )
+        summary = RT.retire_version(request, say)
+    except RT.RetireError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=int(exc.failure)) from None
+    pinned = (
+        f"; {C.ENSEMBLE_MODEL} now serves version {summary.repinned_to}"
+        if summary.repinned_to
+        else ""
+    )
+    typer.echo(f"retired version {summary.version} from {repo}{pinned} ({summary.seconds:.1f} s)")

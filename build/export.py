@@ -9,6 +9,10 @@ The gate runs inside the build: PyTorch vs ONNX Runtime on real MovieLens inputs
 inputs at several batch sizes (and, for the head, with 1, K-1 and K valid slots per head); any
 max abs diff over the tolerance raises ExportError naming the model, case and error. Then
 `polygraphy run --onnxrt` runs each graph as an independent check that it loads and executes.
+
+Before any check, the exporter's debugging records are stripped from the graph (stack traces
+naming the build machine's source files, FX nodes, module scopes): the gates then pass on the
+very bytes that are served, and a repository reveals nothing of the machine that built it.
 """
 
 from __future__ import annotations
@@ -175,11 +179,60 @@ def export_onnx(module: nn.Module, spec: P.ModelSpec, path: Path, config: Export
         raise ExportError(f"ONNX export of {spec.name} failed: {exc}") from exc
     import onnx
 
+    strip_debug_records(path)
+
     try:  # the ONNX spec itself, with full shape inference, before any runtime sees the graph
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"ONNX graph of {spec.name} is invalid: {exc}") from exc
     return path
+
+
+def strip_debug_records(path: Path) -> int:
+    """Remove every doc_string and metadata_props entry of an ONNX file (model, graphs and
+    subgraphs, nodes, tensors, functions), rewriting it in place; returns how many went.
+
+    The dynamo exporter records, per node, the Python stack trace of the build machine
+    (absolute file paths), the FX node and module scopes, and per graph the ExportedProgram
+    signature. Nothing loads them at run time; they only describe the build."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    removed = 0
+
+    def clear(proto) -> None:
+        nonlocal removed
+        if getattr(proto, "doc_string", ""):
+            proto.doc_string = ""
+            removed += 1
+        if hasattr(proto, "metadata_props"):
+            removed += len(proto.metadata_props)
+            del proto.metadata_props[:]
+
+    def clear_graph(graph) -> None:
+        clear(graph)
+        for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            clear(value)
+        for node in graph.node:
+            clear_node(node)
+
+    def clear_node(node) -> None:
+        clear(node)
+        for attribute in node.attribute:
+            clear(attribute)
+            if attribute.HasField("g"):
+                clear_graph(attribute.g)
+            for subgraph in attribute.graphs:
+                clear_graph(subgraph)
+
+    clear(model)
+    clear_graph(model.graph)
+    for function in model.functions:
+        clear(function)
+        for node in function.node:
+            clear_node(node)
+    onnx.save(model, str(path))
+    return removed
 
 
 def _onnx_session(path: Path):

@@ -13,11 +13,13 @@ version and is re-pinned to the newest build.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from seminar.build import pipeline as P
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -236,3 +238,103 @@ def config_target(config: mc.ModelConfig, spec: P.ModelSpec) -> P.Target | None:
     kinds = {g.kind for g in config.instance_group}
     matches = [t for t in P.Target if kinds == {instance_kind(spec, t)}]
     return matches[0] if len(matches) == 1 else None
+
+
+def config_difference(existing: Message, generated: Message) -> tuple[str, str, str] | None:
+    """The first field where two configs differ, as (field path, existing value, generated
+    value) with values printed as in config.pbtxt; None when the messages are equal.
+
+    Walks the protobuf descriptors, so it covers whatever fields a config sets (maps and
+    repeated fields included) without a list of them to keep up to date.
+    """
+    if existing == generated:
+        return None
+    return _first_difference(existing, generated, "")
+
+
+def _first_difference(old: Message, new: Message, prefix: str) -> tuple[str, str, str] | None:
+    for oneof in new.DESCRIPTOR.oneofs:
+        which_old, which_new = old.WhichOneof(oneof.name), new.WhichOneof(oneof.name)
+        if which_old != which_new:
+            return (prefix + oneof.name, which_old or "not set", which_new or "not set")
+    for fd in new.DESCRIPTOR.fields:
+        path = prefix + fd.name
+        old_value, new_value = getattr(old, fd.name), getattr(new, fd.name)
+        if _is_map(fd):
+            value_fd = fd.message_type.fields_by_name["value"]
+            for key in sorted(set(old_value) | set(new_value)):
+                item = f"{path}[{key!r}]"
+                if key not in old_value or key not in new_value:
+                    return (
+                        item,
+                        _show(value_fd, old_value[key]) if key in old_value else "not set",
+                        _show(value_fd, new_value[key]) if key in new_value else "not set",
+                    )
+                found = _value_difference(value_fd, old_value[key], new_value[key], item)
+                if found:
+                    return found
+        elif fd.is_repeated:
+            if fd.message_type is None:
+                if list(old_value) != list(new_value):
+                    return (path, _show_list(fd, old_value), _show_list(fd, new_value))
+                continue
+            for index in range(max(len(old_value), len(new_value))):
+                item = f"{path}[{index}]"
+                if index >= len(old_value) or index >= len(new_value):
+                    return (
+                        item,
+                        _show(fd, old_value[index]) if index < len(old_value) else "not set",
+                        _show(fd, new_value[index]) if index < len(new_value) else "not set",
+                    )
+                found = _first_difference(old_value[index], new_value[index], item + ".")
+                if found:
+                    return found
+        else:
+            found = _value_difference(fd, old_value, new_value, path)
+            if found:
+                return found
+    return None
+
+
+def _value_difference(
+    fd: FieldDescriptor, old_value: object, new_value: object, path: str
+) -> tuple[str, str, str] | None:
+    if fd.message_type is not None:
+        return _first_difference(old_value, new_value, path + ".")
+    if old_value != new_value:
+        return (path, _show(fd, old_value), _show(fd, new_value))
+    return None
+
+
+def _is_map(fd: FieldDescriptor) -> bool:
+    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
+
+
+def _show(fd: FieldDescriptor, value: object) -> str:
+    if fd.message_type is not None:
+        return "{ " + text_format.MessageToString(value, as_one_line=True) + " }"
+    if fd.enum_type is not None:
+        return fd.enum_type.values_by_number[value].name
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _show_list(fd: FieldDescriptor, values: Iterable[object]) -> str:
+    return "[" + ", ".join(_show(fd, v) for v in values) + "]"
+
+
+def pinned_version(config: mc.ModelConfig) -> int | None:
+    """The composing version every step of an ensemble config is pinned to (None if the
+    steps disagree or are not pinned)."""
+    versions = {s.model_version for s in config.ensemble_scheduling.step}
+    return versions.pop() if len(versions) == 1 and -1 not in versions else None
+
+
+def repinned(config: mc.ModelConfig, version: int) -> mc.ModelConfig:
+    """A copy of an ensemble config with every step pinned to `version`; nothing else changes."""
+    out = mc.ModelConfig()
+    out.CopyFrom(config)
+    for step in out.ensemble_scheduling.step:
+        step.model_version = version
+    return out

@@ -1,11 +1,12 @@
 """`seminar build` end to end on the real quick-trained MovieLens run (the `model_repo` fixture):
 ONNX parity of each exported graph, configs vs graphs, manifests, versions side by side,
-atomicity, --force and the mismatch refusal."""
+atomicity, --force, the mismatch refusals (checkpoint, target, model-level settings) and no
+path of the build machine in what is built."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +19,11 @@ from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
 
 from seminar import constants as C
-from tests.support.build import BuiltRepo, build_cli, copy_repo
+from tests.support.build import CHECKOUT, BuiltRepo, build_cli, copy_repo, tree_digest
 
 pytestmark = pytest.mark.slow
 
-
-def _tree_digest(root: Path) -> dict[str, str]:
-    """sha256 of every file below root (Triton's __pycache__ excluded)."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+_tree_digest = tree_digest
 
 
 def _version_files(repo: Path, version: int) -> dict[str, str]:
@@ -267,3 +261,62 @@ def test_bad_pq_flags_fail_with_a_sentence_and_write_nothing(model_repo, tmp_pat
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
     assert not repo.exists()
+
+
+def test_other_model_level_settings_are_refused_before_anything_is_written(model_repo, tmp_path):
+    """max_batch_size (like every field of a composing model's config.pbtxt) is shared by all
+    versions of the model: a build that would rewrite it is refused, naming field, values and
+    file, and the repository stays byte for byte as it was."""
+    repo = copy_repo(model_repo, tmp_path / "repo")
+    before = _tree_digest(repo)
+    result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--max-batch", "64")
+    assert result.exit_code == 1, result.output
+    # One sentence on one line (the spinner may have drawn a frame before it).
+    (refusal,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    config = repo / P.FEATURES_MODEL / R.CONFIG_FILE
+    assert f"{config}: max_batch_size is 1024 there but 64 in this build" in refusal
+    assert "shared by every version of features" in refusal and "another --repo" in refusal
+    assert "Traceback" not in result.output
+    assert _tree_digest(repo) == before
+    assert not list(tmp_path.glob(".repo.v*")), "staging dir left behind"
+
+
+def test_build_json_records_every_serving_setting(model_repo):
+    info = json.loads(
+        (model_repo.repo / P.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
+    )
+    serving = R.ServingConfig()
+    assert info["serving"] == B.serving_record(serving)
+    assert info["serving"]["max_batch_size"] == serving.max_batch_size
+    assert info["serving"]["preferred_batch_sizes"] == list(serving.preferred_batch_sizes)
+    assert info["serving"]["cpu_instances"] == serving.cpu_instances
+
+
+def test_no_file_of_a_built_repository_names_a_path_of_the_build_machine(
+    model_repo, tmp_path_factory
+):
+    """build.json, the model card and the ONNX graphs (exporter stack traces) used to carry
+    absolute paths of the checkout, the run, the data and the temp dirs."""
+    folders = {
+        CHECKOUT,
+        Path.home(),
+        tmp_path_factory.getbasetemp(),
+        model_repo.run,
+        model_repo.data,
+        model_repo.repo.parent,
+    }
+    spellings = {s for f in folders for s in (str(f), os.path.realpath(f)) if s != "/"}
+    # Each folder itself, and anything below it.
+    needles = {s.encode() for s in spellings} | {f"{s}/".encode() for s in spellings}
+    leaks = []
+    for path in sorted(model_repo.repo.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            blob = path.read_bytes()
+            leaks += [
+                f"{path.relative_to(model_repo.repo)}: {n.decode()}" for n in needles if n in blob
+            ]
+    assert not leaks, leaks
+    info = json.loads(
+        (model_repo.repo / P.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
+    )
+    assert info["run"] == model_repo.run.name  # outside the current directory: its name

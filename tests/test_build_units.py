@@ -4,6 +4,8 @@ validation, manifests, the parity gate itself, TensorRT command lines and the gp
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -231,3 +233,99 @@ def test_model_card_quotes_the_quality_benchmark_when_present(tmp_path, monkeypa
     lines = B._quality_report("seminar")
     assert "| ndcg@10 | 0.2500 ± 0.0100 | 3 |" in lines
     assert B._quality_report("din") == []
+
+
+def test_config_difference_names_the_first_differing_field_of_any_kind():
+    """Generic over the config's fields: scalars, nested messages, repeated fields, maps."""
+    spec = P.model_specs(DIMS)[C.PQ_RETRIEVAL_MODEL]
+    base = R.model_config(spec, P.Target.CPU, R.ServingConfig())
+    assert R.config_difference(base, R.model_config(spec, P.Target.CPU, R.ServingConfig())) is None
+    cases = [
+        (R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(64,)), "max_batch_size"),
+        (R.ServingConfig(max_queue_delay_us=500), "dynamic_batching.max_queue_delay_microseconds"),
+        (R.ServingConfig(preferred_batch_sizes=(128,)), "dynamic_batching.preferred_batch_size"),
+        (R.ServingConfig(cpu_instances=2), "instance_group[0].count"),
+        (R.ServingConfig(execution_env="/opt/env"), "parameters['EXECUTION_ENV_PATH']"),
+    ]
+    for serving, field in cases:
+        other = R.model_config(spec, P.Target.CPU, serving)
+        assert R.config_difference(base, other)[0] == field
+    gpu = R.model_config(spec, P.Target.GPU, R.ServingConfig())
+    assert R.config_difference(base, gpu)[:2] == ("instance_group[0].kind", "KIND_CPU")
+    # A field nothing in ServingConfig writes today is still compared.
+    extra = R.mc.ModelConfig()
+    extra.CopyFrom(base)
+    extra.dynamic_batching.default_queue_policy.max_queue_size = 8
+    assert R.config_difference(base, extra) == (
+        "dynamic_batching.default_queue_policy.max_queue_size",
+        "0",
+        "8",
+    )
+
+
+def test_display_path_is_relative_inside_the_current_directory_else_the_folder_name(
+    tmp_path, monkeypatch
+):
+    from seminar.build import builder as B
+
+    (tmp_path / "runs" / "quick").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert B.display_path(tmp_path / "runs" / "quick") == "runs/quick"
+    assert B.display_path(Path("runs/quick")) == "runs/quick"
+    assert B.display_path(tmp_path.parent / "elsewhere" / "data") == "data"
+
+
+def test_exported_graphs_carry_no_stack_traces_or_file_paths(tmp_path):
+    """The dynamo exporter writes each node's Python stack trace (absolute source paths)."""
+    spec = P.model_specs(DIMS)[C.QUERY_ENCODER_MODEL]
+    path = E.export_onnx(_Doubler().eval(), spec, tmp_path / "q.onnx", E.ExportConfig())
+    blob = path.read_bytes()
+    checkout = str(Path(__file__).resolve().parents[1]).encode()
+    assert checkout not in blob and str(tmp_path).encode() not in blob
+    model = onnx.load(str(path))
+    assert not model.metadata_props and not model.graph.metadata_props
+    assert not any(n.metadata_props or n.doc_string for n in model.graph.node)
+    assert not any(v.metadata_props for v in (*model.graph.value_info, *model.graph.input))
+    onnx.checker.check_model(model, full_check=True)
+
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from seminar.build.lock import RepositoryLock
+with RepositoryLock(Path(sys.argv[1]), "build", 7):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_repository_lock_names_its_holder_and_a_killed_holder_releases_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from seminar.build import lock as L
+
+    repo = tmp_path / "repo"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(repo)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert L.lock_path(repo).parent == tmp_path, "beside the repository, not inside it"
+        assert not repo.exists()
+        told: list[str] = []
+        with pytest.raises(L.LockTimeout), L.RepositoryLock(repo, "retire", 3, told.append, 0.5):
+            pass
+        assert told == [
+            f"{repo} is locked by pid {holder.pid} (build of version 7); waiting for it to finish"
+        ]
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with L.RepositoryLock(repo, "retire", 3, told.append, timeout_s=5) as lock:
+            assert L.read_holder(lock.path) == L.LockHolder(os.getpid(), "retire", 3)
+        assert len(told) == 1, "the lock was free: nobody to wait for"
+        assert L.read_holder(L.lock_path(repo)) is None, "released: no holder recorded"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)

@@ -3,15 +3,27 @@
 `model_repo`: a cpu Triton model repository with version 1 built by `seminar build` (the real
 command, in-process) from the `quick_run` fixture on real MovieLens. Session-scoped and
 read-only for its users: tests that change a repository copy it first (`copy_repo`).
+
+Concurrency tests run real builds in other processes: `start_build_process` (the console
+command) and `python -m tests.support.build --gate ...` (the same command with its commit
+held at a gate, so that two builds interleave the same way on every run).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import os
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 # Small PQ codebooks keep the fixture fast (4-bit codes = faiss fast-scan layout); the
 # build's defaults (16 x 8 bit) are exercised by `seminar build` without these flags.
@@ -51,9 +63,115 @@ def build_cli(run: Path, repo: Path, version: int, *extra: str):
     return CliRunner().invoke(app, [*args, *FIXTURE_BUILD_ARGS, *extra])
 
 
-def copy_repo(built: BuiltRepo, dest: Path) -> Path:
-    """A private copy of the session repository that a test may change."""
-    return Path(shutil.copytree(built.repo, dest, symlinks=True))
+def copy_repo(built: BuiltRepo | Path, dest: Path) -> Path:
+    """A private copy of a repository (the session's by default) that a test may change."""
+    source = built.repo if isinstance(built, BuiltRepo) else built
+    return Path(shutil.copytree(source, dest, symlinks=True))
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file below root (Triton's __pycache__ excluded)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def _process_env() -> dict[str, str]:
+    # Two builds share the machine's cores: one intra-op thread each avoids oversubscription.
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def build_args(run: Path, repo: Path, version: int, data: Path) -> list[str]:
+    """`seminar build` arguments of a small, fast build (no polygraphy)."""
+    return [
+        "build",
+        "--run",
+        str(run),
+        "--repo",
+        str(repo),
+        "--version",
+        str(version),
+        "--data",
+        str(data),
+        "--no-polygraphy",
+        *FIXTURE_BUILD_ARGS,
+    ]
+
+
+def start_build_process(run: Path, repo: Path, version: int, data: Path) -> subprocess.Popen:
+    """`seminar build` in a process of its own (its pid is the Popen's), output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "seminar.cli", *build_args(run, repo, version, data)],
+        cwd=CHECKOUT,
+        env=_process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def start_gated_build(
+    run: Path, repo: Path, version: int, data: Path, gates: Path, wait_for: str
+) -> subprocess.Popen:
+    """A build process whose commit first announces `at-commit-<version>` in `gates`, then
+    waits (at most GATE_TIMEOUT_S) for the file `wait_for` there, and after committing
+    writes `committed-<version>`."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.build",
+            "--gates",
+            str(gates),
+            "--wait-for",
+            wait_for,
+            "--",
+            *build_args(run, repo, version, data),
+        ],
+        cwd=CHECKOUT,
+        env=_process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# Long enough for the other build to reach its own commit on a loaded 2-core machine; a
+# build holding the repository lock waits this long for one that cannot get there.
+GATE_TIMEOUT_S = 20.0
+
+
+def _gated_build_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gates", type=Path, required=True)
+    parser.add_argument("--wait-for", required=True)
+    parser.add_argument("cli", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
+    version = cli[cli.index("--version") + 1]
+
+    from seminar.build import builder
+
+    from seminar.cli import app
+
+    real_commit = builder.commit
+
+    def gated_commit(request, staging):
+        (args.gates / f"at-commit-{version}").touch()
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while not (args.gates / args.wait_for).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        real_commit(request, staging)
+        (args.gates / f"committed-{version}").touch()
+
+    builder.commit = gated_commit
+    try:
+        app(cli, prog_name="seminar")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +195,7 @@ def model_repo_two_versions(
     if result.exit_code != 0:
         raise RuntimeError(f"seminar build --version 2 failed:\n{result.output}")
     return repo
+
+
+if __name__ == "__main__":
+    sys.exit(_gated_build_main(sys.argv[1:]))
