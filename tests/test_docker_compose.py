@@ -26,12 +26,13 @@ from tests.support.docker import (
     COMPOSE_SCHEMA,
     DOCKER,
     REPO,
+    SUPERVISOR_HEALTH_PORT,
     assert_valid_cli_args,
     flag_value,
     parse_dockerfile,
 )
 
-TRITON_PORTS = {DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT}
+TRITON_PORTS = {DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT, SUPERVISOR_HEALTH_PORT}
 # Bind-mount sources that `seminar data prepare` / `seminar train` create at run time (gitignored).
 CREATED_AT_RUN_TIME = {REPO / "runs", REPO / "data"}
 
@@ -118,8 +119,9 @@ def test_triton_services(compose: dict[str, Any]) -> None:
         # Python backend tensors travel through /dev/shm: Docker's 64 MB default is too small.
         assert re.fullmatch(r"[1-9]\d*gb", service["shm_size"]), service["shm_size"]
         assert (REPO / "model_repository", "/models") in _bind_mounts(service)
+        # The supervisor's readiness: every version READY with live model processes.
         check = " ".join(service["healthcheck"]["test"])
-        assert f"127.0.0.1:{DEFAULT_HTTP_PORT}/v2/health/ready" in check, check
+        assert f"127.0.0.1:{SUPERVISOR_HEALTH_PORT}/ready" in check, check
 
 
 def test_build_sections_point_at_real_dockerfiles_and_stages(compose: dict[str, Any]) -> None:
@@ -193,6 +195,7 @@ def test_prometheus_scrapes_triton_and_gateway(compose: dict[str, Any]) -> None:
         for target in static["targets"]
     }
     assert f"triton:{DEFAULT_METRICS_PORT}" in targets, targets
+    assert f"triton:{SUPERVISOR_HEALTH_PORT}" in targets, targets  # the supervisor's /metrics
     assert f"gateway:{DEFAULT_GATEWAY_METRICS_PORT}" in targets, targets
     for pattern in config.get("rule_files", []):
         assert list(host_file.parent.glob(pattern)), f"rule file {pattern} matches nothing"

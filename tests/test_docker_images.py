@@ -20,14 +20,17 @@ from seminar.constants import (
 )
 from tests.support.docker import (
     REPO,
+    SUPERVISOR_HEALTH_PORT,
     Dockerfile,
     copy_sources,
     dockerfile_paths,
     exposed_ports,
+    flag_value,
+    image_command,
     parse_dockerfile,
 )
 
-TRITON_PORTS = {DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT}
+TRITON_PORTS = {DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT, SUPERVISOR_HEALTH_PORT}
 GATEWAY_PORTS = {DEFAULT_GATEWAY_PORT, DEFAULT_GATEWAY_METRICS_PORT}
 # NGC release -> (Triton server, TensorRT) it carries. The Python backend uses the 3.11 stub
 # from nvidia-pytriton, which must come from the same server release (docs/environment.md:
@@ -175,13 +178,16 @@ def test_services_expose_the_contract_ports(dockerfiles: dict[str, Dockerfile]) 
     assert exposed_ports(dockerfiles["triton-cpu"]) == TRITON_PORTS
     assert exposed_ports(dockerfiles["gateway"]) == GATEWAY_PORTS
     for key in ("triton", "triton-cpu"):
-        cmd = " ".join(dockerfiles[key].stages[-1].all("CMD")[-1].json_args() or [])
+        df = dockerfiles[key]
+        command = image_command(df, df.stages[-1])
+        assert command[:2] == ["seminar", "serve"], f"{key}: {command}"
         for flag, port in (
             ("--http-port", DEFAULT_HTTP_PORT),
             ("--grpc-port", DEFAULT_GRPC_PORT),
             ("--metrics-port", DEFAULT_METRICS_PORT),
+            ("--health-port", SUPERVISOR_HEALTH_PORT),
         ):
-            assert f"{flag}={port}" in cmd, f"{key}: {cmd}"
+            assert flag_value(command, flag) == str(port), f"{key}: {command}"
     gateway_cmd = dockerfiles["gateway"].stages[-1].all("CMD")[-1].json_args() or []
     assert gateway_cmd[gateway_cmd.index("--port") + 1] == str(DEFAULT_GATEWAY_PORT)
     assert gateway_cmd[gateway_cmd.index("--metrics-port") + 1] == str(DEFAULT_GATEWAY_METRICS_PORT)
@@ -190,8 +196,9 @@ def test_services_expose_the_contract_ports(dockerfiles: dict[str, Dockerfile]) 
 
 def test_servers_have_health_checks(dockerfiles: dict[str, Dockerfile]) -> None:
     for key in ("triton", "triton-cpu"):
+        # The supervisor's readiness: every version READY with live model processes.
         (check,) = dockerfiles[key].stages[-1].all("HEALTHCHECK")
-        assert f"127.0.0.1:{DEFAULT_HTTP_PORT}/v2/health/ready" in check.value, check.value
+        assert f"127.0.0.1:{SUPERVISOR_HEALTH_PORT}/ready" in check.value, check.value
     (check,) = dockerfiles["gateway"].stages[-1].all("HEALTHCHECK")
     assert "/opt/seminar/healthcheck.py" in check.value
     assert f"127.0.0.1:{DEFAULT_GATEWAY_PORT}" in check.value

@@ -26,6 +26,7 @@ from tests.support.docker import (
     DOCKER,
     K8S_VERSION,
     REPO,
+    SUPERVISOR_HEALTH_PORT,
     assert_valid_cli_args,
     flag_value,
     k8s_manifest_files,
@@ -38,6 +39,7 @@ TRITON_PORTS = {
     "http": DEFAULT_HTTP_PORT,
     "grpc": DEFAULT_GRPC_PORT,
     "metrics": DEFAULT_METRICS_PORT,
+    "supervisor": SUPERVISOR_HEALTH_PORT,
 }
 TRITON_DEPLOYMENTS = ["triton", "triton-shard-0", "triton-shard-1"]
 
@@ -117,17 +119,18 @@ def test_triton_deployment(k8s_resources: Resources, name: str) -> None:
         ("--http-port", "http"),
         ("--grpc-port", "grpc"),
         ("--metrics-port", "metrics"),
+        ("--health-port", "supervisor"),
     ):
         assert flag_value(container["args"], flag) == str(TRITON_PORTS[port])
-    # Ready = every model loaded (strict readiness); live = the process answers.
+    # The supervisor's probes. Ready = tritonserver up and every version READY with live model
+    # processes; live = the supervisor answers (it restarts a dead tritonserver itself).
     for probe, path in (
-        ("startupProbe", "/v2/health/ready"),
-        ("readinessProbe", "/v2/health/ready"),
-        ("livenessProbe", "/v2/health/live"),
+        ("startupProbe", "/ready"),
+        ("readinessProbe", "/ready"),
+        ("livenessProbe", "/live"),
     ):
         get = container[probe]["httpGet"]
-        assert (get["path"], ports[get["port"]]) == (path, DEFAULT_HTTP_PORT), probe
-    assert flag_value(container["args"], "--strict-readiness") == "true"
+        assert (get["path"], ports[get["port"]]) == (path, SUPERVISOR_HEALTH_PORT), probe
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     # The Python backend's shared memory: a memory-backed /dev/shm, not the 64 MB default.
     spec = deployment["spec"]["template"]["spec"]
@@ -136,6 +139,48 @@ def test_triton_deployment(k8s_resources: Resources, name: str) -> None:
     assert volume["emptyDir"]["medium"] == "Memory"
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_prometheus_scrapes_both_metrics_endpoints_of_triton(k8s_resources: Resources) -> None:
+    """Triton's metrics through the usual one-port annotations, the supervisor's through the
+    port named `supervisor`, which docker/prometheus/kubernetes.yml scrapes as its own job."""
+    config = yaml.safe_load((DOCKER / "prometheus" / "kubernetes.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for job in jobs.values():
+        (discovery,) = job["kubernetes_sd_configs"]
+        assert discovery["role"] == "pod" and discovery["namespaces"]["names"] == [NAMESPACE]
+        keeps = {
+            tuple(r["source_labels"]): r["regex"]
+            for r in job["relabel_configs"]
+            if r.get("action") == "keep"
+        }
+        assert keeps[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)] == "true"
+    annotated = jobs["seminar-pods"]["relabel_configs"]
+    assert any(
+        "__meta_kubernetes_pod_annotation_prometheus_io_port" in r.get("source_labels", [])
+        and r.get("target_label") == "__address__"
+        for r in annotated
+    )
+    (port_name,) = [
+        r["regex"]
+        for r in jobs["seminar-supervisor"]["relabel_configs"]
+        if r.get("source_labels") == ["__meta_kubernetes_pod_container_port_name"]
+        and r.get("action") == "keep"
+    ]
+    for name in TRITON_DEPLOYMENTS:
+        template = k8s_resources[("Deployment", name)]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        ports = {
+            p["name"]: p["containerPort"]
+            for p in _container(k8s_resources[("Deployment", name)])["ports"]
+        }
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert int(annotations["prometheus.io/port"]) == ports["metrics"] == DEFAULT_METRICS_PORT
+        assert annotations["prometheus.io/path"] == "/metrics", name
+        scraped = [port for pname, port in ports.items() if re.fullmatch(port_name, pname)]
+        assert scraped == [SUPERVISOR_HEALTH_PORT], name
+    for pattern in config["rule_files"]:
+        assert list((DOCKER / "prometheus").glob(pattern)), pattern
 
 
 def _headless_grpc_target(k8s_resources: Resources, service_name: str) -> str:
