@@ -88,7 +88,7 @@ def run_gateway_demo(
     from seminar.clients.process import GatewayProcess
     from seminar.clients.workload import load_workload
 
-    from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
+    from seminar.serving.serve_process import ServeProcess
 
     console = Console(soft_wrap=True)
     arms = demo_arms(repo)
@@ -97,22 +97,19 @@ def run_gateway_demo(
     result = DemoResult(arms=arms)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    triton_config = TritonConfig(
-        repo=repo,
-        model_control=ModelControl.EXPLICIT,
-        load_models=tuple(sorted({a.model for a in arms})),
-        wait_models=tuple(sorted({a.model for a in arms})),
-    )
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="seminar-demo-")))
         write_config(config, tmp / "ab.yaml")
-        with console.status("starting tritonserver (loading both arms)"):
-            triton = stack.enter_context(TritonServer(triton_config))
+        arm_models = sorted({a.model for a in arms})
+        wait = [arg for model in arm_models for arg in ("--wait-model", model)]
+        with console.status("starting seminar serve (tritonserver under its supervisor)"):
+            serve = stack.enter_context(ServeProcess(repo, *wait, console_path=tmp / "serve.log"))
         with console.status("starting the gateway"):
-            gw = stack.enter_context(GatewayProcess(tmp / "ab.yaml", triton.grpc_url, catalog=repo))
+            gw = stack.enter_context(GatewayProcess(tmp / "ab.yaml", serve.grpc_url, catalog=repo))
         console.print(
-            f"Triton on {triton.grpc_url}, gateway on {gw.address} (metrics {gw.metrics_url}); "
-            f"arms: " + ", ".join(f"{a.name}={a.model_version} ({a.weight:g}%)" for a in arms)
+            f"seminar serve on {serve.grpc_url} (health {serve.health_url}/ready), gateway on "
+            f"{gw.address} (metrics {gw.metrics_url}); arms: "
+            + ", ".join(f"{a.name}={a.model_version} ({a.weight:g}%)" for a in arms)
         )
 
         for call in calls[:users]:
@@ -131,10 +128,15 @@ def run_gateway_demo(
         if prometheus and shutil.which("prometheus"):
             from seminar.clients.observe import PrometheusProcess
 
-            host_port = triton.metrics_url.removeprefix("http://").removesuffix("/metrics")
+            triton_metrics = serve.metrics_url.removeprefix("http://").removesuffix("/metrics")
+            supervisor_metrics = serve.health_url.removeprefix("http://")
             with console.status("starting Prometheus"):
                 prom = stack.enter_context(
-                    PrometheusProcess(host_port, f"127.0.0.1:{gw.metrics_port}", port=free_port())
+                    PrometheusProcess(
+                        [triton_metrics, supervisor_metrics],
+                        f"127.0.0.1:{gw.metrics_port}",
+                        port=free_port(),
+                    )
                 )
                 prom.wait_scraped()
 

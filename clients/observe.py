@@ -27,8 +27,14 @@ class ObserveError(RuntimeError):
     """Prometheus is missing, its config is broken, or it did not start."""
 
 
-def local_config(triton_metrics: str, gateway_metrics: str, scrape_interval_s: float = 1.0) -> dict:
-    """docker/prometheus/prometheus.yml with loopback targets and a faster scrape."""
+def local_config(
+    triton_metrics: str | list[str], gateway_metrics: str, scrape_interval_s: float = 1.0
+) -> dict:
+    """docker/prometheus/prometheus.yml with loopback targets and a faster scrape.
+
+    `triton_metrics`: Triton's /metrics address, or a list of it and the supervisor's
+    (`seminar serve --health-port`), which the compose stack scrapes in the same job.
+    """
     import yaml
 
     source = PROMETHEUS_DIR / "prometheus.yml"
@@ -41,7 +47,9 @@ def local_config(triton_metrics: str, gateway_metrics: str, scrape_interval_s: f
             raise ObserveError(
                 f"{PROMETHEUS_DIR / 'prometheus.yml'}: unexpected job {job['job_name']!r}"
             )
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        addresses = targets[job["job_name"]]
+        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        job["static_configs"] = [{"targets": addresses}]
     interval = f"{int(scrape_interval_s * 1000)}ms"
     config["global"]["scrape_interval"] = interval
     config["global"]["evaluation_interval"] = interval
@@ -53,7 +61,7 @@ class PrometheusProcess:
 
     def __init__(
         self,
-        triton_metrics: str,
+        triton_metrics: str | list[str],
         gateway_metrics: str,
         port: int = 9090,
         storage: Path | None = None,
