@@ -23,8 +23,9 @@ Readiness. Every arm and the shadow are checked with Triton's ModelReady at star
 reload and every READY_POLL_S. A reload that names a weighted arm or a shadow that is not READY
 is rejected. A live arm that turns unready gets UNAVAILABLE at once, without a Triton call, and
 the health status ("" and seminar.v1.Ranker) is SERVING only while Triton answers and every
-weighted arm is READY. The gateway starts when Triton is not up yet (only the initial config's
-syntax is checked then): it reports NOT_SERVING until the arms are READY.
+weighted arm is READY ("liveness" is SERVING while the process runs). The gateway starts when
+Triton is not up yet (only the initial config's syntax is checked then): it reports
+NOT_SERVING until the arms are READY.
 
 The experiment config is an immutable object held in one attribute. A reload (file change,
 polled, or SIGHUP) builds a new object and swaps the reference; requests in flight keep the
@@ -79,6 +80,10 @@ DEADLINE_TOLERANCE_S = 0.01
 DRAIN_S = 5.0
 # Triton's answer when a request's own timeout passes while it is queued (any ensemble step).
 TRITON_QUEUE_TIMEOUT = "Request timeout expired"
+# A grpc.health.v1 name that is SERVING while the process runs, whatever Triton's state: for
+# liveness probes, since restarting the gateway never brings an arm back ("" and
+# seminar.v1.Ranker are for readiness: they say whether requests can be served).
+LIVENESS_SERVICE = "liveness"
 
 # Triton failures the client can act on keep their code; anything else is the gateway's fault.
 _PASS_THROUGH = {
@@ -617,6 +622,7 @@ async def serve(
 
     for name in ("", GATEWAY_SERVICE):  # until the first probe says otherwise
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     await service.refresh_readiness()
     triton_watcher = asyncio.create_task(service.watch_triton())
@@ -635,7 +641,7 @@ async def serve(
         log.info("gateway stopping: draining in-flight requests")
         config_watcher.cancel()
         triton_watcher.cancel()  # the probes it waits on are tasks of their own and finish
-        for name in ("", GATEWAY_SERVICE):
+        for name in ("", GATEWAY_SERVICE, LIVENESS_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(grace=5)
         await service.close()
