@@ -441,7 +441,10 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
     async def watch_triton(self) -> None:
         """Probe every READY_POLL_S, faster while an arm is unready, at once when poked."""
         while True:
-            await self.refresh_readiness()
+            try:
+                await self.refresh_readiness()
+            except Exception as err:  # the watcher must outlive any one failed round
+                log.error("readiness check failed: %s: %s", type(err).__name__, err)
             period = READY_POLL_S if self.serving else UNREADY_POLL_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._probe_now.wait(), period)
@@ -530,7 +533,10 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         while True:
             await asyncio.sleep(CONFIG_POLL_S)
             if _stamp(self.config_path) != self._config_stamp:
-                await self.reload("file changed")
+                try:
+                    await self.reload("file changed")
+                except Exception as err:  # the watcher must outlive any one failed reload
+                    log.error("config reload failed: %s: %s", type(err).__name__, err)
 
     def _publish_shares(self, config: ExperimentConfig) -> None:
         self.metrics.arm_share.clear()

@@ -360,6 +360,11 @@ def test_calls_beyond_max_inflight_are_shed_at_once(
             stub.Rank(big_requests[5], timeout=10)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
         assert "within the budget of" in err.value.details()
+    # Stopped with that call still in Triton: the gateway waits for it before closing the
+    # channel (closing it would cancel the call inside Triton).
+    abandon.process.stop()
+    log = abandon.process.log_text()
+    assert "gateway stopping" in log and "still running after" not in log, log[-2000:]
     _assert_alive_and_answering(private_triton)
 
 
