@@ -30,6 +30,7 @@ from seminar.clients.config import Arm, ExperimentConfig, write_config
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import RankCall
 
+from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
 from tests.support.clients import (
     TEST_LIMITS,
     RunningGateway,
@@ -53,8 +54,6 @@ class PrivateTriton:
     """
 
     def __init__(self, repo: Path, model: str, version: int, folder: Path) -> None:
-        from seminar.serving.triton import ModelControl, TritonConfig
-
         self.model = model
         self.version = version
         self.folder = folder
@@ -62,12 +61,10 @@ class PrivateTriton:
             repo=repo, model_control=ModelControl.EXPLICIT,
             load_models=(model,), wait_models=(model,),
         )  # fmt: skip
-        self.server = None
+        self.server: TritonServer | None = None
         self.starts = 0
 
-    def running(self):
-        from seminar.serving.triton import TritonServer
-
+    def running(self) -> TritonServer:
         if self.server is None or not self.server.is_alive():
             if self.server is not None:
                 self.server.stop()
