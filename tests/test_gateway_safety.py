@@ -15,8 +15,11 @@ never the session's shared one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -66,8 +69,7 @@ class PrivateTriton:
 
     def running(self) -> TritonServer:
         if self.server is None or not self.server.is_alive():
-            if self.server is not None:
-                self.server.stop()
+            self.stop()
             self.starts += 1
             log = self.folder / f"tritonserver-{self.starts}.log"
             self.server = TritonServer(dataclasses.replace(self.config, log_path=log))
@@ -75,8 +77,17 @@ class PrivateTriton:
         return self.server
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
+        """Stop the server, and kill what a crashed one leaves behind: its Python-backend stubs
+        (they ignore SIGTERM) stay in its process group, whose id is the server's pid."""
+        if self.server is None:
+            return
+        pid, server, self.server = self.server.pid, self.server, None
+        crashed = not server.is_alive()
+        server.stop()
+        if crashed and pid is not None:
+            # While the stubs live, Linux keeps their group id from being reused as a pid.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
