@@ -76,7 +76,9 @@ def rank_direct(
     async def call() -> np.ndarray:
         client = triton_aio.InferenceServerClient(address, channel_args=TRITON_CHANNEL_ARGS)
         try:
-            return await score_async(client, model, version or "", uid, query, ids, timeout_s)
+            return await score_async(
+                client, model, version or "", uid, query, ids, client_timeout_s=timeout_s
+            )
         finally:
             await client.close()
 

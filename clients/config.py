@@ -7,7 +7,7 @@ A config file is YAML:
       - {name: control,   model: seminar_v1, version: 1, weight: 50}
       - {name: treatment, model: seminar_v2, version: 2, weight: 50}
     shadow: {name: shadow, model: seminar_v2, version: 2}   # optional, never returned
-    limits: {max_candidates: 1000, max_query_bytes: 256, deadline_ms: 1000}
+    limits: {max_candidates: 1000, max_query_bytes: 256, deadline_ms: 1000, max_inflight: 256}
 
 A user lands in bucket `blake2b(salt + ":" + user_id) mod 10_000`; the arms own consecutive
 bucket ranges proportional to their weights, in file order. The same user therefore stays in
@@ -28,6 +28,7 @@ from typing import Any
 from seminar.constants import AB_BUCKETS
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+LIMIT_FIELDS = ("max_candidates", "max_query_bytes", "deadline_ms", "max_inflight")
 
 
 class ConfigError(ValueError):
@@ -75,10 +76,13 @@ class Limits:
 
     max_candidates: int = 1000
     max_query_bytes: int = 256
-    deadline_ms: int = 1000  # per Triton call; a client deadline shorter than this wins
+    deadline_ms: int = 1000  # a request's budget; a client deadline shorter than this wins
+    # Triton calls outstanding at once, including those whose caller gave up (the gateway never
+    # cancels a call inside Triton); beyond it requests are shed with RESOURCE_EXHAUSTED.
+    max_inflight: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_candidates", "max_query_bytes", "deadline_ms"):
+        for name in LIMIT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be an integer >= 1, got {value!r}")
@@ -138,7 +142,7 @@ class ExperimentConfig:
         limits_raw = raw.get("limits") or {}
         if not isinstance(limits_raw, dict):
             raise ValueError("limits must be a mapping")
-        _reject_unknown(limits_raw, {"max_candidates", "max_query_bytes", "deadline_ms"}, "limits")
+        _reject_unknown(limits_raw, set(LIMIT_FIELDS), "limits")
         return cls(salt=raw.get("salt"), arms=arms, shadow=shadow, limits=Limits(**limits_raw))
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,11 +154,7 @@ class ExperimentConfig:
         out: dict[str, Any] = {"salt": self.salt, "arms": [arm(a) for a in self.arms]}
         if self.shadow is not None:
             out["shadow"] = {k: v for k, v in arm(self.shadow).items() if k != "weight"}
-        out["limits"] = {
-            "max_candidates": self.limits.max_candidates,
-            "max_query_bytes": self.limits.max_query_bytes,
-            "deadline_ms": self.limits.deadline_ms,
-        }
+        out["limits"] = {name: getattr(self.limits, name) for name in LIMIT_FIELDS}
         return out
 
 

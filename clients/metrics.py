@@ -61,6 +61,35 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        self.arm_ready = Gauge(
+            "seminar_gateway_arm_ready",
+            "1 when Triton reports the arm's (model, version) READY, else 0 (shadow included).",
+            ["arm", "model_version"],
+            registry=r,
+        )
+        self.triton_reachable = Gauge(
+            "seminar_gateway_triton_reachable",
+            "1 when Triton answered the last readiness probe, else 0.",
+            registry=r,
+        )
+        self.triton_inflight = Gauge(
+            "seminar_gateway_triton_inflight",
+            "Triton calls outstanding, abandoned ones included (bounded by limits.max_inflight).",
+            registry=r,
+        )
+        self.triton_abandoned = Counter(
+            "seminar_gateway_triton_abandoned",
+            "Triton calls the gateway stopped waiting for (budget over or caller gone); each "
+            "is left to finish inside Triton, never cancelled.",
+            ["arm", "model_version", "role"],
+            registry=r,
+        )
+        self.triton_late = Counter(
+            "seminar_gateway_triton_late",
+            "How abandoned Triton calls ended (their results are dropped), by status code.",
+            ["arm", "model_version", "role", "code"],
+            registry=r,
+        )
         self.arm_share = Gauge(
             "seminar_gateway_arm_share",
             "Share of the 10,000 buckets each arm owns under the current config.",

@@ -74,9 +74,16 @@ async def score_async(
     user_id: int,
     query: str,
     candidate_ids: np.ndarray,
-    timeout_s: float,
+    client_timeout_s: float | None = None,
+    queue_timeout_us: int | None = None,
 ) -> np.ndarray:
     """Scores (B,) float32 of the candidates from Triton's `model` at `version`.
+
+    `client_timeout_s` is a gRPC deadline: when it passes, the call is cancelled inside Triton,
+    which tritonserver 2.51's gRPC frontend can crash on under load, so the gateway never sets
+    it (see seminar.clients.gateway). `queue_timeout_us` is Triton's own per-request timeout:
+    Triton rejects the request (UNAVAILABLE, "Request timeout expired") if it is still queued
+    at any step of the ensemble when it passes, and nothing is cancelled on the wire.
 
     Raises TritonError with the gRPC status name on any failure, including the deadline.
     """
@@ -90,10 +97,11 @@ async def score_async(
             inputs,
             model_version=str(version),
             outputs=[grpcclient.InferRequestedOutput(OUTPUT_SCORE)],
-            client_timeout=timeout_s,
+            timeout=queue_timeout_us,
+            client_timeout=client_timeout_s,
         )
     except InferenceServerException as err:
-        raise TritonError(_status_name(err), err.message() or str(err)) from err
+        raise TritonError(status_name(err), err.message() or str(err)) from err
     scores = result.as_numpy(OUTPUT_SCORE)
     if scores is None or scores.size != len(candidate_ids):
         got = None if scores is None else scores.shape
@@ -104,7 +112,8 @@ async def score_async(
     return scores.reshape(-1).astype(np.float32)  # (B, 1) -> (B,)
 
 
-def _status_name(err: Exception) -> str:
+def status_name(err: Exception) -> str:
+    """The gRPC status name of a tritonclient error, e.g. "UNAVAILABLE"."""
     status = getattr(err, "status", lambda: None)()
     match = _STATUS_RE.search(str(status or ""))
     if match:

@@ -231,7 +231,7 @@ def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
 ) -> None:
     """A separate tritonserver (not the shared one), stopped and restarted on the same port."""
     from seminar.serving.triton import ModelControl, TritonConfig, TritonServer, free_port
-    from tests.support.clients import require_fixture, single_version_repo
+    from tests.support.clients import health_status, require_fixture, single_version_repo
 
     triton = require_fixture(request, "triton")
     control = gateway_arms[0]
@@ -264,6 +264,8 @@ def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
             rank_via_gateway(*args, timeout_s=5)
         assert err.value.code == "UNAVAILABLE", err.value
         assert time.perf_counter() - t0 < deadline_ms / 1000
+        # Health tells the truth: Triton unreachable means NOT_SERVING.
+        assert _wait(lambda: health_status(gw.address) == "NOT_SERVING", 5)
         server = TritonServer(config)
         server.start()
         t_up = time.perf_counter()
@@ -275,6 +277,7 @@ def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
             except ClientError:
                 time.sleep(0.05)
         assert recovered is not None, "the gateway must reconnect by itself"
+        assert _wait(lambda: health_status(gw.address) == "SERVING", 5)
     finally:
         server.stop()
 

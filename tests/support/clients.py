@@ -78,6 +78,33 @@ def single_version_repo(repo: Path, version: int, dest: Path) -> Path:
     return dest
 
 
+def metric_samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample called `name` on a Prometheus text endpoint: (labels, value)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def health_status(address: str, service: str = "") -> str:
+    """The grpc.health.v1 status name the gateway reports for `service`."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 @dataclass
 class RunningGateway:
     process: GatewayProcess
@@ -121,11 +148,21 @@ def make_config(
 
 
 def _start(
-    config: ExperimentConfig, triton_url: str, catalog: Path, folder: Path
+    config: ExperimentConfig,
+    triton_url: str,
+    catalog: Path,
+    folder: Path,
+    wait_serving: bool = True,
 ) -> RunningGateway:
     path = folder / "ab.yaml"
     write_config(config, path)
-    process = GatewayProcess(path, triton_url, catalog=catalog, log_path=folder / "gateway.log")
+    process = GatewayProcess(
+        path,
+        triton_url,
+        catalog=catalog,
+        log_path=folder / "gateway.log",
+        wait_serving=wait_serving,
+    )
     process.start()
     return RunningGateway(process, config, triton_url)
 
@@ -170,13 +207,18 @@ def start_gateway(
         shadow: Arm | None = None,
         triton_url: str | None = None,
         limits: Limits = TEST_LIMITS,
+        arms: tuple[Arm, Arm] | None = None,
+        wait_serving: bool = True,
     ) -> RunningGateway:
-        config = make_config(gateway_arms, weights, shadow, limits=limits)
+        """`arms` replaces `gateway_arms`; `wait_serving=False` returns as soon as the gateway
+        answers health checks (for gateways meant to report NOT_SERVING)."""
+        config = make_config(arms or gateway_arms, weights, shadow, limits=limits)
         gw = _start(
             config,
             triton_url or triton.grpc_url,  # type: ignore[attr-defined]
             triton.repo,  # type: ignore[attr-defined]
             tmp_path_factory.mktemp("gateway"),
+            wait_serving=wait_serving,
         )
         started.append(gw)
         return gw
