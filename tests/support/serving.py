@@ -198,7 +198,8 @@ class Stub:
         return int(fields[49]) >> 8 if fields[0] == "Z" else None
 
     def in_user_space(self) -> bool:
-        """Whether its main thread is running its own code (not waiting in a system call)."""
+        """Whether its main thread is running, or was stopped while running, its own code
+        (not waiting in a system call)."""
         try:
             return Path(f"/proc/{self.pid}/syscall").read_text().split()[0] in ("running", "-1")
         except OSError:
