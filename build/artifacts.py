@@ -46,7 +46,8 @@ def write_manifest(version_dir: Path) -> dict:
     files = {}
     for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(version_dir).as_posix()
-        if rel == P.MANIFEST_FILE or "__pycache__" in rel:
+        # Bytecode a stub wrote is not an artifact (the __pycache__ blocker file is one).
+        if rel == P.MANIFEST_FILE or "__pycache__" in path.relative_to(version_dir).parent.parts:
             continue
         entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         if path.suffix == ".npy":
@@ -70,7 +71,13 @@ def verify_manifest(version_dir: Path) -> int:
     for rel, entry in files.items():
         file = version_dir / rel
         if not file.is_file():
-            raise ArtifactError(f"{file}: listed in {path.name} but missing")
+            hint = (
+                " (the empty file that keeps the Python stub from writing bytecode here: copy "
+                "model repositories without excluding __pycache__)"
+                if rel == P.PYCACHE_BLOCKER
+                else ""
+            )
+            raise ArtifactError(f"{file}: listed in {path.name} but missing{hint}")
         if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
             raise ArtifactError(
                 f"{file}: sha256 does not match {path.name} (corrupted or replaced)"
@@ -169,3 +176,28 @@ def index_bounds(data_dir: Path) -> Mapping[str, int]:
     tokens = json.loads(_arrays(data_dir, P.TOKENS_FILE).read_text())
     items = np.load(_arrays(data_dir, P.ITEM_IDS_FILE), mmap_mode="r")
     return {P.QUERY_TOKENS: len(tokens), P.ITEM_INDEX: len(items) + 2}
+
+
+def write_index_ranges(version_dir: Path, spec: P.ModelSpec, bounds: Mapping[str, int]) -> Path:
+    """index_ranges.json of an exported graph: [0, bound) per index input it takes.
+
+    The bounds are the ones its parity gate passed with (index_bounds: the rows of the token
+    and item tables). Per version, not in the shared config.pbtxt: a later build on a larger
+    catalog has larger tables, and an older version must keep its own ranges.
+    """
+    ranges = {t.name: [0, int(bounds[t.name])] for t in spec.inputs if t.name in bounds}
+    path = version_dir / P.INDEX_RANGES_FILE
+    path.write_text(json.dumps(ranges, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_index_ranges(path: Path) -> dict[str, tuple[int, int]]:
+    """{input name: (low, high)} from an index_ranges.json; ArtifactError names a bad file."""
+    try:
+        raw = json.loads(path.read_text())
+        ranges = {str(k): (int(v[0]), int(v[1])) for k, v in raw.items() if len(v) == 2}
+        if len(ranges) != len(raw) or any(lo >= hi for lo, hi in ranges.values()):
+            raise ValueError("every entry must be [low, high] with low < high")
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: not a valid index ranges file ({exc})") from exc
+    return ranges

@@ -221,6 +221,7 @@ def _copy_backend(source: str, version_dir: Path) -> None:
     if not src.is_file():
         raise BuildError(f"{src}: backend source missing (build/backends/ is the serving area's)")
     shutil.copyfile(src, version_dir / P.PYTHON_FILE)
+    (version_dir / P.PYCACHE_BLOCKER).touch()  # no bytecode from the stub in the version dir
 
 
 def _default_write_pq(inputs: BuildInputs) -> Callable[[Path], None]:
@@ -356,6 +357,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             TRT.engine_parity(vdir / P.ONNX_FILE, plan, specs[name])
         else:
             _copy_backend(specs[name].backend_source, vdir)
+            A.write_index_ranges(vdir, specs[name], bounds)
 
     progress("features maps")
     A.write_features(inputs.data_dir, version_dirs[P.FEATURES_MODEL], dims)

@@ -56,6 +56,9 @@ PARAM_QUERY_LEN = "query_len"  # features: T
 PARAM_PQ_DIR = "pq_dir"  # pq_retrieval: folder (in the version dir) of save_pq_artifacts
 PARAM_DEVICE = "device"  # pq_retrieval: "cpu" or "cuda"
 PARAM_TOP_K = "top_k"  # pq_retrieval: K
+PARAM_MAX_QUERY_BYTES = "max_query_bytes"  # features: longer queries are rejected untokenized
+# cpu ONNX Runtime models: JSON file in the version dir, [low, high) per index input
+PARAM_INDEX_RANGES = "index_ranges_file"
 
 # Artifact file names inside a model's version directory.
 ONNX_FILE = "model.onnx"
@@ -67,6 +70,10 @@ TOKENS_FILE = "tokens.json"
 PQ_DIR = "pq"
 MANIFEST_FILE = "manifest.json"
 TRTEXEC_FILE = "trtexec.sh"
+INDEX_RANGES_FILE = "index_ranges.json"
+# A regular empty file where the stub would write model.py's bytecode cache: Python cannot
+# create the __pycache__ folder and silently skips writing bytecode into the version folder.
+PYCACHE_BLOCKER = "__pycache__"
 
 # Python-backend sources in build/backends/ (written by the serving area), copied to
 # <model>/<version>/model.py. The three exported graphs share one ONNX Runtime runner.

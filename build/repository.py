@@ -45,6 +45,13 @@ class ServingConfig:
     max_queue_delay_us: int = 100
     cpu_instances: int = 1  # per model; 2-core CI machines gain nothing from more
     execution_env: str | None = None  # EXECUTION_ENV_PATH for the Python models, if set
+    # A request waiting longer than this in any composing model's queue is rejected
+    # (UNAVAILABLE) instead of being computed for a client that has long given up; a client
+    # may send a shorter timeout per request (the gateway sends its deadline).
+    queue_timeout_us: int = 3_000_000
+    # Longest query (UTF-8 bytes) `features` tokenizes; longer ones get INVALID_ARG untouched.
+    # Above the gateway's own limit (256) so that only direct clients ever meet it.
+    max_query_bytes: int = 1024
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -57,6 +64,14 @@ class ServingConfig:
             raise ValueError("ServingConfig.max_queue_delay_us must be >= 0")
         if self.cpu_instances < 1:
             raise ValueError("ServingConfig.cpu_instances must be >= 1")
+        if self.queue_timeout_us < 1:
+            raise ValueError(
+                f"ServingConfig.queue_timeout_us must be >= 1, got {self.queue_timeout_us}"
+            )
+        if self.max_query_bytes < 1:
+            raise ValueError(
+                f"ServingConfig.max_query_bytes must be >= 1, got {self.max_query_bytes}"
+            )
 
 
 def _tensors(message_list, specs: tuple[P.TensorSpec, ...]) -> None:
@@ -80,6 +95,10 @@ def model_config(spec: P.ModelSpec, target: P.Target, serving: ServingConfig) ->
     config.version_policy.all.SetInParent()
     config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    policy = config.dynamic_batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = serving.queue_timeout_us
+    policy.allow_timeout_override = True
     group = config.instance_group.add()
     group.count = serving.cpu_instances
     gpu = target is P.Target.GPU
@@ -91,6 +110,10 @@ def model_config(spec: P.ModelSpec, target: P.Target, serving: ServingConfig) ->
         return config
     config.backend = "python"
     params = dict(spec.parameters)
+    if spec.name == P.FEATURES_MODEL:
+        params[P.PARAM_MAX_QUERY_BYTES] = str(serving.max_query_bytes)
+    if spec.kind is P.ModelKind.EXPORTED:
+        params[P.PARAM_INDEX_RANGES] = P.INDEX_RANGES_FILE
     if spec.name == C.PQ_RETRIEVAL_MODEL:
         params[P.PARAM_DEVICE] = "cuda" if gpu else "cpu"
         if gpu:
@@ -192,6 +215,9 @@ def validate_config(
             raise ConfigError(f"{where}: gpu target needs platform tensorrt_plan")
     elif config.backend != "python":
         raise ConfigError(f"{where}: {target.value} target needs backend python")
+    _check_queue_policy(where, config, serving)
+    if config.backend == "python":
+        _check_parameters(where, config, spec, serving)
     kinds = {g.kind for g in config.instance_group}
     want_kind = instance_kind(spec, target)
     if kinds != {want_kind}:
@@ -210,6 +236,52 @@ def validate_config(
                     f"{where}: {kind} {cfg_rows} != ONNX graph {onnx_path.name} {graph_rows}"
                 )
     return config
+
+
+def _check_queue_policy(where: str, config: mc.ModelConfig, serving: ServingConfig | None) -> None:
+    """Every composing model rejects requests that waited too long and honours a client's
+    shorter per-request timeout."""
+    if not config.HasField("dynamic_batching"):
+        raise ConfigError(f"{where}: composing models need dynamic_batching")
+    if not config.dynamic_batching.HasField("default_queue_policy"):
+        raise ConfigError(f"{where}: dynamic_batching needs a default_queue_policy")
+    policy = config.dynamic_batching.default_queue_policy
+    if policy.timeout_action != mc.ModelQueuePolicy.REJECT:
+        raise ConfigError(f"{where}: default_queue_policy.timeout_action must be REJECT")
+    if policy.default_timeout_microseconds < 1:
+        raise ConfigError(f"{where}: default_queue_policy.default_timeout_microseconds must be > 0")
+    if serving is not None and policy.default_timeout_microseconds != serving.queue_timeout_us:
+        raise ConfigError(
+            f"{where}: default_queue_policy.default_timeout_microseconds "
+            f"{policy.default_timeout_microseconds} != {serving.queue_timeout_us}"
+        )
+    if not policy.allow_timeout_override:
+        raise ConfigError(
+            f"{where}: default_queue_policy.allow_timeout_override must be true (clients "
+            "send their deadline as a per-request timeout)"
+        )
+
+
+def _check_parameters(
+    where: str, config: mc.ModelConfig, spec: P.ModelSpec, serving: ServingConfig | None
+) -> None:
+    """The parameters the Python models read beyond the spec's static ones."""
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    if spec.name == P.FEATURES_MODEL:
+        value = params.get(P.PARAM_MAX_QUERY_BYTES, "")
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"{where}: parameter {P.PARAM_MAX_QUERY_BYTES} must be an int >= 1")
+        if serving is not None and int(value) != serving.max_query_bytes:
+            raise ConfigError(
+                f"{where}: parameter {P.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"
+            )
+    if (
+        spec.kind is P.ModelKind.EXPORTED
+        and params.get(P.PARAM_INDEX_RANGES) != P.INDEX_RANGES_FILE
+    ):
+        raise ConfigError(
+            f"{where}: parameter {P.PARAM_INDEX_RANGES} must be {P.INDEX_RANGES_FILE!r}"
+        )
 
 
 def tensor_mismatch(config: mc.ModelConfig, spec: P.ModelSpec) -> str | None:

@@ -69,6 +69,15 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         on_gpu = target is P.Target.GPU and spec.name != P.FEATURES_MODEL
         kind = R.mc.ModelInstanceGroup.KIND_GPU if on_gpu else R.mc.ModelInstanceGroup.KIND_CPU
         assert [g.kind for g in config.instance_group] == [kind]
+        policy = config.dynamic_batching.default_queue_policy
+        assert policy.timeout_action == R.mc.ModelQueuePolicy.REJECT
+        assert policy.default_timeout_microseconds == serving.queue_timeout_us
+        assert policy.allow_timeout_override
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        python_graph = spec.kind is P.ModelKind.EXPORTED and not gpu_engine
+        assert params.get(P.PARAM_INDEX_RANGES) == (P.INDEX_RANGES_FILE if python_graph else None)
+        want_bytes = str(serving.max_query_bytes) if spec.name == P.FEATURES_MODEL else None
+        assert params.get(P.PARAM_MAX_QUERY_BYTES) == want_bytes
     pq = R.model_config(P.model_specs(DIMS)[C.PQ_RETRIEVAL_MODEL], target, serving)
     assert pq.parameters[P.PARAM_DEVICE].string_value == (
         "cuda" if target is P.Target.GPU else "cpu"
@@ -107,6 +116,72 @@ def test_serving_config_rejects_bad_values():
         R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(128,))
     with pytest.raises(ValueError, match="max_batch_size"):
         R.ServingConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="queue_timeout_us must be >= 1, got 0"):
+        R.ServingConfig(queue_timeout_us=0)
+    with pytest.raises(ValueError, match="max_query_bytes must be >= 1, got -1"):
+        R.ServingConfig(max_query_bytes=-1)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.dynamic_batching.ClearField("default_queue_policy"), "default_queue_policy"),
+        (
+            lambda c: setattr(
+                c.dynamic_batching.default_queue_policy, "allow_timeout_override", False
+            ),
+            "allow_timeout_override must be true",
+        ),
+        (
+            lambda c: setattr(
+                c.dynamic_batching.default_queue_policy,
+                "timeout_action",
+                R.mc.ModelQueuePolicy.DELAY,
+            ),
+            "timeout_action must be REJECT",
+        ),
+        (
+            lambda c: setattr(
+                c.dynamic_batching.default_queue_policy, "default_timeout_microseconds", 7
+            ),
+            "default_timeout_microseconds 7 != 3000000",
+        ),
+        (lambda c: c.ClearField("dynamic_batching"), "need dynamic_batching"),
+        (lambda c: c.parameters.pop(P.PARAM_MAX_QUERY_BYTES), "max_query_bytes must be an int"),
+    ],
+)
+def test_validate_config_checks_the_queue_policy_and_the_query_limit(tmp_path, edit, message):
+    spec = P.model_specs(DIMS)[P.FEATURES_MODEL]
+    config = R.model_config(spec, P.Target.CPU, R.ServingConfig())
+    edit(config)
+    path = tmp_path / "config.pbtxt"
+    path.write_text(R.to_text(config))
+    with pytest.raises(R.ConfigError, match=message):
+        R.validate_config(path, spec, P.Target.CPU, serving=R.ServingConfig())
+
+
+def test_index_ranges_round_trip_and_bad_files_are_named(tmp_path):
+    spec = P.model_specs(DIMS)[C.ITEM_ENCODER_MODEL]
+    path = A.write_index_ranges(tmp_path, spec, {P.ITEM_INDEX: 9744, P.QUERY_TOKENS: 50})
+    assert A.read_index_ranges(path) == {P.ITEM_INDEX: (0, 9744)}  # only its own inputs
+    head = P.model_specs(DIMS)[C.RANKING_HEAD_MODEL]
+    assert A.read_index_ranges(A.write_index_ranges(tmp_path, head, {P.ITEM_INDEX: 3})) == {}
+    path.write_text('{"item_index": [5, 5]}')
+    with pytest.raises(A.ArtifactError, match="not a valid index ranges file"):
+        A.read_index_ranges(path)
+
+
+def test_manifest_lists_the_pycache_blocker_but_no_bytecode(tmp_path):
+    (tmp_path / P.PYTHON_FILE).write_text("x = 1\n")
+    (tmp_path / P.PYCACHE_BLOCKER).touch()
+    stray = tmp_path / "pq" / "__pycache__"
+    stray.mkdir(parents=True)
+    (stray / "model.cpython-311.pyc").write_bytes(b"bytecode")
+    files = A.write_manifest(tmp_path)["files"]
+    assert sorted(files) == [P.PYCACHE_BLOCKER, P.PYTHON_FILE]
+    (tmp_path / P.PYCACHE_BLOCKER).unlink()
+    with pytest.raises(A.ArtifactError, match="without excluding __pycache__"):
+        A.verify_manifest(tmp_path)
 
 
 def test_manifest_verifies_and_detects_corruption(tmp_path):

@@ -163,6 +163,10 @@ MALFORMED = {
         lambda: raw_inputs(col([1]), texts(1, b"\xff\xfe"), col([1])),
         "query row 0 is not valid UTF-8",
     ),
+    "query over max_query_bytes": (
+        lambda: raw_inputs(col([1, 1]), np.array([[b"ok"], [b"x" * 5000]], object), col([1, 2])),
+        "query row 1 is 5000 bytes, over the limit of 1024 bytes",
+    ),
     "empty batch": (
         lambda: raw_inputs(col([]), np.zeros((0, 1), object), col([])),
         "(?i)byte size|batch|shape|empty",
@@ -186,6 +190,95 @@ def test_malformed_request_gets_an_error_and_the_server_stays_healthy(case, clie
     assert client.is_server_live() and client.is_model_ready(C.ENSEMBLE_MODEL)
     good = score(client, int(ml.user_ids[0]), "", ml.item_ids[:5])
     assert np.isfinite(good).all()
+
+
+def test_a_10mb_query_is_rejected_untokenized_and_quickly(client, ml) -> None:
+    """A direct client's 10 MB query used to hold `features` for seconds of tokenizing."""
+    import time
+
+    import tritonclient.grpc as grpcclient
+
+    huge = np.array([[b"comedy " * 1_500_000]], dtype=object)  # 10.5 MB, one row
+    started = time.perf_counter()
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        client.infer(C.ENSEMBLE_MODEL, raw_inputs(col([1]), huge, col([1])))
+    elapsed = time.perf_counter() - started
+    assert "query row 0 is 10500000 bytes, over the limit of 1024 bytes" in info.value.message()
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert elapsed < 5.0, f"took {elapsed:.1f} s"
+    assert np.isfinite(score(client, int(ml.user_ids[0]), "", ml.item_ids[:5])).all()
+
+
+def model_inputs(client, model: str, values: dict[str, np.ndarray]) -> list:
+    """Inputs for a direct call to one composing model: `values` by tensor name, zeros (a
+    valid index everywhere: PAD row, cold-start user) for the others, all of `rows` rows."""
+    import tritonclient.grpc as grpcclient
+
+    config = client.get_model_config(model, as_json=True)["config"]
+    rows = len(next(iter(values.values())))
+    tensors = []
+    for spec in config["input"]:
+        dims = [int(d) for d in spec["dims"]]
+        dtype = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32}[spec["data_type"]]
+        value = values.get(spec["name"], np.zeros((rows, *dims), dtype))
+        tensor = grpcclient.InferInput(spec["name"], list(value.shape), spec["data_type"][5:])
+        tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype))
+        tensors.append(tensor)
+    return tensors
+
+
+def index_range(repo, model: str, name: str) -> tuple[int, int]:
+    from seminar.build import artifacts as A
+    from seminar.build import pipeline as P
+
+    return A.read_index_ranges(repo / model / "1" / P.INDEX_RANGES_FILE)[name]
+
+
+@pytest.mark.parametrize("where", ["negative", "past the end"])
+def test_an_index_outside_its_table_sent_straight_to_an_encoder_is_invalid(
+    client, triton, where
+) -> None:
+    """item_index -3 used to wrap around to a real item's embedding, and one past the end
+    failed the whole batch inside ONNX Runtime."""
+    import tritonclient.grpc as grpcclient
+    from seminar.build import pipeline as P
+
+    for model, name in (
+        (C.ITEM_ENCODER_MODEL, P.ITEM_INDEX),
+        (C.QUERY_ENCODER_MODEL, P.QUERY_TOKENS),
+    ):
+        low, high = index_range(triton.repo, model, name)
+        bad = -3 if where == "negative" else high
+        width = int(client.get_model_config(model, as_json=True)["config"]["input"][0]["dims"][0])
+        value = np.zeros((4, width), np.int64)
+        value[2, width - 1] = bad
+        with pytest.raises(grpcclient.InferenceServerException) as info:
+            client.infer(model, model_inputs(client, model, {name: value}))
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value.message()
+        assert (
+            f"input {name} has {bad} at row 2, outside its table's range [{low}, {high})"
+            in info.value.message()
+        )
+        value[2, width - 1] = high - 1  # the last row of the table is fine
+        assert client.infer(model, model_inputs(client, model, {name: value})).get_response()
+
+
+@pytest.mark.parametrize("user_index", [-3, "n_users"])
+def test_a_user_index_outside_the_store_sent_straight_to_pq_retrieval_is_invalid(
+    client, triton, user_index
+) -> None:
+    import tritonclient.grpc as grpcclient
+    from seminar.build import pipeline as P
+
+    n_users = len(np.load(triton.repo / P.FEATURES_MODEL / "1" / P.USER_IDS_FILE))
+    bad = n_users if user_index == "n_users" else user_index
+    users = np.array([[0], [bad], [-1]], np.int64)
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        client.infer(
+            C.PQ_RETRIEVAL_MODEL, model_inputs(client, C.PQ_RETRIEVAL_MODEL, {P.USER_INDEX: users})
+        )
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value.message()
+    assert f"user_index row 1 is {bad}, outside [-1, {n_users})" in info.value.message()
 
 
 def test_a_bad_request_does_not_fail_the_good_ones_batched_with_it(client, ml, triton) -> None:

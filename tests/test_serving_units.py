@@ -6,6 +6,7 @@ Inputs are small hand-built arrays (labelled synthetic where they stand in for d
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,12 @@ from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import (
     ArtifactError,
     BackendContext,
+    RequestCancelled,
     RequestError,
     RowBatch,
     check_numpy,
+    read_requests,
+    require_index_range,
     require_rows,
 )
 from seminar.serving.features import FeatureMapper
@@ -232,3 +236,175 @@ def test_check_numpy_refuses_numpy_2(monkeypatch) -> None:
     monkeypatch.setattr(np, "__version__", "2.1.0")
     with pytest.raises(ArtifactError, match=r"numpy 2\.1\.0 .* needs numpy < 2"):
         check_numpy()
+
+
+# ---- cancelled requests, index ranges, query size -------------------------------------------
+class _Request:
+    """Stands in for pb_utils.InferenceRequest: only what read_requests asks of it."""
+
+    def __init__(self, rows: int, cancelled: bool = False) -> None:
+        self.rows, self.cancelled, self.asked = rows, cancelled, 0
+
+    def is_cancelled(self) -> bool:
+        self.asked += 1
+        return self.cancelled
+
+
+def test_read_requests_answers_cancelled_requests_without_reading_them() -> None:
+    read_calls = []
+
+    def read(request: _Request) -> dict:
+        read_calls.append(request)
+        if request.rows == 0:
+            raise RequestError("input x has no rows (empty batch)")
+        return {"x": np.zeros(request.rows)}
+
+    requests = [_Request(2), _Request(3, cancelled=True), _Request(0), _Request(1)]
+    per_request, errors = read_requests(requests, read, "item_encoder")
+    assert [r is None for r in per_request] == [False, True, True, False]
+    assert isinstance(errors[1], RequestCancelled) and errors[1].triton_code == "CANCELLED"
+    assert str(errors[1]) == "request cancelled before item_encoder computed it"
+    assert errors[2].triton_code == "INVALID_ARG"
+    assert requests[1] not in read_calls  # no compute spent on it
+    assert [r.asked for r in requests] == [1, 1, 1, 1]  # asked once per request
+    assert RowBatch.concat(per_request).rows == 3
+
+
+def test_require_index_range_names_input_value_and_range() -> None:
+    require_index_range("item_index", np.array([[0], [9743]]), 0, 9744)
+    with pytest.raises(
+        RequestError,
+        match=r"input item_index has -3 at row 1, outside its table's range \[0, 9744\)",
+    ):
+        require_index_range("item_index", np.array([[5], [-3]]), 0, 9744)
+    with pytest.raises(RequestError, match=r"query_tokens has 50 at row 0"):
+        require_index_range("query_tokens", np.array([[1, 50, 0]]), 0, 50)
+
+
+def test_features_reject_a_query_over_the_byte_limit_before_tokenizing(mapper) -> None:
+    limited = FeatureMapper(mapper.user_ids, mapper.item_ids, mapper.tokenizer, max_query_bytes=16)
+    out = limited(rows(10), np.array([[b"x" * 16]], dtype=object), rows(100))
+    assert out[P.QUERY_TOKENS].shape == (1, 4)
+    # Over the limit and not even UTF-8: the size is what is reported, nothing was decoded.
+    with pytest.raises(RequestError, match=r"query row 1 is 17 bytes, over the limit of 16 bytes"):
+        limited(rows(10, 10), np.array([[b"ok"], [b"\xff" * 17]], dtype=object), rows(100, 100))
+    with pytest.raises(ValueError, match="max_query_bytes"):
+        FeatureMapper(mapper.user_ids, mapper.item_ids, mapper.tokenizer, max_query_bytes=0)
+
+
+def test_onnx_runner_needs_a_range_for_every_index_input(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [5, 2], [0.0] * 10)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "i"], ["y"])],
+        "gather",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "g.onnx"
+    onnx.save(model, path)
+    i64, f32 = np.dtype(np.int64), np.dtype(np.float32)
+    OnnxRunner(path, inputs={"i": i64}, outputs={"y": f32}, index_ranges={"i": (0, 5)})
+    with pytest.raises(ValueError, match=r"index ranges given for \[\], but the graph's index"):
+        OnnxRunner(path, inputs={"i": i64}, outputs={"y": f32}, index_ranges={})
+
+
+# ---- stall guard (a real process, stopped and continued with real signals) --------------------
+_GUARDED_CHILD = """
+import sys, time
+from seminar.serving.backend import StallGuard
+
+started = time.thread_time()
+sum(range(2_000_000))
+sums_per_cpu_second = 2_000_000 / (time.thread_time() - started)
+guard = StallGuard("unit_model", "7").start()
+print("ready", flush=True)
+for line in sys.stdin:
+    command, seconds = line.split()
+    with guard.executing():
+        if command == "sleep":  # an execute waiting with the GIL released (ONNX Runtime, IPC)
+            time.sleep(float(seconds))
+        else:  # "hog": one C call that keeps the GIL, on the CPU, for `seconds` of CPU time
+            started = time.monotonic()
+            sum(range(int(sums_per_cpu_second * float(seconds))))
+            print(f"held {time.monotonic() - started:.2f}", flush=True)
+    print("done", flush=True)
+"""
+
+
+@pytest.fixture
+def guarded_child():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GUARDED_CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline() == "ready\n"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        stream.close()
+
+
+def _stop_for(proc, seconds: float) -> None:
+    import os
+    import signal
+    import time
+
+    os.kill(proc.pid, signal.SIGSTOP)
+    time.sleep(seconds)
+    os.kill(proc.pid, signal.SIGCONT)
+
+
+def test_stall_guard_exits_when_the_process_is_stopped_during_an_execute(guarded_child) -> None:
+    import time
+
+    from seminar.serving.backend import STALL_EXIT_CODE
+
+    guarded_child.stdin.write("sleep 2.0\n")
+    guarded_child.stdin.flush()
+    time.sleep(0.3)
+    _stop_for(guarded_child, 1.0)
+    assert guarded_child.wait(timeout=10) == STALL_EXIT_CODE
+    err = guarded_child.stderr.read()
+    assert re.search(r"model unit_model version 7 did not run for 1\.\d\d s", err), err
+    assert guarded_child.stdout.read() == ""  # the execute never answered
+
+
+def test_stall_guard_exits_when_the_process_is_stopped_between_requests(guarded_child) -> None:
+    from seminar.serving.backend import STALL_EXIT_CODE
+
+    _stop_for(guarded_child, 1.0)
+    assert guarded_child.wait(timeout=10) == STALL_EXIT_CODE
+    assert "between requests" in guarded_child.stderr.read()
+
+
+def test_stall_guard_ignores_short_stops_and_a_busy_gil(guarded_child) -> None:
+    """Stops tritonserver cannot notice (< 0.7 s) and an execute that keeps the GIL computing
+    for longer than the limit (the C++ heartbeat still beats) leave the stub alive."""
+    import time
+
+    guarded_child.stdin.write("sleep 1.5\n")
+    guarded_child.stdin.flush()
+    for _ in range(3):
+        time.sleep(0.1)
+        _stop_for(guarded_child, 0.25)
+    assert guarded_child.stdout.readline() == "done\n"
+    guarded_child.stdin.write("hog 1.0\n")
+    guarded_child.stdin.flush()
+    held = float(guarded_child.stdout.readline().split()[1])
+    assert held > 0.7, f"the GIL was held {held:.2f} s only: not a test of the limit"
+    assert guarded_child.stdout.readline() == "done\n"
+    assert guarded_child.poll() is None, guarded_child.stderr.read()

@@ -5,6 +5,11 @@ the PQ GSU of `seminar.pq` (ADC top-K over the user's stored codes, exact gather
 winners). On a GPU instance the store lives in GPU memory and tensors move in and out through
 DLPack (`FORCE_CPU_ONLY_INPUT_TENSORS: no`); on the CPU they are zero-copy numpy views.
 
+A cancelled request gets CANCELLED; a user_index that is neither -1 (cold start) nor a user
+of this version's sequence store gets INVALID_ARG; the rest of the batch is served.
+`seminar.serving.backend.StallGuard` keeps the stub from answering a batch tritonserver may
+have given up.
+
 Metrics on /metrics (families kept on self: the backend drops a family that is collected):
 rows scored, stored sequence length per (request, user), and the time of the top-K call.
 """
@@ -19,7 +24,9 @@ from torch.utils import dlpack
 
 from seminar.serving.backend import (
     BackendContext,
+    RequestError,
     RowBatch,
+    StallGuard,
     check_numpy,
     read_requests,
     require_rows,
@@ -37,6 +44,7 @@ class TritonPythonModel:
         check_numpy()
         ctx = BackendContext.from_args(args)
         verify_manifest(ctx.version_dir)
+        self.model_name = ctx.model_name
         device = ctx.parameter(P.PARAM_DEVICE)
         if device == "cuda":
             if not ctx.on_gpu or not torch.cuda.is_available():
@@ -74,6 +82,7 @@ class TritonPythonModel:
         self.rows_metric = self.rows_family.Metric(labels=labels)
         self.seq_metric = self.seq_family.Metric(labels=labels, buckets=_SEQ_BUCKETS)
         self.time_metric = self.time_family.Metric(labels=labels, buckets=_TIME_BUCKETS)
+        self.stall_guard = StallGuard(ctx.model_name, ctx.version).start()
 
     def _read(self, request) -> dict:
         tensors = {}
@@ -92,7 +101,11 @@ class TritonPythonModel:
         return tensors
 
     def execute(self, requests: list) -> list:
-        per_request, errors = read_requests(requests, self._read)
+        with self.stall_guard.executing():
+            return self._execute(requests)
+
+    def _execute(self, requests: list) -> list:
+        per_request, errors = read_requests(requests, self._read, self.model_name)
         batch = RowBatch.concat(per_request)
         outputs = {}
         if batch.rows:
@@ -109,12 +122,16 @@ class TritonPythonModel:
         responses = []
         for r in range(len(requests)):
             if r in errors:
-                error = pb_utils.TritonError(str(errors[r]), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
+                responses.append(_error_response(errors[r]))
                 continue
             tensors = [_to_triton(name, value) for name, value in batch.split(outputs, r).items()]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
+
+
+def _error_response(error: RequestError):
+    code = getattr(pb_utils.TritonError, error.triton_code)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
 
 
 def _to_triton(name: str, value: torch.Tensor):

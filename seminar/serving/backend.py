@@ -1,15 +1,20 @@
 """What every Python-backend model.py of the pipeline shares, without Triton.
 
 The model.py files in build/backends/ only adapt tensors; the checks they run at `initialize`
-(numpy < 2, parameters present, artifact checksums) and the row bookkeeping of `execute`
-(concatenate valid requests, split the outputs back) live here, where they run in plain unit
-tests. Nothing here imports `triton_python_backend_utils`.
+(numpy < 2, parameters present, artifact checksums), the request bookkeeping of `execute`
+(cancelled and malformed requests set aside, valid rows concatenated, outputs split back) and
+the stall guard that keeps a stub from answering a request tritonserver gave up live here,
+where they run in plain unit tests. Nothing here imports `triton_python_backend_utils`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,15 @@ from seminar.build import pipeline as P
 
 class RequestError(ValueError):
     """One request is malformed; the model answers it with INVALID_ARG and serves the rest."""
+
+    # The pb_utils.TritonError code name the model.py answers with.
+    triton_code = "INVALID_ARG"
+
+
+class RequestCancelled(RequestError):
+    """The client cancelled the request before the model computed it: answered CANCELLED."""
+
+    triton_code = "CANCELLED"
 
 
 class ArtifactError(RuntimeError):
@@ -100,6 +114,10 @@ class BackendContext:
     def on_gpu(self) -> bool:
         return self.instance_kind == "GPU"
 
+    @property
+    def version(self) -> str:
+        return self.version_dir.name
+
 
 def verify_manifest(version_dir: Path) -> int:
     """Check this version's artifacts against its manifest.json (sha256, size, .npy shape);
@@ -156,17 +174,22 @@ class RowBatch:
 
 
 def read_requests(
-    requests: Sequence[Any], read: Callable[[Any], dict[str, Any]]
+    requests: Sequence[Any], read: Callable[[Any], dict[str, Any]], model: str = "this model"
 ) -> tuple[list[dict[str, Any] | None], dict[int, RequestError]]:
-    """`read` every request of a Triton batch; a bad one is set aside, not raised.
+    """`read` every request of a Triton batch; a cancelled or bad one is set aside, not raised.
 
-    Returns the per-request tensors (None where the request was bad) and the errors by request
-    position, so that `execute` answers the bad requests with INVALID_ARG and still serves the rest.
+    Each request's `is_cancelled()` is asked once, before it is read: a client that gave up
+    (cancelled call, expired deadline) gets RequestCancelled and no compute is spent on it.
+    Returns the per-request tensors (None where the request was set aside) and the errors by
+    request position, so that `execute` answers those requests with their error code
+    (`RequestError.triton_code`) and still serves the rest.
     """
     per_request: list[dict[str, Any] | None] = []
     errors: dict[int, RequestError] = {}
     for position, request in enumerate(requests):
         try:
+            if request.is_cancelled():
+                raise RequestCancelled(f"request cancelled before {model} computed it")
             per_request.append(read(request))
         except RequestError as error:
             per_request.append(None)
@@ -190,3 +213,189 @@ def require_rows(name: str, array, dtype: np.dtype, row_shape: tuple[int, ...]) 
         )
     if array.shape[0] == 0:
         raise RequestError(f"input {name} has no rows (empty batch)")
+
+
+def require_index_range(name: str, array, low: int, high: int) -> None:
+    """Check every value of an index input lies in [low, high), the rows of the table it
+    indexes. An exported graph would not: a negative index wraps around to a real row, and one
+    past the end fails the whole batch inside ONNX Runtime."""
+    values = np.asarray(array)
+    bad = (values < low) | (values >= high)
+    if bad.any():
+        position = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise RequestError(
+            f"input {name} has {int(values[position])} at row {position[0]}, outside its "
+            f"table's range [{low}, {high})"
+        )
+
+
+def read_index_ranges(path: Path) -> dict[str, tuple[int, int]]:
+    """The index ranges a build wrote for this version's graph (build/ owns the format).
+    Imported lazily: build.artifacts pulls in torch."""
+    from seminar.build.artifacts import read_index_ranges as read
+
+    return read(path)
+
+
+# ---- stall guard -------------------------------------------------------------------------------
+# tritonserver waits for a stub's answer in rounds: it marks the stub unhealthy, waits up to
+# 1 s for the answer, then gives the request up ("Stub process ... is not healthy") unless the
+# stub's heartbeat thread marked it healthy again meanwhile. That heartbeat (C++, independent
+# of the GIL) beats every 0.3 s, so tritonserver can only give up on a stub that did not run
+# for more than 1.0 - 0.3 = 0.7 s (stopped, frozen by a cgroup, swapped out, starved of CPU).
+# After giving up it frees the request's shared memory but leaves its message in the stub's
+# queue; whatever the stub then answers, or reads from that freed message, reaches
+# tritonserver as the answer to its next request, and tritonserver crashes. A stub that may
+# have been given up must therefore exit instead of answering: a dead stub only fails its
+# requests ("not healthy") until the model is reloaded.
+STALL_LIMIT_S = 0.6  # 0.1 s below the 0.7 s that can matter: margin for timer slack
+STALL_TICK_S = 0.05  # how often the ticker looks; a stall is measured to within a tick
+# The stub's exit status when it gives up (EX_TEMPFAIL: a restart of the model fixes it).
+STALL_EXIT_CODE = 75
+# A stub that dies while one of its threads holds a mutex it shares with tritonserver makes
+# tritonserver's next lock of it throw (boost::interprocess::lock_exception, an abort; seen
+# when killing a stub at a random moment under load). Before exiting, the guard keeps the GIL
+# this long, so that the stub's C++ threads that woke with it finish what they were doing with
+# those mutexes (popping a message, a heartbeat) and then wait, for the GIL, holding none.
+_EXIT_SETTLE_US = 20_000
+
+
+class _GilHoldingLibc:
+    """libc calls made without releasing the GIL (ctypes.PyDLL), so that no other thread of
+    the stub runs Python, or returns from C++ into its command loop, while the guard exits."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self._libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")
+        self._libc.write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+        self._libc.usleep.argtypes = (ctypes.c_uint,)
+
+    def write_stderr(self, line: str) -> None:
+        data = line.encode(errors="replace")
+        self._libc.write(2, data, len(data))
+
+    def sleep_us(self, microseconds: int) -> None:
+        self._libc.usleep(microseconds)
+
+
+def _wall_clock() -> float:
+    """Seconds on a clock that keeps counting while the machine is suspended (tritonserver's
+    waits run on wall-clock deadlines, so a suspend counts as a stall)."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+class StallGuard:
+    """Exit the stub, rather than answer, once tritonserver may have given its request up.
+
+    A daemon ticker observes the time every `tick_s`, and `execute` runs inside
+    `executing()`, which also observes at entry and right before its responses (or error) go
+    back. An observation counts as a stall the wall time since the previous one minus the CPU
+    time the executing thread got in between: a frozen process gets none, so the stall is at
+    least as long as the freeze, while a thread that keeps the GIL busy computing (the ticker
+    cannot run, but the C++ heartbeat does) shows none. A stall over `limit_s` logs one line
+    to stderr and exits the process with STALL_EXIT_CODE, from whichever thread saw it first,
+    holding the GIL throughout.
+
+    The ticker also exits between requests: a request tritonserver gave up while the stub was
+    idle is already in the stub's queue, and the stub's C++ loop reads it as soon as it wakes,
+    before any Python runs; the ticker, waking at the same moment, takes the GIL first and
+    keeps the loop from acting on it. The cost: a long freeze of an idle stub restarts the
+    model even when no request came meanwhile, which the stub cannot see. What no guard in
+    the model can catch is a freeze while the stub's C++ copies the responses out after
+    `execute` returned (it holds the GIL then; microseconds to a millisecond per batch).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        *,
+        limit_s: float = STALL_LIMIT_S,
+        tick_s: float = STALL_TICK_S,
+        exit_process: Callable[[int], Any] = os._exit,
+        report: Callable[[str], Any] | None = None,
+    ) -> None:
+        if not 0 < tick_s < limit_s:
+            raise ValueError(f"StallGuard: need 0 < tick_s < limit_s, got {tick_s}, {limit_s}")
+        self.model, self.version = model, version
+        self.limit_s, self.tick_s = limit_s, tick_s
+        self._libc = _GilHoldingLibc()
+        self._exit_process = exit_process
+        self._report = report or self._libc.write_stderr
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._watched = threading.get_ident()
+        self._cpu_clock = time.pthread_getcpuclockid(self._watched)
+        self._last_cpu = 0.0
+        self._last_cpu = self._watched_cpu()
+        self._last_wall = _wall_clock()
+
+    def _watched_cpu(self) -> float:
+        try:
+            return time.clock_gettime(self._cpu_clock)
+        except OSError:  # the watched thread is gone: it gets no CPU
+            return self._last_cpu
+
+    def start(self) -> StallGuard:
+        """Start the ticker. Call it last in `initialize`: a stall while loading fails the
+        load instead (tritonserver then stops the stub itself)."""
+        if self._ticker is None:
+            self._stopped.clear()
+            self._ticker = threading.Thread(
+                target=self._tick, name=f"stall-guard-{self.model}", daemon=True
+            )
+            self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self.tick_s):
+            self.observe("between requests")
+
+    def observe(self, when: str) -> float:
+        """Close the interval since the previous observation and return its stall in
+        seconds; one over `limit_s` exits the process (`when` goes into the log line)."""
+        with self._lock:
+            wall, cpu = _wall_clock(), self._watched_cpu()
+            stall = max(0.0, (wall - self._last_wall) - (cpu - self._last_cpu))
+            self._last_wall, self._last_cpu = wall, cpu
+            if stall > self.limit_s:
+                self._give_up(stall, when)
+            return stall
+
+    def _watch_current_thread(self) -> None:
+        ident = threading.get_ident()
+        if ident != self._watched:
+            self.observe("before executing")  # close the old thread's interval first
+            with self._lock:
+                self._watched = ident
+                self._cpu_clock = time.pthread_getcpuclockid(ident)
+                self._last_cpu = self._watched_cpu()
+
+    @contextlib.contextmanager
+    def executing(self) -> Iterator[None]:
+        """Wrap one `execute`: observes at entry and before its responses (or error) go back."""
+        self._watch_current_thread()
+        self.observe("before executing")
+        try:
+            yield
+        finally:
+            self.observe("while executing")
+
+    def _give_up(self, stall: float, when: str) -> None:
+        self._report(
+            f"seminar stall guard: model {self.model} version {self.version} did not run for "
+            f"{stall:.2f} s {when} (limit {self.limit_s:.2f} s); tritonserver may have given "
+            f"its request up, so the stub exits with code {STALL_EXIT_CODE} instead of "
+            "answering\n"
+        )
+        self._libc.sleep_us(_EXIT_SETTLE_US)
+        self._exit_process(STALL_EXIT_CODE)

@@ -10,7 +10,9 @@ training data did.
   not rejected, docs/serving.md);
 - item id known -> its item index (>= 2); unknown -> 1 (OOV embedding; the gateway rejects
   unknown ids earlier);
-- negative ids, non-UTF-8 queries -> RequestError (INVALID_ARG for that request).
+- negative ids, queries over `max_query_bytes`, non-UTF-8 queries -> RequestError
+  (INVALID_ARG for that request). The size is checked before anything else touches the query:
+  tokenizing a multi-megabyte query from a direct client held the model for seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import RequestError
 
 FIRST_ITEM_INDEX = 2  # 0 = PAD, 1 = OOV (docs/design.md section 1)
+DEFAULT_MAX_QUERY_BYTES = 1024  # in-process callers; the served limit comes from config.pbtxt
 
 
 def _sorted_ids(path: Path, what: str) -> np.ndarray:
@@ -49,23 +52,39 @@ class FeatureMapper:
     user_ids: np.ndarray  # int64 (U,), external id of user index u, ascending
     item_ids: np.ndarray  # int64 (I,), external id of item index i + 2, ascending
     tokenizer: QueryTokenizer
+    max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_query_bytes < 1:
+            raise ValueError(f"max_query_bytes must be >= 1, got {self.max_query_bytes}")
 
     @classmethod
-    def load(cls, user_ids: Path, item_ids: Path, tokens: Path, query_len: int) -> FeatureMapper:
+    def load(
+        cls,
+        user_ids: Path,
+        item_ids: Path,
+        tokens: Path,
+        query_len: int,
+        max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES,
+    ) -> FeatureMapper:
         return cls(
             user_ids=_sorted_ids(user_ids, "user"),
             item_ids=_sorted_ids(item_ids, "item"),
             tokenizer=QueryTokenizer.load(tokens, length=query_len),
+            max_query_bytes=max_query_bytes,
         )
 
     @classmethod
-    def from_version_dir(cls, version_dir: Path, query_len: int) -> FeatureMapper:
+    def from_version_dir(
+        cls, version_dir: Path, query_len: int, max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
+    ) -> FeatureMapper:
         """The features model's version folder (file names from build/pipeline.py)."""
         return cls.load(
             version_dir / P.USER_IDS_FILE,
             version_dir / P.ITEM_IDS_FILE,
             version_dir / P.TOKENS_FILE,
             query_len,
+            max_query_bytes,
         )
 
     def user_index(self, user_id: np.ndarray) -> np.ndarray:
@@ -104,8 +123,16 @@ class FeatureMapper:
             if (ids < 0).any():
                 row = int(np.flatnonzero(ids < 0)[0])
                 raise RequestError(f"{name} must be >= 0, row {row} has {int(ids[row])}")
+        raw_queries = query.reshape(b)
+        for row, raw in enumerate(raw_queries):
+            size = len(raw) if isinstance(raw, bytes) else len(str(raw).encode("utf-8"))
+            if size > self.max_query_bytes:
+                raise RequestError(
+                    f"query row {row} is {size} bytes, over the limit of "
+                    f"{self.max_query_bytes} bytes (max_query_bytes)"
+                )
         texts = []
-        for row, raw in enumerate(query.reshape(b)):
+        for row, raw in enumerate(raw_queries):
             try:
                 texts.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
             except UnicodeDecodeError:

@@ -3,7 +3,8 @@
 The CPU tritonserver from nvidia-pytriton has no ONNX Runtime backend, so `query_encoder`,
 `item_encoder` and `ranking_head` are Python-backend models (build/backends/onnx_model.py) that
 wrap this runner. It checks at load that the graph's inputs and outputs are exactly the tensors
-config.pbtxt declares (names and dtypes), so a stale graph never reports READY.
+config.pbtxt declares (names and dtypes), so a stale graph never reports READY, and, when
+given the index ranges its build wrote, that every int64 input (a table index) has one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class OnnxRunner:
         inputs: Mapping[str, np.dtype],
         outputs: Mapping[str, np.dtype],
         intra_op_threads: int = 1,
+        index_ranges: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -40,6 +42,13 @@ class OnnxRunner:
         self._check("input", self.session.get_inputs(), self.inputs, path)
         self._check("output", self.session.get_outputs(), self.outputs, path)
         self.output_names = list(self.outputs)
+        if index_ranges is not None:
+            index_inputs = {n for n, dtype in self.inputs.items() if dtype == np.int64}
+            if set(index_ranges) != index_inputs:
+                raise ValueError(
+                    f"{path}: index ranges given for {sorted(index_ranges)}, but the graph's "
+                    f"index (int64) inputs are {sorted(index_inputs)}"
+                )
 
     @staticmethod
     def _check(kind: str, graph: list, declared: Mapping[str, np.dtype], path: Path) -> None:

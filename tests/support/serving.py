@@ -18,6 +18,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,78 @@ def triton(model_repo: object, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with start_triton(repo, log_path=log) as server:
         yield server
+
+
+# ---- the Python-backend stub processes of a server (for tests that stop or kill them) ---------
+@dataclass(frozen=True)
+class Stub:
+    """One `triton_python_backend_stub` child of a tritonserver, read from /proc."""
+
+    pid: int
+    model: str
+    version: str
+    shm_region: str  # its /dev/shm region, which tritonserver removes unless it crashes
+
+    def state(self) -> str | None:
+        """The kernel's one-letter process state ("Z" once it exited), None once reaped."""
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None
+
+    def exit_code(self) -> int | None:
+        """The exit code of a stub that exited and was not reaped yet (a zombie), else None."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return int(fields[49]) >> 8 if fields[0] == "Z" else None
+
+    def in_user_space(self) -> bool:
+        """Whether its main thread is running, or was stopped while running, its own code
+        (not waiting in a system call)."""
+        try:
+            return Path(f"/proc/{self.pid}/syscall").read_text().split()[0] in ("running", "-1")
+        except OSError:
+            return False
+
+
+def python_stubs(server: TritonServer) -> dict[str, Stub]:
+    """The live stub of every Python model of `server`, keyed by model name. The stub's
+    command line is: stub binary, <repo>/<model>/<version>/model.py, shm region, ..."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if parent != server.pid or len(argv) < 3 or not argv[1].endswith("/model.py"):
+            continue
+        model_py = Path(argv[1])
+        stub = Stub(int(entry.name), model_py.parent.parent.name, model_py.parent.name, argv[2])
+        stubs[stub.model] = stub
+    return stubs
+
+
+@contextlib.contextmanager
+def private_triton(repo: Path, log_path: Path) -> Iterator[TritonServer]:
+    """A tritonserver of the test's own (tests that stop, kill or crash it), over `repo`.
+
+    On exit it also removes the stubs' shared-memory regions that a crashed server leaves in
+    /dev/shm (only this server's: the names come from its own stubs)."""
+    regions: set[str] = set()
+    with start_triton(repo, log_path=log_path) as server:
+        try:
+            regions |= {stub.shm_region for stub in python_stubs(server).values()}
+            yield server
+        finally:
+            regions |= {stub.shm_region for stub in python_stubs(server).values()}
+            # A model whose stub died never finishes unloading, so a graceful stop would
+            # wait out tritonserver's whole 30 s exit timeout.
+            server.stop(timeout_s=5)
+    for region in regions:
+        with contextlib.suppress(FileNotFoundError):
+            (Path("/dev/shm") / region).unlink()
