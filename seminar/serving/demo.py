@@ -41,18 +41,18 @@ def rank_movielens_users(
     import tritonclient.grpc as grpcclient
 
     from seminar.data.dataset import PreparedDataset
-    from seminar.serving.triton import TritonConfig, TritonServer
+    from seminar.serving.serve_process import ServeProcess
 
     ds = PreparedDataset.load(data)
     chosen = ds.evaluated_users()[:users]
     if grpc_url is not None:
         return _rank(grpcclient.InferenceServerClient(grpc_url), ds, chosen, queries, top, model)
-    typer.echo(f"starting tritonserver over {repo} ...")
-    with TritonServer(TritonConfig(repo=Path(repo), wait_models=(model,))) as server:
-        typer.echo(f"ready: grpc {server.grpc_url}, metrics {server.metrics_url}")
-        client = grpcclient.InferenceServerClient(server.grpc_url)
+    typer.echo(f"starting seminar serve over {repo} ...")
+    with ServeProcess(Path(repo), "--wait-model", model) as serve:
+        typer.echo(f"ready: grpc {serve.grpc_url}, health {serve.health_url}/ready")
+        client = grpcclient.InferenceServerClient(serve.grpc_url)
         results = _rank(client, ds, chosen, queries, top, model)
-    typer.echo("tritonserver stopped.")
+    typer.echo("seminar serve stopped.")
     return results
 
 
