@@ -45,10 +45,6 @@ class ServingConfig:
     max_queue_delay_us: int = 100
     cpu_instances: int = 1  # per model; 2-core CI machines gain nothing from more
     execution_env: str | None = None  # EXECUTION_ENV_PATH for the Python models, if set
-    # A request waiting longer than this in any composing model's queue is rejected
-    # (UNAVAILABLE) instead of being computed for a client that has long given up; a client
-    # may send a shorter timeout per request (the gateway sends its deadline).
-    queue_timeout_us: int = 3_000_000
     # Longest query (UTF-8 bytes) `features` tokenizes; longer ones get INVALID_ARG untouched.
     # Above the gateway's own limit (256) so that only direct clients ever meet it.
     max_query_bytes: int = 1024
@@ -64,10 +60,6 @@ class ServingConfig:
             raise ValueError("ServingConfig.max_queue_delay_us must be >= 0")
         if self.cpu_instances < 1:
             raise ValueError("ServingConfig.cpu_instances must be >= 1")
-        if self.queue_timeout_us < 1:
-            raise ValueError(
-                f"ServingConfig.queue_timeout_us must be >= 1, got {self.queue_timeout_us}"
-            )
         if self.max_query_bytes < 1:
             raise ValueError(
                 f"ServingConfig.max_query_bytes must be >= 1, got {self.max_query_bytes}"
@@ -95,10 +87,6 @@ def model_config(spec: P.ModelSpec, target: P.Target, serving: ServingConfig) ->
     config.version_policy.all.SetInParent()
     config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
-    policy = config.dynamic_batching.default_queue_policy
-    policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    policy.default_timeout_microseconds = serving.queue_timeout_us
-    policy.allow_timeout_override = True
     group = config.instance_group.add()
     group.count = serving.cpu_instances
     gpu = target is P.Target.GPU
@@ -215,7 +203,7 @@ def validate_config(
             raise ConfigError(f"{where}: gpu target needs platform tensorrt_plan")
     elif config.backend != "python":
         raise ConfigError(f"{where}: {target.value} target needs backend python")
-    _check_queue_policy(where, config, serving)
+    _check_queue_policy(where, config)
     if config.backend == "python":
         _check_parameters(where, config, spec, serving)
     kinds = {g.kind for g in config.instance_group}
@@ -238,27 +226,23 @@ def validate_config(
     return config
 
 
-def _check_queue_policy(where: str, config: mc.ModelConfig, serving: ServingConfig | None) -> None:
-    """Every composing model rejects requests that waited too long and honours a client's
-    shorter per-request timeout."""
+def _check_queue_policy(where: str, config: mc.ModelConfig) -> None:
+    """No composing model may reject a request from its queue.
+
+    A step that ends a request early (a queue timeout, like a cancellation) while a sibling
+    step of the same ensemble request is still running crashes tritonserver 2.51 (SIGSEGV in
+    TRITONBACKEND_ResponseSend when the sibling answers): measured 3 crashes in 3 minutes with
+    per-request timeouts expiring under load. Without a queue policy Triton also ignores the
+    `timeout` a client sends; abandoned work is bounded by the callers' in-flight limits.
+    """
     if not config.HasField("dynamic_batching"):
         raise ConfigError(f"{where}: composing models need dynamic_batching")
-    if not config.dynamic_batching.HasField("default_queue_policy"):
-        raise ConfigError(f"{where}: dynamic_batching needs a default_queue_policy")
-    policy = config.dynamic_batching.default_queue_policy
-    if policy.timeout_action != mc.ModelQueuePolicy.REJECT:
-        raise ConfigError(f"{where}: default_queue_policy.timeout_action must be REJECT")
-    if policy.default_timeout_microseconds < 1:
-        raise ConfigError(f"{where}: default_queue_policy.default_timeout_microseconds must be > 0")
-    if serving is not None and policy.default_timeout_microseconds != serving.queue_timeout_us:
+    if config.dynamic_batching.HasField("default_queue_policy") or (
+        config.dynamic_batching.priority_queue_policy
+    ):
         raise ConfigError(
-            f"{where}: default_queue_policy.default_timeout_microseconds "
-            f"{policy.default_timeout_microseconds} != {serving.queue_timeout_us}"
-        )
-    if not policy.allow_timeout_override:
-        raise ConfigError(
-            f"{where}: default_queue_policy.allow_timeout_override must be true (clients "
-            "send their deadline as a per-request timeout)"
+            f"{where}: a queue policy lets Triton end ensemble requests early, which crashes "
+            "tritonserver 2.51; remove default_queue_policy / priority_queue_policy"
         )
 
 

@@ -15,9 +15,9 @@ the client's remaining deadline). tritonserver 2.51 can crash when an inference 
 cancelled inside it (seminar.clients.triton_calls), so the call carries no gRPC deadline and
 nothing cancels it: the gateway waits for it through asyncio.shield and, when the budget ends
 first, answers DEADLINE_EXCEEDED while the call finishes inside Triton, its result dropped and
-counted. The call carries Triton's own per-request timeout (the budget) instead, which lets
-Triton drop work still queued when the budget has passed, in models whose queue policy allows
-a per-request timeout.
+counted. Triton's own per-request queue timeout is no way out: a request rejected from one
+step's queue while a sibling step still works on it crashes 2.51 as well, so the models have
+no queue policy. What bounds the work abandoned in Triton is `limits.max_inflight`.
 
 Readiness. Every arm and the shadow are checked with Triton's ModelReady at start, on every
 reload and every READY_POLL_S. A reload that names a weighted arm or a shadow that is not READY
@@ -78,8 +78,6 @@ DEADLINE_TOLERANCE_S = 0.01
 # On shutdown, outstanding Triton calls get this long to finish before the channel is closed
 # (closing it would cancel them inside Triton).
 DRAIN_S = 5.0
-# Triton's answer when a request's own timeout passes while it is queued (any ensemble step).
-TRITON_QUEUE_TIMEOUT = "Request timeout expired"
 # A grpc.health.v1 name that is SERVING while the process runs, whatever Triton's state: for
 # liveness probes, since restarting the gateway never brings an arm back ("" and
 # seminar.v1.Ranker are for readiness: they say whether requests can be served).
@@ -322,7 +320,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         def call() -> Coroutine[Any, Any, np.ndarray]:
             return score_async(
                 self.triton, arm.model, arm.version, valid.user_id, valid.query,
-                valid.candidate_ids, queue_timeout_us=max(1, int(budget_s * 1_000_000)),
+                valid.candidate_ids,
             )  # fmt: skip
 
         try:
@@ -350,12 +348,6 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             )
 
     def _triton_refusal(self, arm: Arm, err: TritonError) -> Refusal:
-        if err.code == "UNAVAILABLE" and TRITON_QUEUE_TIMEOUT in err.message:
-            return Refusal(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"Triton {arm.model_version} dropped the request when its budget passed "
-                f"in a queue: {err.message}",
-            )
         if err.code not in ("DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"):
             self._probe_now.set()  # the arm may have gone unready: check now, not at the next poll
         return Refusal(

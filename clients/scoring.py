@@ -75,15 +75,14 @@ async def score_async(
     query: str,
     candidate_ids: np.ndarray,
     client_timeout_s: float | None = None,
-    queue_timeout_us: int | None = None,
 ) -> np.ndarray:
     """Scores (B,) float32 of the candidates from Triton's `model` at `version`.
 
     `client_timeout_s` is a gRPC deadline: when it passes, the call is cancelled inside Triton,
     which tritonserver 2.51's gRPC frontend can crash on under load, so the gateway never sets
-    it (see seminar.clients.gateway). `queue_timeout_us` is Triton's own per-request timeout:
-    Triton rejects the request (UNAVAILABLE, "Request timeout expired") if it is still queued
-    at any step of the ensemble when it passes, and nothing is cancelled on the wire.
+    it (see seminar.clients.gateway). Triton's own per-request queue timeout is not used
+    either: a request rejected from one step's queue while a sibling step works on it crashes
+    tritonserver 2.51 too, so the repository's configs have no queue policy.
 
     Raises TritonError with the gRPC status name on any failure, including the deadline.
     """
@@ -97,7 +96,6 @@ async def score_async(
             inputs,
             model_version=str(version),
             outputs=[grpcclient.InferRequestedOutput(OUTPUT_SCORE)],
-            timeout=queue_timeout_us,
             client_timeout=client_timeout_s,
         )
     except InferenceServerException as err:

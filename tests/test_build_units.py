@@ -69,10 +69,8 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         on_gpu = target is P.Target.GPU and spec.name != P.FEATURES_MODEL
         kind = R.mc.ModelInstanceGroup.KIND_GPU if on_gpu else R.mc.ModelInstanceGroup.KIND_CPU
         assert [g.kind for g in config.instance_group] == [kind]
-        policy = config.dynamic_batching.default_queue_policy
-        assert policy.timeout_action == R.mc.ModelQueuePolicy.REJECT
-        assert policy.default_timeout_microseconds == serving.queue_timeout_us
-        assert policy.allow_timeout_override
+        # No queue policy: a step that rejects a queued request crashes the ensemble (2.51).
+        assert not config.dynamic_batching.HasField("default_queue_policy")
         params = {k: v.string_value for k, v in config.parameters.items()}
         python_graph = spec.kind is P.ModelKind.EXPORTED and not gpu_engine
         assert params.get(P.PARAM_INDEX_RANGES) == (P.INDEX_RANGES_FILE if python_graph else None)
@@ -116,36 +114,21 @@ def test_serving_config_rejects_bad_values():
         R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(128,))
     with pytest.raises(ValueError, match="max_batch_size"):
         R.ServingConfig(max_batch_size=0)
-    with pytest.raises(ValueError, match="queue_timeout_us must be >= 1, got 0"):
-        R.ServingConfig(queue_timeout_us=0)
     with pytest.raises(ValueError, match="max_query_bytes must be >= 1, got -1"):
         R.ServingConfig(max_query_bytes=-1)
+
+
+def _with_queue_timeout(config) -> None:
+    policy = config.dynamic_batching.default_queue_policy
+    policy.timeout_action = R.mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = 3_000_000
+    policy.allow_timeout_override = True
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c.dynamic_batching.ClearField("default_queue_policy"), "default_queue_policy"),
-        (
-            lambda c: setattr(
-                c.dynamic_batching.default_queue_policy, "allow_timeout_override", False
-            ),
-            "allow_timeout_override must be true",
-        ),
-        (
-            lambda c: setattr(
-                c.dynamic_batching.default_queue_policy,
-                "timeout_action",
-                R.mc.ModelQueuePolicy.DELAY,
-            ),
-            "timeout_action must be REJECT",
-        ),
-        (
-            lambda c: setattr(
-                c.dynamic_batching.default_queue_policy, "default_timeout_microseconds", 7
-            ),
-            "default_timeout_microseconds 7 != 3000000",
-        ),
+        (_with_queue_timeout, "a queue policy lets Triton end ensemble requests early"),
         (lambda c: c.ClearField("dynamic_batching"), "need dynamic_batching"),
         (lambda c: c.parameters.pop(P.PARAM_MAX_QUERY_BYTES), "max_query_bytes must be an int"),
     ],

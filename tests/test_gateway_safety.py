@@ -281,10 +281,10 @@ def test_short_client_deadlines_never_crash_triton(
     _wait_drained(gw)
     _assert_metrics_agree(_by_code(gw), codes)
     # Calls whose budget ended were left to finish inside Triton, and each one's late outcome
-    # was counted (UNAVAILABLE: Triton's own queue timeout dropped it).
+    # was counted.
     assert _total(gw, "seminar_gateway_triton_abandoned_total") >= 1
     late = _by_code(gw, "seminar_gateway_triton_late_total")
-    assert set(late) <= {"OK", "UNAVAILABLE"}, late
+    assert set(late) <= {"OK"}, late
 
 
 def test_client_cancellation_never_cancels_inside_triton(
@@ -348,8 +348,7 @@ def test_calls_beyond_max_inflight_are_shed_at_once(
     # Abandoned calls hold their place: a 1 ms budget abandons the call at once while Triton
     # still works on it (its `features` process is held for 0.3 s, well under the 1 s after
     # which Triton gives a frozen model process up), so the next request finds no room until
-    # it has finished. One call only: the gateway hands Triton its budget as a queue timeout,
-    # so calls queued behind it would expire in Triton's queue and free their place at once.
+    # it has finished.
     abandon = start_gateway(
         triton_url=server.grpc_url,
         arms=arms,
@@ -375,9 +374,7 @@ def test_calls_beyond_max_inflight_are_shed_at_once(
             time.sleep(max(0.0, 0.3 - (time.perf_counter() - t0)))
             os.kill(features, signal.SIGCONT)
         _wait_drained(abandon)
-        # Finished in Triton (OK) or expired in its queue (UNAVAILABLE): counted once, either way.
-        late = _by_code(abandon, "seminar_gateway_triton_late_total")
-        assert sum(late.values()) == 1 and set(late) <= {"OK", "UNAVAILABLE"}, late
+        assert _by_code(abandon, "seminar_gateway_triton_late_total") == {"OK": 1}
         with pytest.raises(grpc.RpcError) as err:  # room again: back to the 1 ms budget
             stub.Rank(big_requests[5], timeout=10)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seminar.build.pipeline import COMPOSING_MODELS, FEATURES_MODEL
+from seminar.build.pipeline import FEATURES_MODEL
 
 from seminar import constants as C
 from seminar.serving.client import request_inputs, score
@@ -90,52 +90,12 @@ def client(server):
     return grpcclient.InferenceServerClient(server.grpc_url)
 
 
-@pytest.mark.parametrize("model", COMPOSING_MODELS)
-def test_a_request_cancelled_while_queued_is_answered_cancelled_not_computed(
-    server, client, model
-) -> None:
-    """The stub is stopped (0.3 s) so that a first request waits inside the model and a second
-    one waits in its queue, in a batch Triton has already formed; the client cancels the second.
-    The model must answer it CANCELLED without computing it. (Before, the same sequence gave
-    two successes, and pq_retrieval counted the cancelled request's 7 rows.)"""
-    stub = python_stubs(server)[model]
-    before = statistics(server, model)
-    rows_before = metric_value(server, "seminar_pq_rows_total", C.PQ_RETRIEVAL_MODEL)
-    first, second = Future(), Future()
-
-    def settle(future: Future):
-        return lambda result, error: future.set_result(error or result)
-
-    resume = stopped_for(stub, 0.3)
-    client.async_infer(model, zero_inputs(client, model, 3), settle(first))
-    time.sleep(0.08)
-    call = client.async_infer(model, zero_inputs(client, model, 7), settle(second))
-    time.sleep(0.08)
-    call.cancel()
-    resume()
-    assert not hasattr(first.result(timeout=30), "status"), first.result()
-    assert "CANCELLED" in str(second.result(timeout=30))
-
-    def outcomes(stats: dict) -> tuple[int, int]:
-        inference = stats["inference_stats"]
-        return int(inference["success"]["count"]), int(inference["fail"]["count"])
-
-    deadline = time.monotonic() + 10
-    while sum(outcomes(after := statistics(server, model))) < sum(outcomes(before)) + 2:
-        assert time.monotonic() < deadline, "the two requests never finished"
-        time.sleep(0.05)
-    # ...which answered it with an error, not a result: only the first request succeeded.
-    succeeded, failed = outcomes(before)
-    assert outcomes(after) == (succeeded + 1, failed + 1)
-    if model == C.PQ_RETRIEVAL_MODEL:  # and spent no compute on it
-        rows = metric_value(server, "seminar_pq_rows_total", C.PQ_RETRIEVAL_MODEL)
-        assert rows == rows_before + 3
-
-
-def test_a_client_timeout_shorter_than_the_queue_wait_is_rejected(server, client) -> None:
-    """Every composing model honours a client's per-request timeout (the gateway sends its
-    deadline): a request that waited longer in a queue of the ensemble is rejected UNAVAILABLE
-    instead of being computed late. (Before, no model allowed the override: it was served.)"""
+def test_a_client_timeout_never_makes_a_step_end_an_ensemble_request_early(server, client) -> None:
+    """Triton's per-request queue timeout rejected a request from one step's queue while its
+    sibling step was still working on it, and that crashed tritonserver 2.51 (SIGSEGV in
+    TRITONBACKEND_ResponseSend; 3 crashes in 3 minutes under load). The repository's configs
+    therefore have no queue policy, and Triton ignores a client's `timeout`: the late request
+    is served, not rejected."""
     import tritonclient.grpc as grpcclient
 
     stub = python_stubs(server)[FEATURES_MODEL]
@@ -151,11 +111,9 @@ def test_a_client_timeout_shorter_than_the_queue_wait_is_rejected(server, client
     client.async_infer(C.ENSEMBLE_MODEL, inputs, settle(late), timeout=100_000)  # 100 ms
     resume()
     assert not isinstance(first.result(timeout=30), grpcclient.InferenceServerException)
-    error = late.result(timeout=30)
-    assert isinstance(error, grpcclient.InferenceServerException), error
-    assert error.status() == "StatusCode.UNAVAILABLE", error
-    assert "Request timeout expired" in error.message()
-    assert len(score(client, 1, "", [1, 2, 3])) == 3  # nothing else changed
+    assert not isinstance(late.result(timeout=30), grpcclient.InferenceServerException)
+    assert server.is_alive()
+    assert len(score(client, 1, "", [1, 2, 3])) == 3
 
 
 def test_serving_writes_no_bytecode_into_version_folders(server, client) -> None:

@@ -210,7 +210,8 @@ def test_short_client_deadlines_never_reach_triton_as_cancellations(
     assert sum(huge.codes.values()) >= 4, huge.codes
     status = serve.status()
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
-    # Abandoned calls expire in Triton's queue; the server answers normally again.
+    # Triton finishes the abandoned calls (never more than the proxy's limit); then the server
+    # answers normally again.
     wait_for(lambda: metric(serve.supervisor_metrics(), "seminar_serve_grpc_inflight") == 0, 60,
              "the abandoned calls to drain")  # fmt: skip
     assert np.isfinite(score_once(serve.grpc_url, items)).all()
@@ -396,3 +397,24 @@ def test_start_fails_with_a_sentence_when_nothing_can_be_served(tmp_path: Path) 
     serve = ServeProcess(tmp_path, startup_timeout_s=120)
     with pytest.raises(Exception, match=r"no model of .* could be loaded"):
         serve.start()
+
+
+# ---- item 7: a version deleted by hand ---------------------------------------------------------
+
+
+def test_a_version_deleted_by_hand_still_serves_the_others(
+    model_repo_two_versions: Path, tmp_path: Path, catalog: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Deleting every version-2 folder (what retiring used to mean) left `seminar` pinned to 2,
+    and the plain server refused to start. `seminar retire` is the way to retire a version;
+    a repository damaged like this must still serve what it holds."""
+    require_tritonserver()
+    repo = Path(shutil.copytree(model_repo_two_versions, tmp_path / "model_repository"))
+    for folder in [*sorted(repo.glob("*/2")), repo / "seminar_v2"]:
+        shutil.rmtree(folder)
+    with ServeProcess(repo) as serve:
+        status = serve.status()
+        assert status["served"][ENSEMBLE_MODEL] == ["1"], status
+        assert "serving version 1 instead" in status["fallback"]
+        items, _ = catalog
+        assert np.isfinite(score_once(serve.grpc_url, items)).all()

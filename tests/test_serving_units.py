@@ -18,7 +18,6 @@ from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import (
     ArtifactError,
     BackendContext,
-    RequestCancelled,
     RequestError,
     RowBatch,
     check_numpy,
@@ -238,35 +237,16 @@ def test_check_numpy_refuses_numpy_2(monkeypatch) -> None:
         check_numpy()
 
 
-# ---- cancelled requests, index ranges, query size -------------------------------------------
-class _Request:
-    """Stands in for pb_utils.InferenceRequest: only what read_requests asks of it."""
-
-    def __init__(self, rows: int, cancelled: bool = False) -> None:
-        self.rows, self.cancelled, self.asked = rows, cancelled, 0
-
-    def is_cancelled(self) -> bool:
-        self.asked += 1
-        return self.cancelled
-
-
-def test_read_requests_answers_cancelled_requests_without_reading_them() -> None:
-    read_calls = []
-
-    def read(request: _Request) -> dict:
-        read_calls.append(request)
-        if request.rows == 0:
+# ---- bad requests, index ranges, query size -------------------------------------------------
+def test_read_requests_sets_bad_requests_aside_and_serves_the_rest() -> None:
+    def read(rows: int) -> dict:
+        if rows == 0:
             raise RequestError("input x has no rows (empty batch)")
-        return {"x": np.zeros(request.rows)}
+        return {"x": np.zeros(rows)}
 
-    requests = [_Request(2), _Request(3, cancelled=True), _Request(0), _Request(1)]
-    per_request, errors = read_requests(requests, read, "item_encoder")
-    assert [r is None for r in per_request] == [False, True, True, False]
-    assert isinstance(errors[1], RequestCancelled) and errors[1].triton_code == "CANCELLED"
-    assert str(errors[1]) == "request cancelled before item_encoder computed it"
-    assert errors[2].triton_code == "INVALID_ARG"
-    assert requests[1] not in read_calls  # no compute spent on it
-    assert [r.asked for r in requests] == [1, 1, 1, 1]  # asked once per request
+    per_request, errors = read_requests([2, 0, 1], read)
+    assert [r is None for r in per_request] == [False, True, False]
+    assert errors[1].triton_code == "INVALID_ARG"
     assert RowBatch.concat(per_request).rows == 3
 
 

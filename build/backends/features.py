@@ -30,7 +30,6 @@ class TritonPythonModel:
         check_numpy()
         ctx = BackendContext.from_args(args)
         verify_manifest(ctx.version_dir)
-        self.model_name = ctx.model_name
         self.mapper = FeatureMapper.load(
             user_ids=ctx.artifact(P.PARAM_USER_IDS),
             item_ids=ctx.artifact(P.PARAM_ITEM_IDS),
@@ -50,7 +49,7 @@ class TritonPythonModel:
             return self._execute(requests)
 
     def _execute(self, requests: list) -> list:
-        per_request, errors = read_requests(requests, self._map, self.model_name)
+        per_request, errors = read_requests(requests, self._map)
         responses = []
         for r, outputs in enumerate(per_request):
             if r in errors:

@@ -33,7 +33,6 @@ class TritonPythonModel:
         check_numpy()
         ctx = BackendContext.from_args(args)
         verify_manifest(ctx.version_dir)
-        self.model_name = ctx.model_name
         self.input_dtypes = ctx.tensor_dtypes("input")
         self.input_dims = {t["name"]: tuple(int(d) for d in t["dims"]) for t in ctx.config["input"]}
         self.index_ranges = read_index_ranges(ctx.artifact(P.PARAM_INDEX_RANGES))
@@ -61,7 +60,7 @@ class TritonPythonModel:
             return self._execute(requests)
 
     def _execute(self, requests: list) -> list:
-        per_request, errors = read_requests(requests, self._read, self.model_name)
+        per_request, errors = read_requests(requests, self._read)
         batch = RowBatch.concat(per_request)
         outputs = self.runner.run(batch.arrays) if batch.rows else {}
         responses = []

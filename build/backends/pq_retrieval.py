@@ -44,7 +44,6 @@ class TritonPythonModel:
         check_numpy()
         ctx = BackendContext.from_args(args)
         verify_manifest(ctx.version_dir)
-        self.model_name = ctx.model_name
         device = ctx.parameter(P.PARAM_DEVICE)
         if device == "cuda":
             if not ctx.on_gpu or not torch.cuda.is_available():
@@ -105,7 +104,7 @@ class TritonPythonModel:
             return self._execute(requests)
 
     def _execute(self, requests: list) -> list:
-        per_request, errors = read_requests(requests, self._read, self.model_name)
+        per_request, errors = read_requests(requests, self._read)
         batch = RowBatch.concat(per_request)
         outputs = {}
         if batch.rows:

@@ -16,6 +16,7 @@ from seminar.constants import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
 )
+from seminar.serving.shield import ShieldConfig
 from seminar.serving.triton import LOOPBACK
 
 
@@ -56,6 +57,10 @@ def serve(
     shm_default_bytes: int = typer.Option(
         4 * 1024 * 1024, help="Python-backend shared memory per model instance, in bytes."
     ),
+    max_inflight: int = typer.Option(
+        ShieldConfig.max_inflight,
+        help="gRPC calls in flight to Triton, abandoned ones included; beyond, RESOURCE_EXHAUSTED.",
+    ),
     wait_model: list[str] = typer.Option(
         [], help="Model(s) that must be served, else the start fails (repeatable)."
     ),
@@ -74,6 +79,7 @@ def serve(
 
     try:
         config = ServeConfig(
+            shield=ShieldConfig(max_inflight=max_inflight),
             repo=repo,
             host=host,
             grpc_port=grpc_port,

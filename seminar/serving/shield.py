@@ -7,9 +7,10 @@ endpoint has no such problem. So Triton's own gRPC port stays on loopback and cl
 this proxy, which forwards each call to Triton as raw bytes and never cancels one there:
 
 - a call whose client goes away (deadline, cancellation, dropped connection) keeps running in
-  Triton; its answer is dropped when it arrives and counted as abandoned; a call with a
-  deadline carries it to Triton as a queue timeout, so work nobody waits for any more
-  expires in Triton's queue instead of being computed;
+  Triton; its answer is dropped when it arrives and counted as abandoned. (Triton's own
+  per-request queue timeout would drop such work earlier, but a request rejected from one
+  step's queue while a sibling step still works on it crashes 2.51 just the same, so the
+  repository's configs have no queue policy and Triton ignores client timeouts;)
 - calls in flight, abandoned ones included, are bounded: past `max_inflight` a call is refused
   with RESOURCE_EXHAUSTED at once, so a flood of impatient clients cannot pile work up forever;
 - ServerReady and ModelReady answer what the supervisor knows: Triton still says READY for a
@@ -51,7 +52,9 @@ _HOP_HEADERS = {"user-agent", "te", "content-type", "grpc-accept-encoding", "grp
 class ShieldConfig:
     """Limits of the proxy; defaults here only."""
 
-    max_inflight: int = 512  # calls forwarded and not yet answered by Triton, abandoned included
+    # Calls forwarded and not yet answered by Triton, abandoned included: nothing drops
+    # abandoned work inside Triton (see the module doc), so this bounds it.
+    max_inflight: int = 128
     max_message_bytes: int = 64 * 1024 * 1024  # largest request a client may send
     shutdown_grace_s: float = 5.0
 
@@ -182,14 +185,13 @@ class InferenceShield:
             self.metrics.calls.labels(name, "CANCELLED").inc()
             raise
         except grpc.aio.AioRpcError as err:
-            code = _client_code(err)
-            self.metrics.calls.labels(name, code.name).inc()
-            await context.abort(code, _upstream_details(err))
+            self.metrics.calls.labels(name, err.code().name).inc()
+            await context.abort(err.code(), _upstream_details(err))
         self.metrics.calls.labels(name, "OK").inc()
         return reply
 
     async def _admit_inference(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Refuse at once what Triton cannot serve now; carry the client's deadline along."""
+        """Refuse at once what Triton cannot serve now."""
         from tritonclient.grpc import service_pb2
 
         parsed = service_pb2.ModelInferRequest.FromString(request)
@@ -197,7 +199,7 @@ class InferenceShield:
         if why is not None:
             self.metrics.calls.labels("ModelInfer", "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, why)
-        return _with_queue_timeout(request, parsed, context.time_remaining())
+        return request
 
     def _finished(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
@@ -231,40 +233,6 @@ class InferenceShield:
             "streaming inference is not offered: use ModelInfer (unary), whose calls are never "
             "cancelled inside Triton",
         )
-
-
-def _with_queue_timeout(request: bytes, parsed, remaining_s: float | None) -> bytes:
-    """The request with Triton's queue timeout cut to the client's remaining deadline.
-
-    A call abandoned by its client still reaches Triton; with this timeout it expires in
-    Triton's queue ("Request timeout expired") instead of being computed for nobody, so
-    impatient clients cannot fill the server with dead work. Protobuf merges a serialized
-    message appended to another, so the override is appended, not re-encoded; the client's
-    own timeout stands when it is shorter.
-    """
-    if remaining_s is None:
-        return request
-    from tritonclient.grpc import service_pb2
-
-    budget_us = max(int(remaining_s * 1e6), 1)
-    sent = parsed.parameters.get("timeout")
-    if (
-        sent is not None
-        and sent.WhichOneof("parameter_choice") == "int64_param"
-        and 0 < sent.int64_param <= budget_us
-    ):
-        return request
-    override = service_pb2.ModelInferRequest()
-    override.parameters["timeout"].int64_param = budget_us
-    return request + override.SerializeToString()
-
-
-def _client_code(err: grpc.aio.AioRpcError) -> grpc.StatusCode:
-    """Triton answers an expired queue timeout with UNAVAILABLE, which clients retry; it means
-    the deadline passed, and retrying it is pointless."""
-    if err.code() is grpc.StatusCode.UNAVAILABLE and "timeout expired" in (err.details() or ""):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return err.code()
 
 
 class _ClientGoneFilter(logging.Filter):
