@@ -29,7 +29,7 @@ system-tools:
 	test -x $(PERF_CHROOT)/opt/pa/bin/perf_analyzer || bash clients/perf_analyzer_chroot.sh $(PERF_CHROOT)
 
 demo: $(STAMP)
-	$(BIN)/python -m seminar.demo --data $(DATA) --runs $(RUNS)
+	$(BIN)/python -m seminar.cli.demo --data $(DATA) --runs $(RUNS)
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from seminar.build import pipeline as P
+from seminar import contract
 from torch import nn
-
-from seminar import constants as C
-
 
 class ArtifactError(RuntimeError):
     """A dataset file is missing or an artifact fails its manifest; the message names it."""
@@ -47,14 +44,14 @@ def write_manifest(version_dir: Path) -> dict:
     for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(version_dir).as_posix()
         # Bytecode a stub wrote is not an artifact (the __pycache__ blocker file is one).
-        if rel == P.MANIFEST_FILE or "__pycache__" in path.relative_to(version_dir).parent.parts:
+        if rel == contract.MANIFEST_FILE or "__pycache__" in path.relative_to(version_dir).parent.parts:
             continue
         entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         if path.suffix == ".npy":
             entry.update(_npy_meta(path))
         files[rel] = entry
     manifest = {"schema": 1, "files": files}
-    (version_dir / P.MANIFEST_FILE).write_text(
+    (version_dir / contract.MANIFEST_FILE).write_text(
         json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     )
     return manifest
@@ -62,7 +59,7 @@ def write_manifest(version_dir: Path) -> dict:
 
 def verify_manifest(version_dir: Path) -> int:
     """Check every file of version_dir/manifest.json; return how many were verified."""
-    path = version_dir / P.MANIFEST_FILE
+    path = version_dir / contract.MANIFEST_FILE
     try:
         manifest = json.loads(path.read_text())
         files = manifest["files"]
@@ -74,7 +71,7 @@ def verify_manifest(version_dir: Path) -> int:
             hint = (
                 " (the empty file that keeps the Python stub from writing bytecode here: copy "
                 "model repositories without excluding __pycache__)"
-                if rel == P.PYCACHE_BLOCKER
+                if rel == contract.PYCACHE_BLOCKER
                 else ""
             )
             raise ArtifactError(f"{file}: listed in {path.name} but missing{hint}")
@@ -97,12 +94,12 @@ def _arrays(data_dir: Path, name: str) -> Path:
     return path
 
 
-def write_features(data_dir: Path, out_dir: Path, dims: P.PipelineDims) -> None:
+def write_features(data_dir: Path, out_dir: Path, dims: contract.PipelineDims) -> None:
     """The features model's maps: user_ids.npy, item_ids.npy, tokens.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (P.USER_IDS_FILE, P.ITEM_IDS_FILE, P.TOKENS_FILE):
+    for name in (contract.USER_IDS_FILE, contract.ITEM_IDS_FILE, contract.TOKENS_FILE):
         shutil.copyfile(_arrays(data_dir, name), out_dir / name)
-    for name in (P.USER_IDS_FILE, P.ITEM_IDS_FILE):
+    for name in (contract.USER_IDS_FILE, contract.ITEM_IDS_FILE):
         ids = np.load(out_dir / name, allow_pickle=False)
         if (
             ids.dtype != np.int64
@@ -119,7 +116,7 @@ def write_features(data_dir: Path, out_dir: Path, dims: P.PipelineDims) -> None:
 
 
 def real_parity_inputs(
-    model: nn.Module, data_dir: Path, dims: P.PipelineDims, rows: int = 64
+    model: nn.Module, data_dir: Path, dims: contract.PipelineDims, rows: int = 64
 ) -> dict[str, dict[str, np.ndarray]]:
     """One batch of real MovieLens inputs per exported model, keyed by tensor name.
 
@@ -129,7 +126,7 @@ def real_parity_inputs(
     (short histories leave masked slots).
     """
     query_tokens = np.load(_arrays(data_dir, "query_tokens.npy"), mmap_mode="r")
-    item_ids = np.load(_arrays(data_dir, P.ITEM_IDS_FILE), mmap_mode="r")
+    item_ids = np.load(_arrays(data_dir, contract.ITEM_IDS_FILE), mmap_mode="r")
     offsets = np.load(_arrays(data_dir, "seq_offsets.npy"), mmap_mode="r")
     seq_item = np.load(_arrays(data_dir, "seq_item.npy"), mmap_mode="r")
     seq_query = np.load(_arrays(data_dir, "seq_query.npy"), mmap_mode="r")
@@ -160,25 +157,25 @@ def real_parity_inputs(
             topk_emb[b] = flat.reshape(dims.h, dims.k, dims.d)  # (H*K, D) -> (H, K, D)
             topk_mask[b].view(-1)[:n] = 1.0
     return {
-        C.QUERY_ENCODER_MODEL: {P.QUERY_TOKENS: tokens},
-        C.ITEM_ENCODER_MODEL: {P.ITEM_INDEX: items},
-        C.RANKING_HEAD_MODEL: {
-            P.QUERY_EMB: query_emb.numpy(),
-            P.ITEM_EMB: item_emb.numpy(),
-            P.TOPK_EMB: topk_emb.numpy(),
-            P.TOPK_MASK: topk_mask.numpy(),
+        contract.QUERY_ENCODER_MODEL: {contract.QUERY_TOKENS: tokens},
+        contract.ITEM_ENCODER_MODEL: {contract.ITEM_INDEX: items},
+        contract.RANKING_HEAD_MODEL: {
+            contract.QUERY_EMB: query_emb.numpy(),
+            contract.ITEM_EMB: item_emb.numpy(),
+            contract.TOPK_EMB: topk_emb.numpy(),
+            contract.TOPK_MASK: topk_mask.numpy(),
         },
     }
 
 
 def index_bounds(data_dir: Path) -> Mapping[str, int]:
     """Exclusive upper bounds of the int64 graph inputs, for random parity inputs."""
-    tokens = json.loads(_arrays(data_dir, P.TOKENS_FILE).read_text())
-    items = np.load(_arrays(data_dir, P.ITEM_IDS_FILE), mmap_mode="r")
-    return {P.QUERY_TOKENS: len(tokens), P.ITEM_INDEX: len(items) + 2}
+    tokens = json.loads(_arrays(data_dir, contract.TOKENS_FILE).read_text())
+    items = np.load(_arrays(data_dir, contract.ITEM_IDS_FILE), mmap_mode="r")
+    return {contract.QUERY_TOKENS: len(tokens), contract.ITEM_INDEX: len(items) + 2}
 
 
-def write_index_ranges(version_dir: Path, spec: P.ModelSpec, bounds: Mapping[str, int]) -> Path:
+def write_index_ranges(version_dir: Path, spec: contract.ModelSpec, bounds: Mapping[str, int]) -> Path:
     """index_ranges.json of an exported graph: [0, bound) per index input it takes.
 
     The bounds are the ones its parity gate passed with (index_bounds: the rows of the token
@@ -186,7 +183,7 @@ def write_index_ranges(version_dir: Path, spec: P.ModelSpec, bounds: Mapping[str
     catalog has larger tables, and an older version must keep its own ranges.
     """
     ranges = {t.name: [0, int(bounds[t.name])] for t in spec.inputs if t.name in bounds}
-    path = version_dir / P.INDEX_RANGES_FILE
+    path = version_dir / contract.INDEX_RANGES_FILE
     path.write_text(json.dumps(ranges, indent=2, sort_keys=True) + "\n")
     return path
 

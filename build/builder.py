@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,12 +33,11 @@ from pathlib import Path
 from seminar.build import artifacts as A
 from seminar.build import export as E
 from seminar.build import lock as L
-from seminar.build import pipeline as P
+from seminar import contract
+from seminar.provenance import git_revision
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
 from torch import nn
-
-from seminar import constants as C
 
 BUILD_INFO_FILE = "build.json"
 MODEL_CARD_FILE = "model_card.md"
@@ -55,7 +53,7 @@ class BuildError(RuntimeError):
 class BuildRequest:
     repo: Path
     version: int
-    target: P.Target = P.Target.CPU
+    target: contract.Target = contract.Target.CPU
     force: bool = False
     serving: R.ServingConfig = field(default_factory=R.ServingConfig)
     export: E.ExportConfig = field(default_factory=E.ExportConfig)
@@ -64,7 +62,7 @@ class BuildRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.version, int) or self.version < 1:
             raise ValueError(f"BuildRequest.version must be a positive int, got {self.version!r}")
-        if not isinstance(self.target, P.Target):
+        if not isinstance(self.target, contract.Target):
             raise ValueError(f"BuildRequest.target must be a Target, got {self.target!r}")
         if self.export.max_batch < self.serving.max_batch_size:
             raise ValueError("BuildRequest.export.max_batch must be >= serving.max_batch_size")
@@ -81,7 +79,7 @@ class BuildInputs:
     """What a build reads: the trained model, its sizes, the prepared dataset, the run."""
 
     model: nn.Module
-    dims: P.PipelineDims
+    dims: contract.PipelineDims
     data_dir: Path
     run_dir: Path | None = None
     # Writes the pq_retrieval artifacts into the given (empty) dir; seminar.pq by default.
@@ -92,7 +90,7 @@ class BuildInputs:
 @dataclass(frozen=True)
 class BuildSummary:
     version: int
-    target: P.Target
+    target: contract.Target
     repo: Path
     exports: dict[str, E.ExportResult]
     files: dict[str, int]  # model -> bytes written in its version dir
@@ -103,17 +101,17 @@ Progress = Callable[[str], None]
 
 
 def _version_dirs(repo: Path, version: int) -> list[Path]:
-    models = [*P.COMPOSING_MODELS, C.ENSEMBLE_MODEL]
+    models = [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]
     dirs = [repo / m / str(version) for m in models]
-    dirs.append(repo / P.pinned_ensemble_name(version))
+    dirs.append(repo / contract.pinned_ensemble_name(version))
     return [d for d in dirs if d.exists()]
 
 
 def existing_versions(repo: Path) -> list[int]:
     """Complete versions in the repository (those whose pinned ensemble has build.json)."""
     out = []
-    for d in repo.glob(f"{C.ENSEMBLE_MODEL}_v*") if repo.is_dir() else []:
-        suffix = d.name.removeprefix(f"{C.ENSEMBLE_MODEL}_v")
+    for d in repo.glob(f"{contract.ENSEMBLE_MODEL}_v*") if repo.is_dir() else []:
+        suffix = d.name.removeprefix(f"{contract.ENSEMBLE_MODEL}_v")
         if suffix.isdigit() and (d / suffix / BUILD_INFO_FILE).is_file():
             out.append(int(suffix))
     return sorted(out)
@@ -128,10 +126,10 @@ def _other_version_dirs(repo: Path, model: str, version: int) -> list[str]:
     return sorted((n for n in names if int(n) != version), key=int)
 
 
-def preflight(request: BuildRequest, dims: P.PipelineDims) -> None:
+def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
     """Every check that can refuse the build, before anything is written (call it under the
     repository lock, so that what it checks still holds at commit)."""
-    if request.target is P.Target.GPU:
+    if request.target is contract.Target.GPU:
         reason = TRT.unavailable_reason()
         if reason:
             raise BuildError(reason)
@@ -146,8 +144,8 @@ def preflight(request: BuildRequest, dims: P.PipelineDims) -> None:
             f"version {request.version} {what} in {repo} ({present[0].relative_to(repo)}); "
             "pass --force to replace it or choose another --version"
         )
-    specs = P.model_specs(dims)
-    for name in P.COMPOSING_MODELS:
+    specs = contract.model_specs(dims)
+    for name in contract.COMPOSING_MODELS:
         path = repo / name / R.CONFIG_FILE
         if not path.is_file():
             continue
@@ -197,31 +195,12 @@ def serving_record(serving: R.ServingConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(serving), default=str))
 
 
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (rev or "unknown") + ("+dirty" if dirty else "")
-
-
 def _copy_backend(source: str, version_dir: Path) -> None:
-    src = P.BACKENDS_DIR / source
+    src = contract.backend_source_path(source)
     if not src.is_file():
-        raise BuildError(f"{src}: backend source missing (build/backends/ is the serving area's)")
-    shutil.copyfile(src, version_dir / P.PYTHON_FILE)
-    (version_dir / P.PYCACHE_BLOCKER).touch()  # no bytecode from the stub in the version dir
+        raise BuildError(f"{src}: backend source missing (serving/backends/ holds them)")
+    shutil.copyfile(src, version_dir / contract.PYTHON_FILE)
+    (version_dir / contract.PYCACHE_BLOCKER).touch()  # no bytecode from the stub in the version dir
 
 
 def _default_write_pq(inputs: BuildInputs) -> Callable[[Path], None]:
@@ -286,9 +265,9 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
         f"- Run: `{display_path(inputs.run_dir) if inputs.run_dir else None}`; "
         f"data: `{display_path(inputs.data_dir)}`",
         f"- Sizes: D={dims.d}, H={dims.h} GSU heads, K={dims.k} events per head, T={dims.t} query tokens",
-        f"- Serve through `{C.ENSEMBLE_MODEL}` (newest build) or `{P.pinned_ensemble_name(request.version)}` "
+        f"- Serve through `{contract.ENSEMBLE_MODEL}` (newest build) or `{contract.pinned_ensemble_name(request.version)}` "
         f"version {request.version} (A/B arm handle).",
-        f"- Output `{C.OUTPUT_SCORE}` FP32 [1] per candidate row is a **logit** (not a probability): "
+        f"- Output `{contract.OUTPUT_SCORE}` FP32 [1] per candidate row is a **logit** (not a probability): "
         "apply a sigmoid for a click probability; ranking by logit and by probability agree.",
         "- Unknown item ids map to the OOV embedding (index 1); users with no stored history are "
         "scored from the query and item alone (cold start).",
@@ -335,54 +314,54 @@ def _data_summary(data_dir: Path) -> str:
 def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: Progress) -> dict:
     """Write the whole version into `staging` (same layout as the repository)."""
     dims, n = inputs.dims, request.version
-    specs = P.model_specs(dims)
+    specs = contract.model_specs(dims)
     onnx_dir = staging / ".onnx"
 
     real = A.real_parity_inputs(inputs.model, inputs.data_dir, dims)
     bounds = A.index_bounds(inputs.data_dir)
     exports = E.export_all(inputs.model, dims, onnx_dir, real, bounds, request.export, progress)
 
-    version_dirs = {name: staging / name / str(n) for name in P.COMPOSING_MODELS}
+    version_dirs = {name: staging / name / str(n) for name in contract.COMPOSING_MODELS}
     for d in version_dirs.values():
         d.mkdir(parents=True)
 
-    for name in P.EXPORTED_MODELS:
+    for name in contract.EXPORTED_MODELS:
         vdir, onnx_path = version_dirs[name], exports[name].onnx_path
-        shutil.copyfile(onnx_path, vdir / P.ONNX_FILE)
-        if request.target is P.Target.GPU:
+        shutil.copyfile(onnx_path, vdir / contract.ONNX_FILE)
+        if request.target is contract.Target.GPU:
             progress(f"tensorrt {name}")
-            plan = vdir / P.PLAN_FILE
-            TRT.write_trtexec_script(vdir / P.ONNX_FILE, plan, specs[name], request.profile)
-            TRT.build_engine(vdir / P.ONNX_FILE, plan, specs[name], request.profile)
-            TRT.engine_parity(vdir / P.ONNX_FILE, plan, specs[name])
+            plan = vdir / contract.PLAN_FILE
+            TRT.write_trtexec_script(vdir / contract.ONNX_FILE, plan, specs[name], request.profile)
+            TRT.build_engine(vdir / contract.ONNX_FILE, plan, specs[name], request.profile)
+            TRT.engine_parity(vdir / contract.ONNX_FILE, plan, specs[name])
         else:
             _copy_backend(specs[name].backend_source, vdir)
             A.write_index_ranges(vdir, specs[name], bounds)
 
     progress("features maps")
-    A.write_features(inputs.data_dir, version_dirs[P.FEATURES_MODEL], dims)
-    _copy_backend(specs[P.FEATURES_MODEL].backend_source, version_dirs[P.FEATURES_MODEL])
+    A.write_features(inputs.data_dir, version_dirs[contract.FEATURES_MODEL], dims)
+    _copy_backend(specs[contract.FEATURES_MODEL].backend_source, version_dirs[contract.FEATURES_MODEL])
 
     progress("pq artifacts")
-    pq_dir = version_dirs[C.PQ_RETRIEVAL_MODEL] / P.PQ_DIR
+    pq_dir = version_dirs[contract.PQ_RETRIEVAL_MODEL] / contract.PQ_DIR
     pq_dir.mkdir()
     (inputs.write_pq or _default_write_pq(inputs))(pq_dir)
-    _copy_backend(specs[C.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[C.PQ_RETRIEVAL_MODEL])
+    _copy_backend(specs[contract.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[contract.PQ_RETRIEVAL_MODEL])
 
     progress("configs and manifests")
-    for name in P.COMPOSING_MODELS:
+    for name in contract.COMPOSING_MODELS:
         A.write_manifest(version_dirs[name])
         path = staging / name / R.CONFIG_FILE
         path.write_text(R.to_text(R.model_config(specs[name], request.target, request.serving)))
-        onnx_path = version_dirs[name] / P.ONNX_FILE if name in P.EXPORTED_MODELS else None
+        onnx_path = version_dirs[name] / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
         R.validate_config(path, specs[name], request.target, onnx_path, request.serving)
 
     newest = max([n, *existing_versions(request.repo)])
-    for name, pin in ((P.pinned_ensemble_name(n), n), (C.ENSEMBLE_MODEL, newest)):
+    for name, pin in ((contract.pinned_ensemble_name(n), n), (contract.ENSEMBLE_MODEL, newest)):
         (staging / name / str(n)).mkdir(parents=True)
         path = staging / name / R.CONFIG_FILE
         path.write_text(R.to_text(R.ensemble_config(dims, name, pin, request.serving)))
-        R.validate_config(path, P.ensemble_spec(dims, name), request.target)
+        R.validate_config(path, contract.ensemble_spec(dims, name), request.target)
 
     info = {
         "version": n,
@@ -402,7 +381,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             for name, res in exports.items()
         },
     }
-    pinned_dir = staging / P.pinned_ensemble_name(n) / str(n)
+    pinned_dir = staging / contract.pinned_ensemble_name(n) / str(n)
     (pinned_dir / MODEL_CARD_FILE).write_text(model_card(request, inputs, info))
     # build.json is written last: its presence after commit marks the version complete.
     (pinned_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -433,12 +412,12 @@ def commit(request: BuildRequest, staging: Path) -> None:
 
     try:
         repo.mkdir(parents=True, exist_ok=True)
-        for name in [*P.COMPOSING_MODELS, C.ENSEMBLE_MODEL]:
+        for name in [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]:
             move(staging / name / str(n), repo / name / str(n))
             move(staging / name / R.CONFIG_FILE, repo / name / R.CONFIG_FILE)
         # The pinned ensemble (with build.json) goes last: until it lands the version is
         # incomplete.
-        move(staging / P.pinned_ensemble_name(n), repo / P.pinned_ensemble_name(n))
+        move(staging / contract.pinned_ensemble_name(n), repo / contract.pinned_ensemble_name(n))
     except BaseException:
         for src, dst, old in reversed(done):
             if dst.exists():
@@ -496,7 +475,7 @@ def build_version(
             for p in (request.repo / name / str(request.version)).rglob("*")
             if p.is_file()
         )
-        for name in P.COMPOSING_MODELS
+        for name in contract.COMPOSING_MODELS
     }
     return BuildSummary(
         request.version,

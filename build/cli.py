@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from seminar import constants as C
-
-
+from seminar import contract
 class RunError(ValueError):
     """The run directory cannot be loaded; the message names the file or field."""
 
@@ -29,17 +27,16 @@ def load_run(run: Path):
 def _summary(summary, console) -> None:
     """The final table: one row per composing model."""
     from rich.table import Table
-    from seminar.build import pipeline as P
-
+    from seminar import contract
     table = Table(title=f"{summary.repo} version {summary.version} ({summary.target.value})")
     for col in ("model", "artifact", "parity cases", "max abs diff", "polygraphy", "bytes"):
         table.add_column(col, justify="right" if col in ("bytes", "parity cases") else "left")
-    for name in P.COMPOSING_MODELS:
+    for name in contract.COMPOSING_MODELS:
         res = summary.exports.get(name)
-        kind = "ONNX" if summary.target is P.Target.CPU else "TensorRT plan + ONNX"
+        kind = "ONNX" if summary.target is contract.Target.CPU else "TensorRT plan + ONNX"
         table.add_row(
             name,
-            kind if res else ("pq artifacts" if name == C.PQ_RETRIEVAL_MODEL else "id maps"),
+            kind if res else ("pq artifacts" if name == contract.PQ_RETRIEVAL_MODEL else "id maps"),
             str(len(res.cases)) if res else "-",
             f"{res.max_abs_diff:.2e}" if res else "-",
             res.polygraphy if res else "-",
@@ -47,8 +44,8 @@ def _summary(summary, console) -> None:
         )
     console.print(table)
     console.print(
-        f"ensembles: {P.pinned_ensemble_name(summary.version)} (A/B handle), "
-        f"{C.ENSEMBLE_MODEL} (pinned to the newest version); {summary.seconds:.1f} s"
+        f"ensembles: {contract.pinned_ensemble_name(summary.version)} (A/B handle), "
+        f"{contract.ENSEMBLE_MODEL} (pinned to the newest version); {summary.seconds:.1f} s"
     )
 
 
@@ -62,7 +59,7 @@ def build(
         typer.Option(
             help="cpu: Python backend + ONNX Runtime, KIND_CPU. gpu: TensorRT plans, KIND_GPU."
         ),
-    ] = C.TARGET_CPU,
+    ] = contract.TARGET_CPU,
     repo: Annotated[
         Path, typer.Option(help="Triton model repository to add the version to.")
     ] = Path("model_repository"),
@@ -111,13 +108,12 @@ def build(
 
     console = Console(stderr=True)
     try:
-        from seminar.build import pipeline as P
-
+        from seminar import contract
         try:
-            tgt = P.Target(target)
+            tgt = contract.Target(target)
         except ValueError:
             raise RunError(f"--target must be cpu or gpu, got {target!r}") from None
-        if tgt is P.Target.GPU:
+        if tgt is contract.Target.GPU:
             # Fail fast, before loading anything or touching the repository.
             from seminar.build import tensorrt as TRT
 
@@ -128,7 +124,7 @@ def build(
         from seminar.pq import PQConfig
 
         pq_config = PQConfig.for_serving(
-            "cpu" if tgt is P.Target.CPU else "cuda",
+            "cpu" if tgt is contract.Target.CPU else "cuda",
             n_subspaces=pq_subspaces,
             nbits=pq_bits,
             rerank=pq_rerank,
@@ -181,7 +177,6 @@ def _build(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from seminar.build import builder as B
     from seminar.build import export as E
-    from seminar.build import pipeline as P
     from seminar.build import repository as R
 
     serving = R.ServingConfig(
@@ -198,7 +193,7 @@ def _build(
         export=E.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
     )
     loaded = load_run(run)
-    dims = P.PipelineDims.from_model_config(loaded.model_config)
+    dims = contract.PipelineDims.from_model_config(loaded.model_config)
     recorded = loaded.data.get("path")
     data_dir = data or (Path(recorded) if recorded else None)
     if data_dir is None:
@@ -271,7 +266,7 @@ def retire(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=int(exc.failure)) from None
     pinned = (
-        f"; {C.ENSEMBLE_MODEL} now serves version {summary.repinned_to}"
+        f"; {contract.ENSEMBLE_MODEL} now serves version {summary.repinned_to}"
         if summary.repinned_to
         else ""
     )

@@ -30,11 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from seminar.build import pipeline as P
+from seminar import contract
 from torch import Tensor, nn
-
-from seminar import constants as C
-
 
 class ExportError(RuntimeError):
     """An export or its parity gate failed; the message names the model and the error."""
@@ -98,9 +95,9 @@ class RankingHeadGraph(nn.Module):
 def graph_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The exported modules of a seminar.model model, keyed by Triton model name."""
     return {
-        C.QUERY_ENCODER_MODEL: QueryEncoderGraph(model.query_encoder).eval(),
-        C.ITEM_ENCODER_MODEL: ItemEncoderGraph(model.item_encoder).eval(),
-        C.RANKING_HEAD_MODEL: RankingHeadGraph(model.ranking_head).eval(),
+        contract.QUERY_ENCODER_MODEL: QueryEncoderGraph(model.query_encoder).eval(),
+        contract.ITEM_ENCODER_MODEL: ItemEncoderGraph(model.item_encoder).eval(),
+        contract.RANKING_HEAD_MODEL: RankingHeadGraph(model.ranking_head).eval(),
     }
 
 
@@ -144,20 +141,20 @@ def _quiet():
             lg.setLevel(level)
 
 
-def _example(spec: P.ModelSpec, batch: int) -> tuple[Tensor, ...]:
+def _example(spec: contract.ModelSpec, batch: int) -> tuple[Tensor, ...]:
     # Export traces with B = 2: B = 1 would let the exporter specialise the batch dim.
     out = []
     for t in spec.inputs:
         shape = (batch, *t.dims)
         out.append(
             torch.ones(shape, dtype=torch.int64)
-            if t.dtype is P.DataType.INT64
+            if t.dtype is contract.DataType.INT64
             else torch.ones(shape, dtype=torch.float32)
         )
     return tuple(out)
 
 
-def export_onnx(module: nn.Module, spec: P.ModelSpec, path: Path, config: ExportConfig) -> Path:
+def export_onnx(module: nn.Module, spec: contract.ModelSpec, path: Path, config: ExportConfig) -> Path:
     """torch.onnx.export(dynamo=True) with a dynamic batch dim and the spec's tensor names."""
     batch = torch.export.Dim("batch", min=1, max=config.max_batch)
     dynamic = {t.name: {0: batch} for t in spec.inputs}
@@ -245,7 +242,7 @@ def _onnx_session(path: Path):
 
 
 def compare(
-    module: nn.Module, session, spec: P.ModelSpec, inputs: Mapping[str, np.ndarray]
+    module: nn.Module, session, spec: contract.ModelSpec, inputs: Mapping[str, np.ndarray]
 ) -> float:
     """Max abs diff between the torch module and the ONNX Runtime session on `inputs`."""
     with torch.no_grad():
@@ -266,7 +263,7 @@ def compare(
 
 
 def random_inputs(
-    spec: P.ModelSpec,
+    spec: contract.ModelSpec,
     batch: int,
     index_bounds: Mapping[str, int],
     rng: np.random.Generator,
@@ -278,14 +275,14 @@ def random_inputs(
     out: dict[str, np.ndarray] = {}
     for t in spec.inputs:
         shape = (batch, *t.dims)
-        if t.name == P.TOPK_MASK:
+        if t.name == contract.TOPK_MASK:
             h, k = t.dims
             n = rng.integers(0, k + 1, size=(batch, h, 1)) if valid_slots is None else valid_slots
             mask = np.arange(k)[None, None, :] < n  # (B or 1, H or 1, K)
             out[t.name] = np.broadcast_to(mask, shape).astype(np.float32)  # (B, H, K)
-        elif t.dtype is P.DataType.INT64:
+        elif t.dtype is contract.DataType.INT64:
             values = rng.integers(0, index_bounds[t.name], size=shape, dtype=np.int64)
-            if t.name == P.QUERY_TOKENS:
+            if t.name == contract.QUERY_TOKENS:
                 lengths = rng.integers(0, t.dims[0] + 1, size=(batch, 1))  # 0 = no query
                 values = np.where(np.arange(t.dims[0])[None, :] < lengths, values, 0)
             out[t.name] = values
@@ -297,7 +294,7 @@ def random_inputs(
 def parity_cases(
     module: nn.Module,
     onnx_path: Path,
-    spec: P.ModelSpec,
+    spec: contract.ModelSpec,
     real: Mapping[str, np.ndarray],
     index_bounds: Mapping[str, int],
     config: ExportConfig,
@@ -307,8 +304,8 @@ def parity_cases(
     rng = np.random.default_rng(config.seed)
     todo: list[tuple[str, dict[str, np.ndarray]]] = [("real MovieLens", dict(real))]
     for b in config.batch_sizes:
-        if P.TOPK_MASK in {t.name for t in spec.inputs}:
-            k = spec.input(P.TOPK_MASK).dims[1]
+        if contract.TOPK_MASK in {t.name for t in spec.inputs}:
+            k = spec.input(contract.TOPK_MASK).dims[1]
             for label, n in (("1", 1), ("K-1", k - 1), ("K", k), ("mixed", None)):
                 if n == 0:
                     continue
@@ -330,7 +327,7 @@ def parity_cases(
     return tuple(cases)
 
 
-def polygraphy_onnxrt(onnx_path: Path, spec: P.ModelSpec, batch: int = 7) -> str:
+def polygraphy_onnxrt(onnx_path: Path, spec: contract.ModelSpec, batch: int = 7) -> str:
     """`polygraphy run --onnxrt` on the graph at a fixed batch; raise ExportError on failure."""
     exe = Path(sys.executable).with_name("polygraphy")
     exe_path = str(exe) if exe.exists() else shutil.which("polygraphy")
@@ -340,7 +337,7 @@ def polygraphy_onnxrt(onnx_path: Path, spec: P.ModelSpec, batch: int = 7) -> str
         )
     shapes = [f"{t.name}:[{','.join(str(d) for d in (batch, *t.dims))}]" for t in spec.inputs]
     # Index inputs must stay in range: 0..1 is valid for every table (PAD / OOV rows).
-    bounds = [f"{t.name}:[0,1]" for t in spec.inputs if t.dtype is P.DataType.INT64]
+    bounds = [f"{t.name}:[0,1]" for t in spec.inputs if t.dtype is contract.DataType.INT64]
     cmd = [exe_path, "run", str(onnx_path), "--onnxrt", "--input-shapes", *shapes]
     if bounds:
         cmd += ["--val-range", *bounds]
@@ -353,7 +350,7 @@ def polygraphy_onnxrt(onnx_path: Path, spec: P.ModelSpec, batch: int = 7) -> str
 
 def export_all(
     model: nn.Module,
-    dims: P.PipelineDims,
+    dims: contract.PipelineDims,
     out_dir: Path,
     real_inputs: Mapping[str, Mapping[str, np.ndarray]],
     index_bounds: Mapping[str, int],
@@ -366,7 +363,7 @@ def export_all(
     index_bounds: exclusive upper bound per int64 input (query_tokens, item_index).
     progress: optional callable(str) told about each step.
     """
-    specs = P.model_specs(dims)
+    specs = contract.model_specs(dims)
     results = {}
     for name, module in graph_modules(model).items():
         spec = specs[name]

@@ -20,10 +20,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from seminar.build import pipeline as P
+from seminar import contract
 from tritonclient.grpc import model_config_pb2 as mc
-
-from seminar import constants as C
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -66,7 +64,7 @@ class ServingConfig:
             )
 
 
-def _tensors(message_list, specs: tuple[P.TensorSpec, ...]) -> None:
+def _tensors(message_list, specs: tuple[contract.TensorSpec, ...]) -> None:
     for t in specs:
         entry = message_list.add()
         entry.name = t.name
@@ -79,7 +77,7 @@ def _params(config: mc.ModelConfig, params: Mapping[str, str]) -> None:
         config.parameters[key].string_value = params[key]
 
 
-def model_config(spec: P.ModelSpec, target: P.Target, serving: ServingConfig) -> mc.ModelConfig:
+def model_config(spec: contract.ModelSpec, target: contract.Target, serving: ServingConfig) -> mc.ModelConfig:
     """The ModelConfig of one composing model for a target."""
     config = mc.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
     _tensors(config.input, spec.inputs)
@@ -89,39 +87,39 @@ def model_config(spec: P.ModelSpec, target: P.Target, serving: ServingConfig) ->
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
     group = config.instance_group.add()
     group.count = serving.cpu_instances
-    gpu = target is P.Target.GPU
+    gpu = target is contract.Target.GPU
     group.kind = instance_kind(spec, target)
-    if gpu and spec.kind is P.ModelKind.EXPORTED:
+    if gpu and spec.kind is contract.ModelKind.EXPORTED:
         group.count = 1
         config.platform = "tensorrt_plan"
-        config.default_model_filename = P.PLAN_FILE
+        config.default_model_filename = contract.PLAN_FILE
         return config
     config.backend = "python"
     params = dict(spec.parameters)
-    if spec.name == P.FEATURES_MODEL:
-        params[P.PARAM_MAX_QUERY_BYTES] = str(serving.max_query_bytes)
-    if spec.kind is P.ModelKind.EXPORTED:
-        params[P.PARAM_INDEX_RANGES] = P.INDEX_RANGES_FILE
-    if spec.name == C.PQ_RETRIEVAL_MODEL:
-        params[P.PARAM_DEVICE] = "cuda" if gpu else "cpu"
+    if spec.name == contract.FEATURES_MODEL:
+        params[contract.PARAM_MAX_QUERY_BYTES] = str(serving.max_query_bytes)
+    if spec.kind is contract.ModelKind.EXPORTED:
+        params[contract.PARAM_INDEX_RANGES] = contract.INDEX_RANGES_FILE
+    if spec.name == contract.PQ_RETRIEVAL_MODEL:
+        params[contract.PARAM_DEVICE] = "cuda" if gpu else "cpu"
         if gpu:
-            params[P.PARAM_FORCE_CPU_ONLY] = "no"  # torch tensors in and out via DLPack
+            params[contract.PARAM_FORCE_CPU_ONLY] = "no"  # torch tensors in and out via DLPack
     if serving.execution_env:
-        params[P.PARAM_EXECUTION_ENV] = serving.execution_env
+        params[contract.PARAM_EXECUTION_ENV] = serving.execution_env
     _params(config, params)
     return config
 
 
 def ensemble_config(
-    dims: P.PipelineDims, name: str, pinned_version: int, serving: ServingConfig
+    dims: contract.PipelineDims, name: str, pinned_version: int, serving: ServingConfig
 ) -> mc.ModelConfig:
     """An ensemble whose every step is pinned to `pinned_version`."""
-    spec = P.ensemble_spec(dims, name)
+    spec = contract.ensemble_spec(dims, name)
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
     _tensors(config.input, spec.inputs)
     _tensors(config.output, spec.outputs)
     config.version_policy.latest.num_versions = 1
-    for step in P.ensemble_steps():
+    for step in contract.ensemble_steps():
         s = config.ensemble_scheduling.step.add()
         s.model_name = step.model
         s.model_version = pinned_version
@@ -142,7 +140,7 @@ def parse_config(path: Path) -> mc.ModelConfig:
         raise ConfigError(f"{path}: not a valid Triton model config: {exc}") from exc
 
 
-def _check_tensors(where: str, kind: str, got, want: tuple[P.TensorSpec, ...]) -> None:
+def _check_tensors(where: str, kind: str, got, want: tuple[contract.TensorSpec, ...]) -> None:
     got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
     want_list = [(t.name, t.dtype.value, t.dims) for t in want]
     if got_list != want_list:
@@ -155,7 +153,7 @@ def onnx_tensors(onnx_path: Path) -> tuple[list[tuple], list[tuple]]:
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    type_names = {t.onnx: t.value for t in P.DataType}
+    type_names = {t.onnx: t.value for t in contract.DataType}
 
     def rows(values) -> list[tuple]:
         out = []
@@ -172,8 +170,8 @@ def onnx_tensors(onnx_path: Path) -> tuple[list[tuple], list[tuple]]:
 
 def validate_config(
     path: Path,
-    spec: P.ModelSpec,
-    target: P.Target,
+    spec: contract.ModelSpec,
+    target: contract.Target,
     onnx_path: Path | None = None,
     serving: ServingConfig | None = None,
 ) -> mc.ModelConfig:
@@ -190,15 +188,15 @@ def validate_config(
         )
     _check_tensors(where, "inputs", config.input, spec.inputs)
     _check_tensors(where, "outputs", config.output, spec.outputs)
-    if spec.kind is P.ModelKind.ENSEMBLE:
+    if spec.kind is contract.ModelKind.ENSEMBLE:
         if config.platform != "ensemble":
             raise ConfigError(f"{where}: platform {config.platform!r} != 'ensemble'")
         steps = [s.model_name for s in config.ensemble_scheduling.step]
-        if steps != list(P.COMPOSING_MODELS):
-            raise ConfigError(f"{where}: ensemble steps {steps} != {list(P.COMPOSING_MODELS)}")
+        if steps != list(contract.COMPOSING_MODELS):
+            raise ConfigError(f"{where}: ensemble steps {steps} != {list(contract.COMPOSING_MODELS)}")
         return config
-    gpu = target is P.Target.GPU
-    if spec.kind is P.ModelKind.EXPORTED and gpu:
+    gpu = target is contract.Target.GPU
+    if spec.kind is contract.ModelKind.EXPORTED and gpu:
         if config.platform != "tensorrt_plan":
             raise ConfigError(f"{where}: gpu target needs platform tensorrt_plan")
     elif config.backend != "python":
@@ -247,28 +245,28 @@ def _check_queue_policy(where: str, config: mc.ModelConfig) -> None:
 
 
 def _check_parameters(
-    where: str, config: mc.ModelConfig, spec: P.ModelSpec, serving: ServingConfig | None
+    where: str, config: mc.ModelConfig, spec: contract.ModelSpec, serving: ServingConfig | None
 ) -> None:
     """The parameters the Python models read beyond the spec's static ones."""
     params = {key: value.string_value for key, value in config.parameters.items()}
-    if spec.name == P.FEATURES_MODEL:
-        value = params.get(P.PARAM_MAX_QUERY_BYTES, "")
+    if spec.name == contract.FEATURES_MODEL:
+        value = params.get(contract.PARAM_MAX_QUERY_BYTES, "")
         if not value.isdigit() or int(value) < 1:
-            raise ConfigError(f"{where}: parameter {P.PARAM_MAX_QUERY_BYTES} must be an int >= 1")
+            raise ConfigError(f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} must be an int >= 1")
         if serving is not None and int(value) != serving.max_query_bytes:
             raise ConfigError(
-                f"{where}: parameter {P.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"
+                f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"
             )
     if (
-        spec.kind is P.ModelKind.EXPORTED
-        and params.get(P.PARAM_INDEX_RANGES) != P.INDEX_RANGES_FILE
+        spec.kind is contract.ModelKind.EXPORTED
+        and params.get(contract.PARAM_INDEX_RANGES) != contract.INDEX_RANGES_FILE
     ):
         raise ConfigError(
-            f"{where}: parameter {P.PARAM_INDEX_RANGES} must be {P.INDEX_RANGES_FILE!r}"
+            f"{where}: parameter {contract.PARAM_INDEX_RANGES} must be {contract.INDEX_RANGES_FILE!r}"
         )
 
 
-def tensor_mismatch(config: mc.ModelConfig, spec: P.ModelSpec) -> str | None:
+def tensor_mismatch(config: mc.ModelConfig, spec: contract.ModelSpec) -> str | None:
     """None when a written config has the spec's tensors, else what differs (one line)."""
     for kind, got, want in (
         ("inputs", config.input, spec.inputs),
@@ -282,17 +280,17 @@ def tensor_mismatch(config: mc.ModelConfig, spec: P.ModelSpec) -> str | None:
     return None
 
 
-def instance_kind(spec: P.ModelSpec, target: P.Target) -> int:
+def instance_kind(spec: contract.ModelSpec, target: contract.Target) -> int:
     """KIND_GPU for the engines and pq_retrieval on gpu; the features lookup (numpy id maps
     and a tokenizer) always runs on the CPU."""
-    on_gpu = target is P.Target.GPU and spec.name != P.FEATURES_MODEL
+    on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
     return mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
 
 
-def config_target(config: mc.ModelConfig, spec: P.ModelSpec) -> P.Target | None:
+def config_target(config: mc.ModelConfig, spec: contract.ModelSpec) -> contract.Target | None:
     """The target a written composing-model config was generated for (None: cannot tell)."""
     kinds = {g.kind for g in config.instance_group}
-    matches = [t for t in P.Target if kinds == {instance_kind(spec, t)}]
+    matches = [t for t in contract.Target if kinds == {instance_kind(spec, t)}]
     return matches[0] if len(matches) == 1 else None
 
 

@@ -41,10 +41,8 @@ from pathlib import Path
 
 from seminar.build import builder as B
 from seminar.build import lock as L
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.build import repository as R
-
-from seminar import constants as C
 
 # The header tritonserver checks when started with
 # --http-restricted-api=model-repository:seminar-admin-key=<key>.
@@ -189,7 +187,7 @@ def read_admin_key(path: Path) -> str:
 
 def contract_pin(repo: Path) -> int | None:
     """The composing version the `seminar` ensemble routes to (None without its config)."""
-    path = repo / C.ENSEMBLE_MODEL / R.CONFIG_FILE
+    path = repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE
     if not path.is_file():
         return None
     try:
@@ -215,8 +213,8 @@ def write_config_atomically(path: Path, config: R.mc.ModelConfig) -> None:
 
 def _version_folders(repo: Path, version: int) -> list[Path]:
     """Folder N of every model of a build, in the order a retire takes them out."""
-    folders = [repo / P.pinned_ensemble_name(version), repo / C.ENSEMBLE_MODEL / str(version)]
-    folders += [repo / name / str(version) for name in P.COMPOSING_MODELS]
+    folders = [repo / contract.pinned_ensemble_name(version), repo / contract.ENSEMBLE_MODEL / str(version)]
+    folders += [repo / name / str(version) for name in contract.COMPOSING_MODELS]
     return folders
 
 
@@ -224,11 +222,11 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
     """Take version N out of the repository (and a live Triton); see the module docstring."""
     started = time.perf_counter()
     repo, n = request.repo, request.version
-    if not (repo / C.ENSEMBLE_MODEL / R.CONFIG_FILE).is_file():
+    if not (repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE).is_file():
         raise RetireError(
             RetireFailure.REPOSITORY,
             f"{repo}: not a model repository written by `seminar build` "
-            f"(no {C.ENSEMBLE_MODEL}/{R.CONFIG_FILE})",
+            f"(no {contract.ENSEMBLE_MODEL}/{R.CONFIG_FILE})",
         )
     live = (
         LiveTriton(request.server, request.admin_key, request.http_timeout_s)
@@ -242,7 +240,7 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
         # A live server may still hold version N after an interrupted retire removed the
         # folders: it is known there, and this run finishes the job.
         loaded = live.loaded_versions() if live else {}
-        still_loaded = [name for name in P.COMPOSING_MODELS if n in loaded.get(name, set())]
+        still_loaded = [name for name in contract.COMPOSING_MODELS if n in loaded.get(name, set())]
         if not present and not still_loaded:
             known = ", ".join(map(str, complete)) or "none"
             raise RetireError(
@@ -273,27 +271,27 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
             repinned_to = None
             if pin == n:
                 repinned_to = newest_other = max(others)
-                ensemble_dir = repo / C.ENSEMBLE_MODEL
+                ensemble_dir = repo / contract.ENSEMBLE_MODEL
                 (ensemble_dir / str(newest_other)).mkdir(exist_ok=True)
                 config_path = ensemble_dir / R.CONFIG_FILE
                 config = R.repinned(R.parse_config(config_path), newest_other)
                 write_config_atomically(config_path, config)
-                progress(f"re-pinned {C.ENSEMBLE_MODEL} from version {n} to {newest_other}")
+                progress(f"re-pinned {contract.ENSEMBLE_MODEL} from version {n} to {newest_other}")
                 if (ensemble_dir / str(n)).exists():
                     take_out(ensemble_dir / str(n))
             elif pin is not None:
-                progress(f"{C.ENSEMBLE_MODEL} is pinned to version {pin}: nothing to re-pin")
+                progress(f"{contract.ENSEMBLE_MODEL} is pinned to version {pin}: nothing to re-pin")
             if live:
-                contract = C.ENSEMBLE_MODEL
+                ensemble = contract.ENSEMBLE_MODEL
                 target = repinned_to or pin
-                if repinned_to is not None or (target and not live.is_ready(contract, target)):
-                    progress(f"reloading {contract} on {live.url}")
-                    live.load(contract)
+                if repinned_to is not None or (target and not live.is_ready(ensemble, target)):
+                    progress(f"reloading {ensemble} on {live.url}")
+                    live.load(ensemble)
                 if target:
-                    live.wait_ready(contract, target, request.ready_timeout_s)
-                    progress(f"{contract} version {target} is READY on {live.url}")
+                    live.wait_ready(ensemble, target, request.ready_timeout_s)
+                    progress(f"{ensemble} version {target} is READY on {live.url}")
 
-            pinned_ensemble = P.pinned_ensemble_name(n)
+            pinned_ensemble = contract.pinned_ensemble_name(n)
             if live and n in live.loaded_versions().get(pinned_ensemble, set()):
                 live.unload(pinned_ensemble)
                 progress(f"unloaded {pinned_ensemble} on {live.url}")
@@ -302,7 +300,7 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
                     take_out(folder)
             if live:
                 loaded = live.loaded_versions()
-                for name in P.COMPOSING_MODELS:
+                for name in contract.COMPOSING_MODELS:
                     if loaded.get(name):  # a model the server does not run stays unloaded
                         live.load(name)  # re-reads the model's folder: version N is unloaded
                         progress(f"reloaded {name} on {live.url} (version {n} dropped)")

@@ -15,8 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from seminar.build import pipeline as P
-
+from seminar import contract
 # ONNX ops whose FP16 versions lose accuracy (variance / exp over a long row): kept FP32.
 # Where too: masked_fill(-1e9) overflows FP16 to -inf, and an all-masked row (a cold-start
 # user) would then softmax to NaN instead of zeros.
@@ -87,12 +86,12 @@ def fp32_layer_names(onnx_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in FP32_OPS and n.name]
 
 
-def _shape(spec: P.TensorSpec, batch: int) -> str:
+def _shape(spec: contract.TensorSpec, batch: int) -> str:
     return "x".join(str(d) for d in (batch, *spec.dims))
 
 
 def trtexec_command(
-    onnx_path: Path, plan_path: Path, spec: P.ModelSpec, profile: Profile
+    onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, profile: Profile
 ) -> list[str]:
     """The trtexec command line equivalent to build_engine()."""
 
@@ -119,10 +118,10 @@ def trtexec_command(
 
 
 def write_trtexec_script(
-    onnx_path: Path, plan_path: Path, spec: P.ModelSpec, profile: Profile
+    onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, profile: Profile
 ) -> Path:
     """Write trtexec.sh next to the engine (run it from that directory)."""
-    script = plan_path.parent / P.TRTEXEC_FILE
+    script = plan_path.parent / contract.TRTEXEC_FILE
     cmd = " \\\n  ".join(
         shlex.quote(a) for a in trtexec_command(onnx_path, plan_path, spec, profile)
     )
@@ -136,7 +135,7 @@ def write_trtexec_script(
     return script
 
 
-def build_engine(onnx_path: Path, plan_path: Path, spec: P.ModelSpec, profile: Profile) -> Path:
+def build_engine(onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, profile: Profile) -> Path:
     """Build a serialized FP16 engine with the TensorRT Python API (needs a GPU)."""
     import tensorrt as trt
 
@@ -175,7 +174,7 @@ def build_engine(onnx_path: Path, plan_path: Path, spec: P.ModelSpec, profile: P
 
 
 def engine_parity(
-    onnx_path: Path, plan_path: Path, spec: P.ModelSpec, batch: int = 7, atol: float = 1e-2
+    onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, batch: int = 7, atol: float = 1e-2
 ) -> float:
     """Engine vs ONNX Runtime via polygraphy's Comparator; returns the max abs diff and
     raises RuntimeError when any output is outside atol (FP16 tolerance)."""

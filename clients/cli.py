@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from seminar.constants import (
+from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
     ENSEMBLE_MODEL,
@@ -199,55 +199,6 @@ def load(
         raise _fail("no request succeeded; see the error counts above")
 
 
-def perf(
-    triton: Annotated[str, typer.Option(help="Triton gRPC HOST:PORT (perf_analyzer's target).")],
-    data: Annotated[Path, typer.Option(help="Prepared dataset dir for real requests.")],
-    gateway: Annotated[
-        str | None,
-        typer.Option(
-            help="Gateway HOST:PORT for the comparison `seminar load` run (omit to skip)."
-        ),
-    ] = None,
-    model: Annotated[str, typer.Option(help="Triton model to drive.")] = ENSEMBLE_MODEL,
-    concurrency: Annotated[str, typer.Option(help="perf_analyzer range START:END[:STEP].")] = "1:8",
-    candidates: Annotated[int, typer.Option(help="Candidate rows per request (batch).")] = 100,
-    requests: Annotated[int, typer.Option(help="Distinct real requests in --input-data.")] = 32,
-    synthetic_long_user: Annotated[
-        int | None,
-        typer.Option(
-            help="Also send one synthetic user id (e.g. a 10k-event user built into the repo)."
-        ),
-    ] = None,
-    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer measurement window.")] = 3000,
-    chroot: Annotated[
-        Path | None,
-        typer.Option(
-            help="Debian 13 chroot holding perf_analyzer (clients/perf_analyzer_chroot.sh)."
-        ),
-    ] = None,
-    out_dir: Annotated[Path, typer.Option(help="Where perf.md, perf.png, perf.csv go.")] = Path(
-        "reports"
-    ),
-) -> None:
-    """Run perf_analyzer against the seminar ensemble; write reports/perf.md and perf.png.
-
-    --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio.
-    """
-    from seminar.clients.perf import PerfConfig, PerfError, run_perf
-    from seminar.clients.workload import WorkloadError
-
-    try:
-        cfg = PerfConfig(
-            triton=triton, data=data, gateway=gateway, model=model, concurrency=concurrency,
-            candidates=candidates, requests=requests, synthetic_long_user=synthetic_long_user,
-            measurement_ms=measurement_ms, chroot=chroot, out_dir=out_dir,
-        )  # fmt: skip
-        report = run_perf(cfg)
-    except (ValueError, PerfError, WorkloadError) as err:
-        raise _fail(str(err)) from None
-    typer.echo(report)
-
-
 def observe(
     triton_metrics: Annotated[
         str, typer.Option(help="Triton metrics HOST:PORT.")
@@ -270,55 +221,3 @@ def observe(
         run_prometheus(triton_metrics, gateway_metrics, port, storage)
     except ObserveError as err:
         raise _fail(str(err)) from None
-
-
-def bench_soak(
-    repo: Path = typer.Option(
-        Path("model_repository"),
-        help="Model repository built by `seminar build` (2 versions: A/B).",
-    ),
-    data: Path = typer.Option(
-        Path("data/movielens"), help="Prepared dataset the repository was built from."
-    ),
-    duration: float = typer.Option(600.0, help="Seconds of traffic before the kill -9 phase."),
-    concurrency: int = typer.Option(8, help="Client threads."),
-    stall_every: float = typer.Option(30.0, help="Seconds between two frozen model processes."),
-    stall: float = typer.Option(3.0, help="Seconds each model process stays frozen (SIGSTOP)."),
-    kill: bool = typer.Option(True, help="End with kill -9 of tritonserver under load."),
-    seed: int = typer.Option(0, help="Seed of the traffic mix and of the stall victims."),
-    out: Path = typer.Option(
-        Path("reports/soak"), help="Report path without suffix: writes OUT.md, OUT.json, OUT.png."
-    ),
-) -> None:
-    """Hostile traffic through the gateway while model processes freeze; exit 1 unless it held.
-
-    Starts `seminar serve` and `seminar gateway` over REPO, sends CONCURRENCY clients with deadlines from 5 ms to 2 s, 1000-candidate requests, 1 MB queries and client cancellations for DURATION seconds, freezes a random model process every STALL_EVERY seconds, then kills tritonserver and times the recovery. Passes when tritonserver never died during the soak, every call ended OK or with a status a client can act on, and the kill left nothing behind.
-    """
-    import shlex
-    import sys
-
-    from seminar.clients.soak import SoakConfig, SoakError, markdown, run_soak, write_reports
-
-    try:
-        config = SoakConfig(
-            duration_s=duration,
-            concurrency=concurrency,
-            stall_every_s=stall_every,
-            stall_s=stall,
-            kill_at_end=kill,
-            seed=seed,
-        )
-    except ValueError as err:
-        typer.echo(f"Invalid option: {err}.", err=True)
-        raise typer.Exit(code=2) from None
-    command = "seminar bench soak " + shlex.join(sys.argv[3:])
-    try:
-        report = run_soak(repo, data, config, command, lambda m: typer.echo(m, err=True))
-    except (SoakError, OSError, ValueError) as err:
-        typer.echo(f"bench soak could not run: {err}", err=True)
-        raise typer.Exit(code=2) from None
-    paths = write_reports(report, out)
-    typer.echo(markdown(report))
-    typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
-    if not report["passed"]:
-        raise typer.Exit(code=1)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seminar.constants import AB_BUCKETS
+from seminar.contract import AB_BUCKETS
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LIMIT_FIELDS = ("max_candidates", "max_query_bytes", "deadline_ms", "max_inflight")

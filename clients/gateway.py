@@ -56,7 +56,7 @@ from seminar.clients.readiness import NOT_CHECKED, ModelKey, Readiness, Readines
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS, TritonError, rank, score_async, spearman
 from seminar.clients.triton_calls import Overloaded, TritonCalls
 
-from seminar.constants import AB_BUCKETS, GATEWAY_SERVICE
+from seminar.contract import AB_BUCKETS, GATEWAY_SERVICE
 
 if TYPE_CHECKING:
     from grpc_health.v1.health import aio as health_aio

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seminar.constants import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
 
 if TYPE_CHECKING:
     import tritonclient.grpc.aio as triton_aio

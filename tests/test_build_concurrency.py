@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from seminar.build import artifacts as A
 from seminar.build import builder as B
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.build import repository as R
 
-from seminar import constants as C
 from tests.support.build import BuiltRepo, copy_repo, start_build_process, start_gated_build
 
 pytestmark = pytest.mark.slow
@@ -51,7 +50,7 @@ def test_two_builds_of_one_version_at_once_one_lands_the_other_is_refused(
     assert "error: version 7 exists" in refusal and "--force" in refusal, refusal
     assert "Traceback" not in refusal
     assert B.existing_versions(repo) == [1, 7]
-    for name in P.COMPOSING_MODELS:
+    for name in contract.COMPOSING_MODELS:
         A.verify_manifest(repo / name / "7")
     assert not list(tmp_path.glob(".repo.v*")), "staging dir left behind"
 
@@ -73,8 +72,8 @@ def test_builds_of_8_and_9_at_once_leave_seminar_pinned_to_9(
     results = _finish(processes)
     assert [code for code, _, _ in results] == [0, 0], results
     assert B.existing_versions(repo) == [1, 8, 9]
-    assert _pins(repo, C.ENSEMBLE_MODEL) == {9}
-    served = max(int(d.name) for d in (repo / C.ENSEMBLE_MODEL).iterdir() if d.name.isdigit())
+    assert _pins(repo, contract.ENSEMBLE_MODEL) == {9}
+    served = max(int(d.name) for d in (repo / contract.ENSEMBLE_MODEL).iterdir() if d.name.isdigit())
     assert served == 9, "the highest `seminar` folder (the one Triton serves) is 9"
     for version in (8, 9):
-        assert _pins(repo, P.pinned_ensemble_name(version)) == {version}
+        assert _pins(repo, contract.pinned_ensemble_name(version)) == {version}

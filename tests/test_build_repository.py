@@ -14,11 +14,10 @@ import pytest
 from seminar.build import artifacts as A
 from seminar.build import builder as B
 from seminar.build import export as E
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
 
-from seminar import constants as C
 from tests.support.build import CHECKOUT, BuiltRepo, build_cli, copy_repo, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -28,11 +27,11 @@ _tree_digest = tree_digest
 
 def _version_files(repo: Path, version: int) -> dict[str, str]:
     out = {}
-    for name in [*P.COMPOSING_MODELS, C.ENSEMBLE_MODEL]:
+    for name in [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]:
         for rel, digest in _tree_digest(repo / name / str(version)).items():
             out[f"{name}/{version}/{rel}"] = digest
-    for rel, digest in _tree_digest(repo / P.pinned_ensemble_name(version)).items():
-        out[f"{P.pinned_ensemble_name(version)}/{rel}"] = digest
+    for rel, digest in _tree_digest(repo / contract.pinned_ensemble_name(version)).items():
+        out[f"{contract.pinned_ensemble_name(version)}/{rel}"] = digest
     return out
 
 
@@ -41,22 +40,22 @@ def trained(model_repo: BuiltRepo):
     from seminar.training.checkpoint import load_run
 
     run = load_run(model_repo.run)
-    return run.model, P.PipelineDims.from_model_config(run.model_config)
+    return run.model, contract.PipelineDims.from_model_config(run.model_config)
 
 
-@pytest.mark.parametrize("name", P.EXPORTED_MODELS)
+@pytest.mark.parametrize("name", contract.EXPORTED_MODELS)
 def test_onnx_matches_pytorch_at_batch_1_7_256(model_repo, trained, name):
     """The served graph vs the trained module: random rows at batch 1, 7, 256 (head: 1, K-1
     and K valid slots per head) and real MovieLens rows, max abs diff <= 1e-4."""
     import onnxruntime as ort
 
     model, dims = trained
-    spec = P.model_specs(dims)[name]
+    spec = contract.model_specs(dims)[name]
     module = E.graph_modules(model)[name]
-    session = ort.InferenceSession(str(model_repo.repo / name / "1" / P.ONNX_FILE))
+    session = ort.InferenceSession(str(model_repo.repo / name / "1" / contract.ONNX_FILE))
     bounds = A.index_bounds(model_repo.data)
     rng = np.random.default_rng(123)
-    slots = [1, dims.k - 1, dims.k] if name == C.RANKING_HEAD_MODEL else [None]
+    slots = [1, dims.k - 1, dims.k] if name == contract.RANKING_HEAD_MODEL else [None]
     checked = 0
     for batch in (1, 7, 256):
         for valid in slots:
@@ -71,24 +70,24 @@ def test_onnx_matches_pytorch_at_batch_1_7_256(model_repo, trained, name):
 
 def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained):
     _, dims = trained
-    repo, specs = model_repo.repo, P.model_specs(dims)
+    repo, specs = model_repo.repo, contract.model_specs(dims)
     for name, spec in specs.items():
-        onnx_path = repo / name / "1" / P.ONNX_FILE if name in P.EXPORTED_MODELS else None
-        config = R.validate_config(repo / name / R.CONFIG_FILE, spec, P.Target.CPU, onnx_path)
+        onnx_path = repo / name / "1" / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
+        config = R.validate_config(repo / name / R.CONFIG_FILE, spec, contract.Target.CPU, onnx_path)
         assert config.backend == "python"
         assert config.version_policy.HasField("all")
-        assert (repo / name / "1" / P.PYTHON_FILE).read_bytes() == (
-            P.BACKENDS_DIR / spec.backend_source
+        assert (repo / name / "1" / contract.PYTHON_FILE).read_bytes() == (
+            contract.backend_source_path(spec.backend_source)
         ).read_bytes()
-    for ensemble in (C.ENSEMBLE_MODEL, P.pinned_ensemble_name(1)):
+    for ensemble in (contract.ENSEMBLE_MODEL, contract.pinned_ensemble_name(1)):
         config = R.validate_config(
-            repo / ensemble / R.CONFIG_FILE, P.ensemble_spec(dims, ensemble), P.Target.CPU
+            repo / ensemble / R.CONFIG_FILE, contract.ensemble_spec(dims, ensemble), contract.Target.CPU
         )
         assert [s.model_version for s in config.ensemble_scheduling.step] == [1] * 5
         assert (repo / ensemble / "1").is_dir()
-    card = (repo / P.pinned_ensemble_name(1) / "1" / B.MODEL_CARD_FILE).read_text()
+    card = (repo / contract.pinned_ensemble_name(1) / "1" / B.MODEL_CARD_FILE).read_text()
     assert "logit" in card and "git revision" in card and "movielens" in card.lower()
-    info = json.loads((repo / P.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text())
+    info = json.loads((repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text())
     assert info["dims"] == {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t}
     assert all(
         e["max_abs_diff"] <= 1e-4 and e["polygraphy"] == "passed" for e in info["exports"].values()
@@ -96,17 +95,17 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
 
 
 def test_manifests_verify_and_a_corrupted_artifact_is_detected(model_repo, tmp_path):
-    for name in P.COMPOSING_MODELS:
+    for name in contract.COMPOSING_MODELS:
         assert A.verify_manifest(model_repo.repo / name / "1") >= 2
-    pq = A.verify_manifest(model_repo.repo / C.PQ_RETRIEVAL_MODEL / "1")
+    pq = A.verify_manifest(model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1")
     assert pq >= 4, "the PQ artifacts (codebooks, store, tables) are covered"
     repo = copy_repo(model_repo, tmp_path / "repo")
-    victim = repo / P.FEATURES_MODEL / "1" / P.ITEM_IDS_FILE
+    victim = repo / contract.FEATURES_MODEL / "1" / contract.ITEM_IDS_FILE
     ids = np.load(victim)
     ids[0] += 1  # same shape, size and dtype: only the checksum can tell
     np.save(victim, ids)
     with pytest.raises(A.ArtifactError, match=r"item_ids\.npy: sha256"):
-        A.verify_manifest(repo / P.FEATURES_MODEL / "1")
+        A.verify_manifest(repo / contract.FEATURES_MODEL / "1")
 
 
 def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
@@ -116,14 +115,14 @@ def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
     assert result.exit_code == 0, result.output
     assert _version_files(repo, 1) == before, "version 1 changed while building version 2"
     assert sorted(B.existing_versions(repo)) == [1, 2]
-    contract = R.parse_config(repo / C.ENSEMBLE_MODEL / R.CONFIG_FILE)
-    assert {s.model_version for s in contract.ensemble_scheduling.step} == {2}
-    pinned = R.parse_config(repo / P.pinned_ensemble_name(1) / R.CONFIG_FILE)
+    ensemble = R.parse_config(repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE)
+    assert {s.model_version for s in ensemble.ensemble_scheduling.step} == {2}
+    pinned = R.parse_config(repo / contract.pinned_ensemble_name(1) / R.CONFIG_FILE)
     assert {s.model_version for s in pinned.ensemble_scheduling.step} == {1}
     # Same checkpoint, same graphs: the rebuilt ONNX is byte-identical (deterministic export).
-    for name in P.EXPORTED_MODELS:
-        assert (repo / name / "2" / P.ONNX_FILE).read_bytes() == (
-            repo / name / "1" / P.ONNX_FILE
+    for name in contract.EXPORTED_MODELS:
+        assert (repo / name / "2" / contract.ONNX_FILE).read_bytes() == (
+            repo / name / "1" / contract.ONNX_FILE
         ).read_bytes()
 
     # An existing version is never overwritten without --force ...
@@ -196,27 +195,27 @@ def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path
         B.preflight(_request(repo, 1), dims)
     B.preflight(_request(repo, 1, force=True), dims)  # allowed
 
-    other = P.PipelineDims(d=dims.d, h=dims.h, k=dims.k + 1, t=dims.t)
+    other = contract.PipelineDims(d=dims.d, h=dims.h, k=dims.k + 1, t=dims.t)
     with pytest.raises(B.BuildError, match=r"does not match the versions already.*K=") as err:
         B.preflight(_request(repo, 2), other)
     assert "\n" not in str(err.value)
     # A repository of one target refuses a build of the other (configs are shared).
     gpu_repo = copy_repo(model_repo, tmp_path / "gpu_repo")
-    spec = P.model_specs(dims)[C.PQ_RETRIEVAL_MODEL]
-    gpu_config = R.model_config(spec, P.Target.GPU, R.ServingConfig())
-    (gpu_repo / C.PQ_RETRIEVAL_MODEL / R.CONFIG_FILE).write_text(R.to_text(gpu_config))
+    spec = contract.model_specs(dims)[contract.PQ_RETRIEVAL_MODEL]
+    gpu_config = R.model_config(spec, contract.Target.GPU, R.ServingConfig())
+    (gpu_repo / contract.PQ_RETRIEVAL_MODEL / R.CONFIG_FILE).write_text(R.to_text(gpu_config))
     with pytest.raises(B.BuildError, match="built for --target gpu"):
         B.preflight(_request(gpu_repo, 2), dims)
 
     # A partly present version (a crash between renames) is reported, not silently reused.
-    (repo / P.FEATURES_MODEL / "5").mkdir()
+    (repo / contract.FEATURES_MODEL / "5").mkdir()
     with pytest.raises(B.BuildError, match="version 5 is partly present"):
         B.preflight(_request(repo, 5), dims)
 
     B.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
     assert B.existing_versions(repo) == [1]
     assert not list(repo.parent.glob(".repo.v*")), "the replaced version was not cleaned up"
-    for name in P.COMPOSING_MODELS:
+    for name in contract.COMPOSING_MODELS:
         A.verify_manifest(repo / name / "1")
 
 
@@ -227,9 +226,9 @@ def test_tensorrt_engines_match_onnx(model_repo, trained, tmp_path):
     if reason:
         pytest.skip(reason)
     _, dims = trained
-    specs = P.model_specs(dims)
-    for name in P.EXPORTED_MODELS:
-        onnx_path = model_repo.repo / name / "1" / P.ONNX_FILE
+    specs = contract.model_specs(dims)
+    for name in contract.EXPORTED_MODELS:
+        onnx_path = model_repo.repo / name / "1" / contract.ONNX_FILE
         plan = TRT.build_engine(onnx_path, tmp_path / f"{name}.plan", specs[name], TRT.Profile())
         assert TRT.engine_parity(onnx_path, plan, specs[name]) <= 1e-2
 
@@ -239,7 +238,7 @@ def test_cpu_build_serves_the_fast_scan_rerank_config_by_default(model_repo):
     codes stored in faiss's block layout, then an exact rerank of a 4K shortlist."""
     from seminar.pq import PQConfig
 
-    pq_dir = model_repo.repo / C.PQ_RETRIEVAL_MODEL / "1" / P.PQ_DIR
+    pq_dir = model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1" / contract.PQ_DIR
     manifest = json.loads((pq_dir / "manifest.json").read_text())
     want = PQConfig.for_serving("cpu")
     assert manifest["config"]["nbits"] == want.nbits == 4
@@ -273,7 +272,7 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
     assert result.exit_code == 1, result.output
     # One sentence on one line (the spinner may have drawn a frame before it).
     (refusal,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    config = repo / P.FEATURES_MODEL / R.CONFIG_FILE
+    config = repo / contract.FEATURES_MODEL / R.CONFIG_FILE
     assert f"{config}: max_batch_size is 1024 there but 64 in this build" in refusal
     assert "shared by every version of features" in refusal and "another --repo" in refusal
     assert "Traceback" not in result.output
@@ -283,7 +282,7 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
 
 def test_build_json_records_every_serving_setting(model_repo):
     info = json.loads(
-        (model_repo.repo / P.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
+        (model_repo.repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
     )
     serving = R.ServingConfig()
     assert info["serving"] == B.serving_record(serving)
@@ -317,6 +316,6 @@ def test_no_file_of_a_built_repository_names_a_path_of_the_build_machine(
             ]
     assert not leaks, leaks
     info = json.loads(
-        (model_repo.repo / P.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
+        (model_repo.repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
     )
     assert info["run"] == model_repo.run.name  # outside the current directory: its name

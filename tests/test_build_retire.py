@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from seminar.build import builder as B
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.build import repository as R
 from seminar.build import retire as RT
 from typer.testing import CliRunner
 
-from seminar import constants as C
 from seminar.cli import app
 from tests.support.build import BuiltRepo, build_cli, copy_repo, tree_digest
 from tests.support.serving import require_serving_pieces, require_tritonserver, start_triton
@@ -58,11 +57,11 @@ def assert_servable(repo: Path) -> None:
 def assert_retired(repo: Path, retired: int, remaining: int) -> None:
     assert B.existing_versions(repo) == [remaining]
     assert RT.contract_pin(repo) == remaining
-    assert sorted(d.name for d in (repo / C.ENSEMBLE_MODEL).iterdir() if d.is_dir()) == [
+    assert sorted(d.name for d in (repo / contract.ENSEMBLE_MODEL).iterdir() if d.is_dir()) == [
         str(remaining)
     ]
-    assert not (repo / P.pinned_ensemble_name(retired)).exists()
-    for name in P.COMPOSING_MODELS:
+    assert not (repo / contract.pinned_ensemble_name(retired)).exists()
+    for name in contract.COMPOSING_MODELS:
         assert not (repo / name / str(retired)).exists()
         assert (repo / name / str(remaining)).is_dir()
     assert not list(repo.parent.glob(f".{repo.name}.v*")), "trash folder left behind"
@@ -72,7 +71,7 @@ def assert_retired(repo: Path, retired: int, remaining: int) -> None:
 def version_files(repo: Path, version: int) -> dict[str, str]:
     """Digest of the files of `version` that a retire of another version must not touch."""
     out = {}
-    for name in (*P.COMPOSING_MODELS, P.pinned_ensemble_name(version)):
+    for name in (*contract.COMPOSING_MODELS, contract.pinned_ensemble_name(version)):
         folder = repo / name / str(version)
         out.update({f"{name}/{k}": v for k, v in tree_digest(folder).items()})
     return out
@@ -112,9 +111,9 @@ def test_retire_offline_repins_seminar_and_a_fresh_tritonserver_serves_the_rest(
     # What `seminar serve` runs: model control none, every model loaded at start.
     require_serving_pieces(repo)
     with start_triton(repo, explicit=False) as server:
-        assert server.model_ready(C.ENSEMBLE_MODEL, 1)
-        assert server.model_ready(P.pinned_ensemble_name(1), 1)
-        assert not server.model_ready(C.PQ_RETRIEVAL_MODEL, 2)
+        assert server.model_ready(contract.ENSEMBLE_MODEL, 1)
+        assert server.model_ready(contract.pinned_ensemble_name(1), 1)
+        assert not server.model_ready(contract.PQ_RETRIEVAL_MODEL, 2)
 
 
 def _interrupt_at(step: int):
@@ -149,10 +148,10 @@ def test_an_interrupted_retire_leaves_a_servable_repository_and_a_rerun_finishes
             # Right after the re-pin: a real tritonserver starts over this repository.
             require_serving_pieces(repo)
             with start_triton(repo, explicit=False) as server:
-                assert server.model_ready(C.ENSEMBLE_MODEL)
-                assert server.model_ready(P.pinned_ensemble_name(1), 1)
-        leftovers = [repo / P.pinned_ensemble_name(2), repo / C.ENSEMBLE_MODEL / "2"]
-        leftovers += [repo / name / "2" for name in P.COMPOSING_MODELS]
+                assert server.model_ready(contract.ENSEMBLE_MODEL)
+                assert server.model_ready(contract.pinned_ensemble_name(1), 1)
+        leftovers = [repo / contract.pinned_ensemble_name(2), repo / contract.ENSEMBLE_MODEL / "2"]
+        leftovers += [repo / name / "2" for name in contract.COMPOSING_MODELS]
         if any(folder.exists() for folder in leftovers):
             RT.retire_version(RT.RetireRequest(repo, 2), lambda _line: None)
         else:  # stopped after its last folder went: nothing left to do, and a rerun says so
@@ -173,7 +172,7 @@ def restricted_triton(two_versions, tmp_path) -> Iterator:
         repo=repo,
         model_control=ModelControl.EXPLICIT,
         load_models=("*",),
-        wait_models=(C.ENSEMBLE_MODEL, P.pinned_ensemble_name(1), P.pinned_ensemble_name(2)),
+        wait_models=(contract.ENSEMBLE_MODEL, contract.pinned_ensemble_name(1), contract.pinned_ensemble_name(2)),
         extra_args=(f"--http-restricted-api=model-repository:{RT.ADMIN_KEY_HEADER}={ADMIN_KEY}",),
         log_path=tmp_path / "tritonserver.log",
     )
@@ -198,9 +197,9 @@ def test_retire_live_keeps_serving_the_remaining_version(restricted_triton, tmp_
     assert "refused" in refused.stderr and "--admin-key-file" in refused.stderr
     assert tree_digest(repo) == before
 
-    user = int(np.load(repo / P.FEATURES_MODEL / "1" / P.USER_IDS_FILE)[0])
-    items = np.load(repo / P.FEATURES_MODEL / "1" / P.ITEM_IDS_FILE)[:20]
-    outcomes: dict[str, list[tuple[str, str]]] = {C.ENSEMBLE_MODEL: [], "seminar_v1": []}
+    user = int(np.load(repo / contract.FEATURES_MODEL / "1" / contract.USER_IDS_FILE)[0])
+    items = np.load(repo / contract.FEATURES_MODEL / "1" / contract.ITEM_IDS_FILE)[:20]
+    outcomes: dict[str, list[tuple[str, str]]] = {contract.ENSEMBLE_MODEL: [], "seminar_v1": []}
     stop = threading.Event()
 
     def traffic(model: str) -> None:
@@ -229,13 +228,13 @@ def test_retire_live_keeps_serving_the_remaining_version(restricted_triton, tmp_
         errors = [message for status, message in seen if status == "error"]
         assert not errors, (model, errors[:3])
         assert len(seen) > 2, (model, seen)
-    served = [version for _, version in outcomes[C.ENSEMBLE_MODEL]]
+    served = [version for _, version in outcomes[contract.ENSEMBLE_MODEL]]
     assert served[0] == "2" and served[-1] == "1", (served[0], served[-1])
     assert {version for _, version in outcomes["seminar_v1"]} == {"1"}
     steps = result.stderr
     assert "seminar version 1 is READY" in steps and "unloaded seminar_v2" in steps, steps
-    assert server.model_ready(C.ENSEMBLE_MODEL, 1)
-    assert not server.model_ready(P.pinned_ensemble_name(2))
-    for name in P.COMPOSING_MODELS:
+    assert server.model_ready(contract.ENSEMBLE_MODEL, 1)
+    assert not server.model_ready(contract.pinned_ensemble_name(2))
+    for name in contract.COMPOSING_MODELS:
         assert server.model_ready(name, 1) and not server.model_ready(name, 2), name
     assert_retired(repo, retired=2, remaining=1)

@@ -13,97 +13,96 @@ import pytest
 import torch
 from seminar.build import artifacts as A
 from seminar.build import export as E
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
 from torch import nn
 from typer.testing import CliRunner
 
-from seminar import constants as C
 from seminar.cli import app
 from seminar.model.config import ModelConfig
 
-DIMS = P.PipelineDims(d=16, h=2, k=4, t=8)
+DIMS = contract.PipelineDims(d=16, h=2, k=4, t=8)
 
 
 def test_pipeline_dims_come_from_the_model_config():
-    dims = P.PipelineDims.from_model_config(ModelConfig(dim=32, heads=3, top_k=10, query_len=6))
-    assert dims == P.PipelineDims(d=32, h=3, k=10, t=6)
-    specs = P.model_specs(dims)
-    assert specs[C.PQ_RETRIEVAL_MODEL].output(P.TOPK_EMB).dims == (3, 10, 32)
-    assert specs[C.PQ_RETRIEVAL_MODEL].output(P.TOPK_MASK).dims == (3, 10)
-    assert specs[P.FEATURES_MODEL].output(P.QUERY_TOKENS).dims == (6,)
-    assert specs[C.RANKING_HEAD_MODEL].output(C.OUTPUT_SCORE).dims == (1,)
+    dims = contract.PipelineDims.from_model_config(ModelConfig(dim=32, heads=3, top_k=10, query_len=6))
+    assert dims == contract.PipelineDims(d=32, h=3, k=10, t=6)
+    specs = contract.model_specs(dims)
+    assert specs[contract.PQ_RETRIEVAL_MODEL].output(contract.TOPK_EMB).dims == (3, 10, 32)
+    assert specs[contract.PQ_RETRIEVAL_MODEL].output(contract.TOPK_MASK).dims == (3, 10)
+    assert specs[contract.FEATURES_MODEL].output(contract.QUERY_TOKENS).dims == (6,)
+    assert specs[contract.RANKING_HEAD_MODEL].output(contract.OUTPUT_SCORE).dims == (1,)
 
 
 @pytest.mark.parametrize("field", ["d", "h", "k", "t"])
 def test_pipeline_dims_reject_non_positive_sizes_naming_the_field(field):
     values = {"d": 16, "h": 2, "k": 4, "t": 8, field: 0}
     with pytest.raises(ValueError, match=f"PipelineDims.{field}"):
-        P.PipelineDims(**values)
+        contract.PipelineDims(**values)
 
 
 def test_ensemble_steps_chain_every_tensor_from_a_producer():
     """Each step input is an ensemble input or an earlier step's output; score is produced."""
-    available = {t.name for t in P.ensemble_spec(DIMS).inputs}
-    for step in P.ensemble_steps():
+    available = {t.name for t in contract.ensemble_spec(DIMS).inputs}
+    for step in contract.ensemble_steps():
         missing = set(step.input_map.values()) - available
         assert not missing, f"{step.model} reads {missing} before anything produces it"
         available |= set(step.output_map.values())
-    assert C.OUTPUT_SCORE in available
+    assert contract.OUTPUT_SCORE in available
 
 
-@pytest.mark.parametrize("target", list(P.Target))
+@pytest.mark.parametrize("target", list(contract.Target))
 def test_every_generated_config_parses_and_validates(tmp_path, target):
     serving = R.ServingConfig()
-    for spec in P.model_specs(DIMS).values():
+    for spec in contract.model_specs(DIMS).values():
         path = tmp_path / f"{spec.name}.pbtxt"
         path.write_text(R.to_text(R.model_config(spec, target, serving)))
         config = R.validate_config(path, spec, target, serving=serving)
         assert config.max_batch_size == serving.max_batch_size
         assert list(config.dynamic_batching.preferred_batch_size) == [128, 256, 512]
         assert config.version_policy.HasField("all")
-        gpu_engine = target is P.Target.GPU and spec.kind is P.ModelKind.EXPORTED
+        gpu_engine = target is contract.Target.GPU and spec.kind is contract.ModelKind.EXPORTED
         assert config.platform == ("tensorrt_plan" if gpu_engine else "")
         assert config.backend == ("" if gpu_engine else "python")
-        on_gpu = target is P.Target.GPU and spec.name != P.FEATURES_MODEL
+        on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
         kind = R.mc.ModelInstanceGroup.KIND_GPU if on_gpu else R.mc.ModelInstanceGroup.KIND_CPU
         assert [g.kind for g in config.instance_group] == [kind]
         # No queue policy: a step that rejects a queued request crashes the ensemble (2.51).
         assert not config.dynamic_batching.HasField("default_queue_policy")
         params = {k: v.string_value for k, v in config.parameters.items()}
-        python_graph = spec.kind is P.ModelKind.EXPORTED and not gpu_engine
-        assert params.get(P.PARAM_INDEX_RANGES) == (P.INDEX_RANGES_FILE if python_graph else None)
-        want_bytes = str(serving.max_query_bytes) if spec.name == P.FEATURES_MODEL else None
-        assert params.get(P.PARAM_MAX_QUERY_BYTES) == want_bytes
-    pq = R.model_config(P.model_specs(DIMS)[C.PQ_RETRIEVAL_MODEL], target, serving)
-    assert pq.parameters[P.PARAM_DEVICE].string_value == (
-        "cuda" if target is P.Target.GPU else "cpu"
+        python_graph = spec.kind is contract.ModelKind.EXPORTED and not gpu_engine
+        assert params.get(contract.PARAM_INDEX_RANGES) == (contract.INDEX_RANGES_FILE if python_graph else None)
+        want_bytes = str(serving.max_query_bytes) if spec.name == contract.FEATURES_MODEL else None
+        assert params.get(contract.PARAM_MAX_QUERY_BYTES) == want_bytes
+    pq = R.model_config(contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL], target, serving)
+    assert pq.parameters[contract.PARAM_DEVICE].string_value == (
+        "cuda" if target is contract.Target.GPU else "cpu"
     )
-    force = pq.parameters.get(P.PARAM_FORCE_CPU_ONLY)
-    assert (force.string_value if force else None) == ("no" if target is P.Target.GPU else None)
+    force = pq.parameters.get(contract.PARAM_FORCE_CPU_ONLY)
+    assert (force.string_value if force else None) == ("no" if target is contract.Target.GPU else None)
     path = tmp_path / "seminar.pbtxt"
-    path.write_text(R.to_text(R.ensemble_config(DIMS, C.ENSEMBLE_MODEL, 3, serving)))
-    ens = R.validate_config(path, P.ensemble_spec(DIMS), target)
+    path.write_text(R.to_text(R.ensemble_config(DIMS, contract.ENSEMBLE_MODEL, 3, serving)))
+    ens = R.validate_config(path, contract.ensemble_spec(DIMS), target)
     assert {s.model_version for s in ens.ensemble_scheduling.step} == {3}
     assert ens.version_policy.latest.num_versions == 1
 
 
 def test_execution_env_is_written_only_when_asked():
-    spec = P.model_specs(DIMS)[P.FEATURES_MODEL]
-    plain = R.model_config(spec, P.Target.CPU, R.ServingConfig())
-    assert P.PARAM_EXECUTION_ENV not in plain.parameters
-    env = R.model_config(spec, P.Target.CPU, R.ServingConfig(execution_env="/opt/venv"))
-    assert env.parameters[P.PARAM_EXECUTION_ENV].string_value == "/opt/venv"
+    spec = contract.model_specs(DIMS)[contract.FEATURES_MODEL]
+    plain = R.model_config(spec, contract.Target.CPU, R.ServingConfig())
+    assert contract.PARAM_EXECUTION_ENV not in plain.parameters
+    env = R.model_config(spec, contract.Target.CPU, R.ServingConfig(execution_env="/opt/venv"))
+    assert env.parameters[contract.PARAM_EXECUTION_ENV].string_value == "/opt/venv"
 
 
 def test_validate_config_rejects_wrong_dims_and_garbage(tmp_path):
-    specs = P.model_specs(DIMS)
-    other = P.model_specs(P.PipelineDims(d=16, h=2, k=5, t=8))[C.RANKING_HEAD_MODEL]
+    specs = contract.model_specs(DIMS)
+    other = contract.model_specs(contract.PipelineDims(d=16, h=2, k=5, t=8))[contract.RANKING_HEAD_MODEL]
     path = tmp_path / "config.pbtxt"
-    path.write_text(R.to_text(R.model_config(other, P.Target.CPU, R.ServingConfig())))
+    path.write_text(R.to_text(R.model_config(other, contract.Target.CPU, R.ServingConfig())))
     with pytest.raises(R.ConfigError, match="topk_emb"):
-        R.validate_config(path, specs[C.RANKING_HEAD_MODEL], P.Target.CPU)
+        R.validate_config(path, specs[contract.RANKING_HEAD_MODEL], contract.Target.CPU)
     path.write_text("name: 'x' not_a_field: 3\n")
     with pytest.raises(R.ConfigError, match="not a valid Triton model config"):
         R.parse_config(path)
@@ -130,39 +129,39 @@ def _with_queue_timeout(config) -> None:
     [
         (_with_queue_timeout, "a queue policy lets Triton end ensemble requests early"),
         (lambda c: c.ClearField("dynamic_batching"), "need dynamic_batching"),
-        (lambda c: c.parameters.pop(P.PARAM_MAX_QUERY_BYTES), "max_query_bytes must be an int"),
+        (lambda c: c.parameters.pop(contract.PARAM_MAX_QUERY_BYTES), "max_query_bytes must be an int"),
     ],
 )
 def test_validate_config_checks_the_queue_policy_and_the_query_limit(tmp_path, edit, message):
-    spec = P.model_specs(DIMS)[P.FEATURES_MODEL]
-    config = R.model_config(spec, P.Target.CPU, R.ServingConfig())
+    spec = contract.model_specs(DIMS)[contract.FEATURES_MODEL]
+    config = R.model_config(spec, contract.Target.CPU, R.ServingConfig())
     edit(config)
     path = tmp_path / "config.pbtxt"
     path.write_text(R.to_text(config))
     with pytest.raises(R.ConfigError, match=message):
-        R.validate_config(path, spec, P.Target.CPU, serving=R.ServingConfig())
+        R.validate_config(path, spec, contract.Target.CPU, serving=R.ServingConfig())
 
 
 def test_index_ranges_round_trip_and_bad_files_are_named(tmp_path):
-    spec = P.model_specs(DIMS)[C.ITEM_ENCODER_MODEL]
-    path = A.write_index_ranges(tmp_path, spec, {P.ITEM_INDEX: 9744, P.QUERY_TOKENS: 50})
-    assert A.read_index_ranges(path) == {P.ITEM_INDEX: (0, 9744)}  # only its own inputs
-    head = P.model_specs(DIMS)[C.RANKING_HEAD_MODEL]
-    assert A.read_index_ranges(A.write_index_ranges(tmp_path, head, {P.ITEM_INDEX: 3})) == {}
+    spec = contract.model_specs(DIMS)[contract.ITEM_ENCODER_MODEL]
+    path = A.write_index_ranges(tmp_path, spec, {contract.ITEM_INDEX: 9744, contract.QUERY_TOKENS: 50})
+    assert A.read_index_ranges(path) == {contract.ITEM_INDEX: (0, 9744)}  # only its own inputs
+    head = contract.model_specs(DIMS)[contract.RANKING_HEAD_MODEL]
+    assert A.read_index_ranges(A.write_index_ranges(tmp_path, head, {contract.ITEM_INDEX: 3})) == {}
     path.write_text('{"item_index": [5, 5]}')
     with pytest.raises(A.ArtifactError, match="not a valid index ranges file"):
         A.read_index_ranges(path)
 
 
 def test_manifest_lists_the_pycache_blocker_but_no_bytecode(tmp_path):
-    (tmp_path / P.PYTHON_FILE).write_text("x = 1\n")
-    (tmp_path / P.PYCACHE_BLOCKER).touch()
+    (tmp_path / contract.PYTHON_FILE).write_text("x = 1\n")
+    (tmp_path / contract.PYCACHE_BLOCKER).touch()
     stray = tmp_path / "pq" / "__pycache__"
     stray.mkdir(parents=True)
     (stray / "model.cpython-311.pyc").write_bytes(b"bytecode")
     files = A.write_manifest(tmp_path)["files"]
-    assert sorted(files) == [P.PYCACHE_BLOCKER, P.PYTHON_FILE]
-    (tmp_path / P.PYCACHE_BLOCKER).unlink()
+    assert sorted(files) == [contract.PYCACHE_BLOCKER, contract.PYTHON_FILE]
+    (tmp_path / contract.PYCACHE_BLOCKER).unlink()
     with pytest.raises(A.ArtifactError, match="without excluding __pycache__"):
         A.verify_manifest(tmp_path)
 
@@ -198,11 +197,11 @@ class _Doubler(nn.Module):
 def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
     """A graph exported from one module and compared with a different one must not pass."""
     torch.manual_seed(0)
-    spec = P.model_specs(DIMS)[C.QUERY_ENCODER_MODEL]
+    spec = contract.model_specs(DIMS)[contract.QUERY_ENCODER_MODEL]
     module = _Doubler().eval()
     path = E.export_onnx(module, spec, tmp_path / "q.onnx", E.ExportConfig())
-    bounds = {P.QUERY_TOKENS: 10}
-    real = {P.QUERY_TOKENS: np.array([[1, 2, 0, 0, 0, 0, 0, 0]], dtype=np.int64)}
+    bounds = {contract.QUERY_TOKENS: 10}
+    real = {contract.QUERY_TOKENS: np.array([[1, 2, 0, 0, 0, 0, 0, 0]], dtype=np.int64)}
     cases = E.parity_cases(module, path, spec, real, bounds, E.ExportConfig())
     assert [c.batch for c in cases] == [1, 1, 7, 256]
     assert max(c.max_abs_diff for c in cases) <= 1e-4
@@ -214,14 +213,14 @@ def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
         E.parity_cases(drifted, path, spec, real, bounds, E.ExportConfig())
     # The graph carries the contract names and a dynamic batch dim.
     inputs, outputs = R.onnx_tensors(path)
-    assert inputs == [(P.QUERY_TOKENS, "TYPE_INT64", (8,))]
-    assert outputs == [(P.QUERY_EMB, "TYPE_FP32", (16,))]
+    assert inputs == [(contract.QUERY_TOKENS, "TYPE_INT64", (8,))]
+    assert outputs == [(contract.QUERY_EMB, "TYPE_FP32", (16,))]
     # trtexec line: FP16, the batch profile, and the softmax kept FP32.
     cmd = TRT.trtexec_command(path, tmp_path / "q.plan", spec, TRT.Profile(1, 128, 1024))
     assert "--fp16" in cmd
-    assert f"--minShapes={P.QUERY_TOKENS}:1x8" in cmd
-    assert f"--optShapes={P.QUERY_TOKENS}:128x8" in cmd
-    assert f"--maxShapes={P.QUERY_TOKENS}:1024x8" in cmd
+    assert f"--minShapes={contract.QUERY_TOKENS}:1x8" in cmd
+    assert f"--optShapes={contract.QUERY_TOKENS}:128x8" in cmd
+    assert f"--maxShapes={contract.QUERY_TOKENS}:1024x8" in cmd
     softmax = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Softmax"]
     assert softmax and any(
         f"{softmax[0]}:fp32" in a for a in cmd if a.startswith("--layerPrecisions")
@@ -295,9 +294,9 @@ def test_model_card_quotes_the_quality_benchmark_when_present(tmp_path, monkeypa
 
 def test_config_difference_names_the_first_differing_field_of_any_kind():
     """Generic over the config's fields: scalars, nested messages, repeated fields, maps."""
-    spec = P.model_specs(DIMS)[C.PQ_RETRIEVAL_MODEL]
-    base = R.model_config(spec, P.Target.CPU, R.ServingConfig())
-    assert R.config_difference(base, R.model_config(spec, P.Target.CPU, R.ServingConfig())) is None
+    spec = contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL]
+    base = R.model_config(spec, contract.Target.CPU, R.ServingConfig())
+    assert R.config_difference(base, R.model_config(spec, contract.Target.CPU, R.ServingConfig())) is None
     cases = [
         (R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(64,)), "max_batch_size"),
         (R.ServingConfig(max_queue_delay_us=500), "dynamic_batching.max_queue_delay_microseconds"),
@@ -306,9 +305,9 @@ def test_config_difference_names_the_first_differing_field_of_any_kind():
         (R.ServingConfig(execution_env="/opt/env"), "parameters['EXECUTION_ENV_PATH']"),
     ]
     for serving, field in cases:
-        other = R.model_config(spec, P.Target.CPU, serving)
+        other = R.model_config(spec, contract.Target.CPU, serving)
         assert R.config_difference(base, other)[0] == field
-    gpu = R.model_config(spec, P.Target.GPU, R.ServingConfig())
+    gpu = R.model_config(spec, contract.Target.GPU, R.ServingConfig())
     assert R.config_difference(base, gpu)[:2] == ("instance_group[0].kind", "KIND_CPU")
     # A field nothing in ServingConfig writes today is still compared.
     extra = R.mc.ModelConfig()
@@ -335,7 +334,7 @@ def test_display_path_is_relative_inside_the_current_directory_else_the_folder_n
 
 def test_exported_graphs_carry_no_stack_traces_or_file_paths(tmp_path):
     """The dynamo exporter writes each node's Python stack trace (absolute source paths)."""
-    spec = P.model_specs(DIMS)[C.QUERY_ENCODER_MODEL]
+    spec = contract.model_specs(DIMS)[contract.QUERY_ENCODER_MODEL]
     path = E.export_onnx(_Doubler().eval(), spec, tmp_path / "q.onnx", E.ExportConfig())
     blob = path.read_bytes()
     checkout = str(Path(__file__).resolve().parents[1]).encode()

@@ -25,7 +25,7 @@ from seminar.clients.gateway import RequestError, validate
 from seminar.clients.proto import ranker_pb2
 from seminar.clients.scoring import rank, request_arrays, spearman
 
-from seminar.constants import AB_BUCKETS, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.contract import AB_BUCKETS, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
 
 N_USERS = 100_000
 

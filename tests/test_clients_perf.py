@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from seminar.clients.observe import PROMETHEUS_DIR, PrometheusProcess, local_config
-from seminar.clients.perf import PerfConfig, PerfError, find_perf_analyzer, input_data, parse_csv
+from seminar.bench.perf import PerfConfig, PerfError, find_perf_analyzer, input_data, parse_csv
 from seminar.clients.process import free_port
 from seminar.clients.workload import RankCall
 
-from seminar.constants import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
 from tests.support.clients import RunningGateway, require_fixture
 
 DOCKER = PROMETHEUS_DIR.parent
@@ -127,7 +127,7 @@ def test_perf_analyzer_against_the_real_ensemble(
         find_perf_analyzer()
     except PerfError as err:
         pytest.skip(str(err))
-    from seminar.clients.perf import run_perf
+    from seminar.bench.perf import run_perf
 
     triton = require_fixture(request, "triton")
     data = require_fixture(request, "movielens_data")

@@ -12,10 +12,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from seminar.build.pipeline import pinned_ensemble_name
+from seminar.contract import pinned_ensemble_name
 from seminar.clients.config import load_config
 
-from seminar.constants import (
+from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORT,

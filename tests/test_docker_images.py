@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from seminar.constants import (
+from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORT,

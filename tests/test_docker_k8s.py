@@ -11,11 +11,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from seminar.build.pipeline import pinned_ensemble_name
+from seminar.contract import pinned_ensemble_name
 from seminar.clients.config import bucket, load_config
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS
 
-from seminar.constants import (
+from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORT,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from seminar.constants import (
+from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORT,

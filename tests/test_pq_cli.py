@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from seminar.cli import app
-from seminar.pq.bench import BenchConfig
+from seminar.bench.pq import BenchConfig
 
 
 def test_bench_pq_rejects_missing_run(tmp_path) -> None:

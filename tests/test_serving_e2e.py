@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from seminar import constants as C
+from seminar import contract
 from seminar.serving.client import request_inputs, score
 from tests.support.serving import ATOL, offline_scores, pq_dir_of, repo_path
 
@@ -125,9 +125,9 @@ def raw_inputs(user, query, item, user_dtype="INT64"):
 
     tensors = []
     for name, value, dtype in (
-        (C.INPUT_USER_ID, user, user_dtype),
-        (C.INPUT_QUERY, query, "BYTES"),
-        (C.INPUT_ITEM_ID, item, "INT64"),
+        (contract.INPUT_USER_ID, user, user_dtype),
+        (contract.INPUT_QUERY, query, "BYTES"),
+        (contract.INPUT_ITEM_ID, item, "INT64"),
     ):
         if value is None:
             continue
@@ -184,10 +184,10 @@ def test_malformed_request_gets_an_error_and_the_server_stays_healthy(case, clie
 
     make, message = MALFORMED[case]
     with pytest.raises(grpcclient.InferenceServerException) as info:
-        client.infer(C.ENSEMBLE_MODEL, make())
+        client.infer(contract.ENSEMBLE_MODEL, make())
     assert re.search(message, info.value.message()), info.value.message()
     assert info.value.status() in ("StatusCode.INVALID_ARGUMENT", "400"), info.value.status()
-    assert client.is_server_live() and client.is_model_ready(C.ENSEMBLE_MODEL)
+    assert client.is_server_live() and client.is_model_ready(contract.ENSEMBLE_MODEL)
     good = score(client, int(ml.user_ids[0]), "", ml.item_ids[:5])
     assert np.isfinite(good).all()
 
@@ -201,7 +201,7 @@ def test_a_10mb_query_is_rejected_untokenized_and_quickly(client, ml) -> None:
     huge = np.array([[b"comedy " * 1_500_000]], dtype=object)  # 10.5 MB, one row
     started = time.perf_counter()
     with pytest.raises(grpcclient.InferenceServerException) as info:
-        client.infer(C.ENSEMBLE_MODEL, raw_inputs(col([1]), huge, col([1])))
+        client.infer(contract.ENSEMBLE_MODEL, raw_inputs(col([1]), huge, col([1])))
     elapsed = time.perf_counter() - started
     assert "query row 0 is 10500000 bytes, over the limit of 1024 bytes" in info.value.message()
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
@@ -229,9 +229,8 @@ def model_inputs(client, model: str, values: dict[str, np.ndarray]) -> list:
 
 def index_range(repo, model: str, name: str) -> tuple[int, int]:
     from seminar.build import artifacts as A
-    from seminar.build import pipeline as P
-
-    return A.read_index_ranges(repo / model / "1" / P.INDEX_RANGES_FILE)[name]
+    from seminar import contract
+    return A.read_index_ranges(repo / model / "1" / contract.INDEX_RANGES_FILE)[name]
 
 
 @pytest.mark.parametrize("where", ["negative", "past the end"])
@@ -241,11 +240,9 @@ def test_an_index_outside_its_table_sent_straight_to_an_encoder_is_invalid(
     """item_index -3 used to wrap around to a real item's embedding, and one past the end
     failed the whole batch inside ONNX Runtime."""
     import tritonclient.grpc as grpcclient
-    from seminar.build import pipeline as P
-
     for model, name in (
-        (C.ITEM_ENCODER_MODEL, P.ITEM_INDEX),
-        (C.QUERY_ENCODER_MODEL, P.QUERY_TOKENS),
+        (contract.ITEM_ENCODER_MODEL, contract.ITEM_INDEX),
+        (contract.QUERY_ENCODER_MODEL, contract.QUERY_TOKENS),
     ):
         low, high = index_range(triton.repo, model, name)
         bad = -3 if where == "negative" else high
@@ -268,14 +265,12 @@ def test_a_user_index_outside_the_store_sent_straight_to_pq_retrieval_is_invalid
     client, triton, user_index
 ) -> None:
     import tritonclient.grpc as grpcclient
-    from seminar.build import pipeline as P
-
-    n_users = len(np.load(triton.repo / P.FEATURES_MODEL / "1" / P.USER_IDS_FILE))
+    n_users = len(np.load(triton.repo / contract.FEATURES_MODEL / "1" / contract.USER_IDS_FILE))
     bad = n_users if user_index == "n_users" else user_index
     users = np.array([[0], [bad], [-1]], np.int64)
     with pytest.raises(grpcclient.InferenceServerException) as info:
         client.infer(
-            C.PQ_RETRIEVAL_MODEL, model_inputs(client, C.PQ_RETRIEVAL_MODEL, {P.USER_INDEX: users})
+            contract.PQ_RETRIEVAL_MODEL, model_inputs(client, contract.PQ_RETRIEVAL_MODEL, {contract.USER_INDEX: users})
         )
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value.message()
     assert f"user_index row 1 is {bad}, outside [-1, {n_users})" in info.value.message()
@@ -291,7 +286,7 @@ def test_a_bad_request_does_not_fail_the_good_ones_batched_with_it(client, ml, t
         own = grpcclient.InferenceServerClient(triton.grpc_url)
         if i % 4 == 0:
             try:
-                own.infer(C.ENSEMBLE_MODEL, raw_inputs(col([-1] * 50), texts(50), col(items)))
+                own.infer(contract.ENSEMBLE_MODEL, raw_inputs(col([-1] * 50), texts(50), col(items)))
             except grpcclient.InferenceServerException as e:
                 return "error", e.message()
             return "served", None
@@ -326,10 +321,10 @@ def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, trit
     after = triton.metrics()
     ok = "nv_inference_request_success"
     assert (
-        metric(after, ok, model=C.ENSEMBLE_MODEL) - metric(before, ok, model=C.ENSEMBLE_MODEL) >= 3
+        metric(after, ok, model=contract.ENSEMBLE_MODEL) - metric(before, ok, model=contract.ENSEMBLE_MODEL) >= 3
     )
-    assert metric(after, ok, model=C.PQ_RETRIEVAL_MODEL) > metric(
-        before, ok, model=C.PQ_RETRIEVAL_MODEL
+    assert metric(after, ok, model=contract.PQ_RETRIEVAL_MODEL) > metric(
+        before, ok, model=contract.PQ_RETRIEVAL_MODEL
     )
     rows = "seminar_pq_rows_total"
     assert metric(after, rows) - metric(before, rows) >= 300
@@ -346,7 +341,7 @@ def test_request_to_a_missing_model_or_version_is_an_error(client) -> None:
     with pytest.raises(grpcclient.InferenceServerException, match=r"(?i)unknown|not found"):
         client.infer("no_such_model", request_inputs(1, "", [1]))
     with pytest.raises(grpcclient.InferenceServerException, match=r"(?i)version|unavailable"):
-        client.infer(C.ENSEMBLE_MODEL, request_inputs(1, "", [1]), model_version="99")
+        client.infer(contract.ENSEMBLE_MODEL, request_inputs(1, "", [1]), model_version="99")
 
 
 def test_demo_ranks_movielens_users_with_titles(triton, movielens_data, capsys) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seminar.build.pipeline import FEATURES_MODEL
+from seminar.contract import FEATURES_MODEL
 
-from seminar import constants as C
+from seminar import contract
 from seminar.serving.client import request_inputs, score
 from tests.support.build import BuiltRepo, copy_repo
 from tests.support.serving import Stub, private_triton, python_stubs
@@ -106,9 +106,9 @@ def test_a_client_timeout_never_makes_a_step_end_an_ensemble_request_early(serve
 
     inputs = request_inputs(1, "", [1, 2, 3])
     resume = stopped_for(stub, 0.4)
-    client.async_infer(C.ENSEMBLE_MODEL, inputs, settle(first))
+    client.async_infer(contract.ENSEMBLE_MODEL, inputs, settle(first))
     time.sleep(0.05)
-    client.async_infer(C.ENSEMBLE_MODEL, inputs, settle(late), timeout=100_000)  # 100 ms
+    client.async_infer(contract.ENSEMBLE_MODEL, inputs, settle(late), timeout=100_000)  # 100 ms
     resume()
     assert not isinstance(first.result(timeout=30), grpcclient.InferenceServerException)
     assert not isinstance(late.result(timeout=30), grpcclient.InferenceServerException)
@@ -132,14 +132,13 @@ def test_serving_writes_no_bytecode_into_version_folders(server, client) -> None
 def heavy_pq_inputs(client, repo: Path, rows: int = 1024) -> list:
     """A direct pq_retrieval batch of `rows` rows spread over every stored user: an execute
     of a good fraction of a second, so that a busy stub is inside `execute` nearly always."""
-    from seminar.build import pipeline as P
-
-    users = len(np.load(repo / P.FEATURES_MODEL / "1" / P.USER_IDS_FILE))
-    inputs = zero_inputs(client, C.PQ_RETRIEVAL_MODEL, rows)
+    from seminar import contract
+    users = len(np.load(repo / contract.FEATURES_MODEL / "1" / contract.USER_IDS_FILE))
+    inputs = zero_inputs(client, contract.PQ_RETRIEVAL_MODEL, rows)
     rng = np.random.default_rng(0)
     for tensor in inputs:
         shape = tensor.shape()
-        if tensor.name() == P.USER_INDEX:
+        if tensor.name() == contract.USER_INDEX:
             tensor.set_data_from_numpy((np.arange(rows) % users).reshape(shape).astype(np.int64))
         else:
             tensor.set_data_from_numpy(rng.standard_normal(shape).astype(np.float32))
@@ -178,7 +177,7 @@ def test_a_stub_frozen_for_3s_mid_execute_exits_and_tritonserver_survives(
             while not stop_load.is_set():
                 try:
                     if kind == "pq":
-                        own.infer(C.PQ_RETRIEVAL_MODEL, heavy)
+                        own.infer(contract.PQ_RETRIEVAL_MODEL, heavy)
                     else:
                         score(own, user, "", [1, 2, 3])
                     outcomes.append((time.monotonic(), kind, None))
@@ -191,7 +190,7 @@ def test_a_stub_frozen_for_3s_mid_execute_exits_and_tritonserver_survives(
             thread.start()
         try:
             time.sleep(1.0)
-            stub = python_stubs(server)[C.PQ_RETRIEVAL_MODEL]
+            stub = python_stubs(server)[contract.PQ_RETRIEVAL_MODEL]
             for _ in range(200):
                 os.kill(stub.pid, signal.SIGSTOP)
                 time.sleep(0.01)
@@ -213,7 +212,7 @@ def test_a_stub_frozen_for_3s_mid_execute_exits_and_tritonserver_survives(
             for thread in threads:
                 thread.join(timeout=60)
         assert stub.exit_code() == STALL_EXIT_CODE, (stub.state(), server.log_tail())
-        assert f"model {C.PQ_RETRIEVAL_MODEL} version 1 did not run for 3." in log.read_text()
+        assert f"model {contract.PQ_RETRIEVAL_MODEL} version 1 did not run for 3." in log.read_text()
         errors = [error for at, _, error in outcomes if error is not None]
         assert errors, "the freeze failed no request"
         for error in errors:  # each one an answer with a status, not a lost connection
@@ -221,6 +220,6 @@ def test_a_stub_frozen_for_3s_mid_execute_exits_and_tritonserver_survives(
             assert "connect" not in error.message() and "Socket" not in error.message(), error
         assert any("not healthy" in error.message() for error in errors)
 
-        server.unload_model(C.PQ_RETRIEVAL_MODEL)
-        server.load_model(C.PQ_RETRIEVAL_MODEL)
+        server.unload_model(contract.PQ_RETRIEVAL_MODEL)
+        server.load_model(contract.PQ_RETRIEVAL_MODEL)
         np.testing.assert_array_equal(score(client, user, "", [1, 2, 3]), expected)

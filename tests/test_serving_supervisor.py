@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar.constants import (
+from seminar.contract import (
     ADMIN_KEY_HEADER,
     ENSEMBLE_MODEL,
     INPUT_ITEM_ID,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar.constants import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
 from seminar.serving.floor import FLOOR_MODEL, write_floor_model
 from seminar.serving.triton import (
     LOOPBACK,
@@ -208,7 +208,7 @@ def test_bench_serving_cli_bad_inputs_exit_nonzero_with_one_sentence(tmp_path: P
 
 
 def test_bench_config_rejects_bad_fields() -> None:
-    from seminar.serving.bench import ServingBenchConfig
+    from seminar.bench.serving import ServingBenchConfig
 
     with pytest.raises(ValueError, match="requests: 10 must be a multiple of concurrency 4"):
         ServingBenchConfig(requests=10)

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from seminar.build import pipeline as P
-
+from seminar import contract
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import (
     ArtifactError,
@@ -52,10 +51,10 @@ def test_features_map_ids_tokens_cold_start_and_oov(mapper: FeatureMapper) -> No
         np.array([[b"Dark comedy"], [b""], [b"space opera"]], dtype=object),
         rows(200, 100, 555),  # 555: unknown item -> OOV
     )
-    assert out[P.USER_INDEX].tolist() == [[1], [2], [P.COLD_START_USER_INDEX]]
-    assert out[P.ITEM_INDEX].tolist() == [[3], [2], [P.OOV_ITEM_INDEX]]
+    assert out[contract.USER_INDEX].tolist() == [[1], [2], [contract.COLD_START_USER_INDEX]]
+    assert out[contract.ITEM_INDEX].tolist() == [[3], [2], [contract.OOV_ITEM_INDEX]]
     vocab = mapper.tokenizer.vocab
-    assert out[P.QUERY_TOKENS].tolist() == [
+    assert out[contract.QUERY_TOKENS].tolist() == [
         [vocab.index("dark"), vocab.index("comedy"), 0, 0],
         [0, 0, 0, 0],
         [vocab.index("space"), 1, 0, 0],
@@ -78,12 +77,12 @@ def test_features_reject_bad_rows(mapper, user, query, item, message) -> None:
 
 
 def test_features_load_from_version_dir(tmp_path: Path) -> None:
-    np.save(tmp_path / P.USER_IDS_FILE, np.array([1, 5], dtype=np.int64))
-    np.save(tmp_path / P.ITEM_IDS_FILE, np.array([7, 3], dtype=np.int64))
-    QueryTokenizer.build(["a"]).save(tmp_path / P.TOKENS_FILE)
+    np.save(tmp_path / contract.USER_IDS_FILE, np.array([1, 5], dtype=np.int64))
+    np.save(tmp_path / contract.ITEM_IDS_FILE, np.array([7, 3], dtype=np.int64))
+    QueryTokenizer.build(["a"]).save(tmp_path / contract.TOKENS_FILE)
     with pytest.raises(ValueError, match="strictly increasing"):
         FeatureMapper.from_version_dir(tmp_path, query_len=8)
-    np.save(tmp_path / P.ITEM_IDS_FILE, np.array([3, 7], dtype=np.int64))
+    np.save(tmp_path / contract.ITEM_IDS_FILE, np.array([3, 7], dtype=np.int64))
     mapper = FeatureMapper.from_version_dir(tmp_path, query_len=8)
     assert mapper.item_index(np.array([7, 3, 4])).tolist() == [3, 2, 1]
 
@@ -264,7 +263,7 @@ def test_require_index_range_names_input_value_and_range() -> None:
 def test_features_reject_a_query_over_the_byte_limit_before_tokenizing(mapper) -> None:
     limited = FeatureMapper(mapper.user_ids, mapper.item_ids, mapper.tokenizer, max_query_bytes=16)
     out = limited(rows(10), np.array([[b"x" * 16]], dtype=object), rows(100))
-    assert out[P.QUERY_TOKENS].shape == (1, 4)
+    assert out[contract.QUERY_TOKENS].shape == (1, 4)
     # Over the limit and not even UTF-8: the size is what is reported, nothing was decoded.
     with pytest.raises(RequestError, match=r"query row 1 is 17 bytes, over the limit of 16 bytes"):
         limited(rows(10, 10), np.array([[b"ok"], [b"\xff" * 17]], dtype=object), rows(100, 100))

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seminar.build import pipeline as P
-
-from seminar import constants as C
+from seminar import contract
 from seminar.serving.client import request_inputs, score
 from tests.support.build import build_cli
 from tests.support.serving import (
@@ -112,7 +110,7 @@ def test_loading_version_2_while_traffic_flows_drops_no_request(
         own = grpcclient.InferenceServerClient(server.grpc_url)
         while not stop.is_set():
             try:
-                result = own.infer(C.ENSEMBLE_MODEL, request_inputs(user_id, "", items))
+                result = own.infer(contract.ENSEMBLE_MODEL, request_inputs(user_id, "", items))
                 outcomes.append(("ok", result.get_response().model_version))
             except grpcclient.InferenceServerException as e:
                 outcomes.append(("error", e.message()))
@@ -126,7 +124,7 @@ def test_loading_version_2_while_traffic_flows_drops_no_request(
         # Composing models keep every version (version_policy all): v2 loads beside v1; then
         # the pinned handle seminar_v2, then `seminar` re-pinned to v2. Each load swaps
         # atomically once the new version is READY.
-        for name in (*P.COMPOSING_MODELS, P.pinned_ensemble_name(2), C.ENSEMBLE_MODEL):
+        for name in (*contract.COMPOSING_MODELS, contract.pinned_ensemble_name(2), contract.ENSEMBLE_MODEL):
             server.load_model(name)
         time.sleep(1.0)  # traffic on the new version
     finally:
@@ -138,7 +136,7 @@ def test_loading_version_2_while_traffic_flows_drops_no_request(
     versions = [v for status, v in outcomes if status == "ok"]
     assert versions[0] == "1" and versions[-1] == "2", (versions[0], versions[-1])
     # Both builds stay servable side by side (A/B arms).
-    for pinned in (P.pinned_ensemble_name(1), P.pinned_ensemble_name(2)):
+    for pinned in (contract.pinned_ensemble_name(1), contract.pinned_ensemble_name(2)):
         assert np.isfinite(score(client, user_id, "", items, model=pinned)).all()
 
 
@@ -152,16 +150,16 @@ def test_a_corrupt_version_fails_to_load_and_the_served_one_keeps_serving(
 
     data, user_id = long_data
     items = candidates(data, 10)
-    src, dst = long_repo / C.PQ_RETRIEVAL_MODEL / "1", long_repo / C.PQ_RETRIEVAL_MODEL / "9"
+    src, dst = long_repo / contract.PQ_RETRIEVAL_MODEL / "1", long_repo / contract.PQ_RETRIEVAL_MODEL / "9"
     shutil.copytree(src, dst)
-    table = dst / P.PQ_DIR / "tables.safetensors"
+    table = dst / contract.PQ_DIR / "tables.safetensors"
     blob = bytearray(table.read_bytes())
     blob[-1] ^= 0xFF  # same size, one flipped byte
     table.write_bytes(bytes(blob))
     try:
         with pytest.raises(TritonError, match=r"(?i)sha256"):
-            server.load_model(C.PQ_RETRIEVAL_MODEL)
-        assert not server.model_ready(C.PQ_RETRIEVAL_MODEL, 9)
+            server.load_model(contract.PQ_RETRIEVAL_MODEL)
+        assert not server.model_ready(contract.PQ_RETRIEVAL_MODEL, 9)
     finally:
         shutil.rmtree(dst)
     assert np.isfinite(score(client, int(user_id), "", items)).all()

@@ -163,34 +163,6 @@ def prepare_synthetic(
     _run(job, as_json, "SYNTHETIC")
 
 
-def bench_synthetic(
-    events: Annotated[
-        list[int], typer.Option(help="Total events per run (repeat the option for a sweep).")
-    ] = [100_000, 1_000_000, 4_000_000],  # noqa: B006 - typer needs a literal default
-    events_per_user: Annotated[int, typer.Option(help="Mean events per user.")] = 1000,
-    items: Annotated[int, typer.Option(help="Catalog size.")] = 10_000,
-    topics: Annotated[int, typer.Option(help="Latent topics.")] = 50,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
-    chunk_rows: Annotated[
-        int, typer.Option(help="Events per write chunk: the bound on the generator's memory.")
-    ] = 262_144,
-    reports: Annotated[Path, typer.Option(help="Where synthetic.md / .json go.")] = Path("reports"),
-) -> None:
-    """Synthetic generator throughput (events/s) and peak RSS, e.g. for 1M events.
-
-    Each run prepares a SYNTHETIC dataset (events, arrays, splits; no MiniLM, which is timed
-    by the prepare commands) in a fresh process and is deleted afterwards. Prints a markdown
-    table and writes reports/synthetic.md and reports/synthetic.json.
-    """
-    from seminar.data.bench import run_bench
-
-    try:
-        run_bench(events, events_per_user, items, topics, seed, reports, chunk_rows)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
-
-
 @app.command("info")
 def info(
     data: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],

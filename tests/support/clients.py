@@ -24,7 +24,7 @@ from seminar.clients.config import Arm, ExperimentConfig, Limits, write_config
 from seminar.clients.process import GatewayProcess
 from seminar.clients.workload import RankCall
 
-from seminar.constants import ENSEMBLE_MODEL
+from seminar.contract import ENSEMBLE_MODEL
 
 _PINNED = re.compile(r"^seminar_v(\d+)$")
 # A generous deadline: the shared 2-core CI machine runs other areas' tests beside these.

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar.constants import ENSEMBLE_MODEL
+from seminar.contract import ENSEMBLE_MODEL
 from seminar.serving.triton import (
     ModelControl,
     TritonConfig,
@@ -70,11 +70,10 @@ def run_path(quick_run: object) -> Path:
 def pq_dir_of(repo: Path, version: int = 1) -> Path:
     """The PQ artifacts `pq_retrieval` serves for `version` (what `seminar score --gsu pq
     --pq-dir` must use to pick the same K events)."""
-    from seminar.build import pipeline as P
+    from seminar import contract
+    from seminar.contract import PQ_RETRIEVAL_MODEL
 
-    from seminar.constants import PQ_RETRIEVAL_MODEL
-
-    return repo / PQ_RETRIEVAL_MODEL / str(version) / P.PQ_DIR
+    return repo / PQ_RETRIEVAL_MODEL / str(version) / contract.PQ_DIR
 
 
 @functools.cache

@@ -1,16 +1,17 @@
 """`seminar`: one console command, sub-commands in data-flow order.
 
-Each area owns its commands in its own `cli.py`; this file only mounts them. Those modules
-import heavy libraries (torch, tritonclient, grpc) inside the command bodies so that
-`seminar --help` stays instant.
+cli/ is the top of the layout: the library and every stage own their commands in their own
+`cli.py`; this file only mounts them (and cli/demo.py runs them end to end for `make demo`).
+Those modules import heavy libraries (torch, tritonclient, grpc) inside the command bodies so
+that `seminar --help` stays instant.
 """
 
 import typer
 
+from seminar.bench import cli as bench_cli
 from seminar.build import cli as build_cli
 from seminar.clients import cli as clients_cli
 from seminar.data import cli as data_cli
-from seminar.pq import cli as pq_cli
 from seminar.serving import cli as serving_cli
 from seminar.training import cli as training_cli
 
@@ -32,21 +33,21 @@ bench_app = typer.Typer(
 
 # data -> training -> PQ -> build -> serving -> clients
 app.add_typer(data_cli.app, name="data")
-bench_app.command("synthetic")(data_cli.bench_synthetic)
+bench_app.command("synthetic")(bench_cli.bench_synthetic)
 app.command("train")(training_cli.train)
 app.command("evaluate")(training_cli.evaluate)
 app.command("score")(training_cli.score)
-bench_app.command("quality")(training_cli.bench_quality)
-bench_app.command("pq")(pq_cli.bench_pq)
+bench_app.command("quality")(bench_cli.bench_quality)
+bench_app.command("pq")(bench_cli.bench_pq)
 app.command("build")(build_cli.build)
 app.command("retire")(build_cli.retire)
 app.command("serve")(serving_cli.serve)
-bench_app.command("serving")(serving_cli.bench_serving)
-bench_app.command("soak")(clients_cli.bench_soak)
+bench_app.command("serving")(bench_cli.bench_serving)
+bench_app.command("soak")(bench_cli.bench_soak)
 app.command("gateway")(clients_cli.gateway)
 app.add_typer(clients_cli.client_app, name="client")
 app.command("load")(clients_cli.load)
-app.command("perf")(clients_cli.perf)
+app.command("perf")(bench_cli.perf)
 app.command("observe")(clients_cli.observe)
 app.add_typer(bench_app, name="bench")
 

@@ -22,7 +22,7 @@ from seminar.training.config import QUICK_MODEL, QUICK_TRAIN, TrainConfig
 from seminar.training.errors import TrainingError
 from seminar.training.metrics import METRIC_NAMES
 
-from seminar.machine import cpu_model
+from seminar.provenance import cpu_model
 
 
 @dataclass(frozen=True)

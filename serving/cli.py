@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from seminar.constants import (
+from seminar.contract import (
     ADMIN_KEY_HEADER,
     DEFAULT_GRPC_PORT,
     DEFAULT_HEALTH_PORT,
@@ -119,67 +119,3 @@ def serve(
         typer.echo(f"Invalid option: {e}.", err=True)
         raise typer.Exit(code=2) from None
     typer.echo("seminar serve stopped.", err=True)
-
-
-def bench_serving(
-    run: Path = typer.Option(
-        ..., help="Trained run directory (checkpoint.safetensors + config.json)."
-    ),
-    data: Path = typer.Option(
-        Path("data/movielens"), help="Prepared MovieLens dataset the run was trained on."
-    ),
-    work: Path = typer.Option(
-        Path("runs/serving-bench"),
-        help="Scratch folder for the bench's dataset (+ SYNTHETIC long users) and repository; "
-        "reused when its inputs are unchanged.",
-    ),
-    out: Path = typer.Option(
-        Path("reports/serving"), help="Report path without suffix: writes OUT.md and OUT.json."
-    ),
-    candidates: int = typer.Option(100, help="Candidates per request (rows of the batch)."),
-    requests: int = typer.Option(200, help="Timed requests per cell."),
-    warmup: int = typer.Option(20, help="Untimed warm-up requests per cell."),
-    concurrency: int = typer.Option(4, help="Client threads for the concurrent cells."),
-    seed: int = typer.Option(0, help="Seed of the candidates and the SYNTHETIC users."),
-) -> None:
-    """Ensemble latency vs in-process vs a trivial model; writes reports/serving.md and .json.
-
-    Builds a repository from RUN over DATA plus SYNTHETIC users with 1k and 10k events, starts the real tritonserver with it and a trivial Python-backend model (the floor), and measures p50/p90/p99 per history length, sequentially and at concurrency 4, next to the same computation in-process. Triton's per-model statistics show where the time goes.
-    """
-    import json
-    import shlex
-    import sys
-
-    from seminar.serving.bench import ServingBenchConfig, markdown, run_bench
-
-    for path, what in ((run / "checkpoint.safetensors", "--run"), (data / "meta.json", "--data")):
-        if not path.is_file():
-            typer.echo(f"{what}: {path} does not exist.", err=True)
-            raise typer.Exit(code=2)
-    try:
-        cfg = ServingBenchConfig(
-            candidates=candidates,
-            requests=requests,
-            warmup=warmup,
-            concurrency=concurrency,
-            seed=seed,
-        )
-    except ValueError as e:
-        typer.echo(f"Invalid option: {e}.", err=True)
-        raise typer.Exit(code=2) from None
-    command = "seminar bench serving " + shlex.join(sys.argv[3:])
-
-    def progress(message: str) -> None:
-        typer.echo(message, err=True)
-
-    try:
-        report = run_bench(run, data, work, cfg, command, progress)
-    except RuntimeError as e:
-        typer.echo(f"bench serving failed: {e}", err=True)
-        raise typer.Exit(code=1) from None
-    text = markdown(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(text)
-    typer.echo(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}", err=True)

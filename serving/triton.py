@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from seminar.constants import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
+from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
 from seminar.serving import process_group
 
 LOOPBACK = "127.0.0.1"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from seminar.constants import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+from seminar import contract
+from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
 
 FLOOR_MODEL = "floor"
 
@@ -37,10 +38,8 @@ def _config(max_batch_size: int) -> str:
 
 
 def floor_source() -> Path:
-    """Where the floor model.py lives (importing `seminar.build.backends` needs Triton)."""
-    import seminar.build
-
-    return Path(seminar.build.__file__).parent / "backends" / "floor.py"
+    """Where the floor model.py lives (importing `seminar.serving.backends` needs Triton)."""
+    return contract.backend_source_path("floor.py")
 
 
 def write_floor_model(repo: Path, max_batch_size: int = 4096) -> Path:

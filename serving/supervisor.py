@@ -38,7 +38,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from seminar.constants import (
+from seminar.contract import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HEALTH_PORT,
     DEFAULT_HTTP_PORT,

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seminar import constants as C
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.serving.features import FeatureMapper
 from seminar.serving.onnx_runner import OnnxRunner
 from seminar.serving.retrieval import BatchRetrieval
@@ -37,7 +36,7 @@ def _dtypes(repo: Path, model: str) -> tuple[dict[str, np.dtype], dict[str, np.d
     config = parse_config(repo / model / "config.pbtxt")
 
     def dtypes(tensors) -> dict[str, np.dtype]:
-        return {t.name: P.DataType(mc.DataType.Name(t.data_type)).numpy for t in tensors}
+        return {t.name: contract.DataType(mc.DataType.Name(t.data_type)).numpy for t in tensors}
 
     return dtypes(config.input), dtypes(config.output)
 
@@ -52,22 +51,22 @@ class InProcessPipeline:
     def from_repo(cls, repo: Path, version: int, threads: int = 1) -> InProcessPipeline:
         """Load version `version` of every composing model of `repo` (cpu target)."""
         repo = Path(repo)
-        feat = _params(repo, P.FEATURES_MODEL)
+        feat = _params(repo, contract.FEATURES_MODEL)
         features = FeatureMapper.from_version_dir(
-            repo / P.FEATURES_MODEL / str(version), int(feat[P.PARAM_QUERY_LEN])
+            repo / contract.FEATURES_MODEL / str(version), int(feat[contract.PARAM_QUERY_LEN])
         )
         encoders = {}
-        for name in P.EXPORTED_MODELS:
+        for name in contract.EXPORTED_MODELS:
             inputs, outputs = _dtypes(repo, name)
-            onnx_file = _params(repo, name)[P.PARAM_ONNX_FILE]
+            onnx_file = _params(repo, name)[contract.PARAM_ONNX_FILE]
             encoders[name] = OnnxRunner(
                 repo / name / str(version) / onnx_file, inputs, outputs, intra_op_threads=threads
             )
-        pq = _params(repo, C.PQ_RETRIEVAL_MODEL)
+        pq = _params(repo, contract.PQ_RETRIEVAL_MODEL)
         retrieval = BatchRetrieval.load(
-            repo / C.PQ_RETRIEVAL_MODEL / str(version) / pq[P.PARAM_PQ_DIR],
+            repo / contract.PQ_RETRIEVAL_MODEL / str(version) / pq[contract.PARAM_PQ_DIR],
             "cpu",
-            int(pq[P.PARAM_TOP_K]),
+            int(pq[contract.PARAM_TOP_K]),
         )
         return cls(features=features, encoders=encoders, retrieval=retrieval)
 
@@ -80,26 +79,26 @@ class InProcessPipeline:
             np.full((b, 1), query.encode("utf-8"), dtype=object),
             items,
         )
-        q = self.encoders[C.QUERY_ENCODER_MODEL].run({P.QUERY_TOKENS: f[P.QUERY_TOKENS]})
-        i = self.encoders[C.ITEM_ENCODER_MODEL].run({P.ITEM_INDEX: f[P.ITEM_INDEX]})
-        query_emb, item_emb = q[P.QUERY_EMB], i[P.ITEM_EMB]  # (B, D) each
+        q = self.encoders[contract.QUERY_ENCODER_MODEL].run({contract.QUERY_TOKENS: f[contract.QUERY_TOKENS]})
+        i = self.encoders[contract.ITEM_ENCODER_MODEL].run({contract.ITEM_INDEX: f[contract.ITEM_INDEX]})
+        query_emb, item_emb = q[contract.QUERY_EMB], i[contract.ITEM_EMB]  # (B, D) each
         topk_emb, topk_mask = self.retrieval(
-            torch.from_numpy(f[P.USER_INDEX].reshape(b)),  # (B, 1) -> (B,)
+            torch.from_numpy(f[contract.USER_INDEX].reshape(b)),  # (B, 1) -> (B,)
             torch.from_numpy(query_emb),
             torch.from_numpy(item_emb),
         )
-        out = self.encoders[C.RANKING_HEAD_MODEL].run(
+        out = self.encoders[contract.RANKING_HEAD_MODEL].run(
             {
-                P.QUERY_EMB: query_emb,
-                P.ITEM_EMB: item_emb,
-                P.TOPK_EMB: topk_emb.numpy(),
-                P.TOPK_MASK: topk_mask.numpy(),
+                contract.QUERY_EMB: query_emb,
+                contract.ITEM_EMB: item_emb,
+                contract.TOPK_EMB: topk_emb.numpy(),
+                contract.TOPK_MASK: topk_mask.numpy(),
             }
         )
-        return out[C.OUTPUT_SCORE].reshape(b)  # (B, 1) -> (B,)
+        return out[contract.OUTPUT_SCORE].reshape(b)  # (B, 1) -> (B,)
 
 
 def build_info(repo: Path, version: int) -> dict:
     """The pinned ensemble's build.json (dims, data, exports) for reports."""
-    path = Path(repo) / P.pinned_ensemble_name(version) / str(version) / "build.json"
+    path = Path(repo) / contract.pinned_ensemble_name(version) / str(version) / "build.json"
     return json.loads(path.read_text()) if path.is_file() else {}

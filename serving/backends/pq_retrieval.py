@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from seminar.build import pipeline as P
+from seminar import contract
 from torch.utils import dlpack
 
 from seminar.serving.backend import (
@@ -34,7 +34,7 @@ from seminar.serving.backend import (
 )
 from seminar.serving.retrieval import BatchRetrieval
 
-_INPUTS = (P.USER_INDEX, P.QUERY_EMB, P.ITEM_EMB)
+_INPUTS = (contract.USER_INDEX, contract.QUERY_EMB, contract.ITEM_EMB)
 _SEQ_BUCKETS = [0, 10, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
 _TIME_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 
@@ -44,7 +44,7 @@ class TritonPythonModel:
         check_numpy()
         ctx = BackendContext.from_args(args)
         verify_manifest(ctx.version_dir)
-        device = ctx.parameter(P.PARAM_DEVICE)
+        device = ctx.parameter(contract.PARAM_DEVICE)
         if device == "cuda":
             if not ctx.on_gpu or not torch.cuda.is_available():
                 raise RuntimeError(
@@ -58,7 +58,7 @@ class TritonPythonModel:
                 f"pq_retrieval: parameter device must be cpu or cuda, got {device!r}"
             )
         self.retrieval = BatchRetrieval.load(
-            ctx.artifact(P.PARAM_PQ_DIR), device, ctx.int_parameter(P.PARAM_TOP_K)
+            ctx.artifact(contract.PARAM_PQ_DIR), device, ctx.int_parameter(contract.PARAM_TOP_K)
         )
         self.input_dtypes = ctx.tensor_dtypes("input")
         self.input_dims = {t["name"]: tuple(int(d) for d in t["dims"]) for t in ctx.config["input"]}
@@ -94,9 +94,9 @@ class TritonPythonModel:
             )
             require_rows(name, value, self.input_dtypes[name], self.input_dims[name])
             tensors[name] = value
-        users = tensors[P.USER_INDEX].reshape(-1)  # (B, 1) -> (B,)
+        users = tensors[contract.USER_INDEX].reshape(-1)  # (B, 1) -> (B,)
         self.retrieval.check_users(users.cpu().numpy())
-        tensors[P.USER_INDEX] = users
+        tensors[contract.USER_INDEX] = users
         return tensors
 
     def execute(self, requests: list) -> list:
@@ -114,10 +114,10 @@ class TritonPythonModel:
             self.rows_metric.increment(batch.rows)
             for tensors in filter(None, per_request):
                 for length in self.retrieval.sequence_lengths(
-                    np.unique(tensors[P.USER_INDEX].cpu().numpy())
+                    np.unique(tensors[contract.USER_INDEX].cpu().numpy())
                 ):
                     self.seq_metric.observe(float(length))
-            outputs = {P.TOPK_EMB: topk_emb, P.TOPK_MASK: topk_mask}
+            outputs = {contract.TOPK_EMB: topk_emb, contract.TOPK_MASK: topk_mask}
         responses = []
         for r in range(len(requests)):
             if r in errors:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.serving.backend import ArtifactError, RequestError
 
 
@@ -78,7 +78,7 @@ class BatchRetrieval:
 
     def check_users(self, user_index: np.ndarray) -> None:
         """user_index (B,): -1 (cold start) or a stored user; anything else is a bad request."""
-        bad = (user_index < P.COLD_START_USER_INDEX) | (user_index >= self.n_users)
+        bad = (user_index < contract.COLD_START_USER_INDEX) | (user_index >= self.n_users)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise RequestError(

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seminar import constants as C
-from seminar.build import pipeline as P
-from seminar.machine import cpu_model
+from seminar import contract
+from seminar.provenance import cpu_model
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,7 @@ def prepare_repo(
         "seed": cfg.seed,
         "checkpoint_mtime": (run / "checkpoint.safetensors").stat().st_mtime,
     }
-    built = repo / P.pinned_ensemble_name(cfg.version) / str(cfg.version) / "build.json"
+    built = repo / contract.pinned_ensemble_name(cfg.version) / str(cfg.version) / "build.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == inputs and built.is_file():
         progress(f"reusing {repo}")
         meta = json.loads((data_long / "meta.json").read_text())
@@ -215,7 +214,7 @@ def _measure_row(server, client, pipeline, uid, candidates, cfg, composing) -> d
     from seminar.serving.floor import FLOOR_MODEL
 
     inputs = request_inputs(uid, "", candidates)
-    served = client().infer(C.ENSEMBLE_MODEL, inputs).as_numpy(C.OUTPUT_SCORE).reshape(-1)
+    served = client().infer(contract.ENSEMBLE_MODEL, inputs).as_numpy(contract.OUTPUT_SCORE).reshape(-1)
     local = pipeline.score(uid, "", candidates)
     cell: dict = {"max_abs_diff": float(np.abs(served - local).max())}
     cell["floor"] = time_calls(
@@ -223,11 +222,11 @@ def _measure_row(server, client, pipeline, uid, candidates, cfg, composing) -> d
     ).summary()
     before = _stats(server)
     cell["ensemble"] = time_calls(
-        lambda: client().infer(C.ENSEMBLE_MODEL, inputs), cfg.requests, cfg.warmup
+        lambda: client().infer(contract.ENSEMBLE_MODEL, inputs), cfg.requests, cfg.warmup
     ).summary()
     cell["breakdown"] = _breakdown(before, _stats(server), composing)
     cell["ensemble_c4"] = time_calls(
-        lambda: client().infer(C.ENSEMBLE_MODEL, inputs),
+        lambda: client().infer(contract.ENSEMBLE_MODEL, inputs),
         cfg.requests,
         cfg.warmup,
         concurrency=cfg.concurrency,
@@ -263,13 +262,13 @@ def run_bench(
 
     pipeline = InProcessPipeline.from_repo(repo, cfg.version)
     composing = (
-        P.FEATURES_MODEL,
-        *P.EXPORTED_MODELS[:2],
-        C.PQ_RETRIEVAL_MODEL,
-        C.RANKING_HEAD_MODEL,
+        contract.FEATURES_MODEL,
+        *contract.EXPORTED_MODELS[:2],
+        contract.PQ_RETRIEVAL_MODEL,
+        contract.RANKING_HEAD_MODEL,
     )
     results = []
-    config = TritonConfig(repo=repo, wait_models=(C.ENSEMBLE_MODEL, FLOOR_MODEL))
+    config = TritonConfig(repo=repo, wait_models=(contract.ENSEMBLE_MODEL, FLOOR_MODEL))
     with TritonServer(config) as server:
         clients: dict[int, object] = {}
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from seminar.machine import cpu_model
+from seminar.provenance import cpu_model
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seminar.build import pipeline as P
+from seminar import contract
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import RequestError
 
@@ -80,9 +80,9 @@ class FeatureMapper:
     ) -> FeatureMapper:
         """The features model's version folder (file names from build/pipeline.py)."""
         return cls.load(
-            version_dir / P.USER_IDS_FILE,
-            version_dir / P.ITEM_IDS_FILE,
-            version_dir / P.TOKENS_FILE,
+            version_dir / contract.USER_IDS_FILE,
+            version_dir / contract.ITEM_IDS_FILE,
+            version_dir / contract.TOKENS_FILE,
             query_len,
             max_query_bytes,
         )
@@ -90,12 +90,12 @@ class FeatureMapper:
     def user_index(self, user_id: np.ndarray) -> np.ndarray:
         """(B,) int64 external ids -> (B,) int64 user index, -1 = cold start."""
         pos, found = _lookup(self.user_ids, user_id)
-        return np.where(found, pos, P.COLD_START_USER_INDEX).astype(np.int64)
+        return np.where(found, pos, contract.COLD_START_USER_INDEX).astype(np.int64)
 
     def item_index(self, item_id: np.ndarray) -> np.ndarray:
         """(B,) int64 external ids -> (B,) int64 item index, 1 = OOV."""
         pos, found = _lookup(self.item_ids, item_id)
-        return np.where(found, pos + FIRST_ITEM_INDEX, P.OOV_ITEM_INDEX).astype(np.int64)
+        return np.where(found, pos + FIRST_ITEM_INDEX, contract.OOV_ITEM_INDEX).astype(np.int64)
 
     def query_tokens(self, queries: list[str]) -> np.ndarray:
         """B query strings -> (B, T) int64 token ids; repeated queries are tokenised once."""
@@ -138,7 +138,7 @@ class FeatureMapper:
             except UnicodeDecodeError:
                 raise RequestError(f"query row {row} is not valid UTF-8") from None
         return {
-            P.USER_INDEX: self.user_index(users).reshape(b, 1),
-            P.QUERY_TOKENS: self.query_tokens(texts),
-            P.ITEM_INDEX: self.item_index(items).reshape(b, 1),
+            contract.USER_INDEX: self.user_index(users).reshape(b, 1),
+            contract.QUERY_TOKENS: self.query_tokens(texts),
+            contract.ITEM_INDEX: self.item_index(items).reshape(b, 1),
         }

@@ -10,20 +10,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from seminar import constants as C
-
-
+from seminar import contract
 def request_inputs(user_id: int, query: str, item_ids: Sequence[int] | np.ndarray) -> list:
     """The ensemble's inputs for one user and B candidates: user_id, query, item_id, each (B, 1)."""
     import tritonclient.grpc as grpcclient
 
     items = np.asarray(item_ids, dtype=np.int64).reshape(-1, 1)  # (B, 1)
     b = items.shape[0]
-    user = grpcclient.InferInput(C.INPUT_USER_ID, [b, 1], "INT64")
+    user = grpcclient.InferInput(contract.INPUT_USER_ID, [b, 1], "INT64")
     user.set_data_from_numpy(np.full((b, 1), user_id, dtype=np.int64))
-    text = grpcclient.InferInput(C.INPUT_QUERY, [b, 1], "BYTES")
+    text = grpcclient.InferInput(contract.INPUT_QUERY, [b, 1], "BYTES")
     text.set_data_from_numpy(np.full((b, 1), query.encode("utf-8"), dtype=object))
-    item = grpcclient.InferInput(C.INPUT_ITEM_ID, [b, 1], "INT64")
+    item = grpcclient.InferInput(contract.INPUT_ITEM_ID, [b, 1], "INT64")
     item.set_data_from_numpy(items)
     return [user, text, item]
 
@@ -33,7 +31,7 @@ def score(
     user_id: int,
     query: str,
     item_ids: Sequence[int] | np.ndarray,
-    model: str = C.ENSEMBLE_MODEL,
+    model: str = contract.ENSEMBLE_MODEL,
     version: str = "",
     timeout_s: float | None = None,
 ) -> np.ndarray:
@@ -48,7 +46,7 @@ def score(
         model,
         request_inputs(user_id, query, item_ids),
         model_version=version,
-        outputs=[grpcclient.InferRequestedOutput(C.OUTPUT_SCORE)],
+        outputs=[grpcclient.InferRequestedOutput(contract.OUTPUT_SCORE)],
         client_timeout=timeout_s,
     )
-    return result.as_numpy(C.OUTPUT_SCORE).reshape(-1)  # (B, 1) -> (B,)
+    return result.as_numpy(contract.OUTPUT_SCORE).reshape(-1)  # (B, 1) -> (B,)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seminar.machine import cpu_model
+from seminar.provenance import cpu_model
 from seminar.pq.codebooks import Codebooks, train_codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
 from seminar.pq.faiss_scan import FaissScanner

@@ -9,9 +9,7 @@ a batch tritonserver may have given up.
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from seminar.build import pipeline as P
-
-from seminar import constants as C
+from seminar import contract
 from seminar.serving.backend import (
     BackendContext,
     RequestError,
@@ -22,7 +20,7 @@ from seminar.serving.backend import (
 )
 from seminar.serving.features import FeatureMapper
 
-_INPUTS = (C.INPUT_USER_ID, C.INPUT_QUERY, C.INPUT_ITEM_ID)
+_INPUTS = (contract.INPUT_USER_ID, contract.INPUT_QUERY, contract.INPUT_ITEM_ID)
 
 
 class TritonPythonModel:
@@ -31,11 +29,11 @@ class TritonPythonModel:
         ctx = BackendContext.from_args(args)
         verify_manifest(ctx.version_dir)
         self.mapper = FeatureMapper.load(
-            user_ids=ctx.artifact(P.PARAM_USER_IDS),
-            item_ids=ctx.artifact(P.PARAM_ITEM_IDS),
-            tokens=ctx.artifact(P.PARAM_TOKENS),
-            query_len=ctx.int_parameter(P.PARAM_QUERY_LEN),
-            max_query_bytes=ctx.int_parameter(P.PARAM_MAX_QUERY_BYTES),
+            user_ids=ctx.artifact(contract.PARAM_USER_IDS),
+            item_ids=ctx.artifact(contract.PARAM_ITEM_IDS),
+            tokens=ctx.artifact(contract.PARAM_TOKENS),
+            query_len=ctx.int_parameter(contract.PARAM_QUERY_LEN),
+            max_query_bytes=ctx.int_parameter(contract.PARAM_MAX_QUERY_BYTES),
         )
         self.output_dtypes = ctx.tensor_dtypes("output")
         self.stall_guard = StallGuard(ctx.model_name, ctx.version).start()

@@ -40,7 +40,7 @@ from seminar.clients.process import GatewayProcess
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import load_workload
 
-from seminar.machine import cpu_model
+from seminar.provenance import cpu_model
 from seminar.serving import process_group
 from seminar.serving.serve_process import ServeProcess
 

@@ -1,10 +1,11 @@
-"""The serving pipeline, declared once: every Triton model of the `seminar` ensemble.
+"""The contract: every name and index convention, and the serving pipeline, declared once.
 
-docs/design.md section 3 draws the data flow; this module is its single machine-readable
-declaration. build/ generates every config.pbtxt from it, the backends in build/backends/ read
-their tensor names and `parameters` keys from it, and tests check the exported graphs and the
-generated configs against it. Contract names (`seminar`, `user_id`, `query`, `item_id`, `score`,
-model names) come from seminar.constants; the internal tensor names between steps live here.
+Change a name here and every producer and consumer changes with it: the client-facing names
+(`seminar`, `user_id`, `query`, `item_id`, `score`, `seminar.v1.Ranker`) are fixed by
+docs/serving.md; the internal tensor names, config parameters and artifact files are ours.
+build/ generates every config.pbtxt from the pipeline below, the Triton backends
+(serving/backends/) read their tensor names and `parameters` keys from it, and tests check the
+exported graphs and the generated configs against it.
 
 Shapes: the batch dimension is the candidate row everywhere (max_batch_size > 0), so every
 `dims` below is per row and excludes it. Letters: D hidden size, H GSU heads, K events kept per
@@ -25,12 +26,57 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum, unique
 from pathlib import Path
 from types import MappingProxyType
+from typing import Final
 
 import numpy as np
 
-from seminar import constants as C
+# Triton ensemble (docs/serving.md: "Triton ensemble (contract)").
+ENSEMBLE_MODEL: Final = "seminar"
+INPUT_USER_ID: Final = "user_id"  # INT64 [1] per candidate row
+INPUT_QUERY: Final = "query"  # BYTES [1] per row, UTF-8, empty = recommendation request
+INPUT_ITEM_ID: Final = "item_id"  # INT64 [1] per row
+OUTPUT_SCORE: Final = "score"  # FP32 [1] per row
 
-BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
+# Composing models of the ensemble.
+QUERY_ENCODER_MODEL: Final = "query_encoder"
+ITEM_ENCODER_MODEL: Final = "item_encoder"
+PQ_RETRIEVAL_MODEL: Final = "pq_retrieval"
+RANKING_HEAD_MODEL: Final = "ranking_head"
+
+# Gateway (docs/serving.md: "Gateway (contract)").
+GATEWAY_SERVICE: Final = "seminar.v1.Ranker"
+GATEWAY_METHOD: Final = "Rank"
+AB_BUCKETS: Final = 10_000
+
+# Build targets.
+TARGET_CPU: Final = "cpu"
+TARGET_GPU: Final = "gpu"
+
+# Default loopback ports for local runs (tests pick free ports instead).
+DEFAULT_GRPC_PORT: Final = 8001
+DEFAULT_HTTP_PORT: Final = 8000
+DEFAULT_METRICS_PORT: Final = 8002
+DEFAULT_GATEWAY_PORT: Final = 50051
+DEFAULT_GATEWAY_METRICS_PORT: Final = 9102
+DEFAULT_HEALTH_PORT: Final = 8003  # `seminar serve`'s own /live, /ready, /status, /metrics
+
+# Header that unlocks Triton's model-repository API (load, unload, index) under `seminar serve`.
+ADMIN_KEY_HEADER: Final = "seminar-admin-key"
+
+# The Python-backend sources (serving/backends/) are files that build/ copies into each version
+# folder as model.py: build finds them by package name, never imports them (they need Triton).
+BACKENDS_PACKAGE = "seminar.serving.backends"
+
+
+def backend_source_path(source: str) -> Path:
+    """The file of a Python-backend source (e.g. "features.py"), found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(BACKENDS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {BACKENDS_PACKAGE} is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / source
+
 
 # Internal tensor names (between ensemble steps; clients never see them).
 USER_INDEX = "user_index"  # INT64 [1]: dense user index of the sequence store, -1 = cold start
@@ -41,8 +87,13 @@ ITEM_EMB = "item_emb"  # FP32 [D]
 TOPK_EMB = "topk_emb"  # FP32 [H, K, D]: exact pair embeddings of each head's top-K events
 TOPK_MASK = "topk_mask"  # FP32 [H, K]: 1 = real event, 0 = empty slot (short or cold history)
 
-COLD_START_USER_INDEX = -1
-OOV_ITEM_INDEX = 1
+# Index conventions of every table (data, model, build, serving and clients share them).
+COLD_START_USER_INDEX = -1  # a user with no stored history
+PAD_ITEM_INDEX = 0  # padding: never a real event, never selected by the GSU
+OOV_ITEM_INDEX = 1  # an item id the model has never seen
+FIRST_ITEM_INDEX = 2  # item index i is external id item_ids[i - FIRST_ITEM_INDEX]
+PAD_TOKEN_ID = 0  # "<pad>"
+UNK_TOKEN_ID = 1  # "<unk>"
 
 # Model-config `parameters` keys read by the backends (values are strings in config.pbtxt).
 PARAM_EXECUTION_ENV = "EXECUTION_ENV_PATH"  # Python models: the venv the stub activates
@@ -70,12 +121,14 @@ TOKENS_FILE = "tokens.json"
 PQ_DIR = "pq"
 MANIFEST_FILE = "manifest.json"
 TRTEXEC_FILE = "trtexec.sh"
+BUILD_INFO_FILE = "build.json"  # in seminar_vN/N/: written last, marks version N complete
+MODEL_CARD_FILE = "model_card.md"
 INDEX_RANGES_FILE = "index_ranges.json"
 # A regular empty file where the stub would write model.py's bytecode cache: Python cannot
 # create the __pycache__ folder and silently skips writing bytecode into the version folder.
 PYCACHE_BLOCKER = "__pycache__"
 
-# Python-backend sources in build/backends/ (written by the serving area), copied to
+# Python-backend sources in serving/backends/, copied to
 # <model>/<version>/model.py. The three exported graphs share one ONNX Runtime runner.
 FEATURES_SOURCE = "features.py"
 ONNX_RUNNER_SOURCE = "onnx_model.py"
@@ -84,8 +137,8 @@ PQ_RETRIEVAL_SOURCE = "pq_retrieval.py"
 
 @unique
 class Target(StrEnum):
-    CPU = C.TARGET_CPU
-    GPU = C.TARGET_GPU
+    CPU = TARGET_CPU
+    GPU = TARGET_GPU
 
 
 @unique
@@ -205,9 +258,9 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             name=FEATURES_MODEL,
             kind=ModelKind.PYTHON,
             inputs=(
-                _t(C.INPUT_USER_ID, i64, 1),
-                _t(C.INPUT_QUERY, DataType.BYTES, 1),
-                _t(C.INPUT_ITEM_ID, i64, 1),
+                _t(INPUT_USER_ID, i64, 1),
+                _t(INPUT_QUERY, DataType.BYTES, 1),
+                _t(INPUT_ITEM_ID, i64, 1),
             ),
             outputs=(
                 _t(USER_INDEX, i64, 1),
@@ -225,7 +278,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             ),
         ),
         ModelSpec(
-            name=C.QUERY_ENCODER_MODEL,
+            name=QUERY_ENCODER_MODEL,
             kind=ModelKind.EXPORTED,
             inputs=(_t(QUERY_TOKENS, i64, dims.t),),
             outputs=(query_emb,),
@@ -233,7 +286,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             parameters=onnx_params,
         ),
         ModelSpec(
-            name=C.ITEM_ENCODER_MODEL,
+            name=ITEM_ENCODER_MODEL,
             kind=ModelKind.EXPORTED,
             inputs=(_t(ITEM_INDEX, i64, 1),),
             outputs=(item_emb,),
@@ -241,7 +294,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             parameters=onnx_params,
         ),
         ModelSpec(
-            name=C.PQ_RETRIEVAL_MODEL,
+            name=PQ_RETRIEVAL_MODEL,
             kind=ModelKind.PYTHON,
             inputs=(_t(USER_INDEX, i64, 1), query_emb, item_emb),
             outputs=(topk_emb, topk_mask),
@@ -249,10 +302,10 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             parameters=MappingProxyType({PARAM_PQ_DIR: PQ_DIR, PARAM_TOP_K: str(dims.k)}),
         ),
         ModelSpec(
-            name=C.RANKING_HEAD_MODEL,
+            name=RANKING_HEAD_MODEL,
             kind=ModelKind.EXPORTED,
             inputs=(query_emb, item_emb, topk_emb, topk_mask),
-            outputs=(_t(C.OUTPUT_SCORE, f32, 1),),
+            outputs=(_t(OUTPUT_SCORE, f32, 1),),
             backend_source=ONNX_RUNNER_SOURCE,
             parameters=onnx_params,
         ),
@@ -263,26 +316,26 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
 FEATURES_MODEL = "features"
 COMPOSING_MODELS: tuple[str, ...] = (
     FEATURES_MODEL,
-    C.QUERY_ENCODER_MODEL,
-    C.ITEM_ENCODER_MODEL,
-    C.PQ_RETRIEVAL_MODEL,
-    C.RANKING_HEAD_MODEL,
+    QUERY_ENCODER_MODEL,
+    ITEM_ENCODER_MODEL,
+    PQ_RETRIEVAL_MODEL,
+    RANKING_HEAD_MODEL,
 )
 EXPORTED_MODELS: tuple[str, ...] = (
-    C.QUERY_ENCODER_MODEL,
-    C.ITEM_ENCODER_MODEL,
-    C.RANKING_HEAD_MODEL,
+    QUERY_ENCODER_MODEL,
+    ITEM_ENCODER_MODEL,
+    RANKING_HEAD_MODEL,
 )
 
 
-def ensemble_spec(dims: PipelineDims, name: str = C.ENSEMBLE_MODEL) -> ModelSpec:
+def ensemble_spec(dims: PipelineDims, name: str = ENSEMBLE_MODEL) -> ModelSpec:
     """The contract ensemble (`seminar`) or a pinned one (`seminar_vN`): same tensors."""
     specs = model_specs(dims)
     return ModelSpec(
         name=name,
         kind=ModelKind.ENSEMBLE,
         inputs=specs[FEATURES_MODEL].inputs,
-        outputs=specs[C.RANKING_HEAD_MODEL].outputs,
+        outputs=specs[RANKING_HEAD_MODEL].outputs,
     )
 
 
@@ -301,4 +354,4 @@ def ensemble_steps() -> tuple[EnsembleStep, ...]:
 
 def pinned_ensemble_name(version: int) -> str:
     """The A/B handle of build `version` (docs/design.md section 5)."""
-    return f"{C.ENSEMBLE_MODEL}_v{version}"
+    return f"{ENSEMBLE_MODEL}_v{version}"

@@ -8,7 +8,7 @@ what Triton + the Python backend + the client cost before any model work: the fl
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from seminar.constants import INPUT_ITEM_ID, OUTPUT_SCORE
+from seminar.contract import INPUT_ITEM_ID, OUTPUT_SCORE
 
 
 class TritonPythonModel:

@@ -11,8 +11,7 @@ tritonserver may have given up.
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from seminar.build import pipeline as P
-
+from seminar import contract
 from seminar.serving.backend import (
     BackendContext,
     RequestError,
@@ -35,12 +34,12 @@ class TritonPythonModel:
         verify_manifest(ctx.version_dir)
         self.input_dtypes = ctx.tensor_dtypes("input")
         self.input_dims = {t["name"]: tuple(int(d) for d in t["dims"]) for t in ctx.config["input"]}
-        self.index_ranges = read_index_ranges(ctx.artifact(P.PARAM_INDEX_RANGES))
+        self.index_ranges = read_index_ranges(ctx.artifact(contract.PARAM_INDEX_RANGES))
         self.runner = OnnxRunner(
-            ctx.artifact(P.PARAM_ONNX_FILE),
+            ctx.artifact(contract.PARAM_ONNX_FILE),
             inputs=self.input_dtypes,
             outputs=ctx.tensor_dtypes("output"),
-            intra_op_threads=ctx.int_parameter(P.PARAM_INTRA_OP_THREADS),
+            intra_op_threads=ctx.int_parameter(contract.PARAM_INTRA_OP_THREADS),
             index_ranges=self.index_ranges,
         )
         self.stall_guard = StallGuard(ctx.model_name, ctx.version).start()

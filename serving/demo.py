@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from seminar import constants as C
-
-
+from seminar import contract
 def _titles(data) -> dict[int, str]:
     items = data.items_table()
     return dict(
@@ -29,7 +27,7 @@ def rank_movielens_users(
     users: int = 3,
     top: int = 5,
     queries: tuple[str, ...] = ("", "comedy"),
-    model: str = C.ENSEMBLE_MODEL,
+    model: str = contract.ENSEMBLE_MODEL,
     grpc_url: str | None = None,
 ) -> list[dict]:
     """Rank each of the first `users` evaluated users' test candidates on a real tritonserver.
