@@ -391,9 +391,10 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"The supervisor resumed {sup['resumed']:.0f} stopped process(es) (each stall above ends "
-        f"when it did), counted {sup['abandoned']:.0f} calls abandoned by their clients (finished "
-        "or expired inside Triton, never cancelled there), and restarted tritonserver "
-        f"{sup['restarts']:.0f} time(s) in all.",
+        f"when it did) and restarted tritonserver {sup['restarts']:.0f} time(s) in all (the kill "
+        "below included). Calls the gateway gave up on were left to finish inside Triton, never "
+        f"cancelled there; {sup['abandoned']:.0f} calls reached its gRPC proxy and were then "
+        "abandoned by their caller.",
     ]
     kill = report["kill"]
     if kill is not None:
