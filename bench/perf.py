@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seminar.clients.workload import RankCall, load_workload
-
 from seminar.contract import ENSEMBLE_MODEL, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
 from seminar.provenance import cpu_model
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from seminar.provenance import cpu_model
 from seminar.pq.codebooks import Codebooks, train_codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
 from seminar.pq.faiss_scan import FaissScanner
@@ -35,6 +34,7 @@ from seminar.pq.synthetic import (
     synthetic_tables,
     synthetic_users,
 )
+from seminar.provenance import cpu_model
 
 CANDIDATES, HEADS, TOP_K = 100, 4, 50
 EXACT = "exact GSU (gather tables + GEMM + top-K + gather)"

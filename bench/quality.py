@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from seminar.provenance import cpu_model
 from seminar.training.config import QUICK_MODEL, QUICK_TRAIN, TrainConfig
 from seminar.training.errors import TrainingError
 from seminar.training.metrics import METRIC_NAMES
-
-from seminar.provenance import cpu_model
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,9 @@ def _measure_row(server, client, pipeline, uid, candidates, cfg, composing) -> d
     from seminar.serving.floor import FLOOR_MODEL
 
     inputs = request_inputs(uid, "", candidates)
-    served = client().infer(contract.ENSEMBLE_MODEL, inputs).as_numpy(contract.OUTPUT_SCORE).reshape(-1)
+    served = (
+        client().infer(contract.ENSEMBLE_MODEL, inputs).as_numpy(contract.OUTPUT_SCORE).reshape(-1)
+    )
     local = pipeline.score(uid, "", candidates)
     cell: dict = {"max_abs_diff": float(np.abs(served - local).max())}
     cell["floor"] = time_calls(

@@ -34,12 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from seminar.clients.config import ExperimentConfig, Limits, write_config
 from seminar.clients.demo import demo_arms
 from seminar.clients.process import GatewayProcess
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import load_workload
-
 from seminar.provenance import cpu_model
 from seminar.serving import process_group
 from seminar.serving.serve_process import ServeProcess

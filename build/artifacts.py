@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from seminar import contract
 from torch import nn
+
+from seminar import contract
+
 
 class ArtifactError(RuntimeError):
     """A dataset file is missing or an artifact fails its manifest; the message names it."""
@@ -44,7 +46,10 @@ def write_manifest(version_dir: Path) -> dict:
     for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(version_dir).as_posix()
         # Bytecode a stub wrote is not an artifact (the __pycache__ blocker file is one).
-        if rel == contract.MANIFEST_FILE or "__pycache__" in path.relative_to(version_dir).parent.parts:
+        if (
+            rel == contract.MANIFEST_FILE
+            or "__pycache__" in path.relative_to(version_dir).parent.parts
+        ):
             continue
         entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         if path.suffix == ".npy":
@@ -175,7 +180,9 @@ def index_bounds(data_dir: Path) -> Mapping[str, int]:
     return {contract.QUERY_TOKENS: len(tokens), contract.ITEM_INDEX: len(items) + 2}
 
 
-def write_index_ranges(version_dir: Path, spec: contract.ModelSpec, bounds: Mapping[str, int]) -> Path:
+def write_index_ranges(
+    version_dir: Path, spec: contract.ModelSpec, bounds: Mapping[str, int]
+) -> Path:
     """index_ranges.json of an exported graph: [0, bound) per index input it takes.
 
     The bounds are the ones its parity gate passed with (index_bounds: the rows of the token

@@ -30,14 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
+from seminar import contract
 from seminar.build import artifacts as A
 from seminar.build import export as E
 from seminar.build import lock as L
-from seminar import contract
-from seminar.provenance import git_revision
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
-from torch import nn
+from seminar.provenance import git_revision
 
 BUILD_INFO_FILE = "build.json"
 MODEL_CARD_FILE = "model_card.md"
@@ -340,20 +341,26 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
 
     progress("features maps")
     A.write_features(inputs.data_dir, version_dirs[contract.FEATURES_MODEL], dims)
-    _copy_backend(specs[contract.FEATURES_MODEL].backend_source, version_dirs[contract.FEATURES_MODEL])
+    _copy_backend(
+        specs[contract.FEATURES_MODEL].backend_source, version_dirs[contract.FEATURES_MODEL]
+    )
 
     progress("pq artifacts")
     pq_dir = version_dirs[contract.PQ_RETRIEVAL_MODEL] / contract.PQ_DIR
     pq_dir.mkdir()
     (inputs.write_pq or _default_write_pq(inputs))(pq_dir)
-    _copy_backend(specs[contract.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[contract.PQ_RETRIEVAL_MODEL])
+    _copy_backend(
+        specs[contract.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[contract.PQ_RETRIEVAL_MODEL]
+    )
 
     progress("configs and manifests")
     for name in contract.COMPOSING_MODELS:
         A.write_manifest(version_dirs[name])
         path = staging / name / R.CONFIG_FILE
         path.write_text(R.to_text(R.model_config(specs[name], request.target, request.serving)))
-        onnx_path = version_dirs[name] / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
+        onnx_path = (
+            version_dirs[name] / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
+        )
         R.validate_config(path, specs[name], request.target, onnx_path, request.serving)
 
     newest = max([n, *existing_versions(request.repo)])

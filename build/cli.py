@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from seminar import contract
+
+
 class RunError(ValueError):
     """The run directory cannot be loaded; the message names the file or field."""
 
@@ -27,7 +29,9 @@ def load_run(run: Path):
 def _summary(summary, console) -> None:
     """The final table: one row per composing model."""
     from rich.table import Table
+
     from seminar import contract
+
     table = Table(title=f"{summary.repo} version {summary.version} ({summary.target.value})")
     for col in ("model", "artifact", "parity cases", "max abs diff", "polygraphy", "bytes"):
         table.add_column(col, justify="right" if col in ("bytes", "parity cases") else "left")
@@ -109,6 +113,7 @@ def build(
     console = Console(stderr=True)
     try:
         from seminar import contract
+
         try:
             tgt = contract.Target(target)
         except ValueError:
@@ -150,7 +155,6 @@ def build(
         from seminar.build.builder import BuildError
         from seminar.build.export import ExportError
         from seminar.build.repository import ConfigError
-
         from seminar.pq.errors import PQError
 
         user_errors = (RunError, BuildError, ExportError, ConfigError, ArtifactError, PQError)
@@ -175,6 +179,7 @@ def _build(
 ):
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     from seminar.build import builder as B
     from seminar.build import export as E
     from seminar.build import repository as R

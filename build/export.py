@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from seminar import contract
 from torch import Tensor, nn
+
+from seminar import contract
+
 
 class ExportError(RuntimeError):
     """An export or its parity gate failed; the message names the model and the error."""
@@ -154,7 +156,9 @@ def _example(spec: contract.ModelSpec, batch: int) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def export_onnx(module: nn.Module, spec: contract.ModelSpec, path: Path, config: ExportConfig) -> Path:
+def export_onnx(
+    module: nn.Module, spec: contract.ModelSpec, path: Path, config: ExportConfig
+) -> Path:
     """torch.onnx.export(dynamo=True) with a dynamic batch dim and the spec's tensor names."""
     batch = torch.export.Dim("batch", min=1, max=config.max_batch)
     dynamic = {t.name: {0: batch} for t in spec.inputs}

@@ -20,8 +20,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from seminar import contract
 from tritonclient.grpc import model_config_pb2 as mc
+
+from seminar import contract
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -77,7 +78,9 @@ def _params(config: mc.ModelConfig, params: Mapping[str, str]) -> None:
         config.parameters[key].string_value = params[key]
 
 
-def model_config(spec: contract.ModelSpec, target: contract.Target, serving: ServingConfig) -> mc.ModelConfig:
+def model_config(
+    spec: contract.ModelSpec, target: contract.Target, serving: ServingConfig
+) -> mc.ModelConfig:
     """The ModelConfig of one composing model for a target."""
     config = mc.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
     _tensors(config.input, spec.inputs)
@@ -193,7 +196,9 @@ def validate_config(
             raise ConfigError(f"{where}: platform {config.platform!r} != 'ensemble'")
         steps = [s.model_name for s in config.ensemble_scheduling.step]
         if steps != list(contract.COMPOSING_MODELS):
-            raise ConfigError(f"{where}: ensemble steps {steps} != {list(contract.COMPOSING_MODELS)}")
+            raise ConfigError(
+                f"{where}: ensemble steps {steps} != {list(contract.COMPOSING_MODELS)}"
+            )
         return config
     gpu = target is contract.Target.GPU
     if spec.kind is contract.ModelKind.EXPORTED and gpu:
@@ -252,7 +257,9 @@ def _check_parameters(
     if spec.name == contract.FEATURES_MODEL:
         value = params.get(contract.PARAM_MAX_QUERY_BYTES, "")
         if not value.isdigit() or int(value) < 1:
-            raise ConfigError(f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} must be an int >= 1")
+            raise ConfigError(
+                f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} must be an int >= 1"
+            )
         if serving is not None and int(value) != serving.max_query_bytes:
             raise ConfigError(
                 f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from enum import IntEnum, unique
 from pathlib import Path
 
+from seminar import contract
 from seminar.build import builder as B
 from seminar.build import lock as L
-from seminar import contract
 from seminar.build import repository as R
 
 # The header tritonserver checks when started with
@@ -213,7 +213,10 @@ def write_config_atomically(path: Path, config: R.mc.ModelConfig) -> None:
 
 def _version_folders(repo: Path, version: int) -> list[Path]:
     """Folder N of every model of a build, in the order a retire takes them out."""
-    folders = [repo / contract.pinned_ensemble_name(version), repo / contract.ENSEMBLE_MODEL / str(version)]
+    folders = [
+        repo / contract.pinned_ensemble_name(version),
+        repo / contract.ENSEMBLE_MODEL / str(version),
+    ]
     folders += [repo / name / str(version) for name in contract.COMPOSING_MODELS]
     return folders
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seminar import contract
+
 # ONNX ops whose FP16 versions lose accuracy (variance / exp over a long row): kept FP32.
 # Where too: masked_fill(-1e9) overflows FP16 to -inf, and an all-masked row (a cold-start
 # user) would then softmax to NaN instead of zeros.
@@ -135,7 +136,9 @@ def write_trtexec_script(
     return script
 
 
-def build_engine(onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, profile: Profile) -> Path:
+def build_engine(
+    onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, profile: Profile
+) -> Path:
     """Build a serialized FP16 engine with the TensorRT Python API (needs a GPU)."""
     import tensorrt as trt
 

@@ -51,5 +51,3 @@ app.command("perf")(bench_cli.perf)
 app.command("observe")(clients_cli.observe)
 app.add_typer(bench_app, name="bench")
 
-if __name__ == "__main__":
-    app()

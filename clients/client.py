@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import grpc
 import numpy as np
+
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS, TritonError, rank, score_async
 

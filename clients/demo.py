@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seminar.clients.config import Arm, ExperimentConfig, write_config
-
 from seminar.contract import ENSEMBLE_MODEL
 from seminar.serving.triton import free_port
 
@@ -83,11 +82,11 @@ def run_gateway_demo(
     """Start Triton and the gateway, rank, load, read the arm split back; stop everything."""
     from rich.console import Console
     from rich.table import Table
+
     from seminar.clients.client import rank_via_gateway
     from seminar.clients.load import LoadConfig, run_load
     from seminar.clients.process import GatewayProcess
     from seminar.clients.workload import load_workload
-
     from seminar.serving.serve_process import ServeProcess
 
     console = Console(soft_wrap=True)

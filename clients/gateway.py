@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
+
 from seminar.clients.catalog import Catalog
 from seminar.clients.config import Arm, ConfigError, ExperimentConfig, load_config
 from seminar.clients.metrics import GatewayMetrics
@@ -55,7 +56,6 @@ from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.readiness import NOT_CHECKED, ModelKey, Readiness, ReadinessProbe
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS, TritonError, rank, score_async, spearman
 from seminar.clients.triton_calls import Overloaded, TritonCalls
-
 from seminar.contract import AB_BUCKETS, GATEWAY_SERVICE
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import RankCall
 

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from seminar import contract
+
+
 class RequestError(ValueError):
     """One request is malformed; the model answers it with INVALID_ARG and serves the rest."""
 
@@ -100,7 +102,9 @@ class BackendContext:
 
     def tensor_dtypes(self, section: str) -> dict[str, np.dtype]:
         """numpy dtype of every `input` / `output` tensor, as config.pbtxt declares it."""
-        return {t["name"]: contract.DataType(t["data_type"]).numpy for t in self.config.get(section, [])}
+        return {
+            t["name"]: contract.DataType(t["data_type"]).numpy for t in self.config.get(section, [])
+        }
 
     @property
     def on_gpu(self) -> bool:

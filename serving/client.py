@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from seminar import contract
+
+
 def request_inputs(user_id: int, query: str, item_ids: Sequence[int] | np.ndarray) -> list:
     """The ensemble's inputs for one user and B candidates: user_id, query, item_id, each (B, 1)."""
     import tritonclient.grpc as grpcclient

@@ -14,6 +14,8 @@ import numpy as np
 import typer
 
 from seminar import contract
+
+
 def _titles(data) -> dict[int, str]:
     items = data.items_table()
     return dict(

@@ -79,8 +79,12 @@ class InProcessPipeline:
             np.full((b, 1), query.encode("utf-8"), dtype=object),
             items,
         )
-        q = self.encoders[contract.QUERY_ENCODER_MODEL].run({contract.QUERY_TOKENS: f[contract.QUERY_TOKENS]})
-        i = self.encoders[contract.ITEM_ENCODER_MODEL].run({contract.ITEM_INDEX: f[contract.ITEM_INDEX]})
+        q = self.encoders[contract.QUERY_ENCODER_MODEL].run(
+            {contract.QUERY_TOKENS: f[contract.QUERY_TOKENS]}
+        )
+        i = self.encoders[contract.ITEM_ENCODER_MODEL].run(
+            {contract.ITEM_INDEX: f[contract.ITEM_INDEX]}
+        )
         query_emb, item_emb = q[contract.QUERY_EMB], i[contract.ITEM_EMB]  # (B, D) each
         topk_emb, topk_mask = self.retrieval(
             torch.from_numpy(f[contract.USER_INDEX].reshape(b)),  # (B, 1) -> (B,)

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from seminar import contract
 from seminar.build import artifacts as A
 from seminar.build import builder as B
-from seminar import contract
 from seminar.build import repository as R
-
 from tests.support.build import BuiltRepo, copy_repo, start_build_process, start_gated_build
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,9 @@ def test_builds_of_8_and_9_at_once_leave_seminar_pinned_to_9(
     assert [code for code, _, _ in results] == [0, 0], results
     assert B.existing_versions(repo) == [1, 8, 9]
     assert _pins(repo, contract.ENSEMBLE_MODEL) == {9}
-    served = max(int(d.name) for d in (repo / contract.ENSEMBLE_MODEL).iterdir() if d.name.isdigit())
+    served = max(
+        int(d.name) for d in (repo / contract.ENSEMBLE_MODEL).iterdir() if d.name.isdigit()
+    )
     assert served == 9, "the highest `seminar` folder (the one Triton serves) is 9"
     for version in (8, 9):
         assert _pins(repo, contract.pinned_ensemble_name(version)) == {version}

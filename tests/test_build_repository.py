@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from seminar import contract
 from seminar.build import artifacts as A
 from seminar.build import builder as B
 from seminar.build import export as E
-from seminar import contract
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
-
 from tests.support.build import CHECKOUT, BuiltRepo, build_cli, copy_repo, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -72,8 +72,12 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
     _, dims = trained
     repo, specs = model_repo.repo, contract.model_specs(dims)
     for name, spec in specs.items():
-        onnx_path = repo / name / "1" / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
-        config = R.validate_config(repo / name / R.CONFIG_FILE, spec, contract.Target.CPU, onnx_path)
+        onnx_path = (
+            repo / name / "1" / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
+        )
+        config = R.validate_config(
+            repo / name / R.CONFIG_FILE, spec, contract.Target.CPU, onnx_path
+        )
         assert config.backend == "python"
         assert config.version_policy.HasField("all")
         assert (repo / name / "1" / contract.PYTHON_FILE).read_bytes() == (
@@ -81,13 +85,17 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
         ).read_bytes()
     for ensemble in (contract.ENSEMBLE_MODEL, contract.pinned_ensemble_name(1)):
         config = R.validate_config(
-            repo / ensemble / R.CONFIG_FILE, contract.ensemble_spec(dims, ensemble), contract.Target.CPU
+            repo / ensemble / R.CONFIG_FILE,
+            contract.ensemble_spec(dims, ensemble),
+            contract.Target.CPU,
         )
         assert [s.model_version for s in config.ensemble_scheduling.step] == [1] * 5
         assert (repo / ensemble / "1").is_dir()
     card = (repo / contract.pinned_ensemble_name(1) / "1" / B.MODEL_CARD_FILE).read_text()
     assert "logit" in card and "git revision" in card and "movielens" in card.lower()
-    info = json.loads((repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text())
+    info = json.loads(
+        (repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
+    )
     assert info["dims"] == {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t}
     assert all(
         e["max_abs_diff"] <= 1e-4 and e["polygraphy"] == "passed" for e in info["exports"].values()

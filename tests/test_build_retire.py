@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seminar.build import builder as B
-from seminar import contract
-from seminar.build import repository as R
-from seminar.build import retire as RT
 from typer.testing import CliRunner
 
+from seminar import contract
+from seminar.build import builder as B
+from seminar.build import repository as R
+from seminar.build import retire as RT
 from seminar.cli import app
 from tests.support.build import BuiltRepo, build_cli, copy_repo, tree_digest
 from tests.support.serving import require_serving_pieces, require_tritonserver, start_triton
@@ -172,7 +172,11 @@ def restricted_triton(two_versions, tmp_path) -> Iterator:
         repo=repo,
         model_control=ModelControl.EXPLICIT,
         load_models=("*",),
-        wait_models=(contract.ENSEMBLE_MODEL, contract.pinned_ensemble_name(1), contract.pinned_ensemble_name(2)),
+        wait_models=(
+            contract.ENSEMBLE_MODEL,
+            contract.pinned_ensemble_name(1),
+            contract.pinned_ensemble_name(2),
+        ),
         extra_args=(f"--http-restricted-api=model-repository:{RT.ADMIN_KEY_HEADER}={ADMIN_KEY}",),
         log_path=tmp_path / "tritonserver.log",
     )

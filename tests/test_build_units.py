@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from seminar.build import artifacts as A
-from seminar.build import export as E
-from seminar import contract
-from seminar.build import repository as R
-from seminar.build import tensorrt as TRT
 from torch import nn
 from typer.testing import CliRunner
 
+from seminar import contract
+from seminar.build import artifacts as A
+from seminar.build import export as E
+from seminar.build import repository as R
+from seminar.build import tensorrt as TRT
 from seminar.cli import app
 from seminar.model.config import ModelConfig
 
@@ -26,7 +26,9 @@ DIMS = contract.PipelineDims(d=16, h=2, k=4, t=8)
 
 
 def test_pipeline_dims_come_from_the_model_config():
-    dims = contract.PipelineDims.from_model_config(ModelConfig(dim=32, heads=3, top_k=10, query_len=6))
+    dims = contract.PipelineDims.from_model_config(
+        ModelConfig(dim=32, heads=3, top_k=10, query_len=6)
+    )
     assert dims == contract.PipelineDims(d=32, h=3, k=10, t=6)
     specs = contract.model_specs(dims)
     assert specs[contract.PQ_RETRIEVAL_MODEL].output(contract.TOPK_EMB).dims == (3, 10, 32)
@@ -72,7 +74,9 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         assert not config.dynamic_batching.HasField("default_queue_policy")
         params = {k: v.string_value for k, v in config.parameters.items()}
         python_graph = spec.kind is contract.ModelKind.EXPORTED and not gpu_engine
-        assert params.get(contract.PARAM_INDEX_RANGES) == (contract.INDEX_RANGES_FILE if python_graph else None)
+        assert params.get(contract.PARAM_INDEX_RANGES) == (
+            contract.INDEX_RANGES_FILE if python_graph else None
+        )
         want_bytes = str(serving.max_query_bytes) if spec.name == contract.FEATURES_MODEL else None
         assert params.get(contract.PARAM_MAX_QUERY_BYTES) == want_bytes
     pq = R.model_config(contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL], target, serving)
@@ -80,7 +84,9 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         "cuda" if target is contract.Target.GPU else "cpu"
     )
     force = pq.parameters.get(contract.PARAM_FORCE_CPU_ONLY)
-    assert (force.string_value if force else None) == ("no" if target is contract.Target.GPU else None)
+    assert (force.string_value if force else None) == (
+        "no" if target is contract.Target.GPU else None
+    )
     path = tmp_path / "seminar.pbtxt"
     path.write_text(R.to_text(R.ensemble_config(DIMS, contract.ENSEMBLE_MODEL, 3, serving)))
     ens = R.validate_config(path, contract.ensemble_spec(DIMS), target)
@@ -98,7 +104,9 @@ def test_execution_env_is_written_only_when_asked():
 
 def test_validate_config_rejects_wrong_dims_and_garbage(tmp_path):
     specs = contract.model_specs(DIMS)
-    other = contract.model_specs(contract.PipelineDims(d=16, h=2, k=5, t=8))[contract.RANKING_HEAD_MODEL]
+    other = contract.model_specs(contract.PipelineDims(d=16, h=2, k=5, t=8))[
+        contract.RANKING_HEAD_MODEL
+    ]
     path = tmp_path / "config.pbtxt"
     path.write_text(R.to_text(R.model_config(other, contract.Target.CPU, R.ServingConfig())))
     with pytest.raises(R.ConfigError, match="topk_emb"):
@@ -129,7 +137,10 @@ def _with_queue_timeout(config) -> None:
     [
         (_with_queue_timeout, "a queue policy lets Triton end ensemble requests early"),
         (lambda c: c.ClearField("dynamic_batching"), "need dynamic_batching"),
-        (lambda c: c.parameters.pop(contract.PARAM_MAX_QUERY_BYTES), "max_query_bytes must be an int"),
+        (
+            lambda c: c.parameters.pop(contract.PARAM_MAX_QUERY_BYTES),
+            "max_query_bytes must be an int",
+        ),
     ],
 )
 def test_validate_config_checks_the_queue_policy_and_the_query_limit(tmp_path, edit, message):
@@ -144,7 +155,9 @@ def test_validate_config_checks_the_queue_policy_and_the_query_limit(tmp_path, e
 
 def test_index_ranges_round_trip_and_bad_files_are_named(tmp_path):
     spec = contract.model_specs(DIMS)[contract.ITEM_ENCODER_MODEL]
-    path = A.write_index_ranges(tmp_path, spec, {contract.ITEM_INDEX: 9744, contract.QUERY_TOKENS: 50})
+    path = A.write_index_ranges(
+        tmp_path, spec, {contract.ITEM_INDEX: 9744, contract.QUERY_TOKENS: 50}
+    )
     assert A.read_index_ranges(path) == {contract.ITEM_INDEX: (0, 9744)}  # only its own inputs
     head = contract.model_specs(DIMS)[contract.RANKING_HEAD_MODEL]
     assert A.read_index_ranges(A.write_index_ranges(tmp_path, head, {contract.ITEM_INDEX: 3})) == {}
@@ -296,7 +309,10 @@ def test_config_difference_names_the_first_differing_field_of_any_kind():
     """Generic over the config's fields: scalars, nested messages, repeated fields, maps."""
     spec = contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL]
     base = R.model_config(spec, contract.Target.CPU, R.ServingConfig())
-    assert R.config_difference(base, R.model_config(spec, contract.Target.CPU, R.ServingConfig())) is None
+    assert (
+        R.config_difference(base, R.model_config(spec, contract.Target.CPU, R.ServingConfig()))
+        is None
+    )
     cases = [
         (R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(64,)), "max_batch_size"),
         (R.ServingConfig(max_queue_delay_us=500), "dynamic_batching.max_queue_delay_microseconds"),

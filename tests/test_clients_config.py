@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from seminar.clients.catalog import Catalog, CatalogError
 from seminar.clients.config import (
     Arm,
@@ -24,7 +25,6 @@ from seminar.clients.config import (
 from seminar.clients.gateway import RequestError, validate
 from seminar.clients.proto import ranker_pb2
 from seminar.clients.scoring import rank, request_arrays, spearman
-
 from seminar.contract import AB_BUCKETS, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
 
 N_USERS = 100_000

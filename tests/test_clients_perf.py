@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seminar.clients.observe import PROMETHEUS_DIR, PrometheusProcess, local_config
+
 from seminar.bench.perf import PerfConfig, PerfError, find_perf_analyzer, input_data, parse_csv
+from seminar.clients.observe import PROMETHEUS_DIR, PrometheusProcess, local_config
 from seminar.clients.process import free_port
 from seminar.clients.workload import RankCall
-
 from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
 from tests.support.clients import RunningGateway, require_fixture
 

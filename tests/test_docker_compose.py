@@ -12,15 +12,15 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from seminar.contract import pinned_ensemble_name
-from seminar.clients.config import load_config
 
+from seminar.clients.config import load_config
 from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    pinned_ensemble_name,
 )
 from tests.support.docker import (
     COMPOSE_SCHEMA,

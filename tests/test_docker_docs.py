@@ -31,9 +31,7 @@ def test_paths_named_in_deploy_doc_exist() -> None:
 
 def test_rollout_loads_every_model_of_a_build() -> None:
     """The repository-API loop in "Rolling out" names the build's models, composing first."""
-    from seminar.contract import COMPOSING_MODELS, pinned_ensemble_name
-
-    from seminar.contract import ENSEMBLE_MODEL
+    from seminar.contract import COMPOSING_MODELS, ENSEMBLE_MODEL, pinned_ensemble_name
 
     (loop,) = re.findall(r"for m in ([\w ]+); do", DEPLOY.read_text())
     assert loop.split() == [*COMPOSING_MODELS, pinned_ensemble_name(2), ENSEMBLE_MODEL]

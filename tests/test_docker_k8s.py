@@ -11,16 +11,16 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from seminar.contract import pinned_ensemble_name
+
 from seminar.clients.config import bucket, load_config
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS
-
 from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    pinned_ensemble_name,
 )
 from tests.support.docker import (
     DOCKER,

@@ -17,12 +17,12 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from seminar.clients.client import ClientError, rank_direct, rank_via_gateway
 from seminar.clients.config import Arm, Limits
 from seminar.clients.load import LoadConfig, run_load
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import RankCall
-
 from tests.support.clients import RunningGateway, make_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]

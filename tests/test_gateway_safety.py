@@ -28,11 +28,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from seminar.clients.client import rank_direct
 from seminar.clients.config import Arm, ExperimentConfig, write_config
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import RankCall
-
 from seminar.serving import process_group
 from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
 from tests.support.clients import (

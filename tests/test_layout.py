@@ -49,7 +49,9 @@ def violations(root: Path = ROOT) -> list[str]:
             for line, module in imports(path):
                 target = layer_of_module(module)
                 if target is not None and LAYERS.index(target) > rank:
-                    out.append(f"{path.relative_to(root)}:{line}: {layer} imports {module} ({target})")
+                    out.append(
+                        f"{path.relative_to(root)}:{line}: {layer} imports {module} ({target})"
+                    )
     return out
 
 

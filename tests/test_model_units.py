@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from seminar.training.metrics import METRIC_NAMES, global_auc, ranking_metrics
 
 from seminar.model import Modality, ModelConfig, ModelKind, SeminarModel
 from seminar.model.head import RankingHead
 from seminar.model.psu import PSU, PSUConfig, alignment_loss, info_nce, relevance_loss
 from seminar.model.retrieval import ExactRetriever, RecentRetriever, SimHashRetriever
+from seminar.training.metrics import METRIC_NAMES, global_auc, ranking_metrics
 
 SIZES = {
     "num_items": 60,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from seminar.cli import app
 from seminar.bench.pq import BenchConfig
+from seminar.cli import app
 
 
 def test_bench_pq_rejects_missing_run(tmp_path) -> None:

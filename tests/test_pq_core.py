@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from seminar.bench.pq import threshold_recall
 from seminar.pq import PQConfig, PQError, ScoringBackend, SequenceStore
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
-from seminar.bench.pq import threshold_recall
 from seminar.pq.codebooks import pack_codes, unpack_codes
 from seminar.pq.faiss_scan import FaissScanner
 from tests.support.pq import PQ_TEST_K

@@ -16,9 +16,8 @@ FAST_PQ = PQConfig(nbits=4, train_max_rows=4_096, kmeans_iters=8)
 
 @pytest.fixture(scope="module")
 def ml_model_and_artifacts(movielens_data, tmp_path_factory):
-    from seminar.training.trainer import model_config_for, new_model
-
     from seminar.data.dataset import PreparedDataset
+    from seminar.training.trainer import model_config_for, new_model
 
     ds = PreparedDataset.load(movielens_data)
     torch.manual_seed(0)

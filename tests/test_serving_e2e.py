@@ -228,8 +228,9 @@ def model_inputs(client, model: str, values: dict[str, np.ndarray]) -> list:
 
 
 def index_range(repo, model: str, name: str) -> tuple[int, int]:
-    from seminar.build import artifacts as A
     from seminar import contract
+    from seminar.build import artifacts as A
+
     return A.read_index_ranges(repo / model / "1" / contract.INDEX_RANGES_FILE)[name]
 
 
@@ -240,6 +241,7 @@ def test_an_index_outside_its_table_sent_straight_to_an_encoder_is_invalid(
     """item_index -3 used to wrap around to a real item's embedding, and one past the end
     failed the whole batch inside ONNX Runtime."""
     import tritonclient.grpc as grpcclient
+
     for model, name in (
         (contract.ITEM_ENCODER_MODEL, contract.ITEM_INDEX),
         (contract.QUERY_ENCODER_MODEL, contract.QUERY_TOKENS),
@@ -265,12 +267,14 @@ def test_a_user_index_outside_the_store_sent_straight_to_pq_retrieval_is_invalid
     client, triton, user_index
 ) -> None:
     import tritonclient.grpc as grpcclient
+
     n_users = len(np.load(triton.repo / contract.FEATURES_MODEL / "1" / contract.USER_IDS_FILE))
     bad = n_users if user_index == "n_users" else user_index
     users = np.array([[0], [bad], [-1]], np.int64)
     with pytest.raises(grpcclient.InferenceServerException) as info:
         client.infer(
-            contract.PQ_RETRIEVAL_MODEL, model_inputs(client, contract.PQ_RETRIEVAL_MODEL, {contract.USER_INDEX: users})
+            contract.PQ_RETRIEVAL_MODEL,
+            model_inputs(client, contract.PQ_RETRIEVAL_MODEL, {contract.USER_INDEX: users}),
         )
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT", info.value.message()
     assert f"user_index row 1 is {bad}, outside [-1, {n_users})" in info.value.message()
@@ -286,7 +290,9 @@ def test_a_bad_request_does_not_fail_the_good_ones_batched_with_it(client, ml, t
         own = grpcclient.InferenceServerClient(triton.grpc_url)
         if i % 4 == 0:
             try:
-                own.infer(contract.ENSEMBLE_MODEL, raw_inputs(col([-1] * 50), texts(50), col(items)))
+                own.infer(
+                    contract.ENSEMBLE_MODEL, raw_inputs(col([-1] * 50), texts(50), col(items))
+                )
             except grpcclient.InferenceServerException as e:
                 return "error", e.message()
             return "served", None
@@ -321,7 +327,9 @@ def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, trit
     after = triton.metrics()
     ok = "nv_inference_request_success"
     assert (
-        metric(after, ok, model=contract.ENSEMBLE_MODEL) - metric(before, ok, model=contract.ENSEMBLE_MODEL) >= 3
+        metric(after, ok, model=contract.ENSEMBLE_MODEL)
+        - metric(before, ok, model=contract.ENSEMBLE_MODEL)
+        >= 3
     )
     assert metric(after, ok, model=contract.PQ_RETRIEVAL_MODEL) > metric(
         before, ok, model=contract.PQ_RETRIEVAL_MODEL

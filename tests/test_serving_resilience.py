@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from seminar.contract import FEATURES_MODEL
 
 from seminar import contract
+from seminar.contract import FEATURES_MODEL
 from seminar.serving.client import request_inputs, score
 from tests.support.build import BuiltRepo, copy_repo
 from tests.support.serving import Stub, private_triton, python_stubs
@@ -133,6 +133,7 @@ def heavy_pq_inputs(client, repo: Path, rows: int = 1024) -> list:
     """A direct pq_retrieval batch of `rows` rows spread over every stored user: an execute
     of a good fraction of a second, so that a busy stub is inside `execute` nearly always."""
     from seminar import contract
+
     users = len(np.load(repo / contract.FEATURES_MODEL / "1" / contract.USER_IDS_FILE))
     inputs = zero_inputs(client, contract.PQ_RETRIEVAL_MODEL, rows)
     rng = np.random.default_rng(0)
@@ -212,7 +213,9 @@ def test_a_stub_frozen_for_3s_mid_execute_exits_and_tritonserver_survives(
             for thread in threads:
                 thread.join(timeout=60)
         assert stub.exit_code() == STALL_EXIT_CODE, (stub.state(), server.log_tail())
-        assert f"model {contract.PQ_RETRIEVAL_MODEL} version 1 did not run for 3." in log.read_text()
+        assert (
+            f"model {contract.PQ_RETRIEVAL_MODEL} version 1 did not run for 3." in log.read_text()
+        )
         errors = [error for at, _, error in outcomes if error is not None]
         assert errors, "the freeze failed no request"
         for error in errors:  # each one an answer with a status, not a lost connection

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from seminar import contract
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import (

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from seminar import contract
 from seminar.serving.client import request_inputs, score
 from tests.support.build import build_cli
@@ -124,7 +125,11 @@ def test_loading_version_2_while_traffic_flows_drops_no_request(
         # Composing models keep every version (version_policy all): v2 loads beside v1; then
         # the pinned handle seminar_v2, then `seminar` re-pinned to v2. Each load swaps
         # atomically once the new version is READY.
-        for name in (*contract.COMPOSING_MODELS, contract.pinned_ensemble_name(2), contract.ENSEMBLE_MODEL):
+        for name in (
+            *contract.COMPOSING_MODELS,
+            contract.pinned_ensemble_name(2),
+            contract.ENSEMBLE_MODEL,
+        ):
             server.load_model(name)
         time.sleep(1.0)  # traffic on the new version
     finally:
@@ -150,7 +155,10 @@ def test_a_corrupt_version_fails_to_load_and_the_served_one_keeps_serving(
 
     data, user_id = long_data
     items = candidates(data, 10)
-    src, dst = long_repo / contract.PQ_RETRIEVAL_MODEL / "1", long_repo / contract.PQ_RETRIEVAL_MODEL / "9"
+    src, dst = (
+        long_repo / contract.PQ_RETRIEVAL_MODEL / "1",
+        long_repo / contract.PQ_RETRIEVAL_MODEL / "9",
+    )
     shutil.copytree(src, dst)
     table = dst / contract.PQ_DIR / "tables.safetensors"
     blob = bytearray(table.read_bytes())

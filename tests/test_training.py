@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from seminar.training.metrics import METRIC_NAMES
 from typer.testing import CliRunner
 
 from seminar.cli import app
+from seminar.training.metrics import METRIC_NAMES
 from tests.support.training import TINY_MODEL, TINY_TRAIN, train_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,9 +29,8 @@ def invoke(*args: str):
 
 
 def test_quick_run_writes_a_self_describing_run(quick_run: Path, movielens_data: Path) -> None:
-    from seminar.training.checkpoint import load_run
-
     from seminar.data.dataset import PreparedDataset
+    from seminar.training.checkpoint import load_run
 
     for name in ("checkpoint.safetensors", "config.json", "metrics.json", "curve.png"):
         assert (quick_run / name).is_file(), name
@@ -76,11 +75,10 @@ def test_evaluate_cli_prints_every_metric(quick_run: Path) -> None:
 
 
 def test_pretraining_then_finetuning_restores_the_tables(movielens_data: Path) -> None:
+    from seminar.data.dataset import PreparedDataset
     from seminar.training.batches import training_targets
     from seminar.training.config import TrainConfig
     from seminar.training.trainer import DistContext, finetune_model, model_config_for, pretrain
-
-    from seminar.data.dataset import PreparedDataset
 
     ds = PreparedDataset.load(movielens_data)
     config = model_config_for(ds, "seminar", **TINY_MODEL)
@@ -103,9 +101,8 @@ def test_pretraining_then_finetuning_restores_the_tables(movielens_data: Path) -
 def test_score_cli_matches_the_python_function_in_item_order(
     quick_run: Path, movielens_data: Path
 ) -> None:
-    from seminar.training.scoring import score_request
-
     from seminar.data.dataset import PreparedDataset
+    from seminar.training.scoring import score_request
 
     ds = PreparedDataset.load(movielens_data)
     user = int(ds.user_ids[3])
@@ -121,11 +118,10 @@ def test_score_cli_matches_the_python_function_in_item_order(
 
 def test_score_matches_the_evaluation_harness(quick_run: Path, movielens_data: Path) -> None:
     # score_request with the history before the test target = the evaluated 1 + 99 list.
+    from seminar.data.dataset import PreparedDataset
     from seminar.training.checkpoint import load_run
     from seminar.training.evaluate import score_split
     from seminar.training.scoring import score_indices
-
-    from seminar.data.dataset import PreparedDataset
 
     run = load_run(quick_run)
     ds = PreparedDataset.load(movielens_data)
@@ -200,10 +196,9 @@ def test_model_recovers_planted_interests_on_synthetic_data(
     synthetic_data: Path, tmp_path: Path
 ) -> None:
     """SYNTHETIC: users follow planted topic mixtures; held-out test events must rank well."""
+    from seminar.data.dataset import PreparedDataset
     from seminar.training.batches import eval_lists
     from seminar.training.metrics import ranking_metrics
-
-    from seminar.data.dataset import PreparedDataset
 
     summary = train_tiny(
         synthetic_data, tmp_path / "syn", kind="twin", epochs=3, max_train_targets=4096,

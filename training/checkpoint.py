@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from seminar.training.config import TrainConfig
-from seminar.training.errors import TrainingError
 
 from seminar.model.config import ModelConfig
 from seminar.model.seminar import SeminarModel
+from seminar.training.config import TrainConfig
+from seminar.training.errors import TrainingError
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.safetensors"

@@ -40,9 +40,8 @@ class Gsu(StrEnum):
 
 def _guard(job: Callable[[], T]) -> T:
     """Run a command body; known bad-input errors become one line on stderr and exit 2."""
-    from seminar.training.errors import TrainingError
-
     from seminar.data.errors import DataError
+    from seminar.training.errors import TrainingError
 
     try:
         return job()

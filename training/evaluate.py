@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from seminar.training.batches import eval_lists, histories
-from seminar.training.metrics import ranking_metrics
 from tqdm import tqdm
 
 from seminar.data.dataset import PreparedDataset
 from seminar.model.retrieval import Retriever
 from seminar.model.seminar import SeminarModel
+from seminar.training.batches import eval_lists, histories
+from seminar.training.metrics import ranking_metrics
 
 # Rows x candidates x heads x history elements scored per chunk: bounds peak memory.
 SCORE_BUDGET = 24_000_000

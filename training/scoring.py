@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from seminar.training.checkpoint import Run, load_run
-from seminar.training.errors import TrainingError
 
 from seminar.data.dataset import PreparedDataset
 from seminar.data.errors import DataError
 from seminar.model.retrieval import Retriever
 from seminar.model.seminar import SeminarModel
+from seminar.training.checkpoint import Run, load_run
+from seminar.training.errors import TrainingError
 
 
 def open_run_data(run: Run, data: str | Path | None = None) -> PreparedDataset:

@@ -21,11 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from seminar.training.batches import Batch, epoch_batches, training_targets
-from seminar.training.checkpoint import CURVE, METRICS, RESUME, save_run
-from seminar.training.config import TrainConfig
-from seminar.training.errors import TrainingError
-from seminar.training.evaluate import evaluate_split
 from torch import nn
 from tqdm import tqdm
 
@@ -33,6 +28,11 @@ from seminar.data.dataset import PreparedDataset
 from seminar.model.config import ModelConfig, ModelKind
 from seminar.model.psu import PSU, transferable_state
 from seminar.model.seminar import SeminarModel
+from seminar.training.batches import Batch, epoch_batches, training_targets
+from seminar.training.checkpoint import CURVE, METRICS, RESUME, save_run
+from seminar.training.config import TrainConfig
+from seminar.training.errors import TrainingError
+from seminar.training.evaluate import evaluate_split
 
 SELECT_METRIC = "ndcg@10"
 

@@ -9,6 +9,7 @@ a batch tritonserver may have given up.
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from seminar import contract
 from seminar.serving.backend import (
     BackendContext,

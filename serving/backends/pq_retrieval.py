@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from seminar import contract
 from torch.utils import dlpack
 
+from seminar import contract
 from seminar.serving.backend import (
     BackendContext,
     RequestError,

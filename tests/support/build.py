@@ -153,7 +153,6 @@ def _gated_build_main(argv: list[str]) -> int:
     version = cli[cli.index("--version") + 1]
 
     from seminar.build import builder
-
     from seminar.cli import app
 
     real_commit = builder.commit

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from seminar.clients.config import Arm, ExperimentConfig, Limits, write_config
 from seminar.clients.process import GatewayProcess
 from seminar.clients.workload import RankCall
-
 from seminar.contract import ENSEMBLE_MODEL
 
 _PINNED = re.compile(r"^seminar_v(\d+)$")
