@@ -109,7 +109,13 @@ def build(
         reason = TRT.unavailable_reason()
         if reason:
             raise UsageError(reason)
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from seminar.build import builder as B
+    from seminar.build import export as E
+    from seminar.build import repository as R
     from seminar.pq import PQConfig
+    from seminar.training.checkpoint import load_run
 
     with reading_options():
         pq_config = PQConfig.for_serving(
@@ -119,43 +125,6 @@ def build(
             rerank=pq_rerank,
             kmeans_iters=pq_iters,
         )
-    _build(
-        run,
-        version,
-        tgt,
-        repo,
-        data,
-        force,
-        max_batch,
-        execution_env,
-        polygraphy,
-        pq_config,
-        console,
-    )
-
-
-def _build(
-    run,
-    version,
-    target,
-    repo,
-    data,
-    force,
-    max_batch,
-    execution_env,
-    polygraphy,
-    pq_config,
-    console,
-):
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from seminar.build import builder as B
-    from seminar.build import export as E
-    from seminar.build import repository as R
-    from seminar.training.checkpoint import load_run
-
-    with reading_options():
         serving = R.ServingConfig(
             max_batch_size=max_batch,
             preferred_batch_sizes=tuple(b for b in (128, 256, 512) if b <= max_batch)
@@ -165,7 +134,7 @@ def _build(
         request = B.BuildRequest(
             repo=repo,
             version=version,
-            target=target,
+            target=tgt,
             force=force,
             serving=serving,
             export=E.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
