@@ -11,12 +11,19 @@ from typing import Annotated
 
 import typer
 
-# Until every command runs under seminar.errors.cli_guard (issue 13), the stages' own guards.
-from seminar.clients.cli import _fail
 from seminar.contract import ENSEMBLE_MODEL
-from seminar.training.cli import _guard, _require_data_dir
+from seminar.errors import (
+    ArtifactError,
+    CheckFailed,
+    DataError,
+    ServiceError,
+    cli_guard,
+    reading_options,
+)
+from seminar.training.cli import require_data_dir
 
 
+@cli_guard
 def bench_synthetic(
     events: Annotated[
         list[int], typer.Option(help="Total events per run (repeat the option for a sweep).")
@@ -38,13 +45,11 @@ def bench_synthetic(
     """
     from seminar.bench.synthetic import run_bench
 
-    try:
+    with reading_options():  # run_bench checks its options (--events) before it starts
         run_bench(events, events_per_user, items, topics, seed, reports, chunk_rows)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
 
 
+@cli_guard
 def bench_quality(
     data: Annotated[Path, typer.Option(help="Prepared MovieLens directory.")] = Path(
         "data/movielens"
@@ -71,17 +76,14 @@ def bench_quality(
     Variants: seminar, twin, sim, eta, din, and SEMINAR without pretraining, without each PSU
     loss, without text, without attributes. Prints the markdown table with mean ± std.
     """
+    from seminar.bench.quality import QualityBench
 
-    def job() -> None:
-        from seminar.bench.quality import QualityBench
-
-        _require_data_dir(data)
-        names = [x.strip() for x in only.split(",") if x.strip()]
-        QualityBench(data, runs, reports, seeds, ablations, quick, names).run(echo=typer.echo)
-
-    _guard(job)
+    require_data_dir(data)
+    names = [x.strip() for x in only.split(",") if x.strip()]
+    QualityBench(data, runs, reports, seeds, ablations, quick, names).run(echo=typer.echo)
 
 
+@cli_guard
 def bench_pq(
     quick: bool = typer.Option(
         False, "--quick", help="Fewer runs and smaller codebook training: under two minutes."
@@ -107,7 +109,6 @@ def bench_pq(
     import time
 
     from seminar.bench.pq import BenchConfig, run_bench
-    from seminar.pq.errors import PQError
 
     start = time.perf_counter()
 
@@ -115,30 +116,20 @@ def bench_pq(
         typer.echo(f"[{time.perf_counter() - start:6.1f} s] {msg}", err=True)
 
     if run is not None and not run.is_dir():
-        typer.echo(f"--run {run}: not a run directory.", err=True)
-        raise typer.Exit(code=1)
+        raise ArtifactError(f"--run {run}: not a run directory.")
     if data is not None and not data.is_dir():
-        typer.echo(f"--data {data}: not a prepared dataset directory.", err=True)
-        raise typer.Exit(code=1)
-    cfg = (
-        BenchConfig.quick(threads=threads, seed=seed)
-        if quick
-        else BenchConfig(threads=threads, seed=seed)
-    )
-    try:
-        result = run_bench(cfg, out, run, data, log=log)
-    except PQError as err:
-        typer.echo(f"bench pq: {err}", err=True)
-        raise typer.Exit(code=1) from None
-    except Exception as err:
-        # errors of the run / dataset loaders (TrainingError, DataError) name their file
-        if type(err).__name__ in ("TrainingError", "DataError"):
-            typer.echo(f"bench pq: {err}", err=True)
-            raise typer.Exit(code=1) from None
-        raise
+        raise DataError(f"--data {data}: not a prepared dataset directory.")
+    with reading_options():
+        cfg = (
+            BenchConfig.quick(threads=threads, seed=seed)
+            if quick
+            else BenchConfig(threads=threads, seed=seed)
+        )
+    result = run_bench(cfg, out, run, data, log=log)
     typer.echo(result["markdown"])
 
 
+@cli_guard
 def bench_serving(
     run: Path = typer.Option(
         ..., help="Trained run directory (checkpoint.safetensors + config.json)."
@@ -170,11 +161,14 @@ def bench_serving(
 
     from seminar.bench.serving import ServingBenchConfig, markdown, run_bench
 
-    for path, what in ((run / "checkpoint.safetensors", "--run"), (data / "meta.json", "--data")):
+    inputs = (
+        (run / "checkpoint.safetensors", "--run", ArtifactError),
+        (data / "meta.json", "--data", DataError),
+    )
+    for path, what, kind in inputs:
         if not path.is_file():
-            typer.echo(f"{what}: {path} does not exist.", err=True)
-            raise typer.Exit(code=2)
-    try:
+            raise kind(f"{what}: {path} does not exist.")
+    with reading_options():
         cfg = ServingBenchConfig(
             candidates=candidates,
             requests=requests,
@@ -182,9 +176,6 @@ def bench_serving(
             concurrency=concurrency,
             seed=seed,
         )
-    except ValueError as e:
-        typer.echo(f"Invalid option: {e}.", err=True)
-        raise typer.Exit(code=2) from None
     command = "seminar bench serving " + shlex.join(sys.argv[3:])
 
     def progress(message: str) -> None:
@@ -192,9 +183,8 @@ def bench_serving(
 
     try:
         report = run_bench(run, data, work, cfg, command, progress)
-    except RuntimeError as e:
-        typer.echo(f"bench serving failed: {e}", err=True)
-        raise typer.Exit(code=1) from None
+    except RuntimeError as err:  # bench/serving.py's own failures (a busy --work, a failed build)
+        raise CheckFailed(f"bench serving failed: {err}") from None
     text = markdown(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
@@ -203,6 +193,7 @@ def bench_serving(
     typer.echo(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}", err=True)
 
 
+@cli_guard
 def bench_soak(
     repo: Path = typer.Option(
         Path("model_repository"),
@@ -228,9 +219,9 @@ def bench_soak(
     import shlex
     import sys
 
-    from seminar.bench.soak import SoakConfig, SoakError, markdown, run_soak, write_reports
+    from seminar.bench.soak import SoakConfig, markdown, run_soak, write_reports
 
-    try:
+    with reading_options():
         config = SoakConfig(
             duration_s=duration,
             concurrency=concurrency,
@@ -239,22 +230,19 @@ def bench_soak(
             kill_at_end=kill,
             seed=seed,
         )
-    except ValueError as err:
-        typer.echo(f"Invalid option: {err}.", err=True)
-        raise typer.Exit(code=2) from None
     command = "seminar bench soak " + shlex.join(sys.argv[3:])
     try:
         report = run_soak(repo, data, config, command, lambda m: typer.echo(m, err=True))
-    except (SoakError, OSError, ValueError) as err:
-        typer.echo(f"bench soak could not run: {err}", err=True)
-        raise typer.Exit(code=2) from None
+    except OSError as err:
+        raise ServiceError(f"bench soak could not run: {err}") from None
     paths = write_reports(report, out)
     typer.echo(markdown(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
     if not report["passed"]:
-        raise typer.Exit(code=1)
+        raise CheckFailed(f"the soak did not hold; see {paths[0]}")
 
 
+@cli_guard
 def perf(
     triton: Annotated[str, typer.Option(help="Triton gRPC HOST:PORT (perf_analyzer's target).")],
     data: Annotated[Path, typer.Option(help="Prepared dataset dir for real requests.")],
@@ -289,16 +277,13 @@ def perf(
 
     --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio.
     """
-    from seminar.bench.perf import PerfConfig, PerfError, run_perf
-    from seminar.clients.workload import WorkloadError
+    from seminar.bench.perf import PerfConfig, run_perf
 
-    try:
+    with reading_options():
         cfg = PerfConfig(
             triton=triton, data=data, gateway=gateway, model=model, concurrency=concurrency,
             candidates=candidates, requests=requests, synthetic_long_user=synthetic_long_user,
             measurement_ms=measurement_ms, chroot=chroot, out_dir=out_dir,
         )  # fmt: skip
-        report = run_perf(cfg)
-    except (ValueError, PerfError, WorkloadError) as err:
-        raise _fail(str(err)) from None
+    report = run_perf(cfg)
     typer.echo(report)

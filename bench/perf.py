@@ -27,13 +27,14 @@ from pathlib import Path
 
 from seminar.clients.workload import RankCall, load_workload
 from seminar.contract import ENSEMBLE_MODEL, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.errors import ServiceError
 from seminar.provenance import cpu_model
 
 DEFAULT_CHROOT = Path("/opt/seminar/perf-chroot")
 _CHROOT_BINARY = "opt/pa/lib/python3*/site-packages/perf_analyzer/bin/perf_analyzer"
 
 
-class PerfError(RuntimeError):
+class PerfError(ServiceError):
     """perf_analyzer is missing or failed; the message says what to do."""
 
 

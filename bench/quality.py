@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from seminar.errors import UsageError
 from seminar.provenance import cpu_model
 from seminar.training.config import QUICK_MODEL, QUICK_TRAIN, TrainConfig
-from seminar.training.errors import TrainingError
 from seminar.training.metrics import METRIC_NAMES
 
 
@@ -71,13 +71,13 @@ class QualityBench:
         only: list[str],
     ) -> None:
         if seeds < 1:
-            raise TrainingError(f"--seeds must be >= 1, got {seeds}")
+            raise UsageError(f"--seeds must be >= 1, got {seeds}")
         variants = list(MODELS) + (list(ABLATIONS) if ablations else [])
         if only:
             known = {v.name for v in MODELS + ABLATIONS}
             unknown = sorted(set(only) - known)
             if unknown:
-                raise TrainingError(f"--only: unknown variant(s) {', '.join(unknown)}")
+                raise UsageError(f"--only: unknown variant(s) {', '.join(unknown)}")
             variants = [v for v in MODELS + ABLATIONS if v.name in only]
         self.data, self.runs, self.reports = data, runs, reports
         self.seeds, self.quick, self.variants = seeds, quick, variants

@@ -40,6 +40,7 @@ from seminar.clients.demo import demo_arms
 from seminar.clients.process import GatewayProcess
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import load_workload
+from seminar.errors import ArtifactError
 from seminar.provenance import cpu_model
 from seminar.serving import process_group
 from seminar.serving.serve_process import ServeProcess
@@ -56,7 +57,7 @@ PROPER_CODES = {
 HUGE_QUERY_BYTES = 1024 * 1024
 
 
-class SoakError(RuntimeError):
+class SoakError(ArtifactError):
     """The soak could not run (no repository, no data); the message names what is missing."""
 
 

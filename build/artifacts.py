@@ -21,10 +21,7 @@ import torch
 from torch import nn
 
 from seminar import contract
-
-
-class ArtifactError(RuntimeError):
-    """A dataset file is missing or an artifact fails its manifest; the message names it."""
+from seminar.errors import ArtifactError, DataError
 
 
 def sha256_file(path: Path) -> str:
@@ -95,7 +92,7 @@ def verify_manifest(version_dir: Path) -> int:
 def _arrays(data_dir: Path, name: str) -> Path:
     path = data_dir / "arrays" / name
     if not path.is_file():
-        raise ArtifactError(f"{path}: missing from the prepared dataset (seminar data prepare)")
+        raise DataError(f"{path}: missing from the prepared dataset (seminar data prepare)")
     return path
 
 
@@ -111,10 +108,10 @@ def write_features(data_dir: Path, out_dir: Path, dims: contract.PipelineDims) -
             or ids.ndim != 1
             or (ids.size > 1 and not (np.diff(ids) > 0).all())
         ):
-            raise ArtifactError(f"{data_dir / 'arrays' / name}: must be sorted unique int64 ids")
+            raise DataError(f"{data_dir / 'arrays' / name}: must be sorted unique int64 ids")
     query_tokens = np.load(_arrays(data_dir, "query_tokens.npy"), mmap_mode="r")
     if query_tokens.shape[1] != dims.t:
-        raise ArtifactError(
+        raise DataError(
             f"{data_dir / 'arrays/query_tokens.npy'}: T = {query_tokens.shape[1]} but the model "
             f"was built for T = {dims.t}"
         )

@@ -38,16 +38,13 @@ from seminar.build import export as E
 from seminar.build import lock as L
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
+from seminar.errors import ArtifactError, ConflictError, UsageError
 from seminar.provenance import git_revision
 
 BUILD_INFO_FILE = "build.json"
 MODEL_CARD_FILE = "model_card.md"
 STAGING_PID_FILE = ".pid"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class BuildError(RuntimeError):
-    """The build cannot proceed; the message is one sentence for the user."""
 
 
 @dataclass(frozen=True)
@@ -133,15 +130,15 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
     if request.target is contract.Target.GPU:
         reason = TRT.unavailable_reason()
         if reason:
-            raise BuildError(reason)
+            raise UsageError(reason)
     repo = request.repo
     if repo.exists() and not repo.is_dir():
-        raise BuildError(f"{repo}: exists and is not a directory")
+        raise ConflictError(f"{repo}: exists and is not a directory")
     present = _version_dirs(repo, request.version)
     if present and not request.force:
         complete = request.version in existing_versions(repo)
         what = "exists" if complete else "is partly present (an interrupted build?)"
-        raise BuildError(
+        raise ConflictError(
             f"version {request.version} {what} in {repo} ({present[0].relative_to(repo)}); "
             "pass --force to replace it or choose another --version"
         )
@@ -153,13 +150,13 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
         config = R.parse_config(path)
         existing = R.config_target(config, specs[name])
         if existing is not None and existing is not request.target:
-            raise BuildError(
+            raise ConflictError(
                 f"{path}: existing versions were built for --target {existing.value}, this "
                 f"build is --target {request.target.value}; use another --repo"
             )
         mismatch = R.tensor_mismatch(config, specs[name])
         if mismatch:
-            raise BuildError(
+            raise ConflictError(
                 f"{path}: the checkpoint does not match the versions already in {repo} "
                 f"(D={dims.d}, H={dims.h}, K={dims.k}, T={dims.t}; {mismatch}); use another --repo"
             )
@@ -171,7 +168,7 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
         difference = R.config_difference(config, generated)
         if difference and sharing:
             field_path, existing_value, new_value = difference
-            raise BuildError(
+            raise ConflictError(
                 f"{path}: {field_path} is {existing_value} there but {new_value} in this "
                 f"build, and this setting is shared by every version of {name} "
                 f"(versions {', '.join(sharing)}), so build with the same value or into "
@@ -199,7 +196,7 @@ def serving_record(serving: R.ServingConfig) -> dict:
 def _copy_backend(source: str, version_dir: Path) -> None:
     src = contract.backend_source_path(source)
     if not src.is_file():
-        raise BuildError(f"{src}: backend source missing (serving/backends/ holds them)")
+        raise ArtifactError(f"{src}: backend source missing (serving/backends/ holds them)")
     shutil.copyfile(src, version_dir / contract.PYTHON_FILE)
     (version_dir / contract.PYCACHE_BLOCKER).touch()  # no bytecode from the stub in the version dir
 

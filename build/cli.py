@@ -9,21 +9,7 @@ from typing import Annotated
 import typer
 
 from seminar import contract
-
-
-class RunError(ValueError):
-    """The run directory cannot be loaded; the message names the file or field."""
-
-
-def load_run(run: Path):
-    """The training area's Run (model rebuilt from RUN/config.json + checkpoint, eval mode)."""
-    from seminar.training.checkpoint import load_run as load
-    from seminar.training.errors import TrainingError
-
-    try:
-        return load(run)
-    except TrainingError as exc:
-        raise RunError(str(exc)) from exc
+from seminar.errors import DataError, UsageError, cli_guard, reading_options
 
 
 def _summary(summary, console) -> None:
@@ -53,6 +39,7 @@ def _summary(summary, console) -> None:
     )
 
 
+@cli_guard
 def build(
     run: Annotated[
         Path, typer.Option(help="Trained run directory (checkpoint.safetensors + config.json).")
@@ -112,22 +99,25 @@ def build(
 
     console = Console(stderr=True)
     try:
-        from seminar import contract
+        tgt = contract.Target(target)
+    except ValueError:
+        raise UsageError(f"--target must be cpu or gpu, got {target!r}") from None
+    if tgt is contract.Target.GPU:
+        # Fail fast, before loading anything or touching the repository.
+        from seminar.build import tensorrt as TRT
 
-        try:
-            tgt = contract.Target(target)
-        except ValueError:
-            raise RunError(f"--target must be cpu or gpu, got {target!r}") from None
-        if tgt is contract.Target.GPU:
-            # Fail fast, before loading anything or touching the repository.
-            from seminar.build import tensorrt as TRT
+        reason = TRT.unavailable_reason()
+        if reason:
+            raise UsageError(reason)
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            reason = TRT.unavailable_reason()
-            if reason:
-                typer.echo(f"error: {reason}", err=True)
-                raise typer.Exit(code=2)
-        from seminar.pq import PQConfig
+    from seminar.build import builder as B
+    from seminar.build import export as E
+    from seminar.build import repository as R
+    from seminar.pq import PQConfig
+    from seminar.training.checkpoint import load_run
 
+    with reading_options():
         pq_config = PQConfig.for_serving(
             "cpu" if tgt is contract.Target.CPU else "cuda",
             n_subspaces=pq_subspaces,
@@ -135,76 +125,28 @@ def build(
             rerank=pq_rerank,
             kmeans_iters=pq_iters,
         )
-        _build(
-            run,
-            version,
-            tgt,
-            repo,
-            data,
-            force,
-            max_batch,
-            execution_env,
-            polygraphy,
-            pq_config,
-            console,
+        serving = R.ServingConfig(
+            max_batch_size=max_batch,
+            preferred_batch_sizes=tuple(b for b in (128, 256, 512) if b <= max_batch)
+            or (max_batch,),
+            execution_env=str(execution_env.resolve()) if execution_env else None,
         )
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        from seminar.build.artifacts import ArtifactError
-        from seminar.build.builder import BuildError
-        from seminar.build.export import ExportError
-        from seminar.build.repository import ConfigError
-        from seminar.pq.errors import PQError
-
-        user_errors = (RunError, BuildError, ExportError, ConfigError, ArtifactError, PQError)
-        if isinstance(exc, user_errors) or type(exc) is ValueError:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=1) from None
-        raise
-
-
-def _build(
-    run,
-    version,
-    target,
-    repo,
-    data,
-    force,
-    max_batch,
-    execution_env,
-    polygraphy,
-    pq_config,
-    console,
-):
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from seminar.build import builder as B
-    from seminar.build import export as E
-    from seminar.build import repository as R
-
-    serving = R.ServingConfig(
-        max_batch_size=max_batch,
-        preferred_batch_sizes=tuple(b for b in (128, 256, 512) if b <= max_batch) or (max_batch,),
-        execution_env=str(execution_env.resolve()) if execution_env else None,
-    )
-    request = B.BuildRequest(
-        repo=repo,
-        version=version,
-        target=target,
-        force=force,
-        serving=serving,
-        export=E.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
-    )
+        request = B.BuildRequest(
+            repo=repo,
+            version=version,
+            target=tgt,
+            force=force,
+            serving=serving,
+            export=E.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
+        )
     loaded = load_run(run)
     dims = contract.PipelineDims.from_model_config(loaded.model_config)
     recorded = loaded.data.get("path")
     data_dir = data or (Path(recorded) if recorded else None)
     if data_dir is None:
-        raise RunError(f"{run / 'config.json'}: records no dataset path; pass --data DATA")
+        raise UsageError(f"{run / 'config.json'}: records no dataset path; pass --data DATA")
     if not (data_dir / "arrays").is_dir():
-        raise RunError(f"{data_dir}: not a prepared dataset (no arrays/); pass --data DATA")
+        raise DataError(f"{data_dir}: not a prepared dataset (no arrays/); pass --data DATA")
     inputs = B.BuildInputs(loaded.model, dims, data_dir, run_dir=run, pq_config=pq_config)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -223,6 +165,7 @@ def _build(
     _summary(summary, Console(width=max(110, console.width)))
 
 
+@cli_guard
 def retire(
     version: Annotated[int, typer.Option(min=1, help="The version to take out.")],
     repo: Annotated[
@@ -251,14 +194,14 @@ def retire(
 
     If the contract ensemble `seminar` is pinned to N, it is first re-pinned to the newest other complete version M (and with --server reloaded until version M is READY); then seminar_vN is unloaded and version N of every model is moved out of the repository and deleted, and with --server each composing model is reloaded so Triton drops N. The order keeps the repository servable if the command stops half-way; running it again finishes the job. Remove seminar_vN from the gateway's A/B arms first.
 
-    Exit codes: 1 not a repository or unreadable key file, 3 unknown version, 4 the only complete version (never retired), 5 Triton unreachable or refused a call. Example: seminar retire --repo model_repository --version 1 --server 127.0.0.1:8000
+    Exit codes: 2 unreadable key file, 4 not a repository or unknown version, 5 the only complete version (never retired), 6 Triton unreachable or refused a call. Example: seminar retire --repo model_repository --version 1 --server 127.0.0.1:8000
     """
     from seminar.build import retire as RT
 
     def say(line: str) -> None:
         typer.echo(line, err=True)
 
-    try:
+    with reading_options():
         request = RT.RetireRequest(
             repo=repo,
             version=version,
@@ -266,10 +209,7 @@ def retire(
             admin_key=RT.read_admin_key(admin_key_file) if admin_key_file else None,
             ready_timeout_s=ready_timeout,
         )
-        summary = RT.retire_version(request, say)
-    except RT.RetireError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=int(exc.failure)) from None
+    summary = RT.retire_version(request, say)
     pinned = (
         f"; {contract.ENSEMBLE_MODEL} now serves version {summary.repinned_to}"
         if summary.repinned_to

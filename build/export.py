@@ -7,7 +7,7 @@ made from the graph matches its config.pbtxt without a `reshape`.
 
 The gate runs inside the build: PyTorch vs ONNX Runtime on real MovieLens inputs and on random
 inputs at several batch sizes (and, for the head, with 1, K-1 and K valid slots per head); any
-max abs diff over the tolerance raises ExportError naming the model, case and error. Then
+max abs diff over the tolerance raises CheckFailed naming the model, case and error. Then
 `polygraphy run --onnxrt` runs each graph as an independent check that it loads and executes.
 
 Before any check, the exporter's debugging records are stripped from the graph (stack traces
@@ -33,10 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from seminar import contract
-
-
-class ExportError(RuntimeError):
-    """An export or its parity gate failed; the message names the model and the error."""
+from seminar.errors import CheckFailed
 
 
 @dataclass(frozen=True)
@@ -177,7 +174,7 @@ def export_onnx(
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises many types; report them as one
-        raise ExportError(f"ONNX export of {spec.name} failed: {exc}") from exc
+        raise CheckFailed(f"ONNX export of {spec.name} failed: {exc}") from exc
     import onnx
 
     strip_debug_records(path)
@@ -185,7 +182,7 @@ def export_onnx(
     try:  # the ONNX spec itself, with full shape inference, before any runtime sees the graph
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"ONNX graph of {spec.name} is invalid: {exc}") from exc
+        raise CheckFailed(f"ONNX graph of {spec.name} is invalid: {exc}") from exc
     return path
 
 
@@ -259,9 +256,9 @@ def compare(
     for name, e, g in zip([t.name for t in spec.outputs], expected, got, strict=True):
         e = e.numpy()
         if e.shape != g.shape:
-            raise ExportError(f"{spec.name}: output {name} shape {g.shape} != torch {e.shape}")
+            raise CheckFailed(f"{spec.name}: output {name} shape {g.shape} != torch {e.shape}")
         if not np.isfinite(g).all():
-            raise ExportError(f"{spec.name}: output {name} has non-finite values in ONNX Runtime")
+            raise CheckFailed(f"{spec.name}: output {name} has non-finite values in ONNX Runtime")
         worst = max(worst, float(np.abs(e.astype(np.float64) - g).max(initial=0.0)))
     return worst
 
@@ -303,7 +300,7 @@ def parity_cases(
     index_bounds: Mapping[str, int],
     config: ExportConfig,
 ) -> tuple[ParityCase, ...]:
-    """Run every parity case of one graph; raise ExportError if any is over tolerance."""
+    """Run every parity case of one graph; raise CheckFailed if any is over tolerance."""
     session = _onnx_session(onnx_path)
     rng = np.random.default_rng(config.seed)
     todo: list[tuple[str, dict[str, np.ndarray]]] = [("real MovieLens", dict(real))]
@@ -324,7 +321,7 @@ def parity_cases(
         diff = compare(module, session, spec, inputs)
         cases.append(ParityCase(spec.name, name, batch, diff))
         if not diff <= config.atol:  # also catches NaN
-            raise ExportError(
+            raise CheckFailed(
                 f"ONNX parity failed for {spec.name} ({name}, batch {batch}): "
                 f"max abs diff {diff:.3e} > {config.atol:.0e}"
             )
@@ -332,11 +329,11 @@ def parity_cases(
 
 
 def polygraphy_onnxrt(onnx_path: Path, spec: contract.ModelSpec, batch: int = 7) -> str:
-    """`polygraphy run --onnxrt` on the graph at a fixed batch; raise ExportError on failure."""
+    """`polygraphy run --onnxrt` on the graph at a fixed batch; raise CheckFailed on failure."""
     exe = Path(sys.executable).with_name("polygraphy")
     exe_path = str(exe) if exe.exists() else shutil.which("polygraphy")
     if exe_path is None:
-        raise ExportError(
+        raise CheckFailed(
             "polygraphy is not installed in this environment (pip install polygraphy)"
         )
     shapes = [f"{t.name}:[{','.join(str(d) for d in (batch, *t.dims))}]" for t in spec.inputs]
@@ -348,7 +345,7 @@ def polygraphy_onnxrt(onnx_path: Path, spec: contract.ModelSpec, batch: int = 7)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        raise ExportError(f"polygraphy run --onnxrt failed on {spec.name}: {' | '.join(tail)}")
+        raise CheckFailed(f"polygraphy run --onnxrt failed on {spec.name}: {' | '.join(tail)}")
     return "passed"
 
 

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from seminar.errors import ConflictError
+
 LOCK_SUFFIX = ".lock"
-
-
-class LockTimeout(RuntimeError):
-    """The repository stayed locked by another process for longer than the caller waits."""
 
 
 def lock_path(repo: Path) -> Path:
@@ -62,7 +60,7 @@ class RepositoryLock:
 
     When another process holds it, `on_wait` is told once, in one line, who holds it (pid,
     operation, version), and the lock is waited for: without limit, or up to `timeout_s`
-    (then LockTimeout).
+    (then ConflictError).
     """
 
     def __init__(
@@ -134,7 +132,7 @@ class RepositoryLock:
         deadline = time.monotonic() + self.timeout_s
         while not _try_lock(fd):
             if time.monotonic() > deadline:
-                raise LockTimeout(
+                raise ConflictError(
                     f"{self.repo} is still locked after {self.timeout_s:.0f} s "
                     f"(lock file {self.path})"
                 )

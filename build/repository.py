@@ -23,12 +23,9 @@ from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 
 from seminar import contract
+from seminar.errors import ArtifactError
 
 CONFIG_FILE = "config.pbtxt"
-
-
-class ConfigError(ValueError):
-    """A config.pbtxt does not parse or does not match the pipeline / exported graph."""
 
 
 @dataclass(frozen=True)
@@ -136,18 +133,18 @@ def to_text(config: mc.ModelConfig) -> str:
 
 
 def parse_config(path: Path) -> mc.ModelConfig:
-    """Parse a config.pbtxt with Triton's model-config protobuf; ConfigError names the file."""
+    """Parse a config.pbtxt with Triton's model-config protobuf; ArtifactError names the file."""
     try:
         return text_format.Parse(path.read_text(), mc.ModelConfig())
     except (OSError, text_format.ParseError) as exc:
-        raise ConfigError(f"{path}: not a valid Triton model config: {exc}") from exc
+        raise ArtifactError(f"{path}: not a valid Triton model config: {exc}") from exc
 
 
 def _check_tensors(where: str, kind: str, got, want: tuple[contract.TensorSpec, ...]) -> None:
     got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
     want_list = [(t.name, t.dtype.value, t.dims) for t in want]
     if got_list != want_list:
-        raise ConfigError(f"{where}: {kind} {got_list} != pipeline {want_list}")
+        raise ArtifactError(f"{where}: {kind} {got_list} != pipeline {want_list}")
 
 
 def onnx_tensors(onnx_path: Path) -> tuple[list[tuple], list[tuple]]:
@@ -163,7 +160,7 @@ def onnx_tensors(onnx_path: Path) -> tuple[list[tuple], list[tuple]]:
         for v in values:
             shape = v.type.tensor_type.shape.dim
             if not shape or not shape[0].dim_param:
-                raise ConfigError(f"{onnx_path}: tensor {v.name} has no dynamic batch dim")
+                raise ArtifactError(f"{onnx_path}: tensor {v.name} has no dynamic batch dim")
             dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in shape[1:])
             out.append((v.name, type_names.get(v.type.tensor_type.elem_type, "?"), dims))
         return out
@@ -182,37 +179,37 @@ def validate_config(
     config = parse_config(path)
     where = str(path)
     if config.name != spec.name:
-        raise ConfigError(f"{where}: name {config.name!r} != {spec.name!r}")
+        raise ArtifactError(f"{where}: name {config.name!r} != {spec.name!r}")
     if config.max_batch_size < 1:
-        raise ConfigError(f"{where}: max_batch_size must be > 0 (batch = candidate rows)")
+        raise ArtifactError(f"{where}: max_batch_size must be > 0 (batch = candidate rows)")
     if serving is not None and config.max_batch_size != serving.max_batch_size:
-        raise ConfigError(
+        raise ArtifactError(
             f"{where}: max_batch_size {config.max_batch_size} != {serving.max_batch_size}"
         )
     _check_tensors(where, "inputs", config.input, spec.inputs)
     _check_tensors(where, "outputs", config.output, spec.outputs)
     if spec.kind is contract.ModelKind.ENSEMBLE:
         if config.platform != "ensemble":
-            raise ConfigError(f"{where}: platform {config.platform!r} != 'ensemble'")
+            raise ArtifactError(f"{where}: platform {config.platform!r} != 'ensemble'")
         steps = [s.model_name for s in config.ensemble_scheduling.step]
         if steps != list(contract.COMPOSING_MODELS):
-            raise ConfigError(
+            raise ArtifactError(
                 f"{where}: ensemble steps {steps} != {list(contract.COMPOSING_MODELS)}"
             )
         return config
     gpu = target is contract.Target.GPU
     if spec.kind is contract.ModelKind.EXPORTED and gpu:
         if config.platform != "tensorrt_plan":
-            raise ConfigError(f"{where}: gpu target needs platform tensorrt_plan")
+            raise ArtifactError(f"{where}: gpu target needs platform tensorrt_plan")
     elif config.backend != "python":
-        raise ConfigError(f"{where}: {target.value} target needs backend python")
+        raise ArtifactError(f"{where}: {target.value} target needs backend python")
     _check_queue_policy(where, config)
     if config.backend == "python":
         _check_parameters(where, config, spec, serving)
     kinds = {g.kind for g in config.instance_group}
     want_kind = instance_kind(spec, target)
     if kinds != {want_kind}:
-        raise ConfigError(
+        raise ArtifactError(
             f"{where}: instance kind must be {mc.ModelInstanceGroup.Kind.Name(want_kind)}"
         )
     if onnx_path is not None:
@@ -223,7 +220,7 @@ def validate_config(
         ):
             cfg_rows = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg]
             if graph_rows != cfg_rows:
-                raise ConfigError(
+                raise ArtifactError(
                     f"{where}: {kind} {cfg_rows} != ONNX graph {onnx_path.name} {graph_rows}"
                 )
     return config
@@ -239,11 +236,11 @@ def _check_queue_policy(where: str, config: mc.ModelConfig) -> None:
     `timeout` a client sends; abandoned work is bounded by the callers' in-flight limits.
     """
     if not config.HasField("dynamic_batching"):
-        raise ConfigError(f"{where}: composing models need dynamic_batching")
+        raise ArtifactError(f"{where}: composing models need dynamic_batching")
     if config.dynamic_batching.HasField("default_queue_policy") or (
         config.dynamic_batching.priority_queue_policy
     ):
-        raise ConfigError(
+        raise ArtifactError(
             f"{where}: a queue policy lets Triton end ensemble requests early, which crashes "
             "tritonserver 2.51; remove default_queue_policy / priority_queue_policy"
         )
@@ -257,18 +254,18 @@ def _check_parameters(
     if spec.name == contract.FEATURES_MODEL:
         value = params.get(contract.PARAM_MAX_QUERY_BYTES, "")
         if not value.isdigit() or int(value) < 1:
-            raise ConfigError(
+            raise ArtifactError(
                 f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} must be an int >= 1"
             )
         if serving is not None and int(value) != serving.max_query_bytes:
-            raise ConfigError(
+            raise ArtifactError(
                 f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"
             )
     if (
         spec.kind is contract.ModelKind.EXPORTED
         and params.get(contract.PARAM_INDEX_RANGES) != contract.INDEX_RANGES_FILE
     ):
-        raise ConfigError(
+        raise ArtifactError(
             f"{where}: parameter {contract.PARAM_INDEX_RANGES} must be {contract.INDEX_RANGES_FILE!r}"
         )
 

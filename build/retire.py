@@ -36,37 +36,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum, unique
 from pathlib import Path
 
 from seminar import contract
 from seminar.build import builder as B
 from seminar.build import lock as L
 from seminar.build import repository as R
+from seminar.errors import ArtifactError, ConflictError, ServiceError, UsageError
 
 # The header tritonserver checks when started with
 # --http-restricted-api=model-repository:seminar-admin-key=<key>.
 ADMIN_KEY_HEADER = "seminar-admin-key"
 
 Progress = Callable[[str], None]
-
-
-@unique
-class RetireFailure(IntEnum):
-    """Why a retire stopped; the value is the exit code of `seminar retire`."""
-
-    REPOSITORY = 1  # not a model repository, unreadable config, unreadable key file
-    UNKNOWN_VERSION = 3  # nothing of version N in the repository (nor loaded on the server)
-    LAST_VERSION = 4  # N is the only complete version: nothing would be left to serve
-    SERVER = 5  # the live Triton could not be reached or refused a repository call
-
-
-class RetireError(RuntimeError):
-    """The retire cannot proceed; the message is one sentence, `failure` says which kind."""
-
-    def __init__(self, failure: RetireFailure, message: str) -> None:
-        super().__init__(message)
-        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -116,9 +98,7 @@ class LiveTriton:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-            raise RetireError(
-                RetireFailure.SERVER, f"Triton at {self.url} is unreachable ({exc})"
-            ) from exc
+            raise ServiceError(f"Triton at {self.url} is unreachable ({exc})") from exc
 
     def _repository_call(self, what: str, path: str, body: dict | None = None) -> str:
         code, text = self._call("POST", path, body)
@@ -130,8 +110,7 @@ class LiveTriton:
                 if code in (401, 403)
                 else ""
             )
-            raise RetireError(
-                RetireFailure.SERVER,
+            raise ServiceError(
                 f"Triton at {self.url} refused to {what} (HTTP {code}: {text.strip()}){hint}",
             )
         return text
@@ -164,8 +143,7 @@ class LiveTriton:
         deadline = time.monotonic() + timeout_s
         while not self.is_ready(name, version):
             if time.monotonic() > deadline:
-                raise RetireError(
-                    RetireFailure.SERVER,
+                raise ServiceError(
                     f"{name} version {version} is not READY on Triton at {self.url} after "
                     f"{timeout_s:.0f} s",
                 )
@@ -177,11 +155,9 @@ def read_admin_key(path: Path) -> str:
     try:
         key = path.read_text().strip()
     except OSError as exc:
-        raise RetireError(
-            RetireFailure.REPOSITORY, f"{path}: cannot read the admin key file ({exc.strerror})"
-        ) from exc
+        raise UsageError(f"{path}: cannot read the admin key file ({exc.strerror})") from exc
     if not key:
-        raise RetireError(RetireFailure.REPOSITORY, f"{path}: the admin key file is empty")
+        raise UsageError(f"{path}: the admin key file is empty")
     return key
 
 
@@ -190,10 +166,7 @@ def contract_pin(repo: Path) -> int | None:
     path = repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        return R.pinned_version(R.parse_config(path))
-    except R.ConfigError as exc:
-        raise RetireError(RetireFailure.REPOSITORY, str(exc)) from exc
+    return R.pinned_version(R.parse_config(path))
 
 
 def write_config_atomically(path: Path, config: R.mc.ModelConfig) -> None:
@@ -226,8 +199,7 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
     started = time.perf_counter()
     repo, n = request.repo, request.version
     if not (repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE).is_file():
-        raise RetireError(
-            RetireFailure.REPOSITORY,
+        raise ArtifactError(
             f"{repo}: not a model repository written by `seminar build` "
             f"(no {contract.ENSEMBLE_MODEL}/{R.CONFIG_FILE})",
         )
@@ -246,14 +218,12 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
         still_loaded = [name for name in contract.COMPOSING_MODELS if n in loaded.get(name, set())]
         if not present and not still_loaded:
             known = ", ".join(map(str, complete)) or "none"
-            raise RetireError(
-                RetireFailure.UNKNOWN_VERSION,
+            raise ArtifactError(
                 f"version {n} is not in {repo} (complete versions: {known})",
             )
         others = [v for v in complete if v != n]
         if not others and (n in complete or pin == n):
-            raise RetireError(
-                RetireFailure.LAST_VERSION,
+            raise ConflictError(
                 f"version {n} is the only complete version in {repo}, so nothing would be left "
                 "to serve; build another version first",
             )

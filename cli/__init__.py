@@ -12,6 +12,7 @@ from seminar.bench import cli as bench_cli
 from seminar.build import cli as build_cli
 from seminar.clients import cli as clients_cli
 from seminar.data import cli as data_cli
+from seminar.errors import exit_code_epilog
 from seminar.serving import cli as serving_cli
 from seminar.training import cli as training_cli
 
@@ -21,6 +22,7 @@ app = typer.Typer(
         "SEMINAR lifelong-sequence recommender: prepare data, train, build a Triton model "
         "repository, serve it, and roll it out behind an A/B gateway."
     ),
+    epilog=exit_code_epilog(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -50,4 +52,3 @@ app.command("load")(clients_cli.load)
 app.command("perf")(bench_cli.perf)
 app.command("observe")(clients_cli.observe)
 app.add_typer(bench_app, name="bench")
-

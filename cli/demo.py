@@ -16,6 +16,8 @@ from pathlib import Path
 
 import typer
 
+from seminar.errors import cli_guard
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOVIELENS_SOURCE = REPO_ROOT / "datasets" / "movielens" / "ml-latest-small"
 SHOWN_METRICS = ("hit@10", "ndcg@10", "mrr", "auc", "gauc")
@@ -40,6 +42,7 @@ def _seminar(*args: str, capture: bool = False) -> str:
     return result.stdout if capture else ""
 
 
+@cli_guard
 def main(
     data: Path = typer.Option(Path("data/movielens"), help="Prepared MovieLens directory."),
     runs: Path = typer.Option(Path("runs"), help="Where the demo's training runs go."),

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class CatalogError(ValueError):
-    """A catalog path that cannot be read; the message names the file."""
+from seminar.errors import DataError
 
 
 class Catalog:
@@ -44,16 +42,16 @@ class Catalog:
         path = Path(path)
         file = _catalog_file(path)
         if file is None or not file.is_file():
-            raise CatalogError(
+            raise DataError(
                 f"{path}: no item catalog here (expected a model repository with features/N/"
                 "item_ids.npy, a prepared dataset with arrays/item_ids.npy, or an .npy file)"
             )
         try:
             ids = np.load(file)
         except (OSError, ValueError) as err:
-            raise CatalogError(f"{file}: not a readable .npy array: {err}") from err
+            raise DataError(f"{file}: not a readable .npy array: {err}") from err
         if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) == 0:
-            raise CatalogError(
+            raise DataError(
                 f"{file}: expected a non-empty 1-d integer array, got {ids.dtype} {ids.shape}"
             )
         return cls(ids, str(file))

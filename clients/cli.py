@@ -1,8 +1,8 @@
 """`seminar gateway | client | load | perf | observe`: the serving edge of SEMINAR.
 
 Heavy imports (grpc, tritonclient, numpy) live inside the command bodies so that
-`seminar --help` stays instant. Every user error exits with code 2 and one sentence naming
-the file or field; no tracebacks.
+`seminar --help` stays instant. Every user error exits with its kind's code (seminar.errors)
+and one sentence naming the file, field or address; no tracebacks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from seminar.contract import (
     DEFAULT_GATEWAY_PORT,
     ENSEMBLE_MODEL,
 )
+from seminar.errors import CheckFailed, ServiceError, UsageError, cli_guard, reading_options
+
+# A request the server refused as malformed: the user's options are at fault, not the server.
+REFUSED_REQUEST_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
 
 client_app = typer.Typer(
     help="Send one Rank request to the gateway, or the same request straight to Triton.",
@@ -25,11 +29,7 @@ client_app = typer.Typer(
 )
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=2)
-
-
+@cli_guard
 def gateway(
     config: Annotated[
         Path,
@@ -63,23 +63,21 @@ def gateway(
     import asyncio
     import logging
 
-    from seminar.clients.catalog import Catalog, CatalogError
-    from seminar.clients.config import ConfigError
+    from seminar.clients.catalog import Catalog
     from seminar.clients.gateway import serve
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    items = Catalog.load(catalog) if catalog is not None else None
     try:
-        items = Catalog.load(catalog) if catalog is not None else None
         asyncio.run(serve(config, triton, port, metrics_port or None, items, host=host))
-    except (ConfigError, CatalogError) as err:
-        raise _fail(str(err)) from None
-    except OSError as err:
-        raise _fail(f"cannot start the gateway: {err}") from None
+    except OSError as err:  # a port taken or not allowed
+        raise ServiceError(f"cannot start the gateway: {err}") from None
 
 
 @client_app.command("rank")
+@cli_guard
 def client_rank(
     user: Annotated[str, typer.Option(help="External user id (MovieLens userId).")],
     candidates: Annotated[str, typer.Option(help="Comma-separated item ids, e.g. 1,2,3.")],
@@ -104,21 +102,26 @@ def client_rank(
     ] = None,
 ) -> None:
     """Rank candidates for one user through the gateway (or straight through Triton)."""
-    from seminar.clients.client import ClientError, rank_direct, rank_via_gateway, same_ranking
+    from seminar.clients.client import rank_direct, rank_via_gateway, same_ranking
+    from seminar.clients.scoring import CallFailed
 
     if (gateway is None) == (triton is None):
-        raise _fail("give exactly one of --gateway HOST:PORT or --triton HOST:PORT")
+        raise UsageError("give exactly one of --gateway HOST:PORT or --triton HOST:PORT")
     try:
         ids = [int(x) for x in candidates.split(",") if x.strip()]
     except ValueError:
-        raise _fail(f"--candidates must be comma-separated integers, got {candidates!r}") from None
+        raise UsageError(
+            f"--candidates must be comma-separated integers, got {candidates!r}"
+        ) from None
     try:
         if gateway is not None:
             result = rank_via_gateway(gateway, user, query, ids, timeout)
         else:
             result = rank_direct(triton, model, version, user, query, ids, timeout)
-    except ClientError as err:
-        raise _fail(str(err)) from None
+    except CallFailed as err:
+        if err.code in REFUSED_REQUEST_CODES:
+            raise UsageError(str(err)) from None
+        raise
     mismatch = None
     if verify_triton is not None and gateway is not None:
         served_model, _, served_version = result.model_version.rpartition(":")
@@ -126,8 +129,8 @@ def client_rank(
             reference = rank_direct(
                 verify_triton, served_model, int(served_version), user, query, ids, timeout
             )
-        except ClientError as err:
-            raise _fail(f"--verify-triton: {err}") from None
+        except CallFailed as err:
+            raise ServiceError(f"--verify-triton: {err}") from None
         mismatch = same_ranking(result, reference)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
@@ -135,10 +138,7 @@ def client_rank(
         _print_ranking(user, result)
     if verify_triton is not None:
         if mismatch:
-            typer.secho(
-                f"MISMATCH with Triton {result.model_version}: {mismatch}", err=True, fg="red"
-            )
-            raise typer.Exit(code=1)
+            raise CheckFailed(f"MISMATCH with Triton {result.model_version}: {mismatch}")
         typer.echo(f"verified: equal to Triton {result.model_version} scores", err=True)
 
 
@@ -155,6 +155,7 @@ def _print_ranking(user: str, result) -> None:
     Console().print(table)
 
 
+@cli_guard
 def load(
     gateway: Annotated[str, typer.Option(help="Gateway HOST:PORT.")],
     data: Annotated[
@@ -180,25 +181,24 @@ def load(
     import asyncio
 
     from seminar.clients.load import LoadConfig, run_load
-    from seminar.clients.workload import WorkloadError, load_workload
+    from seminar.clients.workload import load_workload
 
-    try:
+    with reading_options():
         cfg = LoadConfig(
             duration_s=duration, concurrency=concurrency, rate=rate, warmup_s=warmup,
             timeout_s=timeout, seed=seed,
         )  # fmt: skip
-        requests = load_workload(data, candidates=candidates)
-    except (ValueError, WorkloadError) as err:
-        raise _fail(str(err)) from None
+    requests = load_workload(data, candidates=candidates)
     result = asyncio.run(run_load(gateway, requests, cfg, progress=True))
     typer.echo(result.markdown())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result.to_dict(), indent=2))
     typer.echo(f"wrote {out}")
     if result.ok == 0:
-        raise _fail("no request succeeded; see the error counts above")
+        raise ServiceError("no request succeeded; see the error counts above")
 
 
+@cli_guard
 def observe(
     triton_metrics: Annotated[
         str, typer.Option(help="Triton metrics HOST:PORT.")
@@ -215,9 +215,6 @@ def observe(
 
     Uses docker/prometheus/prometheus.yml and rules.yml with the targets rewritten to the given addresses. Needs the `prometheus` binary (Debian: apt-get install prometheus).
     """
-    from seminar.clients.observe import ObserveError, run_prometheus
+    from seminar.clients.observe import run_prometheus
 
-    try:
-        run_prometheus(triton_metrics, gateway_metrics, port, storage)
-    except ObserveError as err:
-        raise _fail(str(err)) from None
+    run_prometheus(triton_metrics, gateway_metrics, port, storage)

@@ -14,15 +14,8 @@ import grpc
 import numpy as np
 
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
-from seminar.clients.scoring import TRITON_CHANNEL_ARGS, TritonError, rank, score_async
-
-
-class ClientError(RuntimeError):
-    """A failed call: the gRPC status name and the server's message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+from seminar.clients.scoring import TRITON_CHANNEL_ARGS, CallFailed, rank, score_async
+from seminar.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -39,14 +32,14 @@ class RankResult:
 def rank_via_gateway(
     address: str, user_id: str, query: str, candidate_ids: list[int], timeout_s: float = 5.0
 ) -> RankResult:
-    """One seminar.v1.Ranker/Rank call; raises ClientError with the gRPC status."""
+    """One seminar.v1.Ranker/Rank call; raises CallFailed with the gRPC status."""
     with grpc.insecure_channel(address) as channel:
         stub = ranker_pb2_grpc.RankerStub(channel)
         request = ranker_pb2.RankRequest(user_id=user_id, query=query, candidate_ids=candidate_ids)
         try:
             response = stub.Rank(request, timeout=timeout_s)
         except grpc.RpcError as err:
-            raise ClientError(err.code().name, err.details() or "") from None
+            raise CallFailed(err.code().name, err.details() or "") from None
     return RankResult(
         list(response.item_ids), list(response.scores), response.arm, response.model_version
     )
@@ -69,9 +62,7 @@ def rank_direct(
     try:
         uid = int(user_id)
     except ValueError:
-        raise ClientError(
-            "INVALID_ARGUMENT", f"user id must be an integer, got {user_id!r}"
-        ) from None
+        raise UsageError(f"user id must be an integer, got {user_id!r}") from None
     ids = np.asarray(candidate_ids, dtype=np.int64)
 
     async def call() -> np.ndarray:
@@ -83,10 +74,7 @@ def rank_direct(
         finally:
             await client.close()
 
-    try:
-        scores = asyncio.run(call())
-    except TritonError as err:
-        raise ClientError(err.code, err.message) from None
+    scores = asyncio.run(call())
     item_ids, sorted_scores = rank(ids, scores)
     return RankResult(
         item_ids.tolist(), sorted_scores.tolist(), "", f"{model}:{version or 'default'}"

@@ -26,13 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from seminar.contract import AB_BUCKETS
+from seminar.errors import UsageError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LIMIT_FIELDS = ("max_candidates", "max_query_bytes", "deadline_ms", "max_inflight")
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the field."""
 
 
 @dataclass(frozen=True)
@@ -165,20 +162,20 @@ def bucket(salt: str, user_id: str) -> int:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML experiment config; raise ConfigError naming file and field."""
+    """Read and validate a YAML experiment config; raise UsageError naming file and field."""
     import yaml
 
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config: {err.strerror}") from err
+        raise UsageError(f"{path}: cannot read the config: {err.strerror}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise UsageError(f"{path}: not valid YAML: {err}") from err
     try:
         return ExperimentConfig.from_dict(raw)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: {err}") from err
+        raise UsageError(f"{path}: {err}") from err
 
 
 def write_config(config: ExperimentConfig, path: str | Path) -> None:

@@ -22,13 +22,10 @@ from pathlib import Path
 
 from seminar.clients.config import Arm, ExperimentConfig, write_config
 from seminar.contract import ENSEMBLE_MODEL
+from seminar.errors import ArtifactError
 from seminar.serving.triton import free_port
 
 _PINNED = re.compile(r"^seminar_v(\d+)$")
-
-
-class DemoError(RuntimeError):
-    """The repository or dataset cannot run the demo; the message names what is missing."""
 
 
 @dataclass
@@ -54,7 +51,7 @@ def demo_arms(repo: Path) -> tuple[Arm, Arm]:
     if len(builds) == 1:
         v = builds[0]
         return Arm("control", f"seminar_v{v}", v, 50), Arm("treatment", ENSEMBLE_MODEL, v, 50)
-    raise DemoError(f"{repo}: no pinned ensemble seminar_vN/N (run `seminar build` first)")
+    raise ArtifactError(f"{repo}: no pinned ensemble seminar_vN/N (run `seminar build` first)")
 
 
 def arm_split_from_metrics(metrics_url: str) -> dict[str, float]:

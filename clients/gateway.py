@@ -50,13 +50,14 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from seminar.clients.catalog import Catalog
-from seminar.clients.config import Arm, ConfigError, ExperimentConfig, load_config
+from seminar.clients.config import Arm, ExperimentConfig, load_config
 from seminar.clients.metrics import GatewayMetrics
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.readiness import NOT_CHECKED, ModelKey, Readiness, ReadinessProbe
-from seminar.clients.scoring import TRITON_CHANNEL_ARGS, TritonError, rank, score_async, spearman
+from seminar.clients.scoring import TRITON_CHANNEL_ARGS, CallFailed, rank, score_async, spearman
 from seminar.clients.triton_calls import Overloaded, TritonCalls
 from seminar.contract import AB_BUCKETS, GATEWAY_SERVICE
+from seminar.errors import UsageError
 
 if TYPE_CHECKING:
     from grpc_health.v1.health import aio as health_aio
@@ -92,12 +93,11 @@ _PASS_THROUGH = {
 }
 
 
-class RequestError(ValueError):
-    """A request the gateway refuses with INVALID_ARGUMENT; the message says which field."""
-
-
 class Refusal(Exception):
-    """A request the gateway answers with a non-OK status; `message` goes to the client."""
+    """A request the gateway answers with a non-OK status; `message` goes to the client.
+
+    Not a SeminarError: it never leaves `RankerService.Rank`, which turns it into the gRPC
+    status of the answer, so no user of the `seminar` command ever meets it."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(code, message)
@@ -139,7 +139,8 @@ def _shown(text: str, limit: int = 40) -> str:
 def validate(
     request: ranker_pb2.RankRequest, config: ExperimentConfig, catalog: Catalog | None
 ) -> ValidRequest:
-    """Check a RankRequest against the limits and the catalog; raise RequestError."""
+    """Check a RankRequest against the limits and the catalog; a UsageError says which field
+    (the gateway answers it with INVALID_ARGUMENT)."""
     raw_user = request.user_id.strip()
     digits = raw_user.lstrip("0") or "0"
     # The length check comes first: int() refuses strings over 4300 digits with a ValueError.
@@ -149,20 +150,20 @@ def validate(
         or len(digits) > INT64_MAX_DIGITS
         or int(digits) > INT64_MAX
     ):
-        raise RequestError(
+        raise UsageError(
             "user_id must be a non-negative decimal integer below 2^63, "
             f"got {_shown(request.user_id)}"
         )
     query_bytes = len(request.query.encode())
     if query_bytes > config.limits.max_query_bytes:
-        raise RequestError(
+        raise UsageError(
             f"query is {query_bytes} bytes, over the limit of {config.limits.max_query_bytes}"
         )
     n = len(request.candidate_ids)
     if n == 0:
-        raise RequestError("candidate_ids is empty: send at least one item id to rank")
+        raise UsageError("candidate_ids is empty: send at least one item id to rank")
     if n > config.limits.max_candidates:
-        raise RequestError(
+        raise UsageError(
             f"candidate_ids has {n} ids, over the limit of {config.limits.max_candidates}"
         )
     candidates = np.fromiter(request.candidate_ids, dtype=np.int64, count=n)
@@ -171,7 +172,7 @@ def validate(
         if len(unknown):
             shown = ", ".join(str(i) for i in unknown[:5])
             more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-            raise RequestError(f"candidate_ids holds unknown item id(s) {shown}{more}")
+            raise UsageError(f"candidate_ids holds unknown item id(s) {shown}{more}")
     return ValidRequest(int(digits), request.query, candidates)
 
 
@@ -211,7 +212,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         self.catalog = catalog
         self.metrics = metrics
         self.health = health
-        self.config: ExperimentConfig = load_config(config_path)  # raises ConfigError
+        self.config: ExperimentConfig = load_config(config_path)  # raises UsageError
         self._config_stamp = _stamp(config_path)
         self._publish_shares(self.config)
         self.triton = triton_aio.InferenceServerClient(triton_url, channel_args=TRITON_CHANNEL_ARGS)
@@ -279,7 +280,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             )
         try:
             valid = validate(request, config, self.catalog)
-        except RequestError as err:
+        except UsageError as err:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         arm = config.assign(str(valid.user_id))
         labels.arm, labels.model_version = arm.name, arm.model_version
@@ -340,14 +341,14 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
                 f"Triton {arm.model_version} did not answer within the budget of "
                 f"{budget_s * 1000:.0f} ms; the call finishes in Triton and its result is dropped",
             ) from None
-        except TritonError as err:
+        except CallFailed as err:
             raise self._triton_refusal(arm, err) from None
         finally:
             self.metrics.triton_latency.labels(arm.name, arm.model_version, role).observe(
                 time.perf_counter() - t0
             )
 
-    def _triton_refusal(self, arm: Arm, err: TritonError) -> Refusal:
+    def _triton_refusal(self, arm: Arm, err: CallFailed) -> Refusal:
         if err.code not in ("DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"):
             self._probe_now.set()  # the arm may have gone unready: check now, not at the next poll
         return Refusal(
@@ -488,7 +489,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             self._config_stamp = _stamp(self.config_path)
             try:
                 new = load_config(self.config_path)
-            except ConfigError as err:
+            except UsageError as err:
                 self._reject(reason, str(err))
                 return False
             readiness = await self.probe.check(model_keys(new), PROBE_WAIT_S)
@@ -584,7 +585,7 @@ async def serve(
 ) -> None:
     """Run the gateway until SIGINT/SIGTERM; SIGHUP reloads the config.
 
-    Raises ConfigError for an invalid initial config and OSError when a port is taken. Triton
+    Raises UsageError for an invalid initial config and OSError when a port is taken. Triton
     need not be up: the gateway reports NOT_SERVING until every weighted arm is READY.
     """
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -18,13 +18,10 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from seminar.errors import ArtifactError, ServiceError
 from seminar.serving.triton import terminate
 
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
-
-
-class ObserveError(RuntimeError):
-    """Prometheus is missing, its config is broken, or it did not start."""
 
 
 def local_config(
@@ -39,12 +36,12 @@ def local_config(
 
     source = PROMETHEUS_DIR / "prometheus.yml"
     if not source.is_file():
-        raise ObserveError(f"{source}: missing (run from a checkout of the repository)")
+        raise ArtifactError(f"{source}: missing (run from a checkout of the repository)")
     config = yaml.safe_load(source.read_text())
     targets = {"triton": triton_metrics, "gateway": gateway_metrics}
     for job in config["scrape_configs"]:
         if job["job_name"] not in targets:
-            raise ObserveError(
+            raise ArtifactError(
                 f"{PROMETHEUS_DIR / 'prometheus.yml'}: unexpected job {job['job_name']!r}"
             )
         addresses = targets[job["job_name"]]
@@ -69,7 +66,7 @@ class PrometheusProcess:
     ) -> None:
         self.binary = shutil.which("prometheus")
         if self.binary is None:
-            raise ObserveError(
+            raise ServiceError(
                 "the `prometheus` binary is not installed (Debian: apt-get install -y prometheus)"
             )
         self.port = port
@@ -105,7 +102,7 @@ class PrometheusProcess:
         while True:
             if self._proc.poll() is not None:
                 tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
-                raise ObserveError(f"prometheus exited with code {self._proc.returncode}:\n{tail}")
+                raise ServiceError(f"prometheus exited with code {self._proc.returncode}:\n{tail}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
                     if resp.status == 200:
@@ -114,7 +111,7 @@ class PrometheusProcess:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise ObserveError(f"prometheus not ready on {self.url} after {timeout_s:.0f} s")
+                raise ServiceError(f"prometheus not ready on {self.url} after {timeout_s:.0f} s")
             time.sleep(0.2)
 
     @property
@@ -127,7 +124,7 @@ class PrometheusProcess:
         with urllib.request.urlopen(url, timeout=5) as resp:
             body = json.load(resp)
         if body.get("status") != "success":
-            raise ObserveError(f"query {promql!r} failed: {body}")
+            raise ServiceError(f"query {promql!r} failed: {body}")
         return body["data"]["result"]
 
     def wait_scraped(
@@ -144,7 +141,7 @@ class PrometheusProcess:
             if all(up.get(job) == "1" for job in jobs):
                 return
             time.sleep(0.5)
-        raise ObserveError(f"targets {jobs} not all up after {timeout_s:.0f} s: {up}")
+        raise ServiceError(f"targets {jobs} not all up after {timeout_s:.0f} s: {up}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

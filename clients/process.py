@@ -18,13 +18,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from seminar.errors import ServiceError
 from seminar.serving.triton import LOOPBACK, free_port, terminate
 
-__all__ = ["LOOPBACK", "GatewayProcess", "GatewayStartError", "free_port"]
-
-
-class GatewayStartError(RuntimeError):
-    """The gateway process exited or never became healthy; the message holds its log tail."""
+__all__ = ["LOOPBACK", "GatewayProcess", "free_port"]
 
 
 class GatewayProcess:
@@ -97,7 +94,7 @@ class GatewayProcess:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self._proc is None or self._proc.poll() is not None:
-                    raise GatewayStartError(
+                    raise ServiceError(
                         f"gateway exited with code {self._proc and self._proc.returncode}:\n"
                         f"{self.log_tail()}"
                     )
@@ -111,7 +108,7 @@ class GatewayProcess:
                     pass
                 if time.monotonic() > deadline:
                     wanted = "SERVING" if self.wait_serving else "answering health checks"
-                    raise GatewayStartError(
+                    raise ServiceError(
                         f"gateway not {wanted} after {self.startup_timeout_s:.0f} s:\n"
                         f"{self.log_tail()}"
                     )

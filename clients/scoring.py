@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+from seminar.errors import ServiceError
 
 if TYPE_CHECKING:
     import tritonclient.grpc.aio as triton_aio
@@ -31,8 +32,10 @@ TRITON_CHANNEL_ARGS: list[tuple[str, int | str]] = [
 _STATUS_RE = re.compile(r"StatusCode\.([A-Z_]+)")
 
 
-class TritonError(Exception):
-    """A failed Triton call: the gRPC status name (e.g. "UNAVAILABLE") and Triton's message."""
+class CallFailed(ServiceError):
+    """A failed gRPC call to Triton or the gateway: the status name (e.g. "UNAVAILABLE") and
+    the server's message. Its own class because the gateway passes some status codes on to
+    its callers and `seminar client rank` reports a refused request as a usage error."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
@@ -84,7 +87,7 @@ async def score_async(
     either: a request rejected from one step's queue while a sibling step works on it crashes
     tritonserver 2.51 too, so the repository's configs have no queue policy.
 
-    Raises TritonError with the gRPC status name on any failure, including the deadline.
+    Raises CallFailed with the gRPC status name on any failure, including the deadline.
     """
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
@@ -99,11 +102,11 @@ async def score_async(
             client_timeout=client_timeout_s,
         )
     except InferenceServerException as err:
-        raise TritonError(status_name(err), err.message() or str(err)) from err
+        raise CallFailed(status_name(err), err.message() or str(err)) from err
     scores = result.as_numpy(OUTPUT_SCORE)
     if scores is None or scores.size != len(candidate_ids):
         got = None if scores is None else scores.shape
-        raise TritonError(
+        raise CallFailed(
             "INTERNAL",
             f"{model}:{version} returned score shape {got} for {len(candidate_ids)} rows",
         )

@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from seminar.clients.metrics import GatewayMetrics
-from seminar.clients.scoring import TritonError
+from seminar.clients.scoring import CallFailed
+from seminar.errors import ServiceError
 
 log = logging.getLogger("seminar.gateway")
 
 ResultT = TypeVar("ResultT")
 
 
-class Overloaded(Exception):
+class Overloaded(ServiceError):
     """No room for another Triton call: `outstanding` calls are already in flight."""
 
     def __init__(self, outstanding: int, limit: int) -> None:
@@ -116,7 +117,7 @@ class TritonCalls:
             error = task.exception()
             if error is None:
                 code = "OK"
-            elif isinstance(error, TritonError):
+            elif isinstance(error, CallFailed):
                 code = error.code
             else:
                 code = "INTERNAL"

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar.errors import DataError, UsageError
+
 FIRST_ITEM_INDEX = 2  # 0 = PAD, 1 = OOV; item index i -> item_ids[i - 2]
-
-
-class WorkloadError(ValueError):
-    """A dataset that cannot provide requests; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -37,19 +35,19 @@ def load_workload(
 ) -> list[RankCall]:
     """Requests of every evaluated user of a prepared dataset (at most `limit`), in user order."""
     if not 1 <= candidates <= 100:
-        raise ValueError(
+        raise UsageError(
             f"candidates must be in 1..100 (1 positive + 99 negatives), got {candidates}"
         )
     arrays = Path(data) / "arrays"
     if not arrays.is_dir():
-        raise WorkloadError(f"{data}: not a prepared dataset (no arrays/ folder)")
+        raise DataError(f"{data}: not a prepared dataset (no arrays/ folder)")
 
     def npy(name: str) -> np.ndarray:
         path = arrays / name
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as err:
-            raise WorkloadError(f"{path}: cannot read: {err}") from err
+            raise DataError(f"{path}: cannot read: {err}") from err
 
     user_ids, item_ids = npy("user_ids.npy"), npy("item_ids.npy")
     test_pos, negatives = npy("test_pos.npy"), npy("test_negatives.npy")
@@ -57,7 +55,7 @@ def load_workload(
     try:
         queries = json.loads((arrays / "queries.json").read_text())
     except (OSError, ValueError) as err:
-        raise WorkloadError(f"{arrays / 'queries.json'}: cannot read: {err}") from err
+        raise DataError(f"{arrays / 'queries.json'}: cannot read: {err}") from err
 
     calls = []
     for u in np.flatnonzero(np.asarray(test_pos) >= 0):
@@ -73,5 +71,5 @@ def load_workload(
         if limit is not None and len(calls) >= limit:
             break
     if not calls:
-        raise WorkloadError(f"{arrays / 'test_pos.npy'}: no evaluated user (every entry is -1)")
+        raise DataError(f"{arrays / 'test_pos.npy'}: no evaluated user (every entry is -1)")
     return calls

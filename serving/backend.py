@@ -22,17 +22,18 @@ from typing import Any
 import numpy as np
 
 from seminar import contract
+from seminar.errors import ArtifactError, UsageError
 
 
-class RequestError(ValueError):
-    """One request is malformed; the model answers it with INVALID_ARG and serves the rest."""
+class RequestError(UsageError):
+    """One request is malformed; the model answers it with INVALID_ARG and serves the rest.
+
+    Its own class because `execute` must tell a bad request (answered alone) from a failure
+    of the model (which fails the batch); an ArtifactError at `initialize` keeps the model
+    from reporting READY."""
 
     # The pb_utils.TritonError code name the model.py answers with.
     triton_code = "INVALID_ARG"
-
-
-class ArtifactError(RuntimeError):
-    """A model version's artifacts are missing or corrupt; the model must not report READY."""
 
 
 def check_numpy() -> None:

@@ -16,10 +16,12 @@ from seminar.contract import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
 )
+from seminar.errors import cli_guard, reading_options
 from seminar.serving.shield import ShieldConfig
 from seminar.serving.triton import LOOPBACK
 
 
+@cli_guard
 def serve(
     repo: Path = typer.Option(
         Path("model_repository"), "--repo", help="Model repository written by `seminar build`."
@@ -75,9 +77,9 @@ def serve(
     """
     import logging
 
-    from seminar.serving.supervisor import ServeConfig, ServeError, serve_forever
+    from seminar.serving.supervisor import ServeConfig, serve_forever
 
-    try:
+    with reading_options():
         config = ServeConfig(
             shield=ShieldConfig(max_inflight=max_inflight),
             repo=repo,
@@ -94,9 +96,6 @@ def serve(
             startup_timeout_s=startup_timeout,
             log_verbose=log_verbose,
         )
-    except ValueError as e:
-        typer.echo(f"Invalid option: {e}.", err=True)
-        raise typer.Exit(code=2) from None
     logging.basicConfig(level=logging.INFO, format="seminar serve: %(message)s")
 
     def announce(supervisor) -> None:
@@ -110,12 +109,5 @@ def serve(
             err=True,
         )
 
-    try:
-        serve_forever(config, announce)
-    except ServeError as e:
-        typer.echo(f"seminar serve failed: {e}", err=True)
-        raise typer.Exit(code=1) from None
-    except ValueError as e:  # the admin key file
-        typer.echo(f"Invalid option: {e}.", err=True)
-        raise typer.Exit(code=2) from None
+    serve_forever(config, announce)
     typer.echo("seminar serve stopped.", err=True)

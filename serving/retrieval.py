@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from seminar import contract
-from seminar.serving.backend import ArtifactError, RequestError
+from seminar.errors import ArtifactError
+from seminar.serving.backend import RequestError
 
 
 def pair_alpha(pq_dir: Path, retriever: object | None = None) -> float:

@@ -20,11 +20,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from seminar.errors import ServiceError
 from seminar.serving.triton import LOOPBACK, free_port, terminate
-
-
-class ServeStartError(RuntimeError):
-    """`seminar serve` exited or never became ready; the message holds its console tail."""
 
 
 class ServeProcess:
@@ -98,16 +95,16 @@ class ServeProcess:
         return self
 
     def wait_ready(self, timeout_s: float) -> float:
-        """Block until /ready answers 200; the seconds waited. Raises ServeStartError."""
+        """Block until /ready answers 200; the seconds waited. Raises ServiceError."""
         started = time.monotonic()
         while True:
             if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc else None
-                raise ServeStartError(f"seminar serve exited with code {code}:\n{self.console()}")
+                raise ServiceError(f"seminar serve exited with code {code}:\n{self.console()}")
             if self.ready():
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
-                raise ServeStartError(
+                raise ServiceError(
                     f"seminar serve not ready after {timeout_s:.0f} s:\n{self.console()}"
                 )
             time.sleep(0.2)
@@ -118,7 +115,7 @@ class ServeProcess:
     def status(self) -> dict:
         code, body = self._get("/status")
         if code != 200:
-            raise ServeStartError(f"/status answered {code}: {body}")
+            raise ServiceError(f"/status answered {code}: {body}")
         return json.loads(body)
 
     def supervisor_metrics(self) -> str:

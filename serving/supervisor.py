@@ -45,6 +45,7 @@ from seminar.contract import (
     DEFAULT_METRICS_PORT,
     ENSEMBLE_MODEL,
 )
+from seminar.errors import ServiceError, UsageError
 from seminar.serving.process_group import StubWatch
 from seminar.serving.shield import InferenceShield, ShieldConfig
 from seminar.serving.triton import (
@@ -63,10 +64,6 @@ CONFIG_FILE = "config.pbtxt"
 # Added to a model's config to make Triton reload it in place (new model processes) even though
 # nothing on disk changed; the backends ignore parameters they do not read.
 RESTART_PARAMETER = "seminar_restart"
-
-
-class ServeError(RuntimeError):
-    """The service cannot start; the message is one paragraph for the console."""
 
 
 @unique
@@ -143,9 +140,9 @@ def read_admin_key(path: Path | None) -> str:
     try:
         key = path.read_text().strip()
     except OSError as err:
-        raise ValueError(f"admin key file {path}: cannot read it ({err.strerror})") from err
+        raise UsageError(f"admin key file {path}: cannot read it ({err.strerror})") from err
     if not ADMIN_KEY_RE.match(key):
-        raise ValueError(
+        raise UsageError(
             f"admin key file {path}: the key must be 16-256 characters of A-Z, a-z, 0-9, "
             "'.', '_' or '-' on one line"
         )
@@ -500,7 +497,7 @@ class Supervisor:
         self._stop.set()
 
     async def run(self, on_ready: Callable[[Supervisor], None] | None = None) -> None:
-        """Serve until request_stop(); raises ServeError when the first start fails."""
+        """Serve until request_stop(); raises ServiceError when the first start fails."""
         self._start_health_http()
         self.triton_grpc_port = free_port()
         shield = InferenceShield(
@@ -519,9 +516,9 @@ class Supervisor:
                 started = time.monotonic()
                 try:
                     await self._start_triton()
-                except (TritonError, ServeError) as err:
+                except ServiceError as err:  # TritonError included
                     if first:
-                        raise ServeError(str(err)) from None
+                        raise ServiceError(str(err)) from None
                     log.error("tritonserver could not start again: %s", err)
                 else:
                     if first:
@@ -534,7 +531,7 @@ class Supervisor:
                         break
                     self._record_crash(code)
                 if first:
-                    raise ServeError("tritonserver died while loading the repository")
+                    raise ServiceError("tritonserver died while loading the repository")
                 consecutive_crashes = (
                     1
                     if time.monotonic() - started > self.config.healthy_reset_s
@@ -595,7 +592,7 @@ class Supervisor:
         while not loading.done():
             await asyncio.sleep(0.2)
             if self.server.reap() is not None:
-                raise ServeError(
+                raise ServiceError(
                     f"tritonserver died while loading the repository; log {self.server.log_path}:\n"
                     f"{self.server.log_tail()}"
                 )
@@ -609,14 +606,16 @@ class Supervisor:
                 self.metrics.version_failed.labels(model, version).set(1)
                 log.error("not serving %s version %s: %s", model, version, reason)
         if not state.served:
-            raise ServeError(f"no model of {cfg.repo} could be loaded: {json.dumps(state.failed)}")
+            raise ServiceError(
+                f"no model of {cfg.repo} could be loaded: {json.dumps(state.failed)}"
+            )
         missing = [m for m in cfg.wait_models if m not in state.served]
         if missing:
             why = {
                 m: state.skipped.get(m) or state.failed.get(m) or "not in the repository"
                 for m in missing
             }
-            raise ServeError(f"required model(s) not served: {json.dumps(why)}")
+            raise ServiceError(f"required model(s) not served: {json.dumps(why)}")
         self.server.remember_shm_regions()
         self._set_state(ServeState.SERVING)
         log.info("serving: %s", ", ".join(f"{m} {v}" for m, v in sorted(state.served.items())))
@@ -756,7 +755,7 @@ class Supervisor:
                 (self.config.host, self.config.health_port), Handler
             )
         except OSError as err:
-            raise ServeError(
+            raise ServiceError(
                 f"cannot bind the health port {self.config.host}:{self.config.health_port} ({err.strerror})"
             ) from err
         self._health_http.daemon_threads = True
@@ -775,7 +774,7 @@ class Supervisor:
 def serve_forever(
     config: ServeConfig, on_ready: Callable[[Supervisor], None] | None = None
 ) -> None:
-    """Run a Supervisor in this (main) thread until SIGINT or SIGTERM; raises ServeError."""
+    """Run a Supervisor in this (main) thread until SIGINT or SIGTERM; raises ServiceError."""
 
     async def main() -> None:
         supervisor = Supervisor(config)

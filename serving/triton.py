@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
+from seminar.errors import ServiceError
 from seminar.serving import process_group
 
 LOOPBACK = "127.0.0.1"
@@ -48,8 +49,11 @@ _STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 ADMIN_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{16,256}$")
 
 
-class TritonError(RuntimeError):
-    """The server could not be started, became unhealthy, or refused a repository call."""
+class TritonError(ServiceError):
+    """The server could not be started, became unhealthy, or refused a repository call.
+
+    Its own class because the supervisor retries a start that failed this way and lets any
+    other error (a bug) through."""
 
 
 @unique

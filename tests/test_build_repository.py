@@ -18,6 +18,7 @@ from seminar.build import builder as B
 from seminar.build import export as E
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
+from seminar.errors import ArtifactError, ConflictError
 from tests.support.build import CHECKOUT, BuiltRepo, build_cli, copy_repo, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -112,7 +113,7 @@ def test_manifests_verify_and_a_corrupted_artifact_is_detected(model_repo, tmp_p
     ids = np.load(victim)
     ids[0] += 1  # same shape, size and dtype: only the checksum can tell
     np.save(victim, ids)
-    with pytest.raises(A.ArtifactError, match=r"item_ids\.npy: sha256"):
+    with pytest.raises(ArtifactError, match=r"item_ids\.npy: sha256"):
         A.verify_manifest(repo / contract.FEATURES_MODEL / "1")
 
 
@@ -135,7 +136,8 @@ def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
 
     # An existing version is never overwritten without --force ...
     again = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data))
-    assert again.exit_code == 1 and "version 2 exists" in again.stderr and "--force" in again.stderr
+    assert again.exit_code == ConflictError.exit_code == 5
+    assert "version 2 exists" in again.stderr and "--force" in again.stderr
     assert _version_files(repo, 1) == before
 
 
@@ -199,12 +201,12 @@ def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_pa
 def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path):
     repo = copy_repo(model_repo, tmp_path / "repo")
     _, dims = trained
-    with pytest.raises(B.BuildError, match="version 1 exists"):
+    with pytest.raises(ConflictError, match="version 1 exists"):
         B.preflight(_request(repo, 1), dims)
     B.preflight(_request(repo, 1, force=True), dims)  # allowed
 
     other = contract.PipelineDims(d=dims.d, h=dims.h, k=dims.k + 1, t=dims.t)
-    with pytest.raises(B.BuildError, match=r"does not match the versions already.*K=") as err:
+    with pytest.raises(ConflictError, match=r"does not match the versions already.*K=") as err:
         B.preflight(_request(repo, 2), other)
     assert "\n" not in str(err.value)
     # A repository of one target refuses a build of the other (configs are shared).
@@ -212,12 +214,12 @@ def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path
     spec = contract.model_specs(dims)[contract.PQ_RETRIEVAL_MODEL]
     gpu_config = R.model_config(spec, contract.Target.GPU, R.ServingConfig())
     (gpu_repo / contract.PQ_RETRIEVAL_MODEL / R.CONFIG_FILE).write_text(R.to_text(gpu_config))
-    with pytest.raises(B.BuildError, match="built for --target gpu"):
+    with pytest.raises(ConflictError, match="built for --target gpu"):
         B.preflight(_request(gpu_repo, 2), dims)
 
     # A partly present version (a crash between renames) is reported, not silently reused.
     (repo / contract.FEATURES_MODEL / "5").mkdir()
-    with pytest.raises(B.BuildError, match="version 5 is partly present"):
+    with pytest.raises(ConflictError, match="version 5 is partly present"):
         B.preflight(_request(repo, 5), dims)
 
     B.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
@@ -277,7 +279,7 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
     repo = copy_repo(model_repo, tmp_path / "repo")
     before = _tree_digest(repo)
     result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--max-batch", "64")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == ConflictError.exit_code == 5, result.output
     # One sentence on one line (the spinner may have drawn a frame before it).
     (refusal,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     config = repo / contract.FEATURES_MODEL / R.CONFIG_FILE

@@ -19,6 +19,7 @@ from seminar.build import builder as B
 from seminar.build import repository as R
 from seminar.build import retire as RT
 from seminar.cli import app
+from seminar.errors import ArtifactError, ConflictError, ServiceError
 from tests.support.build import BuiltRepo, build_cli, copy_repo, tree_digest
 from tests.support.serving import require_serving_pieces, require_tritonserver, start_triton
 
@@ -81,16 +82,16 @@ def test_retiring_the_last_or_an_unknown_version_is_refused(model_repo, tmp_path
     repo = copy_repo(model_repo, tmp_path / "repo")
     before = tree_digest(repo)
     last = retire_cli(repo, 1)
-    assert last.exit_code == RT.RetireFailure.LAST_VERSION == 4, last.output
+    assert last.exit_code == ConflictError.exit_code == 5, last.output
     assert last.stderr.strip() == (
         f"error: version 1 is the only complete version in {repo}, so nothing would be left "
         "to serve; build another version first"
     )
     unknown = retire_cli(repo, 9)
-    assert unknown.exit_code == RT.RetireFailure.UNKNOWN_VERSION == 3, unknown.output
+    assert unknown.exit_code == ArtifactError.exit_code == 4, unknown.output
     assert unknown.stderr.strip() == f"error: version 9 is not in {repo} (complete versions: 1)"
     not_a_repo = retire_cli(tmp_path, 1)
-    assert not_a_repo.exit_code == RT.RetireFailure.REPOSITORY == 1, not_a_repo.output
+    assert not_a_repo.exit_code == ArtifactError.exit_code == 4, not_a_repo.output
     assert "not a model repository" in not_a_repo.stderr
     assert tree_digest(repo) == before
 
@@ -155,7 +156,7 @@ def test_an_interrupted_retire_leaves_a_servable_repository_and_a_rerun_finishes
         if any(folder.exists() for folder in leftovers):
             RT.retire_version(RT.RetireRequest(repo, 2), lambda _line: None)
         else:  # stopped after its last folder went: nothing left to do, and a rerun says so
-            with pytest.raises(RT.RetireError, match="version 2 is not in"):
+            with pytest.raises(ArtifactError, match="version 2 is not in"):
                 RT.retire_version(RT.RetireRequest(repo, 2), lambda _line: None)
         assert_retired(repo, retired=2, remaining=1)
 
@@ -197,7 +198,7 @@ def test_retire_live_keeps_serving_the_remaining_version(restricted_triton, tmp_
     # Without the key Triton refuses the repository API: refused before anything changes.
     before = tree_digest(repo)
     refused = retire_cli(repo, 2, "--server", server.http_url)
-    assert refused.exit_code == RT.RetireFailure.SERVER == 5, refused.output
+    assert refused.exit_code == ServiceError.exit_code == 6, refused.output
     assert "refused" in refused.stderr and "--admin-key-file" in refused.stderr
     assert tree_digest(repo) == before
 

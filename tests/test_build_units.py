@@ -20,6 +20,7 @@ from seminar.build import export as E
 from seminar.build import repository as R
 from seminar.build import tensorrt as TRT
 from seminar.cli import app
+from seminar.errors import ArtifactError, CheckFailed, ConflictError, UsageError
 from seminar.model.config import ModelConfig
 
 DIMS = contract.PipelineDims(d=16, h=2, k=4, t=8)
@@ -109,10 +110,10 @@ def test_validate_config_rejects_wrong_dims_and_garbage(tmp_path):
     ]
     path = tmp_path / "config.pbtxt"
     path.write_text(R.to_text(R.model_config(other, contract.Target.CPU, R.ServingConfig())))
-    with pytest.raises(R.ConfigError, match="topk_emb"):
+    with pytest.raises(ArtifactError, match="topk_emb"):
         R.validate_config(path, specs[contract.RANKING_HEAD_MODEL], contract.Target.CPU)
     path.write_text("name: 'x' not_a_field: 3\n")
-    with pytest.raises(R.ConfigError, match="not a valid Triton model config"):
+    with pytest.raises(ArtifactError, match="not a valid Triton model config"):
         R.parse_config(path)
 
 
@@ -149,7 +150,7 @@ def test_validate_config_checks_the_queue_policy_and_the_query_limit(tmp_path, e
     edit(config)
     path = tmp_path / "config.pbtxt"
     path.write_text(R.to_text(config))
-    with pytest.raises(R.ConfigError, match=message):
+    with pytest.raises(ArtifactError, match=message):
         R.validate_config(path, spec, contract.Target.CPU, serving=R.ServingConfig())
 
 
@@ -162,7 +163,7 @@ def test_index_ranges_round_trip_and_bad_files_are_named(tmp_path):
     head = contract.model_specs(DIMS)[contract.RANKING_HEAD_MODEL]
     assert A.read_index_ranges(A.write_index_ranges(tmp_path, head, {contract.ITEM_INDEX: 3})) == {}
     path.write_text('{"item_index": [5, 5]}')
-    with pytest.raises(A.ArtifactError, match="not a valid index ranges file"):
+    with pytest.raises(ArtifactError, match="not a valid index ranges file"):
         A.read_index_ranges(path)
 
 
@@ -175,7 +176,7 @@ def test_manifest_lists_the_pycache_blocker_but_no_bytecode(tmp_path):
     files = A.write_manifest(tmp_path)["files"]
     assert sorted(files) == [contract.PYCACHE_BLOCKER, contract.PYTHON_FILE]
     (tmp_path / contract.PYCACHE_BLOCKER).unlink()
-    with pytest.raises(A.ArtifactError, match="without excluding __pycache__"):
+    with pytest.raises(ArtifactError, match="without excluding __pycache__"):
         A.verify_manifest(tmp_path)
 
 
@@ -187,10 +188,10 @@ def test_manifest_verifies_and_detects_corruption(tmp_path):
     assert manifest["files"]["a.npy"]["shape"] == [10]
     assert A.verify_manifest(tmp_path) == 2
     (tmp_path / "sub" / "b.json").write_text('["y"]')  # same size, other bytes
-    with pytest.raises(A.ArtifactError, match=r"b\.json: sha256"):
+    with pytest.raises(ArtifactError, match=r"b\.json: sha256"):
         A.verify_manifest(tmp_path)
     (tmp_path / "sub" / "b.json").unlink()
-    with pytest.raises(A.ArtifactError, match="missing"):
+    with pytest.raises(ArtifactError, match="missing"):
         A.verify_manifest(tmp_path)
 
 
@@ -220,9 +221,7 @@ def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
     assert max(c.max_abs_diff for c in cases) <= 1e-4
     drifted = _Doubler(scale=2.01).eval()
     drifted.load_state_dict(module.state_dict())
-    with pytest.raises(
-        E.ExportError, match=r"ONNX parity failed for query_encoder .* max abs diff"
-    ):
+    with pytest.raises(CheckFailed, match=r"ONNX parity failed for query_encoder .* max abs diff"):
         E.parity_cases(drifted, path, spec, real, bounds, E.ExportConfig())
     # The graph carries the contract names and a dynamic batch dim.
     inputs, outputs = R.onnx_tensors(path)
@@ -273,12 +272,13 @@ def test_bad_target_and_missing_run_are_one_sentence_errors(tmp_path):
     result = runner.invoke(
         app, ["build", "--run", str(tmp_path), "--target", "tpu", "--version", "1"]
     )
-    assert result.exit_code == 1 and "--target must be cpu or gpu" in result.stderr
+    assert result.exit_code == UsageError.exit_code == 2
+    assert "--target must be cpu or gpu" in result.stderr
     result = runner.invoke(
         app,
         ["build", "--run", str(tmp_path / "nope"), "--repo", str(tmp_path / "r"), "--version", "1"],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == ArtifactError.exit_code == 4
     assert "nope: run directory not found" in result.stderr and "Traceback" not in result.output
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {"dim": -1}}))
@@ -287,7 +287,8 @@ def test_bad_target_and_missing_run_are_one_sentence_errors(tmp_path):
         app,
         ["build", "--run", str(tmp_path / "run"), "--repo", str(tmp_path / "r"), "--version", "1"],
     )
-    assert result.exit_code == 1 and "config.json" in result.stderr, result.stderr
+    assert result.exit_code == ArtifactError.exit_code, result.stderr
+    assert "config.json" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
@@ -388,7 +389,7 @@ def test_the_repository_lock_names_its_holder_and_a_killed_holder_releases_it(tm
         assert L.lock_path(repo).parent == tmp_path, "beside the repository, not inside it"
         assert not repo.exists()
         told: list[str] = []
-        with pytest.raises(L.LockTimeout), L.RepositoryLock(repo, "retire", 3, told.append, 0.5):
+        with pytest.raises(ConflictError), L.RepositoryLock(repo, "retire", 3, told.append, 0.5):
             pass
         assert told == [
             f"{repo} is locked by pid {holder.pid} (build of version 7); waiting for it to finish"

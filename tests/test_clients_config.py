@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 import yaml
 
-from seminar.clients.catalog import Catalog, CatalogError
+from seminar.clients.catalog import Catalog
 from seminar.clients.config import (
     Arm,
-    ConfigError,
     ExperimentConfig,
     bucket,
     load_config,
     write_config,
 )
-from seminar.clients.gateway import RequestError, validate
+from seminar.clients.gateway import validate
 from seminar.clients.proto import ranker_pb2
 from seminar.clients.scoring import rank, request_arrays, spearman
 from seminar.contract import AB_BUCKETS, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.errors import DataError, ServiceError, UsageError
 
 N_USERS = 100_000
 
@@ -130,17 +130,17 @@ def test_invalid_configs_are_rejected_naming_the_field(
 ) -> None:
     path = tmp_path / "ab.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=field) as err:
+    with pytest.raises(UsageError, match=field) as err:
         load_config(path)
     assert str(path) in str(err.value)
 
 
 def test_unreadable_and_malformed_config_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(UsageError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("salt: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(UsageError, match="not valid YAML"):
         load_config(bad)
 
 
@@ -170,7 +170,7 @@ def _req(user: str = "7", query: str = "", ids: list[int] | None = None) -> rank
     ],
 )
 def test_every_invalid_request_type_is_refused(request_: object, message: str) -> None:
-    with pytest.raises(RequestError, match=message):
+    with pytest.raises(UsageError, match=message):
         validate(request_, LIMITS_CONFIG, CATALOG)
 
 
@@ -192,10 +192,10 @@ def test_catalog_sources(tmp_path: Path) -> None:
     (tmp_path / "data" / "arrays").mkdir(parents=True)
     np.save(tmp_path / "data" / "arrays" / "item_ids.npy", np.array([7]))
     assert Catalog.load(tmp_path / "data").item_ids.tolist() == [7]
-    with pytest.raises(CatalogError, match="no item catalog"):
+    with pytest.raises(DataError, match="no item catalog"):
         Catalog.load(tmp_path / "nothing")
     np.save(tmp_path / "floats.npy", np.array([1.5]))
-    with pytest.raises(CatalogError, match="integer array"):
+    with pytest.raises(DataError, match="integer array"):
         Catalog.load(tmp_path / "floats.npy")
 
 
@@ -262,12 +262,14 @@ def test_client_cli_refuses_bad_arguments() -> None:
         "--timeout",
         "2",
     )
-    assert down.returncode == 2 and "UNAVAILABLE" in down.stderr and "Traceback" not in down.stderr
+    assert down.returncode == ServiceError.exit_code == 6
+    assert "UNAVAILABLE" in down.stderr and "Traceback" not in down.stderr
 
 
 def test_load_and_perf_clis_refuse_bad_inputs(tmp_path: Path) -> None:
     no_data = _seminar("load", "--gateway", "127.0.0.1:1", "--data", str(tmp_path / "nope"))
-    assert no_data.returncode == 2 and "not a prepared dataset" in no_data.stderr
+    assert no_data.returncode == DataError.exit_code == 3
+    assert "not a prepared dataset" in no_data.stderr
     assert "Traceback" not in no_data.stderr
     bad_rate = _seminar("load", "--gateway", "127.0.0.1:1", "--data", str(tmp_path), "--rate", "-1")
     assert bad_rate.returncode == 2 and "rate" in bad_rate.stderr
@@ -298,5 +300,6 @@ def test_gateway_cli_refuses_a_taken_port(tmp_path: Path) -> None:
         result = _seminar(
             "gateway", "--config", str(config), "--port", str(port), "--metrics-port", "0"
         )
-    assert result.returncode == 2 and f"127.0.0.1:{port}" in result.stderr
+    assert result.returncode == ServiceError.exit_code == 6
+    assert f"127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seminar.data.dataset import PreparedDataset
-from seminar.data.errors import DataError
+from seminar.errors import DataError
 
 
 def test_arrays_are_memory_mapped_and_id_maps_round_trip(movielens_data: Path) -> None:
@@ -61,4 +61,4 @@ def test_cli_info_prints_the_stats_or_names_the_problem(
     assert result.exit_code == 0
     assert json.loads(result.stdout)["users"] == 610
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
-    assert result.exit_code == 2 and "not a prepared dataset" in result.stderr
+    assert result.exit_code == 3 and "not a prepared dataset" in result.stderr

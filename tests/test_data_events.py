@@ -212,7 +212,7 @@ def _assert_rejected(
     tmp_path: Path, events: Path, items: Path, file: str, column: str | None, message: str
 ) -> None:
     code, err, out = _invoke(tmp_path, events, items)
-    assert code == 2, err
+    assert code == 3, err
     line = err.strip()
     assert "\n" not in line and "Traceback" not in line
     assert file in line and message in line
@@ -228,7 +228,7 @@ def test_refuses_to_overwrite_a_directory_that_is_not_a_dataset(tmp_path: Path) 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
     code, err, _ = _invoke(tmp_path, events, items)
-    assert code == 2 and "refusing to overwrite" in err
+    assert code == 5 and "refusing to overwrite" in err
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 
 

@@ -127,7 +127,7 @@ def test_cli_names_a_missing_source_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["prepare", "movielens", "--source", str(source), "--out", str(out)]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "tags.csv: file not found" in result.stderr
     assert not out.exists()
 
@@ -145,5 +145,5 @@ def test_cli_names_a_malformed_ratings_column(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["prepare", "movielens", "--source", str(source), "--out", str(tmp_path / "o")]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "ratings.csv" in result.stderr and "rating" in result.stderr

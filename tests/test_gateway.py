@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from seminar.clients.client import ClientError, rank_direct, rank_via_gateway
+from seminar.clients.client import rank_direct, rank_via_gateway
 from seminar.clients.config import Arm, Limits
 from seminar.clients.load import LoadConfig, run_load
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
+from seminar.clients.scoring import CallFailed
 from seminar.clients.workload import RankCall
 from tests.support.clients import RunningGateway, make_config
 
@@ -260,7 +261,7 @@ def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
         assert rank_via_gateway(*args).item_ids
         server.stop()
         t0 = time.perf_counter()
-        with pytest.raises(ClientError) as err:
+        with pytest.raises(CallFailed) as err:
             rank_via_gateway(*args, timeout_s=5)
         assert err.value.code == "UNAVAILABLE", err.value
         assert time.perf_counter() - t0 < deadline_ms / 1000
@@ -274,7 +275,7 @@ def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
             try:
                 recovered = rank_via_gateway(*args)
                 break
-            except ClientError:
+            except CallFailed:
                 time.sleep(0.05)
         assert recovered is not None, "the gateway must reconnect by itself"
         assert _wait(lambda: health_status(gw.address) == "SERVING", 5)

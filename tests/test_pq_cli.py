@@ -7,11 +7,12 @@ from typer.testing import CliRunner
 
 from seminar.bench.pq import BenchConfig
 from seminar.cli import app
+from seminar.errors import ArtifactError, DataError
 
 
 def test_bench_pq_rejects_missing_run(tmp_path) -> None:
     result = CliRunner().invoke(app, ["bench", "pq", "--quick", "--run", str(tmp_path / "nope")])
-    assert result.exit_code == 1
+    assert result.exit_code == ArtifactError.exit_code == 4
     assert "not a run directory" in result.output
     assert "Traceback" not in result.output
 
@@ -20,7 +21,7 @@ def test_bench_pq_rejects_missing_data(tmp_path) -> None:
     result = CliRunner().invoke(
         app, ["bench", "pq", "--quick", "--run", str(tmp_path), "--data", str(tmp_path / "nope")]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == DataError.exit_code == 3
     assert "not a prepared dataset directory" in result.output
 
 

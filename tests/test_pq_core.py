@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from seminar.bench.pq import threshold_recall
-from seminar.pq import PQConfig, PQError, ScoringBackend, SequenceStore
+from seminar.errors import ArtifactError, UsageError
+from seminar.pq import PQConfig, ScoringBackend, SequenceStore
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
 from seminar.pq.codebooks import pack_codes, unpack_codes
 from seminar.pq.faiss_scan import FaissScanner
@@ -180,9 +181,9 @@ def test_store_round_trip_and_verify(pq_world_8bit, tmp_path) -> None:
     raw = bytearray(codes_file.read_bytes())
     raw[-1] ^= 0xFF
     codes_file.write_bytes(bytes(raw))
-    with pytest.raises(PQError, match=r"codes\.npy: sha256"):
+    with pytest.raises(ArtifactError, match=r"codes\.npy: sha256"):
         SequenceStore.load(tmp_path / "store", verify=True)
-    with pytest.raises(PQError, match="manifest not found"):
+    with pytest.raises(ArtifactError, match="manifest not found"):
         SequenceStore.load(tmp_path / "nowhere")
 
 
@@ -190,7 +191,7 @@ def test_store_rejects_out_of_range_indices(pq_world_8bit) -> None:
     from seminar.pq import build_sequence_store
 
     w = pq_world_8bit
-    with pytest.raises(PQError, match="item index out of range"):
+    with pytest.raises(ArtifactError, match="item index out of range"):
         build_sequence_store(
             np.array([0, 1]),
             np.array([w.spec.n_items + 5]),
@@ -230,7 +231,7 @@ def test_with_config_shares_codebooks_and_checks_code_shape(pq_world_8bit) -> No
     assert other.store is base.store and other.backend == ScoringBackend.TORCH_DECODE
     x_t = torch.randn(3, pq_world_8bit.spec.dim, generator=torch.Generator().manual_seed(6))
     assert torch.equal(base.retrieve(4, x_t)[1], other.retrieve(4, x_t)[1])
-    with pytest.raises(PQError, match="4-bit"):
+    with pytest.raises(UsageError, match="4-bit"):
         base.with_config(PQConfig(nbits=4))
 
 
@@ -275,7 +276,7 @@ def test_4bit_store_round_trips_codes_and_files(pq_world_4bit, pq_world_8bit, tm
     np.testing.assert_array_equal(loaded.block_offsets, store.block_offsets)
     for u in range(store.n_users):
         np.testing.assert_array_equal(loaded.user_blocks(u), store.user_blocks(u))
-    with pytest.raises(PQError, match="block_offsets disagree"):
+    with pytest.raises(ArtifactError, match="block_offsets disagree"):
         SequenceStore(
             store.offsets,
             store.item,
@@ -285,7 +286,7 @@ def test_4bit_store_round_trips_codes_and_files(pq_world_4bit, pq_world_8bit, tm
             4,
             store.block_offsets + 1,
         )
-    with pytest.raises(PQError, match="only a 4-bit store"):
+    with pytest.raises(RuntimeError, match="only a 4-bit store"):
         pq_world_8bit.store.user_blocks(0)
 
 
@@ -390,5 +391,5 @@ def test_a_store_saved_before_the_fast_scan_layout_still_loads(pq_world_4bit, tm
     np.testing.assert_array_equal(loaded.codes, store.codes)
     np.testing.assert_array_equal(loaded.block_offsets, store.block_offsets)
     (old / "manifest.json").write_text(json.dumps(manifest | {"format": "seminar-pq-store/9"}))
-    with pytest.raises(PQError, match="format"):
+    with pytest.raises(ArtifactError, match="format"):
         SequenceStore.load(old)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from seminar.pq import PQConfig, PQError, load_pq_retriever, save_pq_artifacts
+from seminar.errors import ArtifactError
+from seminar.pq import PQConfig, load_pq_retriever, save_pq_artifacts
 
 # 4-bit codes train in a blink and route select() and retrieve() through the faiss fast-scan path
 FAST_PQ = PQConfig(nbits=4, train_max_rows=4_096, kmeans_iters=8)
@@ -79,7 +80,7 @@ def test_tampered_artifacts_are_refused(ml_model_and_artifacts, tmp_path) -> Non
     raw = bytearray(tables.read_bytes())
     raw[-1] ^= 0xFF
     tables.write_bytes(bytes(raw))
-    with pytest.raises(PQError, match=r"tables\.safetensors: sha256"):
+    with pytest.raises(ArtifactError, match=r"tables\.safetensors: sha256"):
         load_pq_retriever(copy, verify=True)
-    with pytest.raises(PQError, match="manifest not found"):
+    with pytest.raises(ArtifactError, match="manifest not found"):
         load_pq_retriever(tmp_path / "missing")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+from seminar.errors import ArtifactError
 from seminar.serving.floor import FLOOR_MODEL, write_floor_model
 from seminar.serving.triton import (
     LOOPBACK,
@@ -202,7 +203,7 @@ def test_bench_serving_cli_bad_inputs_exit_nonzero_with_one_sentence(tmp_path: P
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == ArtifactError.exit_code == 4
     assert f"--run: {missing / 'checkpoint.safetensors'} does not exist." in proc.stderr
     assert "Traceback" not in proc.stderr
 

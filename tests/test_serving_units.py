@@ -15,8 +15,8 @@ import torch
 
 from seminar import contract
 from seminar.data.tokenizer import QueryTokenizer
+from seminar.errors import ArtifactError
 from seminar.serving.backend import (
-    ArtifactError,
     BackendContext,
     RequestError,
     RowBatch,

@@ -157,7 +157,7 @@ def test_score_unknown_user_is_a_clear_error(quick_run: Path) -> None:
 
 def test_missing_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke("train", "--data", tmp_path / "nope", "--out", tmp_path / "run")
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "data directory not found" in result.output and "Traceback" not in result.output
 
 
@@ -177,16 +177,16 @@ def test_incompatible_checkpoint_is_a_clear_error(quick_run: Path, tmp_path: Pat
     config["model"]["dim"] = 24  # the tensors were saved with dim 16
     (broken / "config.json").write_text(json.dumps(config))
     result = invoke("evaluate", "--run", broken, "--json")
-    assert result.exit_code == 2
+    assert result.exit_code == 4
     assert "incompatible" in result.output and "checkpoint.safetensors" in result.output
     result = invoke("evaluate", "--run", tmp_path / "absent")
-    assert result.exit_code == 2 and "run directory not found" in result.output
+    assert result.exit_code == 4 and "run directory not found" in result.output
 
 
 def test_pq_gsu_without_artifacts_is_a_clear_error(quick_run: Path, tmp_path: Path) -> None:
     result = invoke("score", "--run", quick_run, "--user", 1, "--items", "1", "--gsu", "pq",
                     "--pq-dir", tmp_path / "missing")  # fmt: skip
-    assert result.exit_code == 2 and "PQ artifact directory not found" in result.output
+    assert result.exit_code == 4 and "PQ artifact directory not found" in result.output
 
 
 # ---- learning on planted truth, and DDP -----------------------------------------------------
@@ -266,10 +266,10 @@ def test_resume_continues_from_the_saved_state(
     original = json.loads((quick_run / "metrics.json").read_text())
     assert summary["test"] == pytest.approx(original["test"], abs=1e-6)
     assert summary["valid"] == original["valid"]
+    from seminar.errors import ConflictError
     from seminar.training.config import TrainConfig
-    from seminar.training.errors import TrainingError
     from seminar.training.trainer import train_run
 
-    with pytest.raises(TrainingError, match="different configuration"):
+    with pytest.raises(ConflictError, match="different configuration"):
         train_run(movielens_data, copy, "seminar", TrainConfig(**{**TINY_TRAIN, "lr": 0.5}),
                   dict(TINY_MODEL), resume=True)  # fmt: skip

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from seminar.errors import ArtifactError
 from seminar.model.config import ModelConfig
 from seminar.model.seminar import SeminarModel
 from seminar.training.config import TrainConfig
-from seminar.training.errors import TrainingError
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.safetensors"
@@ -83,15 +83,15 @@ def save_run(
 def read_config(run: Path) -> dict[str, Any]:
     path = Path(run) / CONFIG
     if not Path(run).is_dir():
-        raise TrainingError(f"{run}: run directory not found.")
+        raise ArtifactError(f"{run}: run directory not found.")
     if not path.is_file():
-        raise TrainingError(f"{path}: not found; {run} is not a training run directory.")
+        raise ArtifactError(f"{path}: not found; {run} is not a training run directory.")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise TrainingError(f"{path}: not valid JSON ({err.msg}).") from err
+        raise ArtifactError(f"{path}: not valid JSON ({err.msg}).") from err
     if raw.get("format") != FORMAT:
-        raise TrainingError(f"{path}: field 'format' is {raw.get('format')!r}, expected {FORMAT}.")
+        raise ArtifactError(f"{path}: field 'format' is {raw.get('format')!r}, expected {FORMAT}.")
     return raw
 
 
@@ -103,15 +103,15 @@ def load_run(run: str | Path) -> Run:
         model_config = ModelConfig.from_dict(raw["model"])
         train_config = TrainConfig.from_dict(raw["train"])
     except (KeyError, TypeError, ValueError) as err:
-        raise TrainingError(f"{run / CONFIG}: invalid model/train config ({err}).") from err
+        raise ArtifactError(f"{run / CONFIG}: invalid model/train config ({err}).") from err
     checkpoint = run / CHECKPOINT
     if not checkpoint.is_file():
-        raise TrainingError(f"{checkpoint}: not found.")
+        raise ArtifactError(f"{checkpoint}: not found.")
     model = SeminarModel(model_config)
     try:
         state = load_file(str(checkpoint))
     except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise TrainingError(f"{checkpoint}: not a readable safetensors file ({err}).") from err
+        raise ArtifactError(f"{checkpoint}: not a readable safetensors file ({err}).") from err
     load_state_checked(model, state, checkpoint)
     model.eval()
     return Run(
@@ -131,13 +131,13 @@ def load_state_checked(model: SeminarModel, state: dict[str, torch.Tensor], sour
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise TrainingError(
+        raise ArtifactError(
             f"{source}: checkpoint is incompatible with its config ({what}; "
             f"{len(missing)} missing, {len(unexpected)} unexpected tensors)."
         )
     for name, tensor in expected.items():
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise TrainingError(
+            raise ArtifactError(
                 f"{source}: checkpoint is incompatible with its config (tensor {name} has shape "
                 f"{tuple(state[name].shape)}, the config builds {tuple(tensor.shape)})."
             )

@@ -1,20 +1,20 @@
 """`seminar train | evaluate | score | bench quality` (owned by training/).
 
 Heavy imports (torch, the model) happen inside the command bodies so `seminar --help` is fast.
-Bad input exits with code 2 and one sentence naming the file, field or id.
+Bad input exits with its kind's code (seminar.errors) and one sentence naming the file, field
+or id.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from enum import StrEnum, unique
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-T = TypeVar("T")
+from seminar.errors import ArtifactError, DataError, UsageError, cli_guard, reading_options
 
 
 @unique
@@ -38,28 +38,16 @@ class Gsu(StrEnum):
     pq = "pq"
 
 
-def _guard(job: Callable[[], T]) -> T:
-    """Run a command body; known bad-input errors become one line on stderr and exit 2."""
-    from seminar.data.errors import DataError
-    from seminar.training.errors import TrainingError
-
-    try:
-        return job()
-    except (TrainingError, DataError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
-
-
-def _require_data_dir(data: Path) -> None:
-    from seminar.training.errors import TrainingError
-
+def require_data_dir(data: Path) -> None:
+    """DataError unless `data` is a directory, naming the command that prepares it."""
     if not data.is_dir():
-        raise TrainingError(
+        raise DataError(
             f"{data}: data directory not found; create it with `seminar data prepare movielens "
             f"--out {data}`."
         )
 
 
+@cli_guard
 def train(
     data: Annotated[Path, typer.Option(help="Prepared dataset directory (seminar data prepare).")],
     out: Annotated[
@@ -108,42 +96,33 @@ def train(
     written to OUT (checkpoint.safetensors, config.json, metrics.json, curve.png). Under
     `torchrun --nproc-per-node N -m seminar.cli train ...` it trains data-parallel (gloo on CPU).
     """
+    from seminar.training.config import QUICK_MODEL, QUICK_TRAIN, TrainConfig
+    from seminar.training.trainer import train_run
 
-    def job() -> dict[str, Any]:
-        from seminar.training.config import QUICK_MODEL, QUICK_TRAIN, TrainConfig
-        from seminar.training.errors import TrainingError
-        from seminar.training.trainer import train_run
-
-        _require_data_dir(data)
-        base = dict(QUICK_TRAIN) if quick else {}
-        model_fields: dict[str, Any] = dict(QUICK_MODEL) if quick else {}
-        train_fields = {
-            "seed": seed,
-            "pretrain": pretrain,
-            "epochs": epochs,
-            "pretrain_epochs": pretrain_epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "max_train_targets": max_train_targets,
-            "align_weight": align_weight,
-            "next_weight": next_weight,
-            "relevance_weight": relevance_weight,
-            "threads": threads,
-            "eval_users": eval_users,
-            "progress": not as_json,
-        }
-        model_changes = {"dim": dim, "heads": heads, "top_k": top_k, "max_history": max_history}
-        model_fields.update({k: v for k, v in model_changes.items() if v is not None})
-        model_fields.update({"use_text": text, "use_attr": attr})
-        try:
-            tc = TrainConfig(**base).override(**train_fields)
-            return train_run(data, out, model.value, tc, model_fields, resume=resume)
-        except ValueError as err:
-            if isinstance(err, TrainingError) or type(err).__name__ == "DataError":
-                raise
-            raise TrainingError(f"invalid configuration: {err}") from err
-
-    summary = _guard(job)
+    require_data_dir(data)
+    base = dict(QUICK_TRAIN) if quick else {}
+    model_fields: dict[str, Any] = dict(QUICK_MODEL) if quick else {}
+    train_fields = {
+        "seed": seed,
+        "pretrain": pretrain,
+        "epochs": epochs,
+        "pretrain_epochs": pretrain_epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "max_train_targets": max_train_targets,
+        "align_weight": align_weight,
+        "next_weight": next_weight,
+        "relevance_weight": relevance_weight,
+        "threads": threads,
+        "eval_users": eval_users,
+        "progress": not as_json,
+    }
+    model_changes = {"dim": dim, "heads": heads, "top_k": top_k, "max_history": max_history}
+    model_fields.update({k: v for k, v in model_changes.items() if v is not None})
+    model_fields.update({"use_text": text, "use_attr": attr})
+    with reading_options():
+        tc = TrainConfig(**base).override(**train_fields)
+    summary = train_run(data, out, model.value, tc, model_fields, resume=resume)
     if not summary:  # a non-zero DDP rank
         return
     if as_json:
@@ -169,8 +148,6 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def _retriever(gsu: Gsu, run: Any, pq_dir: Path | None, dataset: Any) -> Any:
     """None for the exact GSU; for --gsu pq the served artifacts of --pq-dir, or else the
     configuration `seminar build --target cpu` would serve, built from the run."""
-    from seminar.training.errors import TrainingError
-
     if gsu is Gsu.exact:
         return None
     try:
@@ -178,19 +155,15 @@ def _retriever(gsu: Gsu, run: Any, pq_dir: Path | None, dataset: Any) -> Any:
 
         load, build = pq.load_pq_retriever, pq.build_pq_retriever
     except (ImportError, AttributeError):
-        raise TrainingError("--gsu pq needs seminar.pq, which is not available.") from None
-    try:
-        if pq_dir is not None:
-            if not pq_dir.is_dir():
-                raise TrainingError(f"{pq_dir}: PQ artifact directory not found.")
-            return load(pq_dir)
-        return build(run.model, dataset, pq.PQConfig.for_serving("cpu"))
-    except TrainingError:
-        raise
-    except Exception as err:  # seminar.pq's own error type names the artifact
-        raise TrainingError(f"PQ retriever: {err}") from err
+        raise UsageError("--gsu pq needs seminar.pq, which is not available.") from None
+    if pq_dir is not None:
+        if not pq_dir.is_dir():
+            raise ArtifactError(f"{pq_dir}: PQ artifact directory not found.")
+        return load(pq_dir)
+    return build(run.model, dataset, pq.PQConfig.for_serving("cpu"))
 
 
+@cli_guard
 def evaluate(
     run: Annotated[Path, typer.Option(help="Run directory written by `seminar train`.")],
     split: Annotated[Split, typer.Option(help="Which 1 + 99 candidate lists.")] = Split.test,
@@ -206,26 +179,23 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Evaluate a trained run: HIT@{1,5,10,50}, NDCG@{1,5,10,50}, MRR, AUC, GAUC."""
+    from seminar.training.checkpoint import load_run
+    from seminar.training.evaluate import evaluate_split
+    from seminar.training.scoring import open_run_data
 
-    def job() -> dict[str, float]:
-        from seminar.training.checkpoint import load_run
-        from seminar.training.evaluate import evaluate_split
-        from seminar.training.scoring import open_run_data
-
-        loaded = load_run(run)
-        ds = open_run_data(loaded, data)
-        retriever = _retriever(gsu, loaded, pq_dir, ds)
-        return evaluate_split(
-            loaded.model, ds, split.value, retriever=retriever, progress=not as_json
-        )
-
-    metrics = _guard(job)
+    loaded = load_run(run)
+    ds = open_run_data(loaded, data)
+    retriever = _retriever(gsu, loaded, pq_dir, ds)
+    metrics = evaluate_split(
+        loaded.model, ds, split.value, retriever=retriever, progress=not as_json
+    )
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:
         _print_metrics(f"{run} {split.value} ({gsu.value} GSU)", metrics)
 
 
+@cli_guard
 def score(
     run: Annotated[Path, typer.Option(help="Run directory written by `seminar train`.")],
     user: Annotated[int, typer.Option(help="External user id (e.g. MovieLens userId).")],
@@ -245,24 +215,17 @@ def score(
     Computes what the serving ensemble computes: dataset tokenizer, the user's full history,
     exact (or the given PQ) GSU, ESU and scorer. Unknown item ids score as OOV.
     """
+    from seminar.training.checkpoint import load_run
+    from seminar.training.scoring import open_run_data, score_request
 
-    def job() -> list[float]:
-        from seminar.training.checkpoint import load_run
-        from seminar.training.errors import TrainingError
-        from seminar.training.scoring import open_run_data, score_request
-
-        try:
-            item_ids = [int(x) for x in items.split(",") if x.strip()]
-        except ValueError:
-            raise TrainingError(
-                f"--items: {items!r} is not a comma-separated list of ids."
-            ) from None
-        loaded = load_run(run)
-        ds = open_run_data(loaded, data)
-        retriever = _retriever(gsu, loaded, pq_dir, ds)
-        return score_request(loaded, user, query, item_ids, retriever=retriever, data=data)
-
-    scores = _guard(job)
+    try:
+        item_ids = [int(x) for x in items.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--items: {items!r} is not a comma-separated list of ids.") from None
+    loaded = load_run(run)
+    ds = open_run_data(loaded, data)
+    retriever = _retriever(gsu, loaded, pq_dir, ds)
+    scores = score_request(loaded, user, query, item_ids, retriever=retriever, data=data)
     if as_json:
         typer.echo(json.dumps({"scores": scores}))
     else:

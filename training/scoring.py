@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 
 from seminar.data.dataset import PreparedDataset
-from seminar.data.errors import DataError
+from seminar.errors import DataError, UsageError
 from seminar.model.retrieval import Retriever
 from seminar.model.seminar import SeminarModel
 from seminar.training.checkpoint import Run, load_run
-from seminar.training.errors import TrainingError
 
 
 def open_run_data(run: Run, data: str | Path | None = None) -> PreparedDataset:
@@ -27,10 +26,10 @@ def open_run_data(run: Run, data: str | Path | None = None) -> PreparedDataset:
     try:
         ds = PreparedDataset.load(path)
     except DataError as err:
-        raise TrainingError(f"{run.path}: cannot open its dataset ({err})") from err
+        raise DataError(f"{run.path}: cannot open its dataset ({err})") from err
     expected = run.data.get("checksum")
     if expected and ds.checksum != expected:
-        raise TrainingError(
+        raise DataError(
             f"{path}: dataset checksum {ds.checksum[:12]} differs from the one {run.path} was "
             f"trained on ({str(expected)[:12]}); pass the dataset it was trained on."
         )
@@ -80,11 +79,11 @@ def score_request(
     loaded = run if isinstance(run, Run) else load_run(run)
     ds = open_run_data(loaded, data)
     if not item_ids:
-        raise TrainingError("items: at least one candidate item id is required.")
+        raise UsageError("items: at least one candidate item id is required.")
     try:
         user = ds.user_index(int(user_id))
     except KeyError:
-        raise TrainingError(f"user {user_id} is not in the dataset {ds.path}.") from None
+        raise UsageError(f"user {user_id} is not in the dataset {ds.path}.") from None
     history = ds.history(user)  # the full lifelong sequence, as the serving store holds it
     tokens = ds.tokenizer().encode(query)
     items = [ds.item_index(int(i)) for i in item_ids]

@@ -25,13 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from seminar.data.dataset import PreparedDataset
+from seminar.errors import ArtifactError, ConflictError, DataError, UsageError, reading_options
 from seminar.model.config import ModelConfig, ModelKind
 from seminar.model.psu import PSU, transferable_state
 from seminar.model.seminar import SeminarModel
 from seminar.training.batches import Batch, epoch_batches, training_targets
 from seminar.training.checkpoint import CURVE, METRICS, RESUME, save_run
 from seminar.training.config import TrainConfig
-from seminar.training.errors import TrainingError
 from seminar.training.evaluate import evaluate_split
 
 SELECT_METRIC = "ndcg@10"
@@ -118,7 +118,7 @@ def finetune_model(
     if pretrained is not None:
         _, unexpected = model.load_state_dict(pretrained, strict=False)
         if unexpected:
-            raise TrainingError(f"pretrained state has tensors the model lacks: {unexpected[:3]}")
+            raise ArtifactError(f"pretrained state has tensors the model lacks: {unexpected[:3]}")
     return model
 
 
@@ -242,13 +242,14 @@ def _train_run(
 ) -> dict[str, Any]:
     ctx = DistContext.from_env()
     if tc.batch_size % ctx.world:
-        raise TrainingError(f"batch_size {tc.batch_size} is not divisible by {ctx.world} ranks.")
+        raise UsageError(f"batch_size {tc.batch_size} is not divisible by {ctx.world} ranks.")
     out = Path(out)
     ds = PreparedDataset.load(data)
-    config = model_config_for(ds, kind, **dict(model_overrides or {}))
+    with reading_options():  # the overrides are the command's --dim, --heads, ...
+        config = model_config_for(ds, kind, **dict(model_overrides or {}))
     targets = training_targets(ds, tc.max_train_targets, tc.seed)
     if len(targets) < tc.batch_size:
-        raise TrainingError(f"{data}: {len(targets)} training targets, fewer than one batch.")
+        raise DataError(f"{data}: {len(targets)} training targets, fewer than one batch.")
     seed_everything(tc.seed)
     started = time.perf_counter()
     history: dict[str, Any] = {"pretrain": [], "train": [], "valid": [], "valid_metrics": []}
@@ -390,7 +391,7 @@ def _load_resume(out: Path, config: ModelConfig, tc: TrainConfig) -> dict[str, A
         return None
     state = torch.load(path, weights_only=True)
     if state["config"] != _resume_key(config, tc):
-        raise TrainingError(f"{path}: saved with a different configuration; cannot resume.")
+        raise ConflictError(f"{path}: saved with a different configuration; cannot resume.")
     return state
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from seminar.errors import cli_guard, reading_options
+
 app = typer.Typer(
     help="Prepare datasets into the canonical layout (docs/data.md, docs/design.md section 1).",
     no_args_is_help=True,
@@ -41,15 +43,8 @@ NegativesOption = Annotated[
 
 
 def _run(job: Callable[[], Any], as_json: bool, title: str) -> None:
-    """Run a prepare job; a DataError becomes one line on stderr and exit code 2."""
-    from seminar.data.errors import DataError
-
-    try:
-        stats = job()
-    except (DataError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
-    _print_stats(stats.to_dict(), as_json, title)
+    """Run a prepare job and print its statistics."""
+    _print_stats(job().to_dict(), as_json, title)
 
 
 def _print_stats(stats: dict[str, Any], as_json: bool, title: str) -> None:
@@ -70,10 +65,12 @@ def _print_stats(stats: dict[str, Any], as_json: bool, title: str) -> None:
 def _config(seed: int, negatives: int, progress: bool) -> Any:
     from seminar.data.prepare import PrepareConfig
 
-    return PrepareConfig(seed=seed, negatives=negatives, progress=progress)
+    with reading_options():
+        return PrepareConfig(seed=seed, negatives=negatives, progress=progress)
 
 
 @prepare_app.command("movielens")
+@cli_guard
 def prepare_movielens(
     source: Annotated[
         Path,
@@ -94,6 +91,7 @@ def prepare_movielens(
 
 
 @prepare_app.command("events")
+@cli_guard
 def prepare_events(
     events: Annotated[
         Path, typer.Option(help="Event log, Parquet in the canonical schema (docs/data.md).")
@@ -110,7 +108,7 @@ def prepare_events(
     """Your own logs: canonical events.parquet + items.parquet -> prepared dataset.
 
     Positive = label 1. Bad input (missing or mistyped columns, empty files, unknown or
-    duplicate item ids, non-UTF-8 text) exits with code 2 and names the file and column.
+    duplicate item ids, non-UTF-8 text) exits with code 3 and names the file and column.
     """
     from seminar.data.events import prepare_events as run
 
@@ -122,6 +120,7 @@ def prepare_events(
 
 
 @prepare_app.command("synthetic")
+@cli_guard
 def prepare_synthetic(
     out: OutOption,
     users: Annotated[int, typer.Option(help="Number of synthetic users.")] = 1000,
@@ -148,7 +147,7 @@ def prepare_synthetic(
     from seminar.data.synthetic import SyntheticConfig
     from seminar.data.synthetic import prepare_synthetic as run
 
-    def job() -> Any:
+    with reading_options():
         config = SyntheticConfig(
             users=users,
             events_per_user=events_per_user,
@@ -158,24 +157,19 @@ def prepare_synthetic(
             length_spread=length_spread,
             image_dim=image_dim,
         )
-        return run(config, out, _config(seed, 99, not as_json))
-
-    _run(job, as_json, "SYNTHETIC")
+    prepare = _config(seed, 99, not as_json)
+    _run(lambda: run(config, out, prepare), as_json, "SYNTHETIC")
 
 
 @app.command("info")
+@cli_guard
 def info(
     data: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
     as_json: JsonOption = False,
 ) -> None:
     """Open a prepared dataset (checking its arrays) and print its statistics from meta.json."""
     from seminar.data.dataset import PreparedDataset
-    from seminar.data.errors import DataError
 
-    try:
-        ds = PreparedDataset.load(data)
-    except DataError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
+    ds = PreparedDataset.load(data)
     label = "SYNTHETIC " if ds.synthetic else ""
     _print_stats(ds.meta["stats"], as_json, f"{label}{ds.meta['name']}")

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seminar.data.errors import DataError
 from seminar.data.prepare import ARRAYS, FIRST_ITEM, META_FILE, OOV_ITEM
 from seminar.data.schema import SCHEMA_VERSION, read_events, read_items
 from seminar.data.tokenizer import QueryTokenizer
+from seminar.errors import DataError
 
 
 @dataclass(frozen=True)

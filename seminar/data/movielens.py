@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from seminar.data.errors import DataError
 from seminar.data.prepare import PrepareConfig, Stats, file_sha256, prepare_tables
 from seminar.data.schema import EventType, validate_events, validate_items
+from seminar.errors import DataError
 
 POSITIVE_RATING: Final = 4.0
 POSITIVE_RULE: Final = "rec events (ratings): rating >= 4.0; search events (tags): always positive"

@@ -35,10 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seminar.data import features
-from seminar.data.errors import DataError
 from seminar.data.schema import EVENTS_SCHEMA, SCHEMA_VERSION, EventType, image_embeddings
 from seminar.data.splits import SplitConfig, split_user
 from seminar.data.tokenizer import QUERY_TOKENS, QueryTokenizer
+from seminar.errors import ConflictError, DataError
 
 META_FILE = "meta.json"
 ARRAYS = "arrays"
@@ -121,7 +121,7 @@ def atomic_output(out: Path) -> Iterator[Path]:
     if out.exists():
         replaceable = out.is_dir() and ((out / META_FILE).is_file() or not any(out.iterdir()))
         if not replaceable:
-            raise DataError(
+            raise ConflictError(
                 f"{out} exists and is not a prepared dataset; refusing to overwrite it."
             )
     out.parent.mkdir(parents=True, exist_ok=True)

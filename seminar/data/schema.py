@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seminar.data.errors import DataError
+from seminar.errors import DataError
 
 SCHEMA_VERSION: Final = 1
 

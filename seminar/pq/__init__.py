@@ -20,7 +20,6 @@ _EXPORTS = {
     "train_codebooks": "seminar.pq.codebooks",
     "PQConfig": "seminar.pq.config",
     "ScoringBackend": "seminar.pq.config",
-    "PQError": "seminar.pq.errors",
     "PQRetriever": "seminar.pq.retriever",
     "SequenceStore": "seminar.pq.store",
     "build_sequence_store": "seminar.pq.store",

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from seminar.errors import ArtifactError
 from seminar.pq.codebooks import Codebooks, train_codebooks
 from seminar.pq.config import PQConfig
-from seminar.pq.errors import PQError
 from seminar.pq.retriever import PQRetriever
 from seminar.pq.store import SequenceStore, build_sequence_store, sha256_file
 
@@ -43,7 +43,7 @@ def gsu_projection(model: Any, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         got = torch.einsum("be,ehd->bhd", x, weight) + bias
     err = (want - got).abs().max().item()
     if err > AFFINE_TOLERANCE * max(1.0, want.abs().max().item()):
-        raise PQError(f"model.gsu_query_vectors is not affine in x_t (max error {err:.2e})")
+        raise ArtifactError(f"model.gsu_query_vectors is not affine in x_t (max error {err:.2e})")
     return weight.contiguous(), bias.contiguous()
 
 
@@ -106,7 +106,7 @@ def save_retriever(retriever: PQRetriever, out_dir: Path) -> dict:
     from safetensors.torch import save_file
 
     if retriever.store is None or retriever.gsu_weight is None:
-        raise PQError("only a retriever with a sequence store and GSU weights can be saved")
+        raise RuntimeError("only a retriever with a sequence store and GSU weights can be saved")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     retriever.codebooks.save(out_dir / "codebooks.npz")
@@ -153,18 +153,18 @@ def load_pq_retriever(
     artifact_dir = Path(artifact_dir)
     manifest_path = artifact_dir / "manifest.json"
     if not manifest_path.exists():
-        raise PQError(f"PQ artifact manifest not found: {manifest_path}")
+        raise ArtifactError(f"PQ artifact manifest not found: {manifest_path}")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != ARTIFACT_FORMAT:
-        raise PQError(
+        raise ArtifactError(
             f"{manifest_path}: format {manifest.get('format')!r}, want {ARTIFACT_FORMAT!r}"
         )
     for name, digest in manifest["files"].items():
         path = artifact_dir / name
         if not path.exists():
-            raise PQError(f"PQ artifact file not found: {path}")
+            raise ArtifactError(f"PQ artifact file not found: {path}")
         if verify and sha256_file(path) != digest:
-            raise PQError(f"{path}: sha256 does not match {manifest_path}")
+            raise ArtifactError(f"{path}: sha256 does not match {manifest_path}")
     codebooks = Codebooks.load(artifact_dir / "codebooks.npz")
     tensors = load_file(str(artifact_dir / "tables.safetensors"))
     modalities = manifest["modalities"]

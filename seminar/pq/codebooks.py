@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar.errors import ArtifactError, UsageError
 from seminar.pq.config import PQConfig
-from seminar.pq.errors import PQError
 
 QUERY_MODALITY = "query"
 
@@ -104,10 +104,12 @@ class Codebooks:
     def encode(self, modality: str, x: np.ndarray) -> np.ndarray:
         """Rows (N, D) of one modality's table -> nearest-centroid codes (N, S) uint8."""
         if modality not in self.modalities:
-            raise PQError(f"no codebook for modality {modality!r} (have {list(self.modalities)})")
+            raise ArtifactError(
+                f"no codebook for modality {modality!r} (have {list(self.modalities)})"
+            )
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise PQError(f"table {modality!r} must be (N, {self.dim}), got {x.shape}")
+            raise ArtifactError(f"table {modality!r} must be (N, {self.dim}), got {x.shape}")
         if self.rotation is not None:
             x = np.ascontiguousarray(x @ self.rotation.T)  # rows e -> R e
         pq = self._faiss_pq(self.modalities.index(modality))
@@ -138,7 +140,7 @@ class Codebooks:
         path = Path(path)
         meta_path = path.with_suffix(".json")
         if not path.exists() or not meta_path.exists():
-            raise PQError(f"codebooks not found: {path} and {meta_path} are both needed")
+            raise ArtifactError(f"codebooks not found: {path} and {meta_path} are both needed")
         meta = json.loads(meta_path.read_text())
         with np.load(path) as z:
             centroids = z["centroids"].astype(np.float32)
@@ -155,14 +157,14 @@ def train_codebooks(tables: dict[str, np.ndarray], config: PQConfig = PQConfig()
     import faiss
 
     if not tables:
-        raise PQError("no component tables to train codebooks on")
+        raise ArtifactError("no component tables to train codebooks on")
     names = _ordered_modalities(tables)
     dims = {name: np.asarray(t).shape[1] for name, t in tables.items()}
     if len(set(dims.values())) != 1:
-        raise PQError(f"component tables disagree on D: {dims}")
+        raise ArtifactError(f"component tables disagree on D: {dims}")
     dim = next(iter(dims.values()))
     if dim % config.n_subspaces:
-        raise PQError(f"D={dim} is not divisible by n_subspaces={config.n_subspaces}")
+        raise UsageError(f"D={dim} is not divisible by n_subspaces={config.n_subspaces}")
     k = config.n_centroids
     rng = np.random.default_rng(config.seed)
     samples = {}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from seminar.errors import ArtifactError
 from seminar.pq.codebooks import Codebooks, pack_codes
-from seminar.pq.errors import PQError
 
 FASTSCAN_BBS = 32  # events per fast-scan block: the AVX2 register width in 4-bit codes
 # faiss's pq4_pack_codes: inside a block, byte j of a sub-quantizer holds the codes of events
@@ -34,7 +34,7 @@ def pack_fastscan(codes: np.ndarray) -> np.ndarray:
     exact byte layout of faiss's IndexPQFastScan (bbs 32); the last block is zero-padded."""
     n, c = codes.shape
     if c % 2:
-        raise PQError(f"fast-scan needs an even number of codes per event, got {c}")
+        raise ArtifactError(f"fast-scan needs an even number of codes per event, got {c}")
     n_blocks = -(-n // FASTSCAN_BBS)
     padded = np.zeros((n_blocks * FASTSCAN_BBS, c), np.uint8)
     padded[:n] = codes
@@ -127,7 +127,7 @@ class FaissScanner:
         """Like `search`, over a stored sequence already in fast-scan layout (`pack_fastscan`):
         blocks (ceil(n_events / 32), 16 * C) uint8."""
         if self._stored is None:
-            raise PQError("search_blocks needs 4-bit codebooks (fast-scan layout)")
+            raise RuntimeError("search_blocks needs 4-bit codebooks (fast-scan layout)")
         if n_events == 0:
             return _empty(len(u), k)
         index = self._stored

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from seminar.errors import ArtifactError, UsageError
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
 from seminar.pq.codebooks import QUERY_MODALITY, Codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
-from seminar.pq.errors import PQError
 from seminar.pq.store import SequenceStore
 
 
@@ -25,9 +25,9 @@ def resolve_backend(backend: ScoringBackend, nbits: int, device: torch.device) -
             return ScoringBackend.FAISS
         return ScoringBackend.TORCH_DECODE
     if backend == ScoringBackend.FAISS and device.type != "cpu":
-        raise PQError(f"backend 'faiss' runs on the CPU only, the retriever is on {device}")
+        raise UsageError(f"backend 'faiss' runs on the CPU only, the retriever is on {device}")
     if backend == ScoringBackend.TRITON and device.type != "cuda":
-        raise PQError(f"backend 'triton' needs a CUDA GPU, the retriever is on {device}")
+        raise UsageError(f"backend 'triton' needs a CUDA GPU, the retriever is on {device}")
     return backend
 
 
@@ -60,10 +60,10 @@ class PQRetriever:
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise PQError("device 'cuda' was asked for but torch sees no CUDA GPU")
+            raise UsageError("device 'cuda' was asked for but torch sees no CUDA GPU")
         missing = [m for m in codebooks.modalities if m not in tables or m not in table_codes]
         if missing:
-            raise PQError(f"tables/table codes missing for modalities {missing}")
+            raise ArtifactError(f"tables/table codes missing for modalities {missing}")
         self.codebooks = codebooks
         self.config = config
         self.k = k
@@ -90,7 +90,9 @@ class PQRetriever:
         }
         self.store = store
         if store is not None and tuple(store.modalities) != tuple(self.modalities):
-            raise PQError(f"store modalities {store.modalities} != codebooks {self.modalities}")
+            raise ArtifactError(
+                f"store modalities {store.modalities} != codebooks {self.modalities}"
+            )
         self.gsu_weight = None if gsu_weight is None else gsu_weight.float().to(self.device)
         self.gsu_bias = None if gsu_bias is None else gsu_bias.float().to(self.device)
         self._faiss = None
@@ -103,7 +105,7 @@ class PQRetriever:
         """The same codebooks, tables, store and projection scored with another backend /
         rerank setting (the code width must match the trained codebooks)."""
         if config.nbits != self.codebooks.nbits or config.n_subspaces != self.codebooks.n_subspaces:
-            raise PQError(
+            raise UsageError(
                 f"config asks for {config.n_subspaces} x {config.nbits}-bit codes, the codebooks "
                 f"are {self.codebooks.n_subspaces} x {self.codebooks.nbits}-bit"
             )
@@ -154,7 +156,9 @@ class PQRetriever:
     def query_vectors(self, x_t: torch.Tensor) -> torch.Tensor:
         """u = model.gsu_query_vectors(x_t) from the saved projection: (B, D) -> (B, H, D)."""
         if self.gsu_weight is None:
-            raise PQError("this retriever has no GSU projection weights (built without a model)")
+            raise RuntimeError(
+                "this retriever has no GSU projection weights (built without a model)"
+            )
         d, h, _ = self.gsu_weight.shape
         # (B, D) @ (D, H*D) -> (B, H*D) -> (B, H, D): one small GEMM
         u = (x_t.float().to(self.device) @ self.gsu_weight.reshape(d, h * d)).reshape(-1, h, d)
@@ -334,7 +338,7 @@ class PQRetriever:
         user_index -1 (unknown user) -> an empty sequence. With the faiss backend over a 4-bit
         store, `blocks` are the user's fast-scan blocks and codes are not unpacked (None)."""
         if self.store is None:
-            raise PQError("this retriever has no sequence store (built for offline use only)")
+            raise RuntimeError("this retriever has no sequence store (built for offline use only)")
         blocks = None
         if user_index == -1:
             item = np.zeros(0, np.int32)
@@ -372,7 +376,7 @@ class PQRetriever:
         and the chosen positions (B, H, K) with their validity."""
         k = self.k if k is None else k
         if x_t.ndim != 2 or x_t.shape[1] != self.codebooks.dim:
-            raise PQError(f"x_t must be (B, {self.codebooks.dim}), got {tuple(x_t.shape)}")
+            raise ValueError(f"x_t must be (B, {self.codebooks.dim}), got {tuple(x_t.shape)}")
         item, query, codes, blocks = self.user_sequence(user_index, with_codes=False)
         u = self.query_vectors(x_t)  # (B, H, D)
         mask = torch.ones(item.shape, dtype=torch.bool, device=self.device)  # (1, L)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar.errors import ArtifactError
 from seminar.pq.codebooks import QUERY_MODALITY
-from seminar.pq.errors import PQError
 from seminar.pq.faiss_scan import FASTSCAN_BBS, pack_fastscan, unpack_fastscan
 
 STORE_FORMAT = "seminar-pq-store/2"
@@ -59,25 +59,29 @@ class SequenceStore:
     def __post_init__(self) -> None:
         n = len(self.item)
         if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
-            raise PQError("store offsets must be a 1-d array starting at 0")
+            raise ArtifactError("store offsets must be a 1-d array starting at 0")
         if self.offsets[-1] != n or np.any(np.diff(self.offsets) < 0):
-            raise PQError(f"store offsets must be non-decreasing and end at N={n}")
+            raise ArtifactError(f"store offsets must be non-decreasing and end at N={n}")
         if len(self.query) != n:
-            raise PQError(f"store arrays disagree on N: item {n}, query {len(self.query)}")
+            raise ArtifactError(f"store arrays disagree on N: item {n}, query {len(self.query)}")
         if self.codes.ndim != 2 or self.code_size % len(self.modalities):
-            raise PQError(
+            raise ArtifactError(
                 f"store codes must hold M*S codes per event with M={len(self.modalities)}"
             )
         if not self.fastscan:
             if self.codes.shape[0] != n:
-                raise PQError(f"store arrays disagree on N: item {n}, codes {self.codes.shape[0]}")
+                raise ArtifactError(
+                    f"store arrays disagree on N: item {n}, codes {self.codes.shape[0]}"
+                )
             return
         blocks = self.block_offsets
         if blocks is None or len(blocks) != len(self.offsets):
-            raise PQError("a 4-bit store needs block_offsets (U+1,) beside its fast-scan codes")
+            raise ArtifactError(
+                "a 4-bit store needs block_offsets (U+1,) beside its fast-scan codes"
+            )
         need = -(-np.diff(self.offsets) // FASTSCAN_BBS)  # blocks each user needs
         if blocks[0] != 0 or np.any(np.diff(blocks) != need) or blocks[-1] != len(self.codes):
-            raise PQError("store block_offsets disagree with offsets and the fast-scan codes")
+            raise ArtifactError("store block_offsets disagree with offsets and the fast-scan codes")
 
     @property
     def fastscan(self) -> bool:
@@ -105,7 +109,7 @@ class SequenceStore:
 
     def user_slice(self, user_index: int) -> slice:
         if not 0 <= user_index < self.n_users:
-            raise PQError(f"user_index {user_index} out of range [0, {self.n_users})")
+            raise ValueError(f"user_index {user_index} out of range [0, {self.n_users})")
         return slice(int(self.offsets[user_index]), int(self.offsets[user_index + 1]))
 
     def user(self, user_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +125,7 @@ class SequenceStore:
     def user_blocks(self, user_index: int) -> np.ndarray:
         """One user's fast-scan blocks (ceil(L / 32), 16*M*S) uint8, a view (4-bit only)."""
         if not self.fastscan:
-            raise PQError("only a 4-bit store holds fast-scan blocks")
+            raise RuntimeError("only a 4-bit store holds fast-scan blocks")
         self.user_slice(user_index)  # range check
         lo, hi = self.block_offsets[user_index], self.block_offsets[user_index + 1]
         return self.codes[int(lo) : int(hi)]
@@ -161,14 +165,14 @@ class SequenceStore:
         store_dir = Path(store_dir)
         manifest_path = store_dir / MANIFEST
         if not manifest_path.exists():
-            raise PQError(f"sequence store manifest not found: {manifest_path}")
+            raise ArtifactError(f"sequence store manifest not found: {manifest_path}")
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as e:
-            raise PQError(f"{manifest_path} is not valid JSON: {e}") from e
+            raise ArtifactError(f"{manifest_path} is not valid JSON: {e}") from e
         fmt = manifest.get("format")
         if fmt not in (STORE_FORMAT, STORE_FORMAT_V1):
-            raise PQError(f"{manifest_path}: format {fmt!r}, want {STORE_FORMAT!r}")
+            raise ArtifactError(f"{manifest_path}: format {fmt!r}, want {STORE_FORMAT!r}")
         nbits = int(manifest["nbits"])
         packed = nbits == 4 and fmt == STORE_FORMAT
         loaded = {}
@@ -176,15 +180,15 @@ class SequenceStore:
         for name in names:
             entry = manifest["arrays"].get(name)
             if entry is None:
-                raise PQError(f"{manifest_path}: array {name!r} is missing")
+                raise ArtifactError(f"{manifest_path}: array {name!r} is missing")
             path = store_dir / entry["file"]
             if not path.exists():
-                raise PQError(f"sequence store file not found: {path}")
+                raise ArtifactError(f"sequence store file not found: {path}")
             if verify and sha256_file(path) != entry["sha256"]:
-                raise PQError(f"{path}: sha256 does not match {manifest_path}")
+                raise ArtifactError(f"{path}: sha256 does not match {manifest_path}")
             arr = np.load(path, mmap_mode="r" if mmap else None)
             if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
-                raise PQError(
+                raise ArtifactError(
                     f"{path}: shape/dtype {arr.shape}/{arr.dtype} disagree with the manifest "
                     f"{entry['shape']}/{entry['dtype']}"
                 )
@@ -226,11 +230,11 @@ def build_sequence_store(
     query = np.asarray(query, dtype=np.int32)
     for m in modalities:
         if m not in table_codes:
-            raise PQError(f"no table codes for modality {m!r}")
+            raise ArtifactError(f"no table codes for modality {m!r}")
         rows = len(table_codes[m])
         idx = query if m == QUERY_MODALITY else item
         if len(idx) and (idx.min() < 0 or idx.max() >= rows):
-            raise PQError(
+            raise ArtifactError(
                 f"event {'query' if m == QUERY_MODALITY else 'item'} index out of range for table {m!r} ({rows} rows)"
             )
     codes = event_codes(table_codes, modalities, item, query)

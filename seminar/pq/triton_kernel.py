@@ -15,8 +15,8 @@ import functools
 
 import torch
 
+from seminar.errors import UsageError
 from seminar.pq.adc import build_luts
-from seminar.pq.errors import PQError
 
 BLOCK_L = 128  # events per program
 
@@ -27,7 +27,7 @@ def _kernel():
         import triton
         import triton.language as tl
     except ImportError as err:  # pragma: no cover - depends on the machine
-        raise PQError("backend 'triton' needs the `triton` package (Triton-lang)") from err
+        raise UsageError("backend 'triton' needs the `triton` package (Triton-lang)") from err
 
     @triton.jit
     def adc_kernel(
@@ -70,7 +70,7 @@ def adc_scores_triton(
     b, h, _ = u.shape
     bc, n_l, c = codes.shape
     if bc not in (1, b):
-        raise PQError(f"codes batch {bc} must be 1 or B={b}")
+        raise ValueError(f"codes batch {bc} must be 1 or B={b}")
     lut = build_luts(u.float(), centroids.float()).contiguous()  # (B, H, C, k)
     k = lut.shape[-1]
     codes = codes.contiguous()

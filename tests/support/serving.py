@@ -151,7 +151,7 @@ def start_triton(
 
 def require_serving_pieces(repo: Path) -> None:
     """Skip, naming the missing piece, when another area's part the server needs is absent."""
-    from seminar.serving.backend import ArtifactError
+    from seminar.errors import ArtifactError
     from seminar.serving.retrieval import pair_alpha
 
     for pq_dir in sorted(repo.glob("pq_retrieval/*/pq")):
