@@ -20,7 +20,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import model_config_pb2
 
 from seminar import contract
 
@@ -69,20 +69,20 @@ def _tensors(message_list, specs: tuple[contract.TensorSpec, ...]) -> None:
     for t in specs:
         entry = message_list.add()
         entry.name = t.name
-        entry.data_type = mc.DataType.Value(t.dtype.value)
+        entry.data_type = model_config_pb2.DataType.Value(t.dtype.value)
         entry.dims.extend(t.dims)
 
 
-def _params(config: mc.ModelConfig, params: Mapping[str, str]) -> None:
+def _params(config: model_config_pb2.ModelConfig, params: Mapping[str, str]) -> None:
     for key in sorted(params):
         config.parameters[key].string_value = params[key]
 
 
 def model_config(
     spec: contract.ModelSpec, target: contract.Target, serving: ServingConfig
-) -> mc.ModelConfig:
+) -> model_config_pb2.ModelConfig:
     """The ModelConfig of one composing model for a target."""
-    config = mc.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
+    config = model_config_pb2.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
     _tensors(config.input, spec.inputs)
     _tensors(config.output, spec.outputs)
     config.version_policy.all.SetInParent()
@@ -115,10 +115,12 @@ def model_config(
 
 def ensemble_config(
     dims: contract.PipelineDims, name: str, pinned_version: int, serving: ServingConfig
-) -> mc.ModelConfig:
+) -> model_config_pb2.ModelConfig:
     """An ensemble whose every step is pinned to `pinned_version`."""
     spec = contract.ensemble_spec(dims, name)
-    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
+    config = model_config_pb2.ModelConfig(
+        name=name, platform="ensemble", max_batch_size=serving.max_batch_size
+    )
     _tensors(config.input, spec.inputs)
     _tensors(config.output, spec.outputs)
     config.version_policy.latest.num_versions = 1
@@ -131,20 +133,20 @@ def ensemble_config(
     return config
 
 
-def to_text(config: mc.ModelConfig) -> str:
+def to_text(config: model_config_pb2.ModelConfig) -> str:
     return text_format.MessageToString(config)
 
 
-def parse_config(path: Path) -> mc.ModelConfig:
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
     """Parse a config.pbtxt with Triton's model-config protobuf; ConfigError names the file."""
     try:
-        return text_format.Parse(path.read_text(), mc.ModelConfig())
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (OSError, text_format.ParseError) as exc:
         raise ConfigError(f"{path}: not a valid Triton model config: {exc}") from exc
 
 
 def _check_tensors(where: str, kind: str, got, want: tuple[contract.TensorSpec, ...]) -> None:
-    got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
+    got_list = [(t.name, model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
     want_list = [(t.name, t.dtype.value, t.dims) for t in want]
     if got_list != want_list:
         raise ConfigError(f"{where}: {kind} {got_list} != pipeline {want_list}")
@@ -177,7 +179,7 @@ def validate_config(
     target: contract.Target,
     onnx_path: Path | None = None,
     serving: ServingConfig | None = None,
-) -> mc.ModelConfig:
+) -> model_config_pb2.ModelConfig:
     """Parse `path` and check it against the pipeline spec and (exported models) the graph."""
     config = parse_config(path)
     where = str(path)
@@ -213,7 +215,7 @@ def validate_config(
     want_kind = instance_kind(spec, target)
     if kinds != {want_kind}:
         raise ConfigError(
-            f"{where}: instance kind must be {mc.ModelInstanceGroup.Kind.Name(want_kind)}"
+            f"{where}: instance kind must be {model_config_pb2.ModelInstanceGroup.Kind.Name(want_kind)}"
         )
     if onnx_path is not None:
         inputs, outputs = onnx_tensors(onnx_path)
@@ -221,7 +223,9 @@ def validate_config(
             ("inputs", inputs, config.input),
             ("outputs", outputs, config.output),
         ):
-            cfg_rows = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg]
+            cfg_rows = [
+                (t.name, model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg
+            ]
             if graph_rows != cfg_rows:
                 raise ConfigError(
                     f"{where}: {kind} {cfg_rows} != ONNX graph {onnx_path.name} {graph_rows}"
@@ -229,7 +233,7 @@ def validate_config(
     return config
 
 
-def _check_queue_policy(where: str, config: mc.ModelConfig) -> None:
+def _check_queue_policy(where: str, config: model_config_pb2.ModelConfig) -> None:
     """No composing model may reject a request from its queue.
 
     A step that ends a request early (a queue timeout, like a cancellation) while a sibling
@@ -250,7 +254,10 @@ def _check_queue_policy(where: str, config: mc.ModelConfig) -> None:
 
 
 def _check_parameters(
-    where: str, config: mc.ModelConfig, spec: contract.ModelSpec, serving: ServingConfig | None
+    where: str,
+    config: model_config_pb2.ModelConfig,
+    spec: contract.ModelSpec,
+    serving: ServingConfig | None,
 ) -> None:
     """The parameters the Python models read beyond the spec's static ones."""
     params = {key: value.string_value for key, value in config.parameters.items()}
@@ -273,13 +280,15 @@ def _check_parameters(
         )
 
 
-def tensor_mismatch(config: mc.ModelConfig, spec: contract.ModelSpec) -> str | None:
+def tensor_mismatch(config: model_config_pb2.ModelConfig, spec: contract.ModelSpec) -> str | None:
     """None when a written config has the spec's tensors, else what differs (one line)."""
     for kind, got, want in (
         ("inputs", config.input, spec.inputs),
         ("outputs", config.output, spec.outputs),
     ):
-        got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
+        got_list = [
+            (t.name, model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in got
+        ]
         want_list = [(t.name, t.dtype.value, t.dims) for t in want]
         if got_list != want_list:
             diff = [(g, w) for g, w in zip(got_list, want_list, strict=False) if g != w]
@@ -291,10 +300,16 @@ def instance_kind(spec: contract.ModelSpec, target: contract.Target) -> int:
     """KIND_GPU for the engines and pq_retrieval on gpu; the features lookup (numpy id maps
     and a tokenizer) always runs on the CPU."""
     on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
-    return mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+    return (
+        model_config_pb2.ModelInstanceGroup.KIND_GPU
+        if on_gpu
+        else model_config_pb2.ModelInstanceGroup.KIND_CPU
+    )
 
 
-def config_target(config: mc.ModelConfig, spec: contract.ModelSpec) -> contract.Target | None:
+def config_target(
+    config: model_config_pb2.ModelConfig, spec: contract.ModelSpec
+) -> contract.Target | None:
     """The target a written composing-model config was generated for (None: cannot tell)."""
     kinds = {g.kind for g in config.instance_group}
     matches = [t for t in contract.Target if kinds == {instance_kind(spec, t)}]
@@ -385,16 +400,16 @@ def _show_list(fd: FieldDescriptor, values: Iterable[object]) -> str:
     return "[" + ", ".join(_show(fd, v) for v in values) + "]"
 
 
-def pinned_version(config: mc.ModelConfig) -> int | None:
+def pinned_version(config: model_config_pb2.ModelConfig) -> int | None:
     """The composing version every step of an ensemble config is pinned to (None if the
     steps disagree or are not pinned)."""
     versions = {s.model_version for s in config.ensemble_scheduling.step}
     return versions.pop() if len(versions) == 1 and -1 not in versions else None
 
 
-def repinned(config: mc.ModelConfig, version: int) -> mc.ModelConfig:
+def repinned(config: model_config_pb2.ModelConfig, version: int) -> model_config_pb2.ModelConfig:
     """A copy of an ensemble config with every step pinned to `version`; nothing else changes."""
-    out = mc.ModelConfig()
+    out = model_config_pb2.ModelConfig()
     out.CopyFrom(config)
     for step in out.ensemble_scheduling.step:
         step.model_version = version

@@ -29,14 +29,17 @@ def _params(repo: Path, model: str) -> dict[str, str]:
 
 
 def _dtypes(repo: Path, model: str) -> tuple[dict[str, np.dtype], dict[str, np.dtype]]:
-    from tritonclient.grpc import model_config_pb2 as mc
+    from tritonclient.grpc import model_config_pb2
 
     from seminar.build.repository import parse_config
 
     config = parse_config(repo / model / "config.pbtxt")
 
     def dtypes(tensors) -> dict[str, np.dtype]:
-        return {t.name: contract.DataType(mc.DataType.Name(t.data_type)).numpy for t in tensors}
+        return {
+            t.name: contract.DataType(model_config_pb2.DataType.Name(t.data_type)).numpy
+            for t in tensors
+        }
 
     return dtypes(config.input), dtypes(config.output)
 

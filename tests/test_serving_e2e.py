@@ -229,9 +229,9 @@ def model_inputs(client, model: str, values: dict[str, np.ndarray]) -> list:
 
 def index_range(repo, model: str, name: str) -> tuple[int, int]:
     from seminar import contract
-    from seminar.build import artifacts as A
+    from seminar.build import artifacts
 
-    return A.read_index_ranges(repo / model / "1" / contract.INDEX_RANGES_FILE)[name]
+    return artifacts.read_index_ranges(repo / model / "1" / contract.INDEX_RANGES_FILE)[name]
 
 
 @pytest.mark.parametrize("where", ["negative", "past the end"])
