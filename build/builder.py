@@ -32,7 +32,7 @@ from pathlib import Path
 
 from torch import nn
 
-from seminar import contract
+from seminar import contract, manifest
 from seminar.build import artifacts, export, lock, repository, tensorrt
 from seminar.provenance import git_revision
 
@@ -355,7 +355,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
 
     progress("configs and manifests")
     for name in contract.COMPOSING_MODELS:
-        artifacts.write_manifest(version_dirs[name])
+        manifest.write_manifest(version_dirs[name])
         path = staging / name / repository.CONFIG_FILE
         path.write_text(
             repository.to_text(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from seminar import contract
-from seminar.build import artifacts, builder, repository
+from seminar import contract, manifest
+from seminar.build import builder, repository
 from tests.support.build import BuiltRepo, copy_repo, start_build_process, start_gated_build
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_two_builds_of_one_version_at_once_one_lands_the_other_is_refused(
     assert "Traceback" not in refusal
     assert builder.existing_versions(repo) == [1, 7]
     for name in contract.COMPOSING_MODELS:
-        artifacts.verify_manifest(repo / name / "7")
+        manifest.verify_manifest(repo / name / "7")
     assert not list(tmp_path.glob(".repo.v*")), "staging dir left behind"
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar import contract
+from seminar import contract, manifest
 from seminar.build import artifacts, builder, export, repository, tensorrt
+from seminar.errors import ArtifactError
 from tests.support.build import CHECKOUT, BuiltRepo, build_cli, copy_repo, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -100,16 +101,16 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
 
 def test_manifests_verify_and_a_corrupted_artifact_is_detected(model_repo, tmp_path):
     for name in contract.COMPOSING_MODELS:
-        assert artifacts.verify_manifest(model_repo.repo / name / "1") >= 2
-    pq = artifacts.verify_manifest(model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1")
-    assert pq >= 4, "the PQ artifacts (codebooks, store, tables) are covered"
+        assert len(manifest.verify_manifest(model_repo.repo / name / "1").files) >= 2
+    pq = manifest.verify_manifest(model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1")
+    assert len(pq.files) >= 4, "the PQ artifacts (codebooks, store, tables) are covered"
     repo = copy_repo(model_repo, tmp_path / "repo")
     victim = repo / contract.FEATURES_MODEL / "1" / contract.ITEM_IDS_FILE
     ids = np.load(victim)
     ids[0] += 1  # same shape, size and dtype: only the checksum can tell
     np.save(victim, ids)
-    with pytest.raises(artifacts.ArtifactError, match=r"item_ids\.npy: sha256"):
-        artifacts.verify_manifest(repo / contract.FEATURES_MODEL / "1")
+    with pytest.raises(ArtifactError, match=r"item_ids\.npy: sha256"):
+        manifest.verify_manifest(repo / contract.FEATURES_MODEL / "1")
 
 
 def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
@@ -228,7 +229,7 @@ def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path
     assert builder.existing_versions(repo) == [1]
     assert not list(repo.parent.glob(".repo.v*")), "the replaced version was not cleaned up"
     for name in contract.COMPOSING_MODELS:
-        artifacts.verify_manifest(repo / name / "1")
+        manifest.verify_manifest(repo / name / "1")
 
 
 @pytest.mark.gpu
@@ -253,15 +254,16 @@ def test_cpu_build_serves_the_fast_scan_rerank_config_by_default(model_repo):
     from seminar.pq import PQConfig
 
     pq_dir = model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1" / contract.PQ_DIR
-    manifest = json.loads((pq_dir / "manifest.json").read_text())
+    pq_manifest = manifest.read_manifest(pq_dir).fields
+    store = manifest.read_manifest(pq_dir / "store").files
     want = PQConfig.for_serving("cpu")
-    assert manifest["config"]["nbits"] == want.nbits == 4
-    assert manifest["config"]["rerank"] == want.rerank == 4
-    assert "block_offsets" in manifest["store"]["arrays"]
+    assert pq_manifest["config"]["nbits"] == want.nbits == 4
+    assert pq_manifest["config"]["rerank"] == want.rerank == 4
+    assert "block_offsets.npy" in store
     # two codes per byte: half a byte per (modality, sub-space) code, plus each user's last
     # block of 32 events padded (MovieLens histories are short, so that padding shows)
-    n_codes = manifest["store"]["arrays"]["codes"]["shape"][1] // 16
-    assert manifest["bytes_per_event"] <= 0.6 * n_codes
+    n_codes = store["codes.npy"].shape[1] // 16
+    assert pq_manifest["bytes_per_event"] <= 0.6 * n_codes
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """build/ units that need no trained model: the pipeline declaration, config generation and
-validation, manifests, the parity gate itself, TensorRT command lines and the gpu refusal."""
+validation, the parity gate itself, TensorRT command lines and the gpu refusal."""
 
 from __future__ import annotations
 
@@ -185,34 +185,6 @@ def test_index_ranges_round_trip_and_bad_files_are_named(tmp_path):
     path.write_text('{"item_index": [5, 5]}')
     with pytest.raises(artifacts.ArtifactError, match="not a valid index ranges file"):
         artifacts.read_index_ranges(path)
-
-
-def test_manifest_lists_the_pycache_blocker_but_no_bytecode(tmp_path):
-    (tmp_path / contract.PYTHON_FILE).write_text("x = 1\n")
-    (tmp_path / contract.PYCACHE_BLOCKER).touch()
-    stray = tmp_path / "pq" / "__pycache__"
-    stray.mkdir(parents=True)
-    (stray / "model.cpython-311.pyc").write_bytes(b"bytecode")
-    files = artifacts.write_manifest(tmp_path)["files"]
-    assert sorted(files) == [contract.PYCACHE_BLOCKER, contract.PYTHON_FILE]
-    (tmp_path / contract.PYCACHE_BLOCKER).unlink()
-    with pytest.raises(artifacts.ArtifactError, match="without excluding __pycache__"):
-        artifacts.verify_manifest(tmp_path)
-
-
-def test_manifest_verifies_and_detects_corruption(tmp_path):
-    np.save(tmp_path / "a.npy", np.arange(10, dtype=np.int64))
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.json").write_text('["x"]')
-    manifest = artifacts.write_manifest(tmp_path)
-    assert manifest["files"]["a.npy"]["shape"] == [10]
-    assert artifacts.verify_manifest(tmp_path) == 2
-    (tmp_path / "sub" / "b.json").write_text('["y"]')  # same size, other bytes
-    with pytest.raises(artifacts.ArtifactError, match=r"b\.json: sha256"):
-        artifacts.verify_manifest(tmp_path)
-    (tmp_path / "sub" / "b.json").unlink()
-    with pytest.raises(artifacts.ArtifactError, match="missing"):
-        artifacts.verify_manifest(tmp_path)
 
 
 class _Doubler(nn.Module):

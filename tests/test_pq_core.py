@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from seminar.bench.pq import threshold_recall
+from seminar.errors import ArtifactError
 from seminar.pq import PQConfig, PQError, ScoringBackend, SequenceStore
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
 from seminar.pq.codebooks import pack_codes, unpack_codes
@@ -166,8 +167,8 @@ def test_masked_topk_handles_empty_sequences() -> None:
 
 def test_store_round_trip_and_verify(pq_world_8bit, tmp_path) -> None:
     store = pq_world_8bit.store
-    manifest = store.save(tmp_path / "store")
-    assert manifest["arrays"]["codes"]["shape"] == list(store.codes.shape)
+    saved = store.save(tmp_path / "store")
+    assert saved.files["codes.npy"].shape == store.codes.shape
     loaded = SequenceStore.load(tmp_path / "store", mmap=True, verify=True)
     assert isinstance(loaded.codes, np.memmap)
     for name in ("offsets", "item", "query", "codes"):
@@ -180,9 +181,9 @@ def test_store_round_trip_and_verify(pq_world_8bit, tmp_path) -> None:
     raw = bytearray(codes_file.read_bytes())
     raw[-1] ^= 0xFF
     codes_file.write_bytes(bytes(raw))
-    with pytest.raises(PQError, match=r"codes\.npy: sha256"):
+    with pytest.raises(ArtifactError, match=r"codes\.npy: sha256"):
         SequenceStore.load(tmp_path / "store", verify=True)
-    with pytest.raises(PQError, match="manifest not found"):
+    with pytest.raises(ArtifactError, match="manifest not found"):
         SequenceStore.load(tmp_path / "nowhere")
 
 
@@ -390,5 +391,5 @@ def test_a_store_saved_before_the_fast_scan_layout_still_loads(pq_world_4bit, tm
     np.testing.assert_array_equal(loaded.codes, store.codes)
     np.testing.assert_array_equal(loaded.block_offsets, store.block_offsets)
     (old / "manifest.json").write_text(json.dumps(manifest | {"format": "seminar-pq-store/9"}))
-    with pytest.raises(PQError, match="format"):
+    with pytest.raises(ArtifactError, match="format"):
         SequenceStore.load(old)

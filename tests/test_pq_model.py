@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from seminar.pq import PQConfig, PQError, load_pq_retriever, save_pq_artifacts
+from seminar.errors import ArtifactError
+from seminar.pq import PQConfig, load_pq_retriever, save_pq_artifacts
 
 # 4-bit codes train in a blink and route select() and retrieve() through the faiss fast-scan path
 FAST_PQ = PQConfig(nbits=4, train_max_rows=4_096, kmeans_iters=8)
@@ -24,20 +25,20 @@ def ml_model_and_artifacts(movielens_data, tmp_path_factory):
     # an untrained model is a real model for these checks (they compare paths, not quality)
     model = new_model(model_config_for(ds, "seminar"), ds).eval()
     out = tmp_path_factory.mktemp("pq") / "artifacts"
-    manifest = save_pq_artifacts(model, ds, out, FAST_PQ)
-    return ds, model, out, manifest
+    saved = save_pq_artifacts(model, ds, out, FAST_PQ)
+    return ds, model, out, saved.fields
 
 
 @pytest.mark.slow
 def test_offline_and_serving_scores_agree(ml_model_and_artifacts) -> None:
-    ds, model, out, manifest = ml_model_and_artifacts
+    ds, model, out, fields = ml_model_and_artifacts
     d = model.config.dim
     r = load_pq_retriever(out, verify=True)
-    assert manifest["n_users"] == ds.n_users and manifest["n_events"] == ds.n_events
-    assert manifest["alpha"] == r.alpha == model.config.alpha
+    assert fields["n_users"] == ds.n_users and fields["n_events"] == ds.n_events
+    assert fields["alpha"] == r.alpha == model.config.alpha
     assert r.k == model.config.top_k
     # stored bytes per event vs the float32 components PQ replaces
-    assert manifest["bytes_per_event"] * 16 <= len(manifest["modalities"]) * d * 4
+    assert fields["bytes_per_event"] * 16 <= len(fields["modalities"]) * d * 4
     with torch.no_grad():
         x = torch.randn(6, d, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(
@@ -79,7 +80,7 @@ def test_tampered_artifacts_are_refused(ml_model_and_artifacts, tmp_path) -> Non
     raw = bytearray(tables.read_bytes())
     raw[-1] ^= 0xFF
     tables.write_bytes(bytes(raw))
-    with pytest.raises(PQError, match=r"tables\.safetensors: sha256"):
+    with pytest.raises(ArtifactError, match=r"tables\.safetensors: sha256"):
         load_pq_retriever(copy, verify=True)
-    with pytest.raises(PQError, match="manifest not found"):
+    with pytest.raises(ArtifactError, match="manifest not found"):
         load_pq_retriever(tmp_path / "missing")
