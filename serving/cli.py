@@ -16,8 +16,8 @@ from seminar.contract import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
 )
+from seminar.processes import LOOPBACK
 from seminar.serving.shield import ShieldConfig
-from seminar.serving.triton import LOOPBACK
 
 
 def serve(

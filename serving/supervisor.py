@@ -45,16 +45,15 @@ from seminar.contract import (
     DEFAULT_METRICS_PORT,
     ENSEMBLE_MODEL,
 )
+from seminar.processes import LOOPBACK, free_port
 from seminar.serving.process_group import StubWatch
 from seminar.serving.shield import InferenceShield, ShieldConfig
 from seminar.serving.triton import (
     ADMIN_KEY_RE,
-    LOOPBACK,
     ModelControl,
     TritonConfig,
     TritonError,
     TritonServer,
-    free_port,
 )
 
 log = logging.getLogger("seminar.serve")

@@ -13,9 +13,9 @@ import pytest
 
 from seminar.bench.perf import PerfConfig, PerfError, find_perf_analyzer, input_data, parse_csv
 from seminar.clients.observe import PROMETHEUS_DIR, PrometheusProcess, local_config
-from seminar.clients.process import free_port
 from seminar.clients.workload import RankCall
 from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.processes import free_port
 from tests.support.clients import RunningGateway, require_fixture
 
 DOCKER = PROMETHEUS_DIR.parent

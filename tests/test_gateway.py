@@ -230,7 +230,8 @@ def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
     tmp_path: Path,
 ) -> None:
     """A separate tritonserver (not the shared one), stopped and restarted on the same port."""
-    from seminar.serving.triton import ModelControl, TritonConfig, TritonServer, free_port
+    from seminar.processes import free_port
+    from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
     from tests.support.clients import health_status, require_fixture, single_version_repo
 
     triton = require_fixture(request, "triton")

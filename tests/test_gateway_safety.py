@@ -454,7 +454,7 @@ def test_reload_naming_an_unready_version_is_rejected(
 def test_gateway_starts_not_serving_when_an_arm_or_triton_is_not_ready(
     start_gateway, gateway_arms: tuple[Arm, Arm], real_calls: list[RankCall]
 ) -> None:
-    from seminar.clients.process import free_port
+    from seminar.processes import free_port
 
     control = gateway_arms[0]
     unloaded = Arm("treatment", control.model, 99, 50)

@@ -308,7 +308,7 @@ def test_a_dead_model_process_is_reloaded_and_readiness_says_so_meanwhile(
     def watch_readiness() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not seen_unready.is_set():
-            if not serve.ready() and not model_ready(serve.grpc_url, ENSEMBLE_MODEL):
+            if not serve.is_ready() and not model_ready(serve.grpc_url, ENSEMBLE_MODEL):
                 seen_unready.set()
             time.sleep(0.05)
 
@@ -342,7 +342,7 @@ def test_killed_tritonserver_is_restarted_and_leaves_nothing_behind(
         time.sleep(1)
         killed_at = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
-        wait_for(lambda: not serve.ready(), 10, "readiness to drop")
+        wait_for(lambda: not serve.is_ready(), 10, "readiness to drop")
         wait_for(serve.ready, 180, "tritonserver to be restarted")
         recovery = time.monotonic() - killed_at
     status = serve.status()
@@ -384,7 +384,7 @@ def test_a_corrupt_version_is_left_out_and_named_while_the_others_serve(
         assert "seminar_v2" not in status["served"]
         assert status["served"][ENSEMBLE_MODEL] == ["1"], "seminar must fall back to version 1"
         assert "serving version 1 instead" in status["fallback"]
-        assert relative in serve.console(200), "the console must name the damaged file"
+        assert relative in serve.log_tail(200), "the console must name the damaged file"
         items, _ = catalog
         assert np.isfinite(score_once(serve.grpc_url, items)).all()
         assert model_ready(serve.grpc_url, "seminar_v1")
