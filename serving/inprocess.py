@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from seminar import contract
+from seminar.serving.client import request_arrays
 from seminar.serving.features import FeatureMapper
 from seminar.serving.onnx_runner import OnnxRunner
 from seminar.serving.retrieval import BatchRetrieval
@@ -75,12 +76,12 @@ class InProcessPipeline:
 
     def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
         """Scores (B,) float32 of one user's B candidates, exactly as the ensemble computes."""
-        items = np.asarray(item_ids, dtype=np.int64).reshape(-1, 1)  # (B, 1)
-        b = items.shape[0]
+        request = request_arrays(user_id, query, item_ids)
+        b = len(request[contract.INPUT_ITEM_ID])
         f = self.features(
-            np.full((b, 1), user_id, dtype=np.int64),
-            np.full((b, 1), query.encode("utf-8"), dtype=object),
-            items,
+            request[contract.INPUT_USER_ID],
+            request[contract.INPUT_QUERY],
+            request[contract.INPUT_ITEM_ID],
         )
         q = self.encoders[contract.QUERY_ENCODER_MODEL].run(
             {contract.QUERY_TOKENS: f[contract.QUERY_TOKENS]}

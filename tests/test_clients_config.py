@@ -24,8 +24,9 @@ from seminar.clients.config import (
 )
 from seminar.clients.gateway import RequestError, validate
 from seminar.clients.proto import ranker_pb2
-from seminar.clients.scoring import rank, request_arrays, spearman
+from seminar.clients.scoring import rank, spearman
 from seminar.contract import AB_BUCKETS, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.serving.client import request_arrays
 
 N_USERS = 100_000
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from seminar import contract
-from seminar.serving.client import request_inputs, score
+from seminar.serving.client import infer_inputs, request_inputs, score
 from tests.support.serving import ATOL, offline_scores, pq_dir_of, repo_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
@@ -120,21 +120,14 @@ def test_concurrent_users_are_batched_and_each_gets_its_own_scores(client, ml, t
 
 
 # ---- malformed requests ----------------------------------------------------------------------
-def raw_inputs(user, query, item, user_dtype="INT64"):
-    import tritonclient.grpc as grpcclient
-
-    tensors = []
-    for name, value, dtype in (
-        (contract.INPUT_USER_ID, user, user_dtype),
-        (contract.INPUT_QUERY, query, "BYTES"),
-        (contract.INPUT_ITEM_ID, item, "INT64"),
-    ):
-        if value is None:
-            continue
-        t = grpcclient.InferInput(name, list(value.shape), dtype)
-        t.set_data_from_numpy(value)
-        tensors.append(t)
-    return tensors
+def raw_inputs(user, query, item) -> list:
+    """The ensemble's inputs as given (any dtype or shape); None leaves an input out."""
+    named = {
+        contract.INPUT_USER_ID: user,
+        contract.INPUT_QUERY: query,
+        contract.INPUT_ITEM_ID: item,
+    }
+    return infer_inputs({name: value for name, value in named.items() if value is not None})
 
 
 def col(values, dtype=np.int64) -> np.ndarray:
@@ -147,7 +140,7 @@ def texts(n: int, text: bytes = b"comedy") -> np.ndarray:
 
 MALFORMED = {
     "wrong dtype": (
-        lambda: raw_inputs(col([1, 1], np.int32), texts(2), col([1, 2]), user_dtype="INT32"),
+        lambda: raw_inputs(col([1, 1], np.int32), texts(2), col([1, 2])),
         "(?i)data-type|datatype|dtype|INT32",
     ),
     "missing input": (lambda: raw_inputs(col([1]), texts(1), None), "(?i)item_id"),
@@ -212,19 +205,15 @@ def test_a_10mb_query_is_rejected_untokenized_and_quickly(client, ml) -> None:
 def model_inputs(client, model: str, values: dict[str, np.ndarray]) -> list:
     """Inputs for a direct call to one composing model: `values` by tensor name, zeros (a
     valid index everywhere: PAD row, cold-start user) for the others, all of `rows` rows."""
-    import tritonclient.grpc as grpcclient
-
     config = client.get_model_config(model, as_json=True)["config"]
     rows = len(next(iter(values.values())))
-    tensors = []
+    arrays = {}
     for spec in config["input"]:
         dims = [int(d) for d in spec["dims"]]
-        dtype = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32}[spec["data_type"]]
+        dtype = contract.DataType(spec["data_type"]).numpy
         value = values.get(spec["name"], np.zeros((rows, *dims), dtype))
-        tensor = grpcclient.InferInput(spec["name"], list(value.shape), spec["data_type"][5:])
-        tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype))
-        tensors.append(tensor)
-    return tensors
+        arrays[spec["name"]] = np.ascontiguousarray(value, dtype)
+    return infer_inputs(arrays)
 
 
 def index_range(repo, model: str, name: str) -> tuple[int, int]:

@@ -22,15 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar.contract import (
-    ADMIN_KEY_HEADER,
-    ENSEMBLE_MODEL,
-    INPUT_ITEM_ID,
-    INPUT_QUERY,
-    INPUT_USER_ID,
-    OUTPUT_SCORE,
-)
+from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
 from seminar.serving import process_group
+from seminar.serving.client import request_inputs, score
 from seminar.serving.serve_process import ServeProcess
 from tests.support.build import BuiltRepo, copy_repo
 from tests.support.serving import require_tritonserver
@@ -39,23 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
 
 # ---- clients -------------------------------------------------------------------------------------
-
-
-def infer_inputs(user_id: int, item_ids: np.ndarray, query: bytes = b"comedy") -> list:
-    import tritonclient.grpc as grpcclient
-
-    rows = len(item_ids)
-    arrays = {
-        INPUT_USER_ID: (np.full((rows, 1), user_id, dtype=np.int64), "INT64"),
-        INPUT_QUERY: (np.full((rows, 1), query, dtype=object), "BYTES"),
-        INPUT_ITEM_ID: (np.asarray(item_ids, dtype=np.int64).reshape(-1, 1), "INT64"),
-    }
-    inputs = []
-    for name, (array, dtype) in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
 
 
 class Clients:
@@ -97,7 +74,7 @@ class Clients:
             try:
                 client.infer(
                     ENSEMBLE_MODEL,
-                    infer_inputs(int(rng.choice(self.user_ids)), items, query),
+                    request_inputs(int(rng.choice(self.user_ids)), query, items),
                     client_timeout=timeout,
                 )
                 code = "OK"
@@ -124,8 +101,7 @@ def score_once(url: str, item_ids: np.ndarray, user_id: int = 1) -> np.ndarray:
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        result = client.infer(ENSEMBLE_MODEL, infer_inputs(user_id, item_ids[:20]))
-        return result.as_numpy(OUTPUT_SCORE).reshape(-1)
+        return score(client, user_id, "comedy", item_ids[:20])
     finally:
         client.close()
 
