@@ -75,7 +75,8 @@ def real_parity_inputs(
     rng = np.random.default_rng(0)
     q_rows = np.concatenate([[0], rng.integers(0, len(query_tokens), rows - 1)])
     tokens = np.asarray(query_tokens[q_rows], dtype=np.int64)  # (B, T)
-    items = rng.integers(2, len(item_ids) + 2, size=(rows, 1)).astype(np.int64)  # (B, 1)
+    first = contract.FIRST_ITEM_INDEX
+    items = rng.integers(first, len(item_ids) + first, size=(rows, 1)).astype(np.int64)  # (B, 1)
     users = rng.integers(0, len(offsets) - 1, rows)
 
     with torch.no_grad():
@@ -113,7 +114,10 @@ def index_bounds(data_dir: Path) -> Mapping[str, int]:
     """Exclusive upper bounds of the int64 graph inputs, for random parity inputs."""
     tokens = json.loads(_arrays(data_dir, contract.TOKENS_FILE).read_text())
     items = np.load(_arrays(data_dir, contract.ITEM_IDS_FILE), mmap_mode="r")
-    return {contract.QUERY_TOKENS: len(tokens), contract.ITEM_INDEX: len(items) + 2}
+    return {
+        contract.QUERY_TOKENS: len(tokens),
+        contract.ITEM_INDEX: len(items) + contract.FIRST_ITEM_INDEX,
+    }
 
 
 def write_index_ranges(

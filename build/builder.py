@@ -36,8 +36,6 @@ from seminar import contract, manifest
 from seminar.build import artifacts, export, lock, repository, tensorrt
 from seminar.provenance import git_revision
 
-BUILD_INFO_FILE = "build.json"
-MODEL_CARD_FILE = "model_card.md"
 STAGING_PID_FILE = ".pid"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +107,7 @@ def existing_versions(repo: Path) -> list[int]:
     out = []
     for d in repo.glob(f"{contract.ENSEMBLE_MODEL}_v*") if repo.is_dir() else []:
         suffix = d.name.removeprefix(f"{contract.ENSEMBLE_MODEL}_v")
-        if suffix.isdigit() and (d / suffix / BUILD_INFO_FILE).is_file():
+        if suffix.isdigit() and contract.build_info_path(repo, int(suffix)).is_file():
             out.append(int(suffix))
     return sorted(out)
 
@@ -394,10 +392,10 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             for name, res in exports.items()
         },
     }
-    pinned_dir = staging / contract.pinned_ensemble_name(n) / str(n)
-    (pinned_dir / MODEL_CARD_FILE).write_text(model_card(request, inputs, info))
+    build_info = contract.build_info_path(staging, n)
+    (build_info.parent / contract.MODEL_CARD_FILE).write_text(model_card(request, inputs, info))
     # build.json is written last: its presence after commit marks the version complete.
-    (pinned_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    build_info.write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(onnx_dir)
     return {"exports": exports, "info": info}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-FIRST_ITEM_INDEX = 2  # 0 = PAD, 1 = OOV; item index i -> item_ids[i - 2]
+from seminar.contract import FIRST_ITEM_INDEX
 
 
 class WorkloadError(ValueError):

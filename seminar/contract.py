@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum, unique
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # Triton ensemble (docs/serving.md: "Triton ensemble (contract)").
 ENSEMBLE_MODEL: Final = "seminar"
@@ -151,6 +152,10 @@ class DataType(Enum):
 
     @property
     def numpy(self) -> np.dtype:
+        # Imported here: the contract itself is standard-library only (the tokenizer, which
+        # the features model imports, reads its token ids from it).
+        import numpy as np
+
         return {DataType.INT64: np.dtype(np.int64), DataType.FP32: np.dtype(np.float32)}.get(
             self, np.dtype(np.object_)
         )
@@ -355,3 +360,8 @@ def ensemble_steps() -> tuple[EnsembleStep, ...]:
 def pinned_ensemble_name(version: int) -> str:
     """The A/B handle of build `version` (docs/design.md section 5)."""
     return f"{ENSEMBLE_MODEL}_v{version}"
+
+
+def build_info_path(repo: Path, version: int) -> Path:
+    """`repo`/seminar_vN/N/build.json: written last by a build, it marks version N complete."""
+    return Path(repo) / pinned_ensemble_name(version) / str(version) / BUILD_INFO_FILE

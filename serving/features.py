@@ -26,7 +26,6 @@ from seminar import contract
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import RequestError
 
-FIRST_ITEM_INDEX = 2  # 0 = PAD, 1 = OOV (docs/design.md section 1)
 DEFAULT_MAX_QUERY_BYTES = 1024  # in-process callers; the served limit comes from config.pbtxt
 
 
@@ -95,7 +94,9 @@ class FeatureMapper:
     def item_index(self, item_id: np.ndarray) -> np.ndarray:
         """(B,) int64 external ids -> (B,) int64 item index, 1 = OOV."""
         pos, found = _lookup(self.item_ids, item_id)
-        return np.where(found, pos + FIRST_ITEM_INDEX, contract.OOV_ITEM_INDEX).astype(np.int64)
+        return np.where(found, pos + contract.FIRST_ITEM_INDEX, contract.OOV_ITEM_INDEX).astype(
+            np.int64
+        )
 
     def query_tokens(self, queries: list[str]) -> np.ndarray:
         """B query strings -> (B, T) int64 token ids; repeated queries are tokenised once."""

@@ -108,5 +108,5 @@ class InProcessPipeline:
 
 def build_info(repo: Path, version: int) -> dict:
     """The pinned ensemble's build.json (dims, data, exports) for reports."""
-    path = Path(repo) / contract.pinned_ensemble_name(version) / str(version) / "build.json"
+    path = contract.build_info_path(repo, version)
     return json.loads(path.read_text()) if path.is_file() else {}

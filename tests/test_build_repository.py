@@ -88,11 +88,9 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
         )
         assert [s.model_version for s in config.ensemble_scheduling.step] == [1] * 5
         assert (repo / ensemble / "1").is_dir()
-    card = (repo / contract.pinned_ensemble_name(1) / "1" / builder.MODEL_CARD_FILE).read_text()
+    card = (contract.build_info_path(repo, 1).parent / contract.MODEL_CARD_FILE).read_text()
     assert "logit" in card and "git revision" in card and "movielens" in card.lower()
-    info = json.loads(
-        (repo / contract.pinned_ensemble_name(1) / "1" / builder.BUILD_INFO_FILE).read_text()
-    )
+    info = json.loads(contract.build_info_path(repo, 1).read_text())
     assert info["dims"] == {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t}
     assert all(
         e["max_abs_diff"] <= 1e-4 and e["polygraphy"] == "passed" for e in info["exports"].values()
@@ -297,11 +295,7 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
 
 
 def test_build_json_records_every_serving_setting(model_repo):
-    info = json.loads(
-        (
-            model_repo.repo / contract.pinned_ensemble_name(1) / "1" / builder.BUILD_INFO_FILE
-        ).read_text()
-    )
+    info = json.loads(contract.build_info_path(model_repo.repo, 1).read_text())
     serving = repository.ServingConfig()
     assert info["serving"] == builder.serving_record(serving)
     assert info["serving"]["max_batch_size"] == serving.max_batch_size
@@ -333,9 +327,5 @@ def test_no_file_of_a_built_repository_names_a_path_of_the_build_machine(
                 f"{path.relative_to(model_repo.repo)}: {n.decode()}" for n in needles if n in blob
             ]
     assert not leaks, leaks
-    info = json.loads(
-        (
-            model_repo.repo / contract.pinned_ensemble_name(1) / "1" / builder.BUILD_INFO_FILE
-        ).read_text()
-    )
+    info = json.loads(contract.build_info_path(model_repo.repo, 1).read_text())
     assert info["run"] == model_repo.run.name  # outside the current directory: its name
