@@ -141,7 +141,7 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
         )
     specs = contract.model_specs(dims)
     for name in contract.COMPOSING_MODELS:
-        path = repo / name / repository.CONFIG_FILE
+        path = repo / name / contract.CONFIG_FILE
         if not path.is_file():
             continue
         config = repository.parse_config(path)
@@ -354,11 +354,9 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     progress("configs and manifests")
     for name in contract.COMPOSING_MODELS:
         manifest.write_manifest(version_dirs[name])
-        path = staging / name / repository.CONFIG_FILE
-        path.write_text(
-            repository.to_text(
-                repository.model_config(specs[name], request.target, request.serving)
-            )
+        path = repository.write_config(
+            staging / name / contract.CONFIG_FILE,
+            repository.model_config(specs[name], request.target, request.serving),
         )
         onnx_path = (
             version_dirs[name] / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
@@ -368,9 +366,9 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     newest = max([n, *existing_versions(request.repo)])
     for name, pin in ((contract.pinned_ensemble_name(n), n), (contract.ENSEMBLE_MODEL, newest)):
         (staging / name / str(n)).mkdir(parents=True)
-        path = staging / name / repository.CONFIG_FILE
-        path.write_text(
-            repository.to_text(repository.ensemble_config(dims, name, pin, request.serving))
+        path = repository.write_config(
+            staging / name / contract.CONFIG_FILE,
+            repository.ensemble_config(dims, name, pin, request.serving),
         )
         repository.validate_config(path, contract.ensemble_spec(dims, name), request.target)
 
@@ -425,7 +423,7 @@ def commit(request: BuildRequest, staging: Path) -> None:
         repo.mkdir(parents=True, exist_ok=True)
         for name in [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]:
             move(staging / name / str(n), repo / name / str(n))
-            move(staging / name / repository.CONFIG_FILE, repo / name / repository.CONFIG_FILE)
+            move(staging / name / contract.CONFIG_FILE, repo / name / contract.CONFIG_FILE)
         # The pinned ensemble (with build.json) goes last: until it lands the version is
         # incomplete.
         move(staging / contract.pinned_ensemble_name(n), repo / contract.pinned_ensemble_name(n))

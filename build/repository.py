@@ -13,6 +13,8 @@ version and is re-pinned to the newest build.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,6 @@ from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
 
 from seminar import contract
-
-CONFIG_FILE = "config.pbtxt"
 
 
 class ConfigError(ValueError):
@@ -73,6 +73,15 @@ def _tensors(message_list, specs: tuple[contract.TensorSpec, ...]) -> None:
         entry.dims.extend(t.dims)
 
 
+def tensor_config(spec: contract.ModelSpec, max_batch_size: int) -> model_config_pb2.ModelConfig:
+    """A ModelConfig with `spec`'s name and tensors and the batch size; the rest is the
+    caller's (backend, batching, instances, parameters)."""
+    config = model_config_pb2.ModelConfig(name=spec.name, max_batch_size=max_batch_size)
+    _tensors(config.input, spec.inputs)
+    _tensors(config.output, spec.outputs)
+    return config
+
+
 def _params(config: model_config_pb2.ModelConfig, params: Mapping[str, str]) -> None:
     for key in sorted(params):
         config.parameters[key].string_value = params[key]
@@ -82,9 +91,7 @@ def model_config(
     spec: contract.ModelSpec, target: contract.Target, serving: ServingConfig
 ) -> model_config_pb2.ModelConfig:
     """The ModelConfig of one composing model for a target."""
-    config = model_config_pb2.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
-    _tensors(config.input, spec.inputs)
-    _tensors(config.output, spec.outputs)
+    config = tensor_config(spec, serving.max_batch_size)
     config.version_policy.all.SetInParent()
     config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
@@ -117,12 +124,8 @@ def ensemble_config(
     dims: contract.PipelineDims, name: str, pinned_version: int, serving: ServingConfig
 ) -> model_config_pb2.ModelConfig:
     """An ensemble whose every step is pinned to `pinned_version`."""
-    spec = contract.ensemble_spec(dims, name)
-    config = model_config_pb2.ModelConfig(
-        name=name, platform="ensemble", max_batch_size=serving.max_batch_size
-    )
-    _tensors(config.input, spec.inputs)
-    _tensors(config.output, spec.outputs)
+    config = tensor_config(contract.ensemble_spec(dims, name), serving.max_batch_size)
+    config.platform = "ensemble"
     config.version_policy.latest.num_versions = 1
     for step in contract.ensemble_steps():
         s = config.ensemble_scheduling.step.add()
@@ -135,6 +138,22 @@ def ensemble_config(
 
 def to_text(config: model_config_pb2.ModelConfig) -> str:
     return text_format.MessageToString(config)
+
+
+def write_config(path: Path, config: model_config_pb2.ModelConfig) -> Path:
+    """Write a config.pbtxt so that a reader (Triton, a crash) sees the old or the new file,
+    never half of one: a temp file in the same folder, flushed, then renamed over it."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(to_text(config))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:

@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from enum import IntEnum, unique
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2
-
 from seminar import contract
 from seminar.build import builder, lock, repository
 
@@ -187,28 +185,13 @@ def read_admin_key(path: Path) -> str:
 
 def contract_pin(repo: Path) -> int | None:
     """The composing version the `seminar` ensemble routes to (None without its config)."""
-    path = repo / contract.ENSEMBLE_MODEL / repository.CONFIG_FILE
+    path = repo / contract.ENSEMBLE_MODEL / contract.CONFIG_FILE
     if not path.is_file():
         return None
     try:
         return repository.pinned_version(repository.parse_config(path))
     except repository.ConfigError as exc:
         raise RetireError(RetireFailure.REPOSITORY, str(exc)) from exc
-
-
-def write_config_atomically(path: Path, config: model_config_pb2.ModelConfig) -> None:
-    """Write a config.pbtxt so that a reader (Triton, a crash) sees the old or the new file,
-    never half of one: a temp file in the same folder, flushed, then renamed over it."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(repository.to_text(config))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _version_folders(repo: Path, version: int) -> list[Path]:
@@ -225,11 +208,11 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
     """Take version N out of the repository (and a live Triton); see the module docstring."""
     started = time.perf_counter()
     repo, n = request.repo, request.version
-    if not (repo / contract.ENSEMBLE_MODEL / repository.CONFIG_FILE).is_file():
+    if not (repo / contract.ENSEMBLE_MODEL / contract.CONFIG_FILE).is_file():
         raise RetireError(
             RetireFailure.REPOSITORY,
             f"{repo}: not a model repository written by `seminar build` "
-            f"(no {contract.ENSEMBLE_MODEL}/{repository.CONFIG_FILE})",
+            f"(no {contract.ENSEMBLE_MODEL}/{contract.CONFIG_FILE})",
         )
     live = (
         LiveTriton(request.server, request.admin_key, request.http_timeout_s)
@@ -276,9 +259,9 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
                 repinned_to = newest_other = max(others)
                 ensemble_dir = repo / contract.ENSEMBLE_MODEL
                 (ensemble_dir / str(newest_other)).mkdir(exist_ok=True)
-                config_path = ensemble_dir / repository.CONFIG_FILE
+                config_path = ensemble_dir / contract.CONFIG_FILE
                 config = repository.repinned(repository.parse_config(config_path), newest_other)
-                write_config_atomically(config_path, config)
+                repository.write_config(config_path, config)
                 progress(f"re-pinned {contract.ENSEMBLE_MODEL} from version {n} to {newest_other}")
                 if (ensemble_dir / str(n)).exists():
                     take_out(ensemble_dir / str(n))

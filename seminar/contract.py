@@ -112,6 +112,8 @@ PARAM_MAX_QUERY_BYTES = "max_query_bytes"  # features: longer queries are reject
 # cpu ONNX Runtime models: JSON file in the version dir, [low, high) per index input
 PARAM_INDEX_RANGES = "index_ranges_file"
 
+CONFIG_FILE = "config.pbtxt"  # in each model's folder, beside its version folders
+
 # Artifact file names inside a model's version directory.
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"

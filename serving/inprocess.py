@@ -25,7 +25,7 @@ def _params(repo: Path, model: str) -> dict[str, str]:
     """The `parameters` of a model's config.pbtxt (parsed with Triton's protobuf)."""
     from seminar.build.repository import parse_config
 
-    config = parse_config(repo / model / "config.pbtxt")
+    config = parse_config(repo / model / contract.CONFIG_FILE)
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
@@ -34,7 +34,7 @@ def _dtypes(repo: Path, model: str) -> tuple[dict[str, np.dtype], dict[str, np.d
 
     from seminar.build.repository import parse_config
 
-    config = parse_config(repo / model / "config.pbtxt")
+    config = parse_config(repo / model / contract.CONFIG_FILE)
 
     def dtypes(tensors) -> dict[str, np.dtype]:
         return {

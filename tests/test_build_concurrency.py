@@ -18,7 +18,7 @@ TIMEOUT_S = 600
 
 
 def _pins(repo: Path, ensemble: str) -> set[int]:
-    config = repository.parse_config(repo / ensemble / repository.CONFIG_FILE)
+    config = repository.parse_config(repo / ensemble / contract.CONFIG_FILE)
     return {step.model_version for step in config.ensemble_scheduling.step}
 
 

@@ -73,7 +73,7 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
             repo / name / "1" / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
         )
         config = repository.validate_config(
-            repo / name / repository.CONFIG_FILE, spec, contract.Target.CPU, onnx_path
+            repo / name / contract.CONFIG_FILE, spec, contract.Target.CPU, onnx_path
         )
         assert config.backend == "python"
         assert config.version_policy.HasField("all")
@@ -82,7 +82,7 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
         ).read_bytes()
     for ensemble in (contract.ENSEMBLE_MODEL, contract.pinned_ensemble_name(1)):
         config = repository.validate_config(
-            repo / ensemble / repository.CONFIG_FILE,
+            repo / ensemble / contract.CONFIG_FILE,
             contract.ensemble_spec(dims, ensemble),
             contract.Target.CPU,
         )
@@ -118,11 +118,9 @@ def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
     assert result.exit_code == 0, result.output
     assert _version_files(repo, 1) == before, "version 1 changed while building version 2"
     assert sorted(builder.existing_versions(repo)) == [1, 2]
-    ensemble = repository.parse_config(repo / contract.ENSEMBLE_MODEL / repository.CONFIG_FILE)
+    ensemble = repository.parse_config(repo / contract.ENSEMBLE_MODEL / contract.CONFIG_FILE)
     assert {s.model_version for s in ensemble.ensemble_scheduling.step} == {2}
-    pinned = repository.parse_config(
-        repo / contract.pinned_ensemble_name(1) / repository.CONFIG_FILE
-    )
+    pinned = repository.parse_config(repo / contract.pinned_ensemble_name(1) / contract.CONFIG_FILE)
     assert {s.model_version for s in pinned.ensemble_scheduling.step} == {1}
     # Same checkpoint, same graphs: the rebuilt ONNX is byte-identical (deterministic export).
     for name in contract.EXPORTED_MODELS:
@@ -212,7 +210,7 @@ def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path
     gpu_repo = copy_repo(model_repo, tmp_path / "gpu_repo")
     spec = contract.model_specs(dims)[contract.PQ_RETRIEVAL_MODEL]
     gpu_config = repository.model_config(spec, contract.Target.GPU, repository.ServingConfig())
-    (gpu_repo / contract.PQ_RETRIEVAL_MODEL / repository.CONFIG_FILE).write_text(
+    (gpu_repo / contract.PQ_RETRIEVAL_MODEL / contract.CONFIG_FILE).write_text(
         repository.to_text(gpu_config)
     )
     with pytest.raises(builder.BuildError, match="built for --target gpu"):
@@ -286,7 +284,7 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
     assert result.exit_code == 1, result.output
     # One sentence on one line (the spinner may have drawn a frame before it).
     (refusal,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    config = repo / contract.FEATURES_MODEL / repository.CONFIG_FILE
+    config = repo / contract.FEATURES_MODEL / contract.CONFIG_FILE
     assert f"{config}: max_batch_size is 1024 there but 64 in this build" in refusal
     assert "shared by every version of features" in refusal and "another --repo" in refusal
     assert "Traceback" not in result.output

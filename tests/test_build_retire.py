@@ -43,10 +43,10 @@ def retire_cli(repo: Path, version: int, *extra: str):
 def assert_servable(repo: Path) -> None:
     """What a fresh tritonserver needs to load every model of the repository: each model has a
     version folder, and every version an ensemble routes to exists."""
-    for model_dir in sorted(d for d in repo.iterdir() if (d / repository.CONFIG_FILE).is_file()):
+    for model_dir in sorted(d for d in repo.iterdir() if (d / contract.CONFIG_FILE).is_file()):
         versions = sorted(int(d.name) for d in model_dir.iterdir() if d.name.isdigit())
         assert versions, f"{model_dir.name} has no version folder"
-        config = repository.parse_config(model_dir / repository.CONFIG_FILE)
+        config = repository.parse_config(model_dir / contract.CONFIG_FILE)
         for step in config.ensemble_scheduling.step:
             target = repo / step.model_name / str(step.model_version)
             assert target.is_dir(), f"{model_dir.name} routes to missing {target}"
