@@ -99,7 +99,7 @@ def model_config(
     group.count = serving.cpu_instances
     gpu = target is contract.Target.GPU
     group.kind = instance_kind(spec, target)
-    if gpu and spec.kind is contract.ModelKind.EXPORTED:
+    if gpu and spec.kind is contract.TritonModelKind.EXPORTED:
         group.count = 1
         config.platform = "tensorrt_plan"
         config.default_model_filename = contract.PLAN_FILE
@@ -108,7 +108,7 @@ def model_config(
     params = dict(spec.parameters)
     if spec.name == contract.FEATURES_MODEL:
         params[contract.PARAM_MAX_QUERY_BYTES] = str(serving.max_query_bytes)
-    if spec.kind is contract.ModelKind.EXPORTED:
+    if spec.kind is contract.TritonModelKind.EXPORTED:
         params[contract.PARAM_INDEX_RANGES] = contract.INDEX_RANGES_FILE
     if spec.name == contract.PQ_RETRIEVAL_MODEL:
         params[contract.PARAM_DEVICE] = "cuda" if gpu else "cpu"
@@ -212,7 +212,7 @@ def validate_config(
         )
     _check_tensors(where, "inputs", config.input, spec.inputs)
     _check_tensors(where, "outputs", config.output, spec.outputs)
-    if spec.kind is contract.ModelKind.ENSEMBLE:
+    if spec.kind is contract.TritonModelKind.ENSEMBLE:
         if config.platform != "ensemble":
             raise ConfigError(f"{where}: platform {config.platform!r} != 'ensemble'")
         steps = [s.model_name for s in config.ensemble_scheduling.step]
@@ -222,7 +222,7 @@ def validate_config(
             )
         return config
     gpu = target is contract.Target.GPU
-    if spec.kind is contract.ModelKind.EXPORTED and gpu:
+    if spec.kind is contract.TritonModelKind.EXPORTED and gpu:
         if config.platform != "tensorrt_plan":
             raise ConfigError(f"{where}: gpu target needs platform tensorrt_plan")
     elif config.backend != "python":
@@ -291,7 +291,7 @@ def _check_parameters(
                 f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"
             )
     if (
-        spec.kind is contract.ModelKind.EXPORTED
+        spec.kind is contract.TritonModelKind.EXPORTED
         and params.get(contract.PARAM_INDEX_RANGES) != contract.INDEX_RANGES_FILE
     ):
         raise ConfigError(

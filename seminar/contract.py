@@ -49,10 +49,6 @@ GATEWAY_SERVICE: Final = "seminar.v1.Ranker"
 GATEWAY_METHOD: Final = "Rank"
 AB_BUCKETS: Final = 10_000
 
-# Build targets.
-TARGET_CPU: Final = "cpu"
-TARGET_GPU: Final = "gpu"
-
 # Default loopback ports for local runs (tests pick free ports instead).
 DEFAULT_GRPC_PORT: Final = 8001
 DEFAULT_HTTP_PORT: Final = 8000
@@ -140,8 +136,10 @@ PQ_RETRIEVAL_SOURCE = "pq_retrieval.py"
 
 @unique
 class Target(StrEnum):
-    CPU = TARGET_CPU
-    GPU = TARGET_GPU
+    """Build targets."""
+
+    CPU = "cpu"  # Python backend + ONNX Runtime, KIND_CPU
+    GPU = "gpu"  # TensorRT engines, KIND_GPU
 
 
 @unique
@@ -174,9 +172,12 @@ class DataType(Enum):
 
 
 @unique
-class ModelKind(Enum):
+class TritonModelKind(Enum):
+    """How Triton runs a model of the pipeline (the model's architecture is
+    seminar.model.config.ModelKind)."""
+
     EXPORTED = "exported"  # a torch module exported to ONNX (cpu) / a TensorRT engine (gpu)
-    PYTHON = "python"  # a Python-backend model.py from build/backends/
+    PYTHON = "python"  # a Python-backend model.py from serving/backends/
     ENSEMBLE = "ensemble"
 
 
@@ -225,10 +226,10 @@ class ModelSpec:
     """One Triton model of the pipeline."""
 
     name: str
-    kind: ModelKind
+    kind: TritonModelKind
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # Python models: file in build/backends/ copied to <version>/model.py (cpu target for the
+    # Python models: file in serving/backends/ copied to <version>/model.py (cpu target for the
     # exported models; None where the target serves an engine directly).
     backend_source: str | None = None
     # Static `parameters` of config.pbtxt (artifact names, knobs); the repository writer adds
@@ -263,7 +264,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
     specs = [
         ModelSpec(
             name=FEATURES_MODEL,
-            kind=ModelKind.PYTHON,
+            kind=TritonModelKind.PYTHON,
             inputs=(
                 _t(INPUT_USER_ID, i64, 1),
                 _t(INPUT_QUERY, DataType.BYTES, 1),
@@ -286,7 +287,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=QUERY_ENCODER_MODEL,
-            kind=ModelKind.EXPORTED,
+            kind=TritonModelKind.EXPORTED,
             inputs=(_t(QUERY_TOKENS, i64, dims.t),),
             outputs=(query_emb,),
             backend_source=ONNX_RUNNER_SOURCE,
@@ -294,7 +295,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=ITEM_ENCODER_MODEL,
-            kind=ModelKind.EXPORTED,
+            kind=TritonModelKind.EXPORTED,
             inputs=(_t(ITEM_INDEX, i64, 1),),
             outputs=(item_emb,),
             backend_source=ONNX_RUNNER_SOURCE,
@@ -302,7 +303,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=PQ_RETRIEVAL_MODEL,
-            kind=ModelKind.PYTHON,
+            kind=TritonModelKind.PYTHON,
             inputs=(_t(USER_INDEX, i64, 1), query_emb, item_emb),
             outputs=(topk_emb, topk_mask),
             backend_source=PQ_RETRIEVAL_SOURCE,
@@ -310,7 +311,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=RANKING_HEAD_MODEL,
-            kind=ModelKind.EXPORTED,
+            kind=TritonModelKind.EXPORTED,
             inputs=(query_emb, item_emb, topk_emb, topk_mask),
             outputs=(_t(OUTPUT_SCORE, f32, 1),),
             backend_source=ONNX_RUNNER_SOURCE,
@@ -340,7 +341,7 @@ def ensemble_spec(dims: PipelineDims, name: str = ENSEMBLE_MODEL) -> ModelSpec:
     specs = model_specs(dims)
     return ModelSpec(
         name=name,
-        kind=ModelKind.ENSEMBLE,
+        kind=TritonModelKind.ENSEMBLE,
         inputs=specs[FEATURES_MODEL].inputs,
         outputs=specs[RANKING_HEAD_MODEL].outputs,
     )

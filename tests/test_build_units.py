@@ -62,7 +62,9 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         assert config.max_batch_size == serving.max_batch_size
         assert list(config.dynamic_batching.preferred_batch_size) == [128, 256, 512]
         assert config.version_policy.HasField("all")
-        gpu_engine = target is contract.Target.GPU and spec.kind is contract.ModelKind.EXPORTED
+        gpu_engine = (
+            target is contract.Target.GPU and spec.kind is contract.TritonModelKind.EXPORTED
+        )
         assert config.platform == ("tensorrt_plan" if gpu_engine else "")
         assert config.backend == ("" if gpu_engine else "python")
         on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
@@ -75,7 +77,7 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         # No queue policy: a step that rejects a queued request crashes the ensemble (2.51).
         assert not config.dynamic_batching.HasField("default_queue_policy")
         params = {k: v.string_value for k, v in config.parameters.items()}
-        python_graph = spec.kind is contract.ModelKind.EXPORTED and not gpu_engine
+        python_graph = spec.kind is contract.TritonModelKind.EXPORTED and not gpu_engine
         assert params.get(contract.PARAM_INDEX_RANGES) == (
             contract.INDEX_RANGES_FILE if python_graph else None
         )

@@ -14,16 +14,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from seminar.model.config import ModelKind
+
 T = TypeVar("T")
-
-
-@unique
-class ModelName(StrEnum):
-    seminar = "seminar"
-    twin = "twin"
-    sim = "sim"
-    eta = "eta"
-    din = "din"
 
 
 @unique
@@ -65,7 +58,7 @@ def train(
     out: Annotated[
         Path, typer.Option(help="Run directory to write (checkpoint, config, metrics).")
     ],
-    model: Annotated[ModelName, typer.Option(help="Which model to train.")] = ModelName.seminar,
+    model: Annotated[ModelKind, typer.Option(help="Which model to train.")] = ModelKind.SEMINAR,
     quick: Annotated[
         bool, typer.Option("--quick", help="Small configuration (D=32, K=20, 2 epochs): minutes.")
     ] = False,
