@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum, unique
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from seminar.model.config import ModelConfig
 
 # Triton ensemble (docs/serving.md: "Triton ensemble (contract)").
 ENSEMBLE_MODEL: Final = "seminar"
@@ -196,22 +198,23 @@ class PipelineDims:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"PipelineDims.{name} must be a positive int, got {value!r}")
 
+    # The field of seminar.model's ModelConfig each size is read from.
+    MODEL_CONFIG_FIELDS: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"d": "dim", "h": "heads", "k": "top_k", "t": "query_len"}
+    )
+
     @classmethod
-    def from_model_config(cls, config: object, query_len: int | None = None) -> PipelineDims:
-        """Read D, H, K, T from the model's config object (seminar.model)."""
-
-        def first(*names: str) -> int:
-            for name in names:
-                if hasattr(config, name):
-                    return int(getattr(config, name))
-            raise ValueError(f"model config has none of the fields {names}")
-
-        return cls(
-            d=first("d", "hidden", "hidden_size", "d_model", "dim"),
-            h=first("h", "heads", "num_heads", "gsu_heads", "n_heads"),
-            k=first("k", "top_k", "topk", "gsu_k", "gsu_top_k"),
-            t=query_len if query_len is not None else first("t", "query_len", "max_query_len"),
-        )
+    def from_model_config(cls, config: ModelConfig) -> PipelineDims:
+        """D, H, K, T of the model's config (seminar.model.config.ModelConfig, passed whole)."""
+        sizes = {}
+        for size, name in cls.MODEL_CONFIG_FIELDS.items():
+            if not hasattr(config, name):
+                raise TypeError(
+                    f"PipelineDims.from_model_config: {type(config).__name__} has no field "
+                    f"{name!r} (the pipeline's {size.upper()}); pass seminar.model's ModelConfig"
+                )
+            sizes[size] = getattr(config, name)
+        return cls(**sizes)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,14 @@ def test_pipeline_dims_come_from_the_model_config():
     assert specs[contract.RANKING_HEAD_MODEL].output(contract.OUTPUT_SCORE).dims == (1,)
 
 
+def test_pipeline_dims_name_the_model_config_field_they_miss():
+    class NoTopK:
+        dim, heads, query_len = 32, 3, 6
+
+    with pytest.raises(TypeError, match=r"NoTopK has no field 'top_k' \(the pipeline's K\)"):
+        contract.PipelineDims.from_model_config(NoTopK())
+
+
 @pytest.mark.parametrize("field", ["d", "h", "k", "t"])
 def test_pipeline_dims_reject_non_positive_sizes_naming_the_field(field):
     values = {"d": 16, "h": 2, "k": 4, "t": 8, field: 0}
