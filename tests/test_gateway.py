@@ -23,6 +23,7 @@ from seminar.clients.config import Arm, Limits
 from seminar.clients.load import LoadConfig, run_load
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import RankCall
+from seminar.serving.triton import TritonServer
 from tests.support.clients import RunningGateway, make_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
@@ -223,7 +224,7 @@ def test_weight_change_under_load_loses_nothing_and_moves_traffic_within_a_secon
 
 
 def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
-    request: pytest.FixtureRequest,
+    triton: TritonServer,
     start_gateway,
     gateway_arms: tuple[Arm, Arm],
     real_calls: list[RankCall],
@@ -231,10 +232,9 @@ def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
 ) -> None:
     """A separate tritonserver (not the shared one), stopped and restarted on the same port."""
     from seminar.processes import free_port
-    from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
-    from tests.support.clients import health_status, require_fixture, single_version_repo
+    from seminar.serving.triton import ModelControl, TritonConfig
+    from tests.support.clients import health_status, single_version_repo
 
-    triton = require_fixture(request, "triton")
     control = gateway_arms[0]
     repo = single_version_repo(triton.repo, control.version, tmp_path / "repo")
     grpc_port = free_port()
@@ -308,15 +308,13 @@ def test_client_cli_ranks_through_the_gateway_and_verifies_against_triton(
 
 
 def test_load_cli_closed_and_open_loop_through_the_gateway(
-    request: pytest.FixtureRequest, gateway: RunningGateway, tmp_path: Path
+    movielens_data: Path, gateway: RunningGateway, tmp_path: Path
 ) -> None:
     import json
     import subprocess
     import sys
 
-    from tests.support.clients import require_fixture
-
-    data = require_fixture(request, "movielens_data")
+    data = movielens_data
     base = [sys.executable, "-m", "seminar.cli", "load", "--gateway", gateway.address]
     base += ["--data", str(data), "--candidates", "20", "--warmup", "0"]
     closed = subprocess.run(

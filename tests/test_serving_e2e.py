@@ -15,7 +15,7 @@ import pytest
 
 from seminar import contract
 from seminar.serving.client import infer_inputs, request_inputs, score
-from tests.support.serving import ATOL, offline_scores, pq_dir_of, repo_path
+from tests.support.serving import ATOL, offline_scores, pq_dir_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -56,7 +56,7 @@ def check_against_reference(client, model_repo, quick_run, movielens_data, user_
     served = score(client, user_id, query, items)
     assert served.shape == (len(items),) and served.dtype == np.float32
     offline = offline_scores(
-        quick_run, movielens_data, pq_dir_of(repo_path(model_repo)), user_id, query, items
+        quick_run, movielens_data, pq_dir_of(model_repo.repo), user_id, query, items
     )
     np.testing.assert_allclose(served, offline, atol=ATOL, rtol=0)
     return served

@@ -37,21 +37,6 @@ class BuiltRepo:
     data: Path  # the prepared dataset of that run
     version: int = 1
 
-    @property
-    def path(self) -> Path:
-        return self.repo
-
-
-def run_dir(quick_run) -> Path:
-    """The run directory of the `quick_run` fixture (a Path or an object carrying one)."""
-    if isinstance(quick_run, str | Path):
-        return Path(quick_run)
-    for name in ("path", "run_dir", "run", "out"):
-        value = getattr(quick_run, name, None)
-        if isinstance(value, str | Path):
-            return Path(value)
-    raise TypeError(f"cannot find a run directory in quick_run={quick_run!r}")
-
 
 def build_cli(run: Path, repo: Path, version: int, *extra: str):
     """Invoke `seminar build` in-process; returns typer's Result."""
@@ -174,14 +159,16 @@ def _gated_build_main(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="session")
-def model_repo(quick_run, movielens_data, tmp_path_factory: pytest.TempPathFactory) -> BuiltRepo:
-    """cpu model repository with version 1 built from `quick_run` (docs/design.md section 6)."""
-    run = run_dir(quick_run)
+def model_repo(
+    quick_run: Path, movielens_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> BuiltRepo:
+    """cpu model repository with version 1 built from `quick_run`."""
+    run = quick_run
     repo = tmp_path_factory.mktemp("model_repo") / "model_repository"
     result = build_cli(run, repo, 1, "--data", str(movielens_data))
     if result.exit_code != 0:
         raise RuntimeError(f"seminar build failed (exit {result.exit_code}):\n{result.output}")
-    return BuiltRepo(repo=repo, run=run, data=Path(movielens_data))
+    return BuiltRepo(repo=repo, run=run, data=movielens_data)
 
 
 @pytest.fixture(scope="session")
