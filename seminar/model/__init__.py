@@ -4,8 +4,7 @@ Names resolve lazily so that `seminar.model.config` (the typed config and `Model
 the command line offers as choices) imports without torch.
 """
 
-from importlib import import_module
-from typing import Any
+from seminar.lazy import lazy_attributes
 
 _EXPORTS = {
     "Modality": "seminar.model.config",
@@ -19,7 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'seminar.model' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)
