@@ -1,7 +1,7 @@
 """config.pbtxt for every model of the pipeline, per target, and their validation.
 
 Configs are built as Triton's own ModelConfig protobuf (tritonclient.grpc.model_config_pb2)
-from the declaration in build/pipeline.py and printed with text_format, so a config can only
+from the declaration in seminar/contract.py and printed with text_format, so a config can only
 name fields Triton knows. validate_config() parses a written file back and checks its
 tensors against the pipeline and, for exported models, against the ONNX graph itself.
 
