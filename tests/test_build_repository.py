@@ -19,15 +19,13 @@ from tests.support.build import CHECKOUT, BuiltRepo, build_cli, copy_repo, tree_
 
 pytestmark = pytest.mark.slow
 
-_tree_digest = tree_digest
-
 
 def _version_files(repo: Path, version: int) -> dict[str, str]:
     out = {}
     for name in [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]:
-        for rel, digest in _tree_digest(repo / name / str(version)).items():
+        for rel, digest in tree_digest(repo / name / str(version)).items():
             out[f"{name}/{version}/{rel}"] = digest
-    for rel, digest in _tree_digest(repo / contract.pinned_ensemble_name(version)).items():
+    for rel, digest in tree_digest(repo / contract.pinned_ensemble_name(version)).items():
         out[f"{contract.pinned_ensemble_name(version)}/{rel}"] = digest
     return out
 
@@ -152,7 +150,7 @@ def _inputs(model_repo: BuiltRepo, trained, **kw) -> builder.BuildInputs:
 
 def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_path, monkeypatch):
     repo = copy_repo(model_repo, tmp_path / "repo")
-    before = _tree_digest(repo)
+    before = tree_digest(repo)
     # A staging dir left by a killed build (its process is gone) is swept by the next build.
     import subprocess
     import sys
@@ -170,7 +168,7 @@ def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_pa
 
     with pytest.raises(KeyboardInterrupt):
         builder.build_version(_request(repo, 3), _inputs(model_repo, trained, write_pq=crash))
-    assert _tree_digest(repo) == before
+    assert tree_digest(repo) == before
     assert not list(repo.parent.glob(".repo.v*")), "staging dir left behind"
 
     # Interrupt the commit of a --force rebuild of version 1 after a few renames: they are
@@ -190,7 +188,7 @@ def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_pa
         builder.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
     monkeypatch.undo()
     assert len(calls) > 4, "the renames done before the crash were undone"
-    assert _tree_digest(repo) == before
+    assert tree_digest(repo) == before
     assert builder.existing_versions(repo) == [1]
     assert not list(repo.parent.glob(".repo.v*"))
 
@@ -279,7 +277,7 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
     versions of the model: a build that would rewrite it is refused, naming field, values and
     file, and the repository stays byte for byte as it was."""
     repo = copy_repo(model_repo, tmp_path / "repo")
-    before = _tree_digest(repo)
+    before = tree_digest(repo)
     result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--max-batch", "64")
     assert result.exit_code == 1, result.output
     # One sentence on one line (the spinner may have drawn a frame before it).
@@ -288,7 +286,7 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
     assert f"{config}: max_batch_size is 1024 there but 64 in this build" in refusal
     assert "shared by every version of features" in refusal and "another --repo" in refusal
     assert "Traceback" not in result.output
-    assert _tree_digest(repo) == before
+    assert tree_digest(repo) == before
     assert not list(tmp_path.glob(".repo.v*")), "staging dir left behind"
 
 

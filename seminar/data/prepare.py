@@ -368,14 +368,6 @@ def directory_checksum(root: Path) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def user_chunks(offsets: np.ndarray, chunk_rows: int) -> Iterator[tuple[int, int]]:
     """(start_row, stop_row) spans of whole users, about `chunk_rows` events each."""
     n_users = len(offsets) - 1

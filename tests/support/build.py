@@ -12,7 +12,6 @@ held at a gate, so that two builds interleave the same way on every run).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from seminar.manifest import sha256_file
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +58,7 @@ def copy_repo(built: BuiltRepo | Path, dest: Path) -> Path:
 def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file below root (Triton's __pycache__ excluded)."""
     return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        p.relative_to(root).as_posix(): sha256_file(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
     }
