@@ -15,7 +15,7 @@ import pytest
 
 from seminar import contract
 from seminar.serving.client import infer_inputs, request_inputs, score
-from tests.support.serving import ATOL, offline_scores, pq_dir_of
+from tests.support.serving import ATOL, metric_total, offline_scores, pq_dir_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -296,18 +296,6 @@ def test_a_bad_request_does_not_fail_the_good_ones_batched_with_it(client, ml, t
 
 
 # ---- metrics -------------------------------------------------------------------------------
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
 def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, triton) -> None:
     before = triton.metrics()
     items = ml.item_ids[:100]
@@ -316,20 +304,20 @@ def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, trit
     after = triton.metrics()
     ok = "nv_inference_request_success"
     assert (
-        metric(after, ok, model=contract.ENSEMBLE_MODEL)
-        - metric(before, ok, model=contract.ENSEMBLE_MODEL)
+        metric_total(after, ok, model=contract.ENSEMBLE_MODEL)
+        - metric_total(before, ok, model=contract.ENSEMBLE_MODEL)
         >= 3
     )
-    assert metric(after, ok, model=contract.PQ_RETRIEVAL_MODEL) > metric(
+    assert metric_total(after, ok, model=contract.PQ_RETRIEVAL_MODEL) > metric_total(
         before, ok, model=contract.PQ_RETRIEVAL_MODEL
     )
     rows = "seminar_pq_rows_total"
-    assert metric(after, rows) - metric(before, rows) >= 300
+    assert metric_total(after, rows) - metric_total(before, rows) >= 300
     seq = "seminar_pq_sequence_length_count"
-    assert metric(after, seq) - metric(before, seq) >= 3
+    assert metric_total(after, seq) - metric_total(before, seq) >= 3
     topk = "seminar_pq_topk_seconds_count"
-    assert metric(after, topk) > metric(before, topk)
-    assert metric(after, "seminar_pq_topk_seconds_sum") > 0
+    assert metric_total(after, topk) > metric_total(before, topk)
+    assert metric_total(after, "seminar_pq_topk_seconds_sum") > 0
 
 
 def test_request_to_a_missing_model_or_version_is_an_error(client) -> None:

@@ -62,13 +62,6 @@ def statistics(server, model: str) -> dict:
     return server.statistics(model)["model_stats"][0]
 
 
-def metric_value(server, name: str, model: str) -> float:
-    for line in server.metrics().splitlines():
-        if line.startswith(name + "{") and f'model="{model}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 # ---- one server for the tests that leave it healthy ------------------------------------------
 @pytest.fixture(scope="module")
 def server(model_repo: BuiltRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator:

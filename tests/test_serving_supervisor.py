@@ -27,7 +27,7 @@ from seminar.serving import process_group
 from seminar.serving.client import request_inputs, score
 from seminar.serving.serve_process import ServeProcess
 from tests.support.build import BuiltRepo, copy_repo
-from tests.support.serving import require_tritonserver
+from tests.support.serving import metric_total, require_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -120,17 +120,6 @@ def triton_pid(serve: ServeProcess) -> int:
     return int(serve.status()["tritonserver_pid"])
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2) -> float:
     started = time.monotonic()
     while not predicate():
@@ -188,11 +177,11 @@ def test_short_client_deadlines_never_reach_triton_as_cancellations(
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
     # Triton finishes the abandoned calls (never more than the proxy's limit); then the server
     # answers normally again.
-    wait_for(lambda: metric(serve.supervisor_metrics(), "seminar_serve_grpc_inflight") == 0, 60,
+    wait_for(lambda: metric_total(serve.supervisor_metrics(), "seminar_serve_grpc_inflight") == 0, 60,
              "the abandoned calls to drain")  # fmt: skip
     assert np.isfinite(score_once(serve.grpc_url, items)).all()
     text = serve.supervisor_metrics()
-    assert metric(text, "seminar_serve_grpc_abandoned_total", method="ModelInfer") > 0
+    assert metric_total(text, "seminar_serve_grpc_abandoned_total", method="ModelInfer") > 0
 
 
 def test_streaming_inference_is_refused_with_a_reason(serve: ServeProcess) -> None:
@@ -267,7 +256,9 @@ def test_a_stopped_model_process_is_resumed_and_the_server_survives(
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
     assert set(load.codes) == {"OK"}, (load.codes, load.errors)
     text = serve.supervisor_metrics()
-    assert metric(text, "seminar_serve_model_process_resumed_total", model="pq_retrieval") >= 1
+    assert (
+        metric_total(text, "seminar_serve_model_process_resumed_total", model="pq_retrieval") >= 1
+    )
 
 
 # ---- item 8: a dead model process --------------------------------------------------------------
@@ -299,7 +290,10 @@ def test_a_dead_model_process_is_reloaded_and_readiness_says_so_meanwhile(
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
     assert np.isfinite(score_once(serve.grpc_url, items)).all()
     text = serve.supervisor_metrics()
-    assert metric(text, "seminar_serve_model_reloads_total", model="ranking_head", result="ok") == 1
+    assert (
+        metric_total(text, "seminar_serve_model_reloads_total", model="ranking_head", result="ok")
+        == 1
+    )
     print(f"dead ranking_head process: ready again {recovery:.1f} s after readiness dropped")
 
 

@@ -46,6 +46,18 @@ def require_tritonserver() -> None:
 ATOL = 1e-4
 
 
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`, in Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def pq_dir_of(repo: Path, version: int = 1) -> Path:
     """The PQ artifacts `pq_retrieval` serves for `version` (what `seminar score --gsu pq
     --pq-dir` must use to pick the same K events)."""
