@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seminar.clients.workload import RankCall, load_workload
-from seminar.contract import ENSEMBLE_MODEL, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
+from seminar.contract import ENSEMBLE_MODEL
 from seminar.errors import ServiceError
 from seminar.provenance import cpu_model
+from seminar.serving.client import request_rows
 
 DEFAULT_CHROOT = Path("/opt/seminar/perf-chroot")
 _CHROOT_BINARY = "opt/pa/lib/python3*/site-packages/perf_analyzer/bin/perf_analyzer"
@@ -138,14 +139,7 @@ def input_data(calls: list[RankCall], synthetic_user: int | None = None) -> dict
     if synthetic_user is not None:
         requests.append(RankCall(str(synthetic_user), "", calls[0].candidate_ids))
     for call in requests:
-        for item in call.candidate_ids.tolist():
-            rows.append(
-                {
-                    INPUT_USER_ID: [int(call.user_id)],
-                    INPUT_QUERY: [call.query],
-                    INPUT_ITEM_ID: [item],
-                }
-            )
+        rows += request_rows(int(call.user_id), call.query, call.candidate_ids)
     return {"data": rows}
 
 

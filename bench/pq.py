@@ -22,18 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from seminar.contract import FIRST_ITEM_INDEX
 from seminar.pq.codebooks import Codebooks, train_codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
 from seminar.pq.faiss_scan import FaissScanner
 from seminar.pq.retriever import PQRetriever
-from seminar.pq.store import build_sequence_store
-from seminar.pq.synthetic import (
-    ITEM_MODALITIES,
-    SyntheticSpec,
-    synthetic_gsu,
-    synthetic_tables,
-    synthetic_users,
-)
+from seminar.pq.synthetic import ITEM_MODALITIES, SyntheticSpec, SyntheticWorld
 from seminar.provenance import cpu_model
 
 CANDIDATES, HEADS, TOP_K = 100, 4, 50
@@ -148,32 +142,13 @@ def threshold_recall(
 # -- synthetic lifelong users ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class World:
-    """Tables, GSU projection and trained codebooks that synthetic users are drawn over.
-
-    label: what the tables are (printed in the report). Item rows below `first_item` are
-    PAD / OOV rows of a trained model, never an event or a candidate.
-    """
+@dataclass(frozen=True, kw_only=True)
+class World(SyntheticWorld):
+    """A synthetic world (seminar.pq.synthetic) with its label (what the tables are, printed
+    in the report) and codebooks trained on its tables."""
 
     label: str
-    tables: dict[str, np.ndarray]
-    weight: np.ndarray
-    bias: np.ndarray
     codebooks: dict[tuple[int, bool], Codebooks]  # (nbits, rotated) -> codebooks
-    first_item: int = 0
-
-    @property
-    def dim(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def n_items(self) -> int:
-        return len(next(t for m, t in self.tables.items() if m != "query"))
-
-    @property
-    def n_queries(self) -> int:
-        return len(self.tables["query"])
 
 
 def _train_books(
@@ -198,8 +173,7 @@ def _train_books(
 
 def make_world(spec: SyntheticSpec, cfg: BenchConfig) -> World:
     """Random SYNTHETIC tables (seminar.pq.synthetic) and a random GSU projection."""
-    tables = synthetic_tables(spec)
-    weight, bias = synthetic_gsu(spec)
+    random = SyntheticWorld.random(spec)
     shape = "isotropic" if spec.rank is None else f"low rank {spec.rank}"
     if spec.clusters is not None:
         shape = f"{spec.clusters} clusters"
@@ -207,7 +181,13 @@ def make_world(spec: SyntheticSpec, cfg: BenchConfig) -> World:
         f"SYNTHETIC random tables (query + {', '.join(ITEM_MODALITIES)}, {spec.n_items:,} "
         f"items, D={spec.dim}, {shape} + noise {spec.noise}) and random GSU weights"
     )
-    return World(label, tables, weight, bias, _train_books(tables, cfg))
+    return World(
+        tables=random.tables,
+        gsu_weight=random.gsu_weight,
+        gsu_bias=random.gsu_bias,
+        label=label,
+        codebooks=_train_books(random.tables, cfg),
+    )
 
 
 def trained_world(run: Path, cfg: BenchConfig) -> World:
@@ -223,27 +203,21 @@ def trained_world(run: Path, cfg: BenchConfig) -> World:
         f"SYNTHETIC users over the trained tables and GSU weights of {run} "
         f"({', '.join(tables)}; D={weight.shape[0]}, H={weight.shape[1]})"
     )
-    # rows 0 and 1 of a trained item table are PAD and OOV (seminar.data.tokenizer)
-    return World(label, tables, weight.numpy(), bias.numpy(), _train_books(tables, cfg), 2)
+    return World(
+        tables=tables,
+        gsu_weight=weight.numpy(),
+        gsu_bias=bias.numpy(),
+        first_item=FIRST_ITEM_INDEX,  # rows 0 and 1 of a trained item table: PAD and OOV
+        label=label,
+        codebooks=_train_books(tables, cfg),
+    )
 
 
 def retriever_for(world: World, lengths: list[int], config: PQConfig, seed: int) -> PQRetriever:
-    cb = world.codebooks[config.nbits, config.opq_iters > 0]
-    table_codes = {m: cb.encode(m, t) for m, t in world.tables.items()}
-    offsets, item, query = synthetic_users(
-        lengths, world.n_items, world.n_queries, seed=seed, first_item=world.first_item
-    )
-    store = build_sequence_store(offsets, item, query, table_codes, cb.modalities, cb.nbits)
-    return PQRetriever(
-        cb,
-        {m: torch.from_numpy(t) for m, t in world.tables.items()},
-        table_codes,
-        config,
-        store=store,
-        gsu_weight=torch.from_numpy(world.weight),
-        gsu_bias=torch.from_numpy(world.bias),
-        k=TOP_K,
-    )
+    codebooks = world.codebooks[config.nbits, config.opq_iters > 0]
+    codes = world.encode(codebooks)
+    store = world.store(codebooks, lengths, seed, table_codes=codes)
+    return world.retriever(codebooks, config, TOP_K, store, table_codes=codes)
 
 
 def request_targets(world: World, seed: int) -> torch.Tensor:

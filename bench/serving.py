@@ -184,7 +184,7 @@ def prepare_repo(
         "seed": cfg.seed,
         "checkpoint_mtime": (run / "checkpoint.safetensors").stat().st_mtime,
     }
-    built = repo / contract.pinned_ensemble_name(cfg.version) / str(cfg.version) / "build.json"
+    built = contract.build_info_path(repo, cfg.version)
     if stamp.is_file() and json.loads(stamp.read_text()) == inputs and built.is_file():
         progress(f"reusing {repo}")
         meta = json.loads((data_long / "meta.json").read_text())

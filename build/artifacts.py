@@ -1,92 +1,29 @@
-"""Per-version artifacts besides the graphs: features maps, real parity inputs, manifests.
+"""Per-version artifacts besides the graphs: features maps, real parity inputs, index ranges.
 
 - features: the id -> index maps and the token vocabulary, copied from the prepared dataset
   (docs/design.md section 1) so each version carries the maps it was trained with.
-- manifest.json in every composing version dir: per file sha256, size, and shape/dtype for
-  .npy files, so a server or a test can prove the artifacts are the ones built.
 - real MovieLens inputs for the ONNX parity gate, made with the model's own encoders and
   component tables.
+- index_ranges.json of each exported graph, which its Triton backend reads at load.
+
+torch is imported only where a model runs: the backends read index ranges with numpy alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from seminar import contract
 from seminar.errors import ArtifactError, DataError
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _npy_meta(path: Path) -> dict:
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-    return {"shape": list(array.shape), "dtype": str(array.dtype)}
-
-
-def write_manifest(version_dir: Path) -> dict:
-    """Write version_dir/manifest.json over every other file below version_dir."""
-    files = {}
-    for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(version_dir).as_posix()
-        # Bytecode a stub wrote is not an artifact (the __pycache__ blocker file is one).
-        if (
-            rel == contract.MANIFEST_FILE
-            or "__pycache__" in path.relative_to(version_dir).parent.parts
-        ):
-            continue
-        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        if path.suffix == ".npy":
-            entry.update(_npy_meta(path))
-        files[rel] = entry
-    manifest = {"schema": 1, "files": files}
-    (version_dir / contract.MANIFEST_FILE).write_text(
-        json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    )
-    return manifest
-
-
-def verify_manifest(version_dir: Path) -> int:
-    """Check every file of version_dir/manifest.json; return how many were verified."""
-    path = version_dir / contract.MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ArtifactError(f"{path}: missing or unreadable manifest ({exc})") from exc
-    for rel, entry in files.items():
-        file = version_dir / rel
-        if not file.is_file():
-            hint = (
-                " (the empty file that keeps the Python stub from writing bytecode here: copy "
-                "model repositories without excluding __pycache__)"
-                if rel == contract.PYCACHE_BLOCKER
-                else ""
-            )
-            raise ArtifactError(f"{file}: listed in {path.name} but missing{hint}")
-        if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
-            raise ArtifactError(
-                f"{file}: sha256 does not match {path.name} (corrupted or replaced)"
-            )
-        if "shape" in entry and _npy_meta(file) != {
-            "shape": entry["shape"],
-            "dtype": entry["dtype"],
-        }:
-            raise ArtifactError(f"{file}: shape/dtype differ from {path.name}")
-    return len(files)
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _arrays(data_dir: Path, name: str) -> Path:
@@ -127,6 +64,8 @@ def real_parity_inputs(
     model.component_tables(), head h taking events [h*K, (h+1)*K) from the most recent back
     (short histories leave masked slots).
     """
+    import torch
+
     query_tokens = np.load(_arrays(data_dir, "query_tokens.npy"), mmap_mode="r")
     item_ids = np.load(_arrays(data_dir, contract.ITEM_IDS_FILE), mmap_mode="r")
     offsets = np.load(_arrays(data_dir, "seq_offsets.npy"), mmap_mode="r")
@@ -136,7 +75,8 @@ def real_parity_inputs(
     rng = np.random.default_rng(0)
     q_rows = np.concatenate([[0], rng.integers(0, len(query_tokens), rows - 1)])
     tokens = np.asarray(query_tokens[q_rows], dtype=np.int64)  # (B, T)
-    items = rng.integers(2, len(item_ids) + 2, size=(rows, 1)).astype(np.int64)  # (B, 1)
+    first = contract.FIRST_ITEM_INDEX
+    items = rng.integers(first, len(item_ids) + first, size=(rows, 1)).astype(np.int64)  # (B, 1)
     users = rng.integers(0, len(offsets) - 1, rows)
 
     with torch.no_grad():
@@ -174,7 +114,10 @@ def index_bounds(data_dir: Path) -> Mapping[str, int]:
     """Exclusive upper bounds of the int64 graph inputs, for random parity inputs."""
     tokens = json.loads(_arrays(data_dir, contract.TOKENS_FILE).read_text())
     items = np.load(_arrays(data_dir, contract.ITEM_IDS_FILE), mmap_mode="r")
-    return {contract.QUERY_TOKENS: len(tokens), contract.ITEM_INDEX: len(items) + 2}
+    return {
+        contract.QUERY_TOKENS: len(tokens),
+        contract.ITEM_INDEX: len(items) + contract.FIRST_ITEM_INDEX,
+    }
 
 
 def write_index_ranges(

@@ -20,7 +20,7 @@ exporter's stack traces (build/export.py).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
+import datetime
 import json
 import os
 import shutil
@@ -32,17 +32,11 @@ from pathlib import Path
 
 from torch import nn
 
-from seminar import contract
-from seminar.build import artifacts as A
-from seminar.build import export as E
-from seminar.build import lock as L
-from seminar.build import repository as R
-from seminar.build import tensorrt as TRT
+from seminar import contract, manifest
+from seminar.build import artifacts, export, lock, repository, tensorrt
 from seminar.errors import ArtifactError, ConflictError, UsageError
 from seminar.provenance import git_revision
 
-BUILD_INFO_FILE = "build.json"
-MODEL_CARD_FILE = "model_card.md"
 STAGING_PID_FILE = ".pid"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +47,8 @@ class BuildRequest:
     version: int
     target: contract.Target = contract.Target.CPU
     force: bool = False
-    serving: R.ServingConfig = field(default_factory=R.ServingConfig)
-    export: E.ExportConfig = field(default_factory=E.ExportConfig)
+    serving: repository.ServingConfig = field(default_factory=repository.ServingConfig)
+    export: export.ExportConfig = field(default_factory=export.ExportConfig)
     opt_batch: int = 128
 
     def __post_init__(self) -> None:
@@ -66,8 +60,8 @@ class BuildRequest:
             raise ValueError("BuildRequest.export.max_batch must be >= serving.max_batch_size")
 
     @property
-    def profile(self) -> TRT.Profile:
-        return TRT.Profile(
+    def profile(self) -> tensorrt.Profile:
+        return tensorrt.Profile(
             1, min(self.opt_batch, self.serving.max_batch_size), self.serving.max_batch_size
         )
 
@@ -90,7 +84,7 @@ class BuildSummary:
     version: int
     target: contract.Target
     repo: Path
-    exports: dict[str, E.ExportResult]
+    exports: dict[str, export.ExportResult]
     files: dict[str, int]  # model -> bytes written in its version dir
     seconds: float
 
@@ -110,7 +104,7 @@ def existing_versions(repo: Path) -> list[int]:
     out = []
     for d in repo.glob(f"{contract.ENSEMBLE_MODEL}_v*") if repo.is_dir() else []:
         suffix = d.name.removeprefix(f"{contract.ENSEMBLE_MODEL}_v")
-        if suffix.isdigit() and (d / suffix / BUILD_INFO_FILE).is_file():
+        if suffix.isdigit() and contract.build_info_path(repo, int(suffix)).is_file():
             out.append(int(suffix))
     return sorted(out)
 
@@ -128,7 +122,7 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
     """Every check that can refuse the build, before anything is written (call it under the
     repository lock, so that what it checks still holds at commit)."""
     if request.target is contract.Target.GPU:
-        reason = TRT.unavailable_reason()
+        reason = tensorrt.unavailable_reason()
         if reason:
             raise UsageError(reason)
     repo = request.repo
@@ -144,17 +138,17 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
         )
     specs = contract.model_specs(dims)
     for name in contract.COMPOSING_MODELS:
-        path = repo / name / R.CONFIG_FILE
+        path = repo / name / contract.CONFIG_FILE
         if not path.is_file():
             continue
-        config = R.parse_config(path)
-        existing = R.config_target(config, specs[name])
+        config = repository.parse_config(path)
+        existing = repository.config_target(config, specs[name])
         if existing is not None and existing is not request.target:
             raise ConflictError(
                 f"{path}: existing versions were built for --target {existing.value}, this "
                 f"build is --target {request.target.value}; use another --repo"
             )
-        mismatch = R.tensor_mismatch(config, specs[name])
+        mismatch = repository.tensor_mismatch(config, specs[name])
         if mismatch:
             raise ConflictError(
                 f"{path}: the checkpoint does not match the versions already in {repo} "
@@ -164,8 +158,8 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
         # it (say max_batch_size) would change the versions already served, and ensembles
         # of theirs with a larger batch would stop loading.
         sharing = _other_version_dirs(repo, name, request.version)
-        generated = R.model_config(specs[name], request.target, request.serving)
-        difference = R.config_difference(config, generated)
+        generated = repository.model_config(specs[name], request.target, request.serving)
+        difference = repository.config_difference(config, generated)
         if difference and sharing:
             field_path, existing_value, new_value = difference
             raise ConflictError(
@@ -187,7 +181,7 @@ def display_path(path: Path) -> str:
         return resolved.name
 
 
-def serving_record(serving: R.ServingConfig) -> dict:
+def serving_record(serving: repository.ServingConfig) -> dict:
     """The serving settings of a build, as build.json records them (every field of
     ServingConfig, so settings added there are recorded too)."""
     return json.loads(json.dumps(dataclasses.asdict(serving), default=str))
@@ -315,9 +309,11 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     specs = contract.model_specs(dims)
     onnx_dir = staging / ".onnx"
 
-    real = A.real_parity_inputs(inputs.model, inputs.data_dir, dims)
-    bounds = A.index_bounds(inputs.data_dir)
-    exports = E.export_all(inputs.model, dims, onnx_dir, real, bounds, request.export, progress)
+    real = artifacts.real_parity_inputs(inputs.model, inputs.data_dir, dims)
+    bounds = artifacts.index_bounds(inputs.data_dir)
+    exports = export.export_all(
+        inputs.model, dims, onnx_dir, real, bounds, request.export, progress
+    )
 
     version_dirs = {name: staging / name / str(n) for name in contract.COMPOSING_MODELS}
     for d in version_dirs.values():
@@ -329,15 +325,17 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         if request.target is contract.Target.GPU:
             progress(f"tensorrt {name}")
             plan = vdir / contract.PLAN_FILE
-            TRT.write_trtexec_script(vdir / contract.ONNX_FILE, plan, specs[name], request.profile)
-            TRT.build_engine(vdir / contract.ONNX_FILE, plan, specs[name], request.profile)
-            TRT.engine_parity(vdir / contract.ONNX_FILE, plan, specs[name])
+            tensorrt.write_trtexec_script(
+                vdir / contract.ONNX_FILE, plan, specs[name], request.profile
+            )
+            tensorrt.build_engine(vdir / contract.ONNX_FILE, plan, specs[name], request.profile)
+            tensorrt.engine_parity(vdir / contract.ONNX_FILE, plan, specs[name])
         else:
             _copy_backend(specs[name].backend_source, vdir)
-            A.write_index_ranges(vdir, specs[name], bounds)
+            artifacts.write_index_ranges(vdir, specs[name], bounds)
 
     progress("features maps")
-    A.write_features(inputs.data_dir, version_dirs[contract.FEATURES_MODEL], dims)
+    artifacts.write_features(inputs.data_dir, version_dirs[contract.FEATURES_MODEL], dims)
     _copy_backend(
         specs[contract.FEATURES_MODEL].backend_source, version_dirs[contract.FEATURES_MODEL]
     )
@@ -352,26 +350,30 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
 
     progress("configs and manifests")
     for name in contract.COMPOSING_MODELS:
-        A.write_manifest(version_dirs[name])
-        path = staging / name / R.CONFIG_FILE
-        path.write_text(R.to_text(R.model_config(specs[name], request.target, request.serving)))
+        manifest.write_manifest(version_dirs[name])
+        path = repository.write_config(
+            staging / name / contract.CONFIG_FILE,
+            repository.model_config(specs[name], request.target, request.serving),
+        )
         onnx_path = (
             version_dirs[name] / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
         )
-        R.validate_config(path, specs[name], request.target, onnx_path, request.serving)
+        repository.validate_config(path, specs[name], request.target, onnx_path, request.serving)
 
     newest = max([n, *existing_versions(request.repo)])
     for name, pin in ((contract.pinned_ensemble_name(n), n), (contract.ENSEMBLE_MODEL, newest)):
         (staging / name / str(n)).mkdir(parents=True)
-        path = staging / name / R.CONFIG_FILE
-        path.write_text(R.to_text(R.ensemble_config(dims, name, pin, request.serving)))
-        R.validate_config(path, contract.ensemble_spec(dims, name), request.target)
+        path = repository.write_config(
+            staging / name / contract.CONFIG_FILE,
+            repository.ensemble_config(dims, name, pin, request.serving),
+        )
+        repository.validate_config(path, contract.ensemble_spec(dims, name), request.target)
 
     info = {
         "version": n,
         "target": request.target.value,
         "dims": {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t},
-        "built_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "built_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_revision": git_revision(),
         "run": display_path(inputs.run_dir) if inputs.run_dir else None,
         "data": _data_summary(inputs.data_dir),
@@ -385,10 +387,10 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             for name, res in exports.items()
         },
     }
-    pinned_dir = staging / contract.pinned_ensemble_name(n) / str(n)
-    (pinned_dir / MODEL_CARD_FILE).write_text(model_card(request, inputs, info))
+    build_info = contract.build_info_path(staging, n)
+    (build_info.parent / contract.MODEL_CARD_FILE).write_text(model_card(request, inputs, info))
     # build.json is written last: its presence after commit marks the version complete.
-    (pinned_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    build_info.write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(onnx_dir)
     return {"exports": exports, "info": info}
 
@@ -418,7 +420,7 @@ def commit(request: BuildRequest, staging: Path) -> None:
         repo.mkdir(parents=True, exist_ok=True)
         for name in [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]:
             move(staging / name / str(n), repo / name / str(n))
-            move(staging / name / R.CONFIG_FILE, repo / name / R.CONFIG_FILE)
+            move(staging / name / contract.CONFIG_FILE, repo / name / contract.CONFIG_FILE)
         # The pinned ensemble (with build.json) goes last: until it lands the version is
         # incomplete.
         move(staging / contract.pinned_ensemble_name(n), repo / contract.pinned_ensemble_name(n))
@@ -459,7 +461,7 @@ def build_version(
     `on_lock_wait` (default: `progress`) is told once who holds it, and the build waits.
     """
     started = time.perf_counter()
-    with L.RepositoryLock(request.repo, "build", request.version, on_lock_wait or progress):
+    with lock.RepositoryLock(request.repo, "build", request.version, on_lock_wait or progress):
         preflight(request, inputs.dims)
         parent = request.repo.resolve().parent
         remove_stale_staging(parent, request.repo.name)

@@ -104,16 +104,14 @@ def build(
         raise UsageError(f"--target must be cpu or gpu, got {target!r}") from None
     if tgt is contract.Target.GPU:
         # Fail fast, before loading anything or touching the repository.
-        from seminar.build import tensorrt as TRT
+        from seminar.build import tensorrt
 
-        reason = TRT.unavailable_reason()
+        reason = tensorrt.unavailable_reason()
         if reason:
             raise UsageError(reason)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from seminar.build import builder as B
-    from seminar.build import export as E
-    from seminar.build import repository as R
+    from seminar.build import builder, export, repository
     from seminar.pq import PQConfig
     from seminar.training.checkpoint import load_run
 
@@ -125,19 +123,19 @@ def build(
             rerank=pq_rerank,
             kmeans_iters=pq_iters,
         )
-        serving = R.ServingConfig(
+        serving = repository.ServingConfig(
             max_batch_size=max_batch,
             preferred_batch_sizes=tuple(b for b in (128, 256, 512) if b <= max_batch)
             or (max_batch,),
             execution_env=str(execution_env.resolve()) if execution_env else None,
         )
-        request = B.BuildRequest(
+        request = builder.BuildRequest(
             repo=repo,
             version=version,
             target=tgt,
             force=force,
             serving=serving,
-            export=E.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
+            export=export.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
         )
     loaded = load_run(run)
     dims = contract.PipelineDims.from_model_config(loaded.model_config)
@@ -147,12 +145,12 @@ def build(
         raise UsageError(f"{run / 'config.json'}: records no dataset path; pass --data DATA")
     if not (data_dir / "arrays").is_dir():
         raise DataError(f"{data_dir}: not a prepared dataset (no arrays/); pass --data DATA")
-    inputs = B.BuildInputs(loaded.model, dims, data_dir, run_dir=run, pq_config=pq_config)
+    inputs = builder.BuildInputs(loaded.model, dims, data_dir, run_dir=run, pq_config=pq_config)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as progress:
         task = progress.add_task("preflight", total=None)
-        summary = B.build_version(
+        summary = builder.build_version(
             request,
             inputs,
             lambda msg: progress.update(task, description=msg),
@@ -196,20 +194,20 @@ def retire(
 
     Exit codes: 2 unreadable key file, 4 not a repository or unknown version, 5 the only complete version (never retired), 6 Triton unreachable or refused a call. Example: seminar retire --repo model_repository --version 1 --server 127.0.0.1:8000
     """
-    from seminar.build import retire as RT
+    from seminar.build import retire
 
     def say(line: str) -> None:
         typer.echo(line, err=True)
 
     with reading_options():
-        request = RT.RetireRequest(
+        request = retire.RetireRequest(
             repo=repo,
             version=version,
             server=server,
-            admin_key=RT.read_admin_key(admin_key_file) if admin_key_file else None,
+            admin_key=retire.read_admin_key(admin_key_file) if admin_key_file else None,
             ready_timeout_s=ready_timeout,
         )
-    summary = RT.retire_version(request, say)
+    summary = retire.retire_version(request, say)
     pinned = (
         f"; {contract.ENSEMBLE_MODEL} now serves version {summary.repinned_to}"
         if summary.repinned_to

@@ -1,6 +1,6 @@
 """Export the query encoder, item encoder and ranking head to ONNX, gated by parity checks.
 
-Each graph takes and gives exactly the per-row tensors of build/pipeline.py with a leading
+Each graph takes and gives exactly the per-row tensors of seminar/contract.py with a leading
 dynamic batch dimension (B = candidate rows). The model's own forwards use `(B,)` for the item
 index and the score; the adapters below only add or drop that trailing 1, so a TensorRT plan
 made from the graph matches its config.pbtxt without a `reshape`.

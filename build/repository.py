@@ -1,7 +1,7 @@
 """config.pbtxt for every model of the pipeline, per target, and their validation.
 
 Configs are built as Triton's own ModelConfig protobuf (tritonclient.grpc.model_config_pb2)
-from the declaration in build/pipeline.py and printed with text_format, so a config can only
+from the declaration in seminar/contract.py and printed with text_format, so a config can only
 name fields Triton knows. validate_config() parses a written file back and checks its
 tensors against the pipeline and, for exported models, against the ONNX graph itself.
 
@@ -13,6 +13,8 @@ version and is re-pinned to the newest build.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +22,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import model_config_pb2
 
 from seminar import contract
 from seminar.errors import ArtifactError
-
-CONFIG_FILE = "config.pbtxt"
 
 
 @dataclass(frozen=True)
@@ -66,22 +66,29 @@ def _tensors(message_list, specs: tuple[contract.TensorSpec, ...]) -> None:
     for t in specs:
         entry = message_list.add()
         entry.name = t.name
-        entry.data_type = mc.DataType.Value(t.dtype.value)
+        entry.data_type = model_config_pb2.DataType.Value(t.dtype.value)
         entry.dims.extend(t.dims)
 
 
-def _params(config: mc.ModelConfig, params: Mapping[str, str]) -> None:
+def tensor_config(spec: contract.ModelSpec, max_batch_size: int) -> model_config_pb2.ModelConfig:
+    """A ModelConfig with `spec`'s name and tensors and the batch size; the rest is the
+    caller's (backend, batching, instances, parameters)."""
+    config = model_config_pb2.ModelConfig(name=spec.name, max_batch_size=max_batch_size)
+    _tensors(config.input, spec.inputs)
+    _tensors(config.output, spec.outputs)
+    return config
+
+
+def _params(config: model_config_pb2.ModelConfig, params: Mapping[str, str]) -> None:
     for key in sorted(params):
         config.parameters[key].string_value = params[key]
 
 
 def model_config(
     spec: contract.ModelSpec, target: contract.Target, serving: ServingConfig
-) -> mc.ModelConfig:
+) -> model_config_pb2.ModelConfig:
     """The ModelConfig of one composing model for a target."""
-    config = mc.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
-    _tensors(config.input, spec.inputs)
-    _tensors(config.output, spec.outputs)
+    config = tensor_config(spec, serving.max_batch_size)
     config.version_policy.all.SetInParent()
     config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
@@ -89,7 +96,7 @@ def model_config(
     group.count = serving.cpu_instances
     gpu = target is contract.Target.GPU
     group.kind = instance_kind(spec, target)
-    if gpu and spec.kind is contract.ModelKind.EXPORTED:
+    if gpu and spec.kind is contract.TritonModelKind.EXPORTED:
         group.count = 1
         config.platform = "tensorrt_plan"
         config.default_model_filename = contract.PLAN_FILE
@@ -98,7 +105,7 @@ def model_config(
     params = dict(spec.parameters)
     if spec.name == contract.FEATURES_MODEL:
         params[contract.PARAM_MAX_QUERY_BYTES] = str(serving.max_query_bytes)
-    if spec.kind is contract.ModelKind.EXPORTED:
+    if spec.kind is contract.TritonModelKind.EXPORTED:
         params[contract.PARAM_INDEX_RANGES] = contract.INDEX_RANGES_FILE
     if spec.name == contract.PQ_RETRIEVAL_MODEL:
         params[contract.PARAM_DEVICE] = "cuda" if gpu else "cpu"
@@ -112,12 +119,10 @@ def model_config(
 
 def ensemble_config(
     dims: contract.PipelineDims, name: str, pinned_version: int, serving: ServingConfig
-) -> mc.ModelConfig:
+) -> model_config_pb2.ModelConfig:
     """An ensemble whose every step is pinned to `pinned_version`."""
-    spec = contract.ensemble_spec(dims, name)
-    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=serving.max_batch_size)
-    _tensors(config.input, spec.inputs)
-    _tensors(config.output, spec.outputs)
+    config = tensor_config(contract.ensemble_spec(dims, name), serving.max_batch_size)
+    config.platform = "ensemble"
     config.version_policy.latest.num_versions = 1
     for step in contract.ensemble_steps():
         s = config.ensemble_scheduling.step.add()
@@ -128,20 +133,36 @@ def ensemble_config(
     return config
 
 
-def to_text(config: mc.ModelConfig) -> str:
+def to_text(config: model_config_pb2.ModelConfig) -> str:
     return text_format.MessageToString(config)
 
 
-def parse_config(path: Path) -> mc.ModelConfig:
+def write_config(path: Path, config: model_config_pb2.ModelConfig) -> Path:
+    """Write a config.pbtxt so that a reader (Triton, a crash) sees the old or the new file,
+    never half of one: a temp file in the same folder, flushed, then renamed over it."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(to_text(config))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
     """Parse a config.pbtxt with Triton's model-config protobuf; ArtifactError names the file."""
     try:
-        return text_format.Parse(path.read_text(), mc.ModelConfig())
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (OSError, text_format.ParseError) as exc:
         raise ArtifactError(f"{path}: not a valid Triton model config: {exc}") from exc
 
 
 def _check_tensors(where: str, kind: str, got, want: tuple[contract.TensorSpec, ...]) -> None:
-    got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
+    got_list = [(t.name, model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
     want_list = [(t.name, t.dtype.value, t.dims) for t in want]
     if got_list != want_list:
         raise ArtifactError(f"{where}: {kind} {got_list} != pipeline {want_list}")
@@ -174,7 +195,7 @@ def validate_config(
     target: contract.Target,
     onnx_path: Path | None = None,
     serving: ServingConfig | None = None,
-) -> mc.ModelConfig:
+) -> model_config_pb2.ModelConfig:
     """Parse `path` and check it against the pipeline spec and (exported models) the graph."""
     config = parse_config(path)
     where = str(path)
@@ -188,7 +209,7 @@ def validate_config(
         )
     _check_tensors(where, "inputs", config.input, spec.inputs)
     _check_tensors(where, "outputs", config.output, spec.outputs)
-    if spec.kind is contract.ModelKind.ENSEMBLE:
+    if spec.kind is contract.TritonModelKind.ENSEMBLE:
         if config.platform != "ensemble":
             raise ArtifactError(f"{where}: platform {config.platform!r} != 'ensemble'")
         steps = [s.model_name for s in config.ensemble_scheduling.step]
@@ -198,7 +219,7 @@ def validate_config(
             )
         return config
     gpu = target is contract.Target.GPU
-    if spec.kind is contract.ModelKind.EXPORTED and gpu:
+    if spec.kind is contract.TritonModelKind.EXPORTED and gpu:
         if config.platform != "tensorrt_plan":
             raise ArtifactError(f"{where}: gpu target needs platform tensorrt_plan")
     elif config.backend != "python":
@@ -210,7 +231,7 @@ def validate_config(
     want_kind = instance_kind(spec, target)
     if kinds != {want_kind}:
         raise ArtifactError(
-            f"{where}: instance kind must be {mc.ModelInstanceGroup.Kind.Name(want_kind)}"
+            f"{where}: instance kind must be {model_config_pb2.ModelInstanceGroup.Kind.Name(want_kind)}"
         )
     if onnx_path is not None:
         inputs, outputs = onnx_tensors(onnx_path)
@@ -218,7 +239,9 @@ def validate_config(
             ("inputs", inputs, config.input),
             ("outputs", outputs, config.output),
         ):
-            cfg_rows = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg]
+            cfg_rows = [
+                (t.name, model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg
+            ]
             if graph_rows != cfg_rows:
                 raise ArtifactError(
                     f"{where}: {kind} {cfg_rows} != ONNX graph {onnx_path.name} {graph_rows}"
@@ -226,7 +249,7 @@ def validate_config(
     return config
 
 
-def _check_queue_policy(where: str, config: mc.ModelConfig) -> None:
+def _check_queue_policy(where: str, config: model_config_pb2.ModelConfig) -> None:
     """No composing model may reject a request from its queue.
 
     A step that ends a request early (a queue timeout, like a cancellation) while a sibling
@@ -247,7 +270,10 @@ def _check_queue_policy(where: str, config: mc.ModelConfig) -> None:
 
 
 def _check_parameters(
-    where: str, config: mc.ModelConfig, spec: contract.ModelSpec, serving: ServingConfig | None
+    where: str,
+    config: model_config_pb2.ModelConfig,
+    spec: contract.ModelSpec,
+    serving: ServingConfig | None,
 ) -> None:
     """The parameters the Python models read beyond the spec's static ones."""
     params = {key: value.string_value for key, value in config.parameters.items()}
@@ -262,7 +288,7 @@ def _check_parameters(
                 f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"
             )
     if (
-        spec.kind is contract.ModelKind.EXPORTED
+        spec.kind is contract.TritonModelKind.EXPORTED
         and params.get(contract.PARAM_INDEX_RANGES) != contract.INDEX_RANGES_FILE
     ):
         raise ArtifactError(
@@ -270,13 +296,15 @@ def _check_parameters(
         )
 
 
-def tensor_mismatch(config: mc.ModelConfig, spec: contract.ModelSpec) -> str | None:
+def tensor_mismatch(config: model_config_pb2.ModelConfig, spec: contract.ModelSpec) -> str | None:
     """None when a written config has the spec's tensors, else what differs (one line)."""
     for kind, got, want in (
         ("inputs", config.input, spec.inputs),
         ("outputs", config.output, spec.outputs),
     ):
-        got_list = [(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in got]
+        got_list = [
+            (t.name, model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in got
+        ]
         want_list = [(t.name, t.dtype.value, t.dims) for t in want]
         if got_list != want_list:
             diff = [(g, w) for g, w in zip(got_list, want_list, strict=False) if g != w]
@@ -288,10 +316,16 @@ def instance_kind(spec: contract.ModelSpec, target: contract.Target) -> int:
     """KIND_GPU for the engines and pq_retrieval on gpu; the features lookup (numpy id maps
     and a tokenizer) always runs on the CPU."""
     on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
-    return mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+    return (
+        model_config_pb2.ModelInstanceGroup.KIND_GPU
+        if on_gpu
+        else model_config_pb2.ModelInstanceGroup.KIND_CPU
+    )
 
 
-def config_target(config: mc.ModelConfig, spec: contract.ModelSpec) -> contract.Target | None:
+def config_target(
+    config: model_config_pb2.ModelConfig, spec: contract.ModelSpec
+) -> contract.Target | None:
     """The target a written composing-model config was generated for (None: cannot tell)."""
     kinds = {g.kind for g in config.instance_group}
     matches = [t for t in contract.Target if kinds == {instance_kind(spec, t)}]
@@ -382,16 +416,16 @@ def _show_list(fd: FieldDescriptor, values: Iterable[object]) -> str:
     return "[" + ", ".join(_show(fd, v) for v in values) + "]"
 
 
-def pinned_version(config: mc.ModelConfig) -> int | None:
+def pinned_version(config: model_config_pb2.ModelConfig) -> int | None:
     """The composing version every step of an ensemble config is pinned to (None if the
     steps disagree or are not pinned)."""
     versions = {s.model_version for s in config.ensemble_scheduling.step}
     return versions.pop() if len(versions) == 1 and -1 not in versions else None
 
 
-def repinned(config: mc.ModelConfig, version: int) -> mc.ModelConfig:
+def repinned(config: model_config_pb2.ModelConfig, version: int) -> model_config_pb2.ModelConfig:
     """A copy of an ensemble config with every step pinned to `version`; nothing else changes."""
-    out = mc.ModelConfig()
+    out = model_config_pb2.ModelConfig()
     out.CopyFrom(config)
     for step in out.ensemble_scheduling.step:
         step.model_version = version

@@ -39,9 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seminar import contract
-from seminar.build import builder as B
-from seminar.build import lock as L
-from seminar.build import repository as R
+from seminar.build import builder, lock, repository
 from seminar.errors import ArtifactError, ConflictError, ServiceError, UsageError
 
 # The header tritonserver checks when started with
@@ -163,25 +161,10 @@ def read_admin_key(path: Path) -> str:
 
 def contract_pin(repo: Path) -> int | None:
     """The composing version the `seminar` ensemble routes to (None without its config)."""
-    path = repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE
+    path = repo / contract.ENSEMBLE_MODEL / contract.CONFIG_FILE
     if not path.is_file():
         return None
-    return R.pinned_version(R.parse_config(path))
-
-
-def write_config_atomically(path: Path, config: R.mc.ModelConfig) -> None:
-    """Write a config.pbtxt so that a reader (Triton, a crash) sees the old or the new file,
-    never half of one: a temp file in the same folder, flushed, then renamed over it."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(R.to_text(config))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    return repository.pinned_version(repository.parse_config(path))
 
 
 def _version_folders(repo: Path, version: int) -> list[Path]:
@@ -198,18 +181,18 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
     """Take version N out of the repository (and a live Triton); see the module docstring."""
     started = time.perf_counter()
     repo, n = request.repo, request.version
-    if not (repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE).is_file():
+    if not (repo / contract.ENSEMBLE_MODEL / contract.CONFIG_FILE).is_file():
         raise ArtifactError(
             f"{repo}: not a model repository written by `seminar build` "
-            f"(no {contract.ENSEMBLE_MODEL}/{R.CONFIG_FILE})",
+            f"(no {contract.ENSEMBLE_MODEL}/{contract.CONFIG_FILE})",
         )
     live = (
         LiveTriton(request.server, request.admin_key, request.http_timeout_s)
         if request.server
         else None
     )
-    with L.RepositoryLock(repo, "retire", n, on_wait=progress):
-        complete = B.existing_versions(repo)
+    with lock.RepositoryLock(repo, "retire", n, on_wait=progress):
+        complete = builder.existing_versions(repo)
         present = [f for f in _version_folders(repo, n) if f.exists()]
         pin = contract_pin(repo)
         # A live server may still hold version N after an interrupted retire removed the
@@ -229,9 +212,9 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
             )
 
         parent = repo.resolve().parent
-        B.remove_stale_staging(parent, repo.name)
+        builder.remove_stale_staging(parent, repo.name)
         trash = Path(tempfile.mkdtemp(prefix=f".{repo.name}.v{n}.retired.", dir=parent))
-        (trash / B.STAGING_PID_FILE).write_text(str(os.getpid()))
+        (trash / builder.STAGING_PID_FILE).write_text(str(os.getpid()))
         removed: list[str] = []
 
         def take_out(folder: Path) -> None:
@@ -246,9 +229,9 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
                 repinned_to = newest_other = max(others)
                 ensemble_dir = repo / contract.ENSEMBLE_MODEL
                 (ensemble_dir / str(newest_other)).mkdir(exist_ok=True)
-                config_path = ensemble_dir / R.CONFIG_FILE
-                config = R.repinned(R.parse_config(config_path), newest_other)
-                write_config_atomically(config_path, config)
+                config_path = ensemble_dir / contract.CONFIG_FILE
+                config = repository.repinned(repository.parse_config(config_path), newest_other)
+                repository.write_config(config_path, config)
                 progress(f"re-pinned {contract.ENSEMBLE_MODEL} from version {n} to {newest_other}")
                 if (ensemble_dir / str(n)).exists():
                     take_out(ensemble_dir / str(n))

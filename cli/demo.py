@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from seminar import contract
 from seminar.errors import cli_guard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +76,7 @@ def main(
 
     _banner("3. build: two versions of the CPU model repository (v1 = SEMINAR, v2 = TWIN)")
     for version, model in ((1, "seminar"), (2, "twin")):
-        if (repo / f"seminar_v{version}" / str(version) / "build.json").exists():
+        if contract.build_info_path(repo, version).exists():
             typer.echo(f"reusing version {version} in {repo}")
             continue
         _seminar(

@@ -23,7 +23,7 @@ from pathlib import Path
 from seminar.clients.config import Arm, ExperimentConfig, write_config
 from seminar.contract import ENSEMBLE_MODEL
 from seminar.errors import ArtifactError
-from seminar.serving.triton import free_port
+from seminar.processes import free_port
 
 _PINNED = re.compile(r"^seminar_v(\d+)$")
 

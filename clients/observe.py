@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+from typing import ClassVar
 
 from seminar.errors import ArtifactError, ServiceError
-from seminar.serving.triton import terminate
+from seminar.processes import LOOPBACK, ChildProcess, http_request
 
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
 
@@ -53,8 +51,10 @@ def local_config(
     return config
 
 
-class PrometheusProcess:
+class PrometheusProcess(ChildProcess):
     """`prometheus` on 127.0.0.1:port over a temp copy of the config; stopped on exit."""
+
+    name: ClassVar[str] = "prometheus"
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class PrometheusProcess:
         self.port = port
         self._tmp = tempfile.TemporaryDirectory(prefix="seminar-prometheus-")
         root = Path(self._tmp.name)
+        super().__init__(root / "prometheus.log", stop_timeout_s=10.0)
         self.storage = storage or root / "data"
         import yaml
 
@@ -80,43 +81,28 @@ class PrometheusProcess:
         )
         shutil.copy(PROMETHEUS_DIR / "rules.yml", root / "rules.yml")
         self.config_path = root / "prometheus.yml"
-        self.log_path = root / "prometheus.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> PrometheusProcess:
-        cmd = [
+    def command(self) -> list[str]:
+        return [
             str(self.binary),
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.storage}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.listen-address={LOOPBACK}:{self.port}",
         ]
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self._proc.poll() is not None:
-                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:])
-                raise ServiceError(f"prometheus exited with code {self._proc.returncode}:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServiceError(f"prometheus not ready on {self.url} after {timeout_s:.0f} s")
-            time.sleep(0.2)
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def is_ready(self) -> bool:
+        return http_request(f"{self.url}/-/ready", timeout_s=1)[0] == 200
+
+    def awaited(self) -> str:
+        return f"ready on {self.url}"
+
+    def start(self, timeout_s: float = 30.0) -> PrometheusProcess:
+        self.startup_timeout_s = timeout_s
+        return super().start()
 
     def query(self, promql: str) -> list[dict]:
         """Instant query: the `result` list of /api/v1/query."""
@@ -143,21 +129,10 @@ class PrometheusProcess:
             time.sleep(0.5)
         raise ServiceError(f"targets {jobs} not all up after {timeout_s:.0f} s: {up}")
 
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        terminate(proc, timeout_s=10)
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        code = super().stop(timeout_s)
         self._tmp.cleanup()
-
-    def __enter__(self) -> PrometheusProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return code
 
 
 def run_prometheus(
@@ -180,7 +155,7 @@ def run_prometheus(
             "try: seminar:gateway_latency_ms:p99_by_arm, seminar:gateway_traffic_share:rate1m_by_arm"
         )
         try:
-            while prom.running:
+            while prom.is_alive():
                 time.sleep(1)
         except KeyboardInterrupt:
             pass

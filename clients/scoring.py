@@ -1,9 +1,6 @@
-"""One home for "score these candidates in Triton": request tensors in, scores out.
-
-The gateway, the direct-to-Triton client and the perf input builder all speak the ensemble
-contract (docs/serving.md): one request per user, batch = candidate rows, per row
-`user_id` INT64 [1], `query` BYTES [1], `item_id` INT64 [1] -> `score` FP32 [1].
-"""
+"""One home for "score these candidates in Triton" from the gateway: scores out, errors as
+gRPC status names. The request tensors are seminar.serving.client's (the ensemble contract,
+docs/serving.md: one request per user, batch = candidate rows)."""
 
 from __future__ import annotations
 
@@ -12,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+from seminar.contract import OUTPUT_SCORE
 from seminar.errors import ServiceError
+from seminar.serving.client import request_inputs
 
 if TYPE_CHECKING:
     import tritonclient.grpc.aio as triton_aio
@@ -46,30 +44,6 @@ class CallFailed(ServiceError):
         return f"{self.code}: {self.message}"
 
 
-def request_arrays(user_id: int, query: str, candidate_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-row input arrays for one user's request, each (B, 1) with B = len(candidate_ids)."""
-    ids = np.asarray(candidate_ids, dtype=np.int64).reshape(-1, 1)  # (B, 1)
-    rows = ids.shape[0]
-    return {
-        INPUT_USER_ID: np.full((rows, 1), user_id, dtype=np.int64),  # (B, 1)
-        INPUT_QUERY: np.full((rows, 1), query.encode(), dtype=object),  # (B, 1) bytes
-        INPUT_ITEM_ID: ids,
-    }
-
-
-def triton_inputs(arrays: dict[str, np.ndarray]) -> list:
-    """tritonclient InferInput objects for request_arrays' output."""
-    import tritonclient.grpc as grpcclient
-
-    dtypes = {INPUT_USER_ID: "INT64", INPUT_QUERY: "BYTES", INPUT_ITEM_ID: "INT64"}
-    inputs = []
-    for name, array in arrays.items():
-        inp = grpcclient.InferInput(name, list(array.shape), dtypes[name])
-        inp.set_data_from_numpy(array)
-        inputs.append(inp)
-    return inputs
-
-
 async def score_async(
     client: triton_aio.InferenceServerClient,
     model: str,
@@ -92,7 +66,7 @@ async def score_async(
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    inputs = triton_inputs(request_arrays(user_id, query, candidate_ids))
+    inputs = request_inputs(user_id, query, candidate_ids)
     try:
         result = await client.infer(
             model,

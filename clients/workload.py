@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar.contract import FIRST_ITEM_INDEX
 from seminar.errors import DataError, UsageError
-
-FIRST_ITEM_INDEX = 2  # 0 = PAD, 1 = OOV; item index i -> item_ids[i - 2]
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum, unique
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+    from seminar.model.config import ModelConfig
 
 # Triton ensemble (docs/serving.md: "Triton ensemble (contract)").
 ENSEMBLE_MODEL: Final = "seminar"
@@ -47,10 +50,6 @@ RANKING_HEAD_MODEL: Final = "ranking_head"
 GATEWAY_SERVICE: Final = "seminar.v1.Ranker"
 GATEWAY_METHOD: Final = "Rank"
 AB_BUCKETS: Final = 10_000
-
-# Build targets.
-TARGET_CPU: Final = "cpu"
-TARGET_GPU: Final = "gpu"
 
 # Default loopback ports for local runs (tests pick free ports instead).
 DEFAULT_GRPC_PORT: Final = 8001
@@ -111,6 +110,8 @@ PARAM_MAX_QUERY_BYTES = "max_query_bytes"  # features: longer queries are reject
 # cpu ONNX Runtime models: JSON file in the version dir, [low, high) per index input
 PARAM_INDEX_RANGES = "index_ranges_file"
 
+CONFIG_FILE = "config.pbtxt"  # in each model's folder, beside its version folders
+
 # Artifact file names inside a model's version directory.
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
@@ -137,8 +138,10 @@ PQ_RETRIEVAL_SOURCE = "pq_retrieval.py"
 
 @unique
 class Target(StrEnum):
-    CPU = TARGET_CPU
-    GPU = TARGET_GPU
+    """Build targets."""
+
+    CPU = "cpu"  # Python backend + ONNX Runtime, KIND_CPU
+    GPU = "gpu"  # TensorRT engines, KIND_GPU
 
 
 @unique
@@ -151,6 +154,10 @@ class DataType(Enum):
 
     @property
     def numpy(self) -> np.dtype:
+        # Imported here: the contract itself is standard-library only (the tokenizer, which
+        # the features model imports, reads its token ids from it).
+        import numpy as np
+
         return {DataType.INT64: np.dtype(np.int64), DataType.FP32: np.dtype(np.float32)}.get(
             self, np.dtype(np.object_)
         )
@@ -167,9 +174,12 @@ class DataType(Enum):
 
 
 @unique
-class ModelKind(Enum):
+class TritonModelKind(Enum):
+    """How Triton runs a model of the pipeline (the model's architecture is
+    seminar.model.config.ModelKind)."""
+
     EXPORTED = "exported"  # a torch module exported to ONNX (cpu) / a TensorRT engine (gpu)
-    PYTHON = "python"  # a Python-backend model.py from build/backends/
+    PYTHON = "python"  # a Python-backend model.py from serving/backends/
     ENSEMBLE = "ensemble"
 
 
@@ -188,22 +198,23 @@ class PipelineDims:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"PipelineDims.{name} must be a positive int, got {value!r}")
 
+    # The field of seminar.model's ModelConfig each size is read from.
+    MODEL_CONFIG_FIELDS: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"d": "dim", "h": "heads", "k": "top_k", "t": "query_len"}
+    )
+
     @classmethod
-    def from_model_config(cls, config: object, query_len: int | None = None) -> PipelineDims:
-        """Read D, H, K, T from the model's config object (seminar.model)."""
-
-        def first(*names: str) -> int:
-            for name in names:
-                if hasattr(config, name):
-                    return int(getattr(config, name))
-            raise ValueError(f"model config has none of the fields {names}")
-
-        return cls(
-            d=first("d", "hidden", "hidden_size", "d_model", "dim"),
-            h=first("h", "heads", "num_heads", "gsu_heads", "n_heads"),
-            k=first("k", "top_k", "topk", "gsu_k", "gsu_top_k"),
-            t=query_len if query_len is not None else first("t", "query_len", "max_query_len"),
-        )
+    def from_model_config(cls, config: ModelConfig) -> PipelineDims:
+        """D, H, K, T of the model's config (seminar.model.config.ModelConfig, passed whole)."""
+        sizes = {}
+        for size, name in cls.MODEL_CONFIG_FIELDS.items():
+            if not hasattr(config, name):
+                raise TypeError(
+                    f"PipelineDims.from_model_config: {type(config).__name__} has no field "
+                    f"{name!r} (the pipeline's {size.upper()}); pass seminar.model's ModelConfig"
+                )
+            sizes[size] = getattr(config, name)
+        return cls(**sizes)
 
 
 @dataclass(frozen=True)
@@ -218,10 +229,10 @@ class ModelSpec:
     """One Triton model of the pipeline."""
 
     name: str
-    kind: ModelKind
+    kind: TritonModelKind
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # Python models: file in build/backends/ copied to <version>/model.py (cpu target for the
+    # Python models: file in serving/backends/ copied to <version>/model.py (cpu target for the
     # exported models; None where the target serves an engine directly).
     backend_source: str | None = None
     # Static `parameters` of config.pbtxt (artifact names, knobs); the repository writer adds
@@ -256,7 +267,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
     specs = [
         ModelSpec(
             name=FEATURES_MODEL,
-            kind=ModelKind.PYTHON,
+            kind=TritonModelKind.PYTHON,
             inputs=(
                 _t(INPUT_USER_ID, i64, 1),
                 _t(INPUT_QUERY, DataType.BYTES, 1),
@@ -279,7 +290,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=QUERY_ENCODER_MODEL,
-            kind=ModelKind.EXPORTED,
+            kind=TritonModelKind.EXPORTED,
             inputs=(_t(QUERY_TOKENS, i64, dims.t),),
             outputs=(query_emb,),
             backend_source=ONNX_RUNNER_SOURCE,
@@ -287,7 +298,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=ITEM_ENCODER_MODEL,
-            kind=ModelKind.EXPORTED,
+            kind=TritonModelKind.EXPORTED,
             inputs=(_t(ITEM_INDEX, i64, 1),),
             outputs=(item_emb,),
             backend_source=ONNX_RUNNER_SOURCE,
@@ -295,7 +306,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=PQ_RETRIEVAL_MODEL,
-            kind=ModelKind.PYTHON,
+            kind=TritonModelKind.PYTHON,
             inputs=(_t(USER_INDEX, i64, 1), query_emb, item_emb),
             outputs=(topk_emb, topk_mask),
             backend_source=PQ_RETRIEVAL_SOURCE,
@@ -303,7 +314,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ),
         ModelSpec(
             name=RANKING_HEAD_MODEL,
-            kind=ModelKind.EXPORTED,
+            kind=TritonModelKind.EXPORTED,
             inputs=(query_emb, item_emb, topk_emb, topk_mask),
             outputs=(_t(OUTPUT_SCORE, f32, 1),),
             backend_source=ONNX_RUNNER_SOURCE,
@@ -333,7 +344,7 @@ def ensemble_spec(dims: PipelineDims, name: str = ENSEMBLE_MODEL) -> ModelSpec:
     specs = model_specs(dims)
     return ModelSpec(
         name=name,
-        kind=ModelKind.ENSEMBLE,
+        kind=TritonModelKind.ENSEMBLE,
         inputs=specs[FEATURES_MODEL].inputs,
         outputs=specs[RANKING_HEAD_MODEL].outputs,
     )
@@ -355,3 +366,8 @@ def ensemble_steps() -> tuple[EnsembleStep, ...]:
 def pinned_ensemble_name(version: int) -> str:
     """The A/B handle of build `version` (docs/design.md section 5)."""
     return f"{ENSEMBLE_MODEL}_v{version}"
+
+
+def build_info_path(repo: Path, version: int) -> Path:
+    """`repo`/seminar_vN/N/build.json: written last by a build, it marks version N complete."""
+    return Path(repo) / pinned_ensemble_name(version) / str(version) / BUILD_INFO_FILE

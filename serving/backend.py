@@ -1,10 +1,13 @@
 """What every Python-backend model.py of the pipeline shares, without Triton.
 
-The model.py files in build/backends/ only adapt tensors; the checks they run at `initialize`
-(numpy < 2, parameters present, artifact checksums), the request bookkeeping of `execute`
-(cancelled and malformed requests set aside, valid rows concatenated, outputs split back) and
-the stall guard that keeps a stub from answering a request tritonserver gave up live here,
-where they run in plain unit tests. Nothing here imports `triton_python_backend_utils`.
+The model.py files in serving/backends/ only adapt tensors: each is a `PipelineModel` with a
+`load` (its artifacts), a `read` (one request's input tensors) and a `run` (every accepted row
+of the batch at once). The prologue of `initialize` (numpy < 2, the config, the version's
+manifest, the stall guard), the request loop of `execute` (malformed requests answered with
+INVALID_ARG, valid rows concatenated, outputs split back, one response per request in order)
+and the stall guard that keeps a stub from answering a request tritonserver gave up live here,
+where they run in plain unit tests. Nothing here imports `triton_python_backend_utils`: each
+model.py hands its module to the class (`PipelineModel.pb_utils`).
 """
 
 from __future__ import annotations
@@ -21,8 +24,23 @@ from typing import Any
 
 import numpy as np
 
-from seminar import contract
+from seminar import contract, manifest
+from seminar.build.artifacts import read_index_ranges
 from seminar.errors import ArtifactError, UsageError
+
+__all__ = [
+    "ArtifactError",
+    "BackendContext",
+    "PipelineModel",
+    "RequestError",
+    "RowBatch",
+    "StallGuard",
+    "check_numpy",
+    "read_index_ranges",
+    "read_requests",
+    "require_index_range",
+    "require_rows",
+]
 
 
 class RequestError(UsageError):
@@ -107,6 +125,10 @@ class BackendContext:
             t["name"]: contract.DataType(t["data_type"]).numpy for t in self.config.get(section, [])
         }
 
+    def tensor_dims(self, section: str) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of every `input` / `output` tensor, as config.pbtxt declares it."""
+        return {t["name"]: tuple(int(d) for d in t["dims"]) for t in self.config.get(section, [])}
+
     @property
     def on_gpu(self) -> bool:
         return self.instance_kind == "GPU"
@@ -114,14 +136,6 @@ class BackendContext:
     @property
     def version(self) -> str:
         return self.version_dir.name
-
-
-def verify_manifest(version_dir: Path) -> int:
-    """Check this version's artifacts against its manifest.json (sha256, size, .npy shape);
-    build/ owns the format. Imported lazily: build.artifacts pulls in torch."""
-    from seminar.build.artifacts import verify_manifest as verify
-
-    return verify(version_dir)
 
 
 def _cat(parts: list):
@@ -226,14 +240,6 @@ def require_index_range(name: str, array, low: int, high: int) -> None:
             f"input {name} has {int(values[position])} at row {position[0]}, outside its "
             f"table's range [{low}, {high})"
         )
-
-
-def read_index_ranges(path: Path) -> dict[str, tuple[int, int]]:
-    """The index ranges a build wrote for this version's graph (build/ owns the format).
-    Imported lazily: build.artifacts pulls in torch."""
-    from seminar.build.artifacts import read_index_ranges as read
-
-    return read(path)
 
 
 # ---- stall guard -------------------------------------------------------------------------------
@@ -398,3 +404,82 @@ class StallGuard:
         )
         self._libc.sleep_us(_EXIT_SETTLE_US)
         self._exit_process(STALL_EXIT_CODE)
+
+
+# ---- the model every model.py subclasses ---------------------------------------------------------
+class PipelineModel:
+    """A Python-backend model of the pipeline: the prologue and the request loop, once.
+
+    `initialize` checks numpy, reads the config, verifies this version's files against its
+    manifest, calls `load` and starts the stall guard last. `execute` runs under the guard:
+    `read` each request (a RequestError sets that request aside, answered INVALID_ARG), `run`
+    the accepted rows in one call, then answer every request in order with its rows of each
+    output (`output_tensor`). A subclass sets `pb_utils` to the stub's
+    `triton_python_backend_utils` module and adapts tensors; nothing else.
+    """
+
+    pb_utils: Any  # triton_python_backend_utils, set by the model.py
+
+    context: BackendContext
+    input_dtypes: dict[str, np.dtype]
+    input_dims: dict[str, tuple[int, ...]]
+    output_dtypes: dict[str, np.dtype]
+    stall_guard: StallGuard
+
+    def initialize(self, args: Mapping[str, str]) -> None:
+        check_numpy()
+        self.context = BackendContext.from_args(args)
+        manifest.verify_manifest(self.context.version_dir)
+        self.input_dtypes = self.context.tensor_dtypes("input")
+        self.input_dims = self.context.tensor_dims("input")
+        self.output_dtypes = self.context.tensor_dtypes("output")
+        self.load(self.context)
+        self.stall_guard = StallGuard(self.context.model_name, self.context.version).start()
+
+    # ---- what a model adapts -------------------------------------------------------------------
+    def load(self, context: BackendContext) -> None:
+        """Open this version's artifacts (raise ArtifactError: the model does not load)."""
+
+    def read(self, request: Any) -> dict[str, Any]:
+        """One request's tensors by name, rows first; RequestError rejects the request.
+        By default every input as numpy, checked against its config dtype and shape."""
+        return {name: self.checked_input(request, name) for name in self.input_dtypes}
+
+    def run(self, batch: RowBatch) -> Mapping[str, Any]:
+        """Outputs by name for every row of `batch` (by default the rows `read` returned)."""
+        return batch.arrays
+
+    def output_tensor(self, name: str, value: Any) -> Any:
+        """One response tensor from one request's rows of output `name`."""
+        return self.pb_utils.Tensor(name, np.ascontiguousarray(value, self.output_dtypes[name]))
+
+    # ---- helpers for `read` --------------------------------------------------------------------
+    def input_array(self, request: Any, name: str) -> np.ndarray:
+        return self.pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+    def checked_input(self, request: Any, name: str) -> np.ndarray:
+        array = self.input_array(request, name)
+        require_rows(name, array, self.input_dtypes[name], self.input_dims[name])
+        return array
+
+    # ---- the request loop ----------------------------------------------------------------------
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        with self.stall_guard.executing():
+            per_request, errors = read_requests(requests, self.read)
+            batch = RowBatch.concat(per_request)
+            outputs = self.run(batch) if batch.rows else {}
+            return [
+                self._error_response(errors[r])
+                if r in errors
+                else self.pb_utils.InferenceResponse(
+                    output_tensors=[
+                        self.output_tensor(name, value)
+                        for name, value in batch.split(outputs, r).items()
+                    ]
+                )
+                for r in range(len(requests))
+            ]
+
+    def _error_response(self, error: RequestError) -> Any:
+        code = getattr(self.pb_utils.TritonError, error.triton_code)
+        return self.pb_utils.InferenceResponse(error=self.pb_utils.TritonError(str(error), code))

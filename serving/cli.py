@@ -17,8 +17,8 @@ from seminar.contract import (
     DEFAULT_METRICS_PORT,
 )
 from seminar.errors import cli_guard, reading_options
+from seminar.processes import LOOPBACK
 from seminar.serving.shield import ShieldConfig
-from seminar.serving.triton import LOOPBACK
 
 
 @cli_guard

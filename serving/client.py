@@ -1,31 +1,65 @@
-"""Calling the `seminar` ensemble over gRPC: one request = one user's candidate rows.
+"""The request tensors of the `seminar` ensemble, built once: one request = one user's
+candidate rows, per row `user_id` INT64 [1], `query` BYTES [1], `item_id` INT64 [1].
 
-Shared by `seminar bench serving`, the demo and the serving tests (the gateway has its own
-client in seminar.clients, with deadlines and A/B arms).
+Every caller builds them here: the gateway (seminar.clients.scoring), the in-process pipeline,
+`seminar bench serving` and perf_analyzer's input data, the demo and the tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from seminar import contract
 
 
-def request_inputs(user_id: int, query: str, item_ids: Sequence[int] | np.ndarray) -> list:
-    """The ensemble's inputs for one user and B candidates: user_id, query, item_id, each (B, 1)."""
-    import tritonclient.grpc as grpcclient
-
+def request_arrays(
+    user_id: int, query: str | bytes, item_ids: Sequence[int] | np.ndarray
+) -> dict[str, np.ndarray]:
+    """The ensemble's inputs for one user and B candidates, each (B, 1), by input name."""
     items = np.asarray(item_ids, dtype=np.int64).reshape(-1, 1)  # (B, 1)
-    b = items.shape[0]
-    user = grpcclient.InferInput(contract.INPUT_USER_ID, [b, 1], "INT64")
-    user.set_data_from_numpy(np.full((b, 1), user_id, dtype=np.int64))
-    text = grpcclient.InferInput(contract.INPUT_QUERY, [b, 1], "BYTES")
-    text.set_data_from_numpy(np.full((b, 1), query.encode("utf-8"), dtype=object))
-    item = grpcclient.InferInput(contract.INPUT_ITEM_ID, [b, 1], "INT64")
-    item.set_data_from_numpy(items)
-    return [user, text, item]
+    rows = items.shape[0]
+    text = query if isinstance(query, bytes) else query.encode("utf-8")
+    return {
+        contract.INPUT_USER_ID: np.full((rows, 1), user_id, dtype=np.int64),  # (B, 1)
+        contract.INPUT_QUERY: np.full((rows, 1), text, dtype=object),  # (B, 1) bytes
+        contract.INPUT_ITEM_ID: items,
+    }
+
+
+def request_rows(
+    user_id: int, query: str, item_ids: Sequence[int] | np.ndarray
+) -> list[dict[str, list]]:
+    """The same request as JSON rows, one per candidate (perf_analyzer's --input-data)."""
+    arrays = request_arrays(user_id, query, item_ids)
+    columns = {
+        name: [v.decode("utf-8") if isinstance(v, bytes) else v for v in array[:, 0].tolist()]
+        for name, array in arrays.items()
+    }
+    return [
+        {name: [column[row]] for name, column in columns.items()}
+        for row in range(len(arrays[contract.INPUT_ITEM_ID]))
+    ]
+
+
+def infer_inputs(arrays: Mapping[str, np.ndarray]) -> list:
+    """tritonclient.grpc InferInputs of named arrays; each datatype follows its numpy dtype
+    (int64 -> INT64, float32 -> FP32, object -> BYTES, ...)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def request_inputs(user_id: int, query: str | bytes, item_ids: Sequence[int] | np.ndarray) -> list:
+    """`request_arrays` as tritonclient.grpc InferInputs."""
+    return infer_inputs(request_arrays(user_id, query, item_ids))
 
 
 def score(

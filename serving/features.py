@@ -1,6 +1,6 @@
 """Request features: external ids -> dense indices, query text -> token ids.
 
-The `features` Triton model (build/backends/features.py) is a thin adapter around
+The `features` Triton model (serving/backends/features.py) is a thin adapter around
 `FeatureMapper`; the same mapper runs in-process in tests and in `seminar bench serving`.
 Maps travel with the model version (features/N/{user_ids.npy, item_ids.npy, tokens.json});
 tokenisation is the data area's `QueryTokenizer`, so served queries tokenise exactly as the
@@ -26,7 +26,6 @@ from seminar import contract
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.serving.backend import RequestError
 
-FIRST_ITEM_INDEX = 2  # 0 = PAD, 1 = OOV (docs/design.md section 1)
 DEFAULT_MAX_QUERY_BYTES = 1024  # in-process callers; the served limit comes from config.pbtxt
 
 
@@ -78,7 +77,7 @@ class FeatureMapper:
     def from_version_dir(
         cls, version_dir: Path, query_len: int, max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
     ) -> FeatureMapper:
-        """The features model's version folder (file names from build/pipeline.py)."""
+        """The features model's version folder (file names from seminar.contract)."""
         return cls.load(
             version_dir / contract.USER_IDS_FILE,
             version_dir / contract.ITEM_IDS_FILE,
@@ -95,7 +94,9 @@ class FeatureMapper:
     def item_index(self, item_id: np.ndarray) -> np.ndarray:
         """(B,) int64 external ids -> (B,) int64 item index, 1 = OOV."""
         pos, found = _lookup(self.item_ids, item_id)
-        return np.where(found, pos + FIRST_ITEM_INDEX, contract.OOV_ITEM_INDEX).astype(np.int64)
+        return np.where(found, pos + contract.FIRST_ITEM_INDEX, contract.OOV_ITEM_INDEX).astype(
+            np.int64
+        )
 
     def query_tokens(self, queries: list[str]) -> np.ndarray:
         """B query strings -> (B, T) int64 token ids; repeated queries are tokenised once."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from seminar import contract
+from seminar.serving.client import request_arrays
 from seminar.serving.features import FeatureMapper
 from seminar.serving.onnx_runner import OnnxRunner
 from seminar.serving.retrieval import BatchRetrieval
@@ -24,19 +25,22 @@ def _params(repo: Path, model: str) -> dict[str, str]:
     """The `parameters` of a model's config.pbtxt (parsed with Triton's protobuf)."""
     from seminar.build.repository import parse_config
 
-    config = parse_config(repo / model / "config.pbtxt")
+    config = parse_config(repo / model / contract.CONFIG_FILE)
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
 def _dtypes(repo: Path, model: str) -> tuple[dict[str, np.dtype], dict[str, np.dtype]]:
-    from tritonclient.grpc import model_config_pb2 as mc
+    from tritonclient.grpc import model_config_pb2
 
     from seminar.build.repository import parse_config
 
-    config = parse_config(repo / model / "config.pbtxt")
+    config = parse_config(repo / model / contract.CONFIG_FILE)
 
     def dtypes(tensors) -> dict[str, np.dtype]:
-        return {t.name: contract.DataType(mc.DataType.Name(t.data_type)).numpy for t in tensors}
+        return {
+            t.name: contract.DataType(model_config_pb2.DataType.Name(t.data_type)).numpy
+            for t in tensors
+        }
 
     return dtypes(config.input), dtypes(config.output)
 
@@ -72,12 +76,12 @@ class InProcessPipeline:
 
     def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
         """Scores (B,) float32 of one user's B candidates, exactly as the ensemble computes."""
-        items = np.asarray(item_ids, dtype=np.int64).reshape(-1, 1)  # (B, 1)
-        b = items.shape[0]
+        request = request_arrays(user_id, query, item_ids)
+        b = len(request[contract.INPUT_ITEM_ID])
         f = self.features(
-            np.full((b, 1), user_id, dtype=np.int64),
-            np.full((b, 1), query.encode("utf-8"), dtype=object),
-            items,
+            request[contract.INPUT_USER_ID],
+            request[contract.INPUT_QUERY],
+            request[contract.INPUT_ITEM_ID],
         )
         q = self.encoders[contract.QUERY_ENCODER_MODEL].run(
             {contract.QUERY_TOKENS: f[contract.QUERY_TOKENS]}
@@ -104,5 +108,5 @@ class InProcessPipeline:
 
 def build_info(repo: Path, version: int) -> dict:
     """The pinned ensemble's build.json (dims, data, exports) for reports."""
-    path = Path(repo) / contract.pinned_ensemble_name(version) / str(version) / "build.json"
+    path = contract.build_info_path(repo, version)
     return json.loads(path.read_text()) if path.is_file() else {}

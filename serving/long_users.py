@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar.contract import FIRST_ITEM_INDEX
+from seminar.pq.synthetic import synthetic_users
+
 ARRAYS = "arrays"
-FIRST_ITEM = 2  # 0 = PAD, 1 = OOV (docs/design.md section 1)
 # Arrays with one row per user or per event: rewritten; everything else is linked.
 _PER_USER = ("user_ids", "test_pos", "valid_pos", "test_negatives", "valid_negatives")
 _PER_EVENT = ("seq_item", "seq_query", "seq_label", "seq_time")
@@ -65,21 +67,27 @@ def append_synthetic_users(
     def load(name: str) -> np.ndarray:
         return np.load(src / f"{name}.npy")
 
-    rng = np.random.default_rng(seed)
     user_ids, offsets = load("user_ids"), load("seq_offsets")
     n_items = len(load("item_ids"))
     n_queries = len(json.loads((src / "queries.json").read_text()))
     new_ids = np.arange(1, len(lengths) + 1, dtype=np.int64) + int(user_ids.max())
-    n_new = int(sum(lengths))
-    item = rng.integers(FIRST_ITEM, FIRST_ITEM + n_items, n_new)
-    query = np.where(rng.random(n_new) < search_share, rng.integers(1, max(n_queries, 2), n_new), 0)
-    label = (rng.random(n_new) < 0.5).astype(np.int8)
+    # Events are the PQ benchmarks' synthetic users, over this dataset's real item indices.
+    new_offsets, item, query = synthetic_users(
+        list(lengths),
+        n_items=FIRST_ITEM_INDEX + n_items,
+        n_queries=n_queries,
+        seed=seed,
+        search_share=search_share,
+        first_item=FIRST_ITEM_INDEX,
+    )
+    n_new = len(item)
+    label = (np.random.default_rng((seed, 1)).random(n_new) < 0.5).astype(np.int8)
     seq_time = load("seq_time")
     start = int(seq_time.max()) + 1
     time = np.concatenate([start + np.arange(n, dtype=np.int64) * 60 for n in lengths])
     new = {
         "user_ids": new_ids,
-        "seq_offsets": offsets[-1] + np.cumsum(lengths).astype(np.int64),
+        "seq_offsets": offsets[-1] + new_offsets[1:],
         "seq_item": item,
         "seq_query": query,
         "seq_label": label,

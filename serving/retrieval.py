@@ -10,14 +10,13 @@ Shapes: B rows, D hidden size, H heads, K events per head.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from seminar import contract
+from seminar import contract, manifest
 from seminar.errors import ArtifactError
 from seminar.serving.backend import RequestError
 
@@ -30,12 +29,12 @@ def pair_alpha(pq_dir: Path, retriever: object | None = None) -> float:
     """
     alpha = getattr(retriever, "alpha", None)
     if alpha is None:
-        manifest = json.loads((pq_dir / "manifest.json").read_text())
-        alpha = manifest.get("alpha")
+        alpha = manifest.read_manifest(pq_dir).fields.get("alpha")
     if alpha is None:
         raise ArtifactError(
-            f"{pq_dir / 'manifest.json'} records no 'alpha' (the model's pair weight, needed to "
-            "form x_t from query_emb and item_emb): seminar.pq.save_retriever must write it"
+            f"{pq_dir / contract.MANIFEST_FILE} records no 'alpha' (the model's pair weight, "
+            "needed to form x_t from query_emb and item_emb): seminar.pq.save_retriever must "
+            "write it"
         )
     return float(alpha)
 
@@ -47,11 +46,12 @@ class BatchRetrieval:
     k: int
 
     @classmethod
-    def load(cls, pq_dir: Path, device: str, k: int) -> BatchRetrieval:
-        """Open this version's PQ artifacts (sha256-verified by seminar.pq) on `device`."""
+    def load(cls, pq_dir: Path, device: str, k: int, verify: bool = True) -> BatchRetrieval:
+        """Open this version's PQ artifacts on `device`; `verify` checks their sha256s (the
+        Triton model verified its whole version already and passes False)."""
         from seminar.pq import load_pq_retriever
 
-        retriever = load_pq_retriever(pq_dir, device=device, verify=True)
+        retriever = load_pq_retriever(pq_dir, device=device, verify=verify)
         alpha = pair_alpha(pq_dir, retriever)
         if retriever.k != k:
             raise ArtifactError(

@@ -39,6 +39,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from seminar.contract import (
+    CONFIG_FILE,
     DEFAULT_GRPC_PORT,
     DEFAULT_HEALTH_PORT,
     DEFAULT_HTTP_PORT,
@@ -46,21 +47,19 @@ from seminar.contract import (
     ENSEMBLE_MODEL,
 )
 from seminar.errors import ServiceError, UsageError
+from seminar.processes import LOOPBACK, free_port
 from seminar.serving.process_group import StubWatch
 from seminar.serving.shield import InferenceShield, ShieldConfig
 from seminar.serving.triton import (
     ADMIN_KEY_RE,
-    LOOPBACK,
     ModelControl,
     TritonConfig,
     TritonError,
     TritonServer,
-    free_port,
 )
 
 log = logging.getLogger("seminar.serve")
 
-CONFIG_FILE = "config.pbtxt"
 # Added to a model's config to make Triton reload it in place (new model processes) even though
 # nothing on disk changed; the backends ignore parameters they do not read.
 RESTART_PARAMETER = "seminar_restart"

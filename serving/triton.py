@@ -25,25 +25,20 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum, unique
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO
+from typing import ClassVar
 
 from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
 from seminar.errors import ServiceError
+from seminar.processes import LOOPBACK, ChildProcess, free_port, http_request
 from seminar.serving import process_group
 
-LOOPBACK = "127.0.0.1"
 _STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # Triton parses `--http-restricted-api=<apis>:<header>=<value>`: keep the value to a token.
 ADMIN_KEY_RE = re.compile(r"^[A-Za-z0-9._-]{16,256}$")
@@ -183,32 +178,6 @@ def backend_directory(install: TritonInstall, cache_dir: Path | None = None) -> 
     return target
 
 
-def free_port() -> int:
-    """A loopback TCP port that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    """SIGTERM (graceful: in-flight work finishes), then SIGKILL after `timeout_s`.
-
-    Kills the whole process group when the child leads one (start_new_session=True), so that
-    tritonserver's Python-backend stubs go with it.
-    """
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.wait()
-
-
 def _connect_host(bind_host: str) -> str:
     """Where a local client reaches a server bound to `bind_host` (0.0.0.0 = every address)."""
     return LOOPBACK if bind_host in ("0.0.0.0", "", "::") else bind_host
@@ -236,18 +205,27 @@ def _check_port_free(port: int, what: str, host: str = LOOPBACK) -> None:
             raise TritonError(f"{what} {host}:{port} is already in use ({e.strerror})") from e
 
 
-@dataclass
-class TritonServer:
-    """A tritonserver child process; a context manager that always stops it on exit."""
+class TritonServer(ChildProcess):
+    """A tritonserver child process; a context manager that always stops it on exit.
 
-    config: TritonConfig
-    grpc_port: int = field(init=False, default=0)
-    http_port: int = field(init=False, default=0)
-    metrics_port: int = field(init=False, default=0)
-    log_path: Path = field(init=False)
-    _proc: subprocess.Popen[bytes] | None = field(init=False, default=None, repr=False)
-    _log_file: BinaryIO | None = field(init=False, default=None, repr=False)
-    _shm_regions: set[str] = field(init=False, default_factory=set, repr=False)
+    Stopping also removes what the server leaves behind: stubs still in its process group and
+    the shared memory it had mapped (seminar.serving.process_group)."""
+
+    name: ClassVar[str] = "tritonserver"
+    start_error: ClassVar[type[Exception]] = TritonError
+    poll_s: ClassVar[float] = 0.1
+    # Own process group: Ctrl-C in a terminal reaches us, and we decide how to stop it; the
+    # stubs inherit the group, so it can be killed as one after a crash.
+    new_session: ClassVar[bool] = True
+
+    def __init__(self, config: TritonConfig) -> None:
+        super().__init__(
+            config.log_path, startup_timeout_s=config.startup_timeout_s, stop_timeout_s=30.0
+        )
+        self.config = config
+        self.grpc_port = self.http_port = self.metrics_port = 0
+        self._install: TritonInstall | None = None
+        self._shm_regions: set[str] = set()
 
     # ---- addresses -------------------------------------------------------------------------
     @property
@@ -269,36 +247,9 @@ class TritonServer:
     def repo(self) -> Path:
         return self.config.repo
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     # ---- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> TritonServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        """Start the process and wait until the server and `config.wait_models` are ready."""
-        self.launch()
-        try:
-            self.wait_ready(self.config.wait_models, self.config.startup_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-
     def launch(self) -> None:
-        """Start the process without waiting for it (see `start`)."""
-        if self._proc is not None:
-            raise TritonError("server already started")
+        """Pick the ports, then start the process without waiting for it (see `start`)."""
         cfg = self.config
         ports = {}
         hosts = {
@@ -318,25 +269,8 @@ class TritonServer:
             ports["http_port"],
             ports["metrics_port"],
         )
-        install = self.install()
-        cmd = self.command(install)
-        if cfg.log_path is not None:
-            self.log_path = cfg.log_path
-        else:
-            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop())
-        self._proc = subprocess.Popen(
-            _with_parent_death_signal(cmd),
-            env=self.environment(install),
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Own process group: Ctrl-C in a terminal reaches us, and we decide how to stop it;
-            # the stubs inherit the group, so it can be killed as one after a crash.
-            start_new_session=True,
-        )
+        self._install = self.install()
+        super().launch()
 
     def install(self) -> TritonInstall:
         cfg = self.config
@@ -352,8 +286,8 @@ class TritonServer:
             stub=Path(cfg.backend_dir) / "python" / "triton_python_backend_stub",
         )
 
-    def command(self, install: TritonInstall) -> list[str]:
-        cfg = self.config
+    def command(self) -> list[str]:
+        cfg, install = self.config, self._install or self.install()
         backends = cfg.backend_dir if cfg.backend_dir is not None else backend_directory(install)
         cmd = [
             str(install.binary),
@@ -383,10 +317,10 @@ class TritonServer:
             ]
         cmd += [f"--load-model={m}" for m in cfg.load_models]
         cmd += list(cfg.extra_args)
-        return cmd
+        return _with_parent_death_signal(cmd)
 
-    @staticmethod
-    def environment(install: TritonInstall) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        install = self._install or self.install()
         env = dict(os.environ)
         venv_bin = str(Path(sys.prefix) / "bin")
         env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
@@ -400,19 +334,16 @@ class TritonServer:
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM (graceful: in-flight requests finish), then SIGKILL after `timeout_s`; then
         whatever the server left behind: stubs still in its process group, shared memory."""
-        proc, self._proc = self._proc, None
-        try:
-            if proc is not None:
-                self.remember_shm_regions(proc.pid)
-                terminate(proc, timeout_s)
-                self.cleanup(proc.pid)
-        finally:
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
+        pid = self.pid
+        if pid is not None:
+            self.remember_shm_regions(pid)
+        code = super().stop(timeout_s)
+        if pid is not None:
+            self.cleanup(pid)
+        return code
 
     def remember_shm_regions(self, pid: int | None = None) -> None:
         """Note the shared-memory regions the server has mapped, to unlink them if it dies."""
@@ -437,9 +368,6 @@ class TritonServer:
             return None
         proc, self._proc = self._proc, None
         self.cleanup(proc.pid)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         return code
 
     def wait(self) -> int:
@@ -448,43 +376,13 @@ class TritonServer:
             raise TritonError("server not started")
         return self._proc.wait()
 
-    def send_signal(self, sig: int) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(sig)
-
     # ---- health ------------------------------------------------------------------------------
-    def is_alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, AttributeError):
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _check_alive(self) -> None:
-        if not self.is_alive():
-            code = self._proc.returncode if self._proc else None
-            raise TritonError(
-                f"tritonserver exited (code {code}); log {self.log_path}:\n{self.log_tail()}"
-            )
-
     def _http(
         self, method: str, path: str, body: dict | None = None, timeout: float = 5.0
     ) -> tuple[int, str]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {ADMIN_KEY_HEADER: self.config.admin_key} if self.config.admin_key else {}
-        req = urllib.request.Request(
-            f"http://{self.http_url}{path}", data=data, method=method, headers=headers
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace")
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            return 0, str(e)
+        return http_request(f"http://{self.http_url}{path}", method, data, headers, timeout)
 
     def is_ready(self) -> bool:
         return self._http("GET", "/v2/health/ready")[0] == 200
@@ -493,27 +391,25 @@ class TritonServer:
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "")
         return self._http("GET", path + "/ready")[0] == 200
 
-    def wait_ready(self, models: tuple[str, ...] = (), timeout_s: float = 120.0) -> None:
-        """Wait for the HTTP endpoint and every model in `models`; fail fast if the process dies."""
-        deadline = time.monotonic() + timeout_s
-        pending = ["<server>", *models]
-        while pending:
-            self._check_alive()
-            name = pending[0]
-            ok = (
-                self._http("GET", "/v2/health/live")[0] == 200
-                if name == "<server>"
-                else self.model_ready(name)
-            )
-            if ok:
+    def wait_ready(
+        self, models: tuple[str, ...] | None = None, timeout_s: float | None = None
+    ) -> float:
+        """Wait for the HTTP endpoint and every model in `models` (default: the config's
+        `wait_models`); fail fast if the process dies. The seconds waited."""
+        pending = ["<server>", *(self.config.wait_models if models is None else models)]
+
+        def ready(name: str) -> bool:
+            if name == "<server>":
+                return self._http("GET", "/v2/health/live")[0] == 200
+            return self.model_ready(name)
+
+        def all_ready() -> bool:
+            while pending and ready(pending[0]):
                 pending.pop(0)
-                continue
-            if time.monotonic() > deadline:
-                raise TritonError(
-                    f"tritonserver not ready after {timeout_s:.0f} s (waiting for {name}); "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
+            return not pending
+
+        timeout_s = self.config.startup_timeout_s if timeout_s is None else timeout_s
+        return self.wait_until(all_ready, timeout_s, lambda: f"ready (waiting for {pending[0]})")
 
     # ---- repository API (explicit model control) ----------------------------------------------
     def load_model(
@@ -524,7 +420,7 @@ class TritonServer:
         `config_json` replaces the model's config.pbtxt for this load (Triton's JSON form of
         ModelConfig); a changed config makes Triton reload every version of the model.
         """
-        self._check_alive()
+        self.check_alive()
         body = {"parameters": {"config": config_json}} if config_json is not None else None
         code, text = self._http(
             "POST", f"/v2/repository/models/{name}/load", body=body, timeout=timeout_s
@@ -533,7 +429,7 @@ class TritonServer:
             raise TritonError(f"loading model {name} failed (HTTP {code}): {text}")
 
     def unload_model(self, name: str, timeout_s: float = 60.0) -> None:
-        self._check_alive()
+        self.check_alive()
         code, text = self._http("POST", f"/v2/repository/models/{name}/unload", timeout=timeout_s)
         if code != 200:
             raise TritonError(f"unloading model {name} failed (HTTP {code}): {text}")

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from seminar import contract
-from seminar.build import artifacts as A
-from seminar.build import builder as B
-from seminar.build import repository as R
+from seminar import contract, manifest
+from seminar.build import builder, repository
 from tests.support.build import BuiltRepo, copy_repo, start_build_process, start_gated_build
 
 pytestmark = pytest.mark.slow
@@ -20,7 +18,7 @@ TIMEOUT_S = 600
 
 
 def _pins(repo: Path, ensemble: str) -> set[int]:
-    config = R.parse_config(repo / ensemble / R.CONFIG_FILE)
+    config = repository.parse_config(repo / ensemble / contract.CONFIG_FILE)
     return {step.model_version for step in config.ensemble_scheduling.step}
 
 
@@ -49,9 +47,9 @@ def test_two_builds_of_one_version_at_once_one_lands_the_other_is_refused(
     assert f"locked by pid {processes[winner].pid} (build of version 7)" in refusal, refusal
     assert "error: version 7 exists" in refusal and "--force" in refusal, refusal
     assert "Traceback" not in refusal
-    assert B.existing_versions(repo) == [1, 7]
+    assert builder.existing_versions(repo) == [1, 7]
     for name in contract.COMPOSING_MODELS:
-        A.verify_manifest(repo / name / "7")
+        manifest.verify_manifest(repo / name / "7")
     assert not list(tmp_path.glob(".repo.v*")), "staging dir left behind"
 
 
@@ -71,7 +69,7 @@ def test_builds_of_8_and_9_at_once_leave_seminar_pinned_to_9(
     ]
     results = _finish(processes)
     assert [code for code, _, _ in results] == [0, 0], results
-    assert B.existing_versions(repo) == [1, 8, 9]
+    assert builder.existing_versions(repo) == [1, 8, 9]
     assert _pins(repo, contract.ENSEMBLE_MODEL) == {9}
     served = max(
         int(d.name) for d in (repo / contract.ENSEMBLE_MODEL).iterdir() if d.name.isdigit()

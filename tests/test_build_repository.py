@@ -12,26 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar import contract
-from seminar.build import artifacts as A
-from seminar.build import builder as B
-from seminar.build import export as E
-from seminar.build import repository as R
-from seminar.build import tensorrt as TRT
+from seminar import contract, manifest
+from seminar.build import artifacts, builder, export, repository, tensorrt
 from seminar.errors import ArtifactError, ConflictError
 from tests.support.build import CHECKOUT, BuiltRepo, build_cli, copy_repo, tree_digest
 
 pytestmark = pytest.mark.slow
 
-_tree_digest = tree_digest
-
 
 def _version_files(repo: Path, version: int) -> dict[str, str]:
     out = {}
     for name in [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]:
-        for rel, digest in _tree_digest(repo / name / str(version)).items():
+        for rel, digest in tree_digest(repo / name / str(version)).items():
             out[f"{name}/{version}/{rel}"] = digest
-    for rel, digest in _tree_digest(repo / contract.pinned_ensemble_name(version)).items():
+    for rel, digest in tree_digest(repo / contract.pinned_ensemble_name(version)).items():
         out[f"{contract.pinned_ensemble_name(version)}/{rel}"] = digest
     return out
 
@@ -52,20 +46,20 @@ def test_onnx_matches_pytorch_at_batch_1_7_256(model_repo, trained, name):
 
     model, dims = trained
     spec = contract.model_specs(dims)[name]
-    module = E.graph_modules(model)[name]
+    module = export.graph_modules(model)[name]
     session = ort.InferenceSession(str(model_repo.repo / name / "1" / contract.ONNX_FILE))
-    bounds = A.index_bounds(model_repo.data)
+    bounds = artifacts.index_bounds(model_repo.data)
     rng = np.random.default_rng(123)
     slots = [1, dims.k - 1, dims.k] if name == contract.RANKING_HEAD_MODEL else [None]
     checked = 0
     for batch in (1, 7, 256):
         for valid in slots:
-            inputs = E.random_inputs(spec, batch, bounds, rng, valid)
-            diff = E.compare(module, session, spec, inputs)
+            inputs = export.random_inputs(spec, batch, bounds, rng, valid)
+            diff = export.compare(module, session, spec, inputs)
             assert diff <= 1e-4, f"{name} batch {batch} valid={valid}: max abs diff {diff:.3e}"
             checked += 1
-    real = A.real_parity_inputs(model, model_repo.data, dims)[name]
-    assert E.compare(module, session, spec, real) <= 1e-4
+    real = artifacts.real_parity_inputs(model, model_repo.data, dims)[name]
+    assert export.compare(module, session, spec, real) <= 1e-4
     assert checked == 3 * len(slots)
 
 
@@ -76,8 +70,8 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
         onnx_path = (
             repo / name / "1" / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
         )
-        config = R.validate_config(
-            repo / name / R.CONFIG_FILE, spec, contract.Target.CPU, onnx_path
+        config = repository.validate_config(
+            repo / name / contract.CONFIG_FILE, spec, contract.Target.CPU, onnx_path
         )
         assert config.backend == "python"
         assert config.version_policy.HasField("all")
@@ -85,18 +79,16 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
             contract.backend_source_path(spec.backend_source)
         ).read_bytes()
     for ensemble in (contract.ENSEMBLE_MODEL, contract.pinned_ensemble_name(1)):
-        config = R.validate_config(
-            repo / ensemble / R.CONFIG_FILE,
+        config = repository.validate_config(
+            repo / ensemble / contract.CONFIG_FILE,
             contract.ensemble_spec(dims, ensemble),
             contract.Target.CPU,
         )
         assert [s.model_version for s in config.ensemble_scheduling.step] == [1] * 5
         assert (repo / ensemble / "1").is_dir()
-    card = (repo / contract.pinned_ensemble_name(1) / "1" / B.MODEL_CARD_FILE).read_text()
+    card = (contract.build_info_path(repo, 1).parent / contract.MODEL_CARD_FILE).read_text()
     assert "logit" in card and "git revision" in card and "movielens" in card.lower()
-    info = json.loads(
-        (repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
-    )
+    info = json.loads(contract.build_info_path(repo, 1).read_text())
     assert info["dims"] == {"d": dims.d, "h": dims.h, "k": dims.k, "t": dims.t}
     assert all(
         e["max_abs_diff"] <= 1e-4 and e["polygraphy"] == "passed" for e in info["exports"].values()
@@ -105,16 +97,16 @@ def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained
 
 def test_manifests_verify_and_a_corrupted_artifact_is_detected(model_repo, tmp_path):
     for name in contract.COMPOSING_MODELS:
-        assert A.verify_manifest(model_repo.repo / name / "1") >= 2
-    pq = A.verify_manifest(model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1")
-    assert pq >= 4, "the PQ artifacts (codebooks, store, tables) are covered"
+        assert len(manifest.verify_manifest(model_repo.repo / name / "1").files) >= 2
+    pq = manifest.verify_manifest(model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1")
+    assert len(pq.files) >= 4, "the PQ artifacts (codebooks, store, tables) are covered"
     repo = copy_repo(model_repo, tmp_path / "repo")
     victim = repo / contract.FEATURES_MODEL / "1" / contract.ITEM_IDS_FILE
     ids = np.load(victim)
     ids[0] += 1  # same shape, size and dtype: only the checksum can tell
     np.save(victim, ids)
     with pytest.raises(ArtifactError, match=r"item_ids\.npy: sha256"):
-        A.verify_manifest(repo / contract.FEATURES_MODEL / "1")
+        manifest.verify_manifest(repo / contract.FEATURES_MODEL / "1")
 
 
 def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
@@ -123,10 +115,10 @@ def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
     result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--no-polygraphy")
     assert result.exit_code == 0, result.output
     assert _version_files(repo, 1) == before, "version 1 changed while building version 2"
-    assert sorted(B.existing_versions(repo)) == [1, 2]
-    ensemble = R.parse_config(repo / contract.ENSEMBLE_MODEL / R.CONFIG_FILE)
+    assert sorted(builder.existing_versions(repo)) == [1, 2]
+    ensemble = repository.parse_config(repo / contract.ENSEMBLE_MODEL / contract.CONFIG_FILE)
     assert {s.model_version for s in ensemble.ensemble_scheduling.step} == {2}
-    pinned = R.parse_config(repo / contract.pinned_ensemble_name(1) / R.CONFIG_FILE)
+    pinned = repository.parse_config(repo / contract.pinned_ensemble_name(1) / contract.CONFIG_FILE)
     assert {s.model_version for s in pinned.ensemble_scheduling.step} == {1}
     # Same checkpoint, same graphs: the rebuilt ONNX is byte-identical (deterministic export).
     for name in contract.EXPORTED_MODELS:
@@ -141,21 +133,25 @@ def test_version_2_lands_beside_an_untouched_version_1(model_repo, tmp_path):
     assert _version_files(repo, 1) == before
 
 
-def _request(repo: Path, version: int, **kw) -> B.BuildRequest:
-    return B.BuildRequest(repo=repo, version=version, export=E.ExportConfig(polygraphy=False), **kw)
+def _request(repo: Path, version: int, **kw) -> builder.BuildRequest:
+    return builder.BuildRequest(
+        repo=repo, version=version, export=export.ExportConfig(polygraphy=False), **kw
+    )
 
 
-def _inputs(model_repo: BuiltRepo, trained, **kw) -> B.BuildInputs:
+def _inputs(model_repo: BuiltRepo, trained, **kw) -> builder.BuildInputs:
     from seminar.pq import PQConfig
 
     model, dims = trained
     pq = PQConfig(nbits=4, kmeans_iters=2, n_subspaces=8)
-    return B.BuildInputs(model, dims, model_repo.data, run_dir=model_repo.run, pq_config=pq, **kw)
+    return builder.BuildInputs(
+        model, dims, model_repo.data, run_dir=model_repo.run, pq_config=pq, **kw
+    )
 
 
 def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_path, monkeypatch):
     repo = copy_repo(model_repo, tmp_path / "repo")
-    before = _tree_digest(repo)
+    before = tree_digest(repo)
     # A staging dir left by a killed build (its process is gone) is swept by the next build.
     import subprocess
     import sys
@@ -165,15 +161,15 @@ def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_pa
     )
     stale = repo.parent / ".repo.v7.killed"
     stale.mkdir()
-    (stale / B.STAGING_PID_FILE).write_text(dead.stdout.strip())
+    (stale / builder.STAGING_PID_FILE).write_text(dead.stdout.strip())
 
     def crash(out_dir: Path) -> None:  # mid-build: graphs exported, features written
         (out_dir / "half.npy").write_bytes(b"partial")
         raise KeyboardInterrupt("simulated interrupt")
 
     with pytest.raises(KeyboardInterrupt):
-        B.build_version(_request(repo, 3), _inputs(model_repo, trained, write_pq=crash))
-    assert _tree_digest(repo) == before
+        builder.build_version(_request(repo, 3), _inputs(model_repo, trained, write_pq=crash))
+    assert tree_digest(repo) == before
     assert not list(repo.parent.glob(".repo.v*")), "staging dir left behind"
 
     # Interrupt the commit of a --force rebuild of version 1 after a few renames: they are
@@ -188,13 +184,13 @@ def test_interrupted_builds_leave_no_partial_version(model_repo, trained, tmp_pa
             raise OSError("simulated crash during commit")
         real_rename(src, dst)
 
-    monkeypatch.setattr(B.os, "rename", flaky_rename)
+    monkeypatch.setattr(builder.os, "rename", flaky_rename)
     with pytest.raises(OSError, match="simulated crash"):
-        B.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
+        builder.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
     monkeypatch.undo()
     assert len(calls) > 4, "the renames done before the crash were undone"
-    assert _tree_digest(repo) == before
-    assert B.existing_versions(repo) == [1]
+    assert tree_digest(repo) == before
+    assert builder.existing_versions(repo) == [1]
     assert not list(repo.parent.glob(".repo.v*"))
 
 
@@ -202,45 +198,49 @@ def test_force_replaces_and_mismatches_are_refused(model_repo, trained, tmp_path
     repo = copy_repo(model_repo, tmp_path / "repo")
     _, dims = trained
     with pytest.raises(ConflictError, match="version 1 exists"):
-        B.preflight(_request(repo, 1), dims)
-    B.preflight(_request(repo, 1, force=True), dims)  # allowed
+        builder.preflight(_request(repo, 1), dims)
+    builder.preflight(_request(repo, 1, force=True), dims)  # allowed
 
     other = contract.PipelineDims(d=dims.d, h=dims.h, k=dims.k + 1, t=dims.t)
     with pytest.raises(ConflictError, match=r"does not match the versions already.*K=") as err:
-        B.preflight(_request(repo, 2), other)
+        builder.preflight(_request(repo, 2), other)
     assert "\n" not in str(err.value)
     # A repository of one target refuses a build of the other (configs are shared).
     gpu_repo = copy_repo(model_repo, tmp_path / "gpu_repo")
     spec = contract.model_specs(dims)[contract.PQ_RETRIEVAL_MODEL]
-    gpu_config = R.model_config(spec, contract.Target.GPU, R.ServingConfig())
-    (gpu_repo / contract.PQ_RETRIEVAL_MODEL / R.CONFIG_FILE).write_text(R.to_text(gpu_config))
+    gpu_config = repository.model_config(spec, contract.Target.GPU, repository.ServingConfig())
+    (gpu_repo / contract.PQ_RETRIEVAL_MODEL / contract.CONFIG_FILE).write_text(
+        repository.to_text(gpu_config)
+    )
     with pytest.raises(ConflictError, match="built for --target gpu"):
-        B.preflight(_request(gpu_repo, 2), dims)
+        builder.preflight(_request(gpu_repo, 2), dims)
 
     # A partly present version (a crash between renames) is reported, not silently reused.
     (repo / contract.FEATURES_MODEL / "5").mkdir()
     with pytest.raises(ConflictError, match="version 5 is partly present"):
-        B.preflight(_request(repo, 5), dims)
+        builder.preflight(_request(repo, 5), dims)
 
-    B.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
-    assert B.existing_versions(repo) == [1]
+    builder.build_version(_request(repo, 1, force=True), _inputs(model_repo, trained))
+    assert builder.existing_versions(repo) == [1]
     assert not list(repo.parent.glob(".repo.v*")), "the replaced version was not cleaned up"
     for name in contract.COMPOSING_MODELS:
-        A.verify_manifest(repo / name / "1")
+        manifest.verify_manifest(repo / name / "1")
 
 
 @pytest.mark.gpu
 def test_tensorrt_engines_match_onnx(model_repo, trained, tmp_path):
     """GPU only: FP16 engines with the serving profile, engine vs ONNX Runtime via polygraphy."""
-    reason = TRT.unavailable_reason()
+    reason = tensorrt.unavailable_reason()
     if reason:
         pytest.skip(reason)
     _, dims = trained
     specs = contract.model_specs(dims)
     for name in contract.EXPORTED_MODELS:
         onnx_path = model_repo.repo / name / "1" / contract.ONNX_FILE
-        plan = TRT.build_engine(onnx_path, tmp_path / f"{name}.plan", specs[name], TRT.Profile())
-        assert TRT.engine_parity(onnx_path, plan, specs[name]) <= 1e-2
+        plan = tensorrt.build_engine(
+            onnx_path, tmp_path / f"{name}.plan", specs[name], tensorrt.Profile()
+        )
+        assert tensorrt.engine_parity(onnx_path, plan, specs[name]) <= 1e-2
 
 
 def test_cpu_build_serves_the_fast_scan_rerank_config_by_default(model_repo):
@@ -249,15 +249,16 @@ def test_cpu_build_serves_the_fast_scan_rerank_config_by_default(model_repo):
     from seminar.pq import PQConfig
 
     pq_dir = model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1" / contract.PQ_DIR
-    manifest = json.loads((pq_dir / "manifest.json").read_text())
+    pq_manifest = manifest.read_manifest(pq_dir).fields
+    store = manifest.read_manifest(pq_dir / "store").files
     want = PQConfig.for_serving("cpu")
-    assert manifest["config"]["nbits"] == want.nbits == 4
-    assert manifest["config"]["rerank"] == want.rerank == 4
-    assert "block_offsets" in manifest["store"]["arrays"]
+    assert pq_manifest["config"]["nbits"] == want.nbits == 4
+    assert pq_manifest["config"]["rerank"] == want.rerank == 4
+    assert "block_offsets.npy" in store
     # two codes per byte: half a byte per (modality, sub-space) code, plus each user's last
     # block of 32 events padded (MovieLens histories are short, so that padding shows)
-    n_codes = manifest["store"]["arrays"]["codes"]["shape"][1] // 16
-    assert manifest["bytes_per_event"] <= 0.6 * n_codes
+    n_codes = store["codes.npy"].shape[1] // 16
+    assert pq_manifest["bytes_per_event"] <= 0.6 * n_codes
 
 
 @pytest.mark.parametrize(
@@ -277,25 +278,23 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
     versions of the model: a build that would rewrite it is refused, naming field, values and
     file, and the repository stays byte for byte as it was."""
     repo = copy_repo(model_repo, tmp_path / "repo")
-    before = _tree_digest(repo)
+    before = tree_digest(repo)
     result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--max-batch", "64")
     assert result.exit_code == ConflictError.exit_code == 5, result.output
     # One sentence on one line (the spinner may have drawn a frame before it).
     (refusal,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    config = repo / contract.FEATURES_MODEL / R.CONFIG_FILE
+    config = repo / contract.FEATURES_MODEL / contract.CONFIG_FILE
     assert f"{config}: max_batch_size is 1024 there but 64 in this build" in refusal
     assert "shared by every version of features" in refusal and "another --repo" in refusal
     assert "Traceback" not in result.output
-    assert _tree_digest(repo) == before
+    assert tree_digest(repo) == before
     assert not list(tmp_path.glob(".repo.v*")), "staging dir left behind"
 
 
 def test_build_json_records_every_serving_setting(model_repo):
-    info = json.loads(
-        (model_repo.repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
-    )
-    serving = R.ServingConfig()
-    assert info["serving"] == B.serving_record(serving)
+    info = json.loads(contract.build_info_path(model_repo.repo, 1).read_text())
+    serving = repository.ServingConfig()
+    assert info["serving"] == builder.serving_record(serving)
     assert info["serving"]["max_batch_size"] == serving.max_batch_size
     assert info["serving"]["preferred_batch_sizes"] == list(serving.preferred_batch_sizes)
     assert info["serving"]["cpu_instances"] == serving.cpu_instances
@@ -325,7 +324,5 @@ def test_no_file_of_a_built_repository_names_a_path_of_the_build_machine(
                 f"{path.relative_to(model_repo.repo)}: {n.decode()}" for n in needles if n in blob
             ]
     assert not leaks, leaks
-    info = json.loads(
-        (model_repo.repo / contract.pinned_ensemble_name(1) / "1" / B.BUILD_INFO_FILE).read_text()
-    )
+    info = json.loads(contract.build_info_path(model_repo.repo, 1).read_text())
     assert info["run"] == model_repo.run.name  # outside the current directory: its name

@@ -15,9 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from seminar import contract
-from seminar.build import builder as B
-from seminar.build import repository as R
-from seminar.build import retire as RT
+from seminar.build import builder, repository, retire
 from seminar.cli import app
 from seminar.errors import ArtifactError, ConflictError, ServiceError
 from tests.support.build import BuiltRepo, build_cli, copy_repo, tree_digest
@@ -34,7 +32,7 @@ def two_versions(model_repo: BuiltRepo, tmp_path_factory: pytest.TempPathFactory
     repo = copy_repo(model_repo, tmp_path_factory.mktemp("retire") / "repo")
     result = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--no-polygraphy")
     assert result.exit_code == 0, result.output
-    assert RT.contract_pin(repo) == 2
+    assert retire.contract_pin(repo) == 2
     return repo
 
 
@@ -46,18 +44,18 @@ def retire_cli(repo: Path, version: int, *extra: str):
 def assert_servable(repo: Path) -> None:
     """What a fresh tritonserver needs to load every model of the repository: each model has a
     version folder, and every version an ensemble routes to exists."""
-    for model_dir in sorted(d for d in repo.iterdir() if (d / R.CONFIG_FILE).is_file()):
+    for model_dir in sorted(d for d in repo.iterdir() if (d / contract.CONFIG_FILE).is_file()):
         versions = sorted(int(d.name) for d in model_dir.iterdir() if d.name.isdigit())
         assert versions, f"{model_dir.name} has no version folder"
-        config = R.parse_config(model_dir / R.CONFIG_FILE)
+        config = repository.parse_config(model_dir / contract.CONFIG_FILE)
         for step in config.ensemble_scheduling.step:
             target = repo / step.model_name / str(step.model_version)
             assert target.is_dir(), f"{model_dir.name} routes to missing {target}"
 
 
 def assert_retired(repo: Path, retired: int, remaining: int) -> None:
-    assert B.existing_versions(repo) == [remaining]
-    assert RT.contract_pin(repo) == remaining
+    assert builder.existing_versions(repo) == [remaining]
+    assert retire.contract_pin(repo) == remaining
     assert sorted(d.name for d in (repo / contract.ENSEMBLE_MODEL).iterdir() if d.is_dir()) == [
         str(remaining)
     ]
@@ -135,16 +133,16 @@ def test_an_interrupted_retire_leaves_a_servable_repository_and_a_rerun_finishes
     # How many steps an uninterrupted retire prints.
     probe = copy_repo(two_versions, tmp_path / "probe")
     every: list[str] = []
-    RT.retire_version(RT.RetireRequest(probe, 2), every.append)
+    retire.retire_version(retire.RetireRequest(probe, 2), every.append)
     assert every[0] == "re-pinned seminar from version 2 to 1" and len(every) >= 8, every
 
     for step in range(1, len(every) + 1):
         repo = copy_repo(two_versions, tmp_path / f"repo{step}")
         progress, seen = _interrupt_at(step)
         with pytest.raises(KeyboardInterrupt):
-            RT.retire_version(RT.RetireRequest(repo, 2), progress)
+            retire.retire_version(retire.RetireRequest(repo, 2), progress)
         assert_servable(repo)
-        assert RT.contract_pin(repo) == 1, f"after {seen[-1]!r}"
+        assert retire.contract_pin(repo) == 1, f"after {seen[-1]!r}"
         if step == 1:
             # Right after the re-pin: a real tritonserver starts over this repository.
             require_serving_pieces(repo)
@@ -154,10 +152,10 @@ def test_an_interrupted_retire_leaves_a_servable_repository_and_a_rerun_finishes
         leftovers = [repo / contract.pinned_ensemble_name(2), repo / contract.ENSEMBLE_MODEL / "2"]
         leftovers += [repo / name / "2" for name in contract.COMPOSING_MODELS]
         if any(folder.exists() for folder in leftovers):
-            RT.retire_version(RT.RetireRequest(repo, 2), lambda _line: None)
+            retire.retire_version(retire.RetireRequest(repo, 2), lambda _line: None)
         else:  # stopped after its last folder went: nothing left to do, and a rerun says so
             with pytest.raises(ArtifactError, match="version 2 is not in"):
-                RT.retire_version(RT.RetireRequest(repo, 2), lambda _line: None)
+                retire.retire_version(retire.RetireRequest(repo, 2), lambda _line: None)
         assert_retired(repo, retired=2, remaining=1)
 
 
@@ -178,7 +176,9 @@ def restricted_triton(two_versions, tmp_path) -> Iterator:
             contract.pinned_ensemble_name(1),
             contract.pinned_ensemble_name(2),
         ),
-        extra_args=(f"--http-restricted-api=model-repository:{RT.ADMIN_KEY_HEADER}={ADMIN_KEY}",),
+        extra_args=(
+            f"--http-restricted-api=model-repository:{retire.ADMIN_KEY_HEADER}={ADMIN_KEY}",
+        ),
         log_path=tmp_path / "tritonserver.log",
     )
     with TritonServer(config) as server:

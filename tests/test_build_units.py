@@ -1,5 +1,5 @@
 """build/ units that need no trained model: the pipeline declaration, config generation and
-validation, manifests, the parity gate itself, TensorRT command lines and the gpu refusal."""
+validation, the parity gate itself, TensorRT command lines and the gpu refusal."""
 
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ import onnx
 import pytest
 import torch
 from torch import nn
+from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
 from seminar import contract
-from seminar.build import artifacts as A
-from seminar.build import export as E
-from seminar.build import repository as R
-from seminar.build import tensorrt as TRT
+from seminar.build import artifacts, export, repository, tensorrt
 from seminar.cli import app
 from seminar.errors import ArtifactError, CheckFailed, ConflictError, UsageError
 from seminar.model.config import ModelConfig
@@ -36,6 +34,14 @@ def test_pipeline_dims_come_from_the_model_config():
     assert specs[contract.PQ_RETRIEVAL_MODEL].output(contract.TOPK_MASK).dims == (3, 10)
     assert specs[contract.FEATURES_MODEL].output(contract.QUERY_TOKENS).dims == (6,)
     assert specs[contract.RANKING_HEAD_MODEL].output(contract.OUTPUT_SCORE).dims == (1,)
+
+
+def test_pipeline_dims_name_the_model_config_field_they_miss():
+    class NoTopK:
+        dim, heads, query_len = 32, 3, 6
+
+    with pytest.raises(TypeError, match=r"NoTopK has no field 'top_k' \(the pipeline's K\)"):
+        contract.PipelineDims.from_model_config(NoTopK())
 
 
 @pytest.mark.parametrize("field", ["d", "h", "k", "t"])
@@ -57,30 +63,38 @@ def test_ensemble_steps_chain_every_tensor_from_a_producer():
 
 @pytest.mark.parametrize("target", list(contract.Target))
 def test_every_generated_config_parses_and_validates(tmp_path, target):
-    serving = R.ServingConfig()
+    serving = repository.ServingConfig()
     for spec in contract.model_specs(DIMS).values():
         path = tmp_path / f"{spec.name}.pbtxt"
-        path.write_text(R.to_text(R.model_config(spec, target, serving)))
-        config = R.validate_config(path, spec, target, serving=serving)
+        path.write_text(repository.to_text(repository.model_config(spec, target, serving)))
+        config = repository.validate_config(path, spec, target, serving=serving)
         assert config.max_batch_size == serving.max_batch_size
         assert list(config.dynamic_batching.preferred_batch_size) == [128, 256, 512]
         assert config.version_policy.HasField("all")
-        gpu_engine = target is contract.Target.GPU and spec.kind is contract.ModelKind.EXPORTED
+        gpu_engine = (
+            target is contract.Target.GPU and spec.kind is contract.TritonModelKind.EXPORTED
+        )
         assert config.platform == ("tensorrt_plan" if gpu_engine else "")
         assert config.backend == ("" if gpu_engine else "python")
         on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
-        kind = R.mc.ModelInstanceGroup.KIND_GPU if on_gpu else R.mc.ModelInstanceGroup.KIND_CPU
+        kind = (
+            model_config_pb2.ModelInstanceGroup.KIND_GPU
+            if on_gpu
+            else model_config_pb2.ModelInstanceGroup.KIND_CPU
+        )
         assert [g.kind for g in config.instance_group] == [kind]
         # No queue policy: a step that rejects a queued request crashes the ensemble (2.51).
         assert not config.dynamic_batching.HasField("default_queue_policy")
         params = {k: v.string_value for k, v in config.parameters.items()}
-        python_graph = spec.kind is contract.ModelKind.EXPORTED and not gpu_engine
+        python_graph = spec.kind is contract.TritonModelKind.EXPORTED and not gpu_engine
         assert params.get(contract.PARAM_INDEX_RANGES) == (
             contract.INDEX_RANGES_FILE if python_graph else None
         )
         want_bytes = str(serving.max_query_bytes) if spec.name == contract.FEATURES_MODEL else None
         assert params.get(contract.PARAM_MAX_QUERY_BYTES) == want_bytes
-    pq = R.model_config(contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL], target, serving)
+    pq = repository.model_config(
+        contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL], target, serving
+    )
     assert pq.parameters[contract.PARAM_DEVICE].string_value == (
         "cuda" if target is contract.Target.GPU else "cpu"
     )
@@ -89,17 +103,21 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         "no" if target is contract.Target.GPU else None
     )
     path = tmp_path / "seminar.pbtxt"
-    path.write_text(R.to_text(R.ensemble_config(DIMS, contract.ENSEMBLE_MODEL, 3, serving)))
-    ens = R.validate_config(path, contract.ensemble_spec(DIMS), target)
+    path.write_text(
+        repository.to_text(repository.ensemble_config(DIMS, contract.ENSEMBLE_MODEL, 3, serving))
+    )
+    ens = repository.validate_config(path, contract.ensemble_spec(DIMS), target)
     assert {s.model_version for s in ens.ensemble_scheduling.step} == {3}
     assert ens.version_policy.latest.num_versions == 1
 
 
 def test_execution_env_is_written_only_when_asked():
     spec = contract.model_specs(DIMS)[contract.FEATURES_MODEL]
-    plain = R.model_config(spec, contract.Target.CPU, R.ServingConfig())
+    plain = repository.model_config(spec, contract.Target.CPU, repository.ServingConfig())
     assert contract.PARAM_EXECUTION_ENV not in plain.parameters
-    env = R.model_config(spec, contract.Target.CPU, R.ServingConfig(execution_env="/opt/venv"))
+    env = repository.model_config(
+        spec, contract.Target.CPU, repository.ServingConfig(execution_env="/opt/venv")
+    )
     assert env.parameters[contract.PARAM_EXECUTION_ENV].string_value == "/opt/venv"
 
 
@@ -109,26 +127,30 @@ def test_validate_config_rejects_wrong_dims_and_garbage(tmp_path):
         contract.RANKING_HEAD_MODEL
     ]
     path = tmp_path / "config.pbtxt"
-    path.write_text(R.to_text(R.model_config(other, contract.Target.CPU, R.ServingConfig())))
+    path.write_text(
+        repository.to_text(
+            repository.model_config(other, contract.Target.CPU, repository.ServingConfig())
+        )
+    )
     with pytest.raises(ArtifactError, match="topk_emb"):
-        R.validate_config(path, specs[contract.RANKING_HEAD_MODEL], contract.Target.CPU)
+        repository.validate_config(path, specs[contract.RANKING_HEAD_MODEL], contract.Target.CPU)
     path.write_text("name: 'x' not_a_field: 3\n")
     with pytest.raises(ArtifactError, match="not a valid Triton model config"):
-        R.parse_config(path)
+        repository.parse_config(path)
 
 
 def test_serving_config_rejects_bad_values():
     with pytest.raises(ValueError, match="preferred_batch_sizes"):
-        R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(128,))
+        repository.ServingConfig(max_batch_size=64, preferred_batch_sizes=(128,))
     with pytest.raises(ValueError, match="max_batch_size"):
-        R.ServingConfig(max_batch_size=0)
+        repository.ServingConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="max_query_bytes must be >= 1, got -1"):
-        R.ServingConfig(max_query_bytes=-1)
+        repository.ServingConfig(max_query_bytes=-1)
 
 
 def _with_queue_timeout(config) -> None:
     policy = config.dynamic_batching.default_queue_policy
-    policy.timeout_action = R.mc.ModelQueuePolicy.REJECT
+    policy.timeout_action = model_config_pb2.ModelQueuePolicy.REJECT
     policy.default_timeout_microseconds = 3_000_000
     policy.allow_timeout_override = True
 
@@ -146,53 +168,34 @@ def _with_queue_timeout(config) -> None:
 )
 def test_validate_config_checks_the_queue_policy_and_the_query_limit(tmp_path, edit, message):
     spec = contract.model_specs(DIMS)[contract.FEATURES_MODEL]
-    config = R.model_config(spec, contract.Target.CPU, R.ServingConfig())
+    config = repository.model_config(spec, contract.Target.CPU, repository.ServingConfig())
     edit(config)
     path = tmp_path / "config.pbtxt"
-    path.write_text(R.to_text(config))
+    path.write_text(repository.to_text(config))
     with pytest.raises(ArtifactError, match=message):
-        R.validate_config(path, spec, contract.Target.CPU, serving=R.ServingConfig())
+        repository.validate_config(
+            path, spec, contract.Target.CPU, serving=repository.ServingConfig()
+        )
 
 
 def test_index_ranges_round_trip_and_bad_files_are_named(tmp_path):
     spec = contract.model_specs(DIMS)[contract.ITEM_ENCODER_MODEL]
-    path = A.write_index_ranges(
+    path = artifacts.write_index_ranges(
         tmp_path, spec, {contract.ITEM_INDEX: 9744, contract.QUERY_TOKENS: 50}
     )
-    assert A.read_index_ranges(path) == {contract.ITEM_INDEX: (0, 9744)}  # only its own inputs
+    assert artifacts.read_index_ranges(path) == {
+        contract.ITEM_INDEX: (0, 9744)
+    }  # only its own inputs
     head = contract.model_specs(DIMS)[contract.RANKING_HEAD_MODEL]
-    assert A.read_index_ranges(A.write_index_ranges(tmp_path, head, {contract.ITEM_INDEX: 3})) == {}
+    assert (
+        artifacts.read_index_ranges(
+            artifacts.write_index_ranges(tmp_path, head, {contract.ITEM_INDEX: 3})
+        )
+        == {}
+    )
     path.write_text('{"item_index": [5, 5]}')
-    with pytest.raises(ArtifactError, match="not a valid index ranges file"):
-        A.read_index_ranges(path)
-
-
-def test_manifest_lists_the_pycache_blocker_but_no_bytecode(tmp_path):
-    (tmp_path / contract.PYTHON_FILE).write_text("x = 1\n")
-    (tmp_path / contract.PYCACHE_BLOCKER).touch()
-    stray = tmp_path / "pq" / "__pycache__"
-    stray.mkdir(parents=True)
-    (stray / "model.cpython-311.pyc").write_bytes(b"bytecode")
-    files = A.write_manifest(tmp_path)["files"]
-    assert sorted(files) == [contract.PYCACHE_BLOCKER, contract.PYTHON_FILE]
-    (tmp_path / contract.PYCACHE_BLOCKER).unlink()
-    with pytest.raises(ArtifactError, match="without excluding __pycache__"):
-        A.verify_manifest(tmp_path)
-
-
-def test_manifest_verifies_and_detects_corruption(tmp_path):
-    np.save(tmp_path / "a.npy", np.arange(10, dtype=np.int64))
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.json").write_text('["x"]')
-    manifest = A.write_manifest(tmp_path)
-    assert manifest["files"]["a.npy"]["shape"] == [10]
-    assert A.verify_manifest(tmp_path) == 2
-    (tmp_path / "sub" / "b.json").write_text('["y"]')  # same size, other bytes
-    with pytest.raises(ArtifactError, match=r"b\.json: sha256"):
-        A.verify_manifest(tmp_path)
-    (tmp_path / "sub" / "b.json").unlink()
-    with pytest.raises(ArtifactError, match="missing"):
-        A.verify_manifest(tmp_path)
+    with pytest.raises(artifacts.ArtifactError, match="not a valid index ranges file"):
+        artifacts.read_index_ranges(path)
 
 
 class _Doubler(nn.Module):
@@ -213,22 +216,22 @@ def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
     torch.manual_seed(0)
     spec = contract.model_specs(DIMS)[contract.QUERY_ENCODER_MODEL]
     module = _Doubler().eval()
-    path = E.export_onnx(module, spec, tmp_path / "q.onnx", E.ExportConfig())
+    path = export.export_onnx(module, spec, tmp_path / "q.onnx", export.ExportConfig())
     bounds = {contract.QUERY_TOKENS: 10}
     real = {contract.QUERY_TOKENS: np.array([[1, 2, 0, 0, 0, 0, 0, 0]], dtype=np.int64)}
-    cases = E.parity_cases(module, path, spec, real, bounds, E.ExportConfig())
+    cases = export.parity_cases(module, path, spec, real, bounds, export.ExportConfig())
     assert [c.batch for c in cases] == [1, 1, 7, 256]
     assert max(c.max_abs_diff for c in cases) <= 1e-4
     drifted = _Doubler(scale=2.01).eval()
     drifted.load_state_dict(module.state_dict())
     with pytest.raises(CheckFailed, match=r"ONNX parity failed for query_encoder .* max abs diff"):
-        E.parity_cases(drifted, path, spec, real, bounds, E.ExportConfig())
+        export.parity_cases(drifted, path, spec, real, bounds, export.ExportConfig())
     # The graph carries the contract names and a dynamic batch dim.
-    inputs, outputs = R.onnx_tensors(path)
+    inputs, outputs = repository.onnx_tensors(path)
     assert inputs == [(contract.QUERY_TOKENS, "TYPE_INT64", (8,))]
     assert outputs == [(contract.QUERY_EMB, "TYPE_FP32", (16,))]
     # trtexec line: FP16, the batch profile, and the softmax kept FP32.
-    cmd = TRT.trtexec_command(path, tmp_path / "q.plan", spec, TRT.Profile(1, 128, 1024))
+    cmd = tensorrt.trtexec_command(path, tmp_path / "q.plan", spec, tensorrt.Profile(1, 128, 1024))
     assert "--fp16" in cmd
     assert f"--minShapes={contract.QUERY_TOKENS}:1x8" in cmd
     assert f"--optShapes={contract.QUERY_TOKENS}:128x8" in cmd
@@ -241,10 +244,10 @@ def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
 
 def test_profile_rejects_unordered_batches():
     with pytest.raises(ValueError, match="min_batch <= opt_batch <= max_batch"):
-        TRT.Profile(1, 2048, 1024)
+        tensorrt.Profile(1, 2048, 1024)
 
 
-@pytest.mark.skipif(TRT.unavailable_reason() is None, reason="TensorRT is available here")
+@pytest.mark.skipif(tensorrt.unavailable_reason() is None, reason="TensorRT is available here")
 def test_gpu_target_without_tensorrt_fails_fast_with_one_line(tmp_path):
     repo = tmp_path / "repo"
     result = CliRunner().invoke(
@@ -294,43 +297,54 @@ def test_bad_target_and_missing_run_are_one_sentence_errors(tmp_path):
 
 
 def test_model_card_quotes_the_quality_benchmark_when_present(tmp_path, monkeypatch):
-    from seminar.build import builder as B
+    from seminar.build import builder
 
-    monkeypatch.setattr(B, "REPO_ROOT", tmp_path)
-    assert B._quality_report("seminar") == []  # no reports/ yet
+    monkeypatch.setattr(builder, "REPO_ROOT", tmp_path)
+    assert builder._quality_report("seminar") == []  # no reports/ yet
     (tmp_path / "reports").mkdir()
     quality = {"seminar": {"ndcg@10": {"mean": 0.25, "std": 0.01, "n": 3}}, "din": {}}
     (tmp_path / "reports" / "quality.json").write_text(json.dumps(quality))
-    lines = B._quality_report("seminar")
+    lines = builder._quality_report("seminar")
     assert "| ndcg@10 | 0.2500 ± 0.0100 | 3 |" in lines
-    assert B._quality_report("din") == []
+    assert builder._quality_report("din") == []
 
 
 def test_config_difference_names_the_first_differing_field_of_any_kind():
     """Generic over the config's fields: scalars, nested messages, repeated fields, maps."""
     spec = contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL]
-    base = R.model_config(spec, contract.Target.CPU, R.ServingConfig())
+    base = repository.model_config(spec, contract.Target.CPU, repository.ServingConfig())
     assert (
-        R.config_difference(base, R.model_config(spec, contract.Target.CPU, R.ServingConfig()))
+        repository.config_difference(
+            base, repository.model_config(spec, contract.Target.CPU, repository.ServingConfig())
+        )
         is None
     )
     cases = [
-        (R.ServingConfig(max_batch_size=64, preferred_batch_sizes=(64,)), "max_batch_size"),
-        (R.ServingConfig(max_queue_delay_us=500), "dynamic_batching.max_queue_delay_microseconds"),
-        (R.ServingConfig(preferred_batch_sizes=(128,)), "dynamic_batching.preferred_batch_size"),
-        (R.ServingConfig(cpu_instances=2), "instance_group[0].count"),
-        (R.ServingConfig(execution_env="/opt/env"), "parameters['EXECUTION_ENV_PATH']"),
+        (
+            repository.ServingConfig(max_batch_size=64, preferred_batch_sizes=(64,)),
+            "max_batch_size",
+        ),
+        (
+            repository.ServingConfig(max_queue_delay_us=500),
+            "dynamic_batching.max_queue_delay_microseconds",
+        ),
+        (
+            repository.ServingConfig(preferred_batch_sizes=(128,)),
+            "dynamic_batching.preferred_batch_size",
+        ),
+        (repository.ServingConfig(cpu_instances=2), "instance_group[0].count"),
+        (repository.ServingConfig(execution_env="/opt/env"), "parameters['EXECUTION_ENV_PATH']"),
     ]
     for serving, field in cases:
-        other = R.model_config(spec, contract.Target.CPU, serving)
-        assert R.config_difference(base, other)[0] == field
-    gpu = R.model_config(spec, contract.Target.GPU, R.ServingConfig())
-    assert R.config_difference(base, gpu)[:2] == ("instance_group[0].kind", "KIND_CPU")
+        other = repository.model_config(spec, contract.Target.CPU, serving)
+        assert repository.config_difference(base, other)[0] == field
+    gpu = repository.model_config(spec, contract.Target.GPU, repository.ServingConfig())
+    assert repository.config_difference(base, gpu)[:2] == ("instance_group[0].kind", "KIND_CPU")
     # A field nothing in ServingConfig writes today is still compared.
-    extra = R.mc.ModelConfig()
+    extra = model_config_pb2.ModelConfig()
     extra.CopyFrom(base)
     extra.dynamic_batching.default_queue_policy.max_queue_size = 8
-    assert R.config_difference(base, extra) == (
+    assert repository.config_difference(base, extra) == (
         "dynamic_batching.default_queue_policy.max_queue_size",
         "0",
         "8",
@@ -340,19 +354,19 @@ def test_config_difference_names_the_first_differing_field_of_any_kind():
 def test_display_path_is_relative_inside_the_current_directory_else_the_folder_name(
     tmp_path, monkeypatch
 ):
-    from seminar.build import builder as B
+    from seminar.build import builder
 
     (tmp_path / "runs" / "quick").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    assert B.display_path(tmp_path / "runs" / "quick") == "runs/quick"
-    assert B.display_path(Path("runs/quick")) == "runs/quick"
-    assert B.display_path(tmp_path.parent / "elsewhere" / "data") == "data"
+    assert builder.display_path(tmp_path / "runs" / "quick") == "runs/quick"
+    assert builder.display_path(Path("runs/quick")) == "runs/quick"
+    assert builder.display_path(tmp_path.parent / "elsewhere" / "data") == "data"
 
 
 def test_exported_graphs_carry_no_stack_traces_or_file_paths(tmp_path):
     """The dynamo exporter writes each node's Python stack trace (absolute source paths)."""
     spec = contract.model_specs(DIMS)[contract.QUERY_ENCODER_MODEL]
-    path = E.export_onnx(_Doubler().eval(), spec, tmp_path / "q.onnx", E.ExportConfig())
+    path = export.export_onnx(_Doubler().eval(), spec, tmp_path / "q.onnx", export.ExportConfig())
     blob = path.read_bytes()
     checkout = str(Path(__file__).resolve().parents[1]).encode()
     assert checkout not in blob and str(tmp_path).encode() not in blob
@@ -378,7 +392,7 @@ def test_the_repository_lock_names_its_holder_and_a_killed_holder_releases_it(tm
     import subprocess
     import sys
 
-    from seminar.build import lock as L
+    from seminar.build import lock
 
     repo = tmp_path / "repo"
     holder = subprocess.Popen(
@@ -386,20 +400,20 @@ def test_the_repository_lock_names_its_holder_and_a_killed_holder_releases_it(tm
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert L.lock_path(repo).parent == tmp_path, "beside the repository, not inside it"
+        assert lock.lock_path(repo).parent == tmp_path, "beside the repository, not inside it"
         assert not repo.exists()
         told: list[str] = []
-        with pytest.raises(ConflictError), L.RepositoryLock(repo, "retire", 3, told.append, 0.5):
+        with pytest.raises(ConflictError), lock.RepositoryLock(repo, "retire", 3, told.append, 0.5):
             pass
         assert told == [
             f"{repo} is locked by pid {holder.pid} (build of version 7); waiting for it to finish"
         ]
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
-        with L.RepositoryLock(repo, "retire", 3, told.append, timeout_s=5) as lock:
-            assert L.read_holder(lock.path) == L.LockHolder(os.getpid(), "retire", 3)
+        with lock.RepositoryLock(repo, "retire", 3, told.append, timeout_s=5) as held:
+            assert lock.read_holder(held.path) == lock.LockHolder(os.getpid(), "retire", 3)
         assert len(told) == 1, "the lock was free: nobody to wait for"
-        assert L.read_holder(L.lock_path(repo)) is None, "released: no holder recorded"
+        assert lock.read_holder(lock.lock_path(repo)) is None, "released: no holder recorded"
     finally:
         holder.kill()
         holder.wait(timeout=10)

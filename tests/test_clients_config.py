@@ -23,9 +23,10 @@ from seminar.clients.config import (
 )
 from seminar.clients.gateway import validate
 from seminar.clients.proto import ranker_pb2
-from seminar.clients.scoring import rank, request_arrays, spearman
+from seminar.clients.scoring import rank, spearman
 from seminar.contract import AB_BUCKETS, INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
 from seminar.errors import DataError, ServiceError, UsageError
+from seminar.serving.client import request_arrays
 
 N_USERS = 100_000
 

@@ -13,10 +13,11 @@ import pytest
 
 from seminar.bench.perf import PerfConfig, PerfError, find_perf_analyzer, input_data, parse_csv
 from seminar.clients.observe import PROMETHEUS_DIR, PrometheusProcess, local_config
-from seminar.clients.process import free_port
 from seminar.clients.workload import RankCall
 from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID
-from tests.support.clients import RunningGateway, require_fixture
+from seminar.processes import free_port
+from seminar.serving.triton import TritonServer
+from tests.support.clients import RunningGateway
 
 DOCKER = PROMETHEUS_DIR.parent
 
@@ -86,14 +87,13 @@ def test_grafana_dashboard_uses_recorded_series() -> None:
     shutil.which("prometheus") is None, reason="prometheus (Debian package) not installed"
 )
 def test_real_prometheus_records_p50_p99_by_arm(
-    request: pytest.FixtureRequest, gateway: RunningGateway, real_calls: list[RankCall]
+    triton: TritonServer, gateway: RunningGateway, real_calls: list[RankCall]
 ) -> None:
     import asyncio
 
     from seminar.clients.load import LoadConfig, run_load
 
-    triton = require_fixture(request, "triton")
-    triton_metrics = triton.metrics_url.removeprefix("http://").removesuffix("/metrics")  # type: ignore[attr-defined]
+    triton_metrics = triton.metrics_url.removeprefix("http://").removesuffix("/metrics")
     gateway_metrics = gateway.metrics_url.removeprefix("http://").removesuffix("/metrics")
     with PrometheusProcess(triton_metrics, gateway_metrics, port=free_port()) as prom:
         prom.wait_scraped()
@@ -121,7 +121,7 @@ def test_real_prometheus_records_p50_p99_by_arm(
 @pytest.mark.slow
 @pytest.mark.serving
 def test_perf_analyzer_against_the_real_ensemble(
-    request: pytest.FixtureRequest, gateway: RunningGateway, tmp_path: Path
+    triton: TritonServer, movielens_data: Path, gateway: RunningGateway, tmp_path: Path
 ) -> None:
     try:
         find_perf_analyzer()
@@ -129,11 +129,9 @@ def test_perf_analyzer_against_the_real_ensemble(
         pytest.skip(str(err))
     from seminar.bench.perf import run_perf
 
-    triton = require_fixture(request, "triton")
-    data = require_fixture(request, "movielens_data")
     cfg = PerfConfig(
-        triton=triton.grpc_url,  # type: ignore[attr-defined]
-        data=Path(data),  # type: ignore[arg-type]
+        triton=triton.grpc_url,
+        data=movielens_data,
         gateway=gateway.address,
         concurrency="1:2",
         requests=8,

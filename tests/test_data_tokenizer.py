@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar.contract import PAD_TOKEN_ID, UNK_TOKEN_ID
 from seminar.data.dataset import PreparedDataset
-from seminar.data.tokenizer import PAD_ID, QUERY_TOKENS, UNK_ID, QueryTokenizer
+from seminar.data.tokenizer import QUERY_TOKENS, QueryTokenizer
 
 
 def test_vocabulary_is_sorted_and_order_independent() -> None:
@@ -22,8 +23,8 @@ def test_vocabulary_is_sorted_and_order_independent() -> None:
 
 def test_encode_pads_truncates_and_marks_unknown_words() -> None:
     tok = QueryTokenizer.build(["a b c d e f g h i j"])
-    assert len(tok.encode("")) == QUERY_TOKENS and set(tok.encode("")) == {PAD_ID}
-    assert tok.encode("A, zzz!") == [tok.vocab.index("a"), UNK_ID, *[PAD_ID] * 6]
+    assert len(tok.encode("")) == QUERY_TOKENS and set(tok.encode("")) == {PAD_TOKEN_ID}
+    assert tok.encode("A, zzz!") == [tok.vocab.index("a"), UNK_TOKEN_ID, *[PAD_TOKEN_ID] * 6]
     assert tok.encode("a b c d e f g h i j") == list(range(2, 10))  # truncated to T = 8
 
 
@@ -40,7 +41,7 @@ def test_prepared_query_tokens_match_the_tokenizer(movielens_data: Path) -> None
     tok = ds.tokenizer()
     assert ds.query_tokens.shape == (ds.n_queries, QUERY_TOKENS)
     assert np.array_equal(ds.query_tokens, np.array(tok.encode_batch(ds.queries)))
-    assert (ds.query_tokens[0] == PAD_ID).all()
+    assert (ds.query_tokens[0] == PAD_TOKEN_ID).all()
     vocab = json.loads((movielens_data / "arrays" / "tokens.json").read_text())
     assert vocab[2:] == sorted(vocab[2:])
     assert tok.encode("funny")[0] == vocab.index("funny")

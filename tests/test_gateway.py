@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from seminar.clients.client import rank_direct, rank_via_gateway
 from seminar.clients.config import Arm, Limits
@@ -24,19 +22,10 @@ from seminar.clients.load import LoadConfig, run_load
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.scoring import CallFailed
 from seminar.clients.workload import RankCall
-from tests.support.clients import RunningGateway, make_config
+from seminar.serving.triton import TritonServer
+from tests.support.clients import RunningGateway, make_config, metric_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
-
-
-def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    ]
 
 
 def _rank(gw: RunningGateway, call: RankCall) -> ranker_pb2.RankResponse:
@@ -119,13 +108,13 @@ def test_metrics_carry_arm_and_version_labels(
 ) -> None:
     for call in real_calls[:10]:
         rank_via_gateway(gateway.address, call.user_id, call.query, call.candidate_ids.tolist())
-    requests = _samples(gateway.metrics_url, "seminar_gateway_requests_total")
+    requests = metric_samples(gateway.metrics_url, "seminar_gateway_requests_total")
     ok = {(s["arm"], s["model_version"]): v for s, v in requests if s["code"] == "OK"}
     for arm in gateway.config.arms:
         assert ok.get((arm.name, arm.model_version), 0) >= 1, (arm, ok)
-    latency = _samples(gateway.metrics_url, "seminar_gateway_request_latency_seconds_count")
+    latency = metric_samples(gateway.metrics_url, "seminar_gateway_request_latency_seconds_count")
     assert {(s["arm"], s["model_version"]) for s, _ in latency} >= set(ok)
-    triton = _samples(gateway.metrics_url, "seminar_gateway_triton_latency_seconds_count")
+    triton = metric_samples(gateway.metrics_url, "seminar_gateway_triton_latency_seconds_count")
     assert any(s["role"] == "primary" for s, _ in triton)
 
 
@@ -149,21 +138,21 @@ def test_shadow_arm_never_changes_responses(
     # Shadow calls run after the response; give them a moment, then read their meters.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        done = _samples(good.metrics_url, "seminar_gateway_shadow_requests_total")
-        failed = _samples(broken.metrics_url, "seminar_gateway_shadow_requests_total")
+        done = metric_samples(good.metrics_url, "seminar_gateway_shadow_requests_total")
+        failed = metric_samples(broken.metrics_url, "seminar_gateway_shadow_requests_total")
         if sum(v for _, v in done) >= len(calls) and sum(v for _, v in failed) >= len(calls):
             break
         time.sleep(0.1)
     assert {s["code"] for s, _ in done} == {"OK"}
     assert sum(v for _, v in failed) == len(calls) and "OK" not in {s["code"] for s, _ in failed}
-    agreement = _samples(good.metrics_url, "seminar_gateway_shadow_agreement_count")
+    agreement = metric_samples(good.metrics_url, "seminar_gateway_shadow_agreement_count")
     assert sum(v for _, v in agreement) == len(calls)
 
 
 def _reloads(gw: RunningGateway, result: str) -> float:
     return sum(
         v
-        for s, v in _samples(gw.metrics_url, "seminar_gateway_config_reloads_total")
+        for s, v in metric_samples(gw.metrics_url, "seminar_gateway_config_reloads_total")
         if s["result"] == result
     )
 
@@ -224,17 +213,17 @@ def test_weight_change_under_load_loses_nothing_and_moves_traffic_within_a_secon
 
 
 def test_triton_stopped_gives_unavailable_within_the_deadline_then_recovers(
-    request: pytest.FixtureRequest,
+    triton: TritonServer,
     start_gateway,
     gateway_arms: tuple[Arm, Arm],
     real_calls: list[RankCall],
     tmp_path: Path,
 ) -> None:
     """A separate tritonserver (not the shared one), stopped and restarted on the same port."""
-    from seminar.serving.triton import ModelControl, TritonConfig, TritonServer, free_port
-    from tests.support.clients import health_status, require_fixture, single_version_repo
+    from seminar.processes import free_port
+    from seminar.serving.triton import ModelControl, TritonConfig
+    from tests.support.clients import health_status, single_version_repo
 
-    triton = require_fixture(request, "triton")
     control = gateway_arms[0]
     repo = single_version_repo(triton.repo, control.version, tmp_path / "repo")
     grpc_port = free_port()
@@ -308,15 +297,13 @@ def test_client_cli_ranks_through_the_gateway_and_verifies_against_triton(
 
 
 def test_load_cli_closed_and_open_loop_through_the_gateway(
-    request: pytest.FixtureRequest, gateway: RunningGateway, tmp_path: Path
+    movielens_data: Path, gateway: RunningGateway, tmp_path: Path
 ) -> None:
     import json
     import subprocess
     import sys
 
-    from tests.support.clients import require_fixture
-
-    data = require_fixture(request, "movielens_data")
+    data = movielens_data
     base = [sys.executable, "-m", "seminar.cli", "load", "--gateway", gateway.address]
     base += ["--data", str(data), "--candidates", "20", "--warmup", "0"]
     closed = subprocess.run(

@@ -40,7 +40,6 @@ from tests.support.clients import (
     RunningGateway,
     health_status,
     metric_samples,
-    require_fixture,
     single_version_repo,
 )
 
@@ -93,14 +92,13 @@ class PrivateTriton:
 
 @pytest.fixture(scope="module")
 def private_triton(
-    request: pytest.FixtureRequest,
+    triton: TritonServer,
     gateway_arms: tuple[Arm, Arm],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PrivateTriton]:
-    triton = require_fixture(request, "triton")
     control = gateway_arms[0]
     folder = tmp_path_factory.mktemp("private_triton")
-    repo = single_version_repo(triton.repo, control.version, folder / "repo")  # type: ignore[attr-defined]
+    repo = single_version_repo(triton.repo, control.version, folder / "repo")
     private = PrivateTriton(repo, control.model, control.version, folder)
     try:
         yield private
@@ -109,14 +107,11 @@ def private_triton(
 
 
 @pytest.fixture(scope="module")
-def big_requests(
-    request: pytest.FixtureRequest, real_calls: list[RankCall]
-) -> list[ranker_pb2.RankRequest]:
+def big_requests(triton: TritonServer, real_calls: list[RankCall]) -> list[ranker_pb2.RankRequest]:
     """Real users, each with 1000 distinct catalog items as candidates (seeded)."""
     from seminar.clients.catalog import Catalog
 
-    triton = require_fixture(request, "triton")
-    items = Catalog.load(triton.repo).item_ids  # type: ignore[attr-defined]
+    items = Catalog.load(triton.repo).item_ids
     rng = np.random.default_rng(0)
     return [
         ranker_pb2.RankRequest(
@@ -454,7 +449,7 @@ def test_reload_naming_an_unready_version_is_rejected(
 def test_gateway_starts_not_serving_when_an_arm_or_triton_is_not_ready(
     start_gateway, gateway_arms: tuple[Arm, Arm], real_calls: list[RankCall]
 ) -> None:
-    from seminar.clients.process import free_port
+    from seminar.processes import free_port
 
     control = gateway_arms[0]
     unloaded = Arm("treatment", control.model, 99, 50)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from seminar.model import Modality, ModelConfig, ModelKind, SeminarModel
 from seminar.model.head import RankingHead
@@ -141,7 +141,7 @@ def test_gsu_scores_match_esu_attention_logits() -> None:
 def test_per_head_parameters_get_gradients_and_are_in_the_state_dict() -> None:
     model = make_model()
     logits = model(*random_batch())
-    F.binary_cross_entropy_with_logits(logits, torch.rand_like(logits)).backward()
+    functional.binary_cross_entropy_with_logits(logits, torch.rand_like(logits)).backward()
     state = model.state_dict()
     for name in (
         "ranking_head.w_q",
@@ -241,7 +241,7 @@ def test_info_nce_decreases_when_training_aligns_the_pairs() -> None:
         info_nce(a, b, 0.05).backward()
         opt.step()
     assert info_nce(a, b, 0.05) < 0.2 * first
-    assert F.cosine_similarity(a, b).mean() > 0.5  # minimising pulls matched rows together
+    assert functional.cosine_similarity(a, b).mean() > 0.5  # minimising pulls matched rows together
 
 
 def test_relevance_loss_pulls_a_query_towards_its_item() -> None:
@@ -253,7 +253,7 @@ def test_relevance_loss_pulls_a_query_towards_its_item() -> None:
 
     def cosine() -> float:
         q = model.query_encoder(model.query_tokens[query])
-        return float(F.cosine_similarity(q, model.item_encoder(item)).mean().detach())
+        return float(functional.cosine_similarity(q, model.item_encoder(item)).mean().detach())
 
     before, loss_before = cosine(), float(relevance_loss(model, query, item, 0.05).detach())
     for _ in range(5):

@@ -167,8 +167,8 @@ def test_masked_topk_handles_empty_sequences() -> None:
 
 def test_store_round_trip_and_verify(pq_world_8bit, tmp_path) -> None:
     store = pq_world_8bit.store
-    manifest = store.save(tmp_path / "store")
-    assert manifest["arrays"]["codes"]["shape"] == list(store.codes.shape)
+    saved = store.save(tmp_path / "store")
+    assert saved.files["codes.npy"].shape == store.codes.shape
     loaded = SequenceStore.load(tmp_path / "store", mmap=True, verify=True)
     assert isinstance(loaded.codes, np.memmap)
     for name in ("offsets", "item", "query", "codes"):

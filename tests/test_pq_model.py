@@ -25,20 +25,20 @@ def ml_model_and_artifacts(movielens_data, tmp_path_factory):
     # an untrained model is a real model for these checks (they compare paths, not quality)
     model = new_model(model_config_for(ds, "seminar"), ds).eval()
     out = tmp_path_factory.mktemp("pq") / "artifacts"
-    manifest = save_pq_artifacts(model, ds, out, FAST_PQ)
-    return ds, model, out, manifest
+    saved = save_pq_artifacts(model, ds, out, FAST_PQ)
+    return ds, model, out, saved.fields
 
 
 @pytest.mark.slow
 def test_offline_and_serving_scores_agree(ml_model_and_artifacts) -> None:
-    ds, model, out, manifest = ml_model_and_artifacts
+    ds, model, out, fields = ml_model_and_artifacts
     d = model.config.dim
     r = load_pq_retriever(out, verify=True)
-    assert manifest["n_users"] == ds.n_users and manifest["n_events"] == ds.n_events
-    assert manifest["alpha"] == r.alpha == model.config.alpha
+    assert fields["n_users"] == ds.n_users and fields["n_events"] == ds.n_events
+    assert fields["alpha"] == r.alpha == model.config.alpha
     assert r.k == model.config.top_k
     # stored bytes per event vs the float32 components PQ replaces
-    assert manifest["bytes_per_event"] * 16 <= len(manifest["modalities"]) * d * 4
+    assert fields["bytes_per_event"] * 16 <= len(fields["modalities"]) * d * 4
     with torch.no_grad():
         x = torch.randn(6, d, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from seminar import contract
-from seminar.serving.client import request_inputs, score
-from tests.support.serving import ATOL, offline_scores, pq_dir_of, repo_path
+from seminar.serving.client import infer_inputs, request_inputs, score
+from tests.support.serving import ATOL, metric_total, offline_scores, pq_dir_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -56,7 +56,7 @@ def check_against_reference(client, model_repo, quick_run, movielens_data, user_
     served = score(client, user_id, query, items)
     assert served.shape == (len(items),) and served.dtype == np.float32
     offline = offline_scores(
-        quick_run, movielens_data, pq_dir_of(repo_path(model_repo)), user_id, query, items
+        quick_run, movielens_data, pq_dir_of(model_repo.repo), user_id, query, items
     )
     np.testing.assert_allclose(served, offline, atol=ATOL, rtol=0)
     return served
@@ -120,21 +120,14 @@ def test_concurrent_users_are_batched_and_each_gets_its_own_scores(client, ml, t
 
 
 # ---- malformed requests ----------------------------------------------------------------------
-def raw_inputs(user, query, item, user_dtype="INT64"):
-    import tritonclient.grpc as grpcclient
-
-    tensors = []
-    for name, value, dtype in (
-        (contract.INPUT_USER_ID, user, user_dtype),
-        (contract.INPUT_QUERY, query, "BYTES"),
-        (contract.INPUT_ITEM_ID, item, "INT64"),
-    ):
-        if value is None:
-            continue
-        t = grpcclient.InferInput(name, list(value.shape), dtype)
-        t.set_data_from_numpy(value)
-        tensors.append(t)
-    return tensors
+def raw_inputs(user, query, item) -> list:
+    """The ensemble's inputs as given (any dtype or shape); None leaves an input out."""
+    named = {
+        contract.INPUT_USER_ID: user,
+        contract.INPUT_QUERY: query,
+        contract.INPUT_ITEM_ID: item,
+    }
+    return infer_inputs({name: value for name, value in named.items() if value is not None})
 
 
 def col(values, dtype=np.int64) -> np.ndarray:
@@ -147,7 +140,7 @@ def texts(n: int, text: bytes = b"comedy") -> np.ndarray:
 
 MALFORMED = {
     "wrong dtype": (
-        lambda: raw_inputs(col([1, 1], np.int32), texts(2), col([1, 2]), user_dtype="INT32"),
+        lambda: raw_inputs(col([1, 1], np.int32), texts(2), col([1, 2])),
         "(?i)data-type|datatype|dtype|INT32",
     ),
     "missing input": (lambda: raw_inputs(col([1]), texts(1), None), "(?i)item_id"),
@@ -212,26 +205,22 @@ def test_a_10mb_query_is_rejected_untokenized_and_quickly(client, ml) -> None:
 def model_inputs(client, model: str, values: dict[str, np.ndarray]) -> list:
     """Inputs for a direct call to one composing model: `values` by tensor name, zeros (a
     valid index everywhere: PAD row, cold-start user) for the others, all of `rows` rows."""
-    import tritonclient.grpc as grpcclient
-
     config = client.get_model_config(model, as_json=True)["config"]
     rows = len(next(iter(values.values())))
-    tensors = []
+    arrays = {}
     for spec in config["input"]:
         dims = [int(d) for d in spec["dims"]]
-        dtype = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32}[spec["data_type"]]
+        dtype = contract.DataType(spec["data_type"]).numpy
         value = values.get(spec["name"], np.zeros((rows, *dims), dtype))
-        tensor = grpcclient.InferInput(spec["name"], list(value.shape), spec["data_type"][5:])
-        tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype))
-        tensors.append(tensor)
-    return tensors
+        arrays[spec["name"]] = np.ascontiguousarray(value, dtype)
+    return infer_inputs(arrays)
 
 
 def index_range(repo, model: str, name: str) -> tuple[int, int]:
     from seminar import contract
-    from seminar.build import artifacts as A
+    from seminar.build import artifacts
 
-    return A.read_index_ranges(repo / model / "1" / contract.INDEX_RANGES_FILE)[name]
+    return artifacts.read_index_ranges(repo / model / "1" / contract.INDEX_RANGES_FILE)[name]
 
 
 @pytest.mark.parametrize("where", ["negative", "past the end"])
@@ -307,18 +296,6 @@ def test_a_bad_request_does_not_fail_the_good_ones_batched_with_it(client, ml, t
 
 
 # ---- metrics -------------------------------------------------------------------------------
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
 def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, triton) -> None:
     before = triton.metrics()
     items = ml.item_ids[:100]
@@ -327,20 +304,20 @@ def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, trit
     after = triton.metrics()
     ok = "nv_inference_request_success"
     assert (
-        metric(after, ok, model=contract.ENSEMBLE_MODEL)
-        - metric(before, ok, model=contract.ENSEMBLE_MODEL)
+        metric_total(after, ok, model=contract.ENSEMBLE_MODEL)
+        - metric_total(before, ok, model=contract.ENSEMBLE_MODEL)
         >= 3
     )
-    assert metric(after, ok, model=contract.PQ_RETRIEVAL_MODEL) > metric(
+    assert metric_total(after, ok, model=contract.PQ_RETRIEVAL_MODEL) > metric_total(
         before, ok, model=contract.PQ_RETRIEVAL_MODEL
     )
     rows = "seminar_pq_rows_total"
-    assert metric(after, rows) - metric(before, rows) >= 300
+    assert metric_total(after, rows) - metric_total(before, rows) >= 300
     seq = "seminar_pq_sequence_length_count"
-    assert metric(after, seq) - metric(before, seq) >= 3
+    assert metric_total(after, seq) - metric_total(before, seq) >= 3
     topk = "seminar_pq_topk_seconds_count"
-    assert metric(after, topk) > metric(before, topk)
-    assert metric(after, "seminar_pq_topk_seconds_sum") > 0
+    assert metric_total(after, topk) > metric_total(before, topk)
+    assert metric_total(after, "seminar_pq_topk_seconds_sum") > 0
 
 
 def test_request_to_a_missing_model_or_version_is_an_error(client) -> None:

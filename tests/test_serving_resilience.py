@@ -22,7 +22,7 @@ import pytest
 
 from seminar import contract
 from seminar.contract import FEATURES_MODEL
-from seminar.serving.client import request_inputs, score
+from seminar.serving.client import infer_inputs, request_inputs, score
 from tests.support.build import BuiltRepo, copy_repo
 from tests.support.serving import Stub, private_triton, python_stubs
 
@@ -32,10 +32,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.serving]
 def zero_inputs(client, model: str, rows: int) -> list:
     """Valid inputs for a direct call to one composing model: zeros (PAD item and token, user
     index 0, zero embeddings and an all-empty top-K) and, for `features`, ids 1 and query ""."""
-    import tritonclient.grpc as grpcclient
-
     config = client.get_model_config(model, as_json=True)["config"]
-    tensors = []
+    arrays = {}
     for spec in config["input"]:
         shape = [rows, *(int(d) for d in spec["dims"])]
         if spec["data_type"] == "TYPE_STRING":
@@ -44,11 +42,8 @@ def zero_inputs(client, model: str, rows: int) -> list:
             value = np.full(shape, 1 if model == FEATURES_MODEL else 0, dtype=np.int64)
         else:
             value = np.zeros(shape, np.float32)
-        datatype = spec["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES")
-        tensor = grpcclient.InferInput(spec["name"], shape, datatype)
-        tensor.set_data_from_numpy(value)
-        tensors.append(tensor)
-    return tensors
+        arrays[spec["name"]] = value
+    return infer_inputs(arrays)
 
 
 def stopped_for(stub: Stub, seconds: float):
@@ -65,13 +60,6 @@ def stopped_for(stub: Stub, seconds: float):
 
 def statistics(server, model: str) -> dict:
     return server.statistics(model)["model_stats"][0]
-
-
-def metric_value(server, name: str, model: str) -> float:
-    for line in server.metrics().splitlines():
-        if line.startswith(name + "{") and f'model="{model}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 # ---- one server for the tests that leave it healthy ------------------------------------------

@@ -22,40 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar.contract import (
-    ADMIN_KEY_HEADER,
-    ENSEMBLE_MODEL,
-    INPUT_ITEM_ID,
-    INPUT_QUERY,
-    INPUT_USER_ID,
-    OUTPUT_SCORE,
-)
+from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
 from seminar.serving import process_group
+from seminar.serving.client import request_inputs, score
 from seminar.serving.serve_process import ServeProcess
 from tests.support.build import BuiltRepo, copy_repo
-from tests.support.serving import require_tritonserver
+from tests.support.serving import metric_total, require_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
 
 # ---- clients -------------------------------------------------------------------------------------
-
-
-def infer_inputs(user_id: int, item_ids: np.ndarray, query: bytes = b"comedy") -> list:
-    import tritonclient.grpc as grpcclient
-
-    rows = len(item_ids)
-    arrays = {
-        INPUT_USER_ID: (np.full((rows, 1), user_id, dtype=np.int64), "INT64"),
-        INPUT_QUERY: (np.full((rows, 1), query, dtype=object), "BYTES"),
-        INPUT_ITEM_ID: (np.asarray(item_ids, dtype=np.int64).reshape(-1, 1), "INT64"),
-    }
-    inputs = []
-    for name, (array, dtype) in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
 
 
 class Clients:
@@ -97,7 +74,7 @@ class Clients:
             try:
                 client.infer(
                     ENSEMBLE_MODEL,
-                    infer_inputs(int(rng.choice(self.user_ids)), items, query),
+                    request_inputs(int(rng.choice(self.user_ids)), query, items),
                     client_timeout=timeout,
                 )
                 code = "OK"
@@ -124,8 +101,7 @@ def score_once(url: str, item_ids: np.ndarray, user_id: int = 1) -> np.ndarray:
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        result = client.infer(ENSEMBLE_MODEL, infer_inputs(user_id, item_ids[:20]))
-        return result.as_numpy(OUTPUT_SCORE).reshape(-1)
+        return score(client, user_id, "comedy", item_ids[:20])
     finally:
         client.close()
 
@@ -142,17 +118,6 @@ def model_ready(url: str, name: str) -> bool:
 
 def triton_pid(serve: ServeProcess) -> int:
     return int(serve.status()["tritonserver_pid"])
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2) -> float:
@@ -212,11 +177,11 @@ def test_short_client_deadlines_never_reach_triton_as_cancellations(
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
     # Triton finishes the abandoned calls (never more than the proxy's limit); then the server
     # answers normally again.
-    wait_for(lambda: metric(serve.supervisor_metrics(), "seminar_serve_grpc_inflight") == 0, 60,
+    wait_for(lambda: metric_total(serve.supervisor_metrics(), "seminar_serve_grpc_inflight") == 0, 60,
              "the abandoned calls to drain")  # fmt: skip
     assert np.isfinite(score_once(serve.grpc_url, items)).all()
     text = serve.supervisor_metrics()
-    assert metric(text, "seminar_serve_grpc_abandoned_total", method="ModelInfer") > 0
+    assert metric_total(text, "seminar_serve_grpc_abandoned_total", method="ModelInfer") > 0
 
 
 def test_streaming_inference_is_refused_with_a_reason(serve: ServeProcess) -> None:
@@ -291,7 +256,9 @@ def test_a_stopped_model_process_is_resumed_and_the_server_survives(
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
     assert set(load.codes) == {"OK"}, (load.codes, load.errors)
     text = serve.supervisor_metrics()
-    assert metric(text, "seminar_serve_model_process_resumed_total", model="pq_retrieval") >= 1
+    assert (
+        metric_total(text, "seminar_serve_model_process_resumed_total", model="pq_retrieval") >= 1
+    )
 
 
 # ---- item 8: a dead model process --------------------------------------------------------------
@@ -308,7 +275,7 @@ def test_a_dead_model_process_is_reloaded_and_readiness_says_so_meanwhile(
     def watch_readiness() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not seen_unready.is_set():
-            if not serve.ready() and not model_ready(serve.grpc_url, ENSEMBLE_MODEL):
+            if not serve.is_ready() and not model_ready(serve.grpc_url, ENSEMBLE_MODEL):
                 seen_unready.set()
             time.sleep(0.05)
 
@@ -323,7 +290,10 @@ def test_a_dead_model_process_is_reloaded_and_readiness_says_so_meanwhile(
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
     assert np.isfinite(score_once(serve.grpc_url, items)).all()
     text = serve.supervisor_metrics()
-    assert metric(text, "seminar_serve_model_reloads_total", model="ranking_head", result="ok") == 1
+    assert (
+        metric_total(text, "seminar_serve_model_reloads_total", model="ranking_head", result="ok")
+        == 1
+    )
     print(f"dead ranking_head process: ready again {recovery:.1f} s after readiness dropped")
 
 
@@ -342,7 +312,7 @@ def test_killed_tritonserver_is_restarted_and_leaves_nothing_behind(
         time.sleep(1)
         killed_at = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
-        wait_for(lambda: not serve.ready(), 10, "readiness to drop")
+        wait_for(lambda: not serve.is_ready(), 10, "readiness to drop")
         wait_for(serve.ready, 180, "tritonserver to be restarted")
         recovery = time.monotonic() - killed_at
     status = serve.status()
@@ -384,7 +354,7 @@ def test_a_corrupt_version_is_left_out_and_named_while_the_others_serve(
         assert "seminar_v2" not in status["served"]
         assert status["served"][ENSEMBLE_MODEL] == ["1"], "seminar must fall back to version 1"
         assert "serving version 1 instead" in status["fallback"]
-        assert relative in serve.console(200), "the console must name the damaged file"
+        assert relative in serve.log_tail(200), "the console must name the damaged file"
         items, _ = catalog
         assert np.isfinite(score_once(serve.grpc_url, items)).all()
         assert model_ready(serve.grpc_url, "seminar_v1")

@@ -17,17 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seminar.contract import INPUT_ITEM_ID, INPUT_QUERY, INPUT_USER_ID, OUTPUT_SCORE
+from seminar.contract import OUTPUT_SCORE
 from seminar.errors import ArtifactError
+from seminar.processes import LOOPBACK, free_port
+from seminar.serving.client import request_inputs
 from seminar.serving.floor import FLOOR_MODEL, write_floor_model
-from seminar.serving.triton import (
-    LOOPBACK,
-    ModelControl,
-    TritonConfig,
-    TritonError,
-    TritonServer,
-    free_port,
-)
+from seminar.serving.triton import ModelControl, TritonConfig, TritonError, TritonServer
 from tests.support.serving import require_tritonserver, start_triton
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
@@ -41,15 +36,7 @@ def floor_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def floor_inputs(n: int):
-    import tritonclient.grpc as grpcclient
-
-    user = grpcclient.InferInput(INPUT_USER_ID, [n, 1], "INT64")
-    user.set_data_from_numpy(np.full((n, 1), 7, dtype=np.int64))
-    query = grpcclient.InferInput(INPUT_QUERY, [n, 1], "BYTES")
-    query.set_data_from_numpy(np.array([[b"comedy"]] * n, dtype=object))
-    item = grpcclient.InferInput(INPUT_ITEM_ID, [n, 1], "INT64")
-    item.set_data_from_numpy(np.arange(n, dtype=np.int64).reshape(n, 1))
-    return [user, query, item]
+    return request_inputs(7, "comedy", np.arange(n))
 
 
 def test_server_serves_over_grpc_and_explicit_load_unload(floor_repo: Path) -> None:

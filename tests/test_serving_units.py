@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from seminar import contract
+from seminar import contract, manifest
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.errors import ArtifactError
 from seminar.serving.backend import (
     BackendContext,
+    PipelineModel,
     RequestError,
     RowBatch,
     check_numpy,
@@ -209,10 +210,10 @@ def test_batch_retrieval_rejects_user_indices_outside_the_store(pq_world_8bit) -
 
 
 def test_pair_alpha_must_travel_with_the_pq_artifacts(tmp_path: Path) -> None:
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "x"}))
+    manifest.write_manifest(tmp_path, {"format": "x"})
     with pytest.raises(ArtifactError, match="records no 'alpha'"):
         pair_alpha(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"alpha": 0.25}))
+    manifest.write_manifest(tmp_path, {"alpha": 0.25})
     assert pair_alpha(tmp_path) == 0.25
 
 
@@ -292,6 +293,121 @@ def test_onnx_runner_needs_a_range_for_every_index_input(tmp_path: Path) -> None
     OnnxRunner(path, inputs={"i": i64}, outputs={"y": f32}, index_ranges={"i": (0, 5)})
     with pytest.raises(ValueError, match=r"index ranges given for \[\], but the graph's index"):
         OnnxRunner(path, inputs={"i": i64}, outputs={"y": f32}, index_ranges={})
+
+
+# ---- the request loop every model.py shares (a stand-in for triton_python_backend_utils) -----
+class _FakeTritonUtils:
+    """The few names of triton_python_backend_utils that PipelineModel uses."""
+
+    class TritonError:
+        INVALID_ARG = "INVALID_ARG"
+
+        def __init__(self, message: str, code: str) -> None:
+            self.message, self.code = message, code
+
+    class Tensor:
+        def __init__(self, name: str, array: np.ndarray) -> None:
+            self.name, self.array = name, array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None) -> None:
+            self.output_tensors, self.error = list(output_tensors), error
+
+    class _Input:
+        def __init__(self, array: np.ndarray) -> None:
+            self.array = array
+
+        def as_numpy(self) -> np.ndarray:
+            return self.array
+
+    @classmethod
+    def get_input_tensor_by_name(cls, request: dict, name: str):
+        return cls._Input(request[name])
+
+
+class _Doubler(PipelineModel):
+    """A model whose run doubles its one input; a request with a negative value is refused."""
+
+    pb_utils = _FakeTritonUtils
+    runs: list[int]
+
+    def load(self, context: BackendContext) -> None:
+        self.runs = []
+
+    def read(self, request) -> dict:
+        arrays = super().read(request)
+        require_index_range("x", arrays["x"], 0, 100)
+        return arrays
+
+    def run(self, batch: RowBatch) -> dict:
+        self.runs.append(batch.rows)
+        return {"y": batch.arrays["x"] * 2}
+
+
+def _doubler(tmp_path: Path) -> _Doubler:
+    (tmp_path / "1").mkdir()
+    manifest.write_manifest(tmp_path / "1")
+    config = {
+        "input": [{"name": "x", "data_type": "TYPE_INT64", "dims": ["1"]}],
+        "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": ["1"]}],
+    }
+    model = _Doubler()
+    args = {
+        "model_config": json.dumps(config),
+        "model_name": "doubler",
+        "model_repository": str(tmp_path),
+        "model_version": "1",
+    }
+    model.initialize(args)
+    return model
+
+
+def test_pipeline_model_answers_every_request_in_order_with_errors_per_request(tmp_path) -> None:
+    model = _doubler(tmp_path)
+    try:
+        responses = model.execute([{"x": rows(1, 2)}, {"x": rows(-1)}, {"x": rows(3)}])
+    finally:
+        model.stall_guard.stop()
+    assert model.runs == [3], "one run over the accepted rows of every request"
+    assert [r.error is None for r in responses] == [True, False, True]
+    assert responses[1].error.code == "INVALID_ARG" and "-1 at row 0" in responses[1].error.message
+    y = [r.output_tensors[0] for r in (responses[0], responses[2])]
+    assert [t.name for t in y] == ["y", "y"]
+    assert y[0].array.tolist() == [[2.0], [4.0]] and y[1].array.tolist() == [[6.0]]
+    assert y[0].array.dtype == np.float32, "outputs take the config's dtype"
+
+
+def test_pipeline_model_refuses_to_load_a_version_that_fails_its_manifest(tmp_path) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "a.json").write_text("[1]")
+    manifest.write_manifest(tmp_path / "1")
+    (tmp_path / "1" / "a.json").write_text("[2]")
+    with pytest.raises(ArtifactError, match=r"a\.json: sha256"):
+        _Doubler().initialize(
+            {
+                "model_config": json.dumps({"input": [], "output": []}),
+                "model_name": "doubler",
+                "model_repository": str(tmp_path),
+                "model_version": "1",
+            }
+        )
+
+
+def test_the_features_model_never_imports_torch() -> None:
+    """features.py is numpy-only end to end: its imports, the manifest check included."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util, sys, types\n"
+        "sys.modules['triton_python_backend_utils'] = types.ModuleType('pb_utils')\n"
+        "from seminar import contract\n"
+        "path = contract.backend_source_path(contract.FEATURES_SOURCE)\n"
+        "spec = importlib.util.spec_from_file_location('features_model', path)\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---- stall guard (a real process, stopped and continued with real signals) --------------------

@@ -23,7 +23,6 @@ from tests.support.serving import (
     offline_scores,
     pq_dir_of,
     require_serving_pieces,
-    run_path,
     start_triton,
 )
 
@@ -42,7 +41,7 @@ def long_data(movielens_data: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def build(quick_run, data: Path, repo: Path, version: int) -> None:
-    result = build_cli(run_path(quick_run), repo, version, "--data", str(data), "--no-polygraphy")
+    result = build_cli(quick_run, repo, version, "--data", str(data), "--no-polygraphy")
     assert result.exit_code == 0, result.output
 
 

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seminar.contract import FIRST_ITEM_INDEX
 from seminar.data.dataset import PreparedDataset
-
-FIRST_ITEM = 2  # item indices 0 = PAD, 1 = OOV
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def epoch_batches(
         positions = order[first : first + batch_size]
         positives = np.asarray(ds.seq_item)[positions].astype(np.int64)
         # Uniform negatives over the catalog; a rare collision with the positive is kept as noise.
-        sampled = rng.integers(FIRST_ITEM, ds.n_item_rows, size=(batch_size, negatives))
+        sampled = rng.integers(FIRST_ITEM_INDEX, ds.n_item_rows, size=(batch_size, negatives))
         candidates = np.concatenate([positives[:, None], sampled], axis=1)  # (B, 1+N)
         mine = slice(rank * share, (rank + 1) * share)
         yield make_batch(ds, positions[mine], candidates[mine], max_len)

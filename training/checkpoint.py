@@ -11,7 +11,6 @@ RUN/
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from seminar.errors import ArtifactError
 from seminar.model.config import ModelConfig
 from seminar.model.seminar import SeminarModel
+from seminar.provenance import git_revision
 from seminar.training.config import TrainConfig
 
 FORMAT = 1
@@ -42,21 +42,6 @@ class Run:
     git_commit: str
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=10,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def save_state(model: SeminarModel, path: Path) -> None:
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path))
@@ -75,7 +60,7 @@ def save_run(
         "model": model.config.to_dict(),
         "train": train_config.to_dict(),
         "data": data,
-        "git_commit": git_commit(),
+        "git_commit": git_revision(),
     }
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 

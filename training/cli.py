@@ -15,15 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from seminar.errors import ArtifactError, DataError, UsageError, cli_guard, reading_options
-
-
-@unique
-class ModelName(StrEnum):
-    seminar = "seminar"
-    twin = "twin"
-    sim = "sim"
-    eta = "eta"
-    din = "din"
+from seminar.model.config import ModelKind
 
 
 @unique
@@ -53,7 +45,7 @@ def train(
     out: Annotated[
         Path, typer.Option(help="Run directory to write (checkpoint, config, metrics).")
     ],
-    model: Annotated[ModelName, typer.Option(help="Which model to train.")] = ModelName.seminar,
+    model: Annotated[ModelKind, typer.Option(help="Which model to train.")] = ModelKind.SEMINAR,
     quick: Annotated[
         bool, typer.Option("--quick", help="Small configuration (D=32, K=20, 2 epochs): minutes.")
     ] = False,

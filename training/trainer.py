@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 from tqdm import tqdm
 
 from seminar.data.dataset import PreparedDataset
@@ -135,7 +135,7 @@ def bce_loss(logits: torch.Tensor) -> torch.Tensor:
     """Logits (B, 1 + N): column 0 is the positive, the rest sampled negatives."""
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1.0
-    return F.binary_cross_entropy_with_logits(logits, labels)
+    return functional.binary_cross_entropy_with_logits(logits, labels)
 
 
 def run_epoch(

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seminar.data.prepare import ARRAYS, FIRST_ITEM, META_FILE, OOV_ITEM
+from seminar.contract import FIRST_ITEM_INDEX, OOV_ITEM_INDEX
+from seminar.data.prepare import ARRAYS, META_FILE
 from seminar.data.schema import SCHEMA_VERSION, read_events, read_items
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.errors import DataError
@@ -121,7 +122,7 @@ class PreparedDataset:
             test_negatives=array("test_negatives"),
             valid_negatives=array("valid_negatives"),
             _user_index={int(x): i for i, x in enumerate(user_ids)},
-            _item_index={int(x): i + FIRST_ITEM for i, x in enumerate(item_ids)},
+            _item_index={int(x): i + FIRST_ITEM_INDEX for i, x in enumerate(item_ids)},
         )
         ds._check()
         return ds
@@ -134,7 +135,7 @@ class PreparedDataset:
             "seq_query": (self.seq_query.shape, (n_events,)),
             "seq_label": (self.seq_label.shape, (n_events,)),
             "seq_time": (self.seq_time.shape, (n_events,)),
-            "item_attrs": (self.item_attrs.shape[:1], (n_items + FIRST_ITEM,)),
+            "item_attrs": (self.item_attrs.shape[:1], (n_items + FIRST_ITEM_INDEX,)),
             "query_tokens": (self.query_tokens.shape[:1], (len(self.queries),)),
             "test_pos": (self.test_pos.shape, (n_users,)),
             "valid_pos": (self.valid_pos.shape, (n_users,)),
@@ -142,11 +143,14 @@ class PreparedDataset:
             "valid_negatives": (self.valid_negatives.shape[:1], (n_users,)),
         }
         if self.item_text_emb is not None:
-            expect["item_text_emb"] = (self.item_text_emb.shape[:1], (n_items + FIRST_ITEM,))
+            expect["item_text_emb"] = (self.item_text_emb.shape[:1], (n_items + FIRST_ITEM_INDEX,))
         if self.query_text_emb is not None:
             expect["query_text_emb"] = (self.query_text_emb.shape[:1], (len(self.queries),))
         if self.item_image_emb is not None:
-            expect["item_image_emb"] = (self.item_image_emb.shape[:1], (n_items + FIRST_ITEM,))
+            expect["item_image_emb"] = (
+                self.item_image_emb.shape[:1],
+                (n_items + FIRST_ITEM_INDEX,),
+            )
         for name, (got, want) in expect.items():
             if tuple(got) != want:
                 raise DataError(f"{self.path / ARRAYS / name}.npy: shape {got}, expected {want}.")
@@ -167,7 +171,7 @@ class PreparedDataset:
     @property
     def n_item_rows(self) -> int:
         """I + 2: rows of every per-item table (PAD and OOV included)."""
-        return len(self.item_ids) + FIRST_ITEM
+        return len(self.item_ids) + FIRST_ITEM_INDEX
 
     @property
     def n_queries(self) -> int:
@@ -194,13 +198,13 @@ class PreparedDataset:
 
     def item_index(self, item_id: int) -> int:
         """Item index of an external item id; unknown ids map to OOV (1)."""
-        return self._item_index.get(int(item_id), OOV_ITEM)
+        return self._item_index.get(int(item_id), OOV_ITEM_INDEX)
 
     def item_id(self, item_index: int) -> int:
         """External id of an item index >= 2."""
-        if item_index < FIRST_ITEM:
+        if item_index < FIRST_ITEM_INDEX:
             raise KeyError(f"item index {item_index} is PAD/OOV, it has no external id")
-        return int(self.item_ids[item_index - FIRST_ITEM])
+        return int(self.item_ids[item_index - FIRST_ITEM_INDEX])
 
     # Sequences.
 

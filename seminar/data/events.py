@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from seminar.data.prepare import PrepareConfig, Stats, file_sha256, prepare_tables
+from seminar.data.prepare import PrepareConfig, Stats, prepare_tables
 from seminar.data.schema import read_events, read_items
+from seminar.manifest import sha256_file
 
 POSITIVE_RULE: Final = "label == 1 (as given in the event log)"
 
@@ -24,8 +25,8 @@ def prepare_events(
         name=name,
         positive_rule=POSITIVE_RULE,
         sources={
-            events_path.name: file_sha256(events_path),
-            items_path.name: file_sha256(items_path),
+            events_path.name: sha256_file(events_path),
+            items_path.name: sha256_file(items_path),
         },
         config=config,
         events_file=str(events_path),

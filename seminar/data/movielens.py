@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from seminar.data.prepare import PrepareConfig, Stats, file_sha256, prepare_tables
+from seminar.data.prepare import PrepareConfig, Stats, prepare_tables
 from seminar.data.schema import EventType, validate_events, validate_items
 from seminar.errors import DataError
+from seminar.manifest import sha256_file
 
 POSITIVE_RATING: Final = 4.0
 POSITIVE_RULE: Final = "rec events (ratings): rating >= 4.0; search events (tags): always positive"
@@ -129,7 +130,7 @@ def load_tables(source: Path) -> tuple[pa.Table, pa.Table]:
 def prepare_movielens(source: Path, out: Path, config: PrepareConfig) -> Stats:
     events, items = load_tables(source)
     sources = {
-        name: file_sha256(source / name) for name in ("ratings.csv", "tags.csv", "movies.csv")
+        name: sha256_file(source / name) for name in ("ratings.csv", "tags.csv", "movies.csv")
     }
     return prepare_tables(
         events,

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from seminar.contract import FIRST_ITEM_INDEX
 from seminar.data import features
 from seminar.data.schema import EVENTS_SCHEMA, SCHEMA_VERSION, EventType, image_embeddings
 from seminar.data.splits import SplitConfig, split_user
@@ -42,7 +43,6 @@ from seminar.errors import ConflictError, DataError
 
 META_FILE = "meta.json"
 ARRAYS = "arrays"
-PAD_ITEM, OOV_ITEM, FIRST_ITEM = 0, 1, 2
 ATTR_PAD = "<pad>"
 
 
@@ -108,7 +108,7 @@ class Catalog:
     def index_of(self, item_ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """Item indices (from 2) of external ids; -1 where an id is not in the catalog."""
         found = pc.index_in(item_ids, value_set=pa.array(self.item_ids))
-        return found.fill_null(-1 - FIRST_ITEM).to_numpy().astype(np.int64) + FIRST_ITEM
+        return found.fill_null(-1 - FIRST_ITEM_INDEX).to_numpy().astype(np.int64) + FIRST_ITEM_INDEX
 
 
 @contextmanager
@@ -221,7 +221,7 @@ class DatasetWriter:
         if not np.array_equal(events.column("user_id").to_numpy(), expected):
             raise ValueError("chunk users differ from the user_ids/counts given up front")
         items = self.catalog.index_of(events.column("item_id"))  # (n,)
-        if (items < FIRST_ITEM).any():
+        if (items < FIRST_ITEM_INDEX).any():
             raise ValueError("events reference item ids missing from the catalog")
         found = pc.index_in(events.column("query"), value_set=self._query_values)
         if found.null_count:
@@ -236,7 +236,7 @@ class DatasetWriter:
         self._search += int(np.count_nonzero(queries))
         self._positives += int(np.count_nonzero(labels == 1))
 
-        n_rows = len(self.catalog) + FIRST_ITEM
+        n_rows = len(self.catalog) + FIRST_ITEM_INDEX
         for u in range(u0, u1):
             lo, hi = int(self.offsets[u] - row0), int(self.offsets[u + 1] - row0)
             split = split_user(
@@ -274,8 +274,8 @@ class DatasetWriter:
         n_attributes = self._write_attributes()
         image = image_embeddings(self.catalog.table)
         if image is not None:
-            rows = np.zeros((len(self.catalog) + FIRST_ITEM, image.shape[1]), np.float32)
-            rows[FIRST_ITEM:] = image  # (I+2, E), PAD and OOV rows zero
+            rows = np.zeros((len(self.catalog) + FIRST_ITEM_INDEX, image.shape[1]), np.float32)
+            rows[FIRST_ITEM_INDEX:] = image  # (I+2, E), PAD and OOV rows zero
             np.save(self.arrays / "item_image_emb.npy", rows)
         if self.config.text_features:
             self._write_text_features()
@@ -303,8 +303,8 @@ class DatasetWriter:
         vocab = [ATTR_PAD, *sorted({a for attrs in per_item for a in attrs})]
         index = {a: i for i, a in enumerate(vocab)}
         width = max(1, max(len(set(attrs)) for attrs in per_item))
-        table = np.zeros((len(per_item) + FIRST_ITEM, width), np.int32)  # (I+2, A)
-        for row, attrs in enumerate(per_item, start=FIRST_ITEM):
+        table = np.zeros((len(per_item) + FIRST_ITEM_INDEX, width), np.int32)  # (I+2, A)
+        for row, attrs in enumerate(per_item, start=FIRST_ITEM_INDEX):
             ids = list(dict.fromkeys(index[a] for a in attrs))  # dedupe, keep order
             table[row, : len(ids)] = ids
         (self.arrays / "attributes.json").write_text(
@@ -316,8 +316,10 @@ class DatasetWriter:
     def _write_text_features(self) -> None:
         progress = self.config.progress
         texts = self.catalog.table.column("text").to_pylist()
-        item_emb = np.zeros((len(texts) + FIRST_ITEM, features.TEXT_DIM), np.float32)
-        item_emb[FIRST_ITEM:] = features.embed_texts(texts, progress=progress, desc="item text")
+        item_emb = np.zeros((len(texts) + FIRST_ITEM_INDEX, features.TEXT_DIM), np.float32)
+        item_emb[FIRST_ITEM_INDEX:] = features.embed_texts(
+            texts, progress=progress, desc="item text"
+        )
         np.save(self.arrays / "item_text_emb.npy", item_emb)  # (I+2, 384)
         query_emb = np.zeros((len(self.queries), features.TEXT_DIM), np.float32)
         query_emb[1:] = features.embed_texts(self.queries[1:], progress=progress, desc="queries")
@@ -366,14 +368,6 @@ def directory_checksum(root: Path) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def user_chunks(offsets: np.ndarray, chunk_rows: int) -> Iterator[tuple[int, int]]:
     """(start_row, stop_row) spans of whole users, about `chunk_rows` events each."""
     n_users = len(offsets) - 1
@@ -405,7 +399,7 @@ def prepare_tables(
     """
     catalog = Catalog.from_table(items)
     index = catalog.index_of(events.column("item_id"))
-    if (unknown := np.flatnonzero(index < FIRST_ITEM)).size:
+    if (unknown := np.flatnonzero(index < FIRST_ITEM_INDEX)).size:
         first = events.column("item_id")[int(unknown[0])].as_py()
         raise DataError(
             f"{events_file}: column 'item_id' has {unknown.size} events whose item is not in the "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FIRST_ITEM = 2  # item index 0 = PAD, 1 = OOV
+from seminar.contract import FIRST_ITEM_INDEX
 
 
 @dataclass(frozen=True)
@@ -74,18 +74,18 @@ def sample_negatives(
 
     None when fewer than `k` items are left to choose from.
     """
-    free = n_item_rows - FIRST_ITEM - int(np.count_nonzero(interacted >= FIRST_ITEM))
+    free = n_item_rows - FIRST_ITEM_INDEX - int(np.count_nonzero(interacted >= FIRST_ITEM_INDEX))
     if free < k:
         return None
     if free < 4 * k:
         # Small catalog left: enumerate what is allowed instead of rejection sampling.
-        allowed = np.setdiff1d(np.arange(FIRST_ITEM, n_item_rows), interacted)
+        allowed = np.setdiff1d(np.arange(FIRST_ITEM_INDEX, n_item_rows), interacted)
         return rng.choice(allowed, size=k, replace=False).astype(np.int32)
     # First k distinct allowed items in draw order; a set beats np.isin at this size (k ~ 100).
     blocked = set(interacted.tolist())
     chosen: list[int] = []
     while len(chosen) < k:
-        for item in rng.integers(FIRST_ITEM, n_item_rows, size=2 * k).tolist():
+        for item in rng.integers(FIRST_ITEM_INDEX, n_item_rows, size=2 * k).tolist():
             if item not in blocked:
                 blocked.add(item)
                 chosen.append(item)

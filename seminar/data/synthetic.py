@@ -30,8 +30,8 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 
+from seminar.contract import FIRST_ITEM_INDEX
 from seminar.data.prepare import (
-    FIRST_ITEM,
     Catalog,
     DatasetWriter,
     PrepareConfig,
@@ -305,8 +305,8 @@ def _write_planted(
     planted = root / "planted"
     planted.mkdir()
     np.save(planted / "user_mixture.npy", mixtures.astype(np.float32))  # (U, T)
-    item_topic = np.full(len(world.item_topic) + FIRST_ITEM, -1, np.int32)
-    item_topic[FIRST_ITEM:] = world.item_topic  # (I+2,) by item index, -1 for PAD/OOV
+    item_topic = np.full(len(world.item_topic) + FIRST_ITEM_INDEX, -1, np.int32)
+    item_topic[FIRST_ITEM_INDEX:] = world.item_topic  # (I+2,) by item index, -1 for PAD/OOV
     np.save(planted / "item_topic.npy", item_topic)
     np.save(planted / "query_topic.npy", world.query_topic)  # (Q,) by query index
     (planted / "topic_words.json").write_text(json.dumps(world.topic_words))
@@ -405,5 +405,5 @@ def lifelong_user_for(dataset: Any, n_events: int, *, seed: int = 0) -> Lifelong
         planted = load_planted(dataset.path)
         return lifelong_user(n_events, planted["item_topic"], planted["query_topic"], seed=seed)
     item_topic = dataset.item_attrs[:, 0].astype(np.int64) - 1  # attribute id 0 = <pad> -> -1
-    item_topic[:FIRST_ITEM] = -1
+    item_topic[:FIRST_ITEM_INDEX] = -1
     return lifelong_user(n_events, item_topic, None, n_queries=dataset.n_queries, seed=seed)

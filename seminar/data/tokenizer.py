@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from seminar.contract import PAD_TOKEN_ID, UNK_TOKEN_ID
+
 PAD: Final = "<pad>"
 UNK: Final = "<unk>"
-PAD_ID: Final = 0
-UNK_ID: Final = 1
-QUERY_TOKENS: Final = 8  # T: tokens per query, right-padded with PAD_ID, longer queries truncated
+QUERY_TOKENS: Final = 8  # T: tokens per query, right-padded with PAD_TOKEN_ID, longer ones cut
 
 # Unicode word characters; apostrophes and hyphens split words ("sci-fi" -> "sci", "fi").
 _WORD = re.compile(r"\w+")
@@ -41,7 +41,7 @@ class QueryTokenizer:
     """
 
     def __init__(self, vocab: list[str], length: int = QUERY_TOKENS) -> None:
-        if len(vocab) < 2 or vocab[PAD_ID] != PAD or vocab[UNK_ID] != UNK:
+        if len(vocab) < 2 or vocab[PAD_TOKEN_ID] != PAD or vocab[UNK_TOKEN_ID] != UNK:
             raise ValueError(f"vocab must start with {PAD!r}, {UNK!r}")
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -70,9 +70,9 @@ class QueryTokenizer:
         return len(self.vocab)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, exactly `self.length` of them (unknown words -> UNK_ID)."""
-        ids = [self._index.get(word, UNK_ID) for word in words(text)[: self.length]]
-        return ids + [PAD_ID] * (self.length - len(ids))
+        """Token ids of `text`, exactly `self.length` of them (unknown words -> UNK_TOKEN_ID)."""
+        ids = [self._index.get(word, UNK_TOKEN_ID) for word in words(text)[: self.length]]
+        return ids + [PAD_TOKEN_ID] * (self.length - len(ids))
 
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]

@@ -1,7 +1,21 @@
-"""SEMINAR model: encoders, GSU retrievers, ESU + scorer head, PSU objectives."""
+"""SEMINAR model: encoders, GSU retrievers, ESU + scorer head, PSU objectives.
 
-from seminar.model.config import Modality, ModelConfig, ModelKind
-from seminar.model.retrieval import ExactRetriever, Retriever
-from seminar.model.seminar import SeminarModel
+Names resolve lazily so that `seminar.model.config` (the typed config and `ModelKind`, which
+the command line offers as choices) imports without torch.
+"""
 
-__all__ = ["ExactRetriever", "Modality", "ModelConfig", "ModelKind", "Retriever", "SeminarModel"]
+from seminar.lazy import lazy_attributes
+
+_EXPORTS = {
+    "Modality": "seminar.model.config",
+    "ModelConfig": "seminar.model.config",
+    "ModelKind": "seminar.model.config",
+    "ExactRetriever": "seminar.model.retrieval",
+    "Retriever": "seminar.model.retrieval",
+    "SeminarModel": "seminar.model.seminar",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

@@ -17,8 +17,8 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import functional
 
 from seminar.model.seminar import SeminarModel
 
@@ -40,10 +40,12 @@ class PSUConfig:
 
 def info_nce(a: Tensor, b: Tensor, tau: float) -> Tensor:
     """Symmetric InfoNCE of matched rows a[i] <-> b[i] (N, D); low when each row finds its match."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    a, b = functional.normalize(a, dim=-1), functional.normalize(b, dim=-1)
     logits = a @ b.T / tau  # (N, N)
     target = torch.arange(len(a), device=a.device)  # one-hot diagonal
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    return 0.5 * (
+        functional.cross_entropy(logits, target) + functional.cross_entropy(logits.T, target)
+    )
 
 
 def alignment_loss(model: SeminarModel, items: Tensor, tau: float) -> Tensor:
@@ -101,7 +103,7 @@ class PSU(nn.Module):
             )
             labels = torch.zeros_like(logits)
             labels[:, 0] = 1.0
-            losses["next"] = F.binary_cross_entropy_with_logits(logits, labels)
+            losses["next"] = functional.binary_cross_entropy_with_logits(logits, labels)
         if cfg.align_weight > 0:
             # Targets and sampled negatives: ~B*(1+N) in-batch items, not the whole histories.
             losses["align"] = alignment_loss(self.model, candidates.flatten(), cfg.tau)

@@ -8,8 +8,7 @@ Adapters to a trained model: `build_pq_retriever`, `save_pq_artifacts`, `load_pq
 Names resolve lazily so that mounting `seminar.pq.cli` keeps `seminar --help` free of torch.
 """
 
-from importlib import import_module
-from typing import Any
+from seminar.lazy import lazy_attributes
 
 _EXPORTS = {
     "build_pq_retriever": "seminar.pq.artifacts",
@@ -28,7 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'seminar.pq' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

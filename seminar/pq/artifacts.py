@@ -2,7 +2,8 @@
 plain-tensor PQ core, and the on-disk layout the Triton `pq_retrieval` backend loads.
 
 Layout of an artifact directory:
-    manifest.json            format, config, k, alpha, modalities, D, H, sha256 of every file
+    manifest.json            format, config, k, alpha, modalities, D, H, and the files below
+                             with their sha256 (seminar.manifest)
     codebooks.npz/.json      centroids (M, S, k, d)
     tables.safetensors       exact component tables "table.<m>" (N_m, D) and their codes
                              "codes.<m>" (N_m, S) uint8; "gsu.weight" (D, H, D), "gsu.bias" (H, D)
@@ -11,20 +12,24 @@ Layout of an artifact directory:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from seminar import manifest
 from seminar.errors import ArtifactError
 from seminar.pq.codebooks import Codebooks, train_codebooks
 from seminar.pq.config import PQConfig
 from seminar.pq.retriever import PQRetriever
-from seminar.pq.store import SequenceStore, build_sequence_store, sha256_file
+from seminar.pq.store import SequenceStore, build_sequence_store
 
-ARTIFACT_FORMAT = "seminar-pq/1"
+ARTIFACT_FORMAT = "seminar-pq/2"
+# Still loads: /1 listed its files under its own manifest layout of then (seminar.manifest
+# reads it); the store folder keeps its own format.
+ARTIFACT_FORMAT_V1 = "seminar-pq/1"
+_FILES = ("codebooks.npz", "codebooks.json", "tables.safetensors")
 AFFINE_TOLERANCE = 1e-4
 
 
@@ -101,7 +106,7 @@ def build_pq_retriever(model: Any, dataset: Any, config: PQConfig = PQConfig()) 
     )
 
 
-def save_retriever(retriever: PQRetriever, out_dir: Path) -> dict:
+def save_retriever(retriever: PQRetriever, out_dir: Path) -> manifest.Manifest:
     """Write a retriever (with its store and projection) to `out_dir`; returns the manifest."""
     from safetensors.torch import save_file
 
@@ -117,9 +122,8 @@ def save_retriever(retriever: PQRetriever, out_dir: Path) -> dict:
     tensors["gsu.weight"] = retriever.gsu_weight.cpu().contiguous()
     tensors["gsu.bias"] = retriever.gsu_bias.cpu().contiguous()
     save_file(tensors, str(out_dir / "tables.safetensors"))
-    store_manifest = retriever.store.save(out_dir / "store")
-    files = ["codebooks.npz", "codebooks.json", "tables.safetensors"]
-    manifest = {
+    retriever.store.save(out_dir / "store")  # the store lists its own files
+    fields = {
         "format": ARTIFACT_FORMAT,
         "config": retriever.config.to_json(),
         "k": retriever.k,
@@ -130,11 +134,8 @@ def save_retriever(retriever: PQRetriever, out_dir: Path) -> dict:
         "bytes_per_event": retriever.store.bytes_per_event,
         "n_users": retriever.store.n_users,
         "n_events": retriever.store.n_events,
-        "files": {f: sha256_file(out_dir / f) for f in files},
-        "store": store_manifest,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return manifest.write_manifest(out_dir, fields, _FILES)
 
 
 def save_pq_artifacts(
@@ -147,27 +148,23 @@ def save_pq_artifacts(
 def load_pq_retriever(
     artifact_dir: Path, device: str = "cpu", verify: bool = True, mmap: bool = True
 ) -> PQRetriever:
-    """Open a saved artifact directory; `verify` checks every file's sha256 first."""
+    """Open a saved artifact directory; `verify` checks every file's sha256 first (skip it when
+    a manifest around this folder, a model version's, was verified already)."""
     from safetensors.torch import load_file
 
     artifact_dir = Path(artifact_dir)
-    manifest_path = artifact_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise ArtifactError(f"PQ artifact manifest not found: {manifest_path}")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(
-            f"{manifest_path}: format {manifest.get('format')!r}, want {ARTIFACT_FORMAT!r}"
-        )
-    for name, digest in manifest["files"].items():
-        path = artifact_dir / name
-        if not path.exists():
-            raise ArtifactError(f"PQ artifact file not found: {path}")
-        if verify and sha256_file(path) != digest:
-            raise ArtifactError(f"{path}: sha256 does not match {manifest_path}")
+    saved = manifest.read_manifest(artifact_dir)
+    fmt = saved.fields.get("format")
+    if fmt not in (ARTIFACT_FORMAT, ARTIFACT_FORMAT_V1):
+        raise ArtifactError(f"{saved.path}: format {fmt!r}, want {ARTIFACT_FORMAT!r}")
+    if verify:
+        saved.verify()
+    for name in _FILES:
+        saved.file(name)
     codebooks = Codebooks.load(artifact_dir / "codebooks.npz")
     tensors = load_file(str(artifact_dir / "tables.safetensors"))
-    modalities = manifest["modalities"]
+    fields = saved.fields
+    modalities = fields["modalities"]
     tables = {m: tensors[f"table.{m}"] for m in modalities}
     table_codes = {m: tensors[f"codes.{m}"].numpy().astype(np.uint8) for m in modalities}
     store = SequenceStore.load(artifact_dir / "store", mmap=mmap, verify=verify)
@@ -175,11 +172,11 @@ def load_pq_retriever(
         codebooks,
         tables,
         table_codes,
-        PQConfig.from_json(manifest["config"]),
+        PQConfig.from_json(fields["config"]),
         store=store,
         gsu_weight=tensors["gsu.weight"],
         gsu_bias=tensors["gsu.bias"],
-        k=int(manifest["k"]),
+        k=int(fields["k"]),
         device=device,
-        alpha=manifest.get("alpha"),
+        alpha=fields.get("alpha"),
     )

@@ -13,32 +13,24 @@ Shape letters: U users, N events in all, M modalities, S sub-spaces.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from seminar import manifest
 from seminar.errors import ArtifactError
 from seminar.pq.codebooks import QUERY_MODALITY
 from seminar.pq.faiss_scan import FASTSCAN_BBS, pack_fastscan, unpack_fastscan
 
-STORE_FORMAT = "seminar-pq-store/2"
-# /1 (before the fast-scan layout): one byte per code at every width. Versions built then
-# still load; a 4-bit one is re-packed in memory (not memory-mapped).
+STORE_FORMAT = "seminar-pq-store/3"
+# Older formats that still load. /2: the same layout, under the store's own manifest layout
+# of then (seminar.manifest reads it). /1 (before the fast-scan layout): one byte per code at
+# every width; a 4-bit store of it is re-packed in memory (not memory-mapped).
+STORE_FORMAT_V2 = "seminar-pq-store/2"
 STORE_FORMAT_V1 = "seminar-pq-store/1"
-MANIFEST = "manifest.json"
 _ARRAYS = {"offsets": np.int64, "item": np.int32, "query": np.int32, "codes": np.uint8}
 _FASTSCAN_ARRAYS = {"block_offsets": np.int64}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -133,67 +125,41 @@ class SequenceStore:
     def _arrays(self) -> dict[str, type]:
         return _ARRAYS | (_FASTSCAN_ARRAYS if self.fastscan else {})
 
-    def save(self, out_dir: Path) -> dict:
+    def save(self, out_dir: Path) -> manifest.Manifest:
         """Write one .npy per array plus manifest.json; returns the manifest."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        arrays = {}
+        names = []
         for name, dtype in self._arrays().items():
-            path = out_dir / f"{name}.npy"
-            arr = np.ascontiguousarray(getattr(self, name), dtype=dtype)
-            np.save(path, arr)
-            arrays[name] = {
-                "file": path.name,
-                "shape": list(arr.shape),
-                "dtype": str(arr.dtype),
-                "sha256": sha256_file(path),
-            }
-        manifest = {
+            np.save(out_dir / f"{name}.npy", np.ascontiguousarray(getattr(self, name), dtype=dtype))
+            names.append(f"{name}.npy")
+        fields = {
             "format": STORE_FORMAT,
             "modalities": list(self.modalities),
             "nbits": self.nbits,
             "n_users": self.n_users,
             "n_events": self.n_events,
-            "arrays": arrays,
         }
-        (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        return manifest
+        return manifest.write_manifest(out_dir, fields, names)
 
     @classmethod
     def load(cls, store_dir: Path, mmap: bool = True, verify: bool = False) -> SequenceStore:
-        """Open a saved store; `mmap` maps the arrays read-only, `verify` checks every sha256."""
-        store_dir = Path(store_dir)
-        manifest_path = store_dir / MANIFEST
-        if not manifest_path.exists():
-            raise ArtifactError(f"sequence store manifest not found: {manifest_path}")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{manifest_path} is not valid JSON: {e}") from e
-        fmt = manifest.get("format")
-        if fmt not in (STORE_FORMAT, STORE_FORMAT_V1):
-            raise ArtifactError(f"{manifest_path}: format {fmt!r}, want {STORE_FORMAT!r}")
-        nbits = int(manifest["nbits"])
-        packed = nbits == 4 and fmt == STORE_FORMAT
+        """Open a saved store; `mmap` maps the arrays read-only, `verify` checks every sha256
+        (skip it when a manifest around this folder was verified already)."""
+        store = manifest.read_manifest(store_dir)
+        fmt = store.fields.get("format")
+        if fmt not in (STORE_FORMAT, STORE_FORMAT_V2, STORE_FORMAT_V1):
+            raise ArtifactError(f"{store.path}: format {fmt!r}, want {STORE_FORMAT!r}")
+        if verify:
+            store.verify()
+        nbits = int(store.fields["nbits"])
+        packed = nbits == 4 and fmt != STORE_FORMAT_V1
         loaded = {}
-        names = _ARRAYS | (_FASTSCAN_ARRAYS if packed else {})
-        for name in names:
-            entry = manifest["arrays"].get(name)
-            if entry is None:
-                raise ArtifactError(f"{manifest_path}: array {name!r} is missing")
-            path = store_dir / entry["file"]
-            if not path.exists():
-                raise ArtifactError(f"sequence store file not found: {path}")
-            if verify and sha256_file(path) != entry["sha256"]:
-                raise ArtifactError(f"{path}: sha256 does not match {manifest_path}")
-            arr = np.load(path, mmap_mode="r" if mmap else None)
-            if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
-                raise ArtifactError(
-                    f"{path}: shape/dtype {arr.shape}/{arr.dtype} disagree with the manifest "
-                    f"{entry['shape']}/{entry['dtype']}"
-                )
-            loaded[name] = arr
-        modalities = tuple(manifest["modalities"])
+        for name in _ARRAYS | (_FASTSCAN_ARRAYS if packed else {}):
+            array = np.load(store.file(f"{name}.npy"), mmap_mode="r" if mmap else None)
+            store.check_array(f"{name}.npy", array)
+            loaded[name] = array
+        modalities = tuple(store.fields["modalities"])
         if nbits == 4 and not packed:
             return fastscan_store(
                 loaded["offsets"], loaded["item"], loaded["query"], loaded["codes"], modalities

@@ -4,14 +4,26 @@ Trained embedding tables are far from isotropic: a few directions carry most of 
 `synthetic_tables` imitates that with a rank-`rank` latent part plus small isotropic noise;
 `rank=None` gives the isotropic Gaussian worst case (every direction matters equally);
 `clusters=C` plants C cluster centres per table (rows = centre + small noise), the case PQ is
-built for.
+built for. `SyntheticWorld` holds tables and a GSU projection (random ones, or a trained
+model's) and draws synthetic users over them into a store and a retriever, for the PQ tests
+and benchmarks alike.
+
+numpy only at import (serving/long_users.py draws its users here); building a store or a
+retriever imports the PQ engine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from seminar.pq.codebooks import Codebooks
+    from seminar.pq.config import PQConfig
+    from seminar.pq.retriever import PQRetriever
+    from seminar.pq.store import SequenceStore
 
 ITEM_MODALITIES = ("id", "text", "attr")
 
@@ -92,3 +104,80 @@ def synthetic_gsu(spec: SyntheticSpec = SyntheticSpec()) -> tuple[np.ndarray, np
     a = np.einsum("hkd,hke->hde", wk, wq)  # (H, D, D)
     weight = np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32)  # (D, H, D)
     return weight, np.zeros((h, d), np.float32)
+
+
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """Component tables and a GSU projection that synthetic users are drawn over."""
+
+    tables: dict[str, np.ndarray]  # "query" (Q, D) and one (I, D) per item modality, float32
+    gsu_weight: np.ndarray  # (D, H, D)
+    gsu_bias: np.ndarray  # (H, D)
+    # Item rows below it are PAD / OOV rows of a trained model, never an event or a candidate.
+    first_item: int = 0
+
+    @classmethod
+    def random(cls, spec: SyntheticSpec = SyntheticSpec()) -> SyntheticWorld:
+        """Random SYNTHETIC tables and GSU projection of `spec`."""
+        weight, bias = synthetic_gsu(spec)
+        return cls(synthetic_tables(spec), weight, bias)
+
+    @property
+    def dim(self) -> int:
+        return self.gsu_weight.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return len(next(t for m, t in self.tables.items() if m != "query"))
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.tables["query"])
+
+    def encode(self, codebooks: Codebooks) -> dict[str, np.ndarray]:
+        """The codes (N_m, S) of every table row, per modality."""
+        return {m: codebooks.encode(m, t) for m, t in self.tables.items()}
+
+    def store(
+        self,
+        codebooks: Codebooks,
+        lengths: list[int],
+        seed: int = 0,
+        table_codes: dict[str, np.ndarray] | None = None,
+    ) -> SequenceStore:
+        """The sequence store of synthetic users of the given lengths (`synthetic_users`)."""
+        from seminar.pq.store import build_sequence_store
+
+        offsets, item, query = synthetic_users(
+            lengths, self.n_items, self.n_queries, seed=seed, first_item=self.first_item
+        )
+        codes = table_codes if table_codes is not None else self.encode(codebooks)
+        return build_sequence_store(
+            offsets, item, query, codes, codebooks.modalities, codebooks.nbits
+        )
+
+    def retriever(
+        self,
+        codebooks: Codebooks,
+        config: PQConfig,
+        k: int,
+        store: SequenceStore,
+        device: str = "cpu",
+        table_codes: dict[str, np.ndarray] | None = None,
+    ) -> PQRetriever:
+        """A PQ retriever over `store` with these tables and projection."""
+        import torch
+
+        from seminar.pq.retriever import PQRetriever
+
+        return PQRetriever(
+            codebooks,
+            {m: torch.from_numpy(t) for m, t in self.tables.items()},
+            table_codes if table_codes is not None else self.encode(codebooks),
+            config,
+            store=store,
+            gsu_weight=torch.from_numpy(self.gsu_weight),
+            gsu_bias=torch.from_numpy(self.gsu_bias),
+            k=k,
+            device=device,
+        )

@@ -2,13 +2,12 @@
 
 Adapter only: `seminar.serving.retrieval.BatchRetrieval` groups the batch's rows by user and runs
 the PQ GSU of `seminar.pq` (ADC top-K over the user's stored codes, exact gather of the K
-winners). On a GPU instance the store lives in GPU memory and tensors move in and out through
-DLPack (`FORCE_CPU_ONLY_INPUT_TENSORS: no`); on the CPU they are zero-copy numpy views.
+winners); the prologue and the request loop are `seminar.serving.backend.PipelineModel`'s. On a
+GPU instance the store lives in GPU memory and tensors move in and out through DLPack
+(`FORCE_CPU_ONLY_INPUT_TENSORS: no`); on the CPU they are zero-copy numpy views.
 
-A cancelled request gets CANCELLED; a user_index that is neither -1 (cold start) nor a user
-of this version's sequence store gets INVALID_ARG; the rest of the batch is served.
-`seminar.serving.backend.StallGuard` keeps the stub from answering a batch tritonserver may
-have given up.
+A user_index that is neither -1 (cold start) nor a user of this version's sequence store gets
+INVALID_ARG; the rest of the batch is served.
 
 Metrics on /metrics (families kept on self: the backend drops a family that is collected):
 rows scored, stored sequence length per (request, user), and the time of the top-K call.
@@ -22,16 +21,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
 from seminar import contract
-from seminar.serving.backend import (
-    BackendContext,
-    RequestError,
-    RowBatch,
-    StallGuard,
-    check_numpy,
-    read_requests,
-    require_rows,
-    verify_manifest,
-)
+from seminar.serving.backend import BackendContext, PipelineModel, RowBatch, require_rows
 from seminar.serving.retrieval import BatchRetrieval
 
 _INPUTS = (contract.USER_INDEX, contract.QUERY_EMB, contract.ITEM_EMB)
@@ -39,30 +29,31 @@ _SEQ_BUCKETS = [0, 10, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
 _TIME_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 
 
-class TritonPythonModel:
-    def initialize(self, args: dict) -> None:
-        check_numpy()
-        ctx = BackendContext.from_args(args)
-        verify_manifest(ctx.version_dir)
-        device = ctx.parameter(contract.PARAM_DEVICE)
+class TritonPythonModel(PipelineModel):
+    pb_utils = pb_utils
+
+    def load(self, context: BackendContext) -> None:
+        device = context.parameter(contract.PARAM_DEVICE)
         if device == "cuda":
-            if not ctx.on_gpu or not torch.cuda.is_available():
+            if not context.on_gpu or not torch.cuda.is_available():
                 raise RuntimeError(
                     f"pq_retrieval: device 'cuda' needs a KIND_GPU instance and a CUDA GPU "
-                    f"(instance kind {ctx.instance_kind}, torch.cuda.is_available() = "
+                    f"(instance kind {context.instance_kind}, torch.cuda.is_available() = "
                     f"{torch.cuda.is_available()})"
                 )
-            device = f"cuda:{ctx.device_id}"
+            device = f"cuda:{context.device_id}"
         elif device != "cpu":
             raise RuntimeError(
                 f"pq_retrieval: parameter device must be cpu or cuda, got {device!r}"
             )
+        # The version's manifest, which covers the PQ files, was verified already.
         self.retrieval = BatchRetrieval.load(
-            ctx.artifact(contract.PARAM_PQ_DIR), device, ctx.int_parameter(contract.PARAM_TOP_K)
+            context.artifact(contract.PARAM_PQ_DIR),
+            device,
+            context.int_parameter(contract.PARAM_TOP_K),
+            verify=False,
         )
-        self.input_dtypes = ctx.tensor_dtypes("input")
-        self.input_dims = {t["name"]: tuple(int(d) for d in t["dims"]) for t in ctx.config["input"]}
-        labels = {"model": ctx.model_name, "version": str(args["model_version"])}
+        labels = {"model": context.model_name, "version": context.version}
         self.rows_family = pb_utils.MetricFamily(
             name="seminar_pq_rows_total",
             description="Candidate rows scored by pq_retrieval",
@@ -81,9 +72,8 @@ class TritonPythonModel:
         self.rows_metric = self.rows_family.Metric(labels=labels)
         self.seq_metric = self.seq_family.Metric(labels=labels, buckets=_SEQ_BUCKETS)
         self.time_metric = self.time_family.Metric(labels=labels, buckets=_TIME_BUCKETS)
-        self.stall_guard = StallGuard(ctx.model_name, ctx.version).start()
 
-    def _read(self, request) -> dict:
+    def read(self, request) -> dict:
         tensors = {}
         for name in _INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -99,42 +89,19 @@ class TritonPythonModel:
         tensors[contract.USER_INDEX] = users
         return tensors
 
-    def execute(self, requests: list) -> list:
-        with self.stall_guard.executing():
-            return self._execute(requests)
+    def run(self, batch: RowBatch) -> dict:
+        started = time.perf_counter()
+        topk_emb, topk_mask = self.retrieval(*(batch.arrays[name] for name in _INPUTS))
+        self.time_metric.observe(time.perf_counter() - started)
+        self.rows_metric.increment(batch.rows)
+        users = batch.arrays[contract.USER_INDEX].cpu().numpy()
+        for low, high in zip(batch.offsets[:-1], batch.offsets[1:], strict=True):
+            for length in self.retrieval.sequence_lengths(np.unique(users[low:high])):
+                self.seq_metric.observe(float(length))
+        return {contract.TOPK_EMB: topk_emb, contract.TOPK_MASK: topk_mask}
 
-    def _execute(self, requests: list) -> list:
-        per_request, errors = read_requests(requests, self._read)
-        batch = RowBatch.concat(per_request)
-        outputs = {}
-        if batch.rows:
-            started = time.perf_counter()
-            topk_emb, topk_mask = self.retrieval(*(batch.arrays[n] for n in _INPUTS))
-            self.time_metric.observe(time.perf_counter() - started)
-            self.rows_metric.increment(batch.rows)
-            for tensors in filter(None, per_request):
-                for length in self.retrieval.sequence_lengths(
-                    np.unique(tensors[contract.USER_INDEX].cpu().numpy())
-                ):
-                    self.seq_metric.observe(float(length))
-            outputs = {contract.TOPK_EMB: topk_emb, contract.TOPK_MASK: topk_mask}
-        responses = []
-        for r in range(len(requests)):
-            if r in errors:
-                responses.append(_error_response(errors[r]))
-                continue
-            tensors = [_to_triton(name, value) for name, value in batch.split(outputs, r).items()]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
-
-
-def _error_response(error: RequestError):
-    code = getattr(pb_utils.TritonError, error.triton_code)
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
-
-
-def _to_triton(name: str, value: torch.Tensor):
-    value = value.contiguous()
-    if value.is_cuda:
-        return pb_utils.Tensor.from_dlpack(name, dlpack.to_dlpack(value))
-    return pb_utils.Tensor(name, value.numpy())
+    def output_tensor(self, name: str, value: torch.Tensor):
+        value = value.contiguous()
+        if value.is_cuda:
+            return pb_utils.Tensor.from_dlpack(name, dlpack.to_dlpack(value))
+        return pb_utils.Tensor(name, value.numpy())

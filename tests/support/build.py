@@ -12,7 +12,6 @@ held at a gate, so that two builds interleave the same way on every run).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from seminar.manifest import sha256_file
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -36,21 +37,6 @@ class BuiltRepo:
     run: Path  # the run it was built from
     data: Path  # the prepared dataset of that run
     version: int = 1
-
-    @property
-    def path(self) -> Path:
-        return self.repo
-
-
-def run_dir(quick_run) -> Path:
-    """The run directory of the `quick_run` fixture (a Path or an object carrying one)."""
-    if isinstance(quick_run, str | Path):
-        return Path(quick_run)
-    for name in ("path", "run_dir", "run", "out"):
-        value = getattr(quick_run, name, None)
-        if isinstance(value, str | Path):
-            return Path(value)
-    raise TypeError(f"cannot find a run directory in quick_run={quick_run!r}")
 
 
 def build_cli(run: Path, repo: Path, version: int, *extra: str):
@@ -72,7 +58,7 @@ def copy_repo(built: BuiltRepo | Path, dest: Path) -> Path:
 def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file below root (Triton's __pycache__ excluded)."""
     return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        p.relative_to(root).as_posix(): sha256_file(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
     }
@@ -174,14 +160,16 @@ def _gated_build_main(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="session")
-def model_repo(quick_run, movielens_data, tmp_path_factory: pytest.TempPathFactory) -> BuiltRepo:
-    """cpu model repository with version 1 built from `quick_run` (docs/design.md section 6)."""
-    run = run_dir(quick_run)
+def model_repo(
+    quick_run: Path, movielens_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> BuiltRepo:
+    """cpu model repository with version 1 built from `quick_run`."""
+    run = quick_run
     repo = tmp_path_factory.mktemp("model_repo") / "model_repository"
     result = build_cli(run, repo, 1, "--data", str(movielens_data))
     if result.exit_code != 0:
         raise RuntimeError(f"seminar build failed (exit {result.exit_code}):\n{result.output}")
-    return BuiltRepo(repo=repo, run=run, data=Path(movielens_data))
+    return BuiltRepo(repo=repo, run=run, data=movielens_data)
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,9 @@
     def test_y(start_gateway):      # function-scoped factory for tests that change the config
         gw = start_gateway(weights=(50, 50), shadow=("shadow", "seminar_v1", 1))
 
-Arms come from the models the `triton` fixture has loaded (docs/design.md section 5): two
-pinned ensembles `seminar_vN` when the repository holds two builds, else `seminar_vN` and the
-contract ensemble `seminar` at the same version (same scores, distinct arm labels).
-Tests that need the serving chain skip, naming the missing fixture, until it exists.
+Arms come from the models the `triton` fixture has loaded: two pinned ensembles `seminar_vN`
+when the repository holds two builds, else `seminar_vN` and the contract ensemble `seminar` at
+the same version (same scores, distinct arm labels).
 """
 
 from __future__ import annotations
@@ -25,27 +24,17 @@ from seminar.clients.config import Arm, ExperimentConfig, Limits, write_config
 from seminar.clients.process import GatewayProcess
 from seminar.clients.workload import RankCall
 from seminar.contract import ENSEMBLE_MODEL
+from seminar.serving.triton import TritonServer
 
 _PINNED = re.compile(r"^seminar_v(\d+)$")
 # A generous deadline: the shared 2-core CI machine runs other areas' tests beside these.
 TEST_LIMITS = Limits(max_candidates=200, max_query_bytes=64, deadline_ms=5000)
 
 
-def require_fixture(request: pytest.FixtureRequest, name: str) -> object:
-    """The fixture's value, or a skip naming the fixture that is not defined yet."""
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError as err:
-        pytest.skip(
-            f"needs the `{err.argname}` fixture (tests/support/, docs/design.md section 6), "
-            "which is not defined yet"
-        )
-
-
-def serving_arms(triton: object) -> tuple[Arm, Arm]:
+def serving_arms(triton: TritonServer) -> tuple[Arm, Arm]:
     """Two arms over READY models of the running Triton."""
     ready: dict[str, list[int]] = {}
-    for entry in triton.repository_index():  # type: ignore[attr-defined]
+    for entry in triton.repository_index():
         if entry.get("state") == "READY" and entry.get("version", "").isdecimal():
             ready.setdefault(entry["name"], []).append(int(entry["version"]))
     pinned = sorted(
@@ -168,23 +157,19 @@ def _start(
 
 
 @pytest.fixture(scope="session")
-def gateway_arms(request: pytest.FixtureRequest) -> tuple[Arm, Arm]:
-    return serving_arms(require_fixture(request, "triton"))
+def gateway_arms(triton: TritonServer) -> tuple[Arm, Arm]:
+    return serving_arms(triton)
 
 
 @pytest.fixture(scope="session")
 def gateway(
-    request: pytest.FixtureRequest,
+    triton: TritonServer,
     gateway_arms: tuple[Arm, Arm],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningGateway]:
     """A real gateway process in front of `triton`: arms 50/50, catalog = the model repository."""
-    triton = require_fixture(request, "triton")
     gw = _start(
-        make_config(gateway_arms),
-        triton.grpc_url,  # type: ignore[attr-defined]
-        triton.repo,  # type: ignore[attr-defined]
-        tmp_path_factory.mktemp("gateway"),
+        make_config(gateway_arms), triton.grpc_url, triton.repo, tmp_path_factory.mktemp("gateway")
     )
     try:
         yield gw
@@ -194,13 +179,12 @@ def gateway(
 
 @pytest.fixture
 def start_gateway(
-    request: pytest.FixtureRequest,
+    triton: TritonServer,
     gateway_arms: tuple[Arm, Arm],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., RunningGateway]]:
     """Factory: start more gateways (own config file) in front of `triton` or another server."""
     started: list[RunningGateway] = []
-    triton = require_fixture(request, "triton")
 
     def start(
         weights: tuple[float, float] = (50, 50),
@@ -215,8 +199,8 @@ def start_gateway(
         config = make_config(arms or gateway_arms, weights, shadow, limits=limits)
         gw = _start(
             config,
-            triton_url or triton.grpc_url,  # type: ignore[attr-defined]
-            triton.repo,  # type: ignore[attr-defined]
+            triton_url or triton.grpc_url,
+            triton.repo,
             tmp_path_factory.mktemp("gateway"),
             wait_serving=wait_serving,
         )
@@ -231,10 +215,8 @@ def start_gateway(
 
 
 @pytest.fixture(scope="session")
-def real_calls(request: pytest.FixtureRequest) -> list[RankCall]:
+def real_calls(movielens_data: Path) -> list[RankCall]:
     """Real requests: evaluated MovieLens users with their real test candidate sets."""
     from seminar.clients.workload import load_workload
 
-    data = require_fixture(request, "movielens_data")
-    root = getattr(data, "path", data)
-    return load_workload(Path(root), candidates=100, limit=64)  # type: ignore[arg-type]
+    return load_workload(movielens_data, candidates=100, limit=64)

@@ -6,17 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 
-from seminar.pq import (
-    Codebooks,
-    PQConfig,
-    PQRetriever,
-    SequenceStore,
-    build_sequence_store,
-    train_codebooks,
-)
-from seminar.pq.synthetic import SyntheticSpec, synthetic_gsu, synthetic_tables, synthetic_users
+from seminar.pq import Codebooks, PQConfig, PQRetriever, SequenceStore, train_codebooks
+from seminar.pq.synthetic import SyntheticSpec, SyntheticWorld
 
 PQ_TEST_SPEC = SyntheticSpec(dim=64, heads=4, n_items=2_000, n_queries=300, rank=8, seed=7)
 PQ_TEST_K = 50
@@ -26,41 +18,32 @@ PQ_TEST_LENGTHS = [0, 1, PQ_TEST_K - 1, PQ_TEST_K + 1, 2_000]
 
 @dataclass(frozen=True)
 class PQWorld:
-    """A synthetic PQ world: tables, trained codebooks, codes, store and GSU projection."""
+    """A synthetic PQ world (seminar.pq.synthetic) with trained codebooks, the codes of every
+    table row and the store of PQ_TEST_LENGTHS users."""
 
     spec: SyntheticSpec
-    tables: dict[str, np.ndarray]
+    world: SyntheticWorld
     codebooks: Codebooks
     table_codes: dict[str, np.ndarray]
     store: SequenceStore
-    gsu_weight: np.ndarray
-    gsu_bias: np.ndarray
+
+    @property
+    def tables(self) -> dict[str, np.ndarray]:
+        return self.world.tables
 
     def retriever(self, device: str = "cpu", **config) -> PQRetriever:
         cfg = PQConfig(nbits=self.codebooks.nbits, **config)
-        return PQRetriever(
-            self.codebooks,
-            {m: torch.from_numpy(t) for m, t in self.tables.items()},
-            self.table_codes,
-            cfg,
-            store=self.store,
-            gsu_weight=torch.from_numpy(self.gsu_weight),
-            gsu_bias=torch.from_numpy(self.gsu_bias),
-            k=PQ_TEST_K,
-            device=device,
+        return self.world.retriever(
+            self.codebooks, cfg, PQ_TEST_K, self.store, device, self.table_codes
         )
 
 
 def make_world(spec: SyntheticSpec, nbits: int, lengths: list[int]) -> PQWorld:
-    tables = synthetic_tables(spec)
-    codebooks = train_codebooks(tables, PQConfig(nbits=nbits, kmeans_iters=6, seed=spec.seed))
-    table_codes = {m: codebooks.encode(m, t) for m, t in tables.items()}
-    offsets, item, query = synthetic_users(lengths, spec.n_items, spec.n_queries, seed=spec.seed)
-    store = build_sequence_store(
-        offsets, item, query, table_codes, codebooks.modalities, codebooks.nbits
-    )
-    weight, bias = synthetic_gsu(spec)
-    return PQWorld(spec, tables, codebooks, table_codes, store, weight, bias)
+    world = SyntheticWorld.random(spec)
+    codebooks = train_codebooks(world.tables, PQConfig(nbits=nbits, kmeans_iters=6, seed=spec.seed))
+    table_codes = world.encode(codebooks)
+    store = world.store(codebooks, lengths, seed=spec.seed, table_codes=table_codes)
+    return PQWorld(spec, world, codebooks, table_codes, store)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from seminar.serving.triton import (
     TritonInstall,
     TritonServer,
 )
+from tests.support.build import BuiltRepo
 
 
 def require_tritonserver() -> None:
@@ -46,25 +46,16 @@ def require_tritonserver() -> None:
 ATOL = 1e-4
 
 
-def _path_of(fixture_value: object, attrs: tuple[str, ...]) -> Path:
-    if isinstance(fixture_value, str | os.PathLike):
-        return Path(fixture_value)
-    for attr in attrs:
-        value = getattr(fixture_value, attr, None)
-        if isinstance(value, str | os.PathLike):
-            return Path(value)
-    raise TypeError(f"no path in fixture value {fixture_value!r} (looked for {attrs})")
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`, in Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-
-def repo_path(model_repo: object) -> Path:
-    """The repository folder of whatever the build fixture returns (a path or an object with
-    `.path` / `.repo`)."""
-    return _path_of(model_repo, ("path", "repo"))
-
-
-def run_path(quick_run: object) -> Path:
-    """The run directory of whatever the training fixture returns."""
-    return _path_of(quick_run, ("path", "run_dir", "run"))
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def pq_dir_of(repo: Path, version: int = 1) -> Path:
@@ -92,7 +83,7 @@ def _reference_parts(run: Path, pq_dir: Path):
 
 
 def offline_scores(
-    quick_run: object,
+    quick_run: Path,
     data: Path,
     pq_dir: Path,
     user_id: int,
@@ -107,7 +98,7 @@ def offline_scores(
     """
     from seminar.data.dataset import PreparedDataset
 
-    run, retriever, score_request, score_indices = _reference_parts(run_path(quick_run), pq_dir)
+    run, retriever, score_request, score_indices = _reference_parts(quick_run, pq_dir)
     items = [int(i) for i in item_ids]
     ds = PreparedDataset.load(data)
     if int(user_id) in set(ds.user_ids.tolist()) and "synthetic_users" not in ds.meta:
@@ -162,9 +153,11 @@ def require_serving_pieces(repo: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def triton(model_repo: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def triton(
+    model_repo: BuiltRepo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
     """The real tritonserver over `model_repo`: explicit model control, everything loaded."""
-    repo = repo_path(model_repo)
+    repo = model_repo.repo
     require_serving_pieces(repo)
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with start_triton(repo, log_path=log) as server:
