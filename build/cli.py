@@ -50,7 +50,7 @@ def build(
         typer.Option(
             help="cpu: Python backend + ONNX Runtime, KIND_CPU. gpu: TensorRT plans, KIND_GPU."
         ),
-    ] = contract.TARGET_CPU,
+    ] = contract.Target.CPU.value,
     repo: Annotated[
         Path, typer.Option(help="Triton model repository to add the version to.")
     ] = Path("model_repository"),
