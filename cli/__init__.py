@@ -27,7 +27,8 @@ app = typer.Typer(
 )
 
 bench_app = typer.Typer(
-    help="Benchmarks: each prints a markdown table and writes it under reports/.",
+    help="Benchmarks: each prints its record and writes it under runs/bench/ (reports/ only "
+    "when named as the output).",
     no_args_is_help=True,
 )
 
@@ -50,4 +51,3 @@ app.command("load")(clients_cli.load)
 app.command("perf")(bench_cli.perf)
 app.command("observe")(clients_cli.observe)
 app.add_typer(bench_app, name="bench")
-
