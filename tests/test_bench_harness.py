@@ -14,7 +14,9 @@ from seminar.provenance import cpu_model, git_revision
 
 def fixed_header(seeds: tuple[int, ...] = (0,)) -> Header:
     machine = Machine("Test CPU", 2, None, "3.11.7", 1, 0.5)
-    return Header("seminar bench test --seed 0", seeds, machine, "abc123", "2025-01-01T00:00:00+00:00")
+    return Header(
+        "seminar bench test --seed 0", seeds, machine, "abc123", "2025-01-01T00:00:00+00:00"
+    )
 
 
 def test_warm_up_rounds_are_called_and_dropped() -> None:
@@ -99,7 +101,9 @@ def test_writer_round_trip(tmp_path: Path) -> None:
         data={"rows": [{"a": "x", "b": 1}], "path": Path("somewhere")},
     )
     paths = harness.write_record(
-        record, tmp_path / "out" / "thing", figure=lambda p: (drawn.append(p), p.write_bytes(b"png"))
+        record,
+        tmp_path / "out" / "thing",
+        figure=lambda p: (drawn.append(p), p.write_bytes(b"png")),
     )
     assert [p.name for p in paths] == ["thing.md", "thing.json", "thing.png"]
     assert drawn == [tmp_path / "out" / "thing.png"]
@@ -148,3 +152,23 @@ def test_dataset_name_comes_from_meta_json(tmp_path: Path) -> None:
     (tmp_path / "meta.json").write_text('{"name": "shop-catalogue"}')
     assert harness.dataset_name(tmp_path) == "shop-catalogue"
     assert harness.dataset_name(tmp_path / "missing") == "missing"
+
+
+def test_no_bench_writes_into_the_published_reports_by_default() -> None:
+    import inspect
+
+    from seminar.bench import cli
+
+    commands = (
+        cli.bench_synthetic, cli.bench_quality, cli.bench_pq, cli.bench_serving, cli.bench_soak,
+        cli.perf,
+    )  # fmt: skip
+    for command in commands:
+        outputs = {
+            name: getattr(parameter.default, "default", parameter.default)
+            for name, parameter in inspect.signature(command).parameters.items()
+            if name in ("reports", "out", "out_dir")
+        }
+        assert len(outputs) == 1, command.__name__
+        (path,) = outputs.values()
+        assert Path(path).parts[:2] == ("runs", "bench"), (command.__name__, path)
