@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,18 @@ from seminar.pq.config import PQConfig
 from seminar.pq.synthetic import SyntheticSpec
 
 FIGURE = "pq_recall_latency.png"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Everything one run measured; the report and the JSON are rendered from it alone."""
+
+    world: World
+    rows: list[latency.Row]
+    split: dict[str, Any] | None  # the breakdown at BREAKDOWN_LENGTH, when measured
+    by_distribution: dict[str, dict[str, float]]
+    trained: dict[str, Any] | None  # with --run
+    seconds: float
 
 
 def run_bench(
@@ -59,13 +72,13 @@ def run_bench(
     trained = None
     if run is not None:
         trained = trained_run.measure(run, data, trained_run_methods(), log)
-    seconds = time.perf_counter() - started
+    measured = Measured(world, rows, split, by_distribution, trained, time.perf_counter() - started)
     record = harness.Record(
         title="PQ GSU benchmark",
         header=header,
         setup=setup_lines(cfg, world),
-        body=body(rows, split, by_distribution, trained, world, seconds),
-        data=result(cfg, rows, split, by_distribution, trained, world, seconds),
+        body=body(measured),
+        data=result(cfg, measured),
     )
     harness.write_record(
         record, out_dir / "pq", figure=lambda path: latency.plot(rows, path),
@@ -99,14 +112,8 @@ def _bytes_sentence(rows: list[latency.Row], world: World) -> str:
     )
 
 
-def body(
-    rows: list[latency.Row],
-    split: dict[str, Any] | None,
-    by_distribution: dict[str, dict[str, float]],
-    trained: dict[str, Any] | None,
-    world: World,
-    seconds: float,
-) -> str:
+def body(measured: Measured) -> str:
+    rows, split, trained = measured.rows, measured.split, measured.trained
     lines = [latency.table(rows), "", *latency.findings(rows)]
     goal = latency.goal(rows, BREAKDOWN_LENGTH)
     if goal is not None:
@@ -114,28 +121,22 @@ def body(
     lines += [
         "",
         "Every method ran on the CPU: the GPU kernel is not timed by this bench.",
-        _bytes_sentence(rows, world),
+        _bytes_sentence(rows, measured.world),
     ]
     if split is not None:
         lines += ["", *breakdown.markdown(split)]
-    lines += ["", *distributions.markdown(by_distribution), ""]
+    lines += ["", *distributions.markdown(measured.by_distribution), ""]
     if trained is None:
         lines.append("Trained run: not measured, pass --run.")
     else:
         lines += trained_run.markdown(trained)
-    lines += ["", f"![recall vs latency]({FIGURE})  (took {seconds:.0f} s)"]
+    lines += ["", f"![recall vs latency]({FIGURE})  (took {measured.seconds:.0f} s)"]
     return "\n".join(lines)
 
 
-def result(
-    cfg: BenchConfig,
-    rows: list[latency.Row],
-    split: dict[str, Any] | None,
-    by_distribution: dict[str, dict[str, float]],
-    trained: dict[str, Any] | None,
-    world: World,
-    seconds: float,
-) -> dict[str, Any]:
+def result(cfg: BenchConfig, measured: Measured) -> dict[str, Any]:
+    rows, trained, world = measured.rows, measured.trained, measured.world
+
     def recall_at(method: str, length: int = BREAKDOWN_LENGTH) -> float | None:
         return next((r.recall for r in rows if r.length == length and r.method == method), None)
 
@@ -164,8 +165,8 @@ def result(
             "pq": served_bytes,
             "pq_over_exact": served_bytes / world.exact_bytes_per_event,
         },
-        "breakdown_10k": split,
-        "recall_at_50_by_distribution_10k": by_distribution,
+        "breakdown_10k": measured.split,
+        "recall_at_50_by_distribution_10k": measured.by_distribution,
         "trained_run": trained,
-        "seconds": seconds,
+        "seconds": measured.seconds,
     }
