@@ -1,5 +1,10 @@
-"""`seminar bench ...` and `seminar perf`: every benchmark, each printing a markdown table and
-writing it (with its JSON) under reports/.
+"""`seminar bench ...` and `seminar perf`: every benchmark, on the one harness of
+bench/harness.py: each prints its record (header, tables, the sentences its numbers support)
+and writes it as markdown + JSON (+ PNG).
+
+Every output option defaults to runs/bench/ (ignored by git), so running a bench from the
+repository root never overwrites the published reports/: publishing a run is naming reports/
+as its output on purpose (e.g. `seminar bench pq --out reports`).
 
 Heavy imports live inside the command bodies so that `seminar --help` stays instant.
 """
@@ -11,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from seminar.bench.harness import SCRATCH
 from seminar.contract import ENSEMBLE_MODEL
 from seminar.errors import (
     ArtifactError,
@@ -35,52 +41,67 @@ def bench_synthetic(
     chunk_rows: Annotated[
         int, typer.Option(help="Events per write chunk: the bound on the generator's memory.")
     ] = 262_144,
-    reports: Annotated[Path, typer.Option(help="Where synthetic.md / .json go.")] = Path("reports"),
+    reports: Annotated[
+        Path, typer.Option(help="Folder for synthetic.md / synthetic.json (reports/ publishes).")
+    ] = SCRATCH,
 ) -> None:
     """Synthetic generator throughput (events/s) and peak RSS, e.g. for 1M events.
 
     Each run prepares a SYNTHETIC dataset (events, arrays, splits; no MiniLM, which is timed
-    by the prepare commands) in a fresh process and is deleted afterwards. Prints a markdown
-    table and writes reports/synthetic.md and reports/synthetic.json.
+    by the prepare commands) in a fresh process and is deleted afterwards. Prints the record
+    and writes REPORTS/synthetic.md and REPORTS/synthetic.json.
     """
     from seminar.bench.synthetic import run_bench
 
     with reading_options():  # run_bench checks its options (--events) before it starts
-        run_bench(events, events_per_user, items, topics, seed, reports, chunk_rows)
+        record = run_bench(events, events_per_user, items, topics, seed, reports, chunk_rows)
+    typer.echo(record.markdown())
 
 
 @cli_guard
 def bench_quality(
-    data: Annotated[Path, typer.Option(help="Prepared MovieLens directory.")] = Path(
-        "data/movielens"
-    ),
+    data: Annotated[
+        Path, typer.Option(help="Prepared dataset directory (`seminar data prepare ...`).")
+    ] = Path("data/movielens"),
     seeds: Annotated[
         int, typer.Option(help="Seeds per model and ablation (>= 3 for the report).")
     ] = 3,
     runs: Annotated[Path, typer.Option(help="Where the runs are written.")] = Path("runs/quality"),
-    reports: Annotated[Path, typer.Option(help="Where quality.md / quality.json go.")] = Path(
-        "reports"
-    ),
+    reports: Annotated[
+        Path, typer.Option(help="Folder for quality.md / quality.json (reports/ publishes).")
+    ] = SCRATCH,
     ablations: Annotated[
-        bool, typer.Option("--ablations/--no-ablations", help="Also run the SEMINAR ablations.")
-    ] = True,
+        bool,
+        typer.Option(
+            "--ablations/--no-ablations", help="Also run the 6 SEMINAR ablations (off: 5 models)."
+        ),
+    ] = False,
     quick: Annotated[
         bool, typer.Option("--quick", help="Quick configuration for every run.")
     ] = False,
     only: Annotated[
         str, typer.Option(help="Comma-separated subset of variants (default: all).")
     ] = "",
+    threads: Annotated[int, typer.Option(help="torch threads per run (0 = default).")] = 0,
 ) -> None:
-    """Train and evaluate every model and ablation over seeds; writes reports/quality.{md,json}.
+    """Train and evaluate every model (and with --ablations every SEMINAR ablation) over seeds;
+    writes REPORTS/quality.{md,json}.
 
-    Variants: seminar, twin, sim, eta, din, and SEMINAR without pretraining, without each PSU
-    loss, without text, without attributes. Prints the markdown table with mean ± std.
+    Variants: seminar, twin, sim, eta, din; ablations: SEMINAR without pretraining, without
+    each PSU loss, without text, without attributes. Prints each run as it starts, with
+    per-epoch step bars, then the tables (mean ± std over seeds) and what they support.
     """
-    from seminar.bench.quality import QualityBench
+
+    from seminar.bench.quality import QualityBench, QualityConfig
 
     require_data_dir(data)
-    names = [x.strip() for x in only.split(",") if x.strip()]
-    QualityBench(data, runs, reports, seeds, ablations, quick, names).run(echo=typer.echo)
+    names = tuple(x.strip() for x in only.split(",") if x.strip())
+    with reading_options():
+        config = QualityConfig(
+            data=data, runs=runs, reports=reports, seeds=seeds, ablations=ablations,
+            quick=quick, only=names, threads=threads,
+        )  # fmt: skip
+    QualityBench(config).run(echo=typer.echo)
 
 
 @cli_guard
@@ -91,24 +112,28 @@ def bench_pq(
     run: Path | None = typer.Option(
         None,
         "--run",
-        help="Trained run directory: adds MovieLens recall@50 and the NDCG@10 change with the PQ GSU.",
+        help="Trained run directory: adds recall@50 and the NDCG@10 change with the PQ GSU on "
+        "its dataset's test split.",
     ),
     data: Path | None = typer.Option(
         None, "--data", help="Prepared dataset for --run (default: the path recorded in the run)."
     ),
     out: Path = typer.Option(
-        Path("reports"), "--out", help="Where pq.md, pq.json and pq_recall_latency.png go."
+        SCRATCH,
+        "--out",
+        help="Folder for pq.md, pq.json and pq_recall_latency.png (reports/ publishes).",
     ),
     threads: int = typer.Option(2, "--threads", min=1, help="torch and faiss threads."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic tables, users and requests."),
 ) -> None:
     """PQ GSU vs exact GSU vs faiss: latency per request (1 user × 100 candidates × 4 heads,
     top-50) at L = 1k, 10k, 100k on SYNTHETIC users, bytes per stored event, recall@50;
-    with --run also MovieLens recall@50 and NDCG@10 change. Writes reports/pq.md, pq.json and a
-    recall-vs-latency PNG."""
+    with --run also recall@50 and the NDCG@10 change on the run's dataset. Writes OUT/pq.md,
+    pq.json and a recall-vs-latency PNG."""
     import time
 
-    from seminar.bench.pq import BenchConfig, run_bench
+    from seminar.bench.pq.config import BenchConfig
+    from seminar.bench.pq.run import run_bench
 
     start = time.perf_counter()
 
@@ -125,8 +150,8 @@ def bench_pq(
             if quick
             else BenchConfig(threads=threads, seed=seed)
         )
-    result = run_bench(cfg, out, run, data, log=log)
-    typer.echo(result["markdown"])
+    record = run_bench(cfg, out, run, data, log=log)
+    typer.echo(record.markdown())
 
 
 @cli_guard
@@ -135,7 +160,7 @@ def bench_serving(
         ..., help="Trained run directory (checkpoint.safetensors + config.json)."
     ),
     data: Path = typer.Option(
-        Path("data/movielens"), help="Prepared MovieLens dataset the run was trained on."
+        Path("data/movielens"), help="Prepared dataset the run was trained on."
     ),
     work: Path = typer.Option(
         Path("runs/serving-bench"),
@@ -143,7 +168,8 @@ def bench_serving(
         "reused when its inputs are unchanged.",
     ),
     out: Path = typer.Option(
-        Path("reports/serving"), help="Report path without suffix: writes OUT.md and OUT.json."
+        SCRATCH / "serving",
+        help="Report path without suffix: writes OUT.md and OUT.json (reports/serving publishes).",
     ),
     candidates: int = typer.Option(100, help="Candidates per request (rows of the batch)."),
     requests: int = typer.Option(200, help="Timed requests per cell."),
@@ -151,15 +177,12 @@ def bench_serving(
     concurrency: int = typer.Option(4, help="Client threads for the concurrent cells."),
     seed: int = typer.Option(0, help="Seed of the candidates and the SYNTHETIC users."),
 ) -> None:
-    """Ensemble latency vs in-process vs a trivial model; writes reports/serving.md and .json.
+    """Ensemble latency vs in-process vs a trivial model; writes OUT.md and OUT.json.
 
     Builds a repository from RUN over DATA plus SYNTHETIC users with 1k and 10k events, starts the real tritonserver with it and a trivial Python-backend model (the floor), and measures p50/p90/p99 per history length, sequentially and at concurrency 4, next to the same computation in-process. Triton's per-model statistics show where the time goes.
     """
-    import json
-    import shlex
-    import sys
-
-    from seminar.bench.serving import ServingBenchConfig, markdown, run_bench
+    from seminar.bench.harness import write_record
+    from seminar.bench.serving import ServingBenchConfig, run_bench
 
     inputs = (
         (run / "checkpoint.safetensors", "--run", ArtifactError),
@@ -176,21 +199,17 @@ def bench_serving(
             concurrency=concurrency,
             seed=seed,
         )
-    command = "seminar bench serving " + shlex.join(sys.argv[3:])
 
     def progress(message: str) -> None:
         typer.echo(message, err=True)
 
     try:
-        report = run_bench(run, data, work, cfg, command, progress)
+        record = run_bench(run, data, work, cfg, progress)
     except RuntimeError as err:  # bench/serving.py's own failures (a busy --work, a failed build)
         raise CheckFailed(f"bench serving failed: {err}") from None
-    text = markdown(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(text)
-    typer.echo(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}", err=True)
+    paths = write_record(record, out)
+    typer.echo(record.markdown())
+    typer.echo("wrote " + " and ".join(str(path) for path in paths), err=True)
 
 
 @cli_guard
@@ -209,17 +228,16 @@ def bench_soak(
     kill: bool = typer.Option(True, help="End with kill -9 of tritonserver under load."),
     seed: int = typer.Option(0, help="Seed of the traffic mix and of the stall victims."),
     out: Path = typer.Option(
-        Path("reports/soak"), help="Report path without suffix: writes OUT.md, OUT.json, OUT.png."
+        SCRATCH / "soak",
+        help="Report path without suffix: writes OUT.md, OUT.json, OUT.png (reports/soak "
+        "publishes).",
     ),
 ) -> None:
     """Hostile traffic through the gateway while model processes freeze; exit 1 unless it held.
 
     Starts `seminar serve` and `seminar gateway` over REPO, sends CONCURRENCY clients with deadlines from 5 ms to 2 s, 1000-candidate requests, 1 MB queries and client cancellations for DURATION seconds, freezes a random model process every STALL_EVERY seconds, then kills tritonserver and times the recovery. Passes when tritonserver never died during the soak, every call ended OK or with a status a client can act on, and the kill left nothing behind.
     """
-    import shlex
-    import sys
-
-    from seminar.bench.soak import SoakConfig, markdown, run_soak, write_reports
+    from seminar.bench.soak import SoakConfig, run_soak, write_reports
 
     with reading_options():
         config = SoakConfig(
@@ -230,15 +248,14 @@ def bench_soak(
             kill_at_end=kill,
             seed=seed,
         )
-    command = "seminar bench soak " + shlex.join(sys.argv[3:])
     try:
-        report = run_soak(repo, data, config, command, lambda m: typer.echo(m, err=True))
+        record = run_soak(repo, data, config, lambda m: typer.echo(m, err=True))
     except OSError as err:
         raise ServiceError(f"bench soak could not run: {err}") from None
-    paths = write_reports(report, out)
-    typer.echo(markdown(report))
+    paths = write_reports(record, out)
+    typer.echo(record.markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
-    if not report["passed"]:
+    if not record.data["passed"]:
         raise CheckFailed(f"the soak did not hold; see {paths[0]}")
 
 
@@ -269,11 +286,15 @@ def perf(
             help="Debian 13 chroot holding perf_analyzer (clients/perf_analyzer_chroot.sh)."
         ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option(help="Where perf.md, perf.png, perf.csv go.")] = Path(
-        "reports"
-    ),
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for perf.md, perf.json, perf.png and the raw perf_analyzer.csv, "
+            "perf_analyzer.log, perf_gateway.json (reports/ publishes)."
+        ),
+    ] = SCRATCH,
 ) -> None:
-    """Run perf_analyzer against the seminar ensemble; write reports/perf.md and perf.png.
+    """Run perf_analyzer against the seminar ensemble; write OUT_DIR/perf.md, perf.json, perf.png.
 
     --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio.
     """

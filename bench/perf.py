@@ -1,13 +1,14 @@
 """`seminar perf`: perf_analyzer against the `seminar` ensemble, and the gateway beside it.
 
-1. `--input-data` JSON from real requests (docs/style.md rule 13): one row per candidate,
+1. `--input-data` JSON from real requests: one row per candidate,
    `-b C` rows per request, so perf_analyzer's requests are the users' real candidate sets
    (consecutive rows form one batch). An optional synthetic long user is added, labelled so.
 2. perf_analyzer over gRPC for a concurrency range, natively where glibc >= 2.38, else inside
    the Debian 13 chroot built by clients/perf_analyzer_chroot.sh.
 3. `seminar load` through the gateway at the same concurrencies, same requests.
-4. reports/perf.md (machine, commands, one table with the gateway/Triton ratio), perf.png,
-   perf_analyzer.csv, perf_gateway.json.
+4. OUT_DIR/perf.md and perf.json (bench/harness.py: header, one table with the gateway/Triton
+   ratio and the sentences it supports), perf.png, and the raw measurements beside them:
+   perf_analyzer.csv, perf_analyzer.log, perf_gateway.json.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from seminar.bench.harness import SCRATCH, Header, Record, markdown_table, ratio, write_record
 from seminar.clients.workload import RankCall, load_workload
 from seminar.contract import ENSEMBLE_MODEL
 from seminar.errors import ServiceError
-from seminar.provenance import cpu_model
 from seminar.serving.client import request_rows
 
 DEFAULT_CHROOT = Path("/opt/seminar/perf-chroot")
@@ -51,7 +53,7 @@ class PerfConfig:
     synthetic_long_user: int | None = None
     measurement_ms: int = 3000
     chroot: Path | None = None
-    out_dir: Path = Path("reports")
+    out_dir: Path = SCRATCH
 
     def __post_init__(self) -> None:
         if not 1 <= self.candidates <= 100:
@@ -164,9 +166,10 @@ def parse_csv(path: Path, batch: int) -> list[dict[str, float]]:
 
 
 def run_perf(cfg: PerfConfig) -> str:
-    """Run both measurements; write the report files; return the markdown."""
+    """Run both measurements; write the record and the raw files; return the markdown."""
     from rich.console import Console
 
+    header = Header.now(seeds=())
     console = Console(stderr=True)
     pa = find_perf_analyzer(cfg.chroot)
     calls = load_workload(cfg.data, candidates=cfg.candidates, limit=cfg.requests)
@@ -186,7 +189,8 @@ def run_perf(cfg: PerfConfig) -> str:
             "--input-data", f"{inside}/input.json",
             "--concurrency-range", cfg.concurrency,
             "--measurement-interval", str(cfg.measurement_ms),
-            "--stability-percentage", "50",  # p99 on 2 shared cores is noisy (environment.md)
+            # p99 on a small shared machine varies more than perf_analyzer's default 10 %
+            "--stability-percentage", "50",
             "--max-trials", "10",
             "-f", f"{inside}/perf.csv",
         ]  # fmt: skip
@@ -204,22 +208,31 @@ def run_perf(cfg: PerfConfig) -> str:
     (cfg.out_dir / "perf_gateway.json").write_text(
         json.dumps({**run, "rows": gateway_rows}, indent=2)
     )
-    report = write_report(cfg)
-    console.print(f"wrote {cfg.out_dir / 'perf.md'} and {cfg.out_dir / 'perf.png'}")
-    return report
-
-
-def write_report(cfg: PerfConfig) -> str:
-    """perf.md and perf.png from the run's files in cfg.out_dir (perf_analyzer.csv, perf_gateway.json)."""
     triton_rows = parse_csv(cfg.out_dir / "perf_analyzer.csv", cfg.candidates)
-    run = json.loads((cfg.out_dir / "perf_gateway.json").read_text())
-    report = _markdown(
-        cfg, run["perf_analyzer"]["where"], run["perf_analyzer"]["command"], triton_rows,
-        run["rows"], run["gateway"],
-    )  # fmt: skip
-    (cfg.out_dir / "perf.md").write_text(report)
-    _plot(triton_rows, run["rows"], cfg.out_dir / "perf.png")
-    return report
+    data = {
+        "model": cfg.model,
+        "triton": cfg.triton,
+        "data": str(cfg.data),
+        "requests": cfg.requests,
+        "candidates": cfg.candidates,
+        "synthetic_long_user": cfg.synthetic_long_user,
+        "measurement_ms": cfg.measurement_ms,
+        **run,
+        "triton_rows": triton_rows,
+        "gateway_rows": gateway_rows,
+    }
+    record = Record(
+        title="Serving latency: perf_analyzer on Triton vs `seminar load` through the gateway",
+        header=header,
+        setup=setup_lines(data),
+        body=markdown(triton_rows, gateway_rows),
+        data=data,
+    )
+    paths = write_record(
+        record, cfg.out_dir / "perf", figure=lambda path: _plot(triton_rows, gateway_rows, path)
+    )
+    console.print("wrote " + ", ".join(str(path) for path in paths))
+    return record.markdown()
 
 
 def _gateway_runs(
@@ -268,78 +281,84 @@ def _newest_version(triton: str, model: str) -> int:
     return max(int(v) for v in meta.versions)
 
 
-def _machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, no GPU (cpu target)"
+def setup_lines(data: dict[str, Any]) -> tuple[str, ...]:
+    long_user = data["synthetic_long_user"]
+    return (
+        f"model: `{data['model']}` at {data['triton']}; requests: {data['requests']} real users "
+        f"of `{data['data']}` with their real test candidate sets, {data['candidates']} "
+        "candidates (rows) per request"
+        + (f"; plus one synthetic long user (id {long_user})" if long_user else ""),
+        f"perf_analyzer ({data['perf_analyzer']['where']}):\n\n"
+        f"      {shlex.join(data['perf_analyzer']['command'])}\n",
+        f"gateway: {data['gateway']}; closed loop, {data['measurement_ms'] * 2 / 1000:g} s per "
+        "concurrency, same requests",
+        "latencies in ms per request (one user, all candidates); req/s = perf_analyzer "
+        "inferences/s / candidates. Ratio = gateway / Triton (the anchor is Triton)",
+    )
 
 
-def _markdown(
-    cfg: PerfConfig,
-    pa_where: str,
-    command: list[str],
-    triton_rows: list[dict],
-    gateway_rows: list[dict],
-    gateway_note: str,
-) -> str:
-    gw = {r["concurrency"]: r for r in gateway_rows}
-    lines = [
-        "# Serving latency: perf_analyzer on Triton vs `seminar load` through the gateway",
-        "",
-        f"- Machine: {_machine()}",
-        f"- Model: `{cfg.model}` at {cfg.triton}; requests: {cfg.requests} real users of `{cfg.data}` "
-        f"with their real test candidate sets, {cfg.candidates} candidates (rows) per request"
-        + (
-            f"; plus one synthetic long user (id {cfg.synthetic_long_user})"
-            if cfg.synthetic_long_user
-            else ""
-        ),
-        f"- Command: `{_invocation(cfg)}`",
-        f"- perf_analyzer ({pa_where}):",
-        "",
-        f"      {shlex.join(command)}",
-        "",
-        f"- Gateway: {gateway_note}; closed loop, {cfg.measurement_ms * 2 / 1000:g} s per concurrency, "
-        "same requests.",
-        "- Latencies in ms per request (one user, all candidates); req/s = perf_analyzer "
-        "inferences/s / candidates. Ratio = gateway / Triton (the anchor row is Triton).",
-        "",
-        "| concurrency | Triton req/s | Triton p50 | Triton p90 | Triton p99 | gateway req/s "
-        "| gateway p50 | gateway p90 | gateway p99 | p50 ratio | p99 ratio | gateway errors |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+def markdown(triton_rows: list[dict], gateway_rows: list[dict]) -> str:
+    """The table of both systems per concurrency, and what their ratios say."""
+    gateway = {row["concurrency"]: row for row in gateway_rows}
+    cells = []
     for t in triton_rows:
-        g = gw.get(t["concurrency"])
+        triton_cells = (
+            t["concurrency"], f"{t['rps']:.1f}", f"{t['p50']:.2f}", f"{t['p90']:.2f}",
+            f"{t['p99']:.2f}",
+        )  # fmt: skip
+        g = gateway.get(t["concurrency"])
         if g is None:
-            lines.append(
-                f"| {t['concurrency']} | {t['rps']:.1f} | {t['p50']:.2f} | {t['p90']:.2f} | {t['p99']:.2f} | - | - | - | - | - | - | - |"
-            )
+            cells.append((*triton_cells, *("-",) * 7))
             continue
         errors = ", ".join(f"{k}={v}" for k, v in g["codes"].items() if k != "OK") or "none"
-        lines.append(
-            f"| {t['concurrency']} | {t['rps']:.1f} | {t['p50']:.2f} | {t['p90']:.2f} | {t['p99']:.2f} "
-            f"| {g['rps']:.1f} | {g['p50']:.2f} | {g['p90']:.2f} | {g['p99']:.2f} "
-            f"| {g['p50'] / t['p50']:.2f}x | {g['p99'] / t['p99']:.2f}x | {errors} |"
+        cells.append(
+            (
+                *triton_cells,
+                f"{g['rps']:.1f}",
+                f"{g['p50']:.2f}",
+                f"{g['p90']:.2f}",
+                f"{g['p99']:.2f}",
+                ratio(g["p50"], t["p50"]),
+                ratio(g["p99"], t["p99"]),
+                errors,
+            )
         )
+    columns = (
+        "concurrency", "Triton req/s", "Triton p50", "Triton p90", "Triton p99", "gateway req/s",
+        "gateway p50", "gateway p90", "gateway p99", "p50 ratio", "p99 ratio", "gateway errors",
+    )  # fmt: skip
+    lines = [markdown_table(columns, cells, align="r" * 11 + "l"), ""]
+    lines += findings(triton_rows, gateway_rows)
     return "\n".join(lines) + "\n"
 
 
-def _invocation(cfg: PerfConfig) -> str:
-    args = [
-        "seminar",
-        "perf",
-        "--triton",
-        cfg.triton,
-        "--data",
-        str(cfg.data),
-        "--model",
-        cfg.model,
-    ]
-    args += ["--concurrency", cfg.concurrency, "--candidates", str(cfg.candidates)]
-    args += ["--requests", str(cfg.requests), "--measurement-ms", str(cfg.measurement_ms)]
-    if cfg.gateway:
-        args += ["--gateway", cfg.gateway]
-    if cfg.synthetic_long_user is not None:
-        args += ["--synthetic-long-user", str(cfg.synthetic_long_user)]
-    return shlex.join(args)
+def findings(triton_rows: list[dict], gateway_rows: list[dict]) -> list[str]:
+    lines = []
+    if triton_rows:
+        best = max(triton_rows, key=lambda row: row["rps"])
+        lines.append(
+            f"- Triton's highest throughput: {best['rps']:.1f} req/s at concurrency "
+            f"{best['concurrency']}."
+        )
+    triton = {row["concurrency"]: row for row in triton_rows}
+    paired = [(triton[g["concurrency"]], g) for g in gateway_rows if g["concurrency"] in triton]
+    if paired:
+        best = max(gateway_rows, key=lambda row: row["rps"])
+        ratios = {t["concurrency"]: g["p50"] / t["p50"] for t, g in paired}
+        low, high = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
+        slower = sum(1 for value in ratios.values() if value > 1)
+        erring = [g["concurrency"] for _, g in paired if set(g["codes"]) - {"OK"}]
+        lines += [
+            f"- The gateway's highest throughput: {best['rps']:.1f} req/s at concurrency "
+            f"{best['concurrency']}.",
+            f"- Gateway p50 / Triton p50 runs from {ratios[low]:.2f}× (concurrency {low}) to "
+            f"{ratios[high]:.2f}× (concurrency {high}); the gateway's p50 is the higher at "
+            f"{slower} of {len(ratios)} concurrencies.",
+            "- Gateway errors at concurrency " + ", ".join(map(str, erring)) + "."
+            if erring
+            else "- The gateway answered every call OK.",
+        ]
+    return lines
 
 
 def _plot(triton_rows: list[dict], gateway_rows: list[dict], path: Path) -> None:

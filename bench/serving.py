@@ -1,7 +1,7 @@
 """`seminar bench serving`: latency of the `seminar` ensemble on a real tritonserver.
 
-Rows: one user x C candidates (C = 100) at three history lengths: a real MovieLens user with
-about 100 events, and SYNTHETIC users with 1k and 10k events appended to the dataset
+Rows: one user x C candidates (C = 100) at three history lengths: a real user of the prepared
+dataset with about 100 events, and SYNTHETIC users with 1k and 10k events appended to it
 (seminar.serving.long_users). Per row, measured in the same run:
 
 - floor: a trivial Python-backend model with the ensemble's inputs on the same server
@@ -10,30 +10,44 @@ about 100 events, and SYNTHETIC users with 1k and 10k events appended to the dat
 - in-process: the same artifacts and library calls without Triton (seminar.serving.inprocess),
   single-threaded like each Triton model instance.
 
-Where the time goes comes from Triton's own per-model statistics (queue and compute time per
-request, diffed around each row). The markdown table goes to stdout and reports/serving.md,
-everything to reports/serving.json.
+The sequential cells (floor, ensemble, in-process) are interleaved request by request, so load
+from other jobs hits them alike. Where the time goes comes from Triton's own per-model
+statistics (queue and compute time per request, diffed around each row). The record goes to
+OUT.md and OUT.json (bench/harness.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from seminar import contract
-from seminar.provenance import cpu_model
+from seminar.bench.harness import (
+    Estimate,
+    Header,
+    Record,
+    comparison,
+    dataset_name,
+    markdown_table,
+    ratio,
+    time_concurrent,
+    time_interleaved,
+)
+
+# The serving goal: at the longest history, the ensemble's p50 at most this multiple of the
+# same computation in-process (what Triton, gRPC and the Python backend may add).
+GOAL_RATIO = 1.5
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")  # Triton's statistics
 
 
 @dataclass(frozen=True)
@@ -44,13 +58,13 @@ class ServingBenchConfig:
     requests: int = 200  # timed requests per (row, mode)
     warmup: int = 20
     concurrency: int = 4
-    movielens_length: int = 100  # pick the real user whose history is closest to this
+    real_length: int = 100  # pick the real user whose history is closest to this
     synthetic_lengths: tuple[int, ...] = (1_000, 10_000)
     seed: int = 0
     version: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "requests", "concurrency", "movielens_length", "version"):
+        for name in ("candidates", "requests", "concurrency", "real_length", "version"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -65,70 +79,6 @@ class ServingBenchConfig:
             )
 
 
-@dataclass
-class Timing:
-    """Latencies of one (row, system, mode) cell, in milliseconds."""
-
-    ms: list[float] = field(repr=False)
-    wall_s: float
-
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.ms, q))
-
-    def summary(self) -> dict:
-        return {
-            "p50_ms": self.pct(50),
-            "p90_ms": self.pct(90),
-            "p99_ms": self.pct(99),
-            "mean_ms": float(np.mean(self.ms)),
-            "requests": len(self.ms),
-            "throughput_rps": len(self.ms) / self.wall_s if self.wall_s else 0.0,
-        }
-
-
-def time_calls(
-    call: Callable[[], object], requests: int, warmup: int, concurrency: int = 1
-) -> Timing:
-    """Latency of `call` (which makes one request) after `warmup` untimed calls.
-
-    concurrency > 1: that many threads each make requests / concurrency calls back to back;
-    `call` must be safe to run from several threads (a client per thread: see `per_thread`).
-    """
-    for _ in range(warmup):
-        call()
-
-    def worker(n: int) -> list[float]:
-        out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            call()
-            out.append((time.perf_counter() - t0) * 1e3)
-        return out
-
-    started = time.perf_counter()
-    if concurrency == 1:
-        ms = worker(requests)
-    else:
-        with ThreadPoolExecutor(concurrency) as pool:
-            parts = list(pool.map(worker, [requests // concurrency] * concurrency))
-        ms = [x for part in parts for x in part]
-    return Timing(ms=ms, wall_s=time.perf_counter() - started)
-
-
-def machine() -> dict:
-    import torch
-
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch_threads_in_process": torch.get_num_threads(),
-        "triton_model_threads": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-
-
 def _stats(server) -> dict[str, dict[str, float]]:
     """Cumulative (count, ns) per model and phase from Triton's statistics extension."""
     out = {}
@@ -137,10 +87,7 @@ def _stats(server) -> dict[str, dict[str, float]]:
         out[m["name"]] = {
             "requests": float(inf["success"]["count"]),
             "executions": float(m.get("execution_count", 0)),
-            **{
-                phase: float(inf[phase]["ns"])
-                for phase in ("queue", "compute_input", "compute_infer", "compute_output")
-            },
+            **{phase: float(inf[phase]["ns"]) for phase in PHASES},
         }
     return out
 
@@ -155,10 +102,7 @@ def _breakdown(before: dict, after: dict, models: tuple[str, ...]) -> dict[str, 
         n = a["requests"] - b.get("requests", 0.0)
         if n <= 0:
             continue
-        out[name] = {
-            phase: (a[phase] - b.get(phase, 0.0)) / n / 1e6
-            for phase in ("queue", "compute_input", "compute_infer", "compute_output")
-        }
+        out[name] = {phase: (a[phase] - b.get(phase, 0.0)) / n / 1e6 for phase in PHASES}
         ex = a["executions"] - b.get("executions", 0.0)
         out[name]["requests_per_execution"] = n / ex if ex > 0 else 0.0
     return out
@@ -219,30 +163,36 @@ def _measure_row(server, client, pipeline, uid, candidates, cfg, composing) -> d
     )
     local = pipeline.score(uid, "", candidates)
     cell: dict = {"max_abs_diff": float(np.abs(served - local).max())}
-    cell["floor"] = time_calls(
-        lambda: client().infer(FLOOR_MODEL, inputs), cfg.requests, cfg.warmup
-    ).summary()
     before = _stats(server)
-    cell["ensemble"] = time_calls(
-        lambda: client().infer(contract.ENSEMBLE_MODEL, inputs), cfg.requests, cfg.warmup
-    ).summary()
+    sequential, _ = time_interleaved(
+        {
+            "floor": lambda: client().infer(FLOOR_MODEL, inputs),
+            "ensemble": lambda: client().infer(contract.ENSEMBLE_MODEL, inputs),
+            "in_process": lambda: pipeline.score(uid, "", candidates),
+        },
+        cfg.requests,
+        cfg.warmup,
+    )
+    # only the ensemble's requests reach the composing models: the floor is its own model
     cell["breakdown"] = _breakdown(before, _stats(server), composing)
-    cell["ensemble_c4"] = time_calls(
+    cell |= {name: timing.summary() for name, timing in sequential.items()}
+    cell["ensemble_c4"] = time_concurrent(
         lambda: client().infer(contract.ENSEMBLE_MODEL, inputs),
         cfg.requests,
         cfg.warmup,
-        concurrency=cfg.concurrency,
-    ).summary()
-    cell["in_process"] = time_calls(
-        lambda: pipeline.score(uid, "", candidates), cfg.requests, cfg.warmup
+        cfg.concurrency,
     ).summary()
     return cell
 
 
 def run_bench(
-    run: Path, data: Path, work: Path, cfg: ServingBenchConfig, command: str, progress=print
-) -> dict:
-    """Measure every row; returns the report dict (see `markdown`)."""
+    run: Path,
+    data: Path,
+    work: Path,
+    cfg: ServingBenchConfig,
+    progress: Callable[[str], None] = print,
+) -> Record:
+    """Measure every row; returns the record (`write_record` writes it)."""
     import torch
     import tritonclient.grpc as grpcclient
 
@@ -252,13 +202,15 @@ def run_bench(
     from seminar.serving.triton import TritonConfig, TritonServer
 
     torch.set_num_threads(1)  # like each Triton model instance (OMP_NUM_THREADS=1)
+    header = Header.now(seeds=(cfg.seed,))
+    dataset = dataset_name(data)
     repo, data_long, long_ids = prepare_repo(run, data, work, cfg, progress)
     ds = PreparedDataset.load(data_long)
     lengths = np.diff(ds.seq_offsets)
     real = np.flatnonzero(~np.isin(ds.user_ids, long_ids))
-    ml_user = int(real[np.argmin(np.abs(lengths[real] - cfg.movielens_length))])
-    rows = [("MovieLens", int(ds.user_ids[ml_user]), int(lengths[ml_user]))]
-    rows += [("synthetic", uid, int(lengths[ds.user_index(uid)])) for uid in long_ids]
+    real_user = int(real[np.argmin(np.abs(lengths[real] - cfg.real_length))])
+    rows = [(dataset, int(ds.user_ids[real_user]), int(lengths[real_user]))]
+    rows += [("SYNTHETIC", uid, int(lengths[ds.user_index(uid)])) for uid in long_ids]
     rng = np.random.default_rng(cfg.seed)
     candidates = rng.choice(ds.item_ids, size=cfg.candidates, replace=False).astype(np.int64)
 
@@ -289,76 +241,124 @@ def run_bench(
                 f"served vs in-process max |diff| {cell['max_abs_diff']:.1e}"
             )
             results.append(cell)
-    return {
-        "command": command,
-        "machine": machine(),
+    report = {
         "config": asdict(cfg),
+        "dataset": dataset,
         "repo": str(repo),
+        "model_threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
         "rows": results,
     }
+    return Record(
+        title="Serving latency: the `seminar` ensemble on a real tritonserver",
+        header=header,
+        setup=setup_lines(report),
+        body=markdown(report),
+        data=report,
+    )
 
 
-def markdown(report: dict) -> str:
-    cfg, m = report["config"], report["machine"]
-    lines = [
-        "# Serving latency: the `seminar` ensemble on a real tritonserver",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}, "
-        f"load average at start {m['load_avg_1m']:.1f}; each Triton model instance and the "
-        f"in-process run use 1 thread. Seed {cfg['seed']}. Command: `{report['command']}`.",
-        f"One request = 1 user x {cfg['candidates']} candidates (recommendation request), "
-        f"{cfg['requests']} timed requests after {cfg['warmup']} warm-up per cell; "
-        f"c{cfg['concurrency']} = {cfg['concurrency']} client threads. SYNTHETIC rows are users "
-        "with seeded random MovieLens events appended to the dataset.",
-        "",
-        "| L (history) | system | p50 ms | p90 ms | p99 ms | req/s | p50 / in-process |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def setup_lines(report: dict[str, Any]) -> tuple[str, ...]:
+    cfg = report["config"]
+    return (
+        f"each Triton model instance uses {report['model_threads']} thread(s), the in-process "
+        "run 1 torch thread",
+        f"one request = 1 user x {cfg['candidates']} candidates (recommendation request), "
+        f"{cfg['requests']} timed requests after {cfg['warmup']} warm-up per cell; floor, "
+        f"ensemble and in-process interleaved; c{cfg['concurrency']} = {cfg['concurrency']} "
+        "client threads",
+        f"data: {report['dataset']}; SYNTHETIC rows are users with seeded random events of its "
+        "catalogue appended to it",
+    )
+
+
+SYSTEMS = (
+    ("floor", "floor: trivial Python model (anchor)"),
+    ("in_process", "in-process, no Triton"),
+    ("ensemble", "ensemble, sequential"),
+    ("ensemble_c4", "ensemble, concurrency {concurrency}"),
+)
+
+
+def _estimate(summary: dict[str, float]) -> Estimate:
+    """mean ± std over the timed requests of one cell (the per-request spread)."""
+    return Estimate(summary["mean_ms"], summary["std_ms"], summary["requests"])
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    cells = []
     for row in report["rows"]:
         label = f"{row['length']:,} ({row['source']})"
         base = row["in_process"]["p50_ms"]
-        for key, name in (
-            ("floor", "floor: trivial Python model (anchor)"),
-            ("in_process", "in-process, no Triton"),
-            ("ensemble", "ensemble, sequential"),
-            ("ensemble_c4", f"ensemble, concurrency {cfg['concurrency']}"),
-        ):
-            s = row[key]
-            lines.append(
-                f"| {label} | {name} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {s['p99_ms']:.2f} "
-                f"| {s['throughput_rps']:.0f} | {s['p50_ms'] / base:.2f}x |"
+        for key, name in SYSTEMS:
+            summary = row[key]
+            cells.append(
+                (
+                    label,
+                    name.format(concurrency=cfg["concurrency"]),
+                    f"{summary['p50_ms']:.2f}",
+                    f"{summary['p90_ms']:.2f}",
+                    f"{summary['p99_ms']:.2f}",
+                    f"{summary['throughput_rps']:.0f}",
+                    ratio(summary["p50_ms"], base),
+                )
             )
+    columns = ("L (history)", "system", "p50 ms", "p90 ms", "p99 ms", "req/s", "p50 / in-process")
+    lines = [markdown_table(columns, cells, align="llrrrrr"), ""]
+    for row in report["rows"]:
+        floor, ensemble = row["floor"]["p50_ms"], row["ensemble"]["p50_ms"]
+        lines.append(
+            f"- L = {row['length']:,}: the floor's p50 is {floor / ensemble:.0%} of the "
+            f"ensemble's; "
+            + comparison(
+                "the ensemble",
+                _estimate(row["ensemble"]),
+                "in-process",
+                _estimate(row["in_process"]),
+                lower_is_better=True,
+                better="faster",
+                unit=" ms mean",
+            )
+            + "."
+        )
+    breakdown_cells = [
+        (
+            f"{row['length']:,}",
+            name,
+            *(f"{b[phase]:.3f}" for phase in PHASES),
+        )
+        for row in report["rows"]
+        for name, b in row["breakdown"].items()
+    ]
     lines += [
         "",
         "## Where the time goes (Triton per-model statistics, sequential, ms per request)",
         "",
+        markdown_table(
+            ("L", "model", "queue", "compute input", "compute infer", "compute output"),
+            breakdown_cells,
+            align="llrrrr",
+        ),
+        "",
     ]
-    lines += [
-        "| L | model | queue | compute input | compute infer | compute output |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in report["rows"]:
-        for name, b in row["breakdown"].items():
-            lines.append(
-                f"| {row['length']:,} | {name} | {b['queue']:.3f} | {b['compute_input']:.3f} "
-                f"| {b['compute_infer']:.3f} | {b['compute_output']:.3f} |"
-            )
-    lines.append("")
     for row in report["rows"]:
         queue = sum(b["queue"] for b in row["breakdown"].values())
         infer = sum(b["compute_infer"] for b in row["breakdown"].values())
+        slowest = max(row["breakdown"], key=lambda name: row["breakdown"][name]["compute_infer"])
         lines.append(
             f"- L = {row['length']:,}: of the ensemble's mean {row['ensemble']['mean_ms']:.2f} ms, "
             f"{queue:.2f} ms is queueing in the {len(row['breakdown'])} steps' dynamic batchers "
             f"(max_queue_delay) and {infer:.2f} ms is compute (Triton's compute_infer, which "
-            "includes each Python model's IPC with its stub process)."
+            "includes each Python model's IPC with its stub process); the largest compute is "
+            f"{slowest}'s, {row['breakdown'][slowest]['compute_infer']:.2f} ms."
         )
     last = report["rows"][-1]
-    ratio = last["ensemble"]["p50_ms"] / last["in_process"]["p50_ms"]
+    measured = last["ensemble"]["p50_ms"] / last["in_process"]["p50_ms"]
     lines += [
         "",
-        f"Goal: at L = {last['length']:,} the ensemble's p50 <= 1.5x the in-process time: "
-        f"{ratio:.2f}x ({'met' if ratio <= 1.5 else 'missed; see the per-model statistics'}).",
+        f"Goal: at L = {last['length']:,} the ensemble's p50 <= {GOAL_RATIO:g}× the in-process "
+        f"time: {measured:.2f}× "
+        f"({'met' if measured <= GOAL_RATIO else 'missed; see the per-model statistics'}).",
         "Served vs in-process scores, max |diff| per row: "
         + ", ".join(f"{r['max_abs_diff']:.1e}" for r in report["rows"])
         + ".",

@@ -15,12 +15,12 @@ load, timed until the gateway answers OK again.
 
 The verdict: tritonserver never died during the soak, every call ended OK or with a status a
 client can act on (never UNKNOWN or INTERNAL), and, with the kill, the service came back with
-nothing left behind. Tables, timeline plot and JSON go to reports/.
+nothing left behind. The record (OUT.md, OUT.json) and the timeline plot (OUT.png) are written
+by bench/harness.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar.bench.harness import Header, Record, Timing, markdown_table, write_record
 from seminar.clients.config import ExperimentConfig, Limits, write_config
 from seminar.clients.demo import demo_arms
 from seminar.clients.process import GatewayProcess
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import load_workload
 from seminar.errors import ArtifactError
-from seminar.provenance import cpu_model
 from seminar.serving import process_group
 from seminar.serving.serve_process import ServeProcess
 
@@ -55,6 +55,7 @@ PROPER_CODES = {
     "UNAVAILABLE",
 }
 HUGE_QUERY_BYTES = 1024 * 1024
+RECOVERY_TIMEOUT_S = 600.0  # after the kill, how long the gateway has to answer OK again
 
 
 class SoakError(ArtifactError):
@@ -232,7 +233,7 @@ def _kill_phase(serve: ServeProcess, traffic: _Traffic, started: float) -> KillP
     before = Counter(traffic.codes)
     killed_at = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
-    deadline = killed_at + 600
+    deadline = killed_at + RECOVERY_TIMEOUT_S
     while time.monotonic() < deadline:
         if traffic.last_ok > killed_at + 0.5 and serve.ready():
             phase.recovered_s = round(traffic.last_ok - killed_at, 1)
@@ -249,10 +250,10 @@ def run_soak(
     repo: Path,
     data: Path,
     config: SoakConfig,
-    command: str,
     progress: Callable[[str], None] = lambda _m: None,
-) -> dict:
-    """Run the soak; the report as a dict (`markdown(report)` renders it)."""
+) -> Record:
+    """Run the soak; its record (`write_reports` writes it with the timeline plot)."""
+    header = Header.now(seeds=(config.seed,))
     if not repo.is_dir():
         raise SoakError(f"--repo: {repo} is not a model repository (run `seminar build`)")
     calls = load_workload(data, candidates=100)
@@ -299,10 +300,8 @@ def run_soak(
     recovered = kill is None or (
         kill.recovered_s is not None and not kill.leftover_processes and not kill.leftover_shm
     )
-    ok = np.asarray(soak_ok_ms) if soak_ok_ms else np.zeros(1)
-    return {
-        "command": command,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+    ok = Timing(tuple(soak_ok_ms) or (0.0,))
+    report = {
         "config": asdict(config),
         "arms": [a.model_version for a in arms],
         "passed": bool(survived and not improper and recovered),
@@ -310,8 +309,8 @@ def run_soak(
         "codes": soak_codes,
         "improper_codes": improper,
         "examples": traffic.examples,
-        "ok_p50_ms": float(np.percentile(ok, 50)),
-        "ok_p99_ms": float(np.percentile(ok, 99)),
+        "ok_p50_ms": ok.percentile(50),
+        "ok_p99_ms": ok.percentile(99),
         "calls": int(sum(soak_codes.values())),
         "stalls": [asdict(s) for s in stalls],
         "kill": asdict(kill) if kill else None,
@@ -327,10 +326,17 @@ def run_soak(
             for s, c in sorted(traffic.per_second.items())
         },
     }
+    return Record(
+        title="Soak: hostile traffic through the gateway while model processes freeze",
+        header=header,
+        setup=setup_lines(report),
+        body=markdown(report),
+        data=report,
+    )
 
 
 def _p99(values: list[float]) -> float | None:
-    return float(np.percentile(values, 99)) if values else None
+    return Timing(tuple(values)).percentile(99) if values else None
 
 
 def _metric_total(text: str, name: str) -> float:
@@ -341,23 +347,25 @@ def _metric_total(text: str, name: str) -> float:
     )
 
 
-def markdown(report: dict) -> str:
+def setup_lines(report: dict) -> tuple[str, ...]:
     cfg = report["config"]
-    verdict = "PASSED" if report["passed"] else "FAILED"
-    lines = [
-        "# Soak: hostile traffic through the gateway while model processes freeze",
-        "",
-        f"Command: `{report['command']}`; seed {cfg['seed']}; machine: "
-        f"{report['machine']['cpu']}, {report['machine']['cores']} cores, no GPU; arms "
-        f"{', '.join(report['arms'])}.",
-        "",
-        f"Traffic: {cfg['concurrency']} clients for {cfg['duration_s']:.0f} s; deadlines "
+    return (
+        f"arms: {', '.join(report['arms'])}",
+        f"traffic: {cfg['concurrency']} clients for {cfg['duration_s']:.0f} s; deadlines "
         f"log-uniform {cfg['deadline_min_s'] * 1000:.0f} ms - {cfg['deadline_max_s']:.1f} s; "
         f"{cfg['big_share']:.0%} of requests with {cfg['big_candidates']} candidates (else 100); "
         f"{cfg['huge_query_share']:.0%} with a 1 MB query; {cfg['cancel_share']:.0%} cancelled "
         f"by the client; a random model process frozen (SIGSTOP) every {cfg['stall_every_s']:.0f} s "
-        f"for {cfg['stall_s']:.0f} s.",
-        "",
+        f"for {cfg['stall_s']:.0f} s",
+    )
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    total = max(report["calls"], 1)
+    codes = sorted(report["codes"].items(), key=lambda kv: -kv[1])
+    lines = [
         f"**{verdict}.** tritonserver "
         + ("never died" if report["tritonserver_survived"] else "DIED")
         + f" during the soak; {report['calls']:,} calls, "
@@ -367,42 +375,51 @@ def markdown(report: dict) -> str:
             else f"improper codes: {report['improper_codes']}."
         ),
         "",
-        "| status | calls | share | example |",
-        "|---|---:|---:|---|",
-    ]
-    total = max(report["calls"], 1)
-    for code, n in sorted(report["codes"].items(), key=lambda kv: -kv[1]):
-        example = report["examples"].get(code, "").replace("|", "/")
-        lines.append(f"| {code} | {n:,} | {n / total:.1%} | {example} |")
-    lines += [
+        markdown_table(
+            ("status", "calls", "share", "example"),
+            [
+                (
+                    code,
+                    f"{n:,}",
+                    f"{n / total:.1%}",
+                    report["examples"].get(code, "").replace("|", "/"),
+                )
+                for code, n in codes
+            ],
+            align="lrrl",
+        ),
         "",
         f"OK calls: p50 {report['ok_p50_ms']:.1f} ms, p99 {report['ok_p99_ms']:.1f} ms "
         "(client-side, through the gateway, on the same cores as the server).",
         "",
         "## Frozen model processes",
         "",
-        "| at (s) | model | version | stopped for (ms) |",
-        "|---:|---|---|---:|",
+        markdown_table(
+            ("at (s)", "model", "version", "stopped for (ms)"),
+            [
+                (stall["at_s"], stall["model"], stall["version"], f"{stall['stopped_ms']:.0f}")
+                for stall in report["stalls"]
+            ],
+            align="rllr",
+        ),
     ]
-    for stall in report["stalls"]:
-        lines.append(
-            f"| {stall['at_s']} | {stall['model']} | {stall['version']} | {stall['stopped_ms']:.0f} |"
-        )
-    sup = report["supervisor"]
+    sup, kill = report["supervisor"], report["kill"]
+    planned_ms = cfg["stall_s"] * 1000
+    early = sum(1 for stall in report["stalls"] if stall["stopped_ms"] < planned_ms)
     lines += [
         "",
-        f"The supervisor resumed {sup['resumed']:.0f} stopped process(es) (each stall above ends "
-        f"when it did) and restarted tritonserver {sup['restarts']:.0f} time(s) in all (the kill "
-        "below included). Calls the gateway gave up on were left to finish inside Triton, never "
-        f"cancelled there; {sup['abandoned']:.0f} calls reached its gRPC proxy and were then "
-        "abandoned by their caller.",
+        f"{early} of {len(report['stalls'])} frozen processes were running again before the "
+        f"bench's own SIGCONT at {cfg['stall_s']:g} s. The supervisor counted "
+        f"{sup['resumed']:.0f} resumed process(es) and {sup['restarts']:.0f} tritonserver "
+        f"restart(s){' (the kill below included)' if kill is not None else ''}; "
+        f"{sup['abandoned']:.0f} calls reached its gRPC proxy and were then abandoned by their "
+        "caller.",
     ]
-    kill = report["kill"]
     if kill is not None:
         recovered = (
             f"the gateway answered OK again {kill['recovered_s']} s after the kill"
             if kill["recovered_s"] is not None
-            else "the gateway did NOT answer OK again within 10 minutes"
+            else f"the gateway did NOT answer OK again within {RECOVERY_TIMEOUT_S:.0f} s"
         )
         lines += [
             "",
@@ -451,10 +468,6 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(report: dict, out: Path) -> list[Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md, js, png = out.with_suffix(".md"), out.with_suffix(".json"), out.with_suffix(".png")
-    md.write_text(markdown(report))
-    js.write_text(json.dumps(report, indent=1) + "\n")
-    plot(report, png)
-    return [md, js, png]
+def write_reports(record: Record, out: Path) -> list[Path]:
+    """OUT.md, OUT.json and the timeline OUT.png."""
+    return write_record(record, out, figure=lambda path: plot(dict(record.data), path))

@@ -8,12 +8,8 @@ Runs with more events than one write chunk show whether memory stays bounded.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +17,9 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from seminar.provenance import cpu_model
+from seminar.bench.harness import Header, Record, markdown_table, ratio, side, write_record
+
+ANCHOR = "imports only (anchor)"
 
 
 @dataclass(frozen=True)
@@ -86,11 +84,13 @@ def run_bench(
     seed: int,
     reports: Path,
     chunk_rows: int = 262_144,
-) -> list[BenchRow]:
+) -> Record:
+    """One fresh process per size (and the imports-only anchor); writes REPORTS/synthetic.*."""
     if any(n < 1 for n in sizes):
         raise ValueError("--events values must be >= 1")
     from rich.progress import track
 
+    header = Header.now(seeds=(seed,))
     rows: list[BenchRow] = []
     for n in track([0, *sizes], description="synthetic bench"):
         # A fresh spawned process per run: its peak RSS belongs to that run alone.
@@ -98,7 +98,7 @@ def run_bench(
             r = pool.submit(_child, n, events_per_user, items, topics, seed, chunk_rows).result()
         rows.append(
             BenchRow(
-                run="imports only (anchor)" if n == 0 else f"{r['events']:,} events",
+                run=ANCHOR if n == 0 else f"{r['events']:,} events",
                 events=r["events"],
                 users=r["users"],
                 seconds=round(r["seconds"], 3),
@@ -107,41 +107,68 @@ def run_bench(
                 disk_mib=round(r["disk"] / 2**20, 1),
             )
         )
-
-    anchor = rows[0].peak_rss_mib
-    header = (
-        f"# Synthetic generator benchmark (SYNTHETIC data)\n\n"
-        f"- machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}\n"
-        f"- command: `seminar bench synthetic {' '.join(sys.argv[3:])}`\n"
-        f"- seed {seed}; {events_per_user} events/user; {items} items; {topics} topics; "
-        f"write chunk {chunk_rows:,} events; MiniLM off\n\n"
-    )
-    lines = [
-        "| run | users | events | seconds | events/s | peak RSS MiB | RSS - anchor MiB | on disk MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row.run} | {row.users:,} | {row.events:,} | {row.seconds:.2f} | "
-            f"{row.events_per_s:,.0f} | {row.peak_rss_mib:.0f} | {row.peak_rss_mib - anchor:+.0f} | "
-            f"{row.disk_mib:.1f} |"
-        )
-    markdown = header + "\n".join(lines) + "\n"
-    print(markdown)
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "synthetic.md").write_text(markdown)
-    payload = {
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
+    record = Record(
+        title="Synthetic generator benchmark (SYNTHETIC data)",
+        header=header,
+        setup=(
+            f"{events_per_user} events/user; {items} items; {topics} topics; write chunk "
+            f"{chunk_rows:,} events; MiniLM off; each run in a fresh process",
+        ),
+        body=markdown(rows, chunk_rows),
+        data={
+            "events_per_user": events_per_user,
+            "items": items,
+            "topics": topics,
+            "chunk_rows": chunk_rows,
+            "rows": [asdict(row) for row in rows],
         },
-        "seed": seed,
-        "events_per_user": events_per_user,
-        "items": items,
-        "topics": topics,
-        "chunk_rows": chunk_rows,
-        "rows": [asdict(row) for row in rows],
-    }
-    (reports / "synthetic.json").write_text(json.dumps(payload, indent=2) + "\n")
-    return rows
+    )
+    write_record(record, reports / "synthetic")
+    return record
+
+
+def markdown(rows: list[BenchRow], chunk_rows: int) -> str:
+    """The table, and what the runs say about throughput and memory as events grow."""
+    anchor = rows[0].peak_rss_mib
+    columns = (
+        "run", "users", "events", "seconds", "events/s", "peak RSS MiB", "RSS - anchor MiB",
+        "on disk MiB",
+    )  # fmt: skip
+    cells = [
+        (
+            row.run,
+            f"{row.users:,}",
+            f"{row.events:,}",
+            f"{row.seconds:.2f}",
+            f"{row.events_per_s:,.0f}",
+            f"{row.peak_rss_mib:.0f}",
+            f"{row.peak_rss_mib - anchor:+.0f}",
+            f"{row.disk_mib:.1f}",
+        )
+        for row in rows
+    ]
+    lines = [markdown_table(columns, cells), ""]
+    runs = rows[1:]
+    if len(runs) > 1:
+        small, large = runs[0], runs[-1]
+        events_growth = large.events / small.events
+        small_extra, large_extra = small.peak_rss_mib - anchor, large.peak_rss_mib - anchor
+        lines.append(
+            f"- From {small.events:,} to {large.events:,} events ({events_growth:.1f}× the "
+            f"events), throughput went from {small.events_per_s:,.0f} to "
+            f"{large.events_per_s:,.0f} events/s ({ratio(large.events_per_s, small.events_per_s)})."
+        )
+        if small_extra > 0:
+            memory_growth = large_extra / small_extra
+            lines.append(
+                f"- Peak RSS above the anchor went from {small_extra:+.0f} to {large_extra:+.0f} "
+                f"MiB ({memory_growth:.2f}×): "
+                + side(memory_growth, events_growth, "less than", "at least as much as")
+                + " the events grew"
+                + (
+                    f", with {large.events:,} events over a {chunk_rows:,}-event write chunk."
+                    if large.events > chunk_rows
+                    else "."
+                )
+            )
+    return "\n".join(lines)

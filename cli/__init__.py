@@ -29,7 +29,8 @@ app = typer.Typer(
 )
 
 bench_app = typer.Typer(
-    help="Benchmarks: each prints a markdown table and writes it under reports/.",
+    help="Benchmarks: each prints its record and writes it under runs/bench/ (reports/ only "
+    "when named as the output).",
     no_args_is_help=True,
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from seminar.bench.pq import BenchConfig
+from seminar.bench.pq.config import BenchConfig
 from seminar.cli import app
 from seminar.errors import ArtifactError, DataError
 

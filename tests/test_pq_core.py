@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from seminar.bench.pq import threshold_recall
+from seminar.bench.pq.gsu import threshold_recall
 from seminar.errors import ArtifactError, UsageError
 from seminar.pq import PQConfig, ScoringBackend, SequenceStore
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk

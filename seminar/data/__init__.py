@@ -9,7 +9,6 @@
     tokenizer.py  word-level query tokenizer (standard library only: Triton imports it)
     features.py   frozen MiniLM text embeddings with an on-disk content cache
     dataset.py    PreparedDataset.load: memory-mapped access for training, PQ and build
-    bench.py      `seminar bench synthetic`
 
 Nothing is imported here, so `seminar.data.tokenizer` stays free of numpy and torch.
 """

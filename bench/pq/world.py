@@ -1,0 +1,111 @@
+"""The tables users are drawn over: random SYNTHETIC ones or a trained run's, with codebooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seminar.bench.pq.config import CANDIDATES, TOP_K, BenchConfig
+from seminar.contract import FIRST_ITEM_INDEX
+from seminar.pq.codebooks import Codebooks, train_codebooks
+from seminar.pq.config import PQConfig
+from seminar.pq.retriever import PQRetriever
+from seminar.pq.synthetic import ITEM_MODALITIES, SyntheticSpec, SyntheticWorld
+
+
+@dataclass(frozen=True, kw_only=True)
+class World(SyntheticWorld):
+    """A synthetic world (seminar.pq.synthetic) with its label (what the tables are, printed
+    in the report) and codebooks trained on its tables."""
+
+    label: str
+    codebooks: dict[tuple[int, bool], Codebooks]  # (nbits, rotated) -> codebooks
+
+    @property
+    def exact_bytes_per_event(self) -> int:
+        """float32 components of one event that the exact GSU fetches: one row per table."""
+        return len(self.tables) * self.dim * 4
+
+
+def train_books(
+    tables: dict[str, np.ndarray], cfg: BenchConfig
+) -> dict[tuple[int, bool], Codebooks]:
+    """Codebooks by (nbits, OPQ rotation): 8- and 4-bit with the rotation, and 4-bit without
+    it for the rotation's own row in the recall table."""
+    return {
+        (nbits, rotated): train_codebooks(
+            tables,
+            PQConfig(
+                nbits=nbits,
+                train_max_rows=cfg.train_max_rows,
+                kmeans_iters=cfg.kmeans_iters,
+                opq_iters=PQConfig().opq_iters if rotated else 0,
+                seed=cfg.seed,
+            ),
+        )
+        for nbits, rotated in ((8, True), (4, True), (4, False))
+    }
+
+
+def synthetic_world(spec: SyntheticSpec, cfg: BenchConfig) -> World:
+    """Random SYNTHETIC tables (seminar.pq.synthetic) and a random GSU projection."""
+    random = SyntheticWorld.random(spec)
+    shape = "isotropic" if spec.rank is None else f"low rank {spec.rank}"
+    if spec.clusters is not None:
+        shape = f"{spec.clusters} clusters"
+    label = (
+        f"SYNTHETIC random tables (query + {', '.join(ITEM_MODALITIES)}, {spec.n_items:,} "
+        f"items, D={spec.dim}, {shape} + noise {spec.noise}) and random GSU weights"
+    )
+    return World(
+        tables=random.tables,
+        gsu_weight=random.gsu_weight,
+        gsu_bias=random.gsu_bias,
+        label=label,
+        codebooks=train_books(random.tables, cfg),
+    )
+
+
+def trained_world(run: Path, cfg: BenchConfig) -> World:
+    """The component tables and GSU projection of a trained run: synthetic users drawn over a
+    real model's embeddings, the distribution PQ meets in serving."""
+    from seminar.pq.artifacts import gsu_projection, model_tables
+    from seminar.training.checkpoint import load_run
+
+    model = load_run(run).model.eval()
+    tables = {m: t.numpy() for m, t in model_tables(model).items()}
+    weight, bias = gsu_projection(model, next(iter(tables.values())).shape[1])
+    label = (
+        f"SYNTHETIC users over the trained tables and GSU weights of {run} "
+        f"({', '.join(tables)}; D={weight.shape[0]}, H={weight.shape[1]})"
+    )
+    return World(
+        tables=tables,
+        gsu_weight=weight.numpy(),
+        gsu_bias=bias.numpy(),
+        first_item=FIRST_ITEM_INDEX,  # rows 0 and 1 of a trained item table: PAD and OOV
+        label=label,
+        codebooks=train_books(tables, cfg),
+    )
+
+
+def retriever_for(world: World, lengths: list[int], config: PQConfig, seed: int) -> PQRetriever:
+    """A retriever over one SYNTHETIC user per length (user i has lengths[i] events)."""
+    codebooks = world.codebooks[config.nbits, config.opq_iters > 0]
+    codes = world.encode(codebooks)
+    store = world.store(codebooks, lengths, seed, table_codes=codes)
+    return world.retriever(codebooks, config, TOP_K, store, table_codes=codes)
+
+
+def request_targets(world: World, seed: int) -> torch.Tensor:
+    """x_t (100, D) of 100 candidate items under one shared query, as the ranker sends them."""
+    rng = np.random.default_rng(seed)
+    query = rng.integers(1, world.n_queries)
+    items = rng.integers(world.first_item, world.n_items, CANDIDATES)
+    targets = world.tables["query"][query][None, :] + sum(
+        world.tables[m][items] for m in world.tables if m != "query"
+    )
+    return torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
