@@ -419,7 +419,8 @@ def _median_ms(fn: Callable[[], Any], runs: int) -> float:
 
 def latency_breakdown(cfg: BenchConfig, world: World, length: int) -> dict[str, Any]:
     """Each step of the exact and the served PQ GSU timed alone at one L, with the machine
-    rates they run at: the arithmetic behind the ratio (docs/design.md section 4)."""
+    rates they run at: the arithmetic behind the ratio (docs/design.md,
+    "Why PQ is not much faster than exact")."""
     import faiss
 
     runs = max(5, cfg.runs)

@@ -1,7 +1,7 @@
 """config.pbtxt for every model of the pipeline, per target, and their validation.
 
 Configs are built as Triton's own ModelConfig protobuf (tritonclient.grpc.model_config_pb2)
-from the declaration in build/pipeline.py and printed with text_format, so a config can only
+from the declaration in seminar/contract.py and printed with text_format, so a config can only
 name fields Triton knows. validate_config() parses a written file back and checks its
 tensors against the pipeline and, for exported models, against the ONNX graph itself.
 
@@ -38,9 +38,10 @@ class ServingConfig:
     max_batch_size: int = 1024  # candidate rows per batch; = TensorRT profile max
     preferred_batch_sizes: tuple[int, ...] = (128, 256, 512)
     # A request is already a batch (~100 candidate rows) that rarely reaches a preferred size,
-    # so each of the 5 steps waits out the whole delay: 5 x 500 us was 3 ms of a sequential
-    # 10k-event request's 18 ms (reports/serving.md). 100 us still merges requests that
-    # arrive together under load.
+    # so each of the 5 steps waits out the whole delay on every request: at 500 us the five
+    # waits alone are 2.5 ms; at 100 us all queueing measured 1.06 ms of the ensemble's 7.97 ms
+    # mean at 100 events (reports/serving.md). 100 us still merges requests that arrive
+    # together under load.
     max_queue_delay_us: int = 100
     cpu_instances: int = 1  # per model; 2-core CI machines gain nothing from more
     execution_env: str | None = None  # EXECUTION_ENV_PATH for the Python models, if set

@@ -169,7 +169,7 @@ class DataType(Enum):
 @unique
 class ModelKind(Enum):
     EXPORTED = "exported"  # a torch module exported to ONNX (cpu) / a TensorRT engine (gpu)
-    PYTHON = "python"  # a Python-backend model.py from build/backends/
+    PYTHON = "python"  # a Python-backend model.py from serving/backends/
     ENSEMBLE = "ensemble"
 
 
@@ -221,7 +221,7 @@ class ModelSpec:
     kind: ModelKind
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # Python models: file in build/backends/ copied to <version>/model.py (cpu target for the
+    # Python models: file in serving/backends/ copied to <version>/model.py (cpu target for the
     # exported models; None where the target serves an engine directly).
     backend_source: str | None = None
     # Static `parameters` of config.pbtxt (artifact names, knobs); the repository writer adds

@@ -1,6 +1,6 @@
 """What every Python-backend model.py of the pipeline shares, without Triton.
 
-The model.py files in build/backends/ only adapt tensors; the checks they run at `initialize`
+The model.py files in serving/backends/ only adapt tensors; the checks they run at `initialize`
 (numpy < 2, parameters present, artifact checksums), the request bookkeeping of `execute`
 (cancelled and malformed requests set aside, valid rows concatenated, outputs split back) and
 the stall guard that keeps a stub from answering a request tritonserver gave up live here,

@@ -1,6 +1,6 @@
 """Request features: external ids -> dense indices, query text -> token ids.
 
-The `features` Triton model (build/backends/features.py) is a thin adapter around
+The `features` Triton model (serving/backends/features.py) is a thin adapter around
 `FeatureMapper`; the same mapper runs in-process in tests and in `seminar bench serving`.
 Maps travel with the model version (features/N/{user_ids.npy, item_ids.npy, tokens.json});
 tokenisation is the data area's `QueryTokenizer`, so served queries tokenise exactly as the
@@ -78,7 +78,7 @@ class FeatureMapper:
     def from_version_dir(
         cls, version_dir: Path, query_len: int, max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
     ) -> FeatureMapper:
-        """The features model's version folder (file names from build/pipeline.py)."""
+        """The features model's version folder (file names from seminar/contract.py)."""
         return cls.load(
             version_dir / contract.USER_IDS_FILE,
             version_dir / contract.ITEM_IDS_FILE,

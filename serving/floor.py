@@ -2,7 +2,7 @@
 
 `seminar bench serving` serves it next to `seminar` on the same server to measure what Triton,
 the Python backend and the gRPC client cost by themselves. Its source is
-build/backends/floor.py; this module writes it into a repository as `floor/1/model.py`.
+serving/backends/floor.py; this module writes it into a repository as `floor/1/model.py`.
 """
 
 from __future__ import annotations

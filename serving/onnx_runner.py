@@ -1,7 +1,7 @@
 """One ONNX Runtime runner for the cpu target's exported models.
 
 The CPU tritonserver from nvidia-pytriton has no ONNX Runtime backend, so `query_encoder`,
-`item_encoder` and `ranking_head` are Python-backend models (build/backends/onnx_model.py) that
+`item_encoder` and `ranking_head` are Python-backend models (serving/backends/onnx_model.py) that
 wrap this runner. It checks at load that the graph's inputs and outputs are exactly the tensors
 config.pbtxt declares (names and dtypes), so a stale graph never reports READY, and, when
 given the index ranges its build wrote, that every int64 input (a table index) has one.
