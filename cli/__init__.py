@@ -50,4 +50,3 @@ app.command("load")(clients_cli.load)
 app.command("perf")(bench_cli.perf)
 app.command("observe")(clients_cli.observe)
 app.add_typer(bench_app, name="bench")
-
