@@ -4,8 +4,8 @@ Scanned: the Markdown files (README.md, docs/, the per-folder READMEs, reports/)
 docstrings and `help=` texts of every Python file, and the text of docker/, the Makefile,
 pyproject.toml and CI. Checked:
 - repository paths (`serving/supervisor.py`, `docs/deploy.md`, `serving/backends/`, globs such
-  as `tests/test_docker*.py`) against the working tree; in a folder's README.md, a bare
-  `name.py` against that folder;
+  as `tests/test_docker*.py`) against the working tree; in a folder's README.md or
+  `__init__.py`, a bare `name.py` against that folder;
 - bare document names (`style.md`) against every file name in the repository;
 - module paths (`seminar.training.trainer`, `seminar.data.dataset.PreparedDataset.load`)
   through importlib, and a trailing attribute against the module's source;
@@ -50,7 +50,7 @@ PATH = re.compile(
     r"(?<![\w./:~$-])(?>((?:[\w.-]+/)+[\w.*-]*))(?P<braces>\{[\w.,]+\})?(?P<colon>:)?"
 )
 BARE_DOC = re.compile(r"(?<![\w./-])([\w-]*[a-z][\w-]*\.md)\b")  # not a placeholder: OUT.md
-BARE_PY = re.compile(r"`([\w-]+\.py)`")
+BARE_PY = re.compile(r"(?<![\w./-])([\w-]+\.py)\b")
 MODULE = re.compile(r"(?<![\w./-])(seminar(?:\.[A-Za-z_]\w*)+)")
 DOC = r"(?P<doc>(?:[\w-]+/)*[\w-]+\.md)`?(?:\]\([^)]*\))?"
 NUMBERED = re.compile(DOC + r",?\s+sections?\s+(?P<nums>\d+(?:(?:,\s*|,?\s+and\s+)\d+)*)")
@@ -221,7 +221,7 @@ def path_problems(repo: Repository, text: Text, relative: str) -> Iterator[tuple
         for variant in braces[1:-1].split(",") if braces else [""]:
             if problem := path_problem(repo.root, cited + variant):
                 yield match.start(), problem
-    if relative.endswith("/README.md"):
+    if relative.endswith(("/README.md", "/__init__.py")):  # a folder's map of its own files
         folder = relative.rsplit("/", 1)[0]
         for match in BARE_PY.finditer(text.text):
             if problem := path_problem(repo.root, f"{folder}/{match.group(1)}"):

@@ -1,4 +1,4 @@
-"""Multi-modal product quantization for the GSU (spec: "Approximate retrieval").
+"""Multi-modal product quantization for the GSU (docs/model.md, "Approximate retrieval").
 
 Core (plain arrays and tensors, no model needed): `train_codebooks`, `build_sequence_store`,
 `seminar.pq.adc` (torch ADC), `seminar.pq.faiss_scan` (faiss fast path),
