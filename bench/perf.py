@@ -1,6 +1,6 @@
 """`seminar perf`: perf_analyzer against the `seminar` ensemble, and the gateway beside it.
 
-1. `--input-data` JSON from real requests: one row per candidate,
+1. `--input-data` JSON from real requests, not random tensors: one row per candidate,
    `-b C` rows per request, so perf_analyzer's requests are the users' real candidate sets
    (consecutive rows form one batch). An optional synthetic long user is added, labelled so.
 2. perf_analyzer over gRPC for a concurrency range, natively where glibc >= 2.38, else inside
@@ -189,8 +189,7 @@ def run_perf(cfg: PerfConfig) -> str:
             "--input-data", f"{inside}/input.json",
             "--concurrency-range", cfg.concurrency,
             "--measurement-interval", str(cfg.measurement_ms),
-            # p99 on a small shared machine varies more than perf_analyzer's default 10 %
-            "--stability-percentage", "50",
+            "--stability-percentage", "50",  # p99 on 2 shared cores is noisy (docs/environment.md)
             "--max-trials", "10",
             "-f", f"{inside}/perf.csv",
         ]  # fmt: skip

@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -221,9 +222,27 @@ def _reports_metrics(run_dir: Path | None) -> list[tuple[str, str]]:
     return rows
 
 
-def _quality_report(variant: str) -> list[str]:
+def _benchmark_sizes() -> str | None:
+    """D, H, K of the models reports/quality.md trained (its "model overrides" of the defaults)."""
+    from seminar.model.config import ModelConfig
+
+    try:
+        text = (REPO_ROOT / "reports" / "quality.md").read_text()
+    except OSError:
+        return None
+    found = re.search(r"model overrides: (\{.*?\})\.", text)
+    try:
+        config = dataclasses.replace(ModelConfig(), **json.loads(found.group(1) if found else ""))
+    except (ValueError, TypeError):
+        return None
+    return f"D={config.dim}, H={config.heads}, K={config.top_k}"
+
+
+def _quality_report(variant: str, sizes: str) -> list[str]:
     """This model kind's row of reports/quality.json (`seminar bench quality`), if present:
-    the benchmark of the recipe, over seeds, not of this particular checkpoint."""
+    the benchmark of the recipe, over seeds, not of this particular checkpoint. `sizes` are
+    this version's; the card says whether the benchmark trained the same ones, since the two
+    tables sit side by side (a `--quick` run beside default-configuration figures)."""
     path = REPO_ROOT / "reports" / "quality.json"
     try:
         row = json.loads(path.read_text()).get(variant, {})
@@ -236,9 +255,22 @@ def _quality_report(variant: str) -> list[str]:
     ]
     if not cells:
         return []
+    benchmark = _benchmark_sizes()
+    if benchmark is None:
+        configuration = "at the configuration reports/quality.md states"
+    elif benchmark == sizes:
+        configuration = f"at this version's configuration ({sizes})"
+    else:
+        configuration = (
+            f"at another configuration than this version's: {benchmark}, "
+            f"training settings in reports/quality.md"
+        )
     out = [
         "",
-        f"Benchmark of the `{variant}` recipe (reports/quality.json, mean ± std over seeds):",
+        f"## Benchmark of the `{variant}` recipe",
+        "",
+        f"`seminar bench quality`, {configuration} (reports/quality.json, mean ± std over "
+        "seeds); not a measurement of this version:",
         "",
     ]
     out += ["| metric | mean ± std | n |", "|---|---|---|"]
@@ -248,6 +280,7 @@ def _quality_report(variant: str) -> list[str]:
 
 def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
     dims = inputs.dims
+    sizes = f"D={dims.d}, H={dims.h}, K={dims.k}"
     metrics = _reports_metrics(inputs.run_dir)
     reports = sorted((REPO_ROOT / "reports").glob("*.md"))
     lines = [
@@ -268,7 +301,7 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
         "",
         f"{info.get('data', 'prepared dataset at ' + display_path(inputs.data_dir))}",
         "",
-        "## Metrics",
+        f"## Metrics of this version's run ({sizes}, test split)",
         "",
     ]
     if metrics:
@@ -276,7 +309,7 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
     else:
         lines.append("No metrics.json in the run.")
     kind = getattr(getattr(inputs.model, "config", None), "kind", None)
-    lines += _quality_report(getattr(kind, "value", "seminar"))
+    lines += _quality_report(getattr(kind, "value", "seminar"), sizes)
     if reports:
         lines += ["", "Reports: " + ", ".join(f"`reports/{p.name}`" for p in reports)]
     lines += ["", "## Export parity (PyTorch vs ONNX Runtime, max abs diff)", ""]

@@ -1,9 +1,9 @@
 """Export the query encoder, item encoder and ranking head to ONNX, gated by parity checks.
 
-Each graph takes and gives exactly the per-row tensors of seminar/contract.py with a leading
-dynamic batch dimension (B = candidate rows). The model's own forwards use `(B,)` for the item
-index and the score; the adapters below only add or drop that trailing 1, so a TensorRT plan
-made from the graph matches its config.pbtxt without a `reshape`.
+Each graph takes and gives exactly the per-row tensors declared in seminar/contract.py, with a
+leading dynamic batch dimension (B = candidate rows). The model's own forwards use `(B,)` for the
+item index and the score; the adapters below only add or drop that trailing 1, so a TensorRT
+plan made from the graph matches its config.pbtxt without a `reshape`.
 
 The gate runs inside the build: PyTorch vs ONNX Runtime on real MovieLens inputs and on random
 inputs at several batch sizes (and, for the head, with 1, K-1 and K valid slots per head); any

@@ -35,9 +35,10 @@ class ServingConfig:
     max_batch_size: int = 1024  # candidate rows per batch; = TensorRT profile max
     preferred_batch_sizes: tuple[int, ...] = (128, 256, 512)
     # A request is already a batch (~100 candidate rows) that rarely reaches a preferred size,
-    # so each of the 5 steps waits out the whole delay: 5 x 500 us was 3 ms of a sequential
-    # 10k-event request's 18 ms (reports/serving.md). 100 us still merges requests that
-    # arrive together under load.
+    # so each of the 5 steps waits out the whole delay on every request: at 500 us the five
+    # waits alone are 2.5 ms; at 100 us all queueing measured 1.06 ms of the ensemble's 7.97 ms
+    # mean at 100 events (reports/serving.md). 100 us still merges requests that arrive
+    # together under load.
     max_queue_delay_us: int = 100
     cpu_instances: int = 1  # per model; 2-core CI machines gain nothing from more
     execution_env: str | None = None  # EXECUTION_ENV_PATH for the Python models, if set

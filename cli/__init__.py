@@ -1,7 +1,7 @@
 """`seminar`: one console command, sub-commands in data-flow order.
 
-cli/ is the top of the layout: the library and every stage own their commands in their own
-`cli.py`; this file only mounts them (and cli/demo.py runs them end to end for `make demo`).
+cli/ is the top of the layout: the library and every stage own their commands, each in a cli
+module of its own folder (seminar.data.cli, seminar.training.cli, ...); this file only mounts them (and cli/demo.py runs them end to end for `make demo`).
 Those modules import heavy libraries (torch, tritonclient, grpc) inside the command bodies so
 that `seminar --help` stays instant.
 """

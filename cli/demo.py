@@ -2,7 +2,9 @@
 
 Every step runs the same `seminar` command a user would type, so the demo is also a smoke
 test of the CLI. Steps whose output already exists are reused (delete `data/`, `runs/` and the
-built versions to start from scratch).
+built versions to start from scratch). Its `--quick` runs go to `runs/demo-seminar` and
+`runs/demo-twin`, so that they never pass for the default-configuration `runs/seminar` that
+README's step by step and the benchmarks use.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def main(
     _banner("2. training: SEMINAR (PSU pretraining + fine-tuning) and TWIN, quick configuration")
     metrics: dict[str, dict[str, float]] = {}
     for model in ("seminar", "twin"):
-        run = runs / model
+        run = runs / f"demo-{model}"
         if not (run / "checkpoint.safetensors").exists():
             shutil.rmtree(run, ignore_errors=True)
             _seminar("train", "--data", str(data), "--model", model, "--quick", "--out", str(run))
@@ -82,7 +84,7 @@ def main(
         _seminar(
             "build",
             "--run",
-            str(runs / model),
+            str(runs / f"demo-{model}"),
             "--target",
             "cpu",
             "--repo",

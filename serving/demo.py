@@ -1,6 +1,6 @@
 """Demo: the real tritonserver ranks MovieLens candidates for a few users.
 
-Called by `make demo` (seminar/demo.py) after the repository is built: starts Triton over the
+Called by `make demo` (cli/demo.py) after the repository is built: starts Triton over the
 repository, asks the `seminar` ensemble to score each user's test candidates (the held-out
 positive and its 99 sampled negatives), once as a recommendation request and once with a search
 query, prints the top movies with their scores, and stops the server.

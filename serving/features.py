@@ -77,7 +77,7 @@ class FeatureMapper:
     def from_version_dir(
         cls, version_dir: Path, query_len: int, max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
     ) -> FeatureMapper:
-        """The features model's version folder (file names from seminar.contract)."""
+        """The features model's version folder (file names from seminar/contract.py)."""
         return cls.load(
             version_dir / contract.USER_IDS_FILE,
             version_dir / contract.ITEM_IDS_FILE,

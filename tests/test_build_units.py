@@ -300,13 +300,21 @@ def test_model_card_quotes_the_quality_benchmark_when_present(tmp_path, monkeypa
     from seminar.build import builder
 
     monkeypatch.setattr(builder, "REPO_ROOT", tmp_path)
-    assert builder._quality_report("seminar") == []  # no reports/ yet
+    quick = "D=32, H=4, K=20"
+    assert builder._quality_report("seminar", quick) == []  # no reports/ yet
     (tmp_path / "reports").mkdir()
     quality = {"seminar": {"ndcg@10": {"mean": 0.25, "std": 0.01, "n": 3}}, "din": {}}
     (tmp_path / "reports" / "quality.json").write_text(json.dumps(quality))
-    lines = builder._quality_report("seminar")
+    lines = builder._quality_report("seminar", quick)
     assert "| ndcg@10 | 0.2500 ± 0.0100 | 3 |" in lines
-    assert builder._quality_report("din") == []
+    assert builder._quality_report("din", quick) == []
+    # The card says which configuration the benchmark trained, next to this version's own.
+    assert any("at the configuration reports/quality.md states" in line for line in lines)
+    (tmp_path / "reports" / "quality.md").write_text("Train config: {}; model overrides: {}.\n")
+    assert any("another configuration than this version's: D=64, H=4, K=50" in line
+               for line in builder._quality_report("seminar", quick))  # fmt: skip
+    assert any("at this version's configuration (D=64, H=4, K=50)" in line
+               for line in builder._quality_report("seminar", "D=64, H=4, K=50"))  # fmt: skip
 
 
 def test_config_difference_names_the_first_differing_field_of_any_kind():

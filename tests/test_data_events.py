@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +81,34 @@ def test_tiny_logs_prepare_and_load(tmp_path: Path) -> None:
     assert ds.user_ids.tolist() == [7, 8, 9]
     assert (ds.test_pos >= 0).all()
     assert ds.meta["positive_rule"].startswith("label == 1")
+
+
+def test_json_keeps_stdout_for_the_statistics_and_tells_progress_on_stderr(
+    tmp_path: Path,
+) -> None:
+    """The real console script with an empty MiniLM cache (a first run on a machine): stdout is
+    the JSON alone; stderr names each long step before it starts, in plain lines (stderr is not
+    a terminal here, so no bars), and transformers' "Loading weights" bar stays out of it."""
+    events = _write(tmp_path / "events.parquet", _events())
+    items = _write(tmp_path / "items.parquet", _items())
+    done = subprocess.run(
+        [
+            *(Path(sys.executable).parent / "seminar", "data", "prepare", "events"),
+            *("--events", str(events), "--items", str(items), "--out", str(tmp_path / "out")),
+            "--json",
+        ],
+        env={**os.environ, features.CACHE_ENV: str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["events"] == N_USERS * PER_USER
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith(f"events: {N_USERS * PER_USER} events of {N_USERS} users")
+    assert any(line.startswith(f"item text: embedding {N_ITEMS} texts") for line in lines)
+    assert any(line.startswith("queries: embedding 2 texts") for line in lines)
+    assert "Loading weights" not in done.stderr and "\r" not in done.stderr
 
 
 @pytest.mark.slow

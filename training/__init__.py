@@ -2,5 +2,5 @@
 
 config (TrainConfig, presets) -> batches (PreparedDataset -> tensors) -> trainer (train_run,
 DDP) -> checkpoint (run directories) -> evaluate / metrics -> scoring (score_request); cli
-mounts the commands. `seminar bench quality` lives in bench/quality.py.
+holds the commands. `seminar bench quality` lives with the other benchmarks (bench/quality.py).
 """

@@ -1,7 +1,7 @@
 """PSU pretraining, then fine-tuning with early stopping; single process or DDP via torchrun.
 
-    seminar train --data DATA --model seminar --out RUN            # 1 process
-    torchrun --nproc-per-node 2 -m seminar.training.ddp --data DATA --out RUN ...  # gloo on CPU
+    seminar train --data DATA --model seminar --out RUN                            # 1 process
+    torchrun --nproc-per-node 2 -m seminar.cli train --data DATA --out RUN ...  # gloo on CPU
 
 Every rank replays the same seeded global batch and trains on its contiguous share, so DDP's
 gradient average equals the single-process gradient (seminar.training.batches.epoch_batches).

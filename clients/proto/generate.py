@@ -3,7 +3,7 @@
 The generated modules are committed, so a fresh clone imports them without a build step.
 Run `python -m seminar.clients.proto.generate` after editing the .proto (use the venv's
 grpcio-tools 1.81: its output needs protobuf < 7, like tritonclient).
-tests/test_clients_proto.py fails when the committed files are stale.
+tests/test_clients_config.py fails when the committed files are stale.
 """
 
 import shutil

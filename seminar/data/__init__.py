@@ -9,6 +9,7 @@
     tokenizer.py  word-level query tokenizer (standard library only: Triton imports it)
     features.py   frozen MiniLM text embeddings with an on-disk content cache
     dataset.py    PreparedDataset.load: memory-mapped access for training, PQ and build
+    cli.py        `seminar data ...` (`seminar bench synthetic` is bench/synthetic.py)
 
 Nothing is imported here, so `seminar.data.tokenizer` stays free of numpy and torch.
 """

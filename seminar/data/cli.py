@@ -62,11 +62,12 @@ def _print_stats(stats: dict[str, Any], as_json: bool, title: str) -> None:
     Console().print(table)
 
 
-def _config(seed: int, negatives: int, progress: bool) -> Any:
+def _config(seed: int, negatives: int) -> Any:
+    """Progress always goes to stderr: `--json` changes only what stdout prints."""
     from seminar.data.prepare import PrepareConfig
 
     with reading_options():
-        return PrepareConfig(seed=seed, negatives=negatives, progress=progress)
+        return PrepareConfig(seed=seed, negatives=negatives)
 
 
 @prepare_app.command("movielens")
@@ -87,7 +88,7 @@ def prepare_movielens(
     """
     from seminar.data.movielens import prepare_movielens as run
 
-    _run(lambda: run(source, out, _config(seed, negatives, not as_json)), as_json, "MovieLens")
+    _run(lambda: run(source, out, _config(seed, negatives)), as_json, "MovieLens")
 
 
 @prepare_app.command("events")
@@ -113,7 +114,7 @@ def prepare_events(
     from seminar.data.events import prepare_events as run
 
     _run(
-        lambda: run(events, items, out, name, _config(seed, negatives, not as_json)),
+        lambda: run(events, items, out, name, _config(seed, negatives)),
         as_json,
         name,
     )
@@ -157,7 +158,7 @@ def prepare_synthetic(
             length_spread=length_spread,
             image_dim=image_dim,
         )
-    prepare = _config(seed, 99, not as_json)
+    prepare = _config(seed, 99)
     _run(lambda: run(config, out, prepare), as_json, "SYNTHETIC")
 
 

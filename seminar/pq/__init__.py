@@ -1,11 +1,12 @@
-"""Multi-modal product quantization for the GSU (spec: "Approximate retrieval").
+"""Multi-modal product quantization for the GSU (docs/model.md, "Approximate retrieval").
 
 Core (plain arrays and tensors, no model needed): `train_codebooks`, `build_sequence_store`,
 `seminar.pq.adc` (torch ADC), `seminar.pq.faiss_scan` (faiss fast path),
 `seminar.pq.triton_kernel` (fused GPU kernel), `PQRetriever`.
 Adapters to a trained model: `build_pq_retriever`, `save_pq_artifacts`, `load_pq_retriever`.
 
-Names resolve lazily so that mounting `seminar.pq.cli` keeps `seminar --help` free of torch.
+Names resolve lazily so that a command importing only `seminar.pq.config` or `seminar.pq.errors`
+keeps `seminar --help` free of torch.
 """
 
 from seminar.lazy import lazy_attributes
