@@ -169,7 +169,8 @@ def bench_serving(
     ),
     out: Path = typer.Option(
         SCRATCH / "serving",
-        help="Report path without suffix: writes OUT.md and OUT.json (reports/serving publishes).",
+        help="Report path without suffix: writes OUT.md and OUT.json (the published report is "
+        "reports/serving.md).",
     ),
     candidates: int = typer.Option(100, help="Candidates per request (rows of the batch)."),
     requests: int = typer.Option(200, help="Timed requests per cell."),
@@ -229,8 +230,8 @@ def bench_soak(
     seed: int = typer.Option(0, help="Seed of the traffic mix and of the stall victims."),
     out: Path = typer.Option(
         SCRATCH / "soak",
-        help="Report path without suffix: writes OUT.md, OUT.json, OUT.png (reports/soak "
-        "publishes).",
+        help="Report path without suffix: writes OUT.md, OUT.json, OUT.png (the published report "
+        "is reports/soak.md).",
     ),
 ) -> None:
     """Hostile traffic through the gateway while model processes freeze; exit 1 unless it held.

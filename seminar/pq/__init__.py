@@ -5,8 +5,8 @@ Core (plain arrays and tensors, no model needed): `train_codebooks`, `build_sequ
 `seminar.pq.triton_kernel` (fused GPU kernel), `PQRetriever`.
 Adapters to a trained model: `build_pq_retriever`, `save_pq_artifacts`, `load_pq_retriever`.
 
-Names resolve lazily so that a command importing only `seminar.pq.config` or `seminar.pq.errors`
-keeps `seminar --help` free of torch.
+Names resolve lazily so that a command importing only `seminar.pq.config` keeps `seminar --help`
+free of torch.
 """
 
 from seminar.lazy import lazy_attributes
