@@ -255,6 +255,9 @@ def require_index_range(name: str, array, low: int, high: int) -> None:
 # requests ("not healthy") until the model is reloaded.
 STALL_LIMIT_S = 0.6  # 0.1 s below the 0.7 s that can matter: margin for timer slack
 STALL_TICK_S = 0.05  # how often the ticker looks; a stall is measured to within a tick
+# An execute starting this soon after an idle stall over the limit may be serving a request
+# that arrived during it (the stub's C++ loop starts it right after waking).
+STALL_RECENT_S = 0.25
 # The stub's exit status when it gives up (EX_TEMPFAIL: a restart of the model fixes it).
 STALL_EXIT_CODE = 75
 # A stub that dies while one of its threads holds a mutex it shares with tritonserver makes
@@ -303,13 +306,16 @@ class StallGuard:
     to stderr and exits the process with STALL_EXIT_CODE, from whichever thread saw it first,
     holding the GIL throughout.
 
-    The ticker also exits between requests: a request tritonserver gave up while the stub was
-    idle is already in the stub's queue, and the stub's C++ loop reads it as soon as it wakes,
-    before any Python runs; the ticker, waking at the same moment, takes the GIL first and
-    keeps the loop from acting on it. The cost: a long freeze of an idle stub restarts the
-    model even when no request came meanwhile, which the stub cannot see. What no guard in
-    the model can catch is a freeze while the stub's C++ copies the responses out after
-    `execute` returned (it holds the GIL then; microseconds to a millisecond per batch).
+    Between requests the ticker only remembers a stall: an idle stub that did not run for a
+    while harmed nobody unless a request arrived meanwhile, and exiting there turned CPU
+    starvation on an overloaded machine (stubs of other models loading, test runs) into dead
+    models and reload storms. A request that arrived during the stall is what `execute` meets
+    right after the stub wakes, so an execute that starts within `recent_s` of the end of a
+    stall over the limit exits instead of answering (and its entry observation catches the
+    stall itself when the ticker has not looked yet). What no guard in the model can catch is
+    a freeze while the stub's C++ copies the responses out after `execute` returned (it holds
+    the GIL then; microseconds to a millisecond per batch), or the C++ loop acting on a freed
+    request before any Python runs.
     """
 
     def __init__(
@@ -319,13 +325,17 @@ class StallGuard:
         *,
         limit_s: float = STALL_LIMIT_S,
         tick_s: float = STALL_TICK_S,
+        recent_s: float = STALL_RECENT_S,
         exit_process: Callable[[int], Any] = os._exit,
         report: Callable[[str], Any] | None = None,
     ) -> None:
         if not 0 < tick_s < limit_s:
             raise ValueError(f"StallGuard: need 0 < tick_s < limit_s, got {tick_s}, {limit_s}")
         self.model, self.version = model, version
-        self.limit_s, self.tick_s = limit_s, tick_s
+        self.limit_s, self.tick_s, self.recent_s = limit_s, tick_s, recent_s
+        # The last stall over the limit seen between requests: (when it ended, its length).
+        self._idle_stall: tuple[float, float] | None = None
+        self._executing = False
         self._libc = _GilHoldingLibc()
         self._exit_process = exit_process
         self._report = report or self._libc.write_stderr
@@ -363,18 +373,36 @@ class StallGuard:
 
     def _tick(self) -> None:
         while not self._stopped.wait(self.tick_s):
-            self.observe("between requests")
+            if self._executing:
+                self.observe("while executing")
+            else:
+                self.observe("between requests", fatal=False)
 
-    def observe(self, when: str) -> float:
+    def observe(self, when: str, fatal: bool = True) -> float:
         """Close the interval since the previous observation and return its stall in
-        seconds; one over `limit_s` exits the process (`when` goes into the log line)."""
+        seconds; one over `limit_s` exits the process (`when` goes into the log line), or,
+        when not `fatal` (between requests), is remembered for the next execute."""
         with self._lock:
             wall, cpu = _wall_clock(), self._watched_cpu()
             stall = max(0.0, (wall - self._last_wall) - (cpu - self._last_cpu))
             self._last_wall, self._last_cpu = wall, cpu
             if stall > self.limit_s:
-                self._give_up(stall, when)
+                if not fatal:
+                    self._idle_stall = (wall, stall)
+                else:
+                    self._give_up(stall, when)
             return stall
+
+    def _check_recent_idle_stall(self) -> None:
+        """Exit when this execute follows a stall over the limit too closely: its request
+        may have arrived, and been given up by tritonserver, while the stub did not run."""
+        with self._lock:
+            if self._idle_stall is None:
+                return
+            ended, stall = self._idle_stall
+            self._idle_stall = None
+            if _wall_clock() - ended <= self.recent_s:
+                self._give_up(stall, "between requests, just before this one")
 
     def _watch_current_thread(self) -> None:
         ident = threading.get_ident()
@@ -390,10 +418,13 @@ class StallGuard:
         """Wrap one `execute`: observes at entry and before its responses (or error) go back."""
         self._watch_current_thread()
         self.observe("before executing")
+        self._check_recent_idle_stall()
+        self._executing = True
         try:
             yield
         finally:
             self.observe("while executing")
+            self._executing = False
 
     def _give_up(self, stall: float, when: str) -> None:
         self._report(

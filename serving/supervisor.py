@@ -48,7 +48,7 @@ from seminar.contract import (
 )
 from seminar.errors import ServiceError, UsageError
 from seminar.processes import LOOPBACK, free_port
-from seminar.serving.process_group import StubWatch
+from seminar.serving.process_group import Stub, StubWatch
 from seminar.serving.shield import InferenceShield, ShieldConfig
 from seminar.serving.triton import (
     ADMIN_KEY_RE,
@@ -588,8 +588,14 @@ class Supervisor:
         self._set_state(ServeState.LOADING)
         loader = RepositoryLoader(self.server, cfg.repo)
         loading = asyncio.ensure_future(asyncio.to_thread(loader.load))
+        # Stubs started while loading are as fragile as later ones: a stub stopped here would
+        # corrupt the shared memory of the requests that follow.
+        watch = StubWatch(self.server.pid or 0, rescan_every=1)
         while not loading.done():
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(self.config.monitor_interval_s)
+            for stub in watch.stubs():
+                if stub.stopped:
+                    self._resume(stub)
             if self.server.reap() is not None:
                 raise ServiceError(
                     f"tritonserver died while loading the repository; log {self.server.log_path}:\n"
@@ -652,13 +658,8 @@ class Supervisor:
                 if code is not None:
                     return code
                 for stub in watch.stubs():
-                    if stub.stopped and self.config.resume_stopped:
-                        os.kill(stub.pid, signal.SIGCONT)
-                        self.metrics.resumed.labels(stub.model).inc()
-                        log.warning(
-                            "resumed stopped model process %d (%s version %s)",
-                            stub.pid, stub.model, stub.version,
-                        )  # fmt: skip
+                    if stub.stopped:
+                        self._resume(stub)
                     elif stub.dead and stub.pid not in handled_dead:
                         handled_dead.add(stub.pid)
                         self.metrics.died.labels(stub.model).inc()
@@ -678,6 +679,15 @@ class Supervisor:
             return None
         finally:
             reloader.cancel()
+
+    def _resume(self, stub: Stub) -> None:
+        if not self.config.resume_stopped:
+            return
+        os.kill(stub.pid, signal.SIGCONT)
+        self.metrics.resumed.labels(stub.model).inc()
+        log.warning(
+            "resumed stopped model process %d (%s version %s)", stub.pid, stub.model, stub.version
+        )
 
     async def _reload_worker(self, queue: asyncio.Queue[str]) -> None:
         while True:

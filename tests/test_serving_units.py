@@ -479,12 +479,38 @@ def test_stall_guard_exits_when_the_process_is_stopped_during_an_execute(guarded
     assert guarded_child.stdout.read() == ""  # the execute never answered
 
 
-def test_stall_guard_exits_when_the_process_is_stopped_between_requests(guarded_child) -> None:
+def test_stall_guard_exits_when_a_request_arrives_during_an_idle_stop(guarded_child) -> None:
+    """A request queued while the stub was stopped starts as soon as it wakes: it may be one
+    tritonserver gave up, so the stub must not answer it."""
+    import os
+    import signal
+    import time
+
     from seminar.serving.backend import STALL_EXIT_CODE
 
-    _stop_for(guarded_child, 1.0)
+    os.kill(guarded_child.pid, signal.SIGSTOP)
+    guarded_child.stdin.write("sleep 0.0\n")
+    guarded_child.stdin.flush()
+    time.sleep(1.0)
+    os.kill(guarded_child.pid, signal.SIGCONT)
     assert guarded_child.wait(timeout=10) == STALL_EXIT_CODE
-    assert "between requests" in guarded_child.stderr.read()
+    # The execute's entry observation or the ticker, whichever looked first, saw the stop.
+    err = guarded_child.stderr.read()
+    assert re.search(r"did not run for \d\.\d\d s (before executing|between requests)", err), err
+    assert guarded_child.stdout.read() == ""  # the request was never answered
+
+
+def test_stall_guard_keeps_an_idle_stub_that_was_starved_with_no_request(guarded_child) -> None:
+    """Overload can starve an idle stub for longer than the limit (seen while other models
+    loaded): nothing was given up, so it must stay alive and serve the next request."""
+    import time
+
+    _stop_for(guarded_child, 1.0)
+    time.sleep(0.5)  # well after the stall: a request that did not wait through it
+    guarded_child.stdin.write("sleep 0.0\n")
+    guarded_child.stdin.flush()
+    assert guarded_child.stdout.readline() == "done\n"
+    assert guarded_child.poll() is None, guarded_child.stderr.read()
 
 
 def test_stall_guard_ignores_short_stops_and_a_busy_gil(guarded_child) -> None:
