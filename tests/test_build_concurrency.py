@@ -10,6 +10,7 @@ import pytest
 
 from seminar import contract, manifest
 from seminar.build import builder, repository
+from seminar.errors import ConflictError
 from tests.support.build import BuiltRepo, copy_repo, start_build_process, start_gated_build
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def test_two_builds_of_one_version_at_once_one_lands_the_other_is_refused(
     ]
     results = _finish(processes)
     codes = [code for code, _, _ in results]
-    assert sorted(codes) == [0, 1], results
+    assert sorted(codes) == [0, ConflictError.exit_code], results
     winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
     refusal = results[loser][2]
     # The loser waited for the winner (and said for whom), then ran its own preflight.
