@@ -168,9 +168,7 @@ def bench_serving(
         "reused when its inputs are unchanged.",
     ),
     out: Path = typer.Option(
-        SCRATCH / "serving",
-        help="Report path without suffix: writes OUT.md and OUT.json (the published report is "
-        "reports/serving.md).",
+        SCRATCH, help="Folder for serving.md and serving.json (reports/ publishes)."
     ),
     candidates: int = typer.Option(100, help="Candidates per request (rows of the batch)."),
     requests: int = typer.Option(200, help="Timed requests per cell."),
@@ -178,7 +176,7 @@ def bench_serving(
     concurrency: int = typer.Option(4, help="Client threads for the concurrent cells."),
     seed: int = typer.Option(0, help="Seed of the candidates and the SYNTHETIC users."),
 ) -> None:
-    """Ensemble latency vs in-process vs a trivial model; writes OUT.md and OUT.json.
+    """Ensemble latency vs in-process vs a trivial model; writes OUT/serving.md and .json.
 
     Builds a repository from RUN over DATA plus SYNTHETIC users with 1k and 10k events, starts the real tritonserver with it and a trivial Python-backend model (the floor), and measures p50/p90/p99 per history length, sequentially and at concurrency 4, next to the same computation in-process. Triton's per-model statistics show where the time goes.
     """
@@ -208,7 +206,7 @@ def bench_serving(
         record = run_bench(run, data, work, cfg, progress)
     except RuntimeError as err:  # bench/serving.py's own failures (a busy --work, a failed build)
         raise CheckFailed(f"bench serving failed: {err}") from None
-    paths = write_record(record, out)
+    paths = write_record(record, out / "serving")
     typer.echo(record.markdown())
     typer.echo("wrote " + " and ".join(str(path) for path in paths), err=True)
 
@@ -229,9 +227,7 @@ def bench_soak(
     kill: bool = typer.Option(True, help="End with kill -9 of tritonserver under load."),
     seed: int = typer.Option(0, help="Seed of the traffic mix and of the stall victims."),
     out: Path = typer.Option(
-        SCRATCH / "soak",
-        help="Report path without suffix: writes OUT.md, OUT.json, OUT.png (the published report "
-        "is reports/soak.md).",
+        SCRATCH, help="Folder for soak.md, soak.json and soak.png (reports/ publishes)."
     ),
 ) -> None:
     """Hostile traffic through the gateway while model processes freeze; exit 1 unless it held.
@@ -253,7 +249,7 @@ def bench_soak(
         record = run_soak(repo, data, config, lambda m: typer.echo(m, err=True))
     except OSError as err:
         raise ServiceError(f"bench soak could not run: {err}") from None
-    paths = write_reports(record, out)
+    paths = write_reports(record, out / "soak")
     typer.echo(record.markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
     if not record.data["passed"]:

@@ -235,7 +235,7 @@ def _kill_phase(serve: ServeProcess, traffic: _Traffic, started: float) -> KillP
     os.kill(old_pid, signal.SIGKILL)
     deadline = killed_at + RECOVERY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if traffic.last_ok > killed_at + 0.5 and serve.ready():
+        if traffic.last_ok > killed_at + 0.5 and serve.is_ready():
             phase.recovered_s = round(traffic.last_ok - killed_at, 1)
             break
         time.sleep(0.1)

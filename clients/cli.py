@@ -172,7 +172,10 @@ def load(
     ] = 100,
     timeout: Annotated[float, typer.Option(help="Per-request deadline in seconds.")] = 2.0,
     seed: Annotated[int, typer.Option(help="Seed of the request order.")] = 0,
-    out: Annotated[Path, typer.Option(help="JSON report file.")] = Path("reports/load.json"),
+    out: Annotated[
+        Path,
+        typer.Option(help="JSON report file (runs/, ignored by git: the published reports/ stay)."),
+    ] = Path("runs/load.json"),
 ) -> None:
     """Drive load through the gateway; print throughput, errors by code, p50/p90/p99/max.
 

@@ -284,7 +284,7 @@ def test_a_dead_model_process_is_reloaded_and_readiness_says_so_meanwhile(
     os.kill(stubs[0].pid, signal.SIGKILL)
     watcher.join()
     assert seen_unready.is_set(), "readiness never reported the dead model process"
-    recovery = wait_for(serve.ready, 60, "the model to be reloaded")
+    recovery = wait_for(serve.is_ready, 60, "the model to be reloaded")
     assert model_ready(serve.grpc_url, ENSEMBLE_MODEL)
     status = serve.status()
     assert status["restarts"] == 0 and status["tritonserver_pid"] == pid, status
@@ -313,7 +313,7 @@ def test_killed_tritonserver_is_restarted_and_leaves_nothing_behind(
         killed_at = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
         wait_for(lambda: not serve.is_ready(), 10, "readiness to drop")
-        wait_for(serve.ready, 180, "tritonserver to be restarted")
+        wait_for(serve.is_ready, 180, "tritonserver to be restarted")
         recovery = time.monotonic() - killed_at
     status = serve.status()
     assert status["restarts"] == 1 and status["tritonserver_pid"] != old_pid, status

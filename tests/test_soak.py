@@ -25,14 +25,14 @@ def test_soak_60_seconds_tritonserver_never_dies(
     model_repo_two_versions: Path, model_repo: BuiltRepo, tmp_path: Path
 ) -> None:
     require_tritonserver()
-    out = tmp_path / "soak"
+    out = tmp_path
     command = [
         sys.executable, "-m", "seminar.cli", "bench", "soak",
         "--repo", str(model_repo_two_versions), "--data", str(model_repo.data),
         "--duration", "60", "--stall-every", "20", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads((out / "soak.json").read_text())
     assert report["tritonserver_survived"], proc.stdout + proc.stderr[-3000:]
     assert report["improper_codes"] == {}, report["examples"]
     assert len(report["stalls"]) == 2, report["stalls"]
@@ -42,4 +42,4 @@ def test_soak_60_seconds_tritonserver_never_dies(
     assert kill["recovered_s"] is not None, kill
     assert kill["leftover_processes"] == [] and kill["leftover_shm"] == [], kill
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert out.with_suffix(".png").stat().st_size > 0
+    assert (out / "soak.png").stat().st_size > 0
