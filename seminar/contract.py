@@ -41,6 +41,7 @@ INPUT_ITEM_ID: Final = "item_id"  # INT64 [1] per row
 OUTPUT_SCORE: Final = "score"  # FP32 [1] per row
 
 # Composing models of the ensemble.
+QUERY_TEXT_MODEL: Final = "query_text"  # the query's frozen MiniLM embedding
 QUERY_ENCODER_MODEL: Final = "query_encoder"
 ITEM_ENCODER_MODEL: Final = "item_encoder"
 PQ_RETRIEVAL_MODEL: Final = "pq_retrieval"
@@ -81,6 +82,9 @@ def backend_source_path(source: str) -> Path:
 USER_INDEX = "user_index"  # INT64 [1]: dense user index of the sequence store, -1 = cold start
 QUERY_TOKENS = "query_tokens"  # INT64 [T]: token ids, right-padded with 0 (<pad>), 1 = <unk>
 ITEM_INDEX = "item_index"  # INT64 [1]: dense item index, 1 = OOV (unknown item id)
+# FP32 [F]: the query's frozen MiniLM embedding (seminar.data.features.embed_texts); an empty
+# query (a recommendation request) is the all-zero row.
+QUERY_TEXT_EMB = "query_text_emb"
 QUERY_EMB = "query_emb"  # FP32 [D]
 ITEM_EMB = "item_emb"  # FP32 [D]
 TOPK_EMB = "topk_emb"  # FP32 [H, K, D]: exact pair embeddings of each head's top-K events
