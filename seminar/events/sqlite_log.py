@@ -1,0 +1,209 @@
+"""`SqliteEventLog`: the embedded event log, one SQLite file (contract: seminar.events).
+
+Durability: WAL journal with synchronous FULL, so a commit returns after the WAL is fsynced; a
+kill -9 of the process (or a power cut) after `append` returned loses nothing, and an
+interrupted transaction is rolled back whole when the file is next opened.
+
+Sequence numbers are the table's INTEGER PRIMARY KEY AUTOINCREMENT: assigned inside the write
+transaction, and SQLite admits one writer at a time, so they are in commit order and never
+reused (rule 3 of the contract). Writers in other processes are serialized by SQLite's lock;
+one that waits longer than `busy_timeout_s` gets a ConflictError naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from seminar.errors import ConflictError, DataError
+from seminar.events.event import Event, EventLimits, EventType, StoredEvent
+from seminar.events.log import AppendResult, EventLog, conflicting_event
+
+SCHEMA_VERSION = 1  # PRAGMA user_version of a file this code wrote
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     TEXT    NOT NULL UNIQUE,
+    fingerprint  TEXT    NOT NULL,
+    user_id      INTEGER NOT NULL,
+    item_id      INTEGER NOT NULL,
+    query        TEXT    NOT NULL,
+    type         TEXT    NOT NULL,
+    clicked      INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    request_id   TEXT    NOT NULL,
+    recorded_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
+"""
+COLUMNS = (
+    "seq, recorded_ms, event_id, user_id, item_id, query, type, clicked, timestamp_ms, request_id"
+)
+# SQLite's default limit on host parameters in one statement is 32766; lookups stay well below.
+LOOKUP_CHUNK = 500
+
+
+def _stored(row: tuple) -> StoredEvent:
+    seq, recorded_ms, event_id, user_id, item_id, query, kind, clicked, timestamp_ms, request = row
+    event = Event(
+        event_id, user_id, item_id, query, EventType(kind), bool(clicked), timestamp_ms, request
+    )
+    return StoredEvent(seq, recorded_ms, event)
+
+
+class SqliteEventLog(EventLog):
+    """The event log in one SQLite file; one connection per thread."""
+
+    def __init__(
+        self, path: str | Path, limits: EventLimits | None = None, busy_timeout_s: float = 5.0
+    ) -> None:
+        super().__init__(limits)
+        self.path = Path(path)
+        self.url = f"sqlite://{self.path}"
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        if not self.path.parent.is_dir():
+            raise DataError(f"event log {self.path}: folder {self.path.parent} does not exist")
+        with self._errors("open"):
+            connection = self._connection()
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")} - {
+                "sqlite_sequence",
+                "events_by_user",
+            }
+            if version not in (0, SCHEMA_VERSION) or tables - {"events"}:
+                raise DataError(
+                    f"event log {self.path} is a SQLite file but not an event log of schema "
+                    f"{SCHEMA_VERSION} (user_version {version}, tables {sorted(tables)})"
+                )
+            if version == 0:
+                connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = "
+                                         f"{SCHEMA_VERSION}; COMMIT;")  # fmt: skip
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            # isolation_level=None: transactions are the explicit BEGIN IMMEDIATE below.
+            connection = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise DataError(f"event log {self.path}: cannot use WAL (journal_mode {mode})")
+            connection.execute("PRAGMA synchronous = FULL")
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """sqlite3's errors as seminar.errors kinds, each naming the file."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):
+                raise ConflictError(
+                    f"event log {self.path} is locked: another writer held it for over "
+                    f"{self.busy_timeout_s:g} s ({action}: {err})"
+                ) from None
+            raise DataError(f"event log {self.path}: cannot {action}: {err}") from None
+        except sqlite3.DatabaseError as err:  # "file is not a database", "malformed"
+            raise DataError(
+                f"event log {self.path} is corrupt or not a SQLite database ({action}: {err})"
+            ) from None
+
+    def _append(self, events: list[Event], recorded_ms: int) -> AppendResult:
+        with self._errors("append"):
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._append_in_transaction(connection, events, recorded_ms)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        return result
+
+    def _append_in_transaction(
+        self, connection: sqlite3.Connection, events: list[Event], recorded_ms: int
+    ) -> AppendResult:
+        known: dict[str, tuple[int, str]] = {}
+        ids = [event.event_id for event in events]
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for event_id, seq, fingerprint in connection.execute(
+                f"SELECT event_id, seq, fingerprint FROM events WHERE event_id IN ({marks})", chunk
+            ):
+                known[event_id] = (seq, fingerprint)
+        seqs: list[int] = []
+        duplicates: list[bool] = []
+        for index, event in enumerate(events):
+            if event.event_id in known:
+                seq, fingerprint = known[event.event_id]
+                if fingerprint != event.fingerprint():
+                    raise conflicting_event(index, event, seq)
+                seqs.append(seq)
+                duplicates.append(True)
+                continue
+            stamped = event.stamped(recorded_ms)
+            cursor = connection.execute(
+                "INSERT INTO events (event_id, fingerprint, user_id, item_id, query, type, "
+                "clicked, timestamp_ms, request_id, recorded_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    event.event_id, event.fingerprint(), event.user_id, event.item_id,
+                    event.query, str(event.type), int(event.clicked), stamped.timestamp_ms,
+                    event.request_id, recorded_ms,
+                ),
+            )  # fmt: skip
+            seqs.append(int(cursor.lastrowid or 0))
+            duplicates.append(False)
+        return AppendResult(tuple(seqs), tuple(duplicates))
+
+    def _select(
+        self, where: str, parameters: Sequence[object], limit: int | None
+    ) -> list[StoredEvent]:
+        sql = f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._errors("read"):
+            return [_stored(row) for row in self._connection().execute(sql, parameters)]
+
+    def read_user(
+        self, user_id: int, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        return self._select("user_id = ? AND seq > ?", (user_id, after_seq), limit)
+
+    def read_range(
+        self, after_seq: int, up_to_seq: int, limit: int | None = None
+    ) -> list[StoredEvent]:
+        return self._select("seq > ? AND seq <= ?", (after_seq, up_to_seq), limit)
+
+    def high_watermark(self) -> int:
+        with self._errors("read"):
+            row = self._connection().execute("SELECT MAX(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def find(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        found: dict[str, StoredEvent] = {}
+        ids = list(event_ids)
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for stored in self._select(f"event_id IN ({marks})", chunk, None):
+                found[stored.event.event_id] = stored
+        return found
+
+    def close(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()
