@@ -55,6 +55,14 @@ def gateway(
         str, typer.Option(help="Address to bind (0.0.0.0 inside a container).")
     ] = "127.0.0.1",
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
+    event_log: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve seminar.v1.Events (Record) over this online event log: sqlite://PATH "
+            "(one file, created when missing) or redis://HOST:PORT (appendonly yes, appendfsync "
+            "always). Without it Record is not served."
+        ),
+    ] = None,
 ) -> None:
     """Run the seminar.v1.Ranker gRPC gateway in front of Triton.
 
@@ -65,15 +73,22 @@ def gateway(
 
     from seminar.clients.catalog import Catalog
     from seminar.clients.gateway import serve
+    from seminar.events import open_event_log
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     items = Catalog.load(catalog) if catalog is not None else None
+    log = open_event_log(event_log) if event_log is not None else None
     try:
-        asyncio.run(serve(config, triton, port, metrics_port or None, items, host=host))
+        asyncio.run(
+            serve(config, triton, port, metrics_port or None, items, host=host, event_log=log)
+        )
     except OSError as err:  # a port taken or not allowed
         raise ServiceError(f"cannot start the gateway: {err}") from None
+    finally:
+        if log is not None:
+            log.close()
 
 
 @client_app.command("rank")

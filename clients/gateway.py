@@ -56,11 +56,13 @@ from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.readiness import NOT_CHECKED, ModelKey, Readiness, ReadinessProbe
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS, CallFailed, rank, score_async, spearman
 from seminar.clients.triton_calls import Overloaded, TritonCalls
-from seminar.contract import AB_BUCKETS, GATEWAY_SERVICE
+from seminar.contract import AB_BUCKETS, EVENTS_SERVICE, GATEWAY_SERVICE
 from seminar.errors import UsageError
 
 if TYPE_CHECKING:
     from grpc_health.v1.health import aio as health_aio
+
+    from seminar.events import EventLog
 
 log = logging.getLogger("seminar.gateway")
 
@@ -582,8 +584,10 @@ async def serve(
     catalog: Catalog | None,
     host: str = "127.0.0.1",
     ready: asyncio.Event | None = None,
+    event_log: EventLog | None = None,
 ) -> None:
-    """Run the gateway until SIGINT/SIGTERM; SIGHUP reloads the config.
+    """Run the gateway until SIGINT/SIGTERM; SIGHUP reloads the config. With `event_log`, it
+    also serves seminar.v1.Events (Record) over that log (seminar.clients.events).
 
     Raises UsageError for an invalid initial config and OSError when a port is taken. Triton
     need not be up: the gateway reports NOT_SERVING until every weighted arm is READY.
@@ -598,10 +602,16 @@ async def serve(
     # No SO_REUSEPORT: a second gateway on a taken port must fail, not silently share it.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((rank_rpc_handler(service),))
+    services = [GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if event_log is not None:
+        from seminar.clients.events import EventsService, record_rpc_handler
+
+        server.add_generic_rpc_handlers((record_rpc_handler(EventsService(event_log)),))
+        services.append(EVENTS_SERVICE)
+        # Record needs only the log, not Triton: it is SERVING whatever the arms' state.
+        await health_servicer.set(EVENTS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection(tuple(services), server)
     address = f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -640,7 +650,7 @@ async def serve(
         log.info("gateway stopping: draining in-flight requests")
         config_watcher.cancel()
         triton_watcher.cancel()  # the probes it waits on are tasks of their own and finish
-        for name in ("", GATEWAY_SERVICE, LIVENESS_SERVICE):
+        for name in ("", GATEWAY_SERVICE, LIVENESS_SERVICE, EVENTS_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.stop(grace=5)
         await service.close()

@@ -34,6 +34,7 @@ class GatewayProcess(ChildProcess):
         log_path: Path | None = None,
         startup_timeout_s: float = 30.0,
         wait_serving: bool = True,
+        event_log: str | None = None,
     ) -> None:
         super().__init__(log_path, startup_timeout_s=startup_timeout_s, stop_timeout_s=10.0)
         self.config_path = Path(config_path)
@@ -42,6 +43,7 @@ class GatewayProcess(ChildProcess):
         self.port = port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.wait_serving = wait_serving
+        self.event_log = event_log  # a seminar.events URL: the gateway serves Record over it
 
     @property
     def address(self) -> str:
@@ -61,6 +63,8 @@ class GatewayProcess(ChildProcess):
         ]  # fmt: skip
         if self.catalog is not None:
             cmd += ["--catalog", str(self.catalog)]
+        if self.event_log is not None:
+            cmd += ["--event-log", self.event_log]
         return cmd
 
     def awaited(self) -> str:

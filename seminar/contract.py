@@ -51,6 +51,9 @@ RANKING_HEAD_MODEL: Final = "ranking_head"
 GATEWAY_SERVICE: Final = "seminar.v1.Ranker"
 GATEWAY_METHOD: Final = "Rank"
 AB_BUCKETS: Final = 10_000
+# The online event log's API, served by the gateway process (docs/design.md section 13).
+EVENTS_SERVICE: Final = "seminar.v1.Events"
+EVENTS_METHOD: Final = "Record"
 
 # Default loopback ports for local runs (tests pick free ports instead).
 DEFAULT_GRPC_PORT: Final = 8001

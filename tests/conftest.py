@@ -11,5 +11,6 @@ pytest_plugins = [
     "tests.support.build",
     "tests.support.serving",
     "tests.support.clients",
+    "tests.support.events",
     "tests.support.docker",
 ]

@@ -96,3 +96,77 @@ class Ranker:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EventsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Record = channel.unary_unary(
+                '/seminar.v1.Events/Record',
+                request_serializer=seminar_dot_clients_dot_proto_dot_ranker__pb2.RecordRequest.SerializeToString,
+                response_deserializer=seminar_dot_clients_dot_proto_dot_ranker__pb2.RecordResponse.FromString,
+                _registered_method=True)
+
+
+class EventsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Record(self, request, context):
+        """Record a batch of events: all of it, durably, once; or none of it (INVALID_ARGUMENT names
+        the event and the field). A retry of the same batch is answered with the same seqs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EventsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Record': grpc.unary_unary_rpc_method_handler(
+                    servicer.Record,
+                    request_deserializer=seminar_dot_clients_dot_proto_dot_ranker__pb2.RecordRequest.FromString,
+                    response_serializer=seminar_dot_clients_dot_proto_dot_ranker__pb2.RecordResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'seminar.v1.Events', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('seminar.v1.Events', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Events:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Record(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seminar.v1.Events/Record',
+            seminar_dot_clients_dot_proto_dot_ranker__pb2.RecordRequest.SerializeToString,
+            seminar_dot_clients_dot_proto_dot_ranker__pb2.RecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -72,9 +72,12 @@ class SqliteEventLog(EventLog):
         with self._errors("open"):
             connection = self._connection()
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")} - {
-                "sqlite_sequence",
-                "events_by_user",
+            tables = {
+                row[0]
+                for row in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'"
+                )
             }
             if version not in (0, SCHEMA_VERSION) or tables - {"events"}:
                 raise DataError(

@@ -1,0 +1,118 @@
+"""`seminar.v1.Events`: the Record RPC, in the gateway process, over a seminar.events log.
+
+    RecordRequest -> Event per message -> EventLog.append (validation, then one atomic,
+    durable append in a worker thread) -> RecordResponse(seqs, stored, duplicates)
+
+The answer is sent only after the log says the batch is durable, so an acknowledged event
+survives a kill -9 of the gateway or of redis-server. An error answers the whole batch:
+
+    INVALID_ARGUMENT  an event at fault (the message names events[i], its event_id and the
+                      field), or an event_id stored before with other content
+    UNAVAILABLE       the log is locked by another writer or its server cannot be reached:
+                      retry the same batch (event ids make the retry apply once)
+    DATA_LOSS         the log's file is corrupt or is not an event log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from seminar.clients.gateway import MalformedRequest
+from seminar.clients.proto import ranker_pb2
+from seminar.contract import EVENTS_METHOD, EVENTS_SERVICE
+from seminar.errors import ConflictError, DataError, ServiceError, UsageError
+from seminar.events import AppendResult, Event, EventLog, EventType
+
+log = logging.getLogger("seminar.events")
+
+EVENT_TYPES = {ranker_pb2.SEARCH: EventType.SEARCH, ranker_pb2.REC: EventType.REC}
+
+
+def parse_record_request(raw: bytes) -> ranker_pb2.RecordRequest | MalformedRequest:
+    """Record's request deserializer: bytes that do not parse become INVALID_ARGUMENT."""
+    try:
+        return ranker_pb2.RecordRequest.FromString(raw)
+    except DecodeError as err:
+        return MalformedRequest(str(err) or "cannot decode the message", len(raw))
+
+
+def events_from_request(request: ranker_pb2.RecordRequest) -> list[Event]:
+    """The request's events; an unset or unknown type is a UsageError naming the event."""
+    events = []
+    for index, message in enumerate(request.events):
+        if message.type not in EVENT_TYPES:
+            known = message.type in ranker_pb2.EventType.values()
+            name = ranker_pb2.EventType.Name(message.type) if known else str(message.type)
+            raise UsageError(
+                f"events[{index}] (event_id {message.event_id!r}): type must be SEARCH or REC, "
+                f"got {name}"
+            )
+        events.append(
+            Event(
+                event_id=message.event_id,
+                user_id=message.user_id,
+                item_id=message.item_id,
+                query=message.query,
+                type=EVENT_TYPES[message.type],
+                clicked=message.clicked,
+                timestamp_ms=message.timestamp_ms,
+                request_id=message.request_id,
+            )
+        )
+    return events
+
+
+def status_of(error: Exception) -> grpc.StatusCode:
+    """The gRPC status that answers a batch the log refused with `error`."""
+    if isinstance(error, UsageError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, ConflictError | ServiceError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, DataError):
+        return grpc.StatusCode.DATA_LOSS
+    return grpc.StatusCode.INTERNAL
+
+
+class EventsService:
+    """The Record RPC over one event log (shared by every call; it is thread-safe)."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+
+    async def Record(
+        self,
+        request: ranker_pb2.RecordRequest | MalformedRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> ranker_pb2.RecordResponse:
+        if isinstance(request, MalformedRequest):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is not a valid seminar.v1.RecordRequest: {request.error}",
+            )
+        try:
+            events = events_from_request(request)
+            # The append blocks on fsync: a worker thread keeps the event loop (and Rank) free.
+            # A cancelled call still completes its append; the client's retry is a duplicate.
+            result: AppendResult = await asyncio.to_thread(self.event_log.append, events)
+        except (UsageError, ConflictError, ServiceError, DataError) as error:
+            code = status_of(error)
+            if code is not grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("Record: %s: %s", code.name, error)
+            await context.abort(code, str(error))
+        return ranker_pb2.RecordResponse(
+            seqs=list(result.seqs), stored=result.stored, duplicates=result.duplicate_count
+        )
+
+
+def record_rpc_handler(service: EventsService) -> grpc.GenericRpcHandler:
+    """seminar.v1.Events with Record's request parsed by parse_record_request."""
+    method = grpc.unary_unary_rpc_method_handler(
+        service.Record,
+        request_deserializer=parse_record_request,
+        response_serializer=ranker_pb2.RecordResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(EVENTS_SERVICE, {EVENTS_METHOD: method})

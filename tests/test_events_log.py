@@ -1,0 +1,220 @@
+"""The online event log (seminar.events): every test runs on a real SQLite file and a real
+redis-server through the one `EventLog` interface; the backend-specific failures follow."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from seminar.errors import ConflictError, DataError, ServiceError, UsageError
+from seminar.events import Event, EventLog, EventType, open_event_log
+from seminar.events.redis_log import RedisEventLog
+from seminar.events.redis_server import RedisServer
+from seminar.events.sqlite_log import SqliteEventLog
+from tests.support.events import make_events, needs_redis_server
+
+
+def test_append_then_read_back_by_user_and_by_range(event_log: EventLog) -> None:
+    events = make_events(6, users=2)
+    result = event_log.append(events)
+    assert result.seqs == (1, 2, 3, 4, 5, 6) and result.stored == 6
+    assert event_log.high_watermark() == 6
+    user_0 = event_log.read_user(0)
+    assert [stored.event.event_id for stored in user_0] == ["e0", "e2", "e4"]
+    assert all(stored.event.timestamp_ms == stored.recorded_ms > 0 for stored in user_0)
+    assert user_0[0].event.request_id == "rank-0" and user_0[0].event.clicked is True
+    assert [stored.seq for stored in event_log.read_user(0, after_seq=3)] == [5]
+    assert [stored.seq for stored in event_log.read_range(2, 5)] == [3, 4, 5]
+    assert [stored.seq for stored in event_log.read_range(0, 6, limit=2)] == [1, 2]
+    assert event_log.read_user(7) == []
+
+
+def test_a_client_timestamp_is_kept_and_zero_is_stamped(event_log: EventLog) -> None:
+    given = Event("t1", 1, 2, "action", EventType.SEARCH, True, timestamp_ms=1_700_000_000_000)
+    event_log.append([given, Event("t2", 1, 3, "", EventType.REC, False)])
+    stored = event_log.find(["t1", "t2"])
+    assert stored["t1"].event == given
+    assert stored["t2"].event.timestamp_ms == stored["t2"].recorded_ms > 1_700_000_000_000
+
+
+def test_a_retried_batch_is_applied_once_with_its_first_seqs(event_log: EventLog) -> None:
+    events = make_events(4)
+    first = event_log.append(events)
+    again = event_log.append(events)
+    assert again.seqs == first.seqs and again.duplicates == (True,) * 4 and again.stored == 0
+    # A retry regrouped with new events: the old are duplicates, only the new are stored.
+    mixed = event_log.append([*events[2:], *make_events(2, start=4)])
+    assert mixed.duplicates == (True, True, False, False) and mixed.seqs[:2] == first.seqs[2:]
+    assert event_log.high_watermark() == 6
+    assert len(event_log.read_range(0, 100)) == 6
+
+
+def test_an_event_id_reused_with_other_content_rejects_the_batch(event_log: EventLog) -> None:
+    event_log.append(make_events(2))
+    changed = Event("e1", 1, 999, "", EventType.REC, True)
+    with pytest.raises(UsageError, match=r"events\[1\] \(event_id 'e1'\): event_id is already"):
+        event_log.append([make_events(1, start=50)[0], changed])
+    assert event_log.high_watermark() == 2, "the new event in the rejected batch is not stored"
+    assert event_log.find(["e50"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("index", "bad", "says"),
+    [
+        (2, {"item_id": -5}, r"events\[2\] \(event_id 'e2'\): item_id must be"),
+        (1, {"event_id": ""}, r"events\[1\] \(event_id ''\): event_id must have"),
+        (3, {"query": "x" * 2000}, r"events\[3\] \(event_id 'e3'\): query is 2000 bytes"),
+        (0, {"type": EventType.SEARCH}, r"events\[0\] \(event_id 'e0'\): query is empty"),
+        (1, {"timestamp_ms": -1}, r"events\[1\] \(event_id 'e1'\): timestamp_ms must"),
+        (2, {"event_id": "e0"}, r"events\[2\] \(event_id 'e0'\): event_id repeats events\[0\]"),
+    ],
+)
+def test_a_batch_with_one_bad_event_is_rejected_whole(
+    event_log: EventLog, index: int, bad: dict, says: str
+) -> None:
+    events = make_events(4)
+    events[index] = Event(**{**events[index].__dict__, **bad})
+    with pytest.raises(UsageError, match=says):
+        event_log.append(events)
+    assert event_log.high_watermark() == 0 and event_log.read_range(0, 10) == []
+
+
+def test_two_writers_at_once_store_every_event_once(
+    open_log: Callable[[], EventLog],
+) -> None:
+    """Two handles (two connections, as two gateway replicas) append at once; half the ids
+    are sent by both, racing: each id is stored once and both writers get its one seq."""
+    writers = [open_log(), open_log()]
+    shared = make_events(200, prefix="shared-", users=7)
+    own = [make_events(200, prefix=f"own{n}-", users=7) for n in range(2)]
+    results: list[list] = [[], []]
+
+    def write(number: int) -> None:
+        for start in range(0, 200, 10):
+            batch = shared[start : start + 10] + own[number][start : start + 10]
+            results[number].append(writers[number].append(batch))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log = writers[0]
+    stored = log.read_range(0, log.high_watermark())
+    ids = [s.event.event_id for s in stored]
+    assert len(ids) == len(set(ids)) == 600
+    seq_of = {s.event.event_id: s.seq for s in stored}
+    for number in range(2):
+        answered = [seq for result in results[number] for seq in result.seqs]
+        batches = [shared[i : i + 10] + own[number][i : i + 10] for i in range(0, 200, 10)]
+        expected = [seq_of[e.event_id] for batch in batches for e in batch]
+        assert answered == expected
+    duplicates = sum(result.duplicate_count for rs in results for result in rs)
+    assert duplicates == 200, "each shared id was stored by one writer, a duplicate for the other"
+    per_user = sum(len(log.read_user(user)) for user in range(7))
+    assert per_user == 600
+
+
+def test_the_watermark_splits_the_log_into_base_and_tail_without_overlap(
+    event_log: EventLog,
+) -> None:
+    """The contract compaction and serving rely on: up to W is folded into the base store,
+    after W is the tail serving reads; together they are every event, once."""
+    event_log.append(make_events(10, users=3))
+    watermark = event_log.high_watermark()
+    event_log.append(make_events(5, users=3, start=10))
+    base = event_log.read_range(0, watermark)
+    for user in range(3):
+        tail = event_log.read_user(user, after_seq=watermark)
+        folded = [s for s in base if s.event.user_id == user]
+        everything = event_log.read_user(user)
+        assert [s.seq for s in folded + tail] == [s.seq for s in everything]
+        assert all(s.seq > watermark for s in tail)
+    assert [s.seq for s in event_log.read_range(watermark, event_log.high_watermark())] == list(
+        range(11, 16)
+    )
+
+
+def test_the_log_survives_a_reopen(log_url: str) -> None:
+    with open_event_log(log_url) as log:
+        first = log.append(make_events(3))
+    with open_event_log(log_url) as log:
+        assert log.append(make_events(3)).seqs == first.seqs
+        assert log.append(make_events(1, start=3)).seqs == (4,)
+
+
+# ---- SQLite's own failures ------------------------------------------------------------------
+
+
+def test_a_locked_sqlite_file_gives_a_conflict_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = SqliteEventLog(path, busy_timeout_s=0.2)
+    log.append(make_events(2))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+    try:
+        with pytest.raises(ConflictError, match=rf"event log {path} is locked"):
+            log.append(make_events(1, start=2))
+        assert len(log.read_range(0, 10)) == 2, "readers are not blocked by a writer (WAL)"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert log.append(make_events(1, start=2)).seqs == (3,)
+    log.close()
+
+
+def test_a_corrupt_sqlite_file_gives_a_data_error_naming_it(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database, " * 100)
+    with pytest.raises(DataError, match=rf"event log {garbage} is corrupt or not a SQLite"):
+        open_event_log(f"sqlite://{garbage}")
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE customers (name TEXT)")
+    with pytest.raises(DataError, match=rf"event log {other} is a SQLite file but not an event"):
+        open_event_log(f"sqlite://{other}")
+
+    damaged = tmp_path / "damaged.db"
+    with SqliteEventLog(damaged) as log:
+        log.append(make_events(300))
+    data = bytearray(damaged.read_bytes())
+    data[4096:16384] = b"\xff" * (16384 - 4096)  # overwrite pages of the table and index
+    damaged.write_bytes(bytes(data))
+    with (
+        pytest.raises(DataError, match=rf"event log {damaged} is corrupt"),
+        SqliteEventLog(damaged) as log,
+    ):
+        log.read_range(0, 1000)
+
+    with pytest.raises(DataError, match="does not exist"):
+        open_event_log(f"sqlite://{tmp_path}/no-such-folder/events.db")
+
+
+def test_an_unknown_url_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="names no known log"):
+        open_event_log("postgres://somewhere/events")
+
+
+# ---- Redis's own failures -------------------------------------------------------------------
+
+
+def test_redis_without_fsync_always_is_refused(tmp_path: Path) -> None:
+    needs_redis_server()
+    with RedisServer(tmp_path / "redis", appendfsync="everysec") as server:
+        with pytest.raises(ServiceError, match="appendfsync 'everysec'"):
+            RedisEventLog(server.url)
+        with RedisEventLog(server.url, allow_everysec=True) as log:
+            assert log.append(make_events(1)).seqs == (1,)
+
+
+def test_an_unreachable_redis_gives_a_service_error_naming_it() -> None:
+    from seminar.processes import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(ServiceError, match=rf"event log redis at {url}"):
+        RedisEventLog(url, timeout_s=0.5)
