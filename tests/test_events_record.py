@@ -1,0 +1,181 @@
+"""seminar.v1.Events Record through a real `seminar gateway` process (Triton not needed), on a
+real SQLite file and a real redis-server; then kill -9 of the gateway and of redis-server
+under load: every acknowledged event is stored, once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from seminar.clients.process import GatewayProcess
+from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
+from seminar.clients.record_load import (
+    RecordLoadConfig,
+    RecordLoadReport,
+    event_message,
+    run_record_load,
+)
+from seminar.contract import EVENTS_METHOD, EVENTS_SERVICE
+from seminar.events import open_event_log
+from seminar.events.redis_server import RedisServer
+from seminar.processes import free_port
+from tests.support.clients import health_status
+from tests.support.events import make_events, needs_redis_server
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = ROOT / "clients" / "ab.example.yaml"
+# The acceptance load is 60 s per kill; SEMINAR_RECORD_KILL_S shortens it for a quick look.
+KILL_LOAD_S = float(os.environ.get("SEMINAR_RECORD_KILL_S", "60"))
+
+
+def start_gateway(url: str, tmp_path: Path, port: int = 0) -> GatewayProcess:
+    """A gateway serving Record over `url`; Triton is nowhere (Rank is not under test)."""
+    return GatewayProcess(
+        EXAMPLE_CONFIG,
+        triton_url=f"127.0.0.1:{free_port()}",
+        port=port,
+        log_path=tmp_path / f"gateway-{time.monotonic_ns()}.log",
+        wait_serving=False,
+        event_log=url,
+    ).start()
+
+
+@pytest.fixture
+def gateway(log_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+    process = start_gateway(log_url, tmp_path)
+    yield process
+    process.stop()
+
+
+def record(address: str, request: ranker_pb2.RecordRequest) -> ranker_pb2.RecordResponse:
+    with grpc.insecure_channel(address) as channel:
+        return ranker_pb2_grpc.EventsStub(channel).Record(request, timeout=10)
+
+
+def test_record_stores_a_batch_once_and_a_retry_gets_the_same_seqs(
+    gateway: GatewayProcess, log_url: str
+) -> None:
+    assert health_status(gateway.address, EVENTS_SERVICE) == "SERVING"
+    request = ranker_pb2.RecordRequest(events=[event_message(e) for e in make_events(5)])
+    first = record(gateway.address, request)
+    assert list(first.seqs) == [1, 2, 3, 4, 5] and (first.stored, first.duplicates) == (5, 0)
+    again = record(gateway.address, request)
+    assert list(again.seqs) == list(first.seqs) and (again.stored, again.duplicates) == (0, 5)
+    with open_event_log(log_url) as log:
+        stored = log.read_range(0, 100)
+    sent = [e.stamped(s.recorded_ms) for e, s in zip(make_events(5), stored, strict=True)]
+    assert [s.event for s in stored] == sent
+
+
+@pytest.mark.parametrize(
+    ("index", "change", "says"),
+    [
+        (3, {"type": ranker_pb2.EVENT_TYPE_UNSPECIFIED}, "events[3] (event_id 'e3'): type must"),
+        (1, {"item_id": -1}, "events[1] (event_id 'e1'): item_id must"),
+        (2, {"event_id": "e0"}, "events[2] (event_id 'e0'): event_id repeats events[0]"),
+    ],
+)
+def test_a_bad_event_rejects_its_batch_with_invalid_argument(
+    gateway: GatewayProcess, log_url: str, index: int, change: dict, says: str
+) -> None:
+    messages = [event_message(e) for e in make_events(4)]
+    for field, value in change.items():
+        setattr(messages[index], field, value)
+    with pytest.raises(grpc.RpcError) as err:
+        record(gateway.address, ranker_pb2.RecordRequest(events=messages))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in err.value.details()
+    with open_event_log(log_url) as log:
+        assert log.high_watermark() == 0, "nothing of a rejected batch is stored"
+
+
+def test_malformed_bytes_and_an_empty_batch_get_invalid_argument(gateway: GatewayProcess) -> None:
+    with grpc.insecure_channel(gateway.address) as channel:
+        raw = channel.unary_unary(f"/{EVENTS_SERVICE}/{EVENTS_METHOD}")
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\xff\xff\xff", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid seminar.v1.RecordRequest" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        record(gateway.address, ranker_pb2.RecordRequest())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events is empty" in err.value.details()
+
+
+# ---- kill -9 under load -------------------------------------------------------------------
+
+
+def check_nothing_lost(url: str, report: RecordLoadReport) -> None:
+    """Every acknowledged event stored, every stored event once; prints the tally."""
+    with open_event_log(url) as log:
+        stored = log.find(sorted(report.sent))
+        everything = log.read_range(0, log.high_watermark())
+        users = {s.event.user_id for s in everything}
+        per_user = sum(len(log.read_user(user)) for user in users)
+    acknowledged_stored = len(report.acknowledged & stored.keys())
+    print(f"\n{url.split(':')[0]}: {report.summary(acknowledged_stored)}")
+    assert report.acknowledged and report.resent_batches > 0, "the kill interrupted the load"
+    assert acknowledged_stored == len(report.acknowledged), "an acknowledged event was lost"
+    ids = [s.event.event_id for s in everything]
+    assert len(ids) == len(set(ids)) == len(stored), "an event is stored twice"
+    assert per_user == len(everything), "the per-user reads see each event once"
+    assert set(ids) <= report.sent
+
+
+def load_in_background(address: str) -> tuple[threading.Thread, list[RecordLoadReport]]:
+    reports: list[RecordLoadReport] = []
+    config = RecordLoadConfig(concurrency=8, batch_events=20, drain_s=30.0)
+    thread = threading.Thread(
+        target=lambda: reports.append(run_record_load(address, KILL_LOAD_S, config))
+    )
+    thread.start()
+    return thread, reports
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_gateway_under_load_loses_no_acknowledged_event(
+    log_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    gateway = start_gateway(log_url, tmp_path, port=port)
+    try:
+        thread, reports = load_in_background(gateway.address)
+        time.sleep(KILL_LOAD_S / 2)
+        gateway.send_signal(signal.SIGKILL)
+        gateway.stop()
+        gateway = start_gateway(log_url, tmp_path, port=port)
+        thread.join()
+    finally:
+        gateway.stop()
+    check_nothing_lost(log_url, reports[0])
+
+
+@pytest.mark.slow
+def test_kill_9_of_redis_server_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    needs_redis_server()
+    port = free_port()
+    server = RedisServer(tmp_path / "redis", port=port, log_path=tmp_path / "redis-1.log").start()
+    gateway = start_gateway(server.url, tmp_path)
+    try:
+        thread, reports = load_in_background(gateway.address)
+        time.sleep(KILL_LOAD_S / 2)
+        server.send_signal(signal.SIGKILL)
+        server.stop()
+        time.sleep(1.0)  # the writers meet a dead server for a while
+        server = RedisServer(
+            tmp_path / "redis", port=port, log_path=tmp_path / "redis-2.log"
+        ).start()
+        thread.join()
+    finally:
+        gateway.stop()
+    try:
+        check_nothing_lost(server.url, reports[0])
+    finally:
+        server.stop()
