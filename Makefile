@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -c "import numpy, torch; assert numpy.__version__ < '2', numpy.__version__; print('venv ready: numpy', numpy.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
-# Optional, Debian as root: the real Prometheus and perf_analyzer (in a Debian 13 chroot, since
-# its wheels need glibc >= 2.38). Without them their tests skip and say so. CI runs this first.
+# Optional, Debian as root: the real Prometheus, redis-server (the online event log's shared
+# backend) and perf_analyzer (in a Debian 13 chroot, since its wheels need glibc >= 2.38).
+# Without them their tests skip and say so. CI runs this first.
 PERF_CHROOT ?= /opt/seminar/perf-chroot
 system-tools:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus debootstrap >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server debootstrap >/dev/null
 	test -x $(PERF_CHROOT)/opt/pa/bin/perf_analyzer || bash clients/perf_analyzer_chroot.sh $(PERF_CHROOT)
 
 demo: $(STAMP)
