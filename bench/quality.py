@@ -258,7 +258,13 @@ class QualityBench:
                 "cells are mean ± std over seeds (n per variant in quality.json); `s/run` is "
                 "train+eval wall time; `samples/s` is fine-tuning throughput",
             ),
-            body="\n".join([markdown(report, self.variants), "", targets.markdown()]),
+            body="\n".join(
+                [
+                    markdown(report, self.variants),
+                    "",
+                    targets.markdown(_candidates(self.config.data)),
+                ]
+            ),
             data={"bench": bench, **report, "targets": targets.to_dict()},
         )
         write_record(record, self.config.reports / "quality")
@@ -374,7 +380,7 @@ class Targets:
             return None
         return Estimate.of([a - b for a, b in zip(with_query, without, strict=True)])
 
-    def markdown(self) -> str:
+    def markdown(self, candidates: str) -> str:
         if not self.values:
             return ""
         variants = list(self.values)
@@ -394,9 +400,9 @@ class Targets:
             ),
             "",
             f"Search split: each of the {n.get('search', 0)} users who searched, ranked at "
-            "their last positive search event with every earlier event as history (1 + "
-            "sampled negatives they never touched), scored with the event's query and with "
-            "the query removed (query index 0).",
+            f"their last positive search event with every earlier event as history "
+            f"({candidates}, the negatives sampled among items the user never touched), "
+            "scored with the event's query and with the query removed (query index 0).",
             "",
             markdown_table(
                 ("variant", *search_columns, f"query adds ({KEY_METRIC})"),
