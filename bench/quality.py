@@ -120,12 +120,14 @@ def _result_key(variant: Variant, train: dict[str, Any], model: dict[str, Any]) 
 
 def evaluate_targets(run: Path, data: Path) -> dict[str, Any]:
     """A finished run's metrics by target group (TARGET_GROUPS) and each group's user count."""
+    from seminar.training.batches import is_training_target, search_lists
     from seminar.training.checkpoint import load_run
     from seminar.training.evaluate import evaluate_by_target
     from seminar.training.scoring import open_run_data
 
     loaded = load_run(run)
     ds = open_run_data(loaded, data)
+    _, positions, _ = search_lists(ds)
     test = evaluate_by_target(loaded.model, ds, "test")
     search = evaluate_by_target(loaded.model, ds, "search")
     no_query = evaluate_by_target(loaded.model, ds, "search", without_query=True)
@@ -137,7 +139,8 @@ def evaluate_targets(run: Path, data: Path) -> dict[str, Any]:
     }
     return {
         "metrics": {group: metrics for group, (metrics, _) in found.items() if metrics},
-        "users": {group: users for group, (_, users) in found.items()},
+        "users": {group: users for group, (_, users) in found.items()}
+        | {"search-trained": int(is_training_target(ds, positions).sum())},
     }
 
 
@@ -402,7 +405,10 @@ class Targets:
             f"Search split: each of the {n.get('search', 0)} users who searched, ranked at "
             f"their last positive search event with every earlier event as history "
             f"({candidates}, the negatives sampled among items the user never touched), "
-            "scored with the event's query and with the query removed (query index 0).",
+            "scored with the event's query and with the query removed (query index 0). "
+            f"{n.get('search-trained', 0)} of these targets precede their user's validation "
+            "target, so training may have seen them: the absolute figures may be optimistic, "
+            "the comparison is on the same targets.",
             "",
             markdown_table(
                 ("variant", *search_columns, f"query adds ({KEY_METRIC})"),

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 
 from seminar.data.dataset import PreparedDataset
-from seminar.training.batches import EVAL_SPLITS, eval_lists, search_lists, target_is_search
+from seminar.training.batches import (
+    EVAL_SPLITS,
+    eval_lists,
+    is_training_target,
+    search_lists,
+    target_is_search,
+)
 from seminar.training.evaluate import SCORE_MEMORY_BYTES, ScoreShape, score_chunks
 from tests.support.data import SYNTHETIC_SMALL
 
@@ -113,6 +119,7 @@ def test_quality_bench_on_8000_short_histories_peaks_under_4_gb(
     assert targets["users"]["test-search"] + targets["users"]["test-rec"] > 4000
     assert targets["users"]["search"] > 3000  # most users searched at least once
     assert set(targets["seminar"]) == {"test-search", "test-rec", "search", "search-no-query"}
+    assert 0 < targets["users"]["search-trained"] < targets["users"]["search"]
 
 
 def test_search_split_is_each_users_last_positive_search(movielens_data: Path) -> None:
@@ -131,6 +138,9 @@ def test_search_split_is_each_users_last_positive_search(movielens_data: Path) -
     for user, position in zip(users, positions, strict=True):
         later = np.arange(position + 1, offsets[user + 1])
         assert not ((query[later] > 0) & (label[later] == 1)).any()  # the last one
+    # A search target the trainer never learns from is a test or validation target.
+    held_out = np.isin(positions, np.concatenate([ds.test_pos, ds.valid_pos]))
+    assert np.array_equal(~is_training_target(ds, positions), held_out)
     assert candidates.shape == (len(users), 1 + ds.test_negatives.shape[1])
     assert np.array_equal(candidates[:, 0], np.asarray(ds.seq_item)[positions])
     for row, user in enumerate(users):
@@ -214,7 +224,13 @@ def test_quality_report_tables_and_the_query_sentence(tmp_path: Path) -> None:
 
     targets = Targets(
         {"seminar": groups([0.60, 0.62], [0.40, 0.41]), "din": groups([0.40, 0.42], [0.41, 0.40])},
-        {"test-search": 12, "test-rec": 596, "search": 58, "search-no-query": 58},
+        {
+            "test-search": 12,
+            "test-rec": 596,
+            "search": 58,
+            "search-no-query": 58,
+            "search-trained": 44,
+        },
     )
     results = {"seminar": metric_rows(0.3), "din": metric_rows(0.29)}
     bench.write(fixed_header(), results, seconds=60.0, targets=targets)
@@ -222,6 +238,7 @@ def test_quality_report_tables_and_the_query_sentence(tmp_path: Path) -> None:
     assert "12 users whose target is a search" in markdown and "596 whose target" in markdown
     assert "each of the 58 users who searched" in markdown and "1 + 99 candidates" in markdown
     assert "| seminar | 0.3050 ± 0.0071 | 0.5000 ± 0.0000 |" in markdown
+    assert "44 of these targets precede their user's validation target" in markdown
     assert "+0.2050 ± 0.0071" in markdown  # the per-seed gain column
     assert "seminar: search-split ndcg@10 0.6100 ± 0.0141 with the query" in markdown
     assert "the query raises the ranking by more than 2 std" in markdown

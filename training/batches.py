@@ -174,3 +174,11 @@ def search_lists(
 def target_is_search(ds: PreparedDataset, positions: np.ndarray) -> np.ndarray:
     """(U,) bool: whether each target event is a search event (its query index is not 0)."""
     return np.asarray(ds.seq_query)[positions] > 0
+
+
+def is_training_target(ds: PreparedDataset, positions: np.ndarray) -> np.ndarray:
+    """(U,) bool: whether each event is a positive the trainer may learn from (one before its
+    user's validation target, or any positive of a user who is not evaluated)."""
+    users = ds.event_user[positions]
+    valid = np.asarray(ds.valid_pos)[users]
+    return (np.asarray(ds.seq_label)[positions] == 1) & ((valid < 0) | (positions < valid))
