@@ -9,7 +9,7 @@ whatever the history length.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -76,32 +76,24 @@ def score_chunks(
     return chunks
 
 
+class ScoreOptions(TypedDict, total=False):
+    """How a split is scored; the defaults are `_score_lists`'s."""
+
+    retriever: Retriever | None  # None = the model's own GSU
+    max_history: int  # most recent events per target, 0 = the full history
+    max_users: int  # the first N evaluated users, 0 = all
+    without_query: bool  # score every target as a recommendation (query index 0): the ablation
+    progress: bool
+
+
 def score_split(
-    model: SeminarModel,
-    ds: PreparedDataset,
-    split: str,
-    *,
-    retriever: Retriever | None = None,
-    max_history: int = 0,
-    max_users: int = 0,
-    without_query: bool = False,
-    progress: bool = False,
+    model: SeminarModel, ds: PreparedDataset, split: str, **options: Unpack[ScoreOptions]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits (U, 100) of every evaluated user's list (target first) and the user indices.
 
     split: "test", "valid" or "search" (seminar.training.batches.EVAL_SPLITS).
-    without_query: score every target as a recommendation (query index 0), the query ablation.
     """
-    scores, users, _ = _score_lists(
-        model,
-        ds,
-        split,
-        retriever=retriever,
-        max_history=max_history,
-        max_users=max_users,
-        without_query=without_query,
-        progress=progress,
-    )
+    scores, users, _ = _score_lists(model, ds, split, **options)
     return scores, users
 
 
@@ -111,11 +103,11 @@ def _score_lists(
     ds: PreparedDataset,
     split: str,
     *,
-    retriever: Retriever | None,
-    max_history: int,
-    max_users: int,
-    without_query: bool,
-    progress: bool,
+    retriever: Retriever | None = None,
+    max_history: int = 0,
+    max_users: int = 0,
+    without_query: bool = False,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """score_split plus the target positions (which say whether each target was a search)."""
     users, positions, candidates = eval_lists(ds, split, max_users)
@@ -157,26 +149,9 @@ def _score_lists(
 
 
 def evaluate_split(
-    model: SeminarModel,
-    ds: PreparedDataset,
-    split: str,
-    *,
-    retriever: Retriever | None = None,
-    max_history: int = 0,
-    max_users: int = 0,
-    without_query: bool = False,
-    progress: bool = False,
+    model: SeminarModel, ds: PreparedDataset, split: str, **options: Unpack[ScoreOptions]
 ) -> dict[str, float]:
-    scores, _ = score_split(
-        model,
-        ds,
-        split,
-        retriever=retriever,
-        max_history=max_history,
-        max_users=max_users,
-        without_query=without_query,
-        progress=progress,
-    )
+    scores, _ = score_split(model, ds, split, **options)
     return ranking_metrics(scores)
 
 
@@ -189,32 +164,12 @@ class TargetGroups:
     users: dict[str, int]
 
 
-TARGET_GROUPS: Final = ("all", "search", "rec")
-
-
 def evaluate_by_target(
-    model: SeminarModel,
-    ds: PreparedDataset,
-    split: str,
-    *,
-    retriever: Retriever | None = None,
-    max_history: int = 0,
-    max_users: int = 0,
-    without_query: bool = False,
-    progress: bool = False,
+    model: SeminarModel, ds: PreparedDataset, split: str, **options: Unpack[ScoreOptions]
 ) -> TargetGroups:
     """The split's metrics over all users, over search targets and over rec targets (a target
     is a search when its event has a query), from one scoring pass."""
-    scores, _, positions = _score_lists(
-        model,
-        ds,
-        split,
-        retriever=retriever,
-        max_history=max_history,
-        max_users=max_users,
-        without_query=without_query,
-        progress=progress,
-    )
+    scores, _, positions = _score_lists(model, ds, split, **options)
     search = target_is_search(ds, positions)
     members = {"all": np.ones_like(search), "search": search, "rec": ~search}
     return TargetGroups(
