@@ -228,18 +228,27 @@ def test_quality_progress_names_each_run_and_reuses_finished_ones(
         (out / "metrics.json").write_text(json.dumps(summary))
         return summary
 
+    evaluated: list[Path] = []
+
+    def fake_targets(run, data):  # type: ignore[no-untyped-def]
+        evaluated.append(run)
+        metrics = {metric: 0.3 for metric in ("ndcg@10", "hit@10", "mrr")}
+        return {"metrics": {"search": metrics, "search-no-query": metrics}, "users": {}}
+
     monkeypatch.setattr("seminar.training.trainer.train_run", fake_train)
+    monkeypatch.setattr("seminar.bench.quality.evaluate_targets", fake_targets)
     monkeypatch.setattr("seminar.bench.quality.Header.now", lambda seeds: fixed_header())
     lines: list[str] = []
     bench.run(echo=lines.append)
     assert lines[0].startswith("[1/4, ") and "seminar seed 0" in lines[0]
     assert sum(line.startswith("[") for line in lines) == 4
     assert len(trained) == 4
-    # a second bench with other threads reuses every finished run
+    assert len(evaluated) == 4  # every run's search and rec figures, once
+    # a second bench with other threads reuses every finished run and its figures
     again = QualityBench(QualityConfig(**{**config.__dict__, "threads": 2}))
     lines.clear()
     again.run(echo=lines.append)
-    assert len(trained) == 4
+    assert len(trained) == 4 and len(evaluated) == 4
     assert sum("reused" in line for line in lines) == 4
 
 

@@ -22,6 +22,7 @@ from seminar.model.config import ModelKind
 class Split(StrEnum):
     test = "test"
     valid = "valid"
+    search = "search"
 
 
 @unique
@@ -158,7 +159,27 @@ def _retriever(gsu: Gsu, run: Any, pq_dir: Path | None, dataset: Any) -> Any:
 @cli_guard
 def evaluate(
     run: Annotated[Path, typer.Option(help="Run directory written by `seminar train`.")],
-    split: Annotated[Split, typer.Option(help="Which 1 + 99 candidate lists.")] = Split.test,
+    split: Annotated[
+        Split,
+        typer.Option(
+            help="Which 1 + 99 candidate lists: the test or validation targets, or search: "
+            "every searching user's last positive search event, with the history before it."
+        ),
+    ] = Split.test,
+    no_query: Annotated[
+        bool,
+        typer.Option(
+            "--no-query",
+            help="Score every target without its query (query index 0): the query ablation.",
+        ),
+    ] = False,
+    by_target: Annotated[
+        bool,
+        typer.Option(
+            "--by-target",
+            help="Metrics of search targets and of recommendation targets apart, beside all.",
+        ),
+    ] = False,
     gsu: Annotated[
         Gsu, typer.Option(help="exact: score every event; pq: seminar.pq's approximate GSU.")
     ] = Gsu.exact,
@@ -170,21 +191,39 @@ def evaluate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Evaluate a trained run: HIT@{1,5,10,50}, NDCG@{1,5,10,50}, MRR, AUC, GAUC."""
+    """Evaluate a trained run: HIT@{1,5,10,50}, NDCG@{1,5,10,50}, MRR, AUC, GAUC.
+
+    A target is a search when its event has a query. Search quality: `--split search` (every
+    user who searched), and `--split search --no-query` for what the query adds.
+    """
     from seminar.training.checkpoint import load_run
-    from seminar.training.evaluate import evaluate_split
+    from seminar.training.evaluate import evaluate_by_target
     from seminar.training.scoring import open_run_data
 
     loaded = load_run(run)
     ds = open_run_data(loaded, data)
     retriever = _retriever(gsu, loaded, pq_dir, ds)
-    metrics = evaluate_split(
-        loaded.model, ds, split.value, retriever=retriever, progress=not as_json
+    groups = evaluate_by_target(
+        loaded.model,
+        ds,
+        split.value,
+        retriever=retriever,
+        without_query=no_query,
+        progress=not as_json,
     )
+    if not groups.users["all"]:
+        raise DataError(f"{ds.path}: the {split.value} split has no evaluated user.")
+    shown = groups.metrics if by_target else {"all": groups.metrics["all"]}
     if as_json:
-        typer.echo(json.dumps(metrics, indent=2))
-    else:
-        _print_metrics(f"{run} {split.value} ({gsu.value} GSU)", metrics)
+        document = {**shown, "users": groups.users} if by_target else shown["all"]
+        typer.echo(json.dumps(document, indent=2))
+        return
+    query = ", no query" if no_query else ""
+    for group, metrics in shown.items():
+        title = (
+            f"{run} {split.value} ({gsu.value} GSU{query}): {group}, {groups.users[group]} users"
+        )
+        _print_metrics(title, metrics)
 
 
 @cli_guard
