@@ -78,7 +78,7 @@ class RankingHead(nn.Module):
         cosine, so it scores query-item fit directly; inside x_t the query is only an offset
         of the item. Zero on recommendation rows: they see the scorer they had without it.
         """
-        tolerance = NO_QUERY_TOLERANCE * (1.0 + no_query.abs().amax())
+        tolerance = NO_QUERY_TOLERANCE * (1.0 + no_query.abs().amax(dim=0))
         has_query = (query_emb - no_query).abs().amax(dim=-1, keepdim=True) > tolerance
         cosine = (
             functional.normalize(query_emb, dim=-1) * functional.normalize(item_emb, dim=-1)
