@@ -67,7 +67,9 @@ def train(
     ] = None,
     search_weight: Annotated[
         float | None,
-        typer.Option(help="Fine-tuning loss weight of search targets (1 = as recommendation)."),
+        typer.Option(
+            help="Fine-tuning loss weight of search targets (1 = as recommendation ones)."
+        ),
     ] = None,
     dim: Annotated[int | None, typer.Option(help="Hidden size D.")] = None,
     heads: Annotated[int | None, typer.Option(help="GSU/ESU heads H.")] = None,

@@ -24,8 +24,9 @@ class TrainConfig:
     relevance_weight: float = 1.0
     tau: float = 0.05
     # Fine-tuning BCE weight of a target clicked under a search query, relative to a
-    # recommendation target (1 = every target alike). Search targets are ~7% of MovieLens'.
-    search_weight: float = 1.0
+    # recommendation target (1 = every target alike). Search targets are ~7% of MovieLens';
+    # at 3 the query moves the ranking further with no measurable cost to recommendation.
+    search_weight: float = 3.0
     # A seeded subsample of the training targets (0 = all ~51k on MovieLens): sized so one
     # model trains and evaluates in a few minutes on 2 cores.
     max_train_targets: int = 20_000
