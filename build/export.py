@@ -159,18 +159,31 @@ def export_onnx(
     """torch.onnx.export(dynamo=True) with a dynamic batch dim and the spec's tensor names."""
     batch = torch.export.Dim("batch", min=1, max=config.max_batch)
     dynamic = {t.name: {0: batch} for t in spec.inputs}
+    return checked_onnx_export(module, _example(spec, 2), spec, path, dynamic, config.opset)
+
+
+def checked_onnx_export(
+    module: nn.Module,
+    example: tuple[Tensor, ...],
+    spec: contract.ModelSpec,
+    path: Path,
+    dynamic: Mapping[str, Mapping[int, object]],
+    opset: int,
+) -> Path:
+    """torch.onnx.export(dynamo=True) of `module` with the spec's tensor names and the given
+    dynamic dims, debug records stripped, then the ONNX checker with full shape inference."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _quiet(), torch.no_grad():
             torch.onnx.export(
                 module,
-                _example(spec, 2),
+                example,
                 str(path),
                 dynamo=True,
                 input_names=[t.name for t in spec.inputs],
                 output_names=[t.name for t in spec.outputs],
-                dynamic_shapes=dynamic,
-                opset_version=config.opset,
+                dynamic_shapes=dict(dynamic),
+                opset_version=opset,
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises many types; report them as one
@@ -336,7 +349,12 @@ def polygraphy_onnxrt(onnx_path: Path, spec: contract.ModelSpec, batch: int = 7)
         raise CheckFailed(
             "polygraphy is not installed in this environment (pip install polygraphy)"
         )
-    shapes = [f"{t.name}:[{','.join(str(d) for d in (batch, *t.dims))}]" for t in spec.inputs]
+    from seminar.build.tensorrt import row_dims
+
+    # A dynamic non-batch dim (the MiniLM graph's wordpieces) at its typical length.
+    shapes = [
+        f"{t.name}:[{','.join(str(d) for d in (batch, *row_dims(t, 1)))}]" for t in spec.inputs
+    ]
     # Index inputs must stay in range: 0..1 is valid for every table (PAD / OOV rows).
     bounds = [f"{t.name}:[0,1]" for t in spec.inputs if t.dtype is contract.DataType.INT64]
     cmd = [exe_path, "run", str(onnx_path), "--onnxrt", "--input-shapes", *shapes]
