@@ -80,7 +80,8 @@ def real_parity_inputs(
     users = rng.integers(0, len(offsets) - 1, rows)
 
     with torch.no_grad():
-        query_emb = model.query_encoder(torch.from_numpy(tokens)).float()  # (B, D)
+        # The head sees what the query encoder gives for these queries, text part included.
+        query_emb = model.encode_queries(torch.from_numpy(q_rows.astype(np.int64))).float()
         item_emb = model.item_encoder(torch.from_numpy(items[:, 0])).float()  # (B, D)
         tables = model.component_tables()
         topk_emb = torch.zeros(rows, dims.h, dims.k, dims.d)

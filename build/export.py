@@ -55,14 +55,20 @@ class ExportConfig:
 
 
 class QueryEncoderGraph(nn.Module):
-    """query_tokens (B, T) int64 -> query_emb (B, D)."""
+    """query_tokens (B, T) int64 -> query_emb (B, D).
+
+    Until the ensemble computes the query's text embedding, the graph feeds the encoder the
+    all-zero text row, which the encoder reads as "no text" (tokens only).
+    """
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
+        self.text_dim = encoder.text_dim
 
     def forward(self, query_tokens: Tensor) -> Tensor:
-        return self.encoder(query_tokens)
+        no_text = torch.zeros(query_tokens.shape[0], self.text_dim, dtype=torch.float32)
+        return self.encoder(query_tokens, no_text)
 
 
 class ItemEncoderGraph(nn.Module):

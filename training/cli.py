@@ -73,6 +73,20 @@ def train(
     ] = None,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Text modality.")] = True,
     attr: Annotated[bool, typer.Option("--attr/--no-attr", help="Attribute modality.")] = True,
+    query_text: Annotated[
+        bool,
+        typer.Option(
+            "--query-text/--no-query-text",
+            help="Fuse the query's MiniLM embedding into the query encoder (off: tokens only).",
+        ),
+    ] = True,
+    query_relevance: Annotated[
+        bool,
+        typer.Option(
+            "--query-relevance/--no-query-relevance",
+            help="Query-item relevance features (cosine, product) in the ranking head.",
+        ),
+    ] = True,
     eval_users: Annotated[
         int | None, typer.Option(help="Validate on the first N users only (0 = all).")
     ] = None,
@@ -111,7 +125,14 @@ def train(
     }
     model_changes = {"dim": dim, "heads": heads, "top_k": top_k, "max_history": max_history}
     model_fields.update({k: v for k, v in model_changes.items() if v is not None})
-    model_fields.update({"use_text": text, "use_attr": attr})
+    model_fields.update(
+        {
+            "use_text": text,
+            "use_attr": attr,
+            "use_query_text": query_text,
+            "query_relevance": query_relevance,
+        }
+    )
     with reading_options():
         tc = TrainConfig(**base).override(**train_fields)
     summary = train_run(data, out, model.value, tc, model_fields, resume=resume)

@@ -88,6 +88,8 @@ def model_config_for(ds: PreparedDataset, kind: ModelKind | str, **overrides: An
     image_dim = 0 if ds.item_image_emb is None else int(ds.item_image_emb.shape[1])
     text_dim = 384 if ds.item_text_emb is None else int(ds.item_text_emb.shape[1])
     use_text = overrides.pop("use_text", True) and ds.item_text_emb is not None
+    # A dataset prepared without text features has no query text either: tokens only.
+    use_query_text = overrides.pop("use_query_text", True) and ds.query_text_emb is not None
     return ModelConfig(
         kind=ModelKind(kind),
         num_items=ds.n_item_rows,
@@ -99,13 +101,20 @@ def model_config_for(ds: PreparedDataset, kind: ModelKind | str, **overrides: An
         text_dim=text_dim,
         image_dim=image_dim,
         use_text=use_text,
+        use_query_text=use_query_text,
         **overrides,
     )
 
 
 def new_model(config: ModelConfig, ds: PreparedDataset) -> SeminarModel:
     model = SeminarModel(config)
-    model.load_features(ds.query_tokens, ds.item_text_emb, ds.item_attrs, ds.item_image_emb)
+    model.load_features(
+        ds.query_tokens,
+        ds.item_text_emb,
+        ds.item_attrs,
+        ds.item_image_emb,
+        query_text_emb=ds.query_text_emb,
+    )
     return model
 
 
