@@ -55,20 +55,15 @@ class ExportConfig:
 
 
 class QueryEncoderGraph(nn.Module):
-    """query_tokens (B, T) int64 -> query_emb (B, D).
-
-    Until the ensemble computes the query's text embedding, the graph feeds the encoder the
-    all-zero text row, which the encoder reads as "no text" (tokens only).
-    """
+    """query_tokens (B, T) int64, query_text_emb (B, F) float32 (the `query_text` step's
+    MiniLM embedding, zeros for no query) -> query_emb (B, D)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        self.text_dim = encoder.text_dim
 
-    def forward(self, query_tokens: Tensor) -> Tensor:
-        no_text = torch.zeros(query_tokens.shape[0], self.text_dim, dtype=torch.float32)
-        return self.encoder(query_tokens, no_text)
+    def forward(self, query_tokens: Tensor, query_text_emb: Tensor) -> Tensor:
+        return self.encoder(query_tokens, query_text_emb)
 
 
 class ItemEncoderGraph(nn.Module):
@@ -300,6 +295,11 @@ def random_inputs(
             n = rng.integers(0, k + 1, size=(batch, h, 1)) if valid_slots is None else valid_slots
             mask = np.arange(k)[None, None, :] < n  # (B or 1, H or 1, K)
             out[t.name] = np.broadcast_to(mask, shape).astype(np.float32)  # (B, H, K)
+        elif t.name == contract.QUERY_TEXT_EMB:
+            # What MiniLM gives: unit rows, and the zero row of an empty query for a quarter.
+            text = rng.standard_normal(shape)
+            text /= np.linalg.norm(text, axis=1, keepdims=True)
+            out[t.name] = np.where(rng.random((batch, 1)) < 0.25, 0.0, text).astype(np.float32)
         elif t.dtype is contract.DataType.INT64:
             values = rng.integers(0, index_bounds[t.name], size=shape, dtype=np.int64)
             if t.name == contract.QUERY_TOKENS:

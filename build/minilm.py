@@ -16,7 +16,10 @@ export.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -211,18 +214,64 @@ def export_query_text(
 
     spec = contract.query_text_graph_spec()
     path = out_dir / f"{spec.name}.onnx"
-    if progress:
-        progress(f"export {spec.name} (MiniLM)")
-    export_minilm(path, config.opset, config.max_batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cached = _graph_cache_path(config.opset, config.max_batch)
+    if cached.is_file():
+        if progress:
+            progress(f"export {spec.name} (MiniLM, from {cached.parent})")
+        shutil.copyfile(cached, path)
+    else:
+        if progress:
+            progress(f"export {spec.name} (MiniLM)")
+        export_minilm(path, config.opset, config.max_batch)
     if progress:
         progress(f"parity {spec.name}")
+    # The gate runs on every build, cached graph or not: the cache only saves the export.
     cases = minilm_parity(path, tokenizer_path(), parity_texts(data_dir), config.atol)
+    if not cached.is_file():
+        _cache_graph(path, cached)
     poly = "skipped (disabled)"
     if config.polygraphy:
         if progress:
             progress(f"polygraphy {spec.name}")
         poly = polygraphy_onnxrt(path, spec)
     return ExportResult(spec.name, path, cases, poly)
+
+
+def _graph_cache_path(opset: int, max_batch: int) -> Path:
+    """Where a gated MiniLM graph is kept between builds: the weights are frozen, so the graph
+    depends only on the encoder, torch, the export settings and this module's export code
+    (half a minute of exporting per build otherwise)."""
+    import inspect
+
+    import torch
+
+    from seminar.data import features
+
+    digest = hashlib.sha256()
+    for part in (
+        features.TEXT_ENCODER,
+        torch.__version__,
+        str(opset),
+        str(max_batch),
+        inspect.getsource(_graph_module),
+        inspect.getsource(export_minilm),
+    ):
+        digest.update(part.encode())
+    return features.cache_dir() / "minilm-onnx" / f"{digest.hexdigest()}.onnx"
+
+
+def _cache_graph(path: Path, cached: Path) -> None:
+    """Copy then rename, so a concurrent build never reads half a graph."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(path, temp)
+        os.replace(temp, cached)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def copy_tokenizer(version_dir: Path) -> Path:
