@@ -12,8 +12,10 @@ Shapes: the batch dimension is the candidate row everywhere (max_batch_size > 0)
 head, T query tokens, F the frozen text embedding's width (QUERY_TEXT_DIM).
 
     features       user_id INT64[1], query BYTES[1], item_id INT64[1]
-                   -> user_index INT64[1], query_tokens INT64[T], item_index INT64[1]
-    query_text     query BYTES[1] -> query_text_emb FP32[F]  (frozen MiniLM; "" -> zeros)
+                   -> user_index INT64[1], query_tokens INT64[T], item_index INT64[1],
+                      query_checked BYTES[1]
+    query_text     query (<- query_checked) BYTES[1] -> query_text_emb FP32[F]
+                   (frozen MiniLM; "" -> zeros)
     query_encoder  query_tokens, query_text_emb -> query_emb FP32[D]
     item_encoder   item_index -> item_emb FP32[D]
     pq_retrieval   user_index, query_emb, item_emb -> topk_emb FP32[H,K,D], topk_mask FP32[H,K]
@@ -86,6 +88,14 @@ ITEM_INDEX = "item_index"  # INT64 [1]: dense item index, 1 = OOV (unknown item 
 # FP32 [F]: the query's frozen MiniLM embedding (seminar.data.features.embed_texts); an empty
 # query (a recommendation request) is the all-zero row.
 QUERY_TEXT_EMB = "query_text_emb"
+# BYTES [1]: the request's query, passed through by `features` once every row of the request
+# passed its checks. `query_text` reads its `query` input from it instead of from the
+# ensemble's input, so it runs after `features`: a request is then only ever rejected by the
+# first step, while no other step works on it. An error from one step while a sibling step
+# still ran on the same ensemble request left tritonserver 2.51 answering later requests with
+# other requests' errors and never answering some (measured: 48 concurrent requests, a quarter
+# rejected by features alone, half by both).
+QUERY_CHECKED = "query_checked"
 # F: the width of MiniLM's embedding (seminar.data.features.TEXT_DIM, which a test holds equal).
 QUERY_TEXT_DIM = 384
 # The MiniLM graph inside `query_text` (not a pipeline tensor: the model tokenizes the query
@@ -297,6 +307,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
                 _t(USER_INDEX, i64, 1),
                 _t(QUERY_TOKENS, i64, dims.t),
                 _t(ITEM_INDEX, i64, 1),
+                _t(QUERY_CHECKED, DataType.BYTES, 1),
             ),
             backend_source=FEATURES_SOURCE,
             parameters=MappingProxyType(
@@ -404,13 +415,22 @@ def ensemble_spec(dims: PipelineDims, name: str = ENSEMBLE_MODEL) -> ModelSpec:
     )
 
 
+# Step inputs read from an ensemble tensor of another name: (model, its input) -> tensor.
+STEP_INPUT_SOURCES: Mapping[tuple[str, str], str] = MappingProxyType(
+    {(QUERY_TEXT_MODEL, INPUT_QUERY): QUERY_CHECKED}
+)
+
+
 def ensemble_steps() -> tuple[EnsembleStep, ...]:
-    """The ensemble's scheduling steps; internal tensors keep their names between steps."""
+    """The ensemble's scheduling steps; internal tensors keep their names between steps,
+    except the inputs STEP_INPUT_SOURCES reroutes."""
     specs = model_specs(PipelineDims(d=1, h=1, k=1, t=1))  # names only; dims do not matter
     return tuple(
         EnsembleStep(
             model=name,
-            input_map=MappingProxyType({t.name: t.name for t in specs[name].inputs}),
+            input_map=MappingProxyType(
+                {t.name: STEP_INPUT_SOURCES.get((name, t.name), t.name) for t in specs[name].inputs}
+            ),
             output_map=MappingProxyType({t.name: t.name for t in specs[name].outputs}),
         )
         for name in COMPOSING_MODELS

@@ -134,7 +134,8 @@ class FeatureMapper:
         """Triton tensors in, Triton tensors out, all with a leading row dim B.
 
         user_id (B, 1) int64, query (B, 1) bytes objects, item_id (B, 1) int64 ->
-        user_index (B, 1), query_tokens (B, T), item_index (B, 1), all int64.
+        user_index (B, 1), query_tokens (B, T), item_index (B, 1), all int64, and
+        query_checked (B, 1), the query as it came, once every row passed.
         """
         b = user_id.shape[0]
         if query.shape[0] != b or item_id.shape[0] != b:
@@ -152,4 +153,6 @@ class FeatureMapper:
             contract.USER_INDEX: self.user_index(users).reshape(b, 1),
             contract.QUERY_TOKENS: self.query_tokens(texts),
             contract.ITEM_INDEX: self.item_index(items).reshape(b, 1),
+            # the checked query, for query_text (which therefore runs after this step)
+            contract.QUERY_CHECKED: query.reshape(b, 1),
         }
