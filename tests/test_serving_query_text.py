@@ -64,6 +64,17 @@ def test_the_contract_width_is_minilm_s() -> None:
     assert contract.QUERY_TEXT_DIM == TEXT_DIM
 
 
+def test_query_text_runs_after_features_on_the_query_it_checked() -> None:
+    steps = {step.model: step for step in contract.ensemble_steps()}
+    assert steps[contract.QUERY_TEXT_MODEL].input_map == {
+        contract.INPUT_QUERY: contract.QUERY_CHECKED
+    }
+    assert contract.QUERY_CHECKED in steps[contract.FEATURES_MODEL].output_map.values()
+    assert steps[contract.QUERY_ENCODER_MODEL].input_map[contract.QUERY_TEXT_EMB] == (
+        contract.QUERY_TEXT_EMB
+    )
+
+
 def test_seen_unseen_and_empty_queries_embed_like_embed_texts(encoder, seen_query) -> None:
     out = encoder(query_column(seen_query, "", UNSEEN, seen_query))[contract.QUERY_TEXT_EMB]
     assert out.shape == (4, TEXT_DIM) and out.dtype == np.float32
@@ -198,10 +209,10 @@ def test_concurrent_requests_with_different_queries_each_match_offline(
 @pytest.mark.slow
 @pytest.mark.serving
 def test_a_malformed_query_fails_only_its_own_request(triton, client, ml) -> None:
-    """Invalid UTF-8 and a query over max_query_bytes get INVALID_ARG, sent to the ensemble
-    and straight to query_text, while good requests batched with them are served; and a
-    request that `features` rejects (a negative user id) while query_text embeds its query
-    leaves the server up."""
+    """Invalid UTF-8, a query over max_query_bytes and a negative user id get INVALID_ARG from
+    the ensemble while good requests batched with them are served, each with its own answer
+    (query_text runs after features, so no step rejects a request another step works on);
+    sent straight to query_text, a malformed query is INVALID_ARG too."""
     import tritonclient.grpc as grpcclient
 
     user, items = a_user_and_candidates(ml)
@@ -227,7 +238,7 @@ def test_a_malformed_query_fails_only_its_own_request(triton, client, ml) -> Non
 
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(call, range(48)))
-    for kind, value in outcomes:
+    for kind, value in outcomes:  # each request its own answer, none lost
         if kind == "ok":
             np.testing.assert_allclose(value, expected, atol=1e-6, rtol=0)
         else:
