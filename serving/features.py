@@ -29,6 +29,12 @@ from seminar.serving.backend import RequestError
 DEFAULT_MAX_QUERY_BYTES = 1024  # in-process callers; the served limit comes from config.pbtxt
 
 
+def require_query_limit(max_query_bytes: int) -> None:
+    """ValueError unless `max_query_bytes` is a usable limit (>= 1)."""
+    if max_query_bytes < 1:
+        raise ValueError(f"max_query_bytes must be >= 1, got {max_query_bytes}")
+
+
 def decode_queries(query: np.ndarray, max_query_bytes: int) -> list[str]:
     """(B, 1) query bytes objects -> B strings; RequestError for a row over `max_query_bytes`
     (checked for every row before any is decoded) or one that is not UTF-8.
@@ -77,8 +83,7 @@ class FeatureMapper:
     max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
 
     def __post_init__(self) -> None:
-        if self.max_query_bytes < 1:
-            raise ValueError(f"max_query_bytes must be >= 1, got {self.max_query_bytes}")
+        require_query_limit(self.max_query_bytes)
 
     @classmethod
     def load(

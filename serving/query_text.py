@@ -26,7 +26,11 @@ import numpy as np
 
 from seminar import contract
 from seminar.build.minilm import TextEmbedder
-from seminar.serving.features import DEFAULT_MAX_QUERY_BYTES, decode_queries
+from seminar.serving.features import (
+    DEFAULT_MAX_QUERY_BYTES,
+    decode_queries,
+    require_query_limit,
+)
 
 
 @dataclass(frozen=True)
@@ -35,31 +39,17 @@ class QueryTextEncoder:
     max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
 
     def __post_init__(self) -> None:
-        if self.max_query_bytes < 1:
-            raise ValueError(f"max_query_bytes must be >= 1, got {self.max_query_bytes}")
-
-    @classmethod
-    def load(
-        cls,
-        onnx_path: Path,
-        tokenizer_json: Path,
-        max_tokens: int = contract.QUERY_TEXT_MAX_TOKENS,
-        max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES,
-        intra_op_threads: int = 1,
-    ) -> QueryTextEncoder:
-        embedder = TextEmbedder(onnx_path, tokenizer_json, max_tokens, intra_op_threads)
-        return cls(embedder=embedder, max_query_bytes=max_query_bytes)
+        require_query_limit(self.max_query_bytes)
 
     @classmethod
     def from_version_dir(
         cls, version_dir: Path, max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
     ) -> QueryTextEncoder:
         """The query_text model's version folder (file names from seminar/contract.py)."""
-        return cls.load(
-            version_dir / contract.ONNX_FILE,
-            version_dir / contract.TEXT_TOKENIZER_FILE,
-            max_query_bytes=max_query_bytes,
+        embedder = TextEmbedder(
+            version_dir / contract.ONNX_FILE, version_dir / contract.TEXT_TOKENIZER_FILE
         )
+        return cls(embedder=embedder, max_query_bytes=max_query_bytes)
 
     def decode(self, query: np.ndarray) -> list[str]:
         """(B, 1) query bytes -> B strings; RequestError rejects the request."""

@@ -56,7 +56,7 @@ def text_graph(movielens_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def encoder(text_graph) -> QueryTextEncoder:
-    return QueryTextEncoder.load(text_graph, minilm.tokenizer_path())
+    return QueryTextEncoder(minilm.TextEmbedder(text_graph, minilm.tokenizer_path()))
 
 
 # ---- in-process: the encoder the backend wraps --------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from seminar import contract
+from seminar.build.minilm import TextEmbedder
 from seminar.serving.backend import BackendContext, PipelineModel, RowBatch
 from seminar.serving.query_text import QueryTextEncoder
 
@@ -20,13 +21,14 @@ class TritonPythonModel(PipelineModel):
     pb_utils = pb_utils
 
     def load(self, context: BackendContext) -> None:
-        self.encoder = QueryTextEncoder.load(
-            onnx_path=context.artifact(contract.PARAM_ONNX_FILE),
-            tokenizer_json=context.artifact(contract.PARAM_TEXT_TOKENIZER),
+        embedder = TextEmbedder(
+            context.artifact(contract.PARAM_ONNX_FILE),
+            context.artifact(contract.PARAM_TEXT_TOKENIZER),
             max_tokens=context.int_parameter(contract.PARAM_TEXT_MAX_TOKENS),
-            max_query_bytes=context.int_parameter(contract.PARAM_MAX_QUERY_BYTES),
             intra_op_threads=context.int_parameter(contract.PARAM_INTRA_OP_THREADS),
         )
+        max_query_bytes = context.int_parameter(contract.PARAM_MAX_QUERY_BYTES)
+        self.encoder = QueryTextEncoder(embedder, max_query_bytes)
 
     def read(self, request) -> dict:
         """The request's query strings (an object array, rows first): the size and UTF-8
