@@ -113,3 +113,19 @@ def test_a_run_saved_before_the_query_text_loads_and_scores_as_before() -> None:
         queries = run.model.query_table()
     torch.testing.assert_close(logits, torch.tensor(expected["logits"]), atol=1e-6, rtol=0)
     torch.testing.assert_close(queries, torch.tensor(expected["query_table"]), atol=1e-6, rtol=0)
+
+
+def test_search_targets_weigh_search_weight_in_the_fine_tuning_loss() -> None:
+    from seminar.training.trainer import bce_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-0.3, 1.0, 0.0], [0.1, 0.2, -2.0]])
+    target_query = torch.tensor([0, 4, 0])  # row 1 is a search target
+    plain = bce_loss(logits)
+    assert torch.equal(bce_loss(logits, target_query, 1.0), plain)
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    per_row = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, labels, reduction="none"
+    ).mean(1)
+    expected = (per_row * torch.tensor([1.0, 3.0, 1.0])).mean()
+    torch.testing.assert_close(bce_loss(logits, target_query, 3.0), expected)

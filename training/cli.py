@@ -65,6 +65,10 @@ def train(
     relevance_weight: Annotated[
         float | None, typer.Option(help="PSU query-item relevance loss weight.")
     ] = None,
+    search_weight: Annotated[
+        float | None,
+        typer.Option(help="Fine-tuning loss weight of search targets (1 = as recommendation)."),
+    ] = None,
     dim: Annotated[int | None, typer.Option(help="Hidden size D.")] = None,
     heads: Annotated[int | None, typer.Option(help="GSU/ESU heads H.")] = None,
     top_k: Annotated[int | None, typer.Option(help="Events retrieved per head K.")] = None,
@@ -119,6 +123,7 @@ def train(
         "align_weight": align_weight,
         "next_weight": next_weight,
         "relevance_weight": relevance_weight,
+        "search_weight": search_weight,
         "threads": threads,
         "eval_users": eval_users,
         "progress": not as_json,

@@ -60,7 +60,7 @@ def score_indices(
     if query_text_emb is None:
         text = torch.zeros(1, model.config.text_dim)
     else:
-        text = torch.as_tensor(np.asarray(query_text_emb, dtype=np.float32)).reshape(1, -1)
+        text = torch.from_numpy(np.array(query_text_emb, dtype=np.float32)).reshape(1, -1)
     q = model.query_encoder(torch.as_tensor([list(query_tokens)], dtype=torch.long), text)  # (1, D)
     cand = model.item_encoder(torch.as_tensor(list(item_index), dtype=torch.long))  # (C, D)
     items = torch.as_tensor(list(seq_item), dtype=torch.long)

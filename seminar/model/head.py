@@ -14,9 +14,9 @@ from torch.nn import functional
 
 from seminar.model.config import ModelConfig
 
-# A recommendation row's query_emb is the shared no-query vector itself (exact in PyTorch and
-# ONNX Runtime, within FP16 rounding of order-1 values under TensorRT); any query's embedding
-# differs from it by order 1 in some dimension.
+# A recommendation row's query_emb is the shared no-query vector itself: exact in PyTorch and
+# ONNX Runtime, within FP16 rounding (2^-11 relative) under TensorRT. Any query's embedding
+# differs from it by order 1 in some dimension. Relative to the vector's largest entry.
 NO_QUERY_TOLERANCE = 1e-2
 
 
@@ -78,7 +78,8 @@ class RankingHead(nn.Module):
         cosine, so it scores query-item fit directly; inside x_t the query is only an offset
         of the item. Zero on recommendation rows: they see the scorer they had without it.
         """
-        has_query = (query_emb - no_query).abs().amax(dim=-1, keepdim=True) > NO_QUERY_TOLERANCE
+        tolerance = NO_QUERY_TOLERANCE * (1.0 + no_query.abs().amax(dim=0))
+        has_query = (query_emb - no_query).abs().amax(dim=-1, keepdim=True) > tolerance
         cosine = (
             functional.normalize(query_emb, dim=-1) * functional.normalize(item_emb, dim=-1)
         ).sum(dim=-1, keepdim=True)  # (B, 1)

@@ -92,9 +92,8 @@ class SeminarModel(nn.Module):
         """The frozen text embedding of each query index (zeros without the text part): (B, F)."""
         if self.config.use_query_text:
             return self.query_text[query_index]
-        return self.query_tokens.new_zeros(
-            len(query_index), self.config.text_dim, dtype=torch.float32
-        )
+        shape = (*query_index.shape, self.config.text_dim)
+        return self.query_tokens.new_zeros(shape, dtype=torch.float32)
 
     def encode_queries(self, query_index: Tensor) -> Tensor:
         """Embedding of the given query indices (B,) -> (B, D); index 0 = no query."""
