@@ -268,10 +268,11 @@ def setup_lines(report: dict[str, Any]) -> tuple[str, ...]:
     return (
         f"each Triton model instance uses {report['model_threads']} thread(s), the in-process "
         "run 1 torch thread",
-        f"one request = 1 user x {cfg['candidates']} candidates (recommendation request), "
+        f"one request = 1 user x {cfg['candidates']} candidates (recommendation request; the "
+        f"search cell adds the query {cfg.get('search_query', '')!r}), "
         f"{cfg['requests']} timed requests after {cfg['warmup']} warm-up per cell; floor, "
-        f"ensemble and in-process interleaved; c{cfg['concurrency']} = {cfg['concurrency']} "
-        "client threads",
+        f"ensemble (without and with the query) and in-process interleaved; "
+        f"c{cfg['concurrency']} = {cfg['concurrency']} client threads",
         f"data: {report['dataset']}; SYNTHETIC rows are users with seeded random events of its "
         "catalogue appended to it",
     )
