@@ -291,6 +291,25 @@ def test_serving_sentences_follow_the_latencies() -> None:
     assert "MovieLens" not in "\n".join(serving.setup_lines(serving_report(1.0, 1.0)))
 
 
+def test_serving_report_says_what_the_query_costs() -> None:
+    report = serving_report(10.0, 8.0)
+    report["config"]["search_query"] = "a film about robots in love"
+    row = report["rows"][0]
+    row["ensemble_search"] = serving_cell(13.5)
+    row["max_abs_diff_search"] = 2e-6
+    row["breakdown"]["query_text"] = {"queue": 0.1, "compute_input": 0.01,
+                                      "compute_infer": 1.7, "compute_output": 0.01}  # fmt: skip
+    text = serving.markdown(report)
+    assert "| ensemble, sequential, with a query | 13.50 |" in text
+    assert (
+        "a search request (query 'a film about robots in love') takes 13.50 ms p50 against "
+        "10.00 ms without a query: +3.50 ms for the query's MiniLM embedding (query_text); "
+        "query_text's compute averaged over both kinds of request is 1.70 ms."
+    ) in text
+    assert "max |diff| per row: 0.0e+00; with the query: 2.0e-06." in text
+    assert "with a query" not in serving.markdown(serving_report(10.0, 8.0))
+
+
 # -- soak ----------------------------------------------------------------------------------------
 
 
