@@ -178,7 +178,7 @@ def bench_serving(
 ) -> None:
     """Ensemble latency vs in-process vs a trivial model; writes OUT/serving.md and .json.
 
-    Builds a repository from RUN over DATA plus SYNTHETIC users with 1k and 10k events, starts the real tritonserver with it and a trivial Python-backend model (the floor), and measures p50/p90/p99 per history length, sequentially and at concurrency 4, next to the same computation in-process. Triton's per-model statistics show where the time goes.
+    Builds a repository from RUN over DATA plus SYNTHETIC users with 1k and 10k events, starts the real tritonserver with it and a trivial Python-backend model (the floor), and measures p50/p90/p99 per history length, sequentially (without and with a query, whose difference is what the query's MiniLM embedding costs) and at concurrency 4, next to the same computation in-process. Triton's per-model statistics show where the time goes.
     """
     from seminar.bench.harness import write_record
     from seminar.bench.serving import ServingBenchConfig, run_bench

@@ -7,6 +7,8 @@ dataset with about 100 events, and SYNTHETIC users with 1k and 10k events append
 - floor: a trivial Python-backend model with the ensemble's inputs on the same server
   (what Triton + gRPC + the Python backend cost before any model work), the anchor;
 - ensemble: `seminar`, sequential and at concurrency 4 (threads, one gRPC client each);
+- ensemble with a query: the same request with a query never seen in training, so the
+  difference to the ensemble's row is what the query's MiniLM embedding (`query_text`) costs;
 - in-process: the same artifacts and library calls without Triton (seminar.serving.inprocess),
   single-threaded like each Triton model instance.
 
@@ -62,6 +64,9 @@ class ServingBenchConfig:
     synthetic_lengths: tuple[int, ...] = (1_000, 10_000)
     seed: int = 0
     version: int = 1
+    # The query of the search cell: never seen in training (query_text embeds it at serving
+    # time); the same string every request, so the cell costs one MiniLM call per request.
+    search_query: str = "a film about robots in love"
 
     def __post_init__(self) -> None:
         for name in ("candidates", "requests", "concurrency", "real_length", "version"):
@@ -158,16 +163,22 @@ def _measure_row(server, client, pipeline, uid, candidates, cfg, composing) -> d
     from seminar.serving.floor import FLOOR_MODEL
 
     inputs = request_inputs(uid, "", candidates)
-    served = (
-        client().infer(contract.ENSEMBLE_MODEL, inputs).as_numpy(contract.OUTPUT_SCORE).reshape(-1)
-    )
-    local = pipeline.score(uid, "", candidates)
-    cell: dict = {"max_abs_diff": float(np.abs(served - local).max())}
+    search = request_inputs(uid, cfg.search_query, candidates)
+    cell: dict = {}
+    for key, query, request in (
+        ("max_abs_diff", "", inputs),
+        ("max_abs_diff_search", cfg.search_query, search),
+    ):
+        served = client().infer(contract.ENSEMBLE_MODEL, request).as_numpy(contract.OUTPUT_SCORE)
+        local = pipeline.score(uid, query, candidates)
+        cell[key] = float(np.abs(served.reshape(-1) - local).max())
     before = _stats(server)
     sequential, _ = time_interleaved(
         {
             "floor": lambda: client().infer(FLOOR_MODEL, inputs),
             "ensemble": lambda: client().infer(contract.ENSEMBLE_MODEL, inputs),
+            # the same request with a query: what the query_text step (MiniLM) adds
+            "ensemble_search": lambda: client().infer(contract.ENSEMBLE_MODEL, search),
             "in_process": lambda: pipeline.score(uid, "", candidates),
         },
         cfg.requests,
@@ -215,12 +226,7 @@ def run_bench(
     candidates = rng.choice(ds.item_ids, size=cfg.candidates, replace=False).astype(np.int64)
 
     pipeline = InProcessPipeline.from_repo(repo, cfg.version)
-    composing = (
-        contract.FEATURES_MODEL,
-        *contract.EXPORTED_MODELS[:2],
-        contract.PQ_RETRIEVAL_MODEL,
-        contract.RANKING_HEAD_MODEL,
-    )
+    composing = contract.COMPOSING_MODELS
     results = []
     config = TritonConfig(repo=repo, wait_models=(contract.ENSEMBLE_MODEL, FLOOR_MODEL))
     with TritonServer(config) as server:
@@ -262,10 +268,11 @@ def setup_lines(report: dict[str, Any]) -> tuple[str, ...]:
     return (
         f"each Triton model instance uses {report['model_threads']} thread(s), the in-process "
         "run 1 torch thread",
-        f"one request = 1 user x {cfg['candidates']} candidates (recommendation request), "
+        f"one request = 1 user x {cfg['candidates']} candidates (recommendation request; the "
+        f"search cell adds the query {cfg.get('search_query', '')!r}), "
         f"{cfg['requests']} timed requests after {cfg['warmup']} warm-up per cell; floor, "
-        f"ensemble and in-process interleaved; c{cfg['concurrency']} = {cfg['concurrency']} "
-        "client threads",
+        f"ensemble (without and with the query) and in-process interleaved; "
+        f"c{cfg['concurrency']} = {cfg['concurrency']} client threads",
         f"data: {report['dataset']}; SYNTHETIC rows are users with seeded random events of its "
         "catalogue appended to it",
     )
@@ -275,6 +282,7 @@ SYSTEMS = (
     ("floor", "floor: trivial Python model (anchor)"),
     ("in_process", "in-process, no Triton"),
     ("ensemble", "ensemble, sequential"),
+    ("ensemble_search", "ensemble, sequential, with a query"),
     ("ensemble_c4", "ensemble, concurrency {concurrency}"),
 )
 
@@ -291,6 +299,8 @@ def markdown(report: dict[str, Any]) -> str:
         label = f"{row['length']:,} ({row['source']})"
         base = row["in_process"]["p50_ms"]
         for key, name in SYSTEMS:
+            if key not in row:  # a record from before the cell existed
+                continue
             summary = row[key]
             cells.append(
                 (
@@ -352,6 +362,22 @@ def markdown(report: dict[str, Any]) -> str:
             "includes each Python model's IPC with its stub process); the largest compute is "
             f"{slowest}'s, {row['breakdown'][slowest]['compute_infer']:.2f} ms."
         )
+    for row in report["rows"]:
+        if "ensemble_search" not in row:
+            continue
+        with_query, without = row["ensemble_search"]["p50_ms"], row["ensemble"]["p50_ms"]
+        text = row["breakdown"].get(contract.QUERY_TEXT_MODEL, {}).get("compute_infer")
+        lines.append(
+            f"- L = {row['length']:,}: a search request (query {cfg.get('search_query', '')!r}) "
+            f"takes {with_query:.2f} ms p50 against {without:.2f} ms without a query: "
+            f"{with_query - without:+.2f} ms for the query's MiniLM embedding (query_text)"
+            + (
+                f"; query_text's compute averaged over both kinds of request is {text:.2f} ms"
+                if text is not None
+                else ""
+            )
+            + "."
+        )
     last = report["rows"][-1]
     measured = last["ensemble"]["p50_ms"] / last["in_process"]["p50_ms"]
     lines += [
@@ -361,6 +387,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"({'met' if measured <= GOAL_RATIO else 'missed; see the per-model statistics'}).",
         "Served vs in-process scores, max |diff| per row: "
         + ", ".join(f"{r['max_abs_diff']:.1e}" for r in report["rows"])
+        + (
+            "; with the query: "
+            + ", ".join(f"{r['max_abs_diff_search']:.1e}" for r in report["rows"])
+            if all("max_abs_diff_search" in r for r in report["rows"])
+            else ""
+        )
         + ".",
     ]
     return "\n".join(lines) + "\n"

@@ -80,7 +80,8 @@ def real_parity_inputs(
     users = rng.integers(0, len(offsets) - 1, rows)
 
     with torch.no_grad():
-        query_emb = model.query_encoder(torch.from_numpy(tokens)).float()  # (B, D)
+        # The head sees what the query encoder gives for these queries, text part included.
+        query_emb = model.encode_queries(torch.from_numpy(q_rows.astype(np.int64))).float()
         item_emb = model.item_encoder(torch.from_numpy(items[:, 0])).float()  # (B, D)
         tables = model.component_tables()
         topk_emb = torch.zeros(rows, dims.h, dims.k, dims.d)
@@ -99,7 +100,16 @@ def real_parity_inputs(
             topk_emb[b] = flat.reshape(dims.h, dims.k, dims.d)  # (H*K, D) -> (H, K, D)
             topk_mask[b].view(-1)[:n] = 1.0
     return {
-        contract.QUERY_ENCODER_MODEL: {contract.QUERY_TOKENS: tokens},
+        contract.QUERY_ENCODER_MODEL: {
+            contract.QUERY_TOKENS: tokens,
+            # the real queries' MiniLM rows (zeros for row 0, no query; and where the model
+            # was trained without text)
+            contract.QUERY_TEXT_EMB: model.query_text_rows(
+                torch.from_numpy(q_rows.astype(np.int64))
+            )
+            .float()
+            .numpy(),
+        },
         contract.ITEM_ENCODER_MODEL: {contract.ITEM_INDEX: items},
         contract.RANKING_HEAD_MODEL: {
             contract.QUERY_EMB: query_emb.numpy(),

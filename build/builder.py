@@ -34,7 +34,7 @@ from pathlib import Path
 from torch import nn
 
 from seminar import contract, manifest
-from seminar.build import artifacts, export, lock, repository, tensorrt
+from seminar.build import artifacts, export, lock, minilm, repository, tensorrt
 from seminar.errors import ArtifactError, ConflictError, UsageError
 from seminar.provenance import git_revision
 
@@ -352,20 +352,31 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     for d in version_dirs.values():
         d.mkdir(parents=True)
 
-    for name in contract.EXPORTED_MODELS:
-        vdir, onnx_path = version_dirs[name], exports[name].onnx_path
-        shutil.copyfile(onnx_path, vdir / contract.ONNX_FILE)
+    exports[contract.QUERY_TEXT_MODEL] = minilm.export_query_text(
+        onnx_dir, inputs.data_dir, request.export, progress
+    )
+    graph_specs = {name: specs[name] for name in contract.EXPORTED_MODELS}
+    graph_specs[contract.QUERY_TEXT_MODEL] = contract.query_text_graph_spec()
+    for name, graph_spec in graph_specs.items():
+        vdir = version_dirs[name]
+        shutil.copyfile(exports[name].onnx_path, vdir / contract.ONNX_FILE)
         if request.target is contract.Target.GPU:
             progress(f"tensorrt {name}")
             plan = vdir / contract.PLAN_FILE
             tensorrt.write_trtexec_script(
-                vdir / contract.ONNX_FILE, plan, specs[name], request.profile
+                vdir / contract.ONNX_FILE, plan, graph_spec, request.profile
             )
-            tensorrt.build_engine(vdir / contract.ONNX_FILE, plan, specs[name], request.profile)
-            tensorrt.engine_parity(vdir / contract.ONNX_FILE, plan, specs[name])
-        else:
+            tensorrt.build_engine(vdir / contract.ONNX_FILE, plan, graph_spec, request.profile)
+            tensorrt.engine_parity(vdir / contract.ONNX_FILE, plan, graph_spec)
+        if name in contract.EXPORTED_MODELS and request.target is contract.Target.CPU:
             _copy_backend(specs[name].backend_source, vdir)
             artifacts.write_index_ranges(vdir, specs[name], bounds)
+
+    # query_text is a Python model on every target (it tokenizes strings); the gpu build's
+    # plan beside its graph is for the TensorRT container route (trtexec.sh).
+    query_text_dir = version_dirs[contract.QUERY_TEXT_MODEL]
+    minilm.copy_tokenizer(query_text_dir)
+    _copy_backend(specs[contract.QUERY_TEXT_MODEL].backend_source, query_text_dir)
 
     progress("features maps")
     artifacts.write_features(inputs.data_dir, version_dirs[contract.FEATURES_MODEL], dims)

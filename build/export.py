@@ -55,14 +55,15 @@ class ExportConfig:
 
 
 class QueryEncoderGraph(nn.Module):
-    """query_tokens (B, T) int64 -> query_emb (B, D)."""
+    """query_tokens (B, T) int64, query_text_emb (B, F) float32 (the `query_text` step's
+    MiniLM embedding, zeros for no query) -> query_emb (B, D)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, query_tokens: Tensor) -> Tensor:
-        return self.encoder(query_tokens)
+    def forward(self, query_tokens: Tensor, query_text_emb: Tensor) -> Tensor:
+        return self.encoder(query_tokens, query_text_emb)
 
 
 class ItemEncoderGraph(nn.Module):
@@ -159,18 +160,31 @@ def export_onnx(
     """torch.onnx.export(dynamo=True) with a dynamic batch dim and the spec's tensor names."""
     batch = torch.export.Dim("batch", min=1, max=config.max_batch)
     dynamic = {t.name: {0: batch} for t in spec.inputs}
+    return checked_onnx_export(module, _example(spec, 2), spec, path, dynamic, config.opset)
+
+
+def checked_onnx_export(
+    module: nn.Module,
+    example: tuple[Tensor, ...],
+    spec: contract.ModelSpec,
+    path: Path,
+    dynamic: Mapping[str, Mapping[int, object]],
+    opset: int,
+) -> Path:
+    """torch.onnx.export(dynamo=True) of `module` with the spec's tensor names and the given
+    dynamic dims, debug records stripped, then the ONNX checker with full shape inference."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _quiet(), torch.no_grad():
             torch.onnx.export(
                 module,
-                _example(spec, 2),
+                example,
                 str(path),
                 dynamo=True,
                 input_names=[t.name for t in spec.inputs],
                 output_names=[t.name for t in spec.outputs],
-                dynamic_shapes=dynamic,
-                opset_version=config.opset,
+                dynamic_shapes=dict(dynamic),
+                opset_version=opset,
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises many types; report them as one
@@ -281,6 +295,11 @@ def random_inputs(
             n = rng.integers(0, k + 1, size=(batch, h, 1)) if valid_slots is None else valid_slots
             mask = np.arange(k)[None, None, :] < n  # (B or 1, H or 1, K)
             out[t.name] = np.broadcast_to(mask, shape).astype(np.float32)  # (B, H, K)
+        elif t.name == contract.QUERY_TEXT_EMB:
+            # What MiniLM gives: unit rows, and the zero row of an empty query for a quarter.
+            text = rng.standard_normal(shape)
+            text /= np.linalg.norm(text, axis=1, keepdims=True)
+            out[t.name] = np.where(rng.random((batch, 1)) < 0.25, 0.0, text).astype(np.float32)
         elif t.dtype is contract.DataType.INT64:
             values = rng.integers(0, index_bounds[t.name], size=shape, dtype=np.int64)
             if t.name == contract.QUERY_TOKENS:
@@ -336,7 +355,12 @@ def polygraphy_onnxrt(onnx_path: Path, spec: contract.ModelSpec, batch: int = 7)
         raise CheckFailed(
             "polygraphy is not installed in this environment (pip install polygraphy)"
         )
-    shapes = [f"{t.name}:[{','.join(str(d) for d in (batch, *t.dims))}]" for t in spec.inputs]
+    from seminar.build.tensorrt import row_dims
+
+    # A dynamic non-batch dim (the MiniLM graph's wordpieces) at its typical length.
+    shapes = [
+        f"{t.name}:[{','.join(str(d) for d in (batch, *row_dims(t, 1)))}]" for t in spec.inputs
+    ]
     # Index inputs must stay in range: 0..1 is valid for every table (PAD / OOV rows).
     bounds = [f"{t.name}:[0,1]" for t in spec.inputs if t.dtype is contract.DataType.INT64]
     cmd = [exe_path, "run", str(onnx_path), "--onnxrt", "--input-shapes", *shapes]

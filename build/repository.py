@@ -104,7 +104,7 @@ def model_config(
         return config
     config.backend = "python"
     params = dict(spec.parameters)
-    if spec.name == contract.FEATURES_MODEL:
+    if spec.name in contract.QUERY_STRING_MODELS:  # the models that read the query string
         params[contract.PARAM_MAX_QUERY_BYTES] = str(serving.max_query_bytes)
     if spec.kind is contract.TritonModelKind.EXPORTED:
         params[contract.PARAM_INDEX_RANGES] = contract.INDEX_RANGES_FILE
@@ -278,7 +278,7 @@ def _check_parameters(
 ) -> None:
     """The parameters the Python models read beyond the spec's static ones."""
     params = {key: value.string_value for key, value in config.parameters.items()}
-    if spec.name == contract.FEATURES_MODEL:
+    if spec.name in contract.QUERY_STRING_MODELS:
         value = params.get(contract.PARAM_MAX_QUERY_BYTES, "")
         if not value.isdigit() or int(value) < 1:
             raise ArtifactError(
@@ -314,9 +314,10 @@ def tensor_mismatch(config: model_config_pb2.ModelConfig, spec: contract.ModelSp
 
 
 def instance_kind(spec: contract.ModelSpec, target: contract.Target) -> int:
-    """KIND_GPU for the engines and pq_retrieval on gpu; the features lookup (numpy id maps
-    and a tokenizer) always runs on the CPU."""
-    on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
+    """KIND_GPU for the engines and pq_retrieval on gpu; the models that read the query
+    string (features: id maps and a tokenizer; query_text: wordpieces and MiniLM) always run
+    on the CPU."""
+    on_gpu = target is contract.Target.GPU and spec.name not in contract.QUERY_STRING_MODELS
     return (
         model_config_pb2.ModelInstanceGroup.KIND_GPU
         if on_gpu

@@ -87,8 +87,18 @@ def fp32_layer_names(onnx_path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in FP32_OPS and n.name]
 
 
-def _shape(spec: contract.TensorSpec, batch: int) -> str:
-    return "x".join(str(d) for d in (batch, *spec.dims))
+# A dynamic non-batch dim (-1: the MiniLM graph's wordpieces) gets this min / opt / max:
+# one wordpiece, a typical query, MiniLM's truncation length.
+SEQUENCE_PROFILE = (1, 16, contract.QUERY_TEXT_MAX_TOKENS)
+
+
+def row_dims(spec: contract.TensorSpec, which: int) -> tuple[int, ...]:
+    """Per-row dims of `spec` at profile point `which` (0 min, 1 opt, 2 max)."""
+    return tuple(SEQUENCE_PROFILE[which] if d == -1 else d for d in spec.dims)
+
+
+def _shape(spec: contract.TensorSpec, batch: int, which: int) -> str:
+    return "x".join(str(d) for d in (batch, *row_dims(spec, which)))
 
 
 def trtexec_command(
@@ -96,17 +106,17 @@ def trtexec_command(
 ) -> list[str]:
     """The trtexec command line equivalent to build_engine()."""
 
-    def shapes(batch: int) -> str:
-        return ",".join(f"{t.name}:{_shape(t, batch)}" for t in spec.inputs)
+    def shapes(batch: int, which: int) -> str:
+        return ",".join(f"{t.name}:{_shape(t, batch, which)}" for t in spec.inputs)
 
     cmd = [
         "trtexec",
         f"--onnx={onnx_path.name}",
         f"--saveEngine={plan_path.name}",
         "--fp16",
-        f"--minShapes={shapes(profile.min_batch)}",
-        f"--optShapes={shapes(profile.opt_batch)}",
-        f"--maxShapes={shapes(profile.max_batch)}",
+        f"--minShapes={shapes(profile.min_batch, 0)}",
+        f"--optShapes={shapes(profile.opt_batch, 1)}",
+        f"--maxShapes={shapes(profile.max_batch, 2)}",
     ]
     layers = fp32_layer_names(onnx_path)
     if layers:
@@ -164,9 +174,9 @@ def build_engine(
     for t in spec.inputs:
         opt.set_shape(
             t.name,
-            (profile.min_batch, *t.dims),
-            (profile.opt_batch, *t.dims),
-            (profile.max_batch, *t.dims),
+            (profile.min_batch, *row_dims(t, 0)),
+            (profile.opt_batch, *row_dims(t, 1)),
+            (profile.max_batch, *row_dims(t, 2)),
         )
     config.add_optimization_profile(opt)
     serialized = builder.build_serialized_network(network, config)
@@ -187,7 +197,7 @@ def engine_parity(
     from polygraphy.common import TensorMetadata
     from polygraphy.comparator import Comparator, CompareFunc, DataLoader
 
-    shapes = {t.name: (batch, *t.dims) for t in spec.inputs}
+    shapes = {t.name: (batch, *row_dims(t, 1)) for t in spec.inputs}
     meta = TensorMetadata()
     for t in spec.inputs:
         meta.add(t.name, t.dtype.numpy, shapes[t.name])

@@ -9,11 +9,14 @@ exported graphs and the generated configs against it.
 
 Shapes: the batch dimension is the candidate row everywhere (max_batch_size > 0), so every
 `dims` below is per row and excludes it. Letters: D hidden size, H GSU heads, K events kept per
-head, T query tokens.
+head, T query tokens, F the frozen text embedding's width (QUERY_TEXT_DIM).
 
     features       user_id INT64[1], query BYTES[1], item_id INT64[1]
-                   -> user_index INT64[1], query_tokens INT64[T], item_index INT64[1]
-    query_encoder  query_tokens -> query_emb FP32[D]
+                   -> user_index INT64[1], query_tokens INT64[T], item_index INT64[1],
+                      query_checked BYTES[1]
+    query_text     query (<- query_checked) BYTES[1] -> query_text_emb FP32[F]
+                   (frozen MiniLM; "" -> zeros)
+    query_encoder  query_tokens, query_text_emb -> query_emb FP32[D]
     item_encoder   item_index -> item_emb FP32[D]
     pq_retrieval   user_index, query_emb, item_emb -> topk_emb FP32[H,K,D], topk_mask FP32[H,K]
     ranking_head   query_emb, item_emb, topk_emb, topk_mask -> score FP32[1]  (a logit)
@@ -88,6 +91,23 @@ ITEM_INDEX = "item_index"  # INT64 [1]: dense item index, 1 = OOV (unknown item 
 # FP32 [F]: the query's frozen MiniLM embedding (seminar.data.features.embed_texts); an empty
 # query (a recommendation request) is the all-zero row.
 QUERY_TEXT_EMB = "query_text_emb"
+# BYTES [1]: the request's query, passed through by `features` once every row of the request
+# passed its checks. `query_text` reads its `query` input from it instead of from the
+# ensemble's input, so it runs after `features`: a request is then only ever rejected by the
+# first step, while no other step works on it. An error from one step while a sibling step
+# still ran on the same ensemble request left tritonserver 2.51 answering later requests with
+# other requests' errors and never answering some (measured: 48 concurrent requests, a quarter
+# rejected by features alone, half by both).
+QUERY_CHECKED = "query_checked"
+# F: the width of MiniLM's embedding (seminar.data.features.TEXT_DIM, which a test holds equal).
+QUERY_TEXT_DIM = 384
+# The MiniLM graph inside `query_text` (not a pipeline tensor: the model tokenizes the query
+# itself): wordpiece ids and their mask, (B, S) with S the batch's longest query in tokens.
+TEXT_INPUT_IDS = "input_ids"
+TEXT_ATTENTION_MASK = "attention_mask"
+# MiniLM's longest input in wordpieces (sentence-transformers' max_seq_length for this model):
+# longer queries are truncated exactly as `seminar.data.features.embed_texts` truncates them.
+QUERY_TEXT_MAX_TOKENS = 256
 QUERY_EMB = "query_emb"  # FP32 [D]
 ITEM_EMB = "item_emb"  # FP32 [D]
 TOPK_EMB = "topk_emb"  # FP32 [H, K, D]: exact pair embeddings of each head's top-K events
@@ -113,7 +133,10 @@ PARAM_QUERY_LEN = "query_len"  # features: T
 PARAM_PQ_DIR = "pq_dir"  # pq_retrieval: folder (in the version dir) of save_pq_artifacts
 PARAM_DEVICE = "device"  # pq_retrieval: "cpu" or "cuda"
 PARAM_TOP_K = "top_k"  # pq_retrieval: K
-PARAM_MAX_QUERY_BYTES = "max_query_bytes"  # features: longer queries are rejected untokenized
+# features, query_text: longer queries are rejected untokenized
+PARAM_MAX_QUERY_BYTES = "max_query_bytes"
+PARAM_TEXT_TOKENIZER = "tokenizer_file"  # query_text: MiniLM's tokenizer.json in the version dir
+PARAM_TEXT_MAX_TOKENS = "max_tokens"  # query_text: truncation length in wordpieces
 # cpu ONNX Runtime models: JSON file in the version dir, [low, high) per index input
 PARAM_INDEX_RANGES = "index_ranges_file"
 
@@ -126,6 +149,7 @@ PYTHON_FILE = "model.py"
 USER_IDS_FILE = "user_ids.npy"
 ITEM_IDS_FILE = "item_ids.npy"
 TOKENS_FILE = "tokens.json"
+TEXT_TOKENIZER_FILE = "tokenizer.json"  # query_text: MiniLM's wordpiece tokenizer
 PQ_DIR = "pq"
 MANIFEST_FILE = "manifest.json"
 TRTEXEC_FILE = "trtexec.sh"
@@ -139,6 +163,7 @@ PYCACHE_BLOCKER = "__pycache__"
 # Python-backend sources in serving/backends/, copied to
 # <model>/<version>/model.py. The three exported graphs share one ONNX Runtime runner.
 FEATURES_SOURCE = "features.py"
+QUERY_TEXT_SOURCE = "query_text.py"
 ONNX_RUNNER_SOURCE = "onnx_model.py"
 PQ_RETRIEVAL_SOURCE = "pq_retrieval.py"
 
@@ -270,6 +295,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
     query_emb, item_emb = _t(QUERY_EMB, f32, dims.d), _t(ITEM_EMB, f32, dims.d)
     topk_emb = _t(TOPK_EMB, f32, dims.h, dims.k, dims.d)
     topk_mask = _t(TOPK_MASK, f32, dims.h, dims.k)
+    query_text_emb = _t(QUERY_TEXT_EMB, f32, QUERY_TEXT_DIM)
     onnx_params = MappingProxyType({PARAM_ONNX_FILE: ONNX_FILE, PARAM_INTRA_OP_THREADS: "1"})
     specs = [
         ModelSpec(
@@ -284,6 +310,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
                 _t(USER_INDEX, i64, 1),
                 _t(QUERY_TOKENS, i64, dims.t),
                 _t(ITEM_INDEX, i64, 1),
+                _t(QUERY_CHECKED, DataType.BYTES, 1),
             ),
             backend_source=FEATURES_SOURCE,
             parameters=MappingProxyType(
@@ -296,9 +323,24 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             ),
         ),
         ModelSpec(
+            name=QUERY_TEXT_MODEL,
+            kind=TritonModelKind.PYTHON,
+            inputs=(_t(INPUT_QUERY, DataType.BYTES, 1),),
+            outputs=(query_text_emb,),
+            backend_source=QUERY_TEXT_SOURCE,
+            parameters=MappingProxyType(
+                {
+                    PARAM_ONNX_FILE: ONNX_FILE,
+                    PARAM_TEXT_TOKENIZER: TEXT_TOKENIZER_FILE,
+                    PARAM_TEXT_MAX_TOKENS: str(QUERY_TEXT_MAX_TOKENS),
+                    PARAM_INTRA_OP_THREADS: "1",
+                }
+            ),
+        ),
+        ModelSpec(
             name=QUERY_ENCODER_MODEL,
             kind=TritonModelKind.EXPORTED,
-            inputs=(_t(QUERY_TOKENS, i64, dims.t),),
+            inputs=(_t(QUERY_TOKENS, i64, dims.t), query_text_emb),
             outputs=(query_emb,),
             backend_source=ONNX_RUNNER_SOURCE,
             parameters=onnx_params,
@@ -334,6 +376,7 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
 FEATURES_MODEL = "features"
 COMPOSING_MODELS: tuple[str, ...] = (
     FEATURES_MODEL,
+    QUERY_TEXT_MODEL,
     QUERY_ENCODER_MODEL,
     ITEM_ENCODER_MODEL,
     PQ_RETRIEVAL_MODEL,
@@ -344,6 +387,24 @@ EXPORTED_MODELS: tuple[str, ...] = (
     ITEM_ENCODER_MODEL,
     RANKING_HEAD_MODEL,
 )
+# Python models whose work is a graph of their own: the build exports it (gated by parity) and,
+# for the gpu target, makes a TensorRT plan of it through the same code as the exported models.
+GRAPH_MODELS: tuple[str, ...] = (QUERY_TEXT_MODEL,)
+# The Python models that read the query string: on the CPU on every target (tokenizers), and
+# each rejects a query over max_query_bytes before tokenizing it.
+QUERY_STRING_MODELS: tuple[str, ...] = (FEATURES_MODEL, QUERY_TEXT_MODEL)
+
+
+def query_text_graph_spec() -> ModelSpec:
+    """The MiniLM graph `query_text` runs: wordpiece ids and mask (B, S) -> (B, F) mean-pooled,
+    L2-normalised embedding. S is dynamic (-1), the batch's longest query in wordpieces."""
+    i64 = DataType.INT64
+    return ModelSpec(
+        name=QUERY_TEXT_MODEL,
+        kind=TritonModelKind.EXPORTED,
+        inputs=(_t(TEXT_INPUT_IDS, i64, -1), _t(TEXT_ATTENTION_MASK, i64, -1)),
+        outputs=(_t(QUERY_TEXT_EMB, DataType.FP32, QUERY_TEXT_DIM),),
+    )
 
 
 def ensemble_spec(dims: PipelineDims, name: str = ENSEMBLE_MODEL) -> ModelSpec:
@@ -357,13 +418,22 @@ def ensemble_spec(dims: PipelineDims, name: str = ENSEMBLE_MODEL) -> ModelSpec:
     )
 
 
+# Step inputs read from an ensemble tensor of another name: (model, its input) -> tensor.
+STEP_INPUT_SOURCES: Mapping[tuple[str, str], str] = MappingProxyType(
+    {(QUERY_TEXT_MODEL, INPUT_QUERY): QUERY_CHECKED}
+)
+
+
 def ensemble_steps() -> tuple[EnsembleStep, ...]:
-    """The ensemble's scheduling steps; internal tensors keep their names between steps."""
+    """The ensemble's scheduling steps; internal tensors keep their names between steps,
+    except the inputs STEP_INPUT_SOURCES reroutes."""
     specs = model_specs(PipelineDims(d=1, h=1, k=1, t=1))  # names only; dims do not matter
     return tuple(
         EnsembleStep(
             model=name,
-            input_map=MappingProxyType({t.name: t.name for t in specs[name].inputs}),
+            input_map=MappingProxyType(
+                {t.name: STEP_INPUT_SOURCES.get((name, t.name), t.name) for t in specs[name].inputs}
+            ),
             output_map=MappingProxyType({t.name: t.name for t in specs[name].outputs}),
         )
         for name in COMPOSING_MODELS

@@ -29,6 +29,35 @@ from seminar.serving.backend import RequestError
 DEFAULT_MAX_QUERY_BYTES = 1024  # in-process callers; the served limit comes from config.pbtxt
 
 
+def require_query_limit(max_query_bytes: int) -> None:
+    """ValueError unless `max_query_bytes` is a usable limit (>= 1)."""
+    if max_query_bytes < 1:
+        raise ValueError(f"max_query_bytes must be >= 1, got {max_query_bytes}")
+
+
+def decode_queries(query: np.ndarray, max_query_bytes: int) -> list[str]:
+    """(B, 1) query bytes objects -> B strings; RequestError for a row over `max_query_bytes`
+    (checked for every row before any is decoded) or one that is not UTF-8.
+
+    Every model that reads the query string (features, query_text) checks it with this one
+    function, so a request is rejected with the same message whichever step meets it first."""
+    raw_queries = query.reshape(len(query))
+    for row, raw in enumerate(raw_queries):
+        size = len(raw) if isinstance(raw, bytes) else len(str(raw).encode("utf-8"))
+        if size > max_query_bytes:
+            raise RequestError(
+                f"query row {row} is {size} bytes, over the limit of "
+                f"{max_query_bytes} bytes (max_query_bytes)"
+            )
+    texts = []
+    for row, raw in enumerate(raw_queries):
+        try:
+            texts.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+        except UnicodeDecodeError:
+            raise RequestError(f"query row {row} is not valid UTF-8") from None
+    return texts
+
+
 def _sorted_ids(path: Path, what: str) -> np.ndarray:
     ids = np.load(path, allow_pickle=False)
     if ids.dtype != np.int64 or ids.ndim != 1:
@@ -54,8 +83,7 @@ class FeatureMapper:
     max_query_bytes: int = DEFAULT_MAX_QUERY_BYTES
 
     def __post_init__(self) -> None:
-        if self.max_query_bytes < 1:
-            raise ValueError(f"max_query_bytes must be >= 1, got {self.max_query_bytes}")
+        require_query_limit(self.max_query_bytes)
 
     @classmethod
     def load(
@@ -111,7 +139,8 @@ class FeatureMapper:
         """Triton tensors in, Triton tensors out, all with a leading row dim B.
 
         user_id (B, 1) int64, query (B, 1) bytes objects, item_id (B, 1) int64 ->
-        user_index (B, 1), query_tokens (B, T), item_index (B, 1), all int64.
+        user_index (B, 1), query_tokens (B, T), item_index (B, 1), all int64, and
+        query_checked (B, 1), the query as it came, once every row passed.
         """
         b = user_id.shape[0]
         if query.shape[0] != b or item_id.shape[0] != b:
@@ -124,22 +153,11 @@ class FeatureMapper:
             if (ids < 0).any():
                 row = int(np.flatnonzero(ids < 0)[0])
                 raise RequestError(f"{name} must be >= 0, row {row} has {int(ids[row])}")
-        raw_queries = query.reshape(b)
-        for row, raw in enumerate(raw_queries):
-            size = len(raw) if isinstance(raw, bytes) else len(str(raw).encode("utf-8"))
-            if size > self.max_query_bytes:
-                raise RequestError(
-                    f"query row {row} is {size} bytes, over the limit of "
-                    f"{self.max_query_bytes} bytes (max_query_bytes)"
-                )
-        texts = []
-        for row, raw in enumerate(raw_queries):
-            try:
-                texts.append(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-            except UnicodeDecodeError:
-                raise RequestError(f"query row {row} is not valid UTF-8") from None
+        texts = decode_queries(query, self.max_query_bytes)
         return {
             contract.USER_INDEX: self.user_index(users).reshape(b, 1),
             contract.QUERY_TOKENS: self.query_tokens(texts),
             contract.ITEM_INDEX: self.item_index(items).reshape(b, 1),
+            # the checked query, for query_text (which therefore runs after this step)
+            contract.QUERY_CHECKED: query.reshape(b, 1),
         }

@@ -1,5 +1,6 @@
 """The `seminar` ensemble's computation in-process, without Triton: the same artifacts and the
-same library calls the Triton models make (features -> encoders -> pq_retrieval -> head).
+same library calls the Triton models make (features, query_text -> encoders -> pq_retrieval ->
+head).
 
 `seminar bench serving` times it next to the served ensemble, so the difference is what Triton,
 gRPC and the Python backend's IPC cost.
@@ -18,6 +19,7 @@ from seminar import contract
 from seminar.serving.client import request_arrays
 from seminar.serving.features import FeatureMapper
 from seminar.serving.onnx_runner import OnnxRunner
+from seminar.serving.query_text import QueryTextEncoder
 from seminar.serving.retrieval import BatchRetrieval
 
 
@@ -48,6 +50,7 @@ def _dtypes(repo: Path, model: str) -> tuple[dict[str, np.dtype], dict[str, np.d
 @dataclass
 class InProcessPipeline:
     features: FeatureMapper
+    query_text: QueryTextEncoder
     encoders: dict[str, OnnxRunner]  # query_encoder, item_encoder, ranking_head
     retrieval: BatchRetrieval
 
@@ -58,6 +61,10 @@ class InProcessPipeline:
         feat = _params(repo, contract.FEATURES_MODEL)
         features = FeatureMapper.from_version_dir(
             repo / contract.FEATURES_MODEL / str(version), int(feat[contract.PARAM_QUERY_LEN])
+        )
+        query_text = QueryTextEncoder.from_version_dir(
+            repo / contract.QUERY_TEXT_MODEL / str(version),
+            int(_params(repo, contract.QUERY_TEXT_MODEL)[contract.PARAM_MAX_QUERY_BYTES]),
         )
         encoders = {}
         for name in contract.EXPORTED_MODELS:
@@ -72,7 +79,7 @@ class InProcessPipeline:
             "cpu",
             int(pq[contract.PARAM_TOP_K]),
         )
-        return cls(features=features, encoders=encoders, retrieval=retrieval)
+        return cls(features=features, query_text=query_text, encoders=encoders, retrieval=retrieval)
 
     def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
         """Scores (B,) float32 of one user's B candidates, exactly as the ensemble computes."""
@@ -83,8 +90,12 @@ class InProcessPipeline:
             request[contract.INPUT_QUERY],
             request[contract.INPUT_ITEM_ID],
         )
+        text = self.query_text(request[contract.INPUT_QUERY])
         q = self.encoders[contract.QUERY_ENCODER_MODEL].run(
-            {contract.QUERY_TOKENS: f[contract.QUERY_TOKENS]}
+            {
+                contract.QUERY_TOKENS: f[contract.QUERY_TOKENS],
+                contract.QUERY_TEXT_EMB: text[contract.QUERY_TEXT_EMB],
+            }
         )
         i = self.encoders[contract.ITEM_ENCODER_MODEL].run(
             {contract.ITEM_INDEX: f[contract.ITEM_INDEX]}

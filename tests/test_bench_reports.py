@@ -228,18 +228,27 @@ def test_quality_progress_names_each_run_and_reuses_finished_ones(
         (out / "metrics.json").write_text(json.dumps(summary))
         return summary
 
+    evaluated: list[Path] = []
+
+    def fake_targets(run, data):  # type: ignore[no-untyped-def]
+        evaluated.append(run)
+        metrics = {metric: 0.3 for metric in ("ndcg@10", "hit@10", "mrr")}
+        return {"metrics": {"search": metrics, "search-no-query": metrics}, "users": {}}
+
     monkeypatch.setattr("seminar.training.trainer.train_run", fake_train)
+    monkeypatch.setattr("seminar.bench.quality.evaluate_targets", fake_targets)
     monkeypatch.setattr("seminar.bench.quality.Header.now", lambda seeds: fixed_header())
     lines: list[str] = []
     bench.run(echo=lines.append)
     assert lines[0].startswith("[1/4, ") and "seminar seed 0" in lines[0]
     assert sum(line.startswith("[") for line in lines) == 4
     assert len(trained) == 4
-    # a second bench with other threads reuses every finished run
+    assert len(evaluated) == 4  # every run's search and rec figures, once
+    # a second bench with other threads reuses every finished run and its figures
     again = QualityBench(QualityConfig(**{**config.__dict__, "threads": 2}))
     lines.clear()
     again.run(echo=lines.append)
-    assert len(trained) == 4
+    assert len(trained) == 4 and len(evaluated) == 4
     assert sum("reused" in line for line in lines) == 4
 
 
@@ -280,6 +289,25 @@ def test_serving_sentences_follow_the_latencies() -> None:
     assert "within noise" not in slow + close
     assert "10,000 (shop-catalogue)" in slow
     assert "MovieLens" not in "\n".join(serving.setup_lines(serving_report(1.0, 1.0)))
+
+
+def test_serving_report_says_what_the_query_costs() -> None:
+    report = serving_report(10.0, 8.0)
+    report["config"]["search_query"] = "a film about robots in love"
+    row = report["rows"][0]
+    row["ensemble_search"] = serving_cell(13.5)
+    row["max_abs_diff_search"] = 2e-6
+    row["breakdown"]["query_text"] = {"queue": 0.1, "compute_input": 0.01,
+                                      "compute_infer": 1.7, "compute_output": 0.01}  # fmt: skip
+    text = serving.markdown(report)
+    assert "| ensemble, sequential, with a query | 13.50 |" in text
+    assert (
+        "a search request (query 'a film about robots in love') takes 13.50 ms p50 against "
+        "10.00 ms without a query: +3.50 ms for the query's MiniLM embedding (query_text); "
+        "query_text's compute averaged over both kinds of request is 1.70 ms."
+    ) in text
+    assert "max |diff| per row: 0.0e+00; with the query: 2.0e-06." in text
+    assert "with a query" not in serving.markdown(serving_report(10.0, 8.0))
 
 
 # -- soak ----------------------------------------------------------------------------------------

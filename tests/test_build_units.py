@@ -76,7 +76,7 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         )
         assert config.platform == ("tensorrt_plan" if gpu_engine else "")
         assert config.backend == ("" if gpu_engine else "python")
-        on_gpu = target is contract.Target.GPU and spec.name != contract.FEATURES_MODEL
+        on_gpu = target is contract.Target.GPU and spec.name not in contract.QUERY_STRING_MODELS
         kind = (
             model_config_pb2.ModelInstanceGroup.KIND_GPU
             if on_gpu
@@ -90,7 +90,8 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         assert params.get(contract.PARAM_INDEX_RANGES) == (
             contract.INDEX_RANGES_FILE if python_graph else None
         )
-        want_bytes = str(serving.max_query_bytes) if spec.name == contract.FEATURES_MODEL else None
+        reads_query = spec.name in contract.QUERY_STRING_MODELS
+        want_bytes = str(serving.max_query_bytes) if reads_query else None
         assert params.get(contract.PARAM_MAX_QUERY_BYTES) == want_bytes
     pq = repository.model_config(
         contract.model_specs(DIMS)[contract.PQ_RETRIEVAL_MODEL], target, serving
@@ -199,16 +200,17 @@ def test_index_ranges_round_trip_and_bad_files_are_named(tmp_path):
 
 
 class _Doubler(nn.Module):
-    """Test-only graph: query_tokens (B, T) -> (B, D) with a softmax for the FP32 list."""
+    """Test-only graph: query_tokens (B, T), query_text_emb (B, F) -> (B, D) with a softmax
+    for the FP32 list."""
 
     def __init__(self, scale: float = 2.0) -> None:
         super().__init__()
         self.emb = nn.Embedding(10, DIMS.d)
         self.scale = scale
 
-    def forward(self, query_tokens):
+    def forward(self, query_tokens, query_text_emb):
         x = self.emb(query_tokens).mean(1) * self.scale  # (B, T, D) -> (B, D)
-        return torch.softmax(x, dim=-1)
+        return torch.softmax(x + query_text_emb.mean(1, keepdim=True), dim=-1)
 
 
 def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
@@ -218,7 +220,10 @@ def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
     module = _Doubler().eval()
     path = export.export_onnx(module, spec, tmp_path / "q.onnx", export.ExportConfig())
     bounds = {contract.QUERY_TOKENS: 10}
-    real = {contract.QUERY_TOKENS: np.array([[1, 2, 0, 0, 0, 0, 0, 0]], dtype=np.int64)}
+    real = {
+        contract.QUERY_TOKENS: np.array([[1, 2, 0, 0, 0, 0, 0, 0]], dtype=np.int64),
+        contract.QUERY_TEXT_EMB: np.full((1, contract.QUERY_TEXT_DIM), 0.05, np.float32),
+    }
     cases = export.parity_cases(module, path, spec, real, bounds, export.ExportConfig())
     assert [c.batch for c in cases] == [1, 1, 7, 256]
     assert max(c.max_abs_diff for c in cases) <= 1e-4
@@ -228,14 +233,18 @@ def test_parity_gate_fails_the_build_when_graph_and_module_disagree(tmp_path):
         export.parity_cases(drifted, path, spec, real, bounds, export.ExportConfig())
     # The graph carries the contract names and a dynamic batch dim.
     inputs, outputs = repository.onnx_tensors(path)
-    assert inputs == [(contract.QUERY_TOKENS, "TYPE_INT64", (8,))]
+    assert inputs == [
+        (contract.QUERY_TOKENS, "TYPE_INT64", (8,)),
+        (contract.QUERY_TEXT_EMB, "TYPE_FP32", (contract.QUERY_TEXT_DIM,)),
+    ]
     assert outputs == [(contract.QUERY_EMB, "TYPE_FP32", (16,))]
     # trtexec line: FP16, the batch profile, and the softmax kept FP32.
     cmd = tensorrt.trtexec_command(path, tmp_path / "q.plan", spec, tensorrt.Profile(1, 128, 1024))
     assert "--fp16" in cmd
-    assert f"--minShapes={contract.QUERY_TOKENS}:1x8" in cmd
-    assert f"--optShapes={contract.QUERY_TOKENS}:128x8" in cmd
-    assert f"--maxShapes={contract.QUERY_TOKENS}:1024x8" in cmd
+    text = contract.QUERY_TEXT_EMB
+    assert f"--minShapes={contract.QUERY_TOKENS}:1x8,{text}:1x384" in cmd
+    assert f"--optShapes={contract.QUERY_TOKENS}:128x8,{text}:128x384" in cmd
+    assert f"--maxShapes={contract.QUERY_TOKENS}:1024x8,{text}:1024x384" in cmd
     softmax = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Softmax"]
     assert softmax and any(
         f"{softmax[0]}:fp32" in a for a in cmd if a.startswith("--layerPrecisions")

@@ -10,6 +10,7 @@ import pytest
 from seminar.data.dataset import PreparedDataset
 from seminar.data.prepare import PrepareConfig
 from seminar.data.synthetic import (
+    PlantedTopics,
     SyntheticConfig,
     lifelong_user,
     lifelong_user_for,
@@ -81,6 +82,41 @@ def test_users_behave_as_their_planted_interests(synthetic_data: Path) -> None:
     search = ds.seq_query > 0
     assert search.mean() == pytest.approx(0.25, abs=0.03)
     assert (planted["query_topic"][ds.seq_query[search]] == topic[search]).all()
+
+
+def test_search_queries_are_one_to_three_words_of_their_items_topic(synthetic_data: Path) -> None:
+    """The planted query intent: a search event's query names its clicked item's topic."""
+    ds = PreparedDataset.load(synthetic_data)
+    planted = PlantedTopics.load(synthetic_data)
+    assert planted.topics == SYNTHETIC_SMALL["topics"]
+    owners = {word: z for z, words in enumerate(planted.words) for word in words}
+    assert len(owners) == sum(map(len, planted.words))  # no word belongs to two topics
+    search = np.flatnonzero(np.asarray(ds.seq_query) > 0)
+    item_topic = planted.item_topic[np.asarray(ds.seq_item)[search]]
+    sizes = set()
+    for query, topic in zip(np.asarray(ds.seq_query)[search], item_topic, strict=True):
+        words = ds.queries[query].split()
+        sizes.add(len(words))
+        assert {owners[word] for word in words} == {int(topic)}, (ds.queries[query], topic)
+    assert sizes == {1, 2, 3}
+    # What a planted-truth test needs: each topic's items and queries, and a top list's share.
+    for topic in range(planted.topics):
+        items = planted.items_of(topic)
+        assert len(items) and (items >= 2).all()
+        assert planted.topic_share(topic, items) == 1.0
+        for query in planted.queries_of(topic):
+            assert set(ds.queries[query].split()) <= set(planted.words[topic])
+    everything = np.arange(2, ds.n_item_rows)
+    assert planted.topic_share(0, everything) == pytest.approx(1 / planted.topics, abs=0.05)
+
+
+def test_min_and_max_events_bound_every_user(tmp_path: Path) -> None:
+    config = SyntheticConfig(users=300, events_per_user=6, items=200, topics=4, min_events=3,
+                             max_events=10, image_dim=0)  # fmt: skip
+    out = tmp_path / "short"
+    prepare_synthetic(config, out, PrepareConfig(text_features=False, progress=False))
+    events = np.diff(PreparedDataset.load(out).seq_offsets)
+    assert events.min() == 3 and events.max() == 10 and np.median(events) == pytest.approx(6, abs=1)
 
 
 def test_meta_labels_the_dataset_synthetic(synthetic_data: Path) -> None:
@@ -155,6 +191,9 @@ def test_lifelong_user_without_queries_is_rec_only() -> None:
         ("search_fraction", 1.5),
         ("concentration", 0.0),
         ("image_dim", -1),
+        ("max_events", 2),
+        ("max_query_words", 13),
+        ("queries_per_topic", 1000),
     ],
 )
 def test_synthetic_config_names_the_bad_field(field: str, value: object) -> None:

@@ -190,7 +190,7 @@ def test_component_tables_sum_to_pair_embeddings() -> None:
     tables = model.component_tables()
     assert set(tables) == {"query", "id", "text", "attr"}
     q, i = torch.tensor([0, 3, 7]), torch.tensor([2, 9, 1])
-    x = model.pair(model.query_encoder(model.query_tokens[q]), model.item_encoder(i))
+    x = model.pair(model.encode_queries(q), model.item_encoder(i))
     summed = tables["query"][q] + sum(tables[m][i] for m in ("id", "text", "attr"))
     torch.testing.assert_close(x, summed, atol=1e-6, rtol=1e-5)
 
@@ -211,7 +211,8 @@ def test_serving_modules_export_without_data_dependent_control_flow() -> None:
     model = make_model().eval()
     b = torch.export.Dim("batch", min=2, max=1024)
     tokens = torch.randint(0, 20, (3, 8))
-    torch.export.export(model.query_encoder, (tokens,), dynamic_shapes=({0: b},))
+    text = torch.randn(3, SIZES["text_dim"])
+    torch.export.export(model.query_encoder, (tokens, text), dynamic_shapes=({0: b}, {0: b}))
     torch.export.export(model.item_encoder, (torch.tensor([2, 5, 7]),), dynamic_shapes=({0: b},))
     args = (torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 2, 4, 16), torch.ones(3, 2, 4))
     shapes = ({0: b}, {0: b}, {0: b}, {0: b})
@@ -252,7 +253,7 @@ def test_relevance_loss_pulls_a_query_towards_its_item() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
 
     def cosine() -> float:
-        q = model.query_encoder(model.query_tokens[query])
+        q = model.encode_queries(query)
         return float(functional.cosine_similarity(q, model.item_encoder(item)).mean().detach())
 
     before, loss_before = cosine(), float(relevance_loss(model, query, item, 0.05).detach())

@@ -48,9 +48,10 @@ def rows(*values, dtype=np.int64) -> np.ndarray:
 
 
 def test_features_map_ids_tokens_cold_start_and_oov(mapper: FeatureMapper) -> None:
+    query = np.array([[b"Dark comedy"], [b""], [b"space opera"]], dtype=object)
     out = mapper(
         rows(20, 30, 99),  # 99: unknown user -> cold start
-        np.array([[b"Dark comedy"], [b""], [b"space opera"]], dtype=object),
+        query,
         rows(200, 100, 555),  # 555: unknown item -> OOV
     )
     assert out[contract.USER_INDEX].tolist() == [[1], [2], [contract.COLD_START_USER_INDEX]]
@@ -61,6 +62,8 @@ def test_features_map_ids_tokens_cold_start_and_oov(mapper: FeatureMapper) -> No
         [0, 0, 0, 0],
         [vocab.index("space"), 1, 0, 0],
     ]
+    checked = out.pop(contract.QUERY_CHECKED)  # for query_text: the query as it came
+    assert checked.shape == (3, 1) and checked.tolist() == query.tolist()
     assert all(v.dtype == np.int64 for v in out.values())
 
 

@@ -130,8 +130,16 @@ def test_score_matches_the_evaluation_harness(quick_run: Path, movielens_data: P
     pos = int(ds.test_pos[u])
     history = ds.history(u, before=pos)
     items = [int(ds.seq_item[pos]), *map(int, ds.test_negatives[u][:9])]
-    tokens = ds.query_tokens[int(ds.seq_query[pos])].tolist()
-    got = score_indices(run.model, tokens, items, history.item, history.query)
+    query = int(ds.seq_query[pos])
+    tokens = ds.query_tokens[query].tolist()
+    got = score_indices(
+        run.model,
+        tokens,
+        items,
+        history.item,
+        history.query,
+        query_text_emb=ds.query_text_emb[query],
+    )
     assert got == pytest.approx(scores[2, :10].tolist(), abs=1e-4)
 
 

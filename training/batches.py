@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import torch
@@ -15,6 +16,8 @@ from torch import Tensor
 
 from seminar.contract import FIRST_ITEM_INDEX
 from seminar.data.dataset import PreparedDataset
+from seminar.data.splits import sample_negatives
+from seminar.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,21 @@ def training_targets(ds: PreparedDataset, limit: int, seed: int) -> np.ndarray:
     return targets
 
 
+# Which 1 + N candidate lists an evaluation scores: the dataset's test and validation targets,
+# or every searching user's last positive search event (search_lists).
+EVAL_SPLITS: Final = ("test", "valid", "search")
+# The search split's negatives come from their own seeded streams, never the test split's.
+SEARCH_NEGATIVES_STREAM: Final = 1
+
+
 def eval_lists(
     ds: PreparedDataset, split: str, max_users: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluated users, their target positions and 1 + 99 candidate lists (target first)."""
+    if split not in EVAL_SPLITS:
+        raise UsageError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if split == "search":
+        return search_lists(ds, max_users)
     pos_all = np.asarray(ds.test_pos if split == "test" else ds.valid_pos)
     neg_all = np.asarray(ds.test_negatives if split == "test" else ds.valid_negatives)
     users = np.flatnonzero(pos_all >= 0)
@@ -120,3 +134,51 @@ def eval_lists(
     targets = np.asarray(ds.seq_item)[positions].astype(np.int64)
     candidates = np.concatenate([targets[:, None], neg_all[users].astype(np.int64)], axis=1)
     return users, positions, candidates
+
+
+def search_lists(
+    ds: PreparedDataset, max_users: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The search split: every user's last positive search event as the target.
+
+    Its history is everything before it; its negatives are as many as the dataset's own
+    (meta.json "negatives"), distinct items the user never interacted with, drawn from
+    `default_rng((seed, SEARCH_NEGATIVES_STREAM, user index))`. The test split holds few search
+    targets (12 of 608 MovieLens users), so this split is what search figures rest on. Users
+    with too few untouched items to sample from are left out, as in the test split.
+    """
+    query, label = np.asarray(ds.seq_query), np.asarray(ds.seq_label)
+    events = np.flatnonzero((query > 0) & (label == 1))
+    owners = ds.event_user[events]
+    # Events are grouped by user in time order: a user's last search is where the owner changes.
+    last = np.append(owners[1:] != owners[:-1], True) if len(events) else np.zeros(0, bool)
+    users, positions = owners[last], events[last]
+    if max_users > 0:
+        users, positions = users[:max_users], positions[:max_users]
+    seed, negatives = int(ds.meta.get("seed", 0)), ds.test_negatives.shape[1]
+    offsets, items = np.asarray(ds.seq_offsets), np.asarray(ds.seq_item)
+    keep, rows = [], []
+    for row, user in enumerate(users.tolist()):
+        interacted = np.unique(items[offsets[user] : offsets[user + 1]])
+        rng = np.random.default_rng((seed, SEARCH_NEGATIVES_STREAM, user))
+        sampled = sample_negatives(rng, interacted, ds.n_item_rows, negatives)
+        if sampled is not None:
+            keep.append(row)
+            rows.append(sampled)
+    users, positions = users[keep], positions[keep]
+    targets = items[positions].astype(np.int64)
+    sampled_all = np.array(rows, np.int64).reshape(len(keep), negatives)
+    return users, positions, np.concatenate([targets[:, None], sampled_all], axis=1)
+
+
+def target_is_search(ds: PreparedDataset, positions: np.ndarray) -> np.ndarray:
+    """(U,) bool: whether each target event is a search event (its query index is not 0)."""
+    return np.asarray(ds.seq_query)[positions] > 0
+
+
+def is_training_target(ds: PreparedDataset, positions: np.ndarray) -> np.ndarray:
+    """(U,) bool: whether each event is a positive the trainer may learn from (one before its
+    user's validation target, or any positive of a user who is not evaluated)."""
+    users = ds.event_user[positions]
+    valid = np.asarray(ds.valid_pos)[users]
+    return (np.asarray(ds.seq_label)[positions] == 1) & ((valid < 0) | (positions < valid))

@@ -22,6 +22,7 @@ from seminar.model.config import ModelKind
 class Split(StrEnum):
     test = "test"
     valid = "valid"
+    search = "search"
 
 
 @unique
@@ -65,6 +66,12 @@ def train(
     relevance_weight: Annotated[
         float | None, typer.Option(help="PSU query-item relevance loss weight.")
     ] = None,
+    search_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Fine-tuning loss weight of search targets (1 = as recommendation ones)."
+        ),
+    ] = None,
     dim: Annotated[int | None, typer.Option(help="Hidden size D.")] = None,
     heads: Annotated[int | None, typer.Option(help="GSU/ESU heads H.")] = None,
     top_k: Annotated[int | None, typer.Option(help="Events retrieved per head K.")] = None,
@@ -73,6 +80,20 @@ def train(
     ] = None,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Text modality.")] = True,
     attr: Annotated[bool, typer.Option("--attr/--no-attr", help="Attribute modality.")] = True,
+    query_text: Annotated[
+        bool,
+        typer.Option(
+            "--query-text/--no-query-text",
+            help="Fuse the query's MiniLM embedding into the query encoder (off: tokens only).",
+        ),
+    ] = True,
+    query_relevance: Annotated[
+        bool,
+        typer.Option(
+            "--query-relevance/--no-query-relevance",
+            help="Query-item relevance features (cosine, product) in the ranking head.",
+        ),
+    ] = True,
     eval_users: Annotated[
         int | None, typer.Option(help="Validate on the first N users only (0 = all).")
     ] = None,
@@ -105,13 +126,21 @@ def train(
         "align_weight": align_weight,
         "next_weight": next_weight,
         "relevance_weight": relevance_weight,
+        "search_weight": search_weight,
         "threads": threads,
         "eval_users": eval_users,
         "progress": not as_json,
     }
     model_changes = {"dim": dim, "heads": heads, "top_k": top_k, "max_history": max_history}
     model_fields.update({k: v for k, v in model_changes.items() if v is not None})
-    model_fields.update({"use_text": text, "use_attr": attr})
+    model_fields.update(
+        {
+            "use_text": text,
+            "use_attr": attr,
+            "use_query_text": query_text,
+            "query_relevance": query_relevance,
+        }
+    )
     with reading_options():
         tc = TrainConfig(**base).override(**train_fields)
     summary = train_run(data, out, model.value, tc, model_fields, resume=resume)
@@ -158,7 +187,27 @@ def _retriever(gsu: Gsu, run: Any, pq_dir: Path | None, dataset: Any) -> Any:
 @cli_guard
 def evaluate(
     run: Annotated[Path, typer.Option(help="Run directory written by `seminar train`.")],
-    split: Annotated[Split, typer.Option(help="Which 1 + 99 candidate lists.")] = Split.test,
+    split: Annotated[
+        Split,
+        typer.Option(
+            help="Which 1 + 99 candidate lists: the test or validation targets, or search: "
+            "every searching user's last positive search event, with the history before it."
+        ),
+    ] = Split.test,
+    no_query: Annotated[
+        bool,
+        typer.Option(
+            "--no-query",
+            help="Score every target without its query (query index 0): the query ablation.",
+        ),
+    ] = False,
+    by_target: Annotated[
+        bool,
+        typer.Option(
+            "--by-target",
+            help="Metrics of search targets and of recommendation targets apart, beside all.",
+        ),
+    ] = False,
     gsu: Annotated[
         Gsu, typer.Option(help="exact: score every event; pq: seminar.pq's approximate GSU.")
     ] = Gsu.exact,
@@ -170,21 +219,39 @@ def evaluate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Evaluate a trained run: HIT@{1,5,10,50}, NDCG@{1,5,10,50}, MRR, AUC, GAUC."""
+    """Evaluate a trained run: HIT@{1,5,10,50}, NDCG@{1,5,10,50}, MRR, AUC, GAUC.
+
+    A target is a search when its event has a query. Search quality: `--split search` (every
+    user who searched), and `--split search --no-query` for what the query adds.
+    """
     from seminar.training.checkpoint import load_run
-    from seminar.training.evaluate import evaluate_split
+    from seminar.training.evaluate import evaluate_by_target
     from seminar.training.scoring import open_run_data
 
     loaded = load_run(run)
     ds = open_run_data(loaded, data)
     retriever = _retriever(gsu, loaded, pq_dir, ds)
-    metrics = evaluate_split(
-        loaded.model, ds, split.value, retriever=retriever, progress=not as_json
+    groups = evaluate_by_target(
+        loaded.model,
+        ds,
+        split.value,
+        retriever=retriever,
+        without_query=no_query,
+        progress=not as_json,
     )
+    if not groups.users["all"]:
+        raise DataError(f"{ds.path}: the {split.value} split has no evaluated user.")
+    shown = groups.metrics if by_target else {"all": groups.metrics["all"]}
     if as_json:
-        typer.echo(json.dumps(metrics, indent=2))
-    else:
-        _print_metrics(f"{run} {split.value} ({gsu.value} GSU)", metrics)
+        document = {**shown, "users": groups.users} if by_target else shown["all"]
+        typer.echo(json.dumps(document, indent=2))
+        return
+    query = ", no query" if no_query else ""
+    for group, metrics in shown.items():
+        title = (
+            f"{run} {split.value} ({gsu.value} GSU{query}): {group}, {groups.users[group]} users"
+        )
+        _print_metrics(title, metrics)
 
 
 @cli_guard

@@ -1,9 +1,11 @@
 """Offline reference scores for one request: exactly what the serving pipeline computes.
 
-Per docs/design.md section 3: the query is tokenised with the dataset tokenizer, items map to
-indices (unknown -> OOV 1), the history is the user's full event sequence, each candidate row
-is encoded by `query_encoder` / `item_encoder`, retrieval picks the top-K per head (exact GSU,
-or any Retriever such as seminar.pq's), and `ranking_head` returns a logit per candidate.
+As docs/design.md describes: the query is tokenised with the dataset tokenizer and embedded
+with MiniLM (zeros for the empty query, so a query never seen in training is embedded as the
+`query_text` step serves it), items map to indices (unknown -> OOV 1), the history is the
+user's full event sequence, each candidate row is encoded by `query_encoder` / `item_encoder`,
+retrieval picks the top-K per head (exact GSU, or any Retriever such as seminar.pq's), and
+`ranking_head` returns a logit per candidate.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from seminar.data.dataset import PreparedDataset
+from seminar.data.features import embed_query
 from seminar.errors import DataError, UsageError
 from seminar.model.retrieval import Retriever
 from seminar.model.seminar import SeminarModel
@@ -44,17 +48,25 @@ def score_indices(
     seq_item: Sequence[int],
     seq_query: Sequence[int],
     retriever: Retriever | None = None,
+    *,
+    query_text_emb: Sequence[float] | np.ndarray | None = None,
 ) -> list[float]:
-    """Logits of candidates `item_index` for one (user history, query); empty history is scored."""
+    """Logits of candidates `item_index` for one (user history, query); empty history is scored.
+
+    query_text_emb (F,) is the query's MiniLM embedding (seminar.data.features.embed_query);
+    None = zeros, which the query encoder reads as "no text".
+    """
     model.eval()
-    q = model.query_encoder(torch.as_tensor([list(query_tokens)], dtype=torch.long))  # (1, D)
+    if query_text_emb is None:
+        text = torch.zeros(1, model.config.text_dim)
+    else:
+        text = torch.from_numpy(np.array(query_text_emb, dtype=np.float32)).reshape(1, -1)
+    q = model.query_encoder(torch.as_tensor([list(query_tokens)], dtype=torch.long), text)  # (1, D)
     cand = model.item_encoder(torch.as_tensor(list(item_index), dtype=torch.long))  # (C, D)
     items = torch.as_tensor(list(seq_item), dtype=torch.long)
     queries = torch.as_tensor(list(seq_query), dtype=torch.long)
     mask = torch.ones(len(items), dtype=torch.bool)  # an empty history stays empty: cold start
-    x_seq = model.pair(
-        model.query_encoder(model.query_tokens[queries]), model.item_encoder(items)
-    )  # (L, D)
+    x_seq = model.pair(model.encode_queries(queries), model.item_encoder(items))  # (L, D)
     logits = model.score_candidates(
         q,
         cand.unsqueeze(0),  # (1, C, D)
@@ -87,4 +99,12 @@ def score_request(
     history = ds.history(user)  # the full lifelong sequence, as the serving store holds it
     tokens = ds.tokenizer().encode(query)
     items = [ds.item_index(int(i)) for i in item_ids]
-    return score_indices(loaded.model, tokens, items, history.item, history.query, retriever)
+    return score_indices(
+        loaded.model,
+        tokens,
+        items,
+        history.item,
+        history.query,
+        retriever,
+        query_text_emb=embed_query(query),
+    )

@@ -88,6 +88,8 @@ def model_config_for(ds: PreparedDataset, kind: ModelKind | str, **overrides: An
     image_dim = 0 if ds.item_image_emb is None else int(ds.item_image_emb.shape[1])
     text_dim = 384 if ds.item_text_emb is None else int(ds.item_text_emb.shape[1])
     use_text = overrides.pop("use_text", True) and ds.item_text_emb is not None
+    # A dataset prepared without text features has no query text either: tokens only.
+    use_query_text = overrides.pop("use_query_text", True) and ds.query_text_emb is not None
     return ModelConfig(
         kind=ModelKind(kind),
         num_items=ds.n_item_rows,
@@ -99,13 +101,20 @@ def model_config_for(ds: PreparedDataset, kind: ModelKind | str, **overrides: An
         text_dim=text_dim,
         image_dim=image_dim,
         use_text=use_text,
+        use_query_text=use_query_text,
         **overrides,
     )
 
 
 def new_model(config: ModelConfig, ds: PreparedDataset) -> SeminarModel:
     model = SeminarModel(config)
-    model.load_features(ds.query_tokens, ds.item_text_emb, ds.item_attrs, ds.item_image_emb)
+    model.load_features(
+        ds.query_tokens,
+        ds.item_text_emb,
+        ds.item_attrs,
+        ds.item_image_emb,
+        query_text_emb=ds.query_text_emb,
+    )
     return model
 
 
@@ -131,11 +140,22 @@ def data_info(ds: PreparedDataset) -> dict[str, Any]:
     }
 
 
-def bce_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Logits (B, 1 + N): column 0 is the positive, the rest sampled negatives."""
+def bce_loss(
+    logits: torch.Tensor, target_query: torch.Tensor | None = None, search_weight: float = 1.0
+) -> torch.Tensor:
+    """Logits (B, 1 + N): column 0 is the positive, the rest sampled negatives.
+
+    Rows whose target has a query (target_query > 0) count search_weight times. A plain mean
+    over rows (not divided by the weights' sum) keeps the DDP ranks' average equal to the
+    single-process loss.
+    """
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1.0
-    return functional.binary_cross_entropy_with_logits(logits, labels)
+    if target_query is None or search_weight == 1.0:
+        return functional.binary_cross_entropy_with_logits(logits, labels)
+    rows = torch.where(target_query > 0, search_weight, 1.0).to(logits.dtype)  # (B,)
+    per_row = functional.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
+    return (rows * per_row).mean()
 
 
 def run_epoch(
@@ -294,7 +314,8 @@ def _train_run(
             world=ctx.world,
         )
         history["train"] += run_epoch(
-            lambda b: {"total": bce_loss(wrapped(*b.inputs()))}, optimizer, batches, steps, ctx,
+            lambda b: {"total": bce_loss(wrapped(*b.inputs()), b.target_query, tc.search_weight)},
+            optimizer, batches, steps, ctx,
             f"{config.kind.value} epoch {epoch + 1}/{tc.epochs}", tc.progress,
         )  # fmt: skip
         trained_samples += steps * tc.batch_size

@@ -134,6 +134,8 @@ def prepare_synthetic(
     length_spread: Annotated[
         float, typer.Option(help="Log-normal sigma of per-user lengths; 0 = exactly the mean.")
     ] = 0.5,
+    min_events: Annotated[int, typer.Option(help="Fewest events a user gets.")] = 5,
+    max_events: Annotated[int, typer.Option(help="Most events a user gets; 0 = no bound.")] = 0,
     image_dim: Annotated[
         int, typer.Option(help="Synthetic image embedding size (noisy topic vector); 0 = none.")
     ] = 32,
@@ -143,7 +145,8 @@ def prepare_synthetic(
 
     Items get a topic, text from that topic's vocabulary, topic-correlated attributes and a
     synthetic image vector; users get a topic mixture; search and rec events interleave and
-    labels follow interest. Streams to disk in bounded memory.
+    labels follow interest; a search event's query is 1-3 words of its item's topic. Streams
+    to disk in bounded memory.
     """
     from seminar.data.synthetic import SyntheticConfig
     from seminar.data.synthetic import prepare_synthetic as run
@@ -156,6 +159,8 @@ def prepare_synthetic(
             topics=topics,
             seed=seed,
             length_spread=length_spread,
+            min_events=min_events,
+            max_events=max_events,
             image_dim=image_dim,
         )
     prepare = _config(seed, 99)

@@ -91,6 +91,14 @@ def embed_texts(
     return out
 
 
+def embed_query(query: str) -> np.ndarray:
+    """(384,) float32: the MiniLM embedding of one query; the empty query (a recommendation
+    request) is the all-zero row, never MiniLM("")."""
+    if not query:
+        return np.zeros(TEXT_DIM, np.float32)
+    return embed_texts([query], progress=False)[0]
+
+
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     """Write then rename, so a concurrent reader never sees half a cache file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,28 +1,31 @@
 """SYNTHETIC lifelong logs with planted structure, for scale tests and tests with a known truth.
 
 Generative story (every draw from one seeded generator):
-- T latent topics. Topic t owns a vocabulary of made-up words, a catalog of short queries built
-  from those words, a few brands, and a unit "image" centre vector.
+- T latent topics. Topic t owns a vocabulary of made-up words (no word belongs to two topics),
+  a catalog of queries of 1 to `max_query_words` distinct words of that vocabulary, a few
+  brands, and a unit "image" centre vector.
 - Item i has topic z_i (every topic gets items), text = words of its topic (plus one shared
   filler word), attributes `category=` (topic-correlated), `brand=` (topic-specific), `color=`
   (pure noise), and a SYNTHETIC image embedding = centre[z_i] + Gaussian noise. Popularity within a
   topic is Zipf-like.
 - User u has an interest mixture theta_u ~ Dirichlet(concentration) over topics and a log-normal
-  number of events around `events_per_user`.
+  number of events around `events_per_user`, clipped to [min_events, max_events].
 - Each event picks a topic from theta_u (or, with probability `explore`, uniformly), is a search
-  event with probability `search_fraction` (query from that topic's catalog), picks an item of
-  that topic, and is positive with probability 0.05 + 0.85 * theta_u[z] / max(theta_u): labels
+  event with probability `search_fraction`, picks an item of that topic and, for a search,
+  a query from that topic's catalog: a query names its item's topic and no other, and is positive with probability 0.05 + 0.85 * theta_u[z] / max(theta_u): labels
   follow interest. Gaps between events are exponential.
 
 Events are generated in blocks of 16 users (each from its own seeded stream) and written a chunk at a time through the shared pipeline
 (seminar.data.prepare), so memory stays bounded by the chunk size. The planted truth goes to
 `planted/` (user_mixture (U, T), item_topic (I+2,), query_topic (Q,), topic_words.json) and is
-described in meta.json["planted"].
+described in meta.json["planted"]; `PlantedTopics.load(dataset)` reads which items, queries and
+words belong to each topic.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -64,10 +67,12 @@ class SyntheticConfig:
     seed: int = 0
     length_spread: float = 0.5  # sigma of the log-normal user length; 0 = every user exactly
     min_events: int = 5
+    max_events: int = 0  # 0 = no upper bound on a user's events
     image_dim: int = 32  # 0 = no image modality
     image_noise: float = 0.5  # noise norm relative to the unit topic centre
     words_per_topic: int = 12
     queries_per_topic: int = 20
+    max_query_words: int = 3  # a query is 1 to this many distinct words of its topic
     item_words: int = 5  # topic words per item text
     brands_per_topic: int = 4
     search_fraction: float = 0.25
@@ -77,6 +82,7 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         positive = ("users", "events_per_user", "items", "topics", "words_per_topic")
         positive += ("queries_per_topic", "item_words", "brands_per_topic", "min_events")
+        positive += ("max_query_words",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -84,9 +90,20 @@ class SyntheticConfig:
             raise ValueError(f"items ({self.items}) must be >= topics ({self.topics})")
         if self.item_words > self.words_per_topic:
             raise ValueError(f"item_words must be <= words_per_topic ({self.words_per_topic})")
-        max_queries = self.words_per_topic + self.words_per_topic * (self.words_per_topic - 1)
-        if self.queries_per_topic > max_queries:
-            raise ValueError(f"queries_per_topic must be <= {max_queries} (1- and 2-word queries)")
+        if self.max_query_words > self.words_per_topic:
+            raise ValueError(f"max_query_words must be <= words_per_topic ({self.words_per_topic})")
+        # Half of the distinct queries a topic's words allow: the catalog is drawn by rejection.
+        possible = query_count(self.words_per_topic, self.max_query_words)
+        if self.queries_per_topic > possible // 2:
+            raise ValueError(
+                f"queries_per_topic must be <= {possible // 2} (half of the {possible} queries of "
+                f"1 to {self.max_query_words} distinct words)"
+            )
+        if 0 < self.max_events < self.min_events:
+            raise ValueError(
+                f"max_events must be 0 (no bound) or >= min_events ({self.min_events}), "
+                f"got {self.max_events}"
+            )
         for name in ("search_fraction", "explore"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -125,6 +142,22 @@ def _made_up_words(rng: np.random.Generator, count: int) -> list[str]:
         )
         words[word] = None
     return list(words)
+
+
+def query_count(words: int, max_words: int) -> int:
+    """Distinct queries of 1 to `max_words` distinct words out of `words` (order matters)."""
+    return sum(math.perm(words, n) for n in range(1, max_words + 1))
+
+
+def _topic_queries(
+    rng: np.random.Generator, words: list[str], count: int, max_words: int
+) -> list[str]:
+    """`count` distinct queries of 1 to `max_words` distinct words of one topic."""
+    queries: dict[str, None] = {}
+    while len(queries) < count:
+        n_words = int(rng.integers(1, max_words + 1))
+        queries[" ".join(rng.choice(words, size=n_words, replace=False).tolist())] = None
+    return list(queries)
 
 
 def make_world(config: SyntheticConfig, rng: np.random.Generator) -> World:
@@ -171,12 +204,12 @@ def make_world(config: SyntheticConfig, rng: np.random.Generator) -> World:
     item_keys = sorted_topics + within / totals[sorted_topics]
     topic_end = np.cumsum(sizes).astype(np.int64)
 
-    # Queries: distinct 1- and 2-word combinations of each topic's words (topics never share).
-    per_topic: list[list[str]] = []
-    for words in topic_words:
-        combos = words + [f"{a} {b}" for a in words for b in words if a != b]
-        pick = rng.choice(len(combos), size=config.queries_per_topic, replace=False)
-        per_topic.append([combos[k] for k in pick])
+    # Queries: distinct sequences of 1 to max_query_words distinct words of one topic (topics
+    # never share a word, so a query names exactly one topic).
+    per_topic = [
+        _topic_queries(rng, words, config.queries_per_topic, config.max_query_words)
+        for words in topic_words
+    ]
     queries = ["", *sorted(q for qs in per_topic for q in qs)]
     index = {q: k for k, q in enumerate(queries)}
     topic_queries = np.array([[index[q] for q in qs] for qs in per_topic], np.int32)  # (T, Qt)
@@ -260,7 +293,8 @@ def user_lengths(config: SyntheticConfig, rng: np.random.Generator) -> np.ndarra
         return np.full(config.users, config.events_per_user, np.int64)
     sigma = config.length_spread
     raw = rng.lognormal(np.log(config.events_per_user) - sigma**2 / 2, sigma, size=config.users)
-    return np.maximum(np.rint(raw), config.min_events).astype(np.int64)
+    lengths = np.maximum(np.rint(raw), config.min_events).astype(np.int64)
+    return np.minimum(lengths, config.max_events) if config.max_events else lengths
 
 
 def prepare_synthetic(config: SyntheticConfig, out: Path, prepare: PrepareConfig) -> Stats:
@@ -328,6 +362,43 @@ def load_planted(path: str | Path) -> dict[str, np.ndarray]:
         name: np.load(planted / f"{name}.npy")
         for name in ("user_mixture", "item_topic", "query_topic")
     }
+
+
+@dataclass(frozen=True)
+class PlantedTopics:
+    """Which items, queries and words belong to each planted topic of a synthetic dataset.
+
+    Item and query indices are the prepared dataset's (item index i is external id
+    `dataset.item_id(i)`; query index q is `dataset.queries[q]`).
+    """
+
+    item_topic: np.ndarray  # (I+2,) int32 topic of each item index, -1 for PAD and OOV
+    query_topic: np.ndarray  # (Q,) int32 topic of each query index, -1 for the empty query
+    words: list[list[str]]  # (T, V) the words each topic owns
+
+    @classmethod
+    def load(cls, path: str | Path) -> PlantedTopics:
+        """The planted topics of the synthetic dataset prepared in `path`."""
+        planted = load_planted(path)
+        words = json.loads((Path(path) / "planted" / "topic_words.json").read_text())
+        return cls(planted["item_topic"], planted["query_topic"], words)
+
+    @property
+    def topics(self) -> int:
+        return len(self.words)
+
+    def items_of(self, topic: int) -> np.ndarray:
+        """(n,) item indices of `topic`."""
+        return np.flatnonzero(self.item_topic == topic)
+
+    def queries_of(self, topic: int) -> np.ndarray:
+        """(n,) query indices of `topic`'s search events."""
+        return np.flatnonzero(self.query_topic == topic)
+
+    def topic_share(self, topic: int, items: np.ndarray) -> float:
+        """Share of `items` (item indices, e.g. a served top 10) that belong to `topic`."""
+        items = np.asarray(items, np.int64)
+        return float((self.item_topic[items] == topic).mean()) if len(items) else 0.0
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,12 @@ class ModelConfig:
     use_text: bool = True
     use_attr: bool = True
     use_image: bool = True  # only takes effect when the dataset has image features
+    # The query's frozen MiniLM embedding fused into the query encoder (off: tokens only, the
+    # text input is ignored). Off by default when reading a run saved before it existed.
+    use_query_text: bool = True
+    # Explicit query-item relevance features in the ranking head (cosine and elementwise
+    # product of query_emb and item_emb), zero for rows without a query.
+    query_relevance: bool = True
     mlp_hidden: tuple[int, ...] = (128, 64)
     simhash_bits: int = 32  # ETA only
     simhash_seed: int = 7  # ETA only: the random hyperplanes are a fixed buffer
@@ -121,4 +127,10 @@ class ModelConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"ModelConfig has no field(s) {', '.join(unknown)}")
-        return cls(**raw)
+        # A config written before a feature existed describes a model without it.
+        return cls(**{**LEGACY_DEFAULTS, **raw})
+
+
+# Fields added after run directories were first written, with the value that rebuilds the
+# model those older runs were trained as.
+LEGACY_DEFAULTS: dict[str, Any] = {"use_query_text": False, "query_relevance": False}

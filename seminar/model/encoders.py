@@ -33,25 +33,60 @@ def masked_mean(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class QueryEncoder(nn.Module):
-    """query_tokens (B, T) int64 -> query_emb (B, D): mean of token embeddings.
+    """(query_tokens (B, T) int64, query_text_emb (B, F) float32) -> query_emb (B, D).
 
-    An empty query (all tokens 0, a recommendation event) maps to a learned "no query" vector.
+    Token part: the mean of learned token embeddings, LayerNormed. Text part (use_query_text):
+    the query's frozen MiniLM embedding, projected and LayerNormed, mixed with the token part by
+    a learned gate. Most words appear in few training events (and an unseen one is <unk>), so
+    the tokens alone barely say what a query means; the frozen text embedding does from the
+    first step, for queries never seen in training too. The text part counts only where the
+    row has a query and its text is not all zeros, so a recommendation row and a dataset
+    without text features take the token path alone.
+
+    A row without a query (all tokens 0) maps to the learned "no query" vector. With
+    query_relevance that vector is the output itself, shared with the ranking head, which
+    recognises recommendation rows by it; older runs pass it through the norm and G.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.tokens = nn.Embedding(config.num_tokens, config.dim, padding_idx=0)
+        dim = config.dim
+        self.text_dim = config.text_dim  # F of the query_text_emb input
+        self.tokens = nn.Embedding(config.num_tokens, dim, padding_idx=0)
         nn.init.normal_(self.tokens.weight, std=0.1)
         with torch.no_grad():
             self.tokens.weight[0].zero_()
-        self.no_query = nn.Parameter(torch.randn(config.dim) * 0.1)
-        self.norm = nn.LayerNorm(config.dim)  # same scale as the item modalities
-        self.proj = IdentityInitLinear(config.dim) if config.projections else None
+        self.no_query_is_output = config.query_relevance
+        # As the output, the vector starts on the LayerNormed scale of every other query_emb.
+        self.no_query = nn.Parameter(torch.randn(dim) * (1.0 if self.no_query_is_output else 0.1))
+        self.norm = nn.LayerNorm(dim)  # same scale as the item modalities
+        self.text_proj: nn.Linear | None = None
+        if config.use_query_text:
+            self.text_proj = nn.Linear(config.text_dim, dim, bias=False)
+            self.text_norm = nn.LayerNorm(dim)
+            self.gate_logits = nn.Parameter(torch.zeros(2))  # [tokens, text]
+        self.proj = IdentityInitLinear(dim) if config.projections else None
 
-    def forward(self, query_tokens: Tensor) -> Tensor:
+    def fuse_text(self, token_part: Tensor, query_text_emb: Tensor, present: Tensor) -> Tensor:
+        """Gate-weighted token and text parts where the row has text; token_part elsewhere."""
+        if self.text_proj is None:
+            return token_part
+        has_text = present & (query_text_emb.abs().sum(dim=-1) > 0)  # (B,)
+        text_part = self.text_norm(self.text_proj(query_text_emb))  # (B, D)
+        gate = torch.softmax(self.gate_logits, dim=0)
+        fused = gate[0] * token_part + gate[1] * text_part
+        return torch.where(has_text.unsqueeze(-1), fused, token_part)
+
+    def forward(self, query_tokens: Tensor, query_text_emb: Tensor) -> Tensor:
         emb = self.tokens(query_tokens)  # (B, T, D)
         mean, present = masked_mean(emb, query_tokens > 0)  # (B, D), (B,)
+        if self.no_query_is_output:
+            out = self.fuse_text(self.norm(mean), query_text_emb, present)
+            if self.proj is not None:
+                out = self.proj(out)
+            return torch.where(present.unsqueeze(-1), out, self.no_query.expand_as(out))
         out = self.norm(torch.where(present.unsqueeze(-1), mean, self.no_query.expand_as(mean)))
+        out = self.fuse_text(out, query_text_emb, present)
         return self.proj(out) if self.proj is not None else out
 
 

@@ -10,8 +10,14 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional
 
 from seminar.model.config import ModelConfig
+
+# A recommendation row's query_emb is the shared no-query vector itself: exact in PyTorch and
+# ONNX Runtime, within FP16 rounding (2^-11 relative) under TensorRT. Any query's embedding
+# differs from it by order 1 in some dimension. Relative to the vector's largest entry.
+NO_QUERY_TOLERANCE = 1e-2
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -35,8 +41,14 @@ class RankingHead(nn.Module):
         self.w_o = nn.Linear(
             h * d, d, bias=False
         )  # no bias: an empty history contributes exactly 0
-        layers: list[nn.Module] = []
+        self.no_query: nn.Parameter | None = None
         width = 3 * d  # [esu; x_t; esu * x_t]
+        if config.query_relevance:
+            # SeminarModel ties this to QueryEncoder.no_query (one parameter, two owners), so
+            # the exported head carries the vector it recognises recommendation rows by.
+            self.no_query = nn.Parameter(torch.zeros(d))
+            width += d + 1  # [cos(q, item); q * item]
+        layers: list[nn.Module] = []
         for hidden in config.mlp_hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
@@ -59,10 +71,27 @@ class RankingHead(nn.Module):
         heads = torch.einsum("hed,bhd->bhe", self.w_v, pooled)  # (B, H, D)
         return self.w_o(heads.flatten(1))  # (B, H*D) -> (B, D)
 
+    def relevance(self, query_emb: Tensor, item_emb: Tensor, no_query: Tensor) -> Tensor:
+        """[cos(q, item); q * item] (B, D + 1), all zeros on rows without a query.
+
+        PSU's relevance objective pulls a query towards the items clicked under it by this
+        cosine, so it scores query-item fit directly; inside x_t the query is only an offset
+        of the item. Zero on recommendation rows: they see the scorer they had without it.
+        """
+        tolerance = NO_QUERY_TOLERANCE * (1.0 + no_query.abs().amax(dim=0))
+        has_query = (query_emb - no_query).abs().amax(dim=-1, keepdim=True) > tolerance
+        cosine = (
+            functional.normalize(query_emb, dim=-1) * functional.normalize(item_emb, dim=-1)
+        ).sum(dim=-1, keepdim=True)  # (B, 1)
+        features = torch.cat([cosine, query_emb * item_emb], dim=-1)  # (B, D + 1)
+        return features * has_query.to(features.dtype)
+
     def forward(
         self, query_emb: Tensor, item_emb: Tensor, topk_emb: Tensor, topk_mask: Tensor
     ) -> Tensor:
         x_t = self.alpha * query_emb + (1.0 - self.alpha) * item_emb  # (B, D)
         interest = self.esu(x_t, topk_emb, topk_mask)  # (B, D)
-        features = torch.cat([interest, x_t, interest * x_t], dim=-1)  # (B, 3D)
-        return self.mlp(features).squeeze(-1)  # (B,)
+        parts = [interest, x_t, interest * x_t]  # 3 x (B, D)
+        if self.no_query is not None:
+            parts.append(self.relevance(query_emb, item_emb, self.no_query))  # (B, D + 1)
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)

@@ -67,7 +67,7 @@ def relevance_loss(model: SeminarModel, query: Tensor, item: Tensor, tau: float)
     search = query > 0
     if int(search.sum()) < 2:
         return query.new_zeros((), dtype=torch.float32)
-    q_emb = model.query_encoder(model.query_tokens[query[search]])  # (S, D)
+    q_emb = model.encode_queries(query[search])  # (S, D)
     i_emb = model.item_encoder(item[search])  # (S, D)
     return info_nce(q_emb, i_emb, tau)
 

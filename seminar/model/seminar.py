@@ -1,6 +1,6 @@
 """The SEMINAR ranking model and its baselines in one harness.
 
-    query_tokens ─► query_encoder ─┐
+    query_tokens, query_text ─► query_encoder ─┐
     item_index   ─► item_encoder  ─┴► x_t = a*q + (1-a)*item ─► gsu_query_vectors ─► u (B, H, D)
     history (item, query) ─► x_seq (B, L, D) ─► retriever.select(u, ...) ─► top-K positions
     query_emb, item_emb, x_seq[top-K] ─► ranking_head (ESU + MLP) ─► logit
@@ -43,9 +43,15 @@ class SeminarModel(nn.Module):
         self.item_encoder = ItemEncoder(config)
         self.ranking_head = RankingHead(config)
         self.gsu = build_retriever(config)
+        if self.ranking_head.no_query is not None:
+            # One parameter, two owners: the head recognises recommendation rows by it.
+            self.ranking_head.no_query = self.query_encoder.no_query
         self.register_buffer(
             "query_tokens", torch.zeros(config.num_queries, config.query_len, dtype=torch.long)
         )
+        if config.use_query_text:
+            # (Q, F) frozen MiniLM embedding per query index; row 0 (no query) stays zero.
+            self.register_buffer("query_text", torch.zeros(config.num_queries, config.text_dim))
 
     # ---- frozen dataset features -------------------------------------------------------
     def load_features(
@@ -54,10 +60,19 @@ class SeminarModel(nn.Module):
         item_text: np.ndarray | None = None,
         item_attrs: np.ndarray | None = None,
         item_image: np.ndarray | None = None,
+        *,
+        query_text_emb: np.ndarray | None = None,
     ) -> None:
-        """Copy the dataset's frozen features into the buffers (shapes must match the config)."""
+        """Copy the dataset's frozen features into the buffers (shapes must match the config).
+
+        Without query_text_emb the query text buffer stays zero: the text part is then off.
+        """
         with torch.no_grad():
             self.query_tokens.copy_(torch.as_tensor(np.array(query_tokens), dtype=torch.long))
+            if self.config.use_query_text and query_text_emb is not None:
+                self.query_text.copy_(
+                    torch.as_tensor(np.array(query_text_emb), dtype=torch.float32)
+                )
             enc = self.item_encoder
             if hasattr(enc, "item_text") and item_text is not None:
                 enc.item_text.copy_(torch.as_tensor(np.array(item_text), dtype=torch.float32))
@@ -73,9 +88,21 @@ class SeminarModel(nn.Module):
         a = self.config.alpha
         return a * query_emb + (1.0 - a) * item_emb
 
+    def query_text_rows(self, query_index: Tensor) -> Tensor:
+        """The frozen text embedding of each query index (zeros without the text part): (B, F)."""
+        if self.config.use_query_text:
+            return self.query_text[query_index]
+        shape = (*query_index.shape, self.config.text_dim)
+        return self.query_tokens.new_zeros(shape, dtype=torch.float32)
+
+    def encode_queries(self, query_index: Tensor) -> Tensor:
+        """Embedding of the given query indices (B,) -> (B, D); index 0 = no query."""
+        return self.query_encoder(self.query_tokens[query_index], self.query_text_rows(query_index))
+
     def query_table(self) -> Tensor:
         """Embedding of every query index: (Q, D)."""
-        return self.query_encoder(self.query_tokens)
+        index = torch.arange(self.config.num_queries, device=self.query_tokens.device)
+        return self.encode_queries(index)
 
     def item_table(self) -> Tensor:
         """Embedding of every item index (row 0 = PAD = zeros): (I+2, D)."""

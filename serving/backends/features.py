@@ -1,4 +1,5 @@
-"""Triton Python model `features`: user_id, query, item_id -> user_index, query_tokens, item_index.
+"""Triton Python model `features`: user_id, query, item_id -> user_index, query_tokens, item_index,
+query_checked (the query passed through for `query_text`, which so runs after this step).
 
 Adapter only: the mapping is `seminar.serving.features.FeatureMapper` (id -> index maps and the
 tokenizer from this version's folder); the prologue and the request loop are
