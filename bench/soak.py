@@ -38,6 +38,7 @@ import numpy as np
 from seminar.bench.harness import Header, Record, Timing, markdown_table, write_record
 from seminar.clients.config import ExperimentConfig, Limits, write_config
 from seminar.clients.demo import demo_arms
+from seminar.clients.metrics import metric_total
 from seminar.clients.process import GatewayProcess
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.workload import load_workload
@@ -315,11 +316,11 @@ def run_soak(
         "stalls": [asdict(s) for s in stalls],
         "kill": asdict(kill) if kill else None,
         "supervisor": {
-            "resumed": _metric_total(
+            "resumed": metric_total(
                 supervisor_metrics, "seminar_serve_model_process_resumed_total"
             ),
-            "abandoned": _metric_total(supervisor_metrics, "seminar_serve_grpc_abandoned_total"),
-            "restarts": _metric_total(supervisor_metrics, "seminar_serve_triton_restarts_total"),
+            "abandoned": metric_total(supervisor_metrics, "seminar_serve_grpc_abandoned_total"),
+            "restarts": metric_total(supervisor_metrics, "seminar_serve_triton_restarts_total"),
         },
         "timeline": {
             str(s): {"codes": dict(c), "ok_p99_ms": _p99(traffic.ok_ms_by_second.get(s, []))}
@@ -337,14 +338,6 @@ def run_soak(
 
 def _p99(values: list[float]) -> float | None:
     return Timing(tuple(values)).percentile(99) if values else None
-
-
-def _metric_total(text: str, name: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name
-    )
 
 
 def setup_lines(report: dict) -> tuple[str, ...]:

@@ -16,6 +16,22 @@ LATENCY_BUCKETS = (
 AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`, in Prometheus text of
+    any exporter (the gateway, `seminar serve`, Triton). The parser names a counter's samples
+    NAME_total even where the exporter wrote NAME (as Triton's nv_* counters do), so both
+    spellings count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {name, name.removesuffix("_total") + "_total"}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in names and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 class GatewayMetrics:
     """Every series the gateway exports. `arm` is "" for requests rejected before assignment."""
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from seminar import contract
+from seminar.clients.metrics import metric_total
 from seminar.serving.client import infer_inputs, request_inputs, score
-from tests.support.serving import ATOL, metric_total, offline_scores, pq_dir_of
+from tests.support.serving import ATOL, offline_scores, pq_dir_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 

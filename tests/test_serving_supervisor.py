@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seminar.clients.metrics import metric_total
 from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
 from seminar.serving import process_group
 from seminar.serving.client import request_inputs, score
 from seminar.serving.serve_process import ServeProcess
 from tests.support.build import BuiltRepo, copy_repo
-from tests.support.serving import metric_total, require_tritonserver
+from tests.support.serving import require_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 

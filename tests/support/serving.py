@@ -46,21 +46,6 @@ def require_tritonserver() -> None:
 ATOL = 1e-4
 
 
-def metric_total(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called `name` whose labels include `labels`, in Prometheus text.
-    The parser names a counter's samples NAME_total even where the exporter wrote NAME (as
-    Triton's nv_* counters do), so both spellings count."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    names = {name, name.removesuffix("_total") + "_total"}
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name in names and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def pq_dir_of(repo: Path, version: int = 1) -> Path:
     """The PQ artifacts `pq_retrieval` serves for `version` (what `seminar score --gsu pq
     --pq-dir` must use to pick the same K events)."""
