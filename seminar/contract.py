@@ -57,6 +57,12 @@ AB_BUCKETS: Final = 10_000
 # The online event log's API, served by the gateway process (docs/design.md section 13).
 EVENTS_SERVICE: Final = "seminar.v1.Events"
 EVENTS_METHOD: Final = "Record"
+# Where pq_retrieval reads users' online tails: the event log URL in tritonserver's environment
+# (`seminar serve --event-log URL` sets it; unset = no tails, the version's base store only).
+EVENT_LOG_ENV: Final = "SEMINAR_EVENT_LOG"
+# The log position a prepared dataset (meta.json) and a version's PQ store (its manifest) were
+# built at: {"log_id": ..., "watermark": W}; absent = no event of the log folded in (W = 0).
+EVENT_LOG_FIELD: Final = "event_log"
 
 # Default loopback ports for local runs (tests pick free ports instead).
 DEFAULT_GRPC_PORT: Final = 8001
@@ -133,6 +139,7 @@ PARAM_QUERY_LEN = "query_len"  # features: T
 PARAM_PQ_DIR = "pq_dir"  # pq_retrieval: folder (in the version dir) of save_pq_artifacts
 PARAM_DEVICE = "device"  # pq_retrieval: "cpu" or "cuda"
 PARAM_TOP_K = "top_k"  # pq_retrieval: K
+PARAM_MAX_TAIL_EVENTS = "max_tail_events"  # pq_retrieval: newest online events scored per user
 # features, query_text: longer queries are rejected untokenized
 PARAM_MAX_QUERY_BYTES = "max_query_bytes"
 PARAM_TEXT_TOKENIZER = "tokenizer_file"  # query_text: MiniLM's tokenizer.json in the version dir

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from seminar.errors import ConflictError, DataError, ServiceError, UsageError
-from seminar.events import Event, EventLog, EventType, open_event_log
+from seminar.events import Event, EventLog, EventType, Watermark, open_event_log
 from seminar.events.redis_log import RedisEventLog
 from seminar.events.redis_server import RedisServer
 from seminar.events.sqlite_log import SqliteEventLog
@@ -31,6 +31,27 @@ def test_append_then_read_back_by_user_and_by_range(event_log: EventLog) -> None
     assert [stored.seq for stored in event_log.read_range(2, 5)] == [3, 4, 5]
     assert [stored.seq for stored in event_log.read_range(0, 6, limit=2)] == [1, 2]
     assert event_log.read_user(7) == []
+
+
+def test_the_newest_events_of_a_user_come_back_in_seq_order(event_log: EventLog) -> None:
+    event_log.append(make_events(10, users=2))  # user 0: seqs 1, 3, 5, 7, 9
+    newest = event_log.read_user(0, after_seq=1, limit=3, newest=True)
+    assert [stored.seq for stored in newest] == [5, 7, 9]
+    assert [stored.seq for stored in event_log.read_user(0, after_seq=6, newest=True)] == [7, 9]
+    assert [stored.seq for stored in event_log.read_user(0, after_seq=1, limit=3)] == [3, 5, 7]
+
+
+def test_a_log_keeps_its_id_and_a_watermark_names_the_log_it_came_from(log_url: str) -> None:
+    with open_event_log(log_url) as first, open_event_log(log_url) as second:
+        assert first.log_id() == second.log_id() != ""
+        mark = Watermark(first.log_id(), 5)
+        mark.check_log(second)
+        assert Watermark.from_json(mark.to_json()) == mark
+        with pytest.raises(DataError, match="count events twice"):
+            Watermark("another-log", 5).check_log(first)
+        Watermark("another-log", 0).check_log(first)  # nothing folded in: any log will do
+    with pytest.raises(DataError, match="watermark"):
+        Watermark.from_json({"log_id": "x", "watermark": -1})
 
 
 def test_a_client_timestamp_is_kept_and_zero_is_stamped(event_log: EventLog) -> None:

@@ -37,7 +37,7 @@ The contract every reader and writer relies on:
 from __future__ import annotations
 
 from seminar.events.event import Event, EventLimits, EventType, StoredEvent, validate_batch
-from seminar.events.log import AppendResult, EventLog, open_event_log
+from seminar.events.log import AppendResult, EventLog, Watermark, open_event_log
 
 __all__ = [
     "AppendResult",
@@ -46,6 +46,7 @@ __all__ = [
     "EventLog",
     "EventType",
     "StoredEvent",
+    "Watermark",
     "open_event_log",
     "validate_batch",
 ]

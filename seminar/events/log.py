@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from seminar.errors import UsageError
+from seminar.errors import DataError, UsageError
 from seminar.events.event import Event, EventLimits, StoredEvent, validate_batch
 
 SQLITE_SCHEME = "sqlite://"  # then the path: sqlite:///abs/events.db, sqlite://runs/events.db
@@ -30,6 +30,47 @@ class AppendResult:
     @property
     def duplicate_count(self) -> int:
         return self.duplicates.count(True)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """A position in one log: every event of log `log_id` with seq <= `watermark` is folded
+    into the base store that carries this mark; the events after it are the online tail.
+    `Watermark()` (no log, 0) is a base store built before any event was recorded."""
+
+    log_id: str = ""
+    watermark: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"log_id": self.log_id, "watermark": self.watermark}
+
+    @classmethod
+    def from_json(cls, value: object) -> Watermark:
+        """The mark recorded under contract.EVENT_LOG_FIELD (None when absent)."""
+        if value is None:
+            return cls()
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("log_id"), str)
+            or not isinstance(value.get("watermark"), int)
+            or value["watermark"] < 0
+        ):
+            raise DataError(
+                f"event log mark {value!r} is not {{'log_id': str, 'watermark': int >= 0}}"
+            )
+        return cls(value["log_id"], value["watermark"])
+
+    def check_log(self, log: EventLog) -> None:
+        """DataError unless `log` is the log this mark was taken in (any log matches W = 0)."""
+        if self.watermark == 0:
+            return
+        found = log.log_id()
+        if found != self.log_id:
+            raise DataError(
+                f"event log {log.url} has id {found}, but this store holds the events up to "
+                f"seq {self.watermark} of log {self.log_id}: reading its tail would count "
+                "events twice or miss them; point it at the log it was compacted from"
+            )
 
 
 def now_ms() -> int:
@@ -70,9 +111,10 @@ class EventLog(abc.ABC):
 
     @abc.abstractmethod
     def read_user(
-        self, user_id: int, after_seq: int = 0, limit: int | None = None
+        self, user_id: int, after_seq: int = 0, limit: int | None = None, newest: bool = False
     ) -> list[StoredEvent]:
-        """The user's events with seq > after_seq, in seq order (at most `limit`)."""
+        """The user's events with seq > after_seq, in seq order: at most `limit` of them, the
+        oldest ones, or with `newest` the newest ones (serving's capped tail)."""
 
     @abc.abstractmethod
     def read_range(
@@ -83,6 +125,11 @@ class EventLog(abc.ABC):
     @abc.abstractmethod
     def high_watermark(self) -> int:
         """The largest seq stored (0 for an empty log); every smaller seq is visible."""
+
+    @abc.abstractmethod
+    def log_id(self) -> str:
+        """The log's identity, a UUID drawn when the log was created and never changed: a
+        watermark means something only in the log it was taken from."""
 
     @abc.abstractmethod
     def find(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:

@@ -21,6 +21,7 @@ a kernel crash (docs/deploy.md, "The online event log").
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Sequence
 
 from seminar.errors import ServiceError
@@ -167,9 +168,22 @@ class RedisEventLog(EventLog):
         return [_stored(entry_id, fields) for entry_id, fields in entries]
 
     def read_user(
-        self, user_id: int, after_seq: int = 0, limit: int | None = None
+        self, user_id: int, after_seq: int = 0, limit: int | None = None, newest: bool = False
     ) -> list[StoredEvent]:
-        return self._range(self._user_key(user_id), after_seq, None, limit)
+        if not newest:
+            return self._range(self._user_key(user_id), after_seq, None, limit)
+        with self._errors("read"):
+            entries = self._client.xrevrange(
+                self._user_key(user_id), "+", f"{after_seq + 1}-0", count=limit
+            )
+        return [_stored(entry_id, fields) for entry_id, fields in reversed(entries)]
+
+    def log_id(self) -> str:
+        with self._errors("read"):
+            # SET NX: the first process to ask draws the id, every later one reads it.
+            self._client.set(self._key("log_id"), str(uuid.uuid4()), nx=True)
+            value = self._client.get(self._key("log_id"))
+        return value.decode() if isinstance(value, bytes) else str(value)
 
     def read_range(
         self, after_seq: int, up_to_seq: int, limit: int | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,7 +39,9 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_ms  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
+CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+TABLES = {"events", "log_meta"}
 COLUMNS = (
     "seq, recorded_ms, event_id, user_id, item_id, query, type, clicked, timestamp_ms, request_id"
 )
@@ -79,14 +82,19 @@ class SqliteEventLog(EventLog):
                     "AND name NOT LIKE 'sqlite_%'"
                 )
             }
-            if version not in (0, SCHEMA_VERSION) or tables - {"events"}:
+            if version not in (0, SCHEMA_VERSION) or tables - TABLES:
                 raise DataError(
                     f"event log {self.path} is a SQLite file but not an event log of schema "
                     f"{SCHEMA_VERSION} (user_version {version}, tables {sorted(tables)})"
                 )
-            if version == 0:
+            if version == 0 or "log_meta" not in tables:
                 connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = "
                                          f"{SCHEMA_VERSION}; COMMIT;")  # fmt: skip
+            # Two processes opening a new file race here: INSERT OR IGNORE keeps the first id.
+            connection.execute(
+                "INSERT OR IGNORE INTO log_meta (key, value) VALUES ('log_id', ?)",
+                (str(uuid.uuid4()),),
+            )
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -171,18 +179,34 @@ class SqliteEventLog(EventLog):
         return AppendResult(tuple(seqs), tuple(duplicates))
 
     def _select(
-        self, where: str, parameters: Sequence[object], limit: int | None
+        self,
+        where: str,
+        parameters: Sequence[object],
+        limit: int | None,
+        newest: bool = False,
     ) -> list[StoredEvent]:
         sql = f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY seq"
+        if newest:
+            sql += " DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._errors("read"):
-            return [_stored(row) for row in self._connection().execute(sql, parameters)]
+            rows = [_stored(row) for row in self._connection().execute(sql, parameters)]
+        return rows[::-1] if newest else rows
 
     def read_user(
-        self, user_id: int, after_seq: int = 0, limit: int | None = None
+        self, user_id: int, after_seq: int = 0, limit: int | None = None, newest: bool = False
     ) -> list[StoredEvent]:
-        return self._select("user_id = ? AND seq > ?", (user_id, after_seq), limit)
+        return self._select("user_id = ? AND seq > ?", (user_id, after_seq), limit, newest)
+
+    def log_id(self) -> str:
+        with self._errors("read"):
+            row = (
+                self._connection()
+                .execute("SELECT value FROM log_meta WHERE key = 'log_id'")
+                .fetchone()
+            )
+        return str(row[0])
 
     def read_range(
         self, after_seq: int, up_to_seq: int, limit: int | None = None
