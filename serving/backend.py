@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +53,35 @@ class RequestError(UsageError):
 
     # The pb_utils.TritonError code name the model.py answers with.
     triton_code = "INVALID_ARG"
+
+
+def match_stdlib_extensions() -> Path | None:
+    """Let the stub import the stdlib's C extensions its interpreter can load; returns the
+    folder put first on sys.path, or None when nothing needed it.
+
+    The stub embeds the system's libpython (Debian's 3.11.2) but takes its standard library
+    from the venv's base Python, which may be a later 3.11 build (pyenv's 3.11.7 on our CI
+    machines). Pure-Python modules work across patch releases; C extensions compiled for the
+    later one can need symbols the embedded interpreter lacks (`_ssl`: `_PyModule_Add`), so
+    `ssl`, which redis-py imports, fails inside the stub only. The interpreter's own
+    lib-dynload, installed with the libpython it embeds, has matching builds of them.
+    """
+    try:
+        import _ssl
+    except ImportError as err:
+        if "undefined symbol" not in str(err):
+            return None
+    else:
+        return None
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for prefix in (Path("/usr/lib"), Path("/usr/local/lib")):
+        folder = prefix / version / "lib-dynload"
+        if any(folder.glob("_ssl.*.so")) and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+            import _ssl  # noqa: F401
+
+            return folder
+    return None
 
 
 def check_numpy() -> None:
@@ -459,6 +489,7 @@ class PipelineModel:
 
     def initialize(self, args: Mapping[str, str]) -> None:
         check_numpy()
+        match_stdlib_extensions()
         self.context = BackendContext.from_args(args)
         manifest.verify_manifest(self.context.version_dir)
         self.input_dtypes = self.context.tensor_dtypes("input")

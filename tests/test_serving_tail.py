@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from seminar.clients.client import rank_via_gateway, record_via_gateway
+from seminar.clients.config import Arm
+from seminar.clients.metrics import metric_total
+from seminar.contract import ENSEMBLE_MODEL, pinned_ensemble_name
 from seminar.data.dataset import PreparedDataset
 from seminar.errors import DataError
 from seminar.events import Event, EventType, Watermark, open_event_log
@@ -17,8 +21,11 @@ from seminar.events.redis_server import RedisServer
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS, read_tail
 from seminar.serving.inprocess import InProcessPipeline
 from seminar.serving.tail import OnlineTails
+from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
 from seminar.training.scoring import score_request
 from tests.support.build import BuiltRepo
+from tests.support.clients import launch_gateway, make_config, single_version_repo
+from tests.support.serving import require_tritonserver
 
 NEW_QUERY = "zebra submarine opera"  # no MovieLens query holds these words together
 UNKNOWN_ITEM = 999_999_999
@@ -156,3 +163,61 @@ def test_a_store_compacted_from_another_log_refuses_this_one(tmp_path: Path) -> 
         pytest.raises(DataError, match="count events twice"),
     ):
         OnlineTails(log, Watermark("another-log", 3), encoder=None, max_events=10)
+
+
+# ---- through the real gateway and tritonserver ------------------------------------------------
+
+
+def ranked_scores(result) -> dict[int, float]:
+    return dict(zip(result.item_ids, result.scores, strict=True))
+
+
+def test_read_your_writes_through_the_gateway_and_triton(
+    model_repo: BuiltRepo, log_url: str, tmp_path: Path
+) -> None:
+    """Record through the gateway, then Rank: the served scores are `seminar score`'s with the
+    recorded events appended (<= 1e-4), on the very next request."""
+    repo = single_version_repo(model_repo.repo, model_repo.version, tmp_path / "repo")
+    user, items = short_history_user(model_repo.data), candidates(model_repo.data)
+    arms = (
+        Arm("control", pinned_ensemble_name(model_repo.version), model_repo.version, 50),
+        Arm("treatment", ENSEMBLE_MODEL, model_repo.version, 50),
+    )
+    config = TritonConfig(
+        repo=repo, model_control=ModelControl.EXPLICIT, load_models=("*",),
+        log_path=tmp_path / "triton.log", event_log=log_url,
+    )  # fmt: skip
+    require_tritonserver()
+    with TritonServer(config) as triton:
+        gateway = launch_gateway(
+            make_config(arms), triton.grpc_url, repo, tmp_path, event_log=log_url
+        )
+        try:
+            for query in ("", NEW_QUERY):
+                before = ranked_scores(rank_via_gateway(gateway.address, str(user), query, items))
+                expected = offline(model_repo, user, query, items, ())
+                assert np.abs([before[i] for i in items] - expected).max() <= TOLERANCE
+            events = tail_events(user, items)
+            answer = record_via_gateway(gateway.address, events)
+            assert (answer.stored, answer.duplicates) == (len(events), 0)
+            for query in ("", NEW_QUERY):
+                served = ranked_scores(rank_via_gateway(gateway.address, str(user), query, items))
+                expected = offline(model_repo, user, query, items, events)
+                gap = float(np.abs([served[i] for i in items] - expected).max())
+                print(
+                    f"\n{log_url.split(':')[0]} query {query!r}: max |served - offline| {gap:.2e}"
+                )
+                assert gap <= TOLERANCE
+            cold = ranked_scores(rank_via_gateway(gateway.address, str(COLD_USER), "", items))
+            record_via_gateway(gateway.address, tail_events(COLD_USER, items, "cold"))
+            warm = ranked_scores(rank_via_gateway(gateway.address, str(COLD_USER), "", items))
+            expected = offline(
+                model_repo, COLD_USER, "", items, tail_events(COLD_USER, items, "cold")
+            )
+            assert np.abs([warm[i] for i in items] - expected).max() <= TOLERANCE
+            assert max(abs(warm[i] - cold[i]) for i in items) > 1e-3
+            metrics = triton.metrics()
+            assert metric_total(metrics, "seminar_tail_length_count") >= 5
+            assert metric_total(metrics, "seminar_tail_read_errors_total") == 0
+        finally:
+            gateway.process.stop()

@@ -136,13 +136,16 @@ def make_config(
     )
 
 
-def _start(
+def launch_gateway(
     config: ExperimentConfig,
     triton_url: str,
     catalog: Path,
     folder: Path,
     wait_serving: bool = True,
+    event_log: str | None = None,
 ) -> RunningGateway:
+    """A gateway process with `config` (written to folder/ab.yaml) in front of `triton_url`;
+    with `event_log` it also serves Record into that log."""
     path = folder / "ab.yaml"
     write_config(config, path)
     process = GatewayProcess(
@@ -151,6 +154,7 @@ def _start(
         catalog=catalog,
         log_path=folder / "gateway.log",
         wait_serving=wait_serving,
+        event_log=event_log,
     )
     process.start()
     return RunningGateway(process, config, triton_url)
@@ -168,7 +172,7 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningGateway]:
     """A real gateway process in front of `triton`: arms 50/50, catalog = the model repository."""
-    gw = _start(
+    gw = launch_gateway(
         make_config(gateway_arms), triton.grpc_url, triton.repo, tmp_path_factory.mktemp("gateway")
     )
     try:
@@ -197,7 +201,7 @@ def start_gateway(
         """`arms` replaces `gateway_arms`; `wait_serving=False` returns as soon as the gateway
         answers health checks (for gateways meant to report NOT_SERVING)."""
         config = make_config(arms or gateway_arms, weights, shadow, limits=limits)
-        gw = _start(
+        gw = launch_gateway(
             config,
             triton_url or triton.grpc_url,
             triton.repo,
