@@ -47,7 +47,13 @@ from seminar.data.prepare import (
     note,
     prepare_tables,
 )
-from seminar.data.schema import EVENTS_SCHEMA, IMAGE_EMBEDDING, IMAGE_REF, EventType
+from seminar.data.schema import (
+    EVENTS_SCHEMA,
+    IMAGE_EMBEDDING,
+    IMAGE_REF,
+    EventType,
+    validate_events,
+)
 from seminar.errors import ConflictError, DataError
 from seminar.events import EventLog, StoredEvent, Watermark
 
@@ -104,8 +110,9 @@ def read_logged(
     return events
 
 
-def logged_rows(logged: list[StoredEvent], dataset: PreparedDataset) -> pa.Table:
-    """The canonical rows of logged events (module docstring), in log order."""
+def logged_rows(logged: list[StoredEvent], dataset: PreparedDataset, source: str) -> pa.Table:
+    """The canonical rows of logged events (module docstring), in log order; `source` names
+    the log in errors."""
     latest: dict[int, int] = {}  # user id -> latest timestamp (seconds) so far
     for user_index, user_id in enumerate(dataset.user_ids):
         stop = int(dataset.seq_offsets[user_index + 1])
@@ -123,11 +130,13 @@ def logged_rows(logged: list[StoredEvent], dataset: PreparedDataset) -> pa.Table
         "timestamp": timestamps,
         "event_type": [str(stored.event.type) for stored in logged],
         "query": [
-            stored.event.query if stored.event.type is EventType.SEARCH else "" for stored in logged
+            stored.event.query if stored.event.type == EventType.SEARCH.value else ""
+            for stored in logged
         ],
         "label": [int(stored.event.clicked) for stored in logged],
     }
-    return pa.Table.from_pydict(columns, schema=EVENTS_SCHEMA)
+    # The log's own checks are not the canonical schema's: check the rows against it too.
+    return validate_events(pa.Table.from_pydict(columns, schema=EVENTS_SCHEMA), Path(source))
 
 
 def catalog_with(items: pa.Table, item_ids: np.ndarray) -> tuple[pa.Table, int]:
@@ -212,7 +221,7 @@ def append_events(
             )
         return fold, Stats(**meta["stats"])
 
-    rows = logged_rows(logged, dataset)
+    rows = logged_rows(logged, dataset, log.url)
     items, new_items = catalog_with(dataset.items_table(), rows.column("item_id").to_numpy())
     logged_users = np.unique(rows.column("user_id").to_numpy())
     new_users = int(np.setdiff1d(logged_users, dataset.user_ids).size)

@@ -90,7 +90,10 @@ class PreparedDataset:
                 if optional:
                     return None
                 raise DataError(f"{file}: missing from the prepared dataset.")
-            return np.load(file, mmap_mode=mode)
+            try:
+                return np.load(file, mmap_mode=mode)
+            except (ValueError, OSError) as err:
+                raise DataError(f"{file}: not a readable .npy array ({err}).") from None
 
         def listing(name: str) -> list[str]:
             file = arrays / f"{name}.json"
