@@ -318,3 +318,47 @@ def test_a_store_records_the_watermark_or_none(tmp_path: Path) -> None:
     manifest.write_manifest(tmp_path / "bad", {contract.EVENT_LOG_FIELD: {"watermark": "3"}}, [])
     with pytest.raises(ArtifactError, match="event_log"):
         read_store_watermark(tmp_path / "bad")
+
+
+def test_append_rebuild_and_count(small_data: Path, tmp_path: Path) -> None:
+    """The version built from the appended dataset: its PQ store holds every user's base
+    events and logged events, each once, and its manifest and build.json the new mark. (The
+    build reads the dataset, not the log: one log kind is enough.)"""
+    from seminar.pq import SequenceStore
+    from tests.support.build import build_cli
+    from tests.support.training import train_tiny
+
+    base = PreparedDataset.load(small_data)
+    event_log = open_event_log(f"sqlite://{tmp_path / 'events.db'}")
+    event_log.append(mixed_events(base, "a"))
+    append_events(small_data, event_log, tmp_path / "one", config=QUIET)
+    event_log.append(mixed_events(base, "b"))
+    append_events(tmp_path / "one", event_log, tmp_path / "two", config=QUIET)
+    appended = PreparedDataset.load(tmp_path / "two")
+    logged = event_log.read_range(0, event_log.high_watermark())
+    assert len(logged) == 14
+    assert_folded_once(base, appended, logged)
+
+    train_tiny(tmp_path / "two", tmp_path / "run", max_train_targets=512, eval_users=16)
+    repo = tmp_path / "model_repository"
+    result = build_cli(
+        tmp_path / "run", repo, 1, "--data", str(tmp_path / "two"), "--no-polygraphy"
+    )
+    assert result.exit_code == 0, result.output
+
+    pq_dir = repo / contract.PQ_RETRIEVAL_MODEL / "1" / contract.PQ_DIR
+    store = SequenceStore.load(pq_dir / "store", verify=True)
+    per_user = dict(zip(appended.user_ids.tolist(), np.diff(store.offsets).tolist(), strict=True))
+    logged_per_user = Counter(stored.event.user_id for stored in logged)
+    for user_id, count in user_counts(base).items():
+        assert per_user.pop(user_id) == count + logged_per_user.pop(user_id, 0), f"user {user_id}"
+    assert per_user == dict(logged_per_user)  # the new user: its logged events only
+    assert np.array_equal(store.item, appended.seq_item)
+    assert np.array_equal(store.query, appended.seq_query)
+    mark = Watermark(event_log.log_id(), event_log.high_watermark())
+    assert read_store_watermark(pq_dir) == mark
+    build_info = json.loads(contract.build_info_path(repo, 1).read_text())
+    assert build_info[contract.EVENT_LOG_FIELD] == mark.to_json()
+    card = contract.build_info_path(repo, 1).with_name(contract.MODEL_CARD_FILE).read_text()
+    assert f"up to seq {mark.watermark}" in card
+    event_log.close()
