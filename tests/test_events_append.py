@@ -284,6 +284,8 @@ def test_append_refuses_another_log_an_older_log_a_bad_dataset_and_a_taken_out(
         assert not (out.exists() and out != folded and out != small_data), "refused, yet wrote"
         return code, " ".join(output.split())
 
+    with open_event_log(f"sqlite://{tmp_path / 'other.db'}") as other:
+        other.append([Event("o1", 1, 10, "", EventType.REC, True)])
     code, output = refused(folded, f"sqlite://{tmp_path / 'other.db'}", tmp_path / "a")
     assert code == DataError.exit_code and "count events twice" in output
     code, output = refused(folded, f"sqlite://{tmp_path / 'old.db'}", tmp_path / "b")
@@ -294,6 +296,10 @@ def test_append_refuses_another_log_an_older_log_a_bad_dataset_and_a_taken_out(
     assert code == 5 and "never changes it" in output
     code, output = refused(small_data, url, folded)
     assert code == 5 and "--force" in output
+
+    code, output = refused(folded, f"sqlite://{tmp_path / 'typo.db'}", tmp_path / "g")
+    assert code == DataError.exit_code and "no event log there" in output
+    assert not (tmp_path / "typo.db").exists()
 
     empty = tmp_path / "empty"
     empty.mkdir()

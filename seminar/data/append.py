@@ -55,7 +55,8 @@ from seminar.data.schema import (
     validate_events,
 )
 from seminar.errors import ConflictError, DataError
-from seminar.events import EventLog, StoredEvent, Watermark
+from seminar.events import EventLog, StoredEvent, Watermark, open_event_log
+from seminar.events.log import SQLITE_SCHEME
 
 APPENDS_FIELD = "appends"  # meta.json: one record per append that led to this dataset
 LOGGED_RULE = "logged events (seminar data append): clicked"
@@ -86,6 +87,16 @@ class Fold:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def open_existing_log(url: str) -> EventLog:
+    """The log at `url`, which must exist: opening a SQLite path creates an empty log, and an
+    append from a mistyped path would fold nothing and mark the wrong log."""
+    if url.startswith(SQLITE_SCHEME):
+        path = Path(url.removeprefix(SQLITE_SCHEME))
+        if not path.is_file():
+            raise DataError(f"{path}: no event log there (the gateway's --event-log creates it)")
+    return open_event_log(url)
 
 
 def read_logged(

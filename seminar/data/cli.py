@@ -16,7 +16,10 @@ import typer
 from seminar.errors import cli_guard, reading_options
 
 app = typer.Typer(
-    help="Prepare datasets into the canonical layout (docs/data.md, docs/design.md section 1).",
+    help=(
+        "Prepare datasets into the canonical layout, and fold the online event log into them "
+        "(docs/data.md, docs/design.md section 1)."
+    ),
     no_args_is_help=True,
 )
 prepare_app = typer.Typer(
@@ -198,12 +201,12 @@ def append(
     prepare pipeline and records the mark (log id, W_new) in OUT/meta.json, so the next train
     and build include these events and serving reads only the events after W_new. Nothing
     logged after the mark: OUT is a copy of DATA with the mark moved. A log other than the one
-    DATA was folded from exits 3; an unreachable log exits 6.
+    DATA was folded from exits 3; an unreachable log exits 6. Example: seminar data append
+    --data data/movielens --event-log sqlite:///data/events.db --out data/movielens-2
     """
-    from seminar.data.append import append_events
-    from seminar.events import open_event_log
+    from seminar.data.append import append_events, open_existing_log
 
-    with open_event_log(event_log) as log:
+    with open_existing_log(event_log) as log:
         fold, stats = append_events(data, log, out, force=force)
     if as_json:
         typer.echo(json.dumps({**fold.to_json(), "stats": stats.to_dict()}))
