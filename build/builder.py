@@ -36,6 +36,7 @@ from torch import nn
 from seminar import contract, manifest
 from seminar.build import artifacts, export, lock, minilm, repository, tensorrt
 from seminar.errors import ArtifactError, ConflictError, UsageError
+from seminar.pq.artifacts import read_store_watermark
 from seminar.provenance import git_revision
 
 STAGING_PID_FILE = ".pid"
@@ -278,6 +279,20 @@ def _quality_report(variant: str, sizes: str) -> list[str]:
     return out
 
 
+def _event_log_line(recorded: object) -> str:
+    """The model card's sentence on the online events the version's PQ store holds."""
+    mark = recorded if isinstance(recorded, dict) else {}
+    if not mark.get("watermark"):
+        return (
+            "Online events: none folded in (watermark 0); serving scores every logged event "
+            "as the tail."
+        )
+    return (
+        f"Online events: the PQ store holds event log `{mark['log_id']}` up to seq "
+        f"{mark['watermark']} (`seminar data append`); serving scores the later ones as the tail."
+    )
+
+
 def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
     dims = inputs.dims
     sizes = f"D={dims.d}, H={dims.h}, K={dims.k}"
@@ -300,6 +315,8 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
         "## Data",
         "",
         f"{info.get('data', 'prepared dataset at ' + display_path(inputs.data_dir))}",
+        "",
+        _event_log_line(info.get(contract.EVENT_LOG_FIELD)),
         "",
         f"## Metrics of this version's run ({sizes}, test split)",
         "",
@@ -388,6 +405,9 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     pq_dir = version_dirs[contract.PQ_RETRIEVAL_MODEL] / contract.PQ_DIR
     pq_dir.mkdir()
     (inputs.write_pq or _default_write_pq(inputs))(pq_dir)
+    # The position in the online event log the store holds the events up to (the dataset's,
+    # from `seminar data append`): serving scores each user's events after it as the tail.
+    event_log = read_store_watermark(pq_dir)
     _copy_backend(
         specs[contract.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[contract.PQ_RETRIEVAL_MODEL]
     )
@@ -421,6 +441,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         "git_revision": git_revision(),
         "run": display_path(inputs.run_dir) if inputs.run_dir else None,
         "data": _data_summary(inputs.data_dir),
+        contract.EVENT_LOG_FIELD: event_log.to_json(),
         "serving": serving_record(request.serving),
         "exports": {
             name: {

@@ -302,6 +302,17 @@ def test_build_json_records_every_serving_setting(model_repo):
     assert info["serving"]["cpu_instances"] == serving.cpu_instances
 
 
+def test_a_dataset_without_an_event_log_mark_builds_a_store_at_watermark_0(model_repo):
+    """Prepared MovieLens folded no logged event: serving's tail is every logged event."""
+    from seminar.events import Watermark
+    from seminar.pq.artifacts import read_store_watermark
+
+    pq_dir = model_repo.repo / contract.PQ_RETRIEVAL_MODEL / "1" / contract.PQ_DIR
+    assert read_store_watermark(pq_dir) == Watermark()
+    info = json.loads(contract.build_info_path(model_repo.repo, 1).read_text())
+    assert info[contract.EVENT_LOG_FIELD] == {"log_id": "", "watermark": 0}
+
+
 def test_no_file_of_a_built_repository_names_a_path_of_the_build_machine(
     model_repo, tmp_path_factory
 ):

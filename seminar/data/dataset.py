@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seminar.contract import FIRST_ITEM_INDEX, OOV_ITEM_INDEX
+from seminar.contract import EVENT_LOG_FIELD, FIRST_ITEM_INDEX, OOV_ITEM_INDEX
 from seminar.data.prepare import ARRAYS, META_FILE
 from seminar.data.schema import SCHEMA_VERSION, read_events, read_items
 from seminar.data.tokenizer import QueryTokenizer
 from seminar.errors import DataError
+from seminar.events.log import Watermark
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,10 @@ class PreparedDataset:
                 if optional:
                     return None
                 raise DataError(f"{file}: missing from the prepared dataset.")
-            return np.load(file, mmap_mode=mode)
+            try:
+                return np.load(file, mmap_mode=mode)
+            except (ValueError, OSError) as err:
+                raise DataError(f"{file}: not a readable .npy array ({err}).") from None
 
         def listing(name: str) -> list[str]:
             file = arrays / f"{name}.json"
@@ -256,6 +260,15 @@ class PreparedDataset:
 
     def items_table(self) -> pa.Table:
         return read_items(self.path / "items.parquet")
+
+    @property
+    def event_log_mark(self) -> Watermark:
+        """The online event log position this dataset holds the logged events up to
+        (`seminar data append` records it); Watermark() (W 0) when no append made it."""
+        try:
+            return Watermark.from_json(self.meta.get(EVENT_LOG_FIELD))
+        except DataError as err:
+            raise DataError(f"{self.path / META_FILE}: field '{EVENT_LOG_FIELD}': {err}") from None
 
     @property
     def planted(self) -> dict[str, Any] | None:

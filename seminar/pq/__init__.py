@@ -3,7 +3,8 @@
 Core (plain arrays and tensors, no model needed): `train_codebooks`, `build_sequence_store`,
 `seminar.pq.adc` (torch ADC), `seminar.pq.faiss_scan` (faiss fast path),
 `seminar.pq.triton_kernel` (fused GPU kernel), `PQRetriever`.
-Adapters to a trained model: `build_pq_retriever`, `save_pq_artifacts`, `load_pq_retriever`.
+Adapters to a trained model: `build_pq_retriever`, `save_pq_artifacts`, `load_pq_retriever`;
+`read_store_watermark` (the event log position a saved store holds the events up to).
 
 Names resolve lazily so that a command importing only `seminar.pq.config` keeps `seminar --help`
 free of torch.
@@ -16,6 +17,7 @@ _EXPORTS = {
     "load_pq_retriever": "seminar.pq.artifacts",
     "save_pq_artifacts": "seminar.pq.artifacts",
     "save_retriever": "seminar.pq.artifacts",
+    "read_store_watermark": "seminar.pq.artifacts",
     "Codebooks": "seminar.pq.codebooks",
     "train_codebooks": "seminar.pq.codebooks",
     "PQConfig": "seminar.pq.config",

@@ -2,8 +2,10 @@
 plain-tensor PQ core, and the on-disk layout the Triton `pq_retrieval` backend loads.
 
 Layout of an artifact directory:
-    manifest.json            format, config, k, alpha, modalities, D, H, and the files below
-                             with their sha256 (seminar.manifest)
+    manifest.json            format, config, k, alpha, modalities, D, H, event_log (the
+                             Watermark of the online event log the store holds the events up
+                             to: serving scores the events after it as the user's tail), and
+                             the files below with their sha256 (seminar.manifest)
     codebooks.npz/.json      centroids (M, S, k, d)
     tables.safetensors       exact component tables "table.<m>" (N_m, D) and their codes
                              "codes.<m>" (N_m, S) uint8; "gsu.weight" (D, H, D), "gsu.bias" (H, D)
@@ -107,8 +109,11 @@ def build_pq_retriever(model: Any, dataset: Any, config: PQConfig = PQConfig()) 
     )
 
 
-def save_retriever(retriever: PQRetriever, out_dir: Path) -> manifest.Manifest:
-    """Write a retriever (with its store and projection) to `out_dir`; returns the manifest."""
+def save_retriever(
+    retriever: PQRetriever, out_dir: Path, event_log: Watermark = Watermark()
+) -> manifest.Manifest:
+    """Write a retriever (with its store and projection) to `out_dir`; returns the manifest.
+    `event_log`: the log position the store's sequences hold the events up to."""
     from safetensors.torch import save_file
 
     if retriever.store is None or retriever.gsu_weight is None:
@@ -135,6 +140,7 @@ def save_retriever(retriever: PQRetriever, out_dir: Path) -> manifest.Manifest:
         "bytes_per_event": retriever.store.bytes_per_event,
         "n_users": retriever.store.n_users,
         "n_events": retriever.store.n_events,
+        contract.EVENT_LOG_FIELD: event_log.to_json(),
     }
     return manifest.write_manifest(out_dir, fields, _FILES)
 
@@ -142,8 +148,21 @@ def save_retriever(retriever: PQRetriever, out_dir: Path) -> manifest.Manifest:
 def save_pq_artifacts(
     model: Any, dataset: Any, out_dir: Path, config: PQConfig = PQConfig()
 ) -> dict:
-    """build_pq_retriever + save_retriever: everything `pq_retrieval` needs, with sha256s."""
-    return save_retriever(build_pq_retriever(model, dataset, config), out_dir)
+    """build_pq_retriever + save_retriever: everything `pq_retrieval` needs, with sha256s.
+    The store carries the dataset's event log mark (PreparedDataset.event_log_mark; W 0 for
+    plain arrays)."""
+    mark = getattr(dataset, "event_log_mark", Watermark())
+    return save_retriever(build_pq_retriever(model, dataset, config), out_dir, mark)
+
+
+def read_store_watermark(artifact_dir: Path) -> Watermark:
+    """The event log position a saved store holds the events up to: serving's tail of a user
+    is the user's events after it. Stores saved before marks were recorded hold none (W 0)."""
+    saved = manifest.read_manifest(Path(artifact_dir))
+    try:
+        return Watermark.from_json(saved.fields.get(contract.EVENT_LOG_FIELD))
+    except DataError as err:
+        raise ArtifactError(f"{saved.path}: field '{contract.EVENT_LOG_FIELD}': {err}") from None
 
 
 def read_store_watermark(artifact_dir: Path) -> Watermark:
