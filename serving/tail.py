@@ -114,7 +114,7 @@ class TailEncoder:
         """T events -> item_index (T,) int64 (unknown item: OOV) and query_emb (T, D)."""
         items = np.asarray([event.item_id for event in events], dtype=np.int64)
         return self.features.item_index(items), self.query_embeddings(
-            [event.query for event in events]
+            [event.history_query for event in events]
         )
 
 

@@ -51,6 +51,8 @@ def tail_events(user_id: int, items: list[int], prefix: str = "t") -> list[Event
         Event(f"{prefix}2", user_id, items[5], NEW_QUERY, EventType.SEARCH, True),
         Event(f"{prefix}3", user_id, UNKNOWN_ITEM, "comedy", EventType.SEARCH, False),
         Event(f"{prefix}4", user_id, items[7], NEW_QUERY, EventType.SEARCH, True),
+        # a recommendation holds no query in a history, whatever the client sent
+        Event(f"{prefix}5", user_id, items[9], "ignored words", EventType.REC, False),
     ]
 
 

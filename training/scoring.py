@@ -103,7 +103,7 @@ def encode_tail(
     """Item indices (T,) and query embeddings (T, D) of tail events, as serving encodes them."""
     model.eval()
     tokenizer = ds.tokenizer()
-    texts = [event.query for event in tail]
+    texts = [event.history_query for event in tail]
     tokens = torch.as_tensor([tokenizer.encode(text) for text in texts], dtype=torch.long)
     text_emb = torch.from_numpy(np.stack([embed_query(text) for text in texts]).astype(np.float32))
     items = [ds.item_index(event.item_id) for event in tail]  # unknown -> OOV

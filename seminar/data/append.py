@@ -51,7 +51,6 @@ from seminar.data.schema import (
     EVENTS_SCHEMA,
     IMAGE_EMBEDDING,
     IMAGE_REF,
-    EventType,
     validate_events,
 )
 from seminar.errors import ConflictError, DataError
@@ -140,10 +139,7 @@ def logged_rows(logged: list[StoredEvent], dataset: PreparedDataset, source: str
         "item_id": [stored.event.item_id for stored in logged],
         "timestamp": timestamps,
         "event_type": [str(stored.event.type) for stored in logged],
-        "query": [
-            stored.event.query if stored.event.type == EventType.SEARCH.value else ""
-            for stored in logged
-        ],
+        "query": [stored.event.history_query for stored in logged],
         "label": [int(stored.event.clicked) for stored in logged],
     }
     # The log's own checks are not the canonical schema's: check the rows against it too.

@@ -47,6 +47,13 @@ class Event:
     timestamp_ms: int = 0  # unix milliseconds; 0 = assigned by the log when stored
     request_id: str = ""  # the Rank request this event answers ("" when unknown)
 
+    @property
+    def history_query(self) -> str:
+        """The query as a lifelong sequence holds this event: a search's query; none for a
+        recommendation, whatever the client sent (the dataset's canonical rule), so that the
+        online tail and the base store compaction folds it into score the event alike."""
+        return self.query if self.type is EventType.SEARCH else ""
+
     def fingerprint(self) -> str:
         """What a retry must repeat exactly: every field as sent (timestamp 0 included, so a
         retry of a server-stamped event matches although the stored copy has a time)."""

@@ -165,16 +165,6 @@ def read_store_watermark(artifact_dir: Path) -> Watermark:
         raise ArtifactError(f"{saved.path}: field '{contract.EVENT_LOG_FIELD}': {err}") from None
 
 
-def read_store_watermark(artifact_dir: Path) -> Watermark:
-    """The event-log position the artifacts' sequence store was built at (Watermark() when
-    the dataset folded no event of the log): serving reads each user's tail after it."""
-    saved = manifest.read_manifest(Path(artifact_dir))
-    try:
-        return Watermark.from_json(saved.fields.get(contract.EVENT_LOG_FIELD))
-    except DataError as err:
-        raise ArtifactError(f"{saved.path}: {err}") from None
-
-
 def load_pq_retriever(
     artifact_dir: Path, device: str = "cpu", verify: bool = True, mmap: bool = True
 ) -> PQRetriever:
