@@ -1,5 +1,7 @@
-"""The gateway end of `make demo`: Triton + gateway with an A/B config, a few rankings, a short
-load, and the arm split read back from the gateway's /metrics (and Prometheus, if installed).
+"""The gateway end of `make demo`: Triton + gateway with an A/B config, a few rankings, the
+user's latest events recorded online and that user's ranking again (it changes on the very next
+request), a short load, and the arm split read back from the gateway's /metrics (and
+Prometheus, if installed).
 
     from seminar.clients.demo import run_gateway_demo
     run_gateway_demo(repo=Path("model_repository"), data=Path("data/movielens"))
@@ -36,6 +38,7 @@ class DemoResult:
     arm_split_metrics: dict[str, float] = field(default_factory=dict)  # arm -> OK requests
     arm_split_prometheus: dict[str, float] | None = None
     report_path: Path | None = None
+    fresh_events: dict = field(default_factory=dict)  # the Record step: events, ranks before/after
 
 
 def demo_arms(repo: Path) -> tuple[Arm, Arm]:
@@ -98,10 +101,17 @@ def run_gateway_demo(
         write_config(config, tmp / "ab.yaml")
         arm_models = sorted({a.model for a in arms})
         wait = [arg for model in arm_models for arg in ("--wait-model", model)]
+        # The online event log both processes share: the gateway records into it, every
+        # pq_retrieval instance reads the users' tails from it.
+        event_log = f"sqlite://{tmp / 'events.db'}"
         with console.status("starting seminar serve (tritonserver under its supervisor)"):
-            serve = stack.enter_context(ServeProcess(repo, *wait, console_path=tmp / "serve.log"))
+            serve = stack.enter_context(
+                ServeProcess(repo, *wait, "--event-log", event_log, console_path=tmp / "serve.log")
+            )
         with console.status("starting the gateway"):
-            gw = stack.enter_context(GatewayProcess(tmp / "ab.yaml", serve.grpc_url, catalog=repo))
+            gw = stack.enter_context(
+                GatewayProcess(tmp / "ab.yaml", serve.grpc_url, catalog=repo, event_log=event_log)
+            )
         console.print(
             f"seminar serve on {serve.grpc_url} (health {serve.health_url}/ready), gateway on "
             f"{gw.address} (metrics {gw.metrics_url}); arms: "
@@ -119,6 +129,8 @@ def run_gateway_demo(
             ):
                 table.add_row(str(rank_no), str(item), f"{score:.4f}")
             console.print(table)
+
+        result.fresh_events = _record_and_rank_again(console, gw.address, calls[0])
 
         prom = None
         if prometheus and shutil.which("prometheus"):
@@ -162,6 +174,53 @@ def run_gateway_demo(
     return result
 
 
+def _record_and_rank_again(console, address: str, call, clicks: int = 5) -> dict:
+    """Record `clicks` clicks of the user on the candidates ranked last, rank again, and show
+    how those items and the top of the list moved."""
+    import uuid
+
+    from rich.table import Table
+
+    from seminar.clients.client import rank_via_gateway, record_via_gateway
+    from seminar.events import Event, EventType
+
+    candidates = call.candidate_ids.tolist()
+    before = rank_via_gateway(address, call.user_id, call.query, candidates)
+    clicked = before.item_ids[-clicks:]
+    run = uuid.uuid4().hex[:8]
+    events = [
+        Event(f"demo-{run}-{n}", int(call.user_id), item, "", EventType.REC, True)
+        for n, item in enumerate(clicked)
+    ]
+    answer = record_via_gateway(address, events)
+    after = rank_via_gateway(address, call.user_id, call.query, candidates)
+    rank_before = {item: n for n, item in enumerate(before.item_ids, 1)}
+    rank_after = {item: n for n, item in enumerate(after.item_ids, 1)}
+    table = Table(
+        title=f"user {call.user_id}: {answer.stored} clicks recorded (seminar.v1.Events/Record), "
+        "then ranked again"
+    )
+    for column in ("item_id", "rank before", "rank after"):
+        table.add_column(column, justify="right")
+    for item in clicked:
+        table.add_row(str(item), str(rank_before[item]), str(rank_after[item]))
+    console.print(table)
+    changed = sum(a != b for a, b in zip(before.item_ids[:10], after.item_ids[:10], strict=True))
+    console.print(
+        f"top 10 before: {before.item_ids[:10]}\ntop 10 after:  {after.item_ids[:10]} "
+        f"({changed} of 10 positions changed)"
+    )
+    return {
+        "user_id": call.user_id,
+        "clicked": clicked,
+        "rank_before": [rank_before[item] for item in clicked],
+        "rank_after": [rank_after[item] for item in clicked],
+        "top10_before": before.item_ids[:10],
+        "top10_after": after.item_ids[:10],
+        "top10_changed": changed,
+    }
+
+
 def _report(result: DemoResult) -> str:
     lines = ["# Demo: A/B gateway in front of Triton", "", "Arms: " + ", ".join(
         f"`{a.name}` = {a.model_version} ({a.weight:g}%)" for a in result.arms
@@ -171,6 +230,22 @@ def _report(result: DemoResult) -> str:
             f"{i} ({s:.3f})" for i, s in zip(r["item_ids"][:5], r["scores"][:5], strict=True)
         )
         lines.append(f"- user {r['user_id']} → arm `{r['arm']}` ({r['model_version']}): {top}")
+    fresh = result.fresh_events
+    if fresh:
+        lines += ["", "## The user's latest events, served on the next request", ""]
+        lines.append(
+            f"User {fresh['user_id']} clicked the {len(fresh['clicked'])} candidates ranked last "
+            "(recorded through `seminar.v1.Events/Record`); ranked again right after:"
+        )
+        lines.append("")
+        for item, was, now in zip(
+            fresh["clicked"], fresh["rank_before"], fresh["rank_after"], strict=True
+        ):
+            lines.append(f"- item {item}: rank {was} -> {now}")
+        lines.append(
+            f"- top 10 before {fresh['top10_before']}, after {fresh['top10_after']} "
+            f"({fresh['top10_changed']} of 10 positions changed)"
+        )
     lines += ["", "## Load through the gateway", "", result.load_markdown, "", "## Arm split", ""]
     lines.append(f"- gateway /metrics (OK requests): {result.arm_split_metrics}")
     if result.arm_split_prometheus is not None:
