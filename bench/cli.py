@@ -29,6 +29,17 @@ from seminar.errors import (
 from seminar.training.cli import require_data_dir
 
 
+def require_run_and_data(run: Path, data: Path) -> None:
+    """ArtifactError / DataError naming the option when --run or --data is not there."""
+    inputs = (
+        (run / "checkpoint.safetensors", "--run", ArtifactError),
+        (data / "meta.json", "--data", DataError),
+    )
+    for path, what, kind in inputs:
+        if not path.is_file():
+            raise kind(f"{what}: {path} does not exist.")
+
+
 @cli_guard
 def bench_synthetic(
     events: Annotated[
@@ -183,13 +194,7 @@ def bench_serving(
     from seminar.bench.harness import write_record
     from seminar.bench.serving import ServingBenchConfig, run_bench
 
-    inputs = (
-        (run / "checkpoint.safetensors", "--run", ArtifactError),
-        (data / "meta.json", "--data", DataError),
-    )
-    for path, what, kind in inputs:
-        if not path.is_file():
-            raise kind(f"{what}: {path} does not exist.")
+    require_run_and_data(run, data)
     with reading_options():
         cfg = ServingBenchConfig(
             candidates=candidates,
@@ -254,6 +259,49 @@ def bench_soak(
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
     if not record.data["passed"]:
         raise CheckFailed(f"the soak did not hold; see {paths[0]}")
+
+
+@cli_guard
+def bench_online(
+    run: Path = typer.Option(
+        ..., help="Trained run directory (checkpoint.safetensors + config.json)."
+    ),
+    data: Path = typer.Option(
+        Path("data/movielens"), help="Prepared dataset the run was trained on."
+    ),
+    work: Path = typer.Option(
+        Path("runs/online-bench"),
+        help="Scratch folder for the bench's repository (+ a SYNTHETIC long user, reused when "
+        "its inputs are unchanged) and its event logs (fresh every run).",
+    ),
+    reports: Path = typer.Option(
+        SCRATCH, help="Folder for online.md, online.json and online.png (reports/ publishes)."
+    ),
+    seconds: float = typer.Option(20.0, help="Seconds of Record load per log."),
+    concurrency: int = typer.Option(8, help="Record writer threads."),
+    batch_events: int = typer.Option(10, help="Events per Record call."),
+    requests: int = typer.Option(100, help="Timed Rank calls per tail size."),
+    seed: int = typer.Option(0, help="Seed of the events, the candidates and the SYNTHETIC user."),
+) -> None:
+    """Record throughput and acknowledgement latency on SQLite and Redis, and Rank latency over a fresh online tail; writes REPORTS/online.md, .json and .png.
+
+    Record: CONCURRENCY writers send BATCH_EVENTS-event batches to a real `seminar gateway` for SECONDS, over a SQLite file and over a real redis-server; the report gives events/s, acknowledgement p50/p99 and sent / acknowledged / stored / lost. Rank: `seminar serve --event-log` behind the gateway, a SYNTHETIC user with 10k stored events, p50/p99 with 0, 100 and 1,000 of its events recorded after the version's watermark. About 3 minutes once the repository is built.
+    """
+    from seminar.bench.online import OnlineBenchConfig, run_bench, write_reports
+
+    require_run_and_data(run, data)
+    with reading_options():
+        config = OnlineBenchConfig(
+            seconds=seconds, concurrency=concurrency, batch_events=batch_events,
+            requests=requests, seed=seed,
+        )  # fmt: skip
+    try:
+        record = run_bench(run, data, work, config, lambda m: typer.echo(m, err=True))
+    except RuntimeError as err:  # the repository build failed or --work is not the bench's
+        raise CheckFailed(f"bench online failed: {err}") from None
+    paths = write_reports(record, reports / "online")
+    typer.echo(record.markdown())
+    typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
 
 
 @cli_guard

@@ -181,8 +181,9 @@ def test_record_metrics_follow_a_known_sequence_of_calls(
 # ---- kill -9 under load -------------------------------------------------------------------
 
 
-def check_nothing_lost(url: str, report: RecordLoadReport) -> None:
-    """Every acknowledged event stored, every stored event once; prints the tally."""
+def check_nothing_lost(url: str, report: RecordLoadReport, interrupted: bool = True) -> None:
+    """Every acknowledged event stored, every stored event once; prints the tally.
+    `interrupted`: the kill hit Record itself, so some batch must have been resent."""
     with open_event_log(url) as log:
         stored = log.find(sorted(report.sent))
         everything = log.read_range(0, log.high_watermark())
@@ -190,7 +191,8 @@ def check_nothing_lost(url: str, report: RecordLoadReport) -> None:
         per_user = sum(len(log.read_user(user)) for user in users)
     acknowledged_stored = len(report.acknowledged & stored.keys())
     print(f"\n{url.split(':')[0]}: {report.summary(acknowledged_stored)}")
-    assert report.acknowledged and report.resent_batches > 0, "the kill interrupted the load"
+    assert report.acknowledged, "the load recorded nothing"
+    assert report.resent_batches > 0 or not interrupted, "the kill interrupted the load"
     assert acknowledged_stored == len(report.acknowledged), "an acknowledged event was lost"
     ids = [s.event.event_id for s in everything]
     assert len(ids) == len(set(ids)) == len(stored), "an event is stored twice"
@@ -304,11 +306,13 @@ def test_kill_9_of_tritonserver_under_load_loses_no_event_and_rank_comes_back(
                 stored_at_kill = log.high_watermark()
                 os.kill(old_pid, signal.SIGKILL)
                 stored_while_down = stored_at_kill
-                give_up_at = time.monotonic() + 180
-                while not serve.is_ready():  # the supervisor restarts tritonserver
-                    assert time.monotonic() < give_up_at, "tritonserver was not restarted"
-                    stored_while_down = log.high_watermark()
-                    time.sleep(0.2)
+                # The supervisor notices the death (readiness drops), then restarts tritonserver.
+                for ready, within_s in ((False, 10), (True, 180)):
+                    give_up_at = time.monotonic() + within_s
+                    while serve.is_ready() != ready:
+                        assert time.monotonic() < give_up_at, f"readiness not {ready} in time"
+                        stored_while_down = log.high_watermark()
+                        time.sleep(0.2)
             assert int(serve.status()["tritonserver_pid"]) != old_pid
             assert stored_while_down > stored_at_kill, "Record stopped while Triton was down"
             after = rank_until_ok(gateway.address, call, timeout_s=60)
@@ -316,5 +320,5 @@ def test_kill_9_of_tritonserver_under_load_loses_no_event_and_rank_comes_back(
             thread.join()
         finally:
             gateway.stop()
-    check_nothing_lost(log_url, reports[0])
+    check_nothing_lost(log_url, reports[0], interrupted=False)  # Record never needs Triton
     print(f"stored while tritonserver was down: {stored_while_down - stored_at_kill} events")
