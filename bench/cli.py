@@ -275,7 +275,7 @@ def bench_online(
         "its inputs are unchanged) and its event logs (fresh every run).",
     ),
     reports: Path = typer.Option(
-        SCRATCH, help="Folder for online.md, online.json and online.png (reports/ publishes)."
+        SCRATCH, help="Folder for the online report: markdown, JSON and PNG (reports/ publishes)."
     ),
     seconds: float = typer.Option(20.0, help="Seconds of Record load per log."),
     concurrency: int = typer.Option(8, help="Record writer threads."),
