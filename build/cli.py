@@ -10,6 +10,7 @@ import typer
 
 from seminar import contract
 from seminar.errors import DataError, UsageError, cli_guard, reading_options
+from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 
 
 def _summary(summary, console) -> None:
@@ -88,6 +89,13 @@ def build(
         ),
     ] = None,
     pq_iters: Annotated[int, typer.Option(min=1, help="k-means iterations per PQ sub-space.")] = 25,
+    max_tail_events: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Newest online events per user (seminar serve --event-log) scored beside the stored sequence; 0 = none. Older ones wait for `seminar data append`.",
+        ),
+    ] = DEFAULT_MAX_TAIL_EVENTS,
 ) -> None:
     """Export a trained run into a new numbered version of the Triton model repository.
 
@@ -128,6 +136,7 @@ def build(
             preferred_batch_sizes=tuple(b for b in (128, 256, 512) if b <= max_batch)
             or (max_batch,),
             execution_env=str(execution_env.resolve()) if execution_env else None,
+            max_tail_events=max_tail_events,
         )
         request = builder.BuildRequest(
             repo=repo,

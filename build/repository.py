@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2
 
 from seminar import contract
 from seminar.errors import ArtifactError
+from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS, require_tail_cap
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class ServingConfig:
     # Longest query (UTF-8 bytes) `features` tokenizes; longer ones get INVALID_ARG untouched.
     # Above the gateway's own limit (256) so that only direct clients ever meet it.
     max_query_bytes: int = 1024
+    # Newest online events per user pq_retrieval scores beside the stored sequence (0 = none);
+    # the older ones wait for compaction into the next version's store (seminar.events.tail).
+    max_tail_events: int = DEFAULT_MAX_TAIL_EVENTS
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -61,6 +65,7 @@ class ServingConfig:
             raise ValueError(
                 f"ServingConfig.max_query_bytes must be >= 1, got {self.max_query_bytes}"
             )
+        require_tail_cap(self.max_tail_events)
 
 
 def _tensors(message_list, specs: tuple[contract.TensorSpec, ...]) -> None:
@@ -110,6 +115,7 @@ def model_config(
         params[contract.PARAM_INDEX_RANGES] = contract.INDEX_RANGES_FILE
     if spec.name == contract.PQ_RETRIEVAL_MODEL:
         params[contract.PARAM_DEVICE] = "cuda" if gpu else "cpu"
+        params[contract.PARAM_MAX_TAIL_EVENTS] = str(serving.max_tail_events)
         if gpu:
             params[contract.PARAM_FORCE_CPU_ONLY] = "no"  # torch tensors in and out via DLPack
     if serving.execution_env:
@@ -160,6 +166,12 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (OSError, text_format.ParseError) as exc:
         raise ArtifactError(f"{path}: not a valid Triton model config: {exc}") from exc
+
+
+def model_parameters(repo: Path, model: str) -> dict[str, str]:
+    """The `parameters` of model `model`'s config.pbtxt in `repo`, as strings."""
+    config = parse_config(Path(repo) / model / contract.CONFIG_FILE)
+    return {key: value.string_value for key, value in config.parameters.items()}
 
 
 def _check_tensors(where: str, kind: str, got, want: tuple[contract.TensorSpec, ...]) -> None:
@@ -288,6 +300,13 @@ def _check_parameters(
             raise ArtifactError(
                 f"{where}: parameter {contract.PARAM_MAX_QUERY_BYTES} {value} != {serving.max_query_bytes}"
             )
+    tail_cap = params.get(contract.PARAM_MAX_TAIL_EVENTS)
+    if spec.name == contract.PQ_RETRIEVAL_MODEL and tail_cap is not None and not tail_cap.isdigit():
+        # absent in repositories built before online tails: pq_retrieval uses the default
+        raise ArtifactError(
+            f"{where}: parameter {contract.PARAM_MAX_TAIL_EVENTS} must be an int >= 0, got "
+            f"{tail_cap!r}"
+        )
     if (
         spec.kind is contract.TritonModelKind.EXPORTED
         and params.get(contract.PARAM_INDEX_RANGES) != contract.INDEX_RANGES_FILE

@@ -8,6 +8,7 @@ assert r.item_ids == d.item_ids   # the gateway adds routing, never changes scor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import grpc
@@ -16,6 +17,7 @@ import numpy as np
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS, CallFailed, rank, score_async
 from seminar.errors import UsageError
+from seminar.events import Event
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,22 @@ def rank_via_gateway(
     return RankResult(
         list(response.item_ids), list(response.scores), response.arm, response.model_version
     )
+
+
+def record_via_gateway(
+    address: str, events: Sequence[Event], timeout_s: float = 10.0
+) -> ranker_pb2.RecordResponse:
+    """One seminar.v1.Events/Record call with `events`; raises CallFailed with the gRPC status.
+    Returned, the events are durable in the gateway's event log."""
+    from seminar.clients.record_load import event_message
+
+    with grpc.insecure_channel(address) as channel:
+        stub = ranker_pb2_grpc.EventsStub(channel)
+        request = ranker_pb2.RecordRequest(events=[event_message(event) for event in events])
+        try:
+            return stub.Record(request, timeout=timeout_s)
+        except grpc.RpcError as err:
+            raise CallFailed(err.code().name, err.details() or "") from None
 
 
 def rank_direct(

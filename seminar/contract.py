@@ -18,7 +18,9 @@ head, T query tokens, F the frozen text embedding's width (QUERY_TEXT_DIM).
                    (frozen MiniLM; "" -> zeros)
     query_encoder  query_tokens, query_text_emb -> query_emb FP32[D]
     item_encoder   item_index -> item_emb FP32[D]
-    pq_retrieval   user_index, query_emb, item_emb -> topk_emb FP32[H,K,D], topk_mask FP32[H,K]
+    pq_retrieval   user_index, query_emb, item_emb, user_id (the ensemble's input)
+                   -> topk_emb FP32[H,K,D], topk_mask FP32[H,K]
+                   (the stored sequence plus the user's online tail from the event log)
     ranking_head   query_emb, item_emb, topk_emb, topk_mask -> score FP32[1]  (a logit)
 """
 
@@ -363,7 +365,8 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
         ModelSpec(
             name=PQ_RETRIEVAL_MODEL,
             kind=TritonModelKind.PYTHON,
-            inputs=(_t(USER_INDEX, i64, 1), query_emb, item_emb),
+            # user_id: the ensemble's input, the key of the user's online tail in the log
+            inputs=(_t(USER_INDEX, i64, 1), query_emb, item_emb, _t(INPUT_USER_ID, i64, 1)),
             outputs=(topk_emb, topk_mask),
             backend_source=PQ_RETRIEVAL_SOURCE,
             parameters=MappingProxyType({PARAM_PQ_DIR: PQ_DIR, PARAM_TOP_K: str(dims.k)}),

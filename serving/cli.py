@@ -68,6 +68,10 @@ def serve(
     ),
     startup_timeout: float = typer.Option(180.0, help="Seconds to start and load everything."),
     log_verbose: int = typer.Option(0, help="tritonserver --log-verbose level."),
+    event_log: str | None = typer.Option(
+        None,
+        help="Online event log (sqlite://PATH or redis://HOST:PORT, the one `seminar gateway --event-log` records into): every ranking scores the user's events recorded after the version was built.",
+    ),
 ) -> None:
     """Serve a model repository with tritonserver under a supervisor that keeps it up.
 
@@ -77,8 +81,11 @@ def serve(
     """
     import logging
 
+    from seminar.events import open_event_log
     from seminar.serving.supervisor import ServeConfig, serve_forever
 
+    if event_log is not None:
+        open_event_log(event_log).close()  # a bad URL or an unreachable log fails here, once
     with reading_options():
         config = ServeConfig(
             shield=ShieldConfig(max_inflight=max_inflight),
@@ -95,6 +102,7 @@ def serve(
             wait_models=tuple(wait_model),
             startup_timeout_s=startup_timeout,
             log_verbose=log_verbose,
+            event_log=event_log,
         )
     logging.basicConfig(level=logging.INFO, format="seminar serve: %(message)s")
 

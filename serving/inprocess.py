@@ -16,19 +16,13 @@ import numpy as np
 import torch
 
 from seminar import contract
+from seminar.build.repository import model_parameters
 from seminar.serving.client import request_arrays
 from seminar.serving.features import FeatureMapper
 from seminar.serving.onnx_runner import OnnxRunner
 from seminar.serving.query_text import QueryTextEncoder
 from seminar.serving.retrieval import BatchRetrieval
-
-
-def _params(repo: Path, model: str) -> dict[str, str]:
-    """The `parameters` of a model's config.pbtxt (parsed with Triton's protobuf)."""
-    from seminar.build.repository import parse_config
-
-    config = parse_config(repo / model / contract.CONFIG_FILE)
-    return {key: value.string_value for key, value in config.parameters.items()}
+from seminar.serving.tail import OnlineTails
 
 
 def _dtypes(repo: Path, model: str) -> tuple[dict[str, np.dtype], dict[str, np.dtype]]:
@@ -55,29 +49,33 @@ class InProcessPipeline:
     retrieval: BatchRetrieval
 
     @classmethod
-    def from_repo(cls, repo: Path, version: int, threads: int = 1) -> InProcessPipeline:
-        """Load version `version` of every composing model of `repo` (cpu target)."""
+    def from_repo(
+        cls, repo: Path, version: int, threads: int = 1, tails: OnlineTails | None = None
+    ) -> InProcessPipeline:
+        """Load version `version` of every composing model of `repo` (cpu target); `tails`:
+        users' online tails to score beside the stored sequences (OnlineTails.open)."""
         repo = Path(repo)
-        feat = _params(repo, contract.FEATURES_MODEL)
+        feat = model_parameters(repo, contract.FEATURES_MODEL)
         features = FeatureMapper.from_version_dir(
             repo / contract.FEATURES_MODEL / str(version), int(feat[contract.PARAM_QUERY_LEN])
         )
         query_text = QueryTextEncoder.from_version_dir(
             repo / contract.QUERY_TEXT_MODEL / str(version),
-            int(_params(repo, contract.QUERY_TEXT_MODEL)[contract.PARAM_MAX_QUERY_BYTES]),
+            int(model_parameters(repo, contract.QUERY_TEXT_MODEL)[contract.PARAM_MAX_QUERY_BYTES]),
         )
         encoders = {}
         for name in contract.EXPORTED_MODELS:
             inputs, outputs = _dtypes(repo, name)
-            onnx_file = _params(repo, name)[contract.PARAM_ONNX_FILE]
+            onnx_file = model_parameters(repo, name)[contract.PARAM_ONNX_FILE]
             encoders[name] = OnnxRunner(
                 repo / name / str(version) / onnx_file, inputs, outputs, intra_op_threads=threads
             )
-        pq = _params(repo, contract.PQ_RETRIEVAL_MODEL)
+        pq = model_parameters(repo, contract.PQ_RETRIEVAL_MODEL)
         retrieval = BatchRetrieval.load(
             repo / contract.PQ_RETRIEVAL_MODEL / str(version) / pq[contract.PARAM_PQ_DIR],
             "cpu",
             int(pq[contract.PARAM_TOP_K]),
+            tails=tails,
         )
         return cls(features=features, query_text=query_text, encoders=encoders, retrieval=retrieval)
 
@@ -105,6 +103,7 @@ class InProcessPipeline:
             torch.from_numpy(f[contract.USER_INDEX].reshape(b)),  # (B, 1) -> (B,)
             torch.from_numpy(query_emb),
             torch.from_numpy(item_emb),
+            torch.from_numpy(request[contract.INPUT_USER_ID].reshape(b)),
         )
         out = self.encoders[contract.RANKING_HEAD_MODEL].run(
             {

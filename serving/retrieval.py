@@ -10,7 +10,7 @@ Shapes: B rows, D hidden size, H heads, K events per head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from seminar import contract, manifest
 from seminar.errors import ArtifactError
 from seminar.serving.backend import RequestError
+from seminar.serving.tail import OnlineTails
 
 
 def pair_alpha(pq_dir: Path, retriever: object | None = None) -> float:
@@ -44,9 +45,19 @@ class BatchRetrieval:
     retriever: object  # seminar.pq.PQRetriever (imported lazily: seminar.pq pulls in faiss)
     alpha: float  # pair embedding x_t = alpha * query_emb + (1 - alpha) * item_emb
     k: int
+    tails: OnlineTails | None = None  # users' online tails; None = the base store alone
+    # Tail length of each user of the last call (for the backend's metrics).
+    last_tail_lengths: list[int] = field(default_factory=list)
 
     @classmethod
-    def load(cls, pq_dir: Path, device: str, k: int, verify: bool = True) -> BatchRetrieval:
+    def load(
+        cls,
+        pq_dir: Path,
+        device: str,
+        k: int,
+        verify: bool = True,
+        tails: OnlineTails | None = None,
+    ) -> BatchRetrieval:
         """Open this version's PQ artifacts on `device`; `verify` checks their sha256s (the
         Triton model verified its whole version already and passes False)."""
         from seminar.pq import load_pq_retriever
@@ -57,7 +68,7 @@ class BatchRetrieval:
             raise ArtifactError(
                 f"{pq_dir}: PQ artifacts were built for K = {retriever.k}, the config says {k}"
             )
-        return cls(retriever=retriever, alpha=alpha, k=k)
+        return cls(retriever=retriever, alpha=alpha, k=k, tails=tails)
 
     @property
     def device(self) -> torch.device:
@@ -87,22 +98,46 @@ class BatchRetrieval:
                 f"outside [-1, {self.n_users}) of this version's sequence store"
             )
 
+    def tail_vectors(self, user_id: int) -> torch.Tensor | None:
+        """Exact pair embeddings (T, D) of the user's online tail; None without one."""
+        encoded = None if self.tails is None else self.tails.encode(user_id)
+        if encoded is None:
+            self.last_tail_lengths.append(0)
+            return None
+        item_index, query_emb = encoded
+        self.last_tail_lengths.append(len(item_index))
+        return self.retriever.pair_vectors(
+            torch.from_numpy(item_index), torch.from_numpy(query_emb)
+        )
+
     @torch.inference_mode()
     def __call__(
-        self, user_index: torch.Tensor, query_emb: torch.Tensor, item_emb: torch.Tensor
+        self,
+        user_index: torch.Tensor,
+        query_emb: torch.Tensor,
+        item_emb: torch.Tensor,
+        user_id: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """user_index (B,) int64, query_emb / item_emb (B, D) float32 ->
         topk_emb (B, H, K, D) float32 and topk_mask (B, H, K) float32 (1 = real event),
-        on the retriever's device."""
+        on the retriever's device. With `user_id` (B,) int64 and tails, each user's online
+        tail competes with their stored events (cold-start users, index -1, are told apart
+        by their ids)."""
         dev = self.device
         query_emb, item_emb = query_emb.to(dev), item_emb.to(dev)
         x_t = self.alpha * query_emb + (1.0 - self.alpha) * item_emb  # (B, D), as SeminarModel.pair
         users = user_index.cpu().numpy()
+        with_tails = self.tails is not None and user_id is not None
+        keys = user_id.cpu().numpy().reshape(-1) if with_tails else users
+        self.last_tail_lengths = []
         topk_emb = topk_mask = None
-        for user in np.unique(users):
-            rows = np.flatnonzero(users == user)
+        for key in np.unique(keys):
+            rows = np.flatnonzero(keys == key)
             rows_t = torch.from_numpy(rows).to(dev)
-            emb, valid = self.retriever.retrieve(int(user), x_t[rows_t], self.k)  # (b, H, K, D)
+            tail = self.tail_vectors(int(key)) if with_tails else None
+            emb, valid = self.retriever.retrieve(
+                int(users[rows[0]]), x_t[rows_t], self.k, tail=tail
+            )  # (b, H, K, D)
             if topk_emb is None:
                 b = len(users)
                 topk_emb = emb.new_zeros((b, *emb.shape[1:]))  # (B, H, K, D)

@@ -98,6 +98,7 @@ class ServeConfig:
     restart_backoff_max_s: float = 30.0  # ... up to this
     healthy_reset_s: float = 60.0  # serving this long resets the backoff
     shield: ShieldConfig = field(default_factory=ShieldConfig)
+    event_log: str | None = None  # users' online tails for pq_retrieval (TritonConfig.event_log)
 
     def __post_init__(self) -> None:
         if not Path(self.repo).is_dir():
@@ -572,6 +573,7 @@ class Supervisor:
                 exit_on_error=False,
                 binary=cfg.tritonserver,
                 backend_dir=cfg.backend_directory,
+                event_log=cfg.event_log,
             )
         )
         # Launched here, in the main thread: see _with_parent_death_signal in triton.py.

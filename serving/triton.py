@@ -34,7 +34,7 @@ from enum import StrEnum, unique
 from pathlib import Path
 from typing import ClassVar
 
-from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL
+from seminar.contract import ADMIN_KEY_HEADER, ENSEMBLE_MODEL, EVENT_LOG_ENV
 from seminar.errors import ServiceError
 from seminar.processes import LOOPBACK, ChildProcess, free_port, http_request
 from seminar.serving import process_group
@@ -93,6 +93,9 @@ class TritonConfig:
     # binary and the Python backend bundled in the nvidia-pytriton wheel.
     binary: Path | None = None
     backend_dir: Path | None = None
+    # The online event log pq_retrieval reads users' tails from (sqlite://PATH or
+    # redis://HOST:PORT); None = every version serves its stored sequences alone.
+    event_log: str | None = None
 
     def __post_init__(self) -> None:
         if not Path(self.repo).is_dir():
@@ -332,6 +335,10 @@ class TritonServer(ChildProcess):
         # One model instance per core is our parallelism; keep each instance single-threaded
         # unless the config says otherwise (2-core machines, several instances).
         env.setdefault("OMP_NUM_THREADS", "1")
+        # The model processes inherit it; only this setting decides, not the caller's env.
+        env.pop(EVENT_LOG_ENV, None)
+        if self.config.event_log:
+            env[EVENT_LOG_ENV] = self.config.event_log
         return env
 
     def stop(self, timeout_s: float | None = None) -> int | None:

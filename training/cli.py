@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
+from seminar import contract
 from seminar.errors import ArtifactError, DataError, UsageError, cli_guard, reading_options
+from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 from seminar.model.config import ModelKind
 
 
@@ -268,11 +270,22 @@ def score(
         Path | None, typer.Option(help="Dataset directory (default: the one in config.json).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"scores": [...]}.')] = False,
+    event_log: Annotated[
+        str | None,
+        typer.Option(
+            help="Append the user's online tail from this event log (sqlite://PATH or redis://HOST:PORT): the events after the dataset's watermark, as `seminar serve --event-log` scores them (exact GSU)."
+        ),
+    ] = None,
+    max_tail_events: Annotated[
+        int,
+        typer.Option(min=0, help="Newest tail events appended (the build's --max-tail-events)."),
+    ] = DEFAULT_MAX_TAIL_EVENTS,
 ) -> None:
     """Offline reference logits for one request, in the order of --items.
 
-    Computes what the serving ensemble computes: dataset tokenizer, the user's full history,
-    exact (or the given PQ) GSU, ESU and scorer. Unknown item ids score as OOV.
+    Computes what the serving ensemble computes: dataset tokenizer, the user's full history
+    (with --event-log, plus the events recorded since the dataset was built), exact (or the
+    given PQ) GSU, ESU and scorer. Unknown item ids score as OOV.
     """
     from seminar.training.checkpoint import load_run
     from seminar.training.scoring import open_run_data, score_request
@@ -283,8 +296,19 @@ def score(
         raise UsageError(f"--items: {items!r} is not a comma-separated list of ids.") from None
     loaded = load_run(run)
     ds = open_run_data(loaded, data)
+    tail = []
+    if event_log is not None:
+        if gsu is not Gsu.exact:
+            raise UsageError("--event-log scores the online tail exactly: use --gsu exact.")
+        from seminar.events import Watermark, open_event_log
+        from seminar.events.tail import read_tail
+
+        mark = Watermark.from_json(ds.meta.get(contract.EVENT_LOG_FIELD))
+        with open_event_log(event_log) as log:
+            mark.check_log(log)
+            tail = [stored.event for stored in read_tail(log, user, mark, max_tail_events)]
     retriever = _retriever(gsu, loaded, pq_dir, ds)
-    scores = score_request(loaded, user, query, item_ids, retriever=retriever, data=data)
+    scores = score_request(loaded, user, query, item_ids, retriever=retriever, data=data, tail=tail)
     if as_json:
         typer.echo(json.dumps({"scores": scores}))
     else:

@@ -152,18 +152,21 @@ class EventLog(abc.ABC):
         self.close()
 
 
-def open_event_log(url: str, limits: EventLimits | None = None) -> EventLog:
+def open_event_log(url: str, limits: EventLimits | None = None, timeout_s: float = 5.0) -> EventLog:
     """The log at `url`: sqlite://PATH (a file, created when missing; sqlite:///tmp/x.db is
     /tmp/x.db) or redis://HOST:PORT[/DB]
-    (a running redis-server with appendonly yes and appendfsync always)."""
+    (a running redis-server with appendonly yes and appendfsync always). `timeout_s` bounds
+    one call: the wait for another writer's lock (SQLite) or for the server (Redis)."""
     if url.startswith(SQLITE_SCHEME):
         from seminar.events.sqlite_log import SqliteEventLog
 
-        return SqliteEventLog(url.removeprefix(SQLITE_SCHEME), limits=limits)
+        return SqliteEventLog(
+            url.removeprefix(SQLITE_SCHEME), limits=limits, busy_timeout_s=timeout_s
+        )
     if url.startswith(REDIS_SCHEMES):
         from seminar.events.redis_log import RedisEventLog
 
-        return RedisEventLog(url, limits=limits)
+        return RedisEventLog(url, limits=limits, timeout_s=timeout_s)
     raise UsageError(
         f"event log URL {url!r} names no known log: use sqlite://PATH or redis://HOST:PORT"
     )

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from seminar import manifest
-from seminar.errors import ArtifactError
+from seminar import contract, manifest
+from seminar.errors import ArtifactError, DataError
+from seminar.events.log import Watermark
 from seminar.pq.codebooks import Codebooks, train_codebooks
 from seminar.pq.config import PQConfig
 from seminar.pq.retriever import PQRetriever
@@ -143,6 +144,16 @@ def save_pq_artifacts(
 ) -> dict:
     """build_pq_retriever + save_retriever: everything `pq_retrieval` needs, with sha256s."""
     return save_retriever(build_pq_retriever(model, dataset, config), out_dir)
+
+
+def read_store_watermark(artifact_dir: Path) -> Watermark:
+    """The event-log position the artifacts' sequence store was built at (Watermark() when
+    the dataset folded no event of the log): serving reads each user's tail after it."""
+    saved = manifest.read_manifest(Path(artifact_dir))
+    try:
+        return Watermark.from_json(saved.fields.get(contract.EVENT_LOG_FIELD))
+    except DataError as err:
+        raise ArtifactError(f"{saved.path}: {err}") from None
 
 
 def load_pq_retriever(

@@ -137,6 +137,15 @@ class PQRetriever:
             out = rows if out is None else out.add_(rows)
         return out.reshape(*item.shape, -1)
 
+    def pair_vectors(self, item: torch.Tensor, query_emb: torch.Tensor) -> torch.Tensor:
+        """Exact pair embeddings of events not in the store: item index (T,) and the query
+        encoder's output for each event's query (T, D) -> (T, D), the x of the store's
+        tables (the item modalities fused and weighted, the query weighted by alpha)."""
+        if self.alpha is None or self.item_table is None:
+            raise ArtifactError("pair_vectors needs the model's alpha and an item table")
+        rows = self.item_table.index_select(0, item.to(self.device).long())
+        return rows + self.alpha * query_emb.float().to(self.device)
+
     @staticmethod
     def _events_at(
         item: torch.Tensor, query: torch.Tensor, pos: torch.Tensor
@@ -384,12 +393,43 @@ class PQRetriever:
         return item, query, pos, valid
 
     def retrieve(
-        self, user_index: int, x_t: torch.Tensor, k: int | None = None
+        self,
+        user_index: int,
+        x_t: torch.Tensor,
+        k: int | None = None,
+        tail: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-K exact pair embeddings of one user's stored sequence for B targets.
 
         x_t (B, D) target pair embeddings -> topk_emb (B, H, K, D) float32 (zero where masked),
         topk_mask (B, H, K) bool. An unknown user (-1) or an empty sequence -> all masked.
+        `tail` (T, D): exact pair embeddings of events after the stored sequence (the user's
+        online tail), competing with the stored events for the K slots of every head.
         """
+        k = self.k if k is None else k
         item, query, pos, valid = self.retrieve_positions(user_index, x_t, k)
-        return self.gather_winners(item, query, pos, valid), valid
+        emb = self.gather_winners(item, query, pos, valid)
+        if tail is None or tail.shape[0] == 0:
+            return emb, valid
+        return self.merge_tail(self.query_vectors(x_t), emb, valid, tail.float().to(self.device), k)
+
+    @staticmethod
+    def merge_tail(
+        u: torch.Tensor, emb: torch.Tensor, valid: torch.Tensor, tail: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best K per head of the stored winners (emb (B, H, K, D), valid) and the tail
+        events (T, D), by exact score <u, x>: the exact top-K over stored + tail whenever the
+        stored winners are the exact top-K of the stored events (the exact and reranked paths).
+        """
+        b, h, _, d = emb.shape
+        stored_scores = torch.einsum("bhd,bhkd->bhk", u, emb)  # (B, H, K)
+        stored_scores = stored_scores.masked_fill(~valid, torch.finfo(stored_scores.dtype).min)
+        tail_scores = torch.einsum("bhd,td->bht", u, tail)  # (B, H, T)
+        best = torch.cat([stored_scores, tail_scores], dim=-1).topk(k, dim=-1).indices  # (B, H, K)
+        from_tail = best >= k
+        stored_at = best.clamp(max=k - 1)
+        picked = torch.gather(emb, 2, stored_at.unsqueeze(-1).expand(b, h, k, d))
+        tail_rows = tail.index_select(0, (best - k).clamp(min=0).reshape(-1)).reshape(b, h, k, d)
+        out_emb = torch.where(from_tail.unsqueeze(-1), tail_rows, picked)
+        out_valid = from_tail | torch.gather(valid, 2, stored_at)
+        return out_emb, out_valid

@@ -1,16 +1,21 @@
-"""Triton Python model `pq_retrieval`: user_index, query_emb, item_emb -> topk_emb, topk_mask.
+"""Triton Python model `pq_retrieval`: user_index, query_emb, item_emb, user_id -> topk_emb,
+topk_mask.
 
 Adapter only: `seminar.serving.retrieval.BatchRetrieval` groups the batch's rows by user and runs
 the PQ GSU of `seminar.pq` (ADC top-K over the user's stored codes, exact gather of the K
-winners); the prologue and the request loop are `seminar.serving.backend.PipelineModel`'s. On a
-GPU instance the store lives in GPU memory and tensors move in and out through DLPack
-(`FORCE_CPU_ONLY_INPUT_TENSORS: no`); on the CPU they are zero-copy numpy views.
+winners), with the user's online tail (`seminar.serving.tail.OnlineTails`: the events recorded
+after this version's store, read from the log named by SEMINAR_EVENT_LOG in tritonserver's
+environment) scored exactly beside them; the prologue and the request loop are
+`seminar.serving.backend.PipelineModel`'s. On a GPU instance the store lives in GPU memory and
+tensors move in and out through DLPack (`FORCE_CPU_ONLY_INPUT_TENSORS: no`); on the CPU they
+are zero-copy numpy views.
 
 A user_index that is neither -1 (cold start) nor a user of this version's sequence store gets
 INVALID_ARG; the rest of the batch is served.
 
 Metrics on /metrics (families kept on self: the backend drops a family that is collected):
-rows scored, stored sequence length per (request, user), and the time of the top-K call.
+rows scored, stored sequence length per (request, user), online tail length per (batch, user),
+tail reads that failed (served from the store alone), and the time of the top-K call.
 """
 
 import time
@@ -21,10 +26,12 @@ import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
 from seminar import contract
+from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 from seminar.serving.backend import BackendContext, PipelineModel, RowBatch, require_rows
 from seminar.serving.retrieval import BatchRetrieval
+from seminar.serving.tail import OnlineTails
 
-_INPUTS = (contract.USER_INDEX, contract.QUERY_EMB, contract.ITEM_EMB)
+_INPUTS = (contract.USER_INDEX, contract.QUERY_EMB, contract.ITEM_EMB, contract.INPUT_USER_ID)
 _SEQ_BUCKETS = [0, 10, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
 _TIME_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 
@@ -46,13 +53,22 @@ class TritonPythonModel(PipelineModel):
             raise RuntimeError(
                 f"pq_retrieval: parameter device must be cpu or cuda, got {device!r}"
             )
+        pq_dir = context.artifact(contract.PARAM_PQ_DIR)
+        tail_cap = context.parameters.get(contract.PARAM_MAX_TAIL_EVENTS)
+        self.tails = OnlineTails.from_environment(
+            context.version_dir.parent.parent,  # the repository: <repo>/pq_retrieval/<N>
+            context.version,
+            DEFAULT_MAX_TAIL_EVENTS if tail_cap is None else int(tail_cap),
+        )
         # The version's manifest, which covers the PQ files, was verified already.
         self.retrieval = BatchRetrieval.load(
-            context.artifact(contract.PARAM_PQ_DIR),
+            pq_dir,
             device,
             context.int_parameter(contract.PARAM_TOP_K),
             verify=False,
+            tails=self.tails,
         )
+        self.read_errors_seen = 0
         labels = {"model": context.model_name, "version": context.version}
         self.rows_family = pb_utils.MetricFamily(
             name="seminar_pq_rows_total",
@@ -69,6 +85,18 @@ class TritonPythonModel(PipelineModel):
             description="Time of one batch's PQ top-K + exact gather, in seconds",
             kind=pb_utils.MetricFamily.HISTOGRAM,
         )
+        self.tail_family = pb_utils.MetricFamily(
+            name="seminar_tail_length",
+            description="Online tail events scored beside the stored sequence, per user served",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self.tail_errors_family = pb_utils.MetricFamily(
+            name="seminar_tail_read_errors_total",
+            description="Tail reads from the event log that failed (served from the store alone)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.tail_metric = self.tail_family.Metric(labels=labels, buckets=_SEQ_BUCKETS)
+        self.tail_errors_metric = self.tail_errors_family.Metric(labels=labels)
         self.rows_metric = self.rows_family.Metric(labels=labels)
         self.seq_metric = self.seq_family.Metric(labels=labels, buckets=_SEQ_BUCKETS)
         self.time_metric = self.time_family.Metric(labels=labels, buckets=_TIME_BUCKETS)
@@ -87,6 +115,7 @@ class TritonPythonModel(PipelineModel):
         users = tensors[contract.USER_INDEX].reshape(-1)  # (B, 1) -> (B,)
         self.retrieval.check_users(users.cpu().numpy())
         tensors[contract.USER_INDEX] = users
+        tensors[contract.INPUT_USER_ID] = tensors[contract.INPUT_USER_ID].reshape(-1)
         return tensors
 
     def run(self, batch: RowBatch) -> dict:
@@ -94,6 +123,11 @@ class TritonPythonModel(PipelineModel):
         topk_emb, topk_mask = self.retrieval(*(batch.arrays[name] for name in _INPUTS))
         self.time_metric.observe(time.perf_counter() - started)
         self.rows_metric.increment(batch.rows)
+        for length in self.retrieval.last_tail_lengths:
+            self.tail_metric.observe(float(length))
+        if self.tails is not None and self.tails.read_errors > self.read_errors_seen:
+            self.tail_errors_metric.increment(self.tails.read_errors - self.read_errors_seen)
+            self.read_errors_seen = self.tails.read_errors
         users = batch.arrays[contract.USER_INDEX].cpu().numpy()
         for low, high in zip(batch.offsets[:-1], batch.offsets[1:], strict=True):
             for length in self.retrieval.sequence_lengths(np.unique(users[low:high])):
