@@ -239,7 +239,8 @@ def bench_soak(
 
     Starts `seminar serve` and `seminar gateway` over REPO, sends CONCURRENCY clients with deadlines from 5 ms to 2 s, 1000-candidate requests, 1 MB queries and client cancellations for DURATION seconds, freezes a random model process every STALL_EVERY seconds, then kills tritonserver and times the recovery. Passes when tritonserver never died during the soak, every call ended OK or with a status a client can act on, and the kill left nothing behind.
     """
-    from seminar.bench.soak import SoakConfig, run_soak, write_reports
+    from seminar.bench.harness import write_plotted
+    from seminar.bench.soak import SoakConfig, plot, run_soak
 
     with reading_options():
         config = SoakConfig(
@@ -254,7 +255,7 @@ def bench_soak(
         record = run_soak(repo, data, config, lambda m: typer.echo(m, err=True))
     except OSError as err:
         raise ServiceError(f"bench soak could not run: {err}") from None
-    paths = write_reports(record, out / "soak")
+    paths = write_plotted(record, out / "soak", plot)
     typer.echo(record.markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
     if not record.data["passed"]:
@@ -287,7 +288,8 @@ def bench_online(
 
     Record: CONCURRENCY writers send BATCH_EVENTS-event batches to a real `seminar gateway` for SECONDS, over a SQLite file and over a real redis-server; the report gives events/s, acknowledgement p50/p99 and sent / acknowledged / stored / lost. Rank: `seminar serve --event-log` behind the gateway, a SYNTHETIC user with 10k stored events, p50/p99 with 0, 100 and 1,000 of its events recorded after the version's watermark. About 3 minutes once the repository is built.
     """
-    from seminar.bench.online import OnlineBenchConfig, run_bench, write_reports
+    from seminar.bench.harness import write_plotted
+    from seminar.bench.online import OnlineBenchConfig, plot, run_bench
 
     require_run_and_data(run, data)
     with reading_options():
@@ -299,7 +301,7 @@ def bench_online(
         record = run_bench(run, data, work, config, lambda m: typer.echo(m, err=True))
     except RuntimeError as err:  # the repository build failed or --work is not the bench's
         raise CheckFailed(f"bench online failed: {err}") from None
-    paths = write_reports(record, reports / "online")
+    paths = write_plotted(record, reports / "online", plot)
     typer.echo(record.markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
 

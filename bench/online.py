@@ -39,7 +39,6 @@ from seminar.bench.harness import (
     ratio,
     side,
     time_interleaved,
-    write_record,
 )
 
 LOG_KINDS = ("sqlite", "redis")
@@ -407,8 +406,3 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_reports(record: Record, out: Path) -> list[Path]:
-    """OUT.md, OUT.json and OUT.png."""
-    return write_record(record, out, figure=lambda path: plot(dict(record.data), path))

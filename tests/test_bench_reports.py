@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from seminar.bench import online, perf, serving, soak, synthetic
-from seminar.bench.harness import Header, Machine, Record, Timing
+from seminar.bench.harness import Header, Machine, Record, Timing, write_plotted
 from seminar.bench.pq import breakdown, distributions, latency, trained_run
 from seminar.bench.pq.config import EXACT, EXACT_FAISS, FAISS_FASTSCAN, FAST, SERVED
 from seminar.bench.quality import MODELS, QualityBench, QualityConfig, findings
@@ -429,7 +429,7 @@ def test_online_sentences_follow_the_numbers(tmp_path: Path) -> None:
     )
     report = online_report((2, 4), (4, 2), 0, (1, 2, 3), (0, 1, 1))
     record = Record("Online", fixed_header(), online.setup_lines(report), "body", report)
-    paths = online.write_reports(record, tmp_path / "online")
+    paths = write_plotted(record, tmp_path / "online", online.plot)
     assert [p.name for p in paths] == ["online.md", "online.json", "online.png"]
     assert paths[2].stat().st_size > 0
 

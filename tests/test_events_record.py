@@ -5,7 +5,6 @@ every acknowledged event is stored, once."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -35,7 +34,6 @@ from seminar.events import open_event_log
 from seminar.events.redis_server import RedisServer
 from seminar.processes import free_port
 from seminar.serving.serve_process import ServeProcess
-from seminar.serving.triton import TritonConfig
 from tests.support.build import BuiltRepo
 from tests.support.clients import TEST_LIMITS, health_status, single_version_repo
 from tests.support.events import make_events, needs_redis_server
@@ -252,17 +250,6 @@ def test_kill_9_of_redis_server_under_load_loses_no_acknowledged_event(tmp_path:
         server.stop()
 
 
-def serve_event_log_args(url: str) -> tuple[str, ...]:
-    """`seminar serve` options that make pq_retrieval read online tails from `url`.
-
-    Serving's tail reader (`seminar serve --event-log`, TritonConfig.event_log) lands in its
-    own change; until then Triton runs without it and the test still checks what Record
-    needs: that it never depends on Triton."""
-    if "event_log" in {field.name for field in dataclasses.fields(TritonConfig)}:
-        return ("--event-log", url)
-    return ()
-
-
 def rank_until_ok(address: str, call: RankCall, timeout_s: float) -> RankResult:
     """One Rank through the gateway, retried until it answers OK (the gateway probes a
     restarted Triton every half second while an arm is unready)."""
@@ -290,9 +277,7 @@ def test_kill_9_of_tritonserver_under_load_loses_no_event_and_rank_comes_back(
     config = tmp_path / "ab.yaml"
     write_config(ExperimentConfig(salt="record", arms=demo_arms(repo), limits=TEST_LIMITS), config)
     call = load_workload(model_repo.data, candidates=50, limit=1)[0]
-    with ServeProcess(
-        repo, *serve_event_log_args(log_url), console_path=tmp_path / "serve.log"
-    ) as serve:
+    with ServeProcess(repo, "--event-log", log_url, console_path=tmp_path / "serve.log") as serve:
         gateway = GatewayProcess(
             config, serve.grpc_url, catalog=repo, log_path=tmp_path / "gateway.log",
             event_log=log_url,
