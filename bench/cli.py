@@ -29,6 +29,17 @@ from seminar.errors import (
 from seminar.training.cli import require_data_dir
 
 
+def require_run_and_data(run: Path, data: Path) -> None:
+    """ArtifactError / DataError naming the option when --run or --data is not there."""
+    inputs = (
+        (run / "checkpoint.safetensors", "--run", ArtifactError),
+        (data / "meta.json", "--data", DataError),
+    )
+    for path, what, kind in inputs:
+        if not path.is_file():
+            raise kind(f"{what}: {path} does not exist.")
+
+
 @cli_guard
 def bench_synthetic(
     events: Annotated[
@@ -183,13 +194,7 @@ def bench_serving(
     from seminar.bench.harness import write_record
     from seminar.bench.serving import ServingBenchConfig, run_bench
 
-    inputs = (
-        (run / "checkpoint.safetensors", "--run", ArtifactError),
-        (data / "meta.json", "--data", DataError),
-    )
-    for path, what, kind in inputs:
-        if not path.is_file():
-            raise kind(f"{what}: {path} does not exist.")
+    require_run_and_data(run, data)
     with reading_options():
         cfg = ServingBenchConfig(
             candidates=candidates,
@@ -234,7 +239,8 @@ def bench_soak(
 
     Starts `seminar serve` and `seminar gateway` over REPO, sends CONCURRENCY clients with deadlines from 5 ms to 2 s, 1000-candidate requests, 1 MB queries and client cancellations for DURATION seconds, freezes a random model process every STALL_EVERY seconds, then kills tritonserver and times the recovery. Passes when tritonserver never died during the soak, every call ended OK or with a status a client can act on, and the kill left nothing behind.
     """
-    from seminar.bench.soak import SoakConfig, run_soak, write_reports
+    from seminar.bench.harness import write_plotted
+    from seminar.bench.soak import SoakConfig, plot, run_soak
 
     with reading_options():
         config = SoakConfig(
@@ -249,11 +255,55 @@ def bench_soak(
         record = run_soak(repo, data, config, lambda m: typer.echo(m, err=True))
     except OSError as err:
         raise ServiceError(f"bench soak could not run: {err}") from None
-    paths = write_reports(record, out / "soak")
+    paths = write_plotted(record, out / "soak", plot)
     typer.echo(record.markdown())
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
     if not record.data["passed"]:
         raise CheckFailed(f"the soak did not hold; see {paths[0]}")
+
+
+@cli_guard
+def bench_online(
+    run: Path = typer.Option(
+        ..., help="Trained run directory (checkpoint.safetensors + config.json)."
+    ),
+    data: Path = typer.Option(
+        Path("data/movielens"), help="Prepared dataset the run was trained on."
+    ),
+    work: Path = typer.Option(
+        Path("runs/online-bench"),
+        help="Scratch folder for the bench's repository (+ a SYNTHETIC long user, reused when "
+        "its inputs are unchanged) and its event logs (fresh every run).",
+    ),
+    reports: Path = typer.Option(
+        SCRATCH, help="Folder for the online report: markdown, JSON and PNG (reports/ publishes)."
+    ),
+    seconds: float = typer.Option(20.0, help="Seconds of Record load per log."),
+    concurrency: int = typer.Option(8, help="Record writer threads."),
+    batch_events: int = typer.Option(10, help="Events per Record call."),
+    requests: int = typer.Option(100, help="Timed Rank calls per tail size."),
+    seed: int = typer.Option(0, help="Seed of the events, the candidates and the SYNTHETIC user."),
+) -> None:
+    """Record throughput and acknowledgement latency on SQLite and Redis, and Rank latency over a fresh online tail; writes REPORTS/online.md, .json and .png.
+
+    Record: CONCURRENCY writers send BATCH_EVENTS-event batches to a real `seminar gateway` for SECONDS, over a SQLite file and over a real redis-server; the report gives events/s, acknowledgement p50/p99 and sent / acknowledged / stored / lost. Rank: `seminar serve --event-log` behind the gateway, a SYNTHETIC user with 10k stored events, p50/p99 with 0, 100 and 1,000 of its events recorded after the version's watermark. About 3 minutes once the repository is built.
+    """
+    from seminar.bench.harness import write_plotted
+    from seminar.bench.online import OnlineBenchConfig, plot, run_bench
+
+    require_run_and_data(run, data)
+    with reading_options():
+        config = OnlineBenchConfig(
+            seconds=seconds, concurrency=concurrency, batch_events=batch_events,
+            requests=requests, seed=seed,
+        )  # fmt: skip
+    try:
+        record = run_bench(run, data, work, config, lambda m: typer.echo(m, err=True))
+    except RuntimeError as err:  # the repository build failed or --work is not the bench's
+        raise CheckFailed(f"bench online failed: {err}") from None
+    paths = write_plotted(record, reports / "online", plot)
+    typer.echo(record.markdown())
+    typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
 
 
 @cli_guard

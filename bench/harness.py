@@ -362,6 +362,13 @@ def write_record(
     return paths
 
 
+def write_plotted(
+    record: Record, stem: Path, plot: Callable[[dict[str, Any], Path], None]
+) -> list[Path]:
+    """`write_record` with the figure STEM.png drawn by `plot(the record's data, path)`."""
+    return write_record(record, stem, figure=lambda path: plot(dict(record.data), path))
+
+
 def read_record(stem: Path) -> tuple[Header, dict[str, Any]]:
     """The header and data of a record written by `write_record`."""
     raw = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seminar.bench.harness import Header, Record, Timing, markdown_table, write_record
+from seminar.bench.harness import Header, Record, Timing, markdown_table
 from seminar.clients.config import ExperimentConfig, Limits, write_config
 from seminar.clients.demo import demo_arms
 from seminar.clients.metrics import metric_total
@@ -253,7 +253,7 @@ def run_soak(
     config: SoakConfig,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> Record:
-    """Run the soak; its record (`write_reports` writes it with the timeline plot)."""
+    """Run the soak; its record (`write_plotted` with `plot` writes it with the timeline)."""
     header = Header.now(seeds=(config.seed,))
     if not repo.is_dir():
         raise SoakError(f"--repo: {repo} is not a model repository (run `seminar build`)")
@@ -459,8 +459,3 @@ def plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_reports(record: Record, out: Path) -> list[Path]:
-    """OUT.md, OUT.json and the timeline OUT.png."""
-    return write_record(record, out, figure=lambda path: plot(dict(record.data), path))

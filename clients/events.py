@@ -11,17 +11,22 @@ survives a kill -9 of the gateway or of redis-server. An error answers the whole
     UNAVAILABLE       the log is locked by another writer or its server cannot be reached:
                       retry the same batch (event ids make the retry apply once)
     DATA_LOSS         the log's file is corrupt or is not an event log
+
+Every call is metered in the gateway's registry: calls by status code, acknowledgement time of
+the OK ones, events by outcome (stored, duplicate, rejected) (seminar.clients.metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from seminar.clients.gateway import MalformedRequest
+from seminar.clients.gateway import MalformedRequest, Refusal, bug_message
+from seminar.clients.metrics import GatewayMetrics
 from seminar.clients.proto import ranker_pb2
 from seminar.contract import EVENTS_METHOD, EVENTS_SERVICE
 from seminar.errors import ConflictError, DataError, ServiceError, UsageError
@@ -78,18 +83,42 @@ def status_of(error: Exception) -> grpc.StatusCode:
 
 
 class EventsService:
-    """The Record RPC over one event log (shared by every call; it is thread-safe)."""
+    """The Record RPC over one event log (shared by every call; it is thread-safe), metered
+    in `metrics` (seminar.clients.metrics: the seminar_gateway_record_* family)."""
 
-    def __init__(self, event_log: EventLog) -> None:
+    def __init__(self, event_log: EventLog, metrics: GatewayMetrics) -> None:
         self.event_log = event_log
+        self.metrics = metrics
+        metrics.serve_record(event_log.kind)
 
     async def Record(
         self,
         request: ranker_pb2.RecordRequest | MalformedRequest,
         context: grpc.aio.ServicerContext,
     ) -> ranker_pb2.RecordResponse:
+        start = time.perf_counter()
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            return await self._record(request)
+        except Refusal as refusal:
+            code, message = refusal.code, refusal.message
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the client left; the append still completes
+            raise
+        except Exception as err:  # a gateway bug: INTERNAL with one line, never UNKNOWN
+            code, message = grpc.StatusCode.INTERNAL, bug_message(err)
+            log.error("Record failed: %s", message)
+        finally:
+            self.metrics.record_requests.labels(code.name).inc()
+            if code is grpc.StatusCode.OK:
+                self.metrics.record_latency.observe(time.perf_counter() - start)
+        await context.abort(code, message)
+
+    async def _record(
+        self, request: ranker_pb2.RecordRequest | MalformedRequest
+    ) -> ranker_pb2.RecordResponse:
         if isinstance(request, MalformedRequest):
-            await context.abort(
+            raise Refusal(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request is not a valid seminar.v1.RecordRequest: {request.error}",
             )
@@ -100,9 +129,13 @@ class EventsService:
             result: AppendResult = await asyncio.to_thread(self.event_log.append, events)
         except (UsageError, ConflictError, ServiceError, DataError) as error:
             code = status_of(error)
-            if code is not grpc.StatusCode.INVALID_ARGUMENT:
+            if code is grpc.StatusCode.INVALID_ARGUMENT:
+                self.metrics.events_recorded.labels("rejected").inc(len(request.events))
+            else:
                 log.warning("Record: %s: %s", code.name, error)
-            await context.abort(code, str(error))
+            raise Refusal(code, str(error)) from None
+        self.metrics.events_recorded.labels("stored").inc(result.stored)
+        self.metrics.events_recorded.labels("duplicate").inc(result.duplicate_count)
         return ranker_pb2.RecordResponse(
             seqs=list(result.seqs), stored=result.stored, duplicates=result.duplicate_count
         )

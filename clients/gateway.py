@@ -98,13 +98,20 @@ _PASS_THROUGH = {
 class Refusal(Exception):
     """A request the gateway answers with a non-OK status; `message` goes to the client.
 
-    Not a SeminarError: it never leaves `RankerService.Rank`, which turns it into the gRPC
-    status of the answer, so no user of the `seminar` command ever meets it."""
+    Not a SeminarError: it never leaves the RPC handler (Rank, or Record in
+    seminar.clients.events), which turns it into the gRPC status of the answer, so no user of
+    the `seminar` command ever meets it."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
+
+
+def bug_message(err: Exception) -> str:
+    """The one line an INTERNAL answer carries for an unexpected exception in a handler."""
+    detail = (str(err).splitlines() or [""])[0][:200]
+    return f"gateway error: {type(err).__name__}: {detail}"
 
 
 @dataclass(frozen=True)
@@ -254,9 +261,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception as err:  # a gateway bug: INTERNAL with one line, never UNKNOWN or OK
-            code = grpc.StatusCode.INTERNAL
-            detail = (str(err).splitlines() or [""])[0][:200]
-            message = f"gateway error: {type(err).__name__}: {detail}"
+            code, message = grpc.StatusCode.INTERNAL, bug_message(err)
             log.error("Rank failed for arm %r: %s", labels.arm, message)
         finally:
             self.metrics.requests.labels(labels.arm, labels.model_version, code.name).inc()
@@ -606,7 +611,7 @@ async def serve(
     if event_log is not None:
         from seminar.clients.events import EventsService, record_rpc_handler
 
-        server.add_generic_rpc_handlers((record_rpc_handler(EventsService(event_log)),))
+        server.add_generic_rpc_handlers((record_rpc_handler(EventsService(event_log, metrics)),))
         services.append(EVENTS_SERVICE)
         # Record needs only the log, not Triton: it is SERVING whatever the arms' state.
         await health_servicer.set(EVENTS_SERVICE, health_pb2.HealthCheckResponse.SERVING)

@@ -1,19 +1,27 @@
 """Prometheus metrics of the gateway, on their own registry and HTTP port.
 
 Latencies are in seconds (Prometheus convention) with buckets from 0.25 ms to 5 s, where a
-CPU ensemble call (~1-20 ms) lands in the middle. docker/prometheus/rules.yml turns them into
-p50/p99 by arm.
+CPU ensemble call (~1-20 ms) and a durable event append (one fsync, ~1-30 ms) land in the
+middle. docker/prometheus/rules.yml turns Rank's into p50/p99 by arm.
+
+Record (seminar.v1.Events, served only with `--event-log`) has its own family,
+`seminar_gateway_record_*` and `seminar_gateway_events_recorded_total`; the log's kind is the
+`kind` label of `seminar_gateway_event_log_info`.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
     0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+# What became of each event of a Record call (`outcome` label of events_recorded).
+EVENT_OUTCOMES = ("stored", "duplicate", "rejected")
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:
@@ -112,3 +120,35 @@ class GatewayMetrics:
             ["arm", "model_version"],
             registry=r,
         )
+        # ---- Record (seminar.v1.Events) -----------------------------------------------------
+        self.events_recorded = Counter(
+            "seminar_gateway_events_recorded",
+            "Events of Record calls by outcome: stored (new, durable), duplicate (stored before "
+            "with the same content: a retry's), rejected (its batch was INVALID_ARGUMENT).",
+            ["outcome"],
+            registry=r,
+        )
+        self.record_requests = Counter(
+            "seminar_gateway_record_requests",
+            "Record calls by gRPC status code.",
+            ["code"],
+            registry=r,
+        )
+        self.record_latency = Histogram(
+            "seminar_gateway_record_latency_seconds",
+            "Acknowledgement time of Record calls answered OK (validation + durable append).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_log = Info(
+            "seminar_gateway_event_log",
+            "The online event log Record writes to (kind: sqlite or redis); absent without one.",
+            registry=r,
+        )
+
+    def serve_record(self, kind: str) -> None:
+        """Publish the log's kind and every outcome at 0, so that a rate over them exists
+        before the first event (an alert on rejected events needs the series)."""
+        self.event_log.info({"kind": kind})
+        for outcome in EVENT_OUTCOMES:
+            self.events_recorded.labels(outcome)

@@ -55,6 +55,13 @@ class RecordLoadReport:
     resent_batches: int = 0  # batches sent again after a failed call
     duplicates: int = 0  # events the log answered as stored before (a retry's)
     failures: dict[str, int] = field(default_factory=dict)  # status code -> failed calls
+    acknowledged_ms: list[float] = field(default_factory=list)  # duration of each OK call
+    wall_s: float = 0.0  # from the first send until every writer finished
+
+    @property
+    def events_per_s(self) -> float:
+        """Acknowledged events per second of wall time."""
+        return len(self.acknowledged) / self.wall_s if self.wall_s > 0 else 0.0
 
     def summary(self, stored: int) -> str:
         """One line: sent / acknowledged / stored / lost (acknowledged and not stored)."""
@@ -93,7 +100,8 @@ def run_record_load(
     config = config or RecordLoadConfig()
     report = RecordLoadReport()
     lock = threading.Lock()
-    stop_new_at = time.monotonic() + duration_s
+    started = time.monotonic()
+    stop_new_at = started + duration_s
 
     def writer(number: int) -> None:
         rng = random.Random(config.seed * 1000 + number)
@@ -121,6 +129,7 @@ def run_record_load(
                 attempt = 0
                 while time.monotonic() < give_up_at:
                     attempt += 1
+                    sent_at = time.perf_counter()
                     try:
                         answer = stub.Record(request, timeout=config.call_timeout_s)
                     except grpc.RpcError as err:
@@ -131,8 +140,10 @@ def run_record_load(
                             break
                         time.sleep(config.retry_pause_s)
                         continue
+                    acknowledged_ms = (time.perf_counter() - sent_at) * 1e3
                     with lock:
                         report.acknowledged |= ids
+                        report.acknowledged_ms.append(acknowledged_ms)
                         report.duplicates += answer.duplicates
                         report.resent_batches += attempt > 1
                     break
@@ -145,4 +156,5 @@ def run_record_load(
         thread.start()
     for thread in threads:
         thread.join()
+    report.wall_s = time.monotonic() - started
     return report

@@ -7,13 +7,14 @@ conclusion that stayed put when the numbers moved would fail.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from seminar.bench import perf, serving, soak, synthetic
-from seminar.bench.harness import Header, Machine, Timing
+from seminar.bench import online, perf, serving, soak, synthetic
+from seminar.bench.harness import Header, Machine, Record, Timing, write_plotted
 from seminar.bench.pq import breakdown, distributions, latency, trained_run
 from seminar.bench.pq.config import EXACT, EXACT_FAISS, FAISS_FASTSCAN, FAST, SERVED
 from seminar.bench.quality import MODELS, QualityBench, QualityConfig, findings
@@ -357,6 +358,80 @@ def test_soak_sentences_follow_the_run() -> None:
     assert "improper codes: {'INTERNAL': 10}" in broke
     assert "0 of 2 frozen processes" in broke
     assert "did NOT answer OK again within 600 s" in broke
+
+
+# -- online --------------------------------------------------------------------------------------
+
+
+def latency_summary(mean_ms: float, std_ms: float = 0.1, requests: int = 100) -> dict:
+    return {
+        "mean_ms": mean_ms, "std_ms": std_ms, "p50_ms": mean_ms, "p90_ms": mean_ms * 1.5,
+        "p99_ms": mean_ms * 2, "requests": requests, "throughput_rps": 1000 / mean_ms,
+    }  # fmt: skip
+
+
+def online_report(
+    ack_ms: tuple[float, float],
+    events_per_s: tuple[float, float],
+    lost: int,
+    tail_ms: tuple[float, float, float],
+    score_change: tuple[float, float, float],
+) -> dict[str, Any]:
+    """A run's numbers: (SQLite, Redis) Record rows and Rank at tails 0, 100, 1,000."""
+    record = [
+        {
+            "log": kind,
+            "events_per_s": rate,
+            "wall_s": 20.5,
+            "acknowledgement": latency_summary(ms, requests=2000),
+            "sent": 4000,
+            "acknowledged": 4000,
+            "stored": 4000 - lost,
+            "lost": lost,
+            "failures": {},
+        }
+        for kind, ms, rate in zip(("sqlite", "redis"), ack_ms, events_per_s, strict=True)
+    ]
+    tails = [
+        {"tail": tail, "rank": latency_summary(ms, std_ms=0.5), "max_score_change": change}
+        for tail, ms, change in zip((0, 100, 1000), tail_ms, score_change, strict=True)
+    ]
+    config = asdict(online.OnlineBenchConfig())
+    return {
+        "config": config, "dataset": "shop-catalogue", "repo": "work/model_repository",
+        "user_id": 611, "record": record, "rank_tails": tails,
+    }  # fmt: skip
+
+
+def test_online_sentences_follow_the_numbers(tmp_path: Path) -> None:
+    sqlite_wins = online.markdown(
+        online_report((2.0, 4.0), (4000, 2000), 0, (10.0, 12.0, 20.0), (0.0, 0.01, 0.05))
+    )
+    assert "SQLite is 2.00× faster to acknowledge than Redis (2.00 ± 0.10 vs 4.00 ± 0.10" in (
+        sqlite_wins
+    )
+    assert "SQLite's throughput is 2.00× Redis's" in sqlite_wins
+    assert "missing from the log: 0 (none lost)" in sqlite_wins
+    assert "the empty tail is 2.00× faster than the 1,000-event tail" in sqlite_wins
+    assert "the scores moved (largest change 5.0e-02)" in sqlite_wins
+    assert "| 1,000 | 20.00 | 40.00 | 2.00× | 5.0e-02 |" in sqlite_wins
+    redis_wins = online.markdown(
+        online_report((6.0, 3.0), (1000, 4000), 3, (10.0, 10.2, 10.4), (0.0, 0.0, 0.0))
+    )
+    assert "Redis is 2.00× faster to acknowledge than SQLite" in redis_wins
+    assert "SQLite's throughput is 0.25× Redis's" in redis_wins
+    assert "missing from the log: 6 (EVENTS LOST)" in redis_wins
+    assert "the 1,000-event tail and the empty tail are within noise" in redis_wins
+    assert "the scores did not move" in redis_wins
+    assert "within noise" not in sqlite_wins
+    assert "SYNTHETIC user 611 with L = 10,000" in "\n".join(
+        online.setup_lines(online_report((1, 1), (1, 1), 0, (1, 1, 1), (0, 0, 0)))
+    )
+    report = online_report((2, 4), (4, 2), 0, (1, 2, 3), (0, 1, 1))
+    record = Record("Online", fixed_header(), online.setup_lines(report), "body", report)
+    paths = write_plotted(record, tmp_path / "online", online.plot)
+    assert [p.name for p in paths] == ["online.md", "online.json", "online.png"]
+    assert paths[2].stat().st_size > 0
 
 
 # -- synthetic -----------------------------------------------------------------------------------

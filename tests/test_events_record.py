@@ -1,6 +1,7 @@
 """seminar.v1.Events Record through a real `seminar gateway` process (Triton not needed), on a
-real SQLite file and a real redis-server; then kill -9 of the gateway and of redis-server
-under load: every acknowledged event is stored, once."""
+real SQLite file and a real redis-server, metered on the gateway's real /metrics; then kill -9
+of the gateway, of redis-server and of tritonserver (under a real `seminar serve`) under load:
+every acknowledged event is stored, once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from seminar.clients.client import RankResult, rank_via_gateway
+from seminar.clients.config import ExperimentConfig, write_config
+from seminar.clients.demo import demo_arms
+from seminar.clients.metrics import EVENT_OUTCOMES, metric_total
 from seminar.clients.process import GatewayProcess
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.record_load import (
@@ -22,12 +27,17 @@ from seminar.clients.record_load import (
     event_message,
     run_record_load,
 )
+from seminar.clients.scoring import CallFailed
+from seminar.clients.workload import RankCall, load_workload
 from seminar.contract import EVENTS_METHOD, EVENTS_SERVICE
 from seminar.events import open_event_log
 from seminar.events.redis_server import RedisServer
 from seminar.processes import free_port
-from tests.support.clients import health_status
+from seminar.serving.serve_process import ServeProcess
+from tests.support.build import BuiltRepo
+from tests.support.clients import TEST_LIMITS, health_status, single_version_repo
 from tests.support.events import make_events, needs_redis_server
+from tests.support.serving import require_tritonserver
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "clients" / "ab.example.yaml"
@@ -109,11 +119,69 @@ def test_malformed_bytes_and_an_empty_batch_get_invalid_argument(gateway: Gatewa
     assert "events is empty" in err.value.details()
 
 
+def record_metrics(gateway: GatewayProcess) -> dict[str, float]:
+    """The gateway's Record series, read from its real /metrics endpoint."""
+    import urllib.request
+
+    text = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+    counts = {
+        f"events {outcome}": metric_total(
+            text, "seminar_gateway_events_recorded_total", outcome=outcome
+        )
+        for outcome in EVENT_OUTCOMES
+    }
+    for code in ("OK", "INVALID_ARGUMENT", "UNAVAILABLE"):
+        counts[f"calls {code}"] = metric_total(
+            text, "seminar_gateway_record_requests_total", code=code
+        )
+    counts["acknowledged calls"] = metric_total(
+        text, "seminar_gateway_record_latency_seconds_count"
+    )
+    for kind in ("sqlite", "redis"):
+        counts[f"log {kind}"] = metric_total(text, "seminar_gateway_event_log_info", kind=kind)
+    return counts
+
+
+def test_record_metrics_follow_a_known_sequence_of_calls(
+    gateway: GatewayProcess, log_url: str
+) -> None:
+    kind = log_url.split(":")[0]
+    before = record_metrics(gateway)
+    assert before == {
+        **dict.fromkeys(before, 0.0),
+        f"log {kind}": 1.0,
+    }, "a fresh gateway shows every outcome at 0 and its log's kind"
+    events = make_events(8)
+    record(gateway.address, ranker_pb2.RecordRequest(events=[event_message(e) for e in events[:5]]))
+    # a retried batch: 2 events stored before, 3 new ones
+    retried = ranker_pb2.RecordRequest(events=[event_message(e) for e in events[3:]])
+    assert (record(gateway.address, retried).duplicates) == 2
+    rejected = [event_message(e) for e in make_events(4, prefix="bad")]
+    rejected[2].item_id = -1
+    for request in (ranker_pb2.RecordRequest(events=rejected), ranker_pb2.RecordRequest()):
+        with pytest.raises(grpc.RpcError) as err:
+            record(gateway.address, request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    after = record_metrics(gateway)
+    assert after == {
+        **before,
+        "events stored": 8.0,
+        "events duplicate": 2.0,
+        "events rejected": 4.0,  # the empty batch has no event to count
+        "calls OK": 2.0,
+        "calls INVALID_ARGUMENT": 2.0,
+        "acknowledged calls": 2.0,
+    }
+    with open_event_log(log_url) as log:
+        assert len(log.read_range(0, log.high_watermark())) == after["events stored"]
+
+
 # ---- kill -9 under load -------------------------------------------------------------------
 
 
-def check_nothing_lost(url: str, report: RecordLoadReport) -> None:
-    """Every acknowledged event stored, every stored event once; prints the tally."""
+def check_nothing_lost(url: str, report: RecordLoadReport, interrupted: bool = True) -> None:
+    """Every acknowledged event stored, every stored event once; prints the tally.
+    `interrupted`: the kill hit Record itself, so some batch must have been resent."""
     with open_event_log(url) as log:
         stored = log.find(sorted(report.sent))
         everything = log.read_range(0, log.high_watermark())
@@ -121,7 +189,8 @@ def check_nothing_lost(url: str, report: RecordLoadReport) -> None:
         per_user = sum(len(log.read_user(user)) for user in users)
     acknowledged_stored = len(report.acknowledged & stored.keys())
     print(f"\n{url.split(':')[0]}: {report.summary(acknowledged_stored)}")
-    assert report.acknowledged and report.resent_batches > 0, "the kill interrupted the load"
+    assert report.acknowledged, "the load recorded nothing"
+    assert report.resent_batches > 0 or not interrupted, "the kill interrupted the load"
     assert acknowledged_stored == len(report.acknowledged), "an acknowledged event was lost"
     ids = [s.event.event_id for s in everything]
     assert len(ids) == len(set(ids)) == len(stored), "an event is stored twice"
@@ -179,3 +248,62 @@ def test_kill_9_of_redis_server_under_load_loses_no_acknowledged_event(tmp_path:
         check_nothing_lost(server.url, reports[0])
     finally:
         server.stop()
+
+
+def rank_until_ok(address: str, call: RankCall, timeout_s: float) -> RankResult:
+    """One Rank through the gateway, retried until it answers OK (the gateway probes a
+    restarted Triton every half second while an arm is unready)."""
+    give_up_at = time.monotonic() + timeout_s
+    while True:
+        try:
+            return rank_via_gateway(
+                address, call.user_id, call.query, [int(i) for i in call.candidate_ids]
+            )
+        except CallFailed as failure:
+            if time.monotonic() > give_up_at:
+                raise AssertionError(
+                    f"no Rank answered OK within {timeout_s:.0f} s: {failure}"
+                ) from None
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.serving
+def test_kill_9_of_tritonserver_under_load_loses_no_event_and_rank_comes_back(
+    log_url: str, model_repo: BuiltRepo, tmp_path: Path
+) -> None:
+    require_tritonserver()
+    repo = single_version_repo(model_repo.repo, model_repo.version, tmp_path / "repo")
+    config = tmp_path / "ab.yaml"
+    write_config(ExperimentConfig(salt="record", arms=demo_arms(repo), limits=TEST_LIMITS), config)
+    call = load_workload(model_repo.data, candidates=50, limit=1)[0]
+    with ServeProcess(repo, "--event-log", log_url, console_path=tmp_path / "serve.log") as serve:
+        gateway = GatewayProcess(
+            config, serve.grpc_url, catalog=repo, log_path=tmp_path / "gateway.log",
+            event_log=log_url,
+        ).start()  # fmt: skip
+        try:
+            rank_until_ok(gateway.address, call, timeout_s=30)
+            thread, reports = load_in_background(gateway.address)
+            time.sleep(KILL_LOAD_S / 2)
+            old_pid = int(serve.status()["tritonserver_pid"])
+            with open_event_log(log_url) as log:
+                stored_at_kill = log.high_watermark()
+                os.kill(old_pid, signal.SIGKILL)
+                stored_while_down = stored_at_kill
+                # The supervisor notices the death (readiness drops), then restarts tritonserver.
+                for ready, within_s in ((False, 10), (True, 180)):
+                    give_up_at = time.monotonic() + within_s
+                    while serve.is_ready() != ready:
+                        assert time.monotonic() < give_up_at, f"readiness not {ready} in time"
+                        stored_while_down = log.high_watermark()
+                        time.sleep(0.2)
+            assert int(serve.status()["tritonserver_pid"]) != old_pid
+            assert stored_while_down > stored_at_kill, "Record stopped while Triton was down"
+            after = rank_until_ok(gateway.address, call, timeout_s=60)
+            assert len(after.item_ids) == len(call.candidate_ids)
+            thread.join()
+        finally:
+            gateway.stop()
+    check_nothing_lost(log_url, reports[0], interrupted=False)  # Record never needs Triton
+    print(f"stored while tritonserver was down: {stored_while_down - stored_at_kill} events")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from seminar.errors import DataError, UsageError
 from seminar.events.event import Event, EventLimits, StoredEvent, validate_batch
@@ -95,6 +95,7 @@ class EventLog(abc.ABC):
     """
 
     url: str
+    kind: ClassVar[str]  # "sqlite" or "redis": what the gateway's metrics call the log
 
     def __init__(self, limits: EventLimits | None = None) -> None:
         self.limits = limits or EventLimits()

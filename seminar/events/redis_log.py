@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 from seminar.errors import ServiceError
 from seminar.events.event import Event, EventLimits, EventType, StoredEvent
@@ -96,6 +97,8 @@ def _stored(entry_id: bytes | str, fields: dict) -> StoredEvent:
 
 class RedisEventLog(EventLog):
     """The event log in a redis-server reached at `url` (redis://HOST:PORT[/DB])."""
+
+    kind: ClassVar[str] = "redis"
 
     def __init__(
         self,

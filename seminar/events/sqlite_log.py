@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from seminar.errors import ConflictError, DataError
 from seminar.events.event import Event, EventLimits, EventType, StoredEvent
@@ -59,6 +60,8 @@ def _stored(row: tuple) -> StoredEvent:
 
 class SqliteEventLog(EventLog):
     """The event log in one SQLite file; one connection per thread."""
+
+    kind: ClassVar[str] = "sqlite"
 
     def __init__(
         self, path: str | Path, limits: EventLimits | None = None, busy_timeout_s: float = 5.0
