@@ -40,6 +40,7 @@ from seminar.bench.harness import (
     side,
     time_interleaved,
 )
+from seminar.errors import ServiceError
 
 LOG_KINDS = ("sqlite", "redis")
 LOG_NAMES = {"sqlite": "SQLite", "redis": "Redis"}
@@ -157,6 +158,9 @@ class TailWriter:
                 self.recorded += count
 
 
+RANK_BUDGET_MS = 30_000
+
+
 def measure_rank(
     address: str, user_id: int, candidates: np.ndarray, cfg: OnlineBenchConfig
 ) -> tuple[dict[str, float | int], np.ndarray]:
@@ -170,9 +174,17 @@ def measure_rank(
     )
     with grpc.insecure_channel(address) as channel:
         stub = ranker_pb2_grpc.RankerStub(channel)
-        timings, last = time_interleaved(
-            {"rank": lambda: stub.Rank(request, timeout=30)}, cfg.requests, cfg.warmup
-        )
+        try:
+            timings, last = time_interleaved(
+                {"rank": lambda: stub.Rank(request, timeout=RANK_BUDGET_MS / 1000)},
+                cfg.requests,
+                cfg.warmup,
+            )
+        except grpc.RpcError as err:
+            raise ServiceError(
+                f"Rank of user {user_id} through the gateway at {address} failed: "
+                f"{err.code().name} ({err.details()})"
+            ) from None
     by_item = dict(zip(last["rank"].item_ids, last["rank"].scores, strict=True))
     scores = np.array([by_item[int(i)] for i in candidates], dtype=np.float64)
     return timings["rank"].summary(), scores
@@ -190,7 +202,7 @@ def run_bench(
 ) -> Record:
     """Measure Record on both logs, then Rank over growing tails; returns the record."""
     from seminar.bench.serving import ServingBenchConfig, prepare_repo
-    from seminar.clients.config import ExperimentConfig, write_config
+    from seminar.clients.config import ExperimentConfig, Limits, write_config
     from seminar.clients.demo import demo_arms
     from seminar.clients.process import GatewayProcess
     from seminar.data.dataset import PreparedDataset
@@ -209,7 +221,12 @@ def run_bench(
     shutil.rmtree(logs, ignore_errors=True)  # every run measures empty logs
     logs.mkdir(parents=True)
     experiment = logs / "ab.yaml"
-    write_config(ExperimentConfig(salt="online-bench", arms=demo_arms(repo)), experiment)
+    # The bench measures latency, so the gateway's own budget must not cut the slow cells off
+    # (a 1,000-event tail's first request encodes its new query texts on a loaded machine).
+    limits = Limits(deadline_ms=RANK_BUDGET_MS)
+    write_config(
+        ExperimentConfig(salt="online-bench", arms=demo_arms(repo), limits=limits), experiment
+    )
     tails_url = f"sqlite://{logs / 'tails.db'}"
 
     progress(f"starting seminar serve over {repo}, tails from {tails_url}")
