@@ -1,4 +1,4 @@
-"""`seminar gateway | client | load | perf | observe`: the serving edge of SEMINAR.
+"""`seminar gateway | client | load | simulate | perf | observe`: the serving edge of SEMINAR.
 
 Heavy imports (grpc, tritonclient, numpy) live inside the command bodies so that
 `seminar --help` stays instant. Every user error exits with its kind's code (seminar.errors)
@@ -18,7 +18,14 @@ from seminar.contract import (
     DEFAULT_GATEWAY_PORT,
     ENSEMBLE_MODEL,
 )
-from seminar.errors import CheckFailed, ServiceError, UsageError, cli_guard, reading_options
+from seminar.errors import (
+    CheckFailed,
+    DataError,
+    ServiceError,
+    UsageError,
+    cli_guard,
+    reading_options,
+)
 
 # A request the server refused as malformed: the user's options are at fault, not the server.
 REFUSED_REQUEST_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
@@ -236,3 +243,68 @@ def observe(
     from seminar.clients.observe import run_prometheus
 
     run_prometheus(triton_metrics, gateway_metrics, port, storage)
+
+
+@cli_guard
+def simulate(
+    gateway: Annotated[
+        str, typer.Option(help="Gateway HOST:PORT; it must serve Record (--event-log).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Prepared dataset the served versions were built from: the visitors "
+            "are its users, their planted relevance comes from their positive events' genres."
+        ),
+    ],
+    users: Annotated[int, typer.Option(help="SYNTHETIC visitors (distinct users of DATA).")] = 200,
+    visits: Annotated[int, typer.Option(help="Visits per user, one after the other.")] = 1,
+    candidates: Annotated[int, typer.Option(help="Items ranked per visit.")] = 50,
+    relevant: Annotated[
+        int, typer.Option(help="Candidates per visit that are relevant to the visitor.")
+    ] = 10,
+    shown: Annotated[int, typer.Option(help="Top positions the visitor sees.")] = 10,
+    p_relevant: Annotated[
+        float, typer.Option(help="P(click) of a relevant item at position 1.")
+    ] = 0.6,
+    p_other: Annotated[float, typer.Option(help="P(click) of another item at position 1.")] = 0.05,
+    relevance_probability: Annotated[
+        float, typer.Option(help="P(an unseen item of a liked genre is relevant).")
+    ] = 0.8,
+    concurrency: Annotated[int, typer.Option(help="Users simulated at once.")] = 4,
+    timeout: Annotated[
+        float, typer.Option(help="Deadline of each Rank or Record call (s).")
+    ] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of visitors, relevance, candidates, clicks.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the report as JSON (labelled synthetic).")
+    ] = None,
+) -> None:
+    """Drive the gateway with SYNTHETIC users and record their clicks: a planted A/B outcome.
+
+    Each visitor is a user of DATA; items of the genres its positive events over-represent are relevant (seeded). A visit ranks a seeded candidate sample through the gateway, clicks position r of the top SHOWN with P = (p_relevant or p_other) / log2(r + 1), and records through the gateway a clicked REC event per click and an IMPRESSION per shown item not clicked, with position and request_id. Prints a table per arm (users, impressions, clicks, CTR); the same seed gives the same run.
+    """
+    from seminar.clients.simulate import ClickModel, SimulationConfig, load_planted, run_simulation
+
+    with reading_options():
+        config = SimulationConfig(
+            users=users, visits=visits, candidates=candidates, relevant_candidates=relevant,
+            relevance_probability=relevance_probability,
+            click=ClickModel(shown=shown, p_relevant=p_relevant, p_other=p_other),
+            concurrency=concurrency, timeout_s=timeout, seed=seed,
+        )  # fmt: skip
+    if not (data / "meta.json").is_file():
+        raise DataError(f"{data}: not a prepared dataset (seminar data prepare)")
+    planted = load_planted(data, config)
+    step = max(1, users // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            typer.echo(f"simulated {done}/{total} SYNTHETIC users", err=True)
+
+    report = run_simulation(gateway, planted, progress)
+    typer.echo(report.markdown())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_dict(), indent=2))
+        typer.echo(f"wrote {out}")
