@@ -30,6 +30,7 @@ from a generator seeded by (seed, user, visit), so a run is reproducible whateve
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -481,12 +482,14 @@ def served_arm(response) -> tuple[str, str]:
 def visit_events(user_id: int, request_id: str, shown: list[int], clicks: list[bool]) -> list:
     """The outcome of a visit as events: a clicked REC per click, an IMPRESSION per shown
     position not clicked; position = rank, every event carries the request_id. Event ids are
-    `synthetic-<request_id>-<position>`: unique per ranking, the same on a resend."""
+    `synthetic-<digest of request_id>-<position>`: unique per ranking, the same on a resend,
+    and short whatever the arm names (the request_id itself may use most of an id's length)."""
     from seminar.events import Event, EventType
 
+    ranking = hashlib.blake2b(request_id.encode(), digest_size=12).hexdigest()
     return [
         Event(
-            event_id=f"{SYNTHETIC_PREFIX}-{request_id}-{position}",
+            event_id=f"{SYNTHETIC_PREFIX}-{ranking}-{position}",
             user_id=user_id,
             item_id=item,
             query="",
