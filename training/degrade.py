@@ -10,7 +10,7 @@ is applied to a random other item: its rankings lose what they knew about users'
 OUT/config.json carries `"degraded": {...}` (what was done, the seed, the source run), and
 OUT has no metrics.json (the source run's would describe another model), so a degraded run is
 never mistaken for a real one. `seminar simulate` serves one as the treatment arm to plant a
-negative lift (docs/deploy.md, "A/B experiments").
+negative lift (docs/deploy.md, "Rehearsing an experiment with SYNTHETIC users").
 """
 
 from __future__ import annotations
