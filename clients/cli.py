@@ -282,7 +282,7 @@ def simulate(
 ) -> None:
     """Drive the gateway with SYNTHETIC users and record their clicks: a planted A/B outcome.
 
-    Each visitor is a user of DATA; items of the genres its positive events over-represent are relevant (seeded). A visit ranks a seeded candidate sample through the gateway, clicks position r of the top SHOWN with P = (p_relevant or p_other) / log2(r + 1), and records through the gateway a clicked REC event per click and an IMPRESSION per shown item not clicked, with position and request_id. Prints a table per arm (users, impressions, clicks, CTR); the same seed gives the same run.
+    Each visitor is a user of DATA; items of the genres its positive events over-represent are relevant (seeded). A visit ranks a seeded candidate sample through the gateway, clicks position r of the top SHOWN with P = (p_relevant or p_other) / log2(r + 1), and records through the gateway a clicked REC event per click and an IMPRESSION per shown item not clicked, with position and request_id. Prints a table per arm (users, impressions, clicks, CTR); the same seed repeats the run (visitors, relevance, candidates, click draws) at any --concurrency.
     """
     from seminar.clients.simulate import ClickModel, SimulationConfig, load_planted, run_simulation
 

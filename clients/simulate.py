@@ -24,8 +24,9 @@ event per click and one IMPRESSION event per shown position it did not click, ea
 position and the Rank response's request_id. A batch that meets UNAVAILABLE is resent with
 the same event ids (applied once). A user's visits run in order, so the online tail the served
 model reads (the user's earlier clicks) is the same on every run; the clicks themselves come
-from a generator seeded by (seed, user, visit), so a run is reproducible whatever
-`concurrency` is.
+from a generator seeded by (seed, user, visit). So the same seed over the same served versions
+and a log without the users' earlier clicks repeats a run whatever `concurrency` is (up to
+float ties in the scores).
 """
 
 from __future__ import annotations
@@ -267,7 +268,8 @@ class SimulationReport:
         rows = [
             "SYNTHETIC users (seminar simulate): outcomes per arm",
             "",
-            "| arm | model:version | users | visits | impressions | clicks | CTR | relevant shown |",
+            "| arm | model:version | users | visits | impressions | clicks | CTR "
+            "| relevant shown |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, arm in sorted(self.arms.items()):
@@ -327,8 +329,15 @@ def run_simulation(
                     progress(done, len(visitors))
 
         with ThreadPoolExecutor(config.concurrency, thread_name_prefix="visitor") as pool:
-            for future in [pool.submit(simulate_user, user) for user in visitors]:
-                future.result()  # the first failure ends the run with its error
+            futures = [pool.submit(simulate_user, user) for user in visitors]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                # The first failure ends the run with its error: no user starts after it.
+                for pending in futures:
+                    pending.cancel()
+                raise
     report.wall_s = time.monotonic() - started
     return report
 

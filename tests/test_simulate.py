@@ -193,6 +193,33 @@ def test_a_gateway_without_record_exits_with_the_service_code(
     assert "serves no Record" in result.output and "--event-log" in result.output
 
 
+def test_a_gateway_that_cannot_rank_exits_with_the_service_code(
+    movielens_data: Path, tmp_path: Path
+) -> None:
+    """Record is served, but no Triton answers behind the gateway: the first Rank fails,
+    the run stops with its status, and nothing was recorded."""
+    from seminar.events import open_event_log
+
+    arms = (Arm("control", "seminar_v1", 1, 50), Arm("treatment", "seminar_v2", 2, 50))
+    log_url = f"sqlite://{tmp_path / 'events.db'}"
+    gateway = launch_gateway(
+        make_config(arms),
+        f"127.0.0.1:{free_port()}",
+        movielens_data,
+        tmp_path,
+        wait_serving=False,
+        event_log=log_url,
+    )
+    try:
+        result = invoke("--gateway", gateway.address, "--data", str(movielens_data))
+    finally:
+        gateway.process.stop()
+    assert result.exit_code == ServiceError.exit_code, result.output
+    assert "Rank failed: UNAVAILABLE" in result.output
+    with open_event_log(log_url) as log:
+        assert log.high_watermark() == 0
+
+
 def test_a_directory_that_is_no_dataset_exits_with_the_data_code(tmp_path: Path) -> None:
     result = invoke("--gateway", "127.0.0.1:1", "--data", str(tmp_path))
     assert result.exit_code == DataError.exit_code, result.output
