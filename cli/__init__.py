@@ -53,4 +53,5 @@ app.add_typer(clients_cli.client_app, name="client")
 app.command("load")(clients_cli.load)
 app.command("perf")(bench_cli.perf)
 app.command("observe")(clients_cli.observe)
+app.add_typer(clients_cli.ab_app, name="ab")  # seminar ab report | ...
 app.add_typer(bench_app, name="bench")
