@@ -17,10 +17,21 @@ import pytest
 from typer.testing import CliRunner
 
 from seminar.cli import app
-from seminar.clients.ab_report import Outcomes, ReportConfig, build_report, read_outcomes
+from seminar.clients.ab_report import (
+    Outcomes,
+    ReportConfig,
+    build_report,
+    live_view,
+    read_outcomes,
+)
 from seminar.clients.attribution import new_request_id
+from seminar.clients.client import record_via_gateway
 from seminar.clients.config import Arm, ExperimentConfig, write_config
+from seminar.clients.observe import PrometheusProcess
+from seminar.clients.process import GatewayProcess
 from seminar.events import Event, EventType, open_event_log
+from seminar.processes import free_port
+from tests.support.clients import wait_until
 
 ALPHA = 0.05
 MAX_FALSE_POSITIVE_RATE = 0.15
@@ -273,3 +284,49 @@ def test_the_report_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "nope" in result.output
     result, _ = report_cli(tmp_path, f"sqlite://{tmp_path / 'x.db'}", config, "--since-seq", "-1")
     assert result.exit_code == 2
+
+
+def test_the_live_view_reads_ctr_per_arm_from_the_real_prometheus(tmp_path: Path) -> None:
+    """A real gateway (Record only: Triton is not needed) counts SYNTHETIC attributed events;
+    a real Prometheus scrapes it; `seminar ab report --prometheus` prints CTR per arm."""
+    config = two_arms((90, 10))
+    config_path = tmp_path / "ab.yaml"
+    write_config(config, config_path)
+    url = f"sqlite://{tmp_path / 'events.db'}"
+    gateway = GatewayProcess(
+        config_path, triton_url=f"127.0.0.1:{free_port()}", log_path=tmp_path / "gateway.log",
+        wait_serving=False, event_log=url,
+    ).start()  # fmt: skip
+    try:
+        control, treatment = config.arms
+        planted = {control.name: (40, 4), treatment.name: (20, 5)}  # (impressions, clicks)
+        events = []
+        for arm in (control, treatment):
+            shown, clicks = planted[arm.name]
+            request_id = new_request_id(arm.name, arm.model, arm.version)
+            events += [
+                Event(f"{arm.name}{position}", position, 7, "",
+                      EventType.REC if position <= clicks else EventType.IMPRESSION,
+                      position <= clicks, request_id=request_id, position=position)
+                for position in range(1, shown + 1)
+            ]  # fmt: skip
+        record_via_gateway(gateway.address, events)
+        with PrometheusProcess(
+            f"127.0.0.1:{free_port()}", f"127.0.0.1:{gateway.metrics_port}",
+            port=free_port(),
+        ) as prometheus:  # fmt: skip
+            prometheus.wait_scraped(jobs=("gateway",))
+            assert wait_until(lambda: len(live_view(prometheus.url)) == 2, timeout_s=10)
+            live = {arm.arm: arm for arm in live_view(prometheus.url)}
+            result = CliRunner().invoke(
+                app, ["ab", "report", "--config", str(config_path), "--prometheus", prometheus.url]
+            )
+    finally:
+        gateway.stop()
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    assert live["control"].ctr == 0.1 and live["treatment"].ctr == 0.25
+    assert (live["treatment"].impressions, live["treatment"].clicks) == (20, 5)
+    assert "| control | seminar_v1:1 | 40 | 4 | 10.000% |" in result.output
+    assert "| treatment | seminar_v2:2 | 20 | 5 | 25.000% |" in result.output
+    assert "no confidence interval" in result.output
