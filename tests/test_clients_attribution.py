@@ -6,7 +6,6 @@ process in front of a real tritonserver and a real SQLite event log, read on the
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from seminar.clients.config import Arm, ExperimentConfig
 from seminar.clients.workload import RankCall
 from seminar.events import Event, EventLimits, EventType, open_event_log
 from seminar.serving.triton import TritonServer
-from tests.support.clients import launch_gateway, make_config, metric_samples
+from tests.support.clients import launch_gateway, make_config, metric_samples, wait_until
 
 URL_SAFE = re.compile(r"^[A-Za-z0-9_.~-]+$")
 
@@ -64,15 +63,6 @@ def _outcome(gateway_metrics: str, name: str) -> dict[tuple[str, str], float]:
         (labels["arm"], labels["model_version"]): value
         for labels, value in metric_samples(gateway_metrics, name)
     }
-
-
-def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_record_counts_impressions_and_clicks_against_the_arm_that_served(
@@ -128,7 +118,7 @@ def test_record_counts_impressions_and_clicks_against_the_arm_that_served(
         third = Arm("third", gateway_arms[0].model, gateway_arms[0].version, 0)
         gateway.write_config(replace(config, arms=(*config.arms, third)))
         gateway.process.reload()
-        assert _wait_for(lambda: ("third", third.model_version) in _outcome(metrics, names[0]))
+        assert wait_until(lambda: ("third", third.model_version) in _outcome(metrics, names[0]))
         assert _outcome(metrics, names[0])[key] == len(candidates)
         assert _outcome(metrics, names[1])[("third", third.model_version)] == 0
     finally:

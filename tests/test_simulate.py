@@ -268,7 +268,7 @@ def test_a_degraded_treatment_shows_a_planted_negative_lift(model_repo, tmp_path
     from the log the treatment's CTR is below the control's by more than CTR_MARGIN.
 
     The per-arm CTR is computed here from the log (request_id -> arm, the attribution's
-    outcome rule): `seminar ab report` is not on this branch yet."""
+    outcome rule), and `seminar ab report` over the same log must call the treatment worse."""
     from seminar.clients.config import write_config
     from seminar.clients.process import GatewayProcess
     from seminar.serving.serve_process import ServeProcess
@@ -336,3 +336,15 @@ def test_a_degraded_treatment_shows_a_planted_negative_lift(model_repo, tmp_path
         name: arm["relevant_shown"] / arm["impressions"] for name, arm in report["arms"].items()
     }
     assert relevant["control"] - relevant["treatment"] > RELEVANT_SHOWN_MARGIN
+
+    # `seminar ab report` over the same log reads the same planted negative lift, with a
+    # confidence interval at the user level, and no sample-ratio mismatch (exit 0).
+    ab = CliRunner().invoke(
+        app,
+        ["ab", "report", "--config", str(config_path), "--event-log", log_url,
+         "--out", str(tmp_path / "ab")],
+    )  # fmt: skip
+    assert ab.exit_code == 0, ab.output
+    verdict = ab.output.strip().splitlines()[-1]
+    print(verdict)
+    assert verdict.startswith("verdict: treatment worse"), verdict
