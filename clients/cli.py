@@ -1,4 +1,4 @@
-"""`seminar gateway | client | load | perf | observe`: the serving edge of SEMINAR.
+"""`seminar gateway | client | load | simulate | perf | observe`: the serving edge of SEMINAR.
 
 Heavy imports (grpc, tritonclient, numpy) live inside the command bodies so that
 `seminar --help` stays instant. Every user error exits with its kind's code (seminar.errors)
@@ -18,7 +18,14 @@ from seminar.contract import (
     DEFAULT_GATEWAY_PORT,
     ENSEMBLE_MODEL,
 )
-from seminar.errors import CheckFailed, ServiceError, UsageError, cli_guard, reading_options
+from seminar.errors import (
+    CheckFailed,
+    DataError,
+    ServiceError,
+    UsageError,
+    cli_guard,
+    reading_options,
+)
 
 # A request the server refused as malformed: the user's options are at fault, not the server.
 REFUSED_REQUEST_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
@@ -236,3 +243,152 @@ def observe(
     from seminar.clients.observe import run_prometheus
 
     run_prometheus(triton_metrics, gateway_metrics, port, storage)
+
+
+@cli_guard
+def simulate(
+    gateway: Annotated[
+        str, typer.Option(help="Gateway HOST:PORT; it must serve Record (--event-log).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Prepared dataset the served versions were built from: the visitors "
+            "are its users, their planted relevance comes from their positive events' genres."
+        ),
+    ],
+    users: Annotated[int, typer.Option(help="SYNTHETIC visitors (distinct users of DATA).")] = 200,
+    visits: Annotated[int, typer.Option(help="Visits per user, one after the other.")] = 1,
+    candidates: Annotated[int, typer.Option(help="Items ranked per visit.")] = 50,
+    relevant: Annotated[
+        int, typer.Option(help="Candidates per visit that are relevant to the visitor.")
+    ] = 10,
+    shown: Annotated[int, typer.Option(help="Top positions the visitor sees.")] = 10,
+    p_relevant: Annotated[
+        float, typer.Option(help="P(click) of a relevant item at position 1.")
+    ] = 0.6,
+    p_other: Annotated[float, typer.Option(help="P(click) of another item at position 1.")] = 0.05,
+    relevance_probability: Annotated[
+        float, typer.Option(help="P(an unseen item of a liked genre is relevant).")
+    ] = 0.8,
+    concurrency: Annotated[int, typer.Option(help="Users simulated at once.")] = 4,
+    timeout: Annotated[
+        float, typer.Option(help="Deadline of each Rank or Record call (s).")
+    ] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of visitors, relevance, candidates, clicks.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the report as JSON (labelled synthetic).")
+    ] = None,
+) -> None:
+    """Drive the gateway with SYNTHETIC users and record their clicks: a planted A/B outcome.
+
+    Each visitor is a user of DATA; items of the genres its positive events over-represent are relevant (seeded). A visit ranks a seeded candidate sample through the gateway, clicks position r of the top SHOWN with P = (p_relevant or p_other) / log2(r + 1), and records through the gateway a clicked REC event per click and an IMPRESSION per shown item not clicked, with position and request_id. Prints a table per arm (users, impressions, clicks, CTR); the same seed repeats the run (visitors, relevance, candidates, click draws) at any --concurrency.
+    """
+    from seminar.clients.simulate import ClickModel, SimulationConfig, load_planted, run_simulation
+
+    with reading_options():
+        config = SimulationConfig(
+            users=users, visits=visits, candidates=candidates, relevant_candidates=relevant,
+            relevance_probability=relevance_probability,
+            click=ClickModel(shown=shown, p_relevant=p_relevant, p_other=p_other),
+            concurrency=concurrency, timeout_s=timeout, seed=seed,
+        )  # fmt: skip
+    if not (data / "meta.json").is_file():
+        raise DataError(f"{data}: not a prepared dataset (seminar data prepare)")
+    planted = load_planted(data, config)
+    step = max(1, users // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            typer.echo(f"simulated {done}/{total} SYNTHETIC users", err=True)
+
+    report = run_simulation(gateway, planted, progress)
+    typer.echo(report.markdown())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_dict(), indent=2))
+        typer.echo(f"wrote {out}")
+
+
+# ---- seminar ab: A/B experiments (report here; other sub-commands join this group) -------
+ab_app = typer.Typer(
+    help="A/B experiments: outcomes per arm, lift with a confidence interval, sample-ratio checks.",
+    no_args_is_help=True,
+)
+
+
+@ab_app.command("report")
+@cli_guard
+def ab_report(
+    config: Annotated[
+        Path, typer.Option(help="The experiment config (ab.yaml): arms, weights, control.")
+    ],
+    event_log: Annotated[
+        str | None,
+        typer.Option(help="The gateway's event log: sqlite://PATH or redis://HOST:PORT."),
+    ] = None,
+    since_seq: Annotated[
+        int, typer.Option(help="Count only events with a larger seq (the experiment's start).")
+    ] = 0,
+    control: Annotated[
+        str, typer.Option(help="Control arm (default: the arm named control, else the first).")
+    ] = "",
+    prometheus: Annotated[
+        str | None,
+        typer.Option(
+            help="Also print the live CTR per arm from this Prometheus (http://HOST:PORT)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder of report.json, report.md, report.png.")] = Path(
+        "runs/ab"
+    ),
+) -> None:
+    """Report an A/B experiment from the event log: per arm users, impressions, clicks, CTR;
+    each treatment's relative CTR lift against control with a 95% CI and a p-value computed
+    at the user level (delta method: users are the unit of randomisation); a sample-ratio
+    mismatch (SRM) check of users per arm against the weights (chi-square, flagged at
+    p < 0.001); a PNG plot.
+
+    The last line on stdout is the verdict, e.g. `verdict: treatment better lift=+4.1%
+    [+1.2%, +7.0%] p=0.006` (better / worse / inconclusive per treatment). Exit 0: a valid
+    report, whatever the verdict; exit 1: a sample-ratio mismatch, the experiment is invalid.
+    --prometheus adds the live view of the gateway's counters: CTR per arm without a CI
+    (counters are totals, not per user).
+    """
+    from seminar.clients.ab_report import (
+        ReportConfig,
+        build_report,
+        control_arm,
+        live_markdown,
+        live_view,
+        read_outcomes,
+        write_report,
+    )
+    from seminar.clients.config import load_config
+
+    if event_log is None and prometheus is None:
+        raise UsageError("give --event-log (the report) or --prometheus (the live view), or both")
+    experiment = load_config(config)
+    with reading_options():
+        settings = ReportConfig(control=control)
+    control_arm(experiment, control)  # a UsageError before any reading
+    if since_seq < 0:
+        raise UsageError(f"--since-seq must be >= 0, got {since_seq}")
+    if prometheus is not None:
+        typer.echo(live_markdown(live_view(prometheus), prometheus) + "\n")
+    if event_log is None:
+        return
+    from seminar.data.append import open_existing_log
+
+    with open_existing_log(event_log) as log:
+        outcomes = read_outcomes(log, since_seq, settings.page_events)
+    report = build_report(outcomes, experiment, event_log, settings)
+    typer.echo(report.markdown())
+    for path in write_report(report, out):
+        typer.echo(f"wrote {path}")
+    typer.echo(report.verdict_line())
+    if not report.valid:
+        raise CheckFailed(
+            f"sample-ratio mismatch ({report.sample_ratio.reason}): assignment or logging is "
+            "broken, so no lift of this experiment is a result"
+        )

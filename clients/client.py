@@ -26,6 +26,7 @@ class RankResult:
     scores: list[float]
     arm: str  # "" for a direct Triton call
     model_version: str  # "<model>:<version>"
+    request_id: str = ""  # the gateway's name of this ranking; "" for a direct Triton call
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +44,11 @@ def rank_via_gateway(
         except grpc.RpcError as err:
             raise CallFailed(err.code().name, err.details() or "") from None
     return RankResult(
-        list(response.item_ids), list(response.scores), response.arm, response.model_version
+        list(response.item_ids),
+        list(response.scores),
+        response.arm,
+        response.model_version,
+        response.request_id,
     )
 
 

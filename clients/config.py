@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seminar.clients.attribution import new_request_id
 from seminar.contract import AB_BUCKETS
 from seminar.errors import UsageError
 
@@ -107,6 +108,10 @@ class ExperimentConfig:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"arms: duplicate arm name(s) {duplicates}")
+        for arm in self.arms:
+            # Every ranking an arm serves carries an id naming it (seminar.clients.attribution);
+            # names too long for an event's request_id would leave its events unattributed.
+            new_request_id(arm.name, arm.model, arm.version)
         total = sum(arm.weight for arm in self.arms)
         if total <= 0:
             raise ValueError("arms: the weights must not all be zero")

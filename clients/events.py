@@ -13,7 +13,8 @@ survives a kill -9 of the gateway or of redis-server. An error answers the whole
     DATA_LOSS         the log's file is corrupt or is not an event log
 
 Every call is metered in the gateway's registry: calls by status code, acknowledgement time of
-the OK ones, events by outcome (stored, duplicate, rejected) (seminar.clients.metrics).
+the OK ones, events by outcome (stored, duplicate, rejected), and the impressions and clicks
+of events whose request_id names the arm that served them (seminar.clients.metrics).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import grpc
 from google.protobuf.message import DecodeError
 
+from seminar.clients.attribution import outcome, parse_request_id
 from seminar.clients.gateway import MalformedRequest, Refusal, bug_message
 from seminar.clients.metrics import GatewayMetrics
 from seminar.clients.proto import ranker_pb2
@@ -34,7 +36,11 @@ from seminar.events import AppendResult, Event, EventLog, EventType
 
 log = logging.getLogger("seminar.events")
 
-EVENT_TYPES = {ranker_pb2.SEARCH: EventType.SEARCH, ranker_pb2.REC: EventType.REC}
+EVENT_TYPES = {
+    ranker_pb2.SEARCH: EventType.SEARCH,
+    ranker_pb2.REC: EventType.REC,
+    ranker_pb2.IMPRESSION: EventType.IMPRESSION,
+}
 
 
 def parse_record_request(raw: bytes) -> ranker_pb2.RecordRequest | MalformedRequest:
@@ -53,8 +59,8 @@ def events_from_request(request: ranker_pb2.RecordRequest) -> list[Event]:
             known = message.type in ranker_pb2.EventType.values()
             name = ranker_pb2.EventType.Name(message.type) if known else str(message.type)
             raise UsageError(
-                f"events[{index}] (event_id {message.event_id!r}): type must be SEARCH or REC, "
-                f"got {name}"
+                f"events[{index}] (event_id {message.event_id!r}): type must be SEARCH, REC "
+                f"or IMPRESSION, got {name}"
             )
         events.append(
             Event(
@@ -66,9 +72,23 @@ def events_from_request(request: ranker_pb2.RecordRequest) -> list[Event]:
                 clicked=message.clicked,
                 timestamp_ms=message.timestamp_ms,
                 request_id=message.request_id,
+                position=message.position,
             )
         )
     return events
+
+
+def count_outcomes(metrics: GatewayMetrics, events: list[Event], result: AppendResult) -> None:
+    """Count the newly stored events' impressions and clicks against the arm and version
+    their request_id names (seminar.clients.metrics); duplicates were counted when first
+    stored, unattributed events not at all."""
+    for event, duplicate in zip(events, result.duplicates, strict=True):
+        counted = None if duplicate else outcome(event)
+        served = parse_request_id(event.request_id) if counted else None
+        if counted is None or served is None:
+            continue
+        metrics.impressions.labels(served.arm, served.model_version).inc(counted[0])
+        metrics.clicks.labels(served.arm, served.model_version).inc(counted[1])
 
 
 def status_of(error: Exception) -> grpc.StatusCode:
@@ -134,6 +154,7 @@ class EventsService:
             else:
                 log.warning("Record: %s: %s", code.name, error)
             raise Refusal(code, str(error)) from None
+        count_outcomes(self.metrics, events, result)
         self.metrics.events_recorded.labels("stored").inc(result.stored)
         self.metrics.events_recorded.labels("duplicate").inc(result.duplicate_count)
         return ranker_pb2.RecordResponse(

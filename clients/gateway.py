@@ -7,7 +7,7 @@ One request flows as:
                 -> refused at once if the arm is not READY in Triton (UNAVAILABLE) or if
                    limits.max_inflight Triton calls are outstanding (RESOURCE_EXHAUSTED)
                 -> Triton infer on (arm.model, arm.version), awaited within the budget
-                -> sort by score, best first -> RankResponse(arm, model_version)
+                -> sort by score, best first -> RankResponse(arm, model_version, request_id)
                 -> shadow arm (if any) scored in a background task, compared, metered, dropped
 
 Budget, and why no Triton call is ever cancelled. A request's budget is min(limits.deadline_ms,
@@ -49,6 +49,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from seminar.clients.attribution import new_request_id
 from seminar.clients.catalog import Catalog
 from seminar.clients.config import Arm, ExperimentConfig, load_config
 from seminar.clients.metrics import GatewayMetrics
@@ -318,6 +319,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             scores=sorted_scores.tolist(),
             arm=arm.name,
             model_version=arm.model_version,
+            request_id=new_request_id(arm.name, arm.model, arm.version),
         )
 
     async def _score(
@@ -545,6 +547,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             self.metrics.arm_share.labels(arm.name, arm.model_version).set(
                 (end - start) / AB_BUCKETS
             )
+            self.metrics.publish_outcomes(arm.name, arm.model_version)
             start = end
 
     async def close(self) -> None:

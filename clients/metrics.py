@@ -7,6 +7,13 @@ middle. docker/prometheus/rules.yml turns Rank's into p50/p99 by arm.
 Record (seminar.v1.Events, served only with `--event-log`) has its own family,
 `seminar_gateway_record_*` and `seminar_gateway_events_recorded_total`; the log's kind is the
 `kind` label of `seminar_gateway_event_log_info`.
+
+A/B outcomes: `seminar_gateway_impressions_total` and `seminar_gateway_clicks_total` by the
+arm and model version that served the ranking a recorded event's request_id names
+(seminar.clients.attribution). An impression is an IMPRESSION event or a clicked event (a
+click was shown too); a click is a clicked event. Only newly stored events count (a retry's
+duplicates do not), and events without a parseable request_id are not attributed. Both start
+at 0 for every configured arm, at start and on every reload, so a CTR ratio exists at once.
 """
 
 from __future__ import annotations
@@ -140,6 +147,20 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.impressions = Counter(
+            "seminar_gateway_impressions",
+            "Recorded impressions (IMPRESSION or clicked events) by the arm and model version "
+            "that served the ranking their request_id names.",
+            ["arm", "model_version"],
+            registry=r,
+        )
+        self.clicks = Counter(
+            "seminar_gateway_clicks",
+            "Recorded clicks (clicked events) by the arm and model version that served the "
+            "ranking their request_id names.",
+            ["arm", "model_version"],
+            registry=r,
+        )
         self.event_log = Info(
             "seminar_gateway_event_log",
             "The online event log Record writes to (kind: sqlite or redis); absent without one.",
@@ -152,3 +173,9 @@ class GatewayMetrics:
         self.event_log.info({"kind": kind})
         for outcome in EVENT_OUTCOMES:
             self.events_recorded.labels(outcome)
+
+    def publish_outcomes(self, arm: str, model_version: str) -> None:
+        """Create the arm's impression and click series at 0 (a counter is never reset: an
+        arm a reload drops keeps its totals)."""
+        self.impressions.labels(arm, model_version)
+        self.clicks.labels(arm, model_version)

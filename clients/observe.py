@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -106,12 +107,7 @@ class PrometheusProcess(ChildProcess):
 
     def query(self, promql: str) -> list[dict]:
         """Instant query: the `result` list of /api/v1/query."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            body = json.load(resp)
-        if body.get("status") != "success":
-            raise ServiceError(f"query {promql!r} failed: {body}")
-        return body["data"]["result"]
+        return prometheus_query(self.url, promql)
 
     def wait_scraped(
         self, jobs: tuple[str, ...] = ("triton", "gateway"), timeout_s: float = 30.0
@@ -133,6 +129,22 @@ class PrometheusProcess(ChildProcess):
         code = super().stop(timeout_s)
         self._tmp.cleanup()
         return code
+
+
+def prometheus_query(url: str, promql: str, timeout_s: float = 5.0) -> list[dict]:
+    """Instant query of the Prometheus at `url` (http://HOST:PORT): the `result` list of
+    /api/v1/query; a ServiceError naming the server when it cannot be reached or refuses."""
+    address = f"{url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(address, timeout=timeout_s) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as err:
+        raise ServiceError(f"Prometheus at {url}: query {promql!r} failed: {err}") from None
+    except (OSError, ValueError) as err:
+        raise ServiceError(f"Prometheus at {url} cannot be reached: {err}") from None
+    if body.get("status") != "success":
+        raise ServiceError(f"Prometheus at {url}: query {promql!r} failed: {body}")
+    return body["data"]["result"]
 
 
 def run_prometheus(

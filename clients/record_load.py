@@ -82,10 +82,11 @@ def event_message(event: Event) -> ranker_pb2.Event:
         user_id=event.user_id,
         item_id=event.item_id,
         query=event.query,
-        type=ranker_pb2.SEARCH if event.type is EventType.SEARCH else ranker_pb2.REC,
+        type=ranker_pb2.EventType.Value(event.type.name),  # the proto's names are EventType's
         clicked=event.clicked,
         timestamp_ms=event.timestamp_ms,
         request_id=event.request_id,
+        position=event.position,
     )
 
 

@@ -36,6 +36,7 @@ GENERATED = (
     "model_repository/",  # `seminar build` output (only its README.md is tracked)
     "docker/secrets/admin-key",  # the key a deployment creates
     "model_card.md",  # written into each built version
+    "report.md",  # written by `seminar ab report` under its --out folder
     "config.pbtxt",  # a model's folder in a built repository (`seminar/config.pbtxt`)
 )
 # The gRPC package of ranker.proto: a protobuf name, not a Python module.

@@ -14,7 +14,8 @@ from seminar.errors import ConflictError, DataError, ServiceError, UsageError
 from seminar.events import Event, EventLog, EventType, Watermark, open_event_log
 from seminar.events.redis_log import RedisEventLog
 from seminar.events.redis_server import RedisServer
-from seminar.events.sqlite_log import SqliteEventLog
+from seminar.events.sqlite_log import SCHEMA_VERSION, SqliteEventLog
+from seminar.events.tail import read_tail
 from tests.support.events import make_events, needs_redis_server
 
 
@@ -239,3 +240,90 @@ def test_an_unreachable_redis_gives_a_service_error_naming_it() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(ServiceError, match=rf"event log redis at {url}"):
         RedisEventLog(url, timeout_s=0.5)
+
+
+def _impressions(user_id: int, items: range, start: int = 0) -> list[Event]:
+    return [
+        Event(f"i{start + index}", user_id, item, "", EventType.IMPRESSION, False,
+              request_id="r", position=index + 1)
+        for index, item in enumerate(items)
+    ]  # fmt: skip
+
+
+def test_impressions_and_positions_are_stored_but_never_history(event_log: EventLog) -> None:
+    click = Event("c1", 4, 7, "", EventType.REC, True, request_id="r", position=3)
+    history = make_events(3, users=1, start=50)  # user 0
+    event_log.append([*history, *_impressions(0, range(10, 16)), click])
+    stored = event_log.find(["c1", "i2"])
+    assert stored["c1"].event == click.stamped(stored["c1"].recorded_ms)
+    assert stored["i2"].event.type is EventType.IMPRESSION and stored["i2"].event.position == 3
+    # read_range (compaction, A/B reports) sees every event; read_user only history events,
+    # so a cap of 3 (serving's tail) still returns all three history events of user 0.
+    assert len(event_log.read_range(0, event_log.high_watermark())) == 10
+    newest = event_log.read_user(0, limit=3, newest=True)
+    assert [item.event.event_id for item in newest] == ["e50", "e51", "e52"]
+    assert [item.event.event_id for item in read_tail(event_log, 0, Watermark(), 3)] == [
+        "e50", "e51", "e52",
+    ]  # fmt: skip
+    assert [item.event.event_id for item in event_log.read_user(4)] == ["c1"]
+
+
+def test_a_position_is_part_of_the_fingerprint(event_log: EventLog) -> None:
+    event = Event("p1", 1, 2, "", EventType.REC, True, position=4)
+    event_log.append([event])
+    assert event_log.append([event]).duplicates == (True,)
+    with pytest.raises(UsageError, match="other content"):
+        event_log.append([Event("p1", 1, 2, "", EventType.REC, True, position=5)])
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (Event("x", 1, 2, "", EventType.IMPRESSION, True, request_id="r"), "clicked"),
+        (Event("x", 1, 2, "", EventType.REC, True, position=-1), "position"),
+        (Event("x", 1, 2, "", EventType.REC, True, position=2**31), "position"),
+    ],
+)
+def test_a_clicked_impression_or_a_bad_position_is_refused(
+    event_log: EventLog, event: Event, field: str
+) -> None:
+    with pytest.raises(UsageError, match=rf"events\[0\] \(event_id 'x'\): {field}"):
+        event_log.append([event])
+    assert event_log.high_watermark() == 0
+
+
+SCHEMA_1 = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    fingerprint TEXT NOT NULL, user_id INTEGER NOT NULL, item_id INTEGER NOT NULL,
+    query TEXT NOT NULL, type TEXT NOT NULL, clicked INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL, request_id TEXT NOT NULL, recorded_ms INTEGER NOT NULL
+);
+CREATE INDEX events_by_user ON events (user_id, seq);
+CREATE TABLE log_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO log_meta VALUES ('log_id', 'old-log');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_sqlite_log_is_migrated_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = Event("old1", 3, 9, "", EventType.REC, True, timestamp_ms=1000, request_id="r")
+    connection = sqlite3.connect(path)
+    connection.executescript(SCHEMA_1)
+    connection.execute(
+        "INSERT INTO events (event_id, fingerprint, user_id, item_id, query, type, clicked, "
+        "timestamp_ms, request_id, recorded_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("old1", old.fingerprint(), 3, 9, "", "rec", 1, 1000, "r", 1000),
+    )
+    connection.commit()
+    connection.close()
+    with SqliteEventLog(path) as log, SqliteEventLog(path) as again:
+        assert log.log_id() == again.log_id() == "old-log"
+        assert log.read_user(3)[0].event == old  # position 0: unknown
+        assert log.append([old]).duplicates == (True,)  # the old fingerprint still matches
+        log.append(_impressions(3, range(5, 7)))
+        assert [stored.event.position for stored in again.read_range(0, 3)] == [0, 1, 2]
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    connection.close()

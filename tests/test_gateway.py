@@ -24,6 +24,7 @@ from seminar.clients.scoring import CallFailed
 from seminar.clients.workload import RankCall
 from seminar.serving.triton import TritonServer
 from tests.support.clients import RunningGateway, make_config, metric_samples
+from tests.support.clients import wait_until as _wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -155,15 +156,6 @@ def _reloads(gw: RunningGateway, result: str) -> float:
         for s, v in metric_samples(gw.metrics_url, "seminar_gateway_config_reloads_total")
         if s["result"] == result
     )
-
-
-def _wait(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_invalid_config_is_rejected_and_the_old_one_kept(

@@ -75,8 +75,13 @@ def test_a_recorded_tail_is_scored_as_seminar_score_scores_it_appended(
     before = served.score(user, query, np.asarray(items))
     np.testing.assert_allclose(before, offline(model_repo, user, query, items, ()), atol=TOLERANCE)
     events = tail_events(user, items)
+    # Impressions are outcome data, never history: serving's tail must not score them.
+    impressions = [
+        Event(f"shown{index}", user, item, "", EventType.IMPRESSION, False, position=index + 1)
+        for index, item in enumerate(items)
+    ]
     with open_event_log(log_url) as log:
-        log.append(events)
+        log.append(events[:2] + impressions + events[2:])
     after = served.score(user, query, np.asarray(items))
     np.testing.assert_allclose(
         after, offline(model_repo, user, query, items, events), atol=TOLERANCE

@@ -314,3 +314,19 @@ def score(
     else:
         for item_id, value in zip(items.split(","), scores, strict=True):
             typer.echo(f"{item_id.strip()}\t{value:.6f}")
+
+
+@cli_guard
+def degrade(
+    run: Annotated[Path, typer.Option(help="Run directory to copy (seminar train).")],
+    out: Annotated[Path, typer.Option(help="New run directory for the degraded copy.")],
+    seed: Annotated[int, typer.Option(help="Seed of the permutation of items.")] = 0,
+) -> None:
+    """Write a deliberately WORSE copy of a run: the losing arm of an A/B simulation.
+
+    Every per-item table of the checkpoint (id embedding, text, attribute and image features) is permuted between items, so the model applies what it learned about one item to another. OUT/config.json says "degraded"; OUT has no metrics.json. Build it with `seminar build` like any run.
+    """
+    from seminar.training.degrade import write_degraded_run
+
+    written = write_degraded_run(run, out, seed)
+    typer.echo(f"wrote {written} (DEGRADED on purpose: items permuted, seed {seed})")

@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"seminar/clients/proto/ranker.proto\x12\nseminar.v1\"D\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x15\n\rcandidate_ids\x18\x03 \x03(\x03\"T\n\x0cRankResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"\xaa\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\x12\r\n\x05query\x18\x04 \x01(\t\x12#\n\x04type\x18\x05 \x01(\x0e\x32\x15.seminar.v1.EventType\x12\x0f\n\x07\x63licked\x18\x06 \x01(\x08\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"2\n\rRecordRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.seminar.v1.Event\"B\n\x0eRecordResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x03\x12\x0e\n\x06stored\x18\x02 \x01(\x05\x12\x12\n\nduplicates\x18\x03 \x01(\x05*<\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06SEARCH\x10\x01\x12\x07\n\x03REC\x10\x02\x32\x43\n\x06Ranker\x12\x39\n\x04Rank\x12\x17.seminar.v1.RankRequest\x1a\x18.seminar.v1.RankResponse2I\n\x06\x45vents\x12?\n\x06Record\x12\x19.seminar.v1.RecordRequest\x1a\x1a.seminar.v1.RecordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"seminar/clients/proto/ranker.proto\x12\nseminar.v1\"D\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x15\n\rcandidate_ids\x18\x03 \x03(\x03\"h\n\x0cRankResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xbc\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\x12\r\n\x05query\x18\x04 \x01(\t\x12#\n\x04type\x18\x05 \x01(\x0e\x32\x15.seminar.v1.EventType\x12\x0f\n\x07\x63licked\x18\x06 \x01(\x08\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x10\n\x08position\x18\t \x01(\x05\"2\n\rRecordRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.seminar.v1.Event\"B\n\x0eRecordResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x03\x12\x0e\n\x06stored\x18\x02 \x01(\x05\x12\x12\n\nduplicates\x18\x03 \x01(\x05*L\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06SEARCH\x10\x01\x12\x07\n\x03REC\x10\x02\x12\x0e\n\nIMPRESSION\x10\x03\x32\x43\n\x06Ranker\x12\x39\n\x04Rank\x12\x17.seminar.v1.RankRequest\x1a\x18.seminar.v1.RankResponse2I\n\x06\x45vents\x12?\n\x06Record\x12\x19.seminar.v1.RecordRequest\x1a\x1a.seminar.v1.RecordResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seminar.clients.proto.ranker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=499
-  _globals['_EVENTTYPE']._serialized_end=559
+  _globals['_EVENTTYPE']._serialized_start=537
+  _globals['_EVENTTYPE']._serialized_end=613
   _globals['_RANKREQUEST']._serialized_start=50
   _globals['_RANKREQUEST']._serialized_end=118
   _globals['_RANKRESPONSE']._serialized_start=120
-  _globals['_RANKRESPONSE']._serialized_end=204
-  _globals['_EVENT']._serialized_start=207
-  _globals['_EVENT']._serialized_end=377
-  _globals['_RECORDREQUEST']._serialized_start=379
-  _globals['_RECORDREQUEST']._serialized_end=429
-  _globals['_RECORDRESPONSE']._serialized_start=431
-  _globals['_RECORDRESPONSE']._serialized_end=497
-  _globals['_RANKER']._serialized_start=561
-  _globals['_RANKER']._serialized_end=628
-  _globals['_EVENTS']._serialized_start=630
-  _globals['_EVENTS']._serialized_end=703
+  _globals['_RANKRESPONSE']._serialized_end=224
+  _globals['_EVENT']._serialized_start=227
+  _globals['_EVENT']._serialized_end=415
+  _globals['_RECORDREQUEST']._serialized_start=417
+  _globals['_RECORDREQUEST']._serialized_end=467
+  _globals['_RECORDRESPONSE']._serialized_start=469
+  _globals['_RECORDRESPONSE']._serialized_end=535
+  _globals['_RANKER']._serialized_start=615
+  _globals['_RANKER']._serialized_end=682
+  _globals['_EVENTS']._serialized_start=684
+  _globals['_EVENTS']._serialized_end=757
 # @@protoc_insertion_point(module_scope)

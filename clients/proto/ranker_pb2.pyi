@@ -12,9 +12,11 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
     SEARCH: _ClassVar[EventType]
     REC: _ClassVar[EventType]
+    IMPRESSION: _ClassVar[EventType]
 EVENT_TYPE_UNSPECIFIED: EventType
 SEARCH: EventType
 REC: EventType
+IMPRESSION: EventType
 
 class RankRequest(_message.Message):
     __slots__ = ("user_id", "query", "candidate_ids")
@@ -27,19 +29,21 @@ class RankRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., candidate_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("item_ids", "scores", "arm", "model_version")
+    __slots__ = ("item_ids", "scores", "arm", "model_version", "request_id")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     arm: str
     model_version: str
-    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., arm: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., arm: _Optional[str] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "user_id", "item_id", "query", "type", "clicked", "timestamp_ms", "request_id")
+    __slots__ = ("event_id", "user_id", "item_id", "query", "type", "clicked", "timestamp_ms", "request_id", "position")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +52,7 @@ class Event(_message.Message):
     CLICKED_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     user_id: int
     item_id: int
@@ -56,7 +61,8 @@ class Event(_message.Message):
     clicked: bool
     timestamp_ms: int
     request_id: str
-    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[int] = ..., item_id: _Optional[int] = ..., query: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., clicked: _Optional[bool] = ..., timestamp_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    position: int
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[int] = ..., item_id: _Optional[int] = ..., query: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., clicked: _Optional[bool] = ..., timestamp_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
     __slots__ = ("events",)

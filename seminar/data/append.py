@@ -21,6 +21,7 @@ A logged event becomes the row
     event_type         "search" | "rec"
     query              the query of a search event; "" for a rec event (canonical rule)
     label              1 if clicked else 0
+Impressions (EventType.IMPRESSION) are skipped: they are outcome data, not history.
 An item id missing from the catalog is added to it as an item with empty text, no attributes
 (and a zero image vector, an empty image_ref where the catalog has those columns), so that no
 logged event is dropped; the count is reported.
@@ -101,7 +102,8 @@ def open_existing_log(url: str) -> EventLog:
 def read_logged(
     log: EventLog, after_seq: int, up_to_seq: int, config: AppendConfig
 ) -> list[StoredEvent]:
-    """Every event with after_seq < seq <= up_to_seq, read in pages of `page_events`."""
+    """Every history event with after_seq < seq <= up_to_seq (impressions skipped), read in
+    pages of `page_events`."""
     from tqdm.auto import tqdm
 
     note(config, f"event log: reading seq {after_seq + 1:,} to {up_to_seq:,} of {log.url}")
@@ -113,7 +115,8 @@ def read_logged(
             page = log.read_range(cursor, up_to_seq, limit=config.page_events)
             if not page:
                 break
-            events += page
+            # Impressions are outcome data (A/B reports), never part of a history.
+            events += [stored for stored in page if stored.event.is_history]
             bar.update(page[-1].seq - cursor)
             cursor = page[-1].seq
     note(config, f"event log: {len(events):,} events read")

@@ -32,6 +32,9 @@ The contract every reader and writer relies on:
    records W_new beside it. By rule 3 the events up to W_new are exactly those it folded in,
    and those after it are exactly the tail serving reads, so each event is counted once: in the
    base store (seq <= W) or in the tail (seq > W), never both, never neither.
+5. History and outcomes. An IMPRESSION event (an item shown, not clicked) is outcome data for
+   A/B reports, never part of a user's history: `read_range` returns it, `read_user` does not
+   (so a capped tail counts history events only), and compaction skips it.
 """
 
 from __future__ import annotations

@@ -13,11 +13,19 @@ from seminar.errors import UsageError
 INT64_MAX = 2**63 - 1
 
 
+INT32_MAX = 2**31 - 1  # position is an int32 on the wire
+
+
 class EventType(StrEnum):
-    """What the user was shown: the results of a search (a query) or a recommendation."""
+    """What the user was shown: the results of a search (a query) or a recommendation; or an
+    impression, an item shown and not clicked. SEARCH and REC events are history: they enter
+    the user's lifelong sequence (serving's tail, compaction). An IMPRESSION is outcome data
+    only, the denominator of an A/B experiment's click-through rate: never clicked, never part
+    of a history (the logs leave it out of `read_user`, compaction skips it)."""
 
     SEARCH = "search"
     REC = "rec"
+    IMPRESSION = "impression"
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,14 @@ class Event:
     clicked: bool  # the label: the user clicked (engaged with) the item
     timestamp_ms: int = 0  # unix milliseconds; 0 = assigned by the log when stored
     request_id: str = ""  # the Rank request this event answers ("" when unknown)
+    # The 1-based rank at which the item was served in the ranking named by request_id;
+    # 0 = unknown (an event not answering a ranking, or a client that does not say).
+    position: int = 0
+
+    @property
+    def is_history(self) -> bool:
+        """Whether the event belongs to the user's lifelong sequence (not an impression)."""
+        return self.type is not EventType.IMPRESSION
 
     @property
     def history_query(self) -> str:
@@ -67,6 +83,10 @@ class Event:
             self.timestamp_ms,
             self.request_id,
         ]
+        # Appended only when set, so that an event of a log written before positions existed
+        # keeps its fingerprint (a retry of it is still a duplicate, not a conflict).
+        if self.position:
+            fields.append(self.position)
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:32]
 
     def stamped(self, now_ms: int) -> Event:
@@ -112,6 +132,13 @@ def validate_event(index: int, event: Event, limits: EventLimits) -> None:
         )
     if len(event.request_id) > limits.max_id_chars:
         raise _refuse(index, event, "request_id", f"is over {limits.max_id_chars} characters")
+    if not 0 <= event.position <= INT32_MAX:
+        raise _refuse(index, event, "position", f"must be in [0, 2^31), got {event.position}")
+    if event.type is EventType.IMPRESSION and event.clicked:
+        raise _refuse(
+            index, event, "clicked", "is true in an impression event: send a click as a "
+            "clicked SEARCH or REC event (it counts as the impression too)",
+        )  # fmt: skip
 
 
 def validate_batch(events: Sequence[Event], limits: EventLimits) -> None:

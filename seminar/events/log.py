@@ -114,14 +114,16 @@ class EventLog(abc.ABC):
     def read_user(
         self, user_id: int, after_seq: int = 0, limit: int | None = None, newest: bool = False
     ) -> list[StoredEvent]:
-        """The user's events with seq > after_seq, in seq order: at most `limit` of them, the
-        oldest ones, or with `newest` the newest ones (serving's capped tail)."""
+        """The user's history events (impressions left out: they are never history) with
+        seq > after_seq, in seq order: at most `limit` of them, the oldest ones, or with
+        `newest` the newest ones (serving's capped tail)."""
 
     @abc.abstractmethod
     def read_range(
         self, after_seq: int, up_to_seq: int, limit: int | None = None
     ) -> list[StoredEvent]:
-        """Every user's events with after_seq < seq <= up_to_seq, in seq order (compaction)."""
+        """Every user's events with after_seq < seq <= up_to_seq, in seq order, impressions
+        included (compaction skips them; an A/B report counts them)."""
 
     @abc.abstractmethod
     def high_watermark(self) -> int:

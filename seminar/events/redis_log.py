@@ -5,7 +5,9 @@ Keys, under one prefix (default "seminar:events"):
     PREFIX:seq           the last sequence number given (INCR)
     PREFIX:ids           hash event_id -> "SEQ:FINGERPRINT" (what makes a retry a duplicate)
     PREFIX:all           stream of every event, entry id "SEQ-0" (compaction reads ranges)
-    PREFIX:user:USER_ID  stream of one user's events, entry id "SEQ-0" (serving reads the tail)
+    PREFIX:user:USER_ID  stream of one user's history events, entry id "SEQ-0" (serving reads
+                         the tail); impressions are outcome data, never history, so they are
+                         only in PREFIX:all and a tail's cap counts history events only
 
 One batch is one Lua script: Redis runs it alone, so the duplicate checks, the sequence numbers
 and the writes of a batch are atomic and in commit order (rule 3 of the contract in
@@ -30,7 +32,7 @@ from seminar.events.event import Event, EventLimits, EventType, StoredEvent
 from seminar.events.log import AppendResult, EventLog, conflicting_event
 
 DEFAULT_PREFIX = "seminar:events"
-FIELDS = 9  # values per event in the script's ARGV, in the order `_append` lists them
+FIELDS = 10  # values per event in the script's ARGV, in the order `_append` lists them
 
 # KEYS: seq, ids, all, then one user stream per event. ARGV: recorded_ms, then FIELDS per event.
 # Returns {seq, duplicate} per event, or {-1, index, stored_seq} for an id stored with other
@@ -40,7 +42,7 @@ local count = #KEYS - 3
 local recorded_ms = ARGV[1]
 local answer = {}
 for i = 1, count do
-  local base = 1 + (i - 1) * 9
+  local base = 1 + (i - 1) * 10
   local stored = redis.call('HGET', KEYS[2], ARGV[base + 1])
   if stored then
     local colon = string.find(stored, ':', 1, true)
@@ -54,17 +56,19 @@ for i = 1, count do
 end
 for i = 1, count do
   if not answer[2 * i] then
-    local base = 1 + (i - 1) * 9
+    local base = 1 + (i - 1) * 10
     local seq = redis.call('INCR', KEYS[1])
     local id = seq .. '-0'
     local fields = {
       'event_id', ARGV[base + 1], 'user_id', ARGV[base + 3], 'item_id', ARGV[base + 4],
       'query', ARGV[base + 5], 'type', ARGV[base + 6], 'clicked', ARGV[base + 7],
       'timestamp_ms', ARGV[base + 8], 'request_id', ARGV[base + 9],
-      'recorded_ms', recorded_ms,
+      'recorded_ms', recorded_ms, 'position', ARGV[base + 10],
     }
     redis.call('XADD', KEYS[3], id, unpack(fields))
-    redis.call('XADD', KEYS[3 + i], id, unpack(fields))
+    if ARGV[base + 6] ~= 'impression' then
+      redis.call('XADD', KEYS[3 + i], id, unpack(fields))
+    end
     redis.call('HSET', KEYS[2], ARGV[base + 1], seq .. ':' .. ARGV[base + 2])
     answer[2 * i - 1] = seq
     answer[2 * i] = 0
@@ -91,6 +95,7 @@ def _stored(entry_id: bytes | str, fields: dict) -> StoredEvent:
         clicked=values["clicked"] == "1",
         timestamp_ms=int(values["timestamp_ms"]),
         request_id=values["request_id"],
+        position=int(values.get("position", 0)),  # absent in events stored before positions
     )
     return StoredEvent(seq, int(values["recorded_ms"]), event)
 
@@ -154,7 +159,7 @@ class RedisEventLog(EventLog):
             arguments += [
                 event.event_id, event.fingerprint(), event.user_id, event.item_id, event.query,
                 str(event.type), int(event.clicked), event.stamped(recorded_ms).timestamp_ms,
-                event.request_id,
+                event.request_id, event.position,
             ]  # fmt: skip
         with self._errors("append"):
             answer = [int(value) for value in self._script(keys=keys, args=arguments)]

@@ -8,6 +8,11 @@ Sequence numbers are the table's INTEGER PRIMARY KEY AUTOINCREMENT: assigned ins
 transaction, and SQLite admits one writer at a time, so they are in commit order and never
 reused (rule 3 of the contract). Writers in other processes are serialized by SQLite's lock;
 one that waits longer than `busy_timeout_s` gets a ConflictError naming the file.
+
+Schema versions (PRAGMA user_version): 1 had no `position`; 2 adds it. A file of schema 1 is
+migrated when opened (one ALTER TABLE in a write transaction, its events get position 0,
+"unknown"), so a log written before positions existed keeps working, its events and their
+fingerprints unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from seminar.errors import ConflictError, DataError
 from seminar.events.event import Event, EventLimits, EventType, StoredEvent
 from seminar.events.log import AppendResult, EventLog, conflicting_event
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of a file this code wrote
+SCHEMA_VERSION = 2  # PRAGMA user_version of a file this code wrote
+OLD_SCHEMA_VERSIONS = (1,)  # migrated to SCHEMA_VERSION when opened
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -37,24 +43,32 @@ CREATE TABLE IF NOT EXISTS events (
     clicked      INTEGER NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     request_id   TEXT    NOT NULL,
-    recorded_ms  INTEGER NOT NULL
+    recorded_ms  INTEGER NOT NULL,
+    position     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
 CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 TABLES = {"events", "log_meta"}
 COLUMNS = (
-    "seq, recorded_ms, event_id, user_id, item_id, query, type, clicked, timestamp_ms, request_id"
+    "seq, recorded_ms, event_id, user_id, item_id, query, type, clicked, timestamp_ms, "
+    "request_id, position"
 )
+MIGRATE_1_TO_2 = "ALTER TABLE events ADD COLUMN position INTEGER NOT NULL DEFAULT 0"
+# read_user's filter: impressions are outcome data, never a user's history, and leaving them
+# out in the query makes a `limit` (serving's tail cap) count history events only.
+HISTORY_ONLY = f"type != '{EventType.IMPRESSION}'"
 # SQLite's default limit on host parameters in one statement is 32766; lookups stay well below.
 LOOKUP_CHUNK = 500
 
 
 def _stored(row: tuple) -> StoredEvent:
-    seq, recorded_ms, event_id, user_id, item_id, query, kind, clicked, timestamp_ms, request = row
+    seq, recorded_ms, event_id, user_id, item_id, query, kind, clicked, timestamp_ms = row[:9]
+    request_id, position = row[9:]
     event = Event(
-        event_id, user_id, item_id, query, EventType(kind), bool(clicked), timestamp_ms, request
-    )
+        event_id, user_id, item_id, query, EventType(kind), bool(clicked), timestamp_ms,
+        request_id, position,
+    )  # fmt: skip
     return StoredEvent(seq, recorded_ms, event)
 
 
@@ -85,7 +99,7 @@ class SqliteEventLog(EventLog):
                     "AND name NOT LIKE 'sqlite_%'"
                 )
             }
-            if version not in (0, SCHEMA_VERSION) or tables - TABLES:
+            if version not in (0, SCHEMA_VERSION, *OLD_SCHEMA_VERSIONS) or tables - TABLES:
                 raise DataError(
                     f"event log {self.path} is a SQLite file but not an event log of schema "
                     f"{SCHEMA_VERSION} (user_version {version}, tables {sorted(tables)})"
@@ -93,11 +107,26 @@ class SqliteEventLog(EventLog):
             if version == 0 or "log_meta" not in tables:
                 connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = "
                                          f"{SCHEMA_VERSION}; COMMIT;")  # fmt: skip
+            elif version in OLD_SCHEMA_VERSIONS:
+                self._migrate(connection)
             # Two processes opening a new file race here: INSERT OR IGNORE keeps the first id.
             connection.execute(
                 "INSERT OR IGNORE INTO log_meta (key, value) VALUES ('log_id', ?)",
                 (str(uuid.uuid4()),),
             )
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        """Bring a schema-1 file to SCHEMA_VERSION in one transaction; another process may
+        have migrated it meanwhile, so the version is read again under the write lock."""
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if connection.execute("PRAGMA user_version").fetchone()[0] == 1:
+                connection.execute(MIGRATE_1_TO_2)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -170,11 +199,12 @@ class SqliteEventLog(EventLog):
             stamped = event.stamped(recorded_ms)
             cursor = connection.execute(
                 "INSERT INTO events (event_id, fingerprint, user_id, item_id, query, type, "
-                "clicked, timestamp_ms, request_id, recorded_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "clicked, timestamp_ms, request_id, recorded_ms, position) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     event.event_id, event.fingerprint(), event.user_id, event.item_id,
                     event.query, str(event.type), int(event.clicked), stamped.timestamp_ms,
-                    event.request_id, recorded_ms,
+                    event.request_id, recorded_ms, event.position,
                 ),
             )  # fmt: skip
             seqs.append(int(cursor.lastrowid or 0))
@@ -200,7 +230,9 @@ class SqliteEventLog(EventLog):
     def read_user(
         self, user_id: int, after_seq: int = 0, limit: int | None = None, newest: bool = False
     ) -> list[StoredEvent]:
-        return self._select("user_id = ? AND seq > ?", (user_id, after_seq), limit, newest)
+        return self._select(
+            f"user_id = ? AND seq > ? AND {HISTORY_ONLY}", (user_id, after_seq), limit, newest
+        )
 
     def log_id(self) -> str:
         with self._errors("read"):

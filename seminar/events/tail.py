@@ -26,8 +26,11 @@ def require_tail_cap(max_events: int) -> None:
 def read_tail(
     log: EventLog, user_id: int, mark: Watermark, max_events: int = DEFAULT_MAX_TAIL_EVENTS
 ) -> list[StoredEvent]:
-    """The user's events after `mark` in `log`, the newest `max_events`, in seq order."""
+    """The user's history events after `mark` in `log`, the newest `max_events`, in seq order.
+    Impressions are not history: the log leaves them out of `read_user`, so the cap counts
+    history events only; the filter here holds the rule for any log."""
     require_tail_cap(max_events)
     if max_events == 0:
         return []
-    return log.read_user(user_id, after_seq=mark.watermark, limit=max_events, newest=True)
+    stored = log.read_user(user_id, after_seq=mark.watermark, limit=max_events, newest=True)
+    return [event for event in stored if event.event.is_history]
