@@ -193,7 +193,10 @@ def judge(
         errors = prometheus.scalar(
             f'sum(increase({requests}{{arm="{treatment}",code!="OK"}}[{window}]))'
         )
-        verdicts.append(Verdict(ERROR_RATIO, (errors or 0) / total, bounds.max_error_ratio))
+        # increase() extrapolates each series on its own, so the errors can exceed the total
+        # by a fraction when every request failed.
+        ratio = min((errors or 0) / total, 1.0)
+        verdicts.append(Verdict(ERROR_RATIO, ratio, bounds.max_error_ratio))
         p99 = _p99_ms(prometheus, [treatment], window)
         control_p99 = _p99_ms(prometheus, control, window)
         verdicts.append(Verdict(P99, p99, bounds.max_p99_ms, " ms"))
