@@ -55,5 +55,5 @@ app.command("load")(clients_cli.load)
 app.command("simulate")(clients_cli.simulate)
 app.command("perf")(bench_cli.perf)
 app.command("observe")(clients_cli.observe)
-app.add_typer(clients_cli.ab_app, name="ab")  # seminar ab report | ...
+app.add_typer(clients_cli.ab_app, name="ab")  # seminar ab report | ramp
 app.add_typer(bench_app, name="bench")

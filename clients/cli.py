@@ -1,4 +1,4 @@
-"""`seminar gateway | client | load | simulate | perf | observe`: the serving edge of SEMINAR.
+"""`seminar gateway | client | load | simulate | perf | observe | ab`: the serving edge of SEMINAR.
 
 Heavy imports (grpc, tritonclient, numpy) live inside the command bodies so that
 `seminar --help` stays instant. Every user error exits with its kind's code (seminar.errors)
@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from seminar.clients.ramp import Guardrails
 from seminar.contract import (
     DEFAULT_GATEWAY_METRICS_PORT,
     DEFAULT_GATEWAY_PORT,
@@ -32,6 +33,10 @@ REFUSED_REQUEST_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
 
 client_app = typer.Typer(
     help="Send one Rank request to the gateway, or the same request straight to Triton.",
+    no_args_is_help=True,
+)
+ab_app = typer.Typer(
+    help="A/B experiments behind the gateway: outcomes per arm with lift and a CI (report), a treatment ramped under guardrails (ramp).",
     no_args_is_help=True,
 )
 
@@ -73,7 +78,7 @@ def gateway(
 ) -> None:
     """Run the seminar.v1.Ranker gRPC gateway in front of Triton.
 
-    Validates requests, assigns each user to an A/B arm (hash of salt + user id into 10,000 buckets), ranks the candidates with that arm's (model, version) in Triton, and exports metrics. Serves grpc.health.v1 and server reflection. Stops on SIGINT/SIGTERM after draining in-flight requests.
+    Validates requests, assigns each user to an A/B arm (weighted rendezvous hash of salt + user id: raising one arm's weight moves users only into it), ranks the candidates with that arm's (model, version) in Triton, and exports metrics. Serves grpc.health.v1 and server reflection. Stops on SIGINT/SIGTERM after draining in-flight requests.
     """
     import asyncio
     import logging
@@ -310,11 +315,7 @@ def simulate(
         typer.echo(f"wrote {out}")
 
 
-# ---- seminar ab: A/B experiments (report here; other sub-commands join this group) -------
-ab_app = typer.Typer(
-    help="A/B experiments: outcomes per arm, lift with a confidence interval, sample-ratio checks.",
-    no_args_is_help=True,
-)
+# ---- seminar ab: A/B experiments (report, ramp) ---------------------------------------------
 
 
 @ab_app.command("report")
@@ -392,3 +393,78 @@ def ab_report(
             f"sample-ratio mismatch ({report.sample_ratio.reason}): assignment or logging is "
             "broken, so no lift of this experiment is a result"
         )
+@ab_app.command("ramp")
+@cli_guard
+def ab_ramp(
+    config: Annotated[Path, typer.Option(help="The gateway's A/B experiment YAML (rewritten).")],
+    treatment: Annotated[str, typer.Option(help="The arm to ramp up.")],
+    prometheus: Annotated[
+        str, typer.Option(help="Prometheus base URL that scrapes the gateway.")
+    ] = "http://127.0.0.1:9090",
+    steps: Annotated[
+        str, typer.Option(help="The treatment's traffic percents, increasing, e.g. 1,5,25,50.")
+    ] = "1,5,25,50",
+    hold: Annotated[float, typer.Option(help="Seconds to hold each step.")] = 60.0,
+    check_every: Annotated[
+        float, typer.Option(help="Seconds between guardrail checks during a hold.")
+    ] = 5.0,
+    gateway_pid: Annotated[
+        int | None,
+        typer.Option(help="Gateway process to SIGHUP after each write (else its file watcher)."),
+    ] = None,
+    gateway_metrics: Annotated[
+        str, typer.Option(help="Gateway /metrics URL: confirms each step took effect.")
+    ] = f"http://127.0.0.1:{DEFAULT_GATEWAY_METRICS_PORT}/metrics",
+    log: Annotated[
+        Path | None, typer.Option(help="Append every step, check and rollback as JSON lines.")
+    ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Prometheus textfile of the ramp's metrics (node_exporter collector)."),
+    ] = None,
+    max_error_ratio: Annotated[
+        float, typer.Option(help="Treatment non-OK / all above this rolls back.")
+    ] = Guardrails.max_error_ratio,
+    max_p99_ms: Annotated[
+        float, typer.Option(help="Treatment p99 latency (ms) above this rolls back.")
+    ] = Guardrails.max_p99_ms,
+    max_p99_ratio: Annotated[
+        float, typer.Option(help="Treatment p99 / control p99 above this rolls back.")
+    ] = Guardrails.max_p99_ratio,
+    max_ctr_drop: Annotated[
+        float, typer.Option(help="1 - CTR(treatment)/CTR(control) above this rolls back.")
+    ] = Guardrails.max_ctr_drop,
+    min_requests: Annotated[
+        int, typer.Option(help="Treatment requests in a check's window before error/latency count.")
+    ] = Guardrails.min_requests,
+    min_impressions: Annotated[
+        int, typer.Option(help="Impressions per side before the CTR guardrail counts.")
+    ] = Guardrails.min_impressions,
+) -> None:
+    """Ramp the treatment's weight through the steps; on a guardrail breach roll it back to 0%.
+
+    At each step the config is rewritten atomically (the other arms keep their proportions), the gateway reloads it, and the step is held while Prometheus guardrails are checked: the treatment's error ratio, its p99 latency (absolute and against control), and its CTR drop against control once enough impressions are in. A breach writes weight 0 for the treatment, reloads, and exits 1 naming the guardrail, the value and the bound. Ctrl-C leaves the config at the last step written and says so (exit 130).
+    """
+    from seminar.clients.ramp import Ramp, RampPlan
+
+    try:
+        percents = tuple(float(x) for x in steps.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--steps must be comma-separated percents, got {steps!r}") from None
+    with reading_options():
+        plan = RampPlan(
+            config_path=config, treatment=treatment, prometheus=prometheus, steps=percents,
+            hold_s=hold, check_every_s=check_every, gateway_pid=gateway_pid,
+            gateway_metrics=gateway_metrics, log_path=log, metrics_file=metrics_file,
+            guardrails=Guardrails(
+                max_error_ratio=max_error_ratio, max_p99_ms=max_p99_ms,
+                max_p99_ratio=max_p99_ratio, max_ctr_drop=max_ctr_drop,
+                min_requests=min_requests, min_impressions=min_impressions,
+            ),
+        )  # fmt: skip
+    ramp = Ramp(plan, echo=typer.echo)
+    try:
+        ramp.run()
+    except KeyboardInterrupt:
+        typer.echo(ramp.interrupted(), err=True)
+        raise typer.Exit(code=130) from None

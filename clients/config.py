@@ -9,9 +9,12 @@ A config file is YAML:
     shadow: {name: shadow, model: seminar_v2, version: 2}   # optional, never returned
     limits: {max_candidates: 1000, max_query_bytes: 256, deadline_ms: 1000, max_inflight: 256}
 
-A user lands in bucket `blake2b(salt + ":" + user_id) mod 10_000`; the arms own consecutive
-bucket ranges proportional to their weights, in file order. The same user therefore stays in
-the same arm until the salt or the weights change.
+A user's arm is drawn by weighted rendezvous hashing: every arm with weight > 0 gets the
+score -ln(u) / weight, where u in (0, 1) is `blake2b(salt:user_id:arm_name)`, and the lowest
+score wins. The scores are independent exponential draws with rates equal to the weights, so an
+arm wins with probability weight / sum of weights; and since raising one arm's weight lowers
+only that arm's scores, it moves users only into that arm (lowering it, only out of it), for
+any number of arms. The same user stays in the same arm until the salt or the weights change.
 
 `ExperimentConfig` is frozen: the gateway swaps the whole object on reload, so a request that
 started under the old config finishes under it.
@@ -20,6 +23,7 @@ started under the old config finishes under it.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,10 @@ from seminar.errors import UsageError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LIMIT_FIELDS = ("max_candidates", "max_query_bytes", "deadline_ms", "max_inflight")
+
+# The top 53 bits of a hash (a double's precision), (h + 0.5) / 2**53, are a uniform draw
+# strictly inside (0, 1): never 0 (an infinite score) nor 1 (a score of 0 for every weight).
+_UNIFORM_BITS = 53
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,6 @@ class ExperimentConfig:
     arms: tuple[Arm, ...]
     shadow: Arm | None = None
     limits: Limits = field(default_factory=Limits)
-    # bucket_ends[i] = first bucket after arm i's range; derived, not part of the file.
-    bucket_ends: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.salt, str) or not self.salt:
@@ -112,23 +118,21 @@ class ExperimentConfig:
             # Every ranking an arm serves carries an id naming it (seminar.clients.attribution);
             # names too long for an event's request_id would leave its events unattributed.
             new_request_id(arm.name, arm.model, arm.version)
-        total = sum(arm.weight for arm in self.arms)
-        if total <= 0:
+        if sum(arm.weight for arm in self.arms) <= 0:
             raise ValueError("arms: the weights must not all be zero")
-        ends, cumulative = [], 0.0
-        for arm in self.arms:
-            cumulative += arm.weight
-            ends.append(round(AB_BUCKETS * cumulative / total))
-        ends[-1] = AB_BUCKETS  # float rounding must never leave a bucket unowned
-        object.__setattr__(self, "bucket_ends", tuple(ends))
+
+    def shares(self) -> dict[str, float]:
+        """The expected share of users of each arm: weight / sum of weights."""
+        total = sum(arm.weight for arm in self.arms)
+        return {arm.name: arm.weight / total for arm in self.arms}
 
     def assign(self, user_id: str) -> Arm:
-        """The arm that serves `user_id`: a pure function of (salt, weights, user id)."""
-        b = bucket(self.salt, user_id)
-        for arm, end in zip(self.arms, self.bucket_ends, strict=True):
-            if b < end:
-                return arm
-        raise AssertionError("unreachable: bucket_ends[-1] == AB_BUCKETS")
+        """The arm that serves `user_id`: a pure function of (salt, weights, user id); the arm
+        with the lowest rendezvous score. An arm of weight 0 is never assigned."""
+        return min(
+            (arm for arm in self.arms if arm.weight > 0),
+            key=lambda arm: rendezvous_score(self.salt, user_id, arm),
+        )
 
     @classmethod
     def from_dict(cls, raw: Any) -> ExperimentConfig:
@@ -161,9 +165,19 @@ class ExperimentConfig:
 
 
 def bucket(salt: str, user_id: str) -> int:
-    """Bucket of a user in [0, AB_BUCKETS): blake2b of "salt:user_id", stable across processes."""
+    """Bucket of a user in [0, AB_BUCKETS): blake2b of "salt:user_id", stable across processes.
+    The A/B assignment no longer uses it (see `rendezvous_score`); Triton sharding keys on it."""
     digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % AB_BUCKETS
+
+
+def rendezvous_score(salt: str, user_id: str, arm: Arm) -> float:
+    """-ln(u) / weight with u = blake2b("salt:user_id:arm_name") in (0, 1): an exponential draw
+    of rate `arm.weight`, stable across processes (the lowest score of a user's arms wins)."""
+    digest = hashlib.blake2b(f"{salt}:{user_id}:{arm.name}".encode(), digest_size=8).digest()
+    top_bits = int.from_bytes(digest, "big") >> (64 - _UNIFORM_BITS)
+    uniform = (top_bits + 0.5) / 2**_UNIFORM_BITS
+    return -math.log(uniform) / arm.weight
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

@@ -57,7 +57,7 @@ from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.readiness import NOT_CHECKED, ModelKey, Readiness, ReadinessProbe
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS, CallFailed, rank, score_async, spearman
 from seminar.clients.triton_calls import Overloaded, TritonCalls
-from seminar.contract import AB_BUCKETS, EVENTS_SERVICE, GATEWAY_SERVICE
+from seminar.contract import EVENTS_SERVICE, GATEWAY_SERVICE
 from seminar.errors import UsageError
 
 if TYPE_CHECKING:
@@ -542,13 +542,10 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
 
     def _publish_shares(self, config: ExperimentConfig) -> None:
         self.metrics.arm_share.clear()
-        start = 0
-        for arm, end in zip(config.arms, config.bucket_ends, strict=True):
-            self.metrics.arm_share.labels(arm.name, arm.model_version).set(
-                (end - start) / AB_BUCKETS
-            )
+        shares = config.shares()
+        for arm in config.arms:
+            self.metrics.arm_share.labels(arm.name, arm.model_version).set(shares[arm.name])
             self.metrics.publish_outcomes(arm.name, arm.model_version)
-            start = end
 
     async def close(self) -> None:
         """Wait (at most DRAIN_S) for shadow work and outstanding Triton calls, then close the

@@ -123,7 +123,7 @@ class GatewayMetrics:
         )
         self.arm_share = Gauge(
             "seminar_gateway_arm_share",
-            "Share of the 10,000 buckets each arm owns under the current config.",
+            "Share of users each arm is assigned under the current config (weight / sum of weights).",
             ["arm", "model_version"],
             registry=r,
         )

@@ -65,9 +65,47 @@ def test_raising_one_weight_only_moves_users_into_that_arm() -> None:
     assert abs(moves[("arm1", "arm0")] / 20_000 - 0.30) < 0.01
 
 
-def test_bucket_range_covers_every_bucket() -> None:
-    config = _config(1, 1, 1)
-    assert config.bucket_ends == (3333, 6667, AB_BUCKETS)
+def _binomial_bound(share: float, n: int = N_USERS) -> float:
+    """Five standard deviations of a share measured over n independent users."""
+    return 5 * (share * (1 - share) / n) ** 0.5 + 1 / n
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "changed"),
+    [
+        ((1, 1, 1), (2, 1, 1), 0),  # the issue's case: once 1,696 of 20,000 moved from C to B
+        ((1, 1, 1), (1, 1, 3), 2),  # the last arm in file order
+        ((1, 2, 3, 4), (1, 2, 6, 4), 2),
+        ((2, 1, 1), (1, 1, 1), 0),  # lowering
+        ((1, 1, 1, 1), (1, 0, 1, 1), 1),  # down to 0: its users spread over the others
+        ((0, 1, 1), (5, 1, 1), 0),  # a treatment ramped up from 0
+    ],
+)
+def test_a_weight_change_moves_users_only_into_or_out_of_the_changed_arm(
+    before: tuple[float, ...], after: tuple[float, ...], changed: int
+) -> None:
+    """Rendezvous bucketing with 3-4 arms over 100k ids: raising arm `changed` moves users only
+    into it, lowering it only out of it, never between the arms whose weight stayed; and the
+    number moved is the change of its share."""
+    old, new = _config(*before), _config(*after)
+    moves = Counter((old.assign(str(u)).name, new.assign(str(u)).name) for u in range(N_USERS))
+    name = f"arm{changed}"
+    moved = {pair: n for pair, n in moves.items() if pair[0] != pair[1]}
+    raised = after[changed] > before[changed]
+    for (source, target), count in moved.items():
+        assert (target if raised else source) == name, (source, target, count)
+    share_change = abs(new.shares()[name] - old.shares()[name])
+    assert abs(sum(moved.values()) / N_USERS - share_change) <= _binomial_bound(share_change)
+    for i, weight in enumerate(after):  # the split after the change matches the weights
+        count = sum(n for (_, target), n in moves.items() if target == f"arm{i}")
+        share = weight / sum(after)
+        assert abs(count / N_USERS - share) <= _binomial_bound(share), (i, count)
+
+
+def test_shares_are_the_weights_and_bucket_covers_its_range() -> None:
+    assert _config(1, 1, 2).shares() == {"arm0": 0.25, "arm1": 0.25, "arm2": 0.5}
+    assert _config(0, 3).shares() == {"arm0": 0.0, "arm1": 1.0}
+    assert {_config(0, 3).assign(str(u)).name for u in range(1000)} == {"arm1"}
     assert all(0 <= bucket("s", str(u)) < AB_BUCKETS for u in range(1000))
 
 
