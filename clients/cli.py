@@ -393,6 +393,8 @@ def ab_report(
             f"sample-ratio mismatch ({report.sample_ratio.reason}): assignment or logging is "
             "broken, so no lift of this experiment is a result"
         )
+
+
 @ab_app.command("ramp")
 @cli_guard
 def ab_ramp(
