@@ -11,7 +11,13 @@ Record (seminar.v1.Events, served only with `--event-log`) has its own family,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+if TYPE_CHECKING:
+    from seminar.clients.config import Arm
 
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -22,6 +28,18 @@ AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 # What became of each event of a Record call (`outcome` label of events_recorded).
 EVENT_OUTCOMES = ("stored", "duplicate", "rejected")
+# The codes a Rank request can end with once it is assigned to an arm (refusals before that,
+# INVALID_ARGUMENT, carry arm=""). Each configured arm starts with all of them at 0, so that
+# an error ratio over them reads 0, not "no data", until the first error.
+ARM_CODES = (
+    "OK", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL",
+)  # fmt: skip
+# The codes a Record call can end with (seminar.clients.events), at 0 from the start for the
+# same reason: the Record failure ratio sums UNAVAILABLE, DATA_LOSS and INTERNAL.
+RECORD_CODES = (
+    "OK", "INVALID_ARGUMENT", "UNAVAILABLE", "DATA_LOSS", "INTERNAL", "CANCELLED",
+)  # fmt: skip
+RELOAD_RESULTS = ("applied", "rejected")
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:
@@ -85,6 +103,8 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        for result in RELOAD_RESULTS:  # the first reload must show as an increase from 0
+            self.config_reloads.labels(result)
         self.arm_ready = Gauge(
             "seminar_gateway_arm_ready",
             "1 when Triton reports the arm's (model, version) READY, else 0 (shadow included).",
@@ -147,8 +167,21 @@ class GatewayMetrics:
         )
 
     def serve_record(self, kind: str) -> None:
-        """Publish the log's kind and every outcome at 0, so that a rate over them exists
-        before the first event (an alert on rejected events needs the series)."""
+        """Publish the log's kind and every outcome and code at 0, so that a rate over them
+        exists before the first event (an alert on rejected events or failed calls needs the
+        series)."""
         self.event_log.info({"kind": kind})
         for outcome in EVENT_OUTCOMES:
             self.events_recorded.labels(outcome)
+        for code in RECORD_CODES:
+            self.record_requests.labels(code)
+
+    def publish_arms(self, arms: Iterable[Arm], shadow: Arm | None) -> None:
+        """Every code of every arm's requests at 0 (and the shadow's OK calls), for the arms
+        of a config being applied. Arms a reload removes keep their series: their counts are
+        part of the experiment's record."""
+        for arm in arms:
+            for code in ARM_CODES:
+                self.requests.labels(arm.name, arm.model_version, code)
+        if shadow is not None:
+            self.shadow_requests.labels(shadow.name, shadow.model_version, "OK")
