@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -107,8 +108,13 @@ class PrometheusProcess(ChildProcess):
     def query(self, promql: str) -> list[dict]:
         """Instant query: the `result` list of /api/v1/query."""
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            body = json.load(resp)
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body = json.load(resp)
+        except urllib.error.HTTPError as err:  # a bad or failing query: say what Prometheus said
+            raise ServiceError(
+                f"query {promql!r} failed: {err.code} {err.read()[:500]!r}"
+            ) from None
         if body.get("status") != "success":
             raise ServiceError(f"query {promql!r} failed: {body}")
         return body["data"]["result"]

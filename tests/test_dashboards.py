@@ -29,6 +29,7 @@ from seminar.clients.process import GatewayProcess
 from seminar.clients.proto import ranker_pb2, ranker_pb2_grpc
 from seminar.clients.record_load import event_message
 from seminar.clients.workload import RankCall
+from seminar.errors import ServiceError
 from seminar.events import Event, EventType
 from seminar.processes import free_port, http_request
 from seminar.serving.serve_process import ServeProcess
@@ -343,6 +344,15 @@ def label_problems(
     return problems
 
 
+def _query(prom: PrometheusProcess, expr: str) -> list[dict]:
+    """The result, or one series whose `error` label says why the query failed (reported as a
+    problem with the query's name rather than ending the test at the first one)."""
+    try:
+        return prom.query(expr)
+    except ServiceError as err:
+        return [{"metric": {"error": str(err)}, "value": [0, "NaN"]}]
+
+
 def _wait_for(prom: PrometheusProcess, promql: str, timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -359,7 +369,7 @@ def _settled(
     second, and a rate needs two scrapes after the load), or whatever they give at the end."""
     deadline = time.monotonic() + timeout_s
     while True:
-        results = {q.where: prom.query(q.expr) for q in queries}
+        results = {q.where: _query(prom, q.expr) for q in queries}
         for metric in PENDING_METRICS:
             results[f"metric: {metric}"] = prom.query(metric)
         ready = all(
