@@ -105,6 +105,9 @@ class GatewayMetrics:
         )
         for result in RELOAD_RESULTS:  # the first reload must show as an increase from 0
             self.config_reloads.labels(result)
+        # Requests refused before assignment (arm ""), at 0 too: the first ones must show as a
+        # rate, not as a series that appears already counted.
+        self.requests.labels("", "", "INVALID_ARGUMENT")
         self.arm_ready = Gauge(
             "seminar_gateway_arm_ready",
             "1 when Triton reports the arm's (model, version) READY, else 0 (shadow included).",
