@@ -224,7 +224,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         self.config: ExperimentConfig = load_config(config_path)  # raises UsageError
         self._config_stamp = _stamp(config_path)
         self._publish_shares(self.config)
-        metrics.publish_arms(self.config.arms, self.config.shadow)
+        metrics.publish_arms(self.config.arms)
         self.triton = triton_aio.InferenceServerClient(triton_url, channel_args=TRITON_CHANNEL_ARGS)
         self.calls = TritonCalls(metrics)
         self.probe = ReadinessProbe(self.triton)
@@ -521,7 +521,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             self.config = new  # atomic reference swap; in-flight requests hold the old object
             await self._apply_readiness(new, readiness)
             self._publish_shares(new)
-            self.metrics.publish_arms(new.arms, new.shadow)
+            self.metrics.publish_arms(new.arms)
             self.metrics.config_reloads.labels("applied").inc()
             arms = ", ".join(f"{a.name}={a.model_version}@{a.weight:g}" for a in new.arms)
             log.info("config reload (%s) applied: salt=%s arms: %s", reason, new.salt, arms)

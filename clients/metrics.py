@@ -179,12 +179,10 @@ class GatewayMetrics:
         for code in RECORD_CODES:
             self.record_requests.labels(code)
 
-    def publish_arms(self, arms: Iterable[Arm], shadow: Arm | None) -> None:
-        """Every code of every arm's requests at 0 (and the shadow's OK calls), for the arms
-        of a config being applied. Arms a reload removes keep their series: their counts are
-        part of the experiment's record."""
+    def publish_arms(self, arms: Iterable[Arm]) -> None:
+        """Every code of every arm's requests at 0, for the arms of a config being applied.
+        Arms a reload removes keep their series: their counts are part of the experiment's
+        record."""
         for arm in arms:
             for code in ARM_CODES:
                 self.requests.labels(arm.name, arm.model_version, code)
-        if shadow is not None:
-            self.shadow_requests.labels(shadow.name, shadow.model_version, "OK")
