@@ -225,6 +225,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         self.config: ExperimentConfig = load_config(config_path)  # raises UsageError
         self._config_stamp = _stamp(config_path)
         self._publish_shares(self.config)
+        metrics.publish_arms(self.config.arms)
         self.triton = triton_aio.InferenceServerClient(triton_url, channel_args=TRITON_CHANNEL_ARGS)
         self.calls = TritonCalls(metrics)
         self.probe = ReadinessProbe(self.triton)
@@ -312,7 +313,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             )
         scores = await self._score(arm, valid, budget_s, "primary", config.limits.max_inflight)
         if config.shadow is not None:
-            self._start_shadow(config, valid, scores)
+            self._start_shadow(config, arm, valid, scores)
         item_ids, sorted_scores = rank(valid.candidate_ids, scores)
         return ranker_pb2.RankResponse(
             item_ids=item_ids.tolist(),
@@ -368,7 +369,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
     # ---- shadow arm ------------------------------------------------------------------------
 
     def _start_shadow(
-        self, config: ExperimentConfig, valid: ValidRequest, primary: np.ndarray
+        self, config: ExperimentConfig, arm: Arm, valid: ValidRequest, primary: np.ndarray
     ) -> None:
         shadow = config.shadow
         assert shadow is not None
@@ -376,12 +377,13 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             reason = self.readiness.reason(shadow.model, shadow.version)
             self._shadow_failed(shadow, "UNAVAILABLE", f"not READY in Triton ({reason})")
             return
-        self._spawn(self._shadow(config, valid, primary))
+        self._spawn(self._shadow(config, arm, valid, primary))
 
     async def _shadow(
-        self, config: ExperimentConfig, valid: ValidRequest, primary: np.ndarray
+        self, config: ExperimentConfig, arm: Arm, valid: ValidRequest, primary: np.ndarray
     ) -> None:
-        """Score with the shadow arm and compare; every failure ends here, logged and counted."""
+        """Score with the shadow arm and compare with `arm`'s scores (`primary`); every
+        failure ends here, logged and counted."""
         shadow = config.shadow
         assert shadow is not None
         try:
@@ -397,8 +399,12 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         except Exception as err:  # a shadow bug must never reach a caller
             self._shadow_failed(shadow, "INTERNAL", f"{type(err).__name__}: {err}")
             return
-        agreement = spearman(primary, scores)
         self.metrics.shadow_requests.labels(shadow.name, shadow.model_version, "OK").inc()
+        if (arm.model, arm.version) == (shadow.model, shadow.version):
+            # A shadow that serves this request's own arm agrees with it by definition (1.0):
+            # averaging that in would hide how far the shadow is from the other arms.
+            return
+        agreement = spearman(primary, scores)
         self.metrics.shadow_agreement.labels(shadow.name, shadow.model_version).observe(agreement)
         log.debug(
             "shadow %s user=%d candidates=%d spearman=%.3f",
@@ -517,6 +523,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             self.config = new  # atomic reference swap; in-flight requests hold the old object
             await self._apply_readiness(new, readiness)
             self._publish_shares(new)
+            self.metrics.publish_arms(new.arms)
             self.metrics.config_reloads.labels("applied").inc()
             arms = ", ".join(f"{a.name}={a.model_version}@{a.weight:g}" for a in new.arms)
             log.info("config reload (%s) applied: salt=%s arms: %s", reason, new.salt, arms)
@@ -545,7 +552,6 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
         shares = config.shares()
         for arm in config.arms:
             self.metrics.arm_share.labels(arm.name, arm.model_version).set(shares[arm.name])
-            self.metrics.publish_outcomes(arm.name, arm.model_version)
 
     async def close(self) -> None:
         """Wait (at most DRAIN_S) for shadow work and outstanding Triton calls, then close the

@@ -18,7 +18,13 @@ at 0 for every configured arm, at start and on every reload, so a CTR ratio exis
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+if TYPE_CHECKING:
+    from seminar.clients.config import Arm
 
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -29,6 +35,18 @@ AGREEMENT_BUCKETS = (-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 # What became of each event of a Record call (`outcome` label of events_recorded).
 EVENT_OUTCOMES = ("stored", "duplicate", "rejected")
+# The codes a Rank request can end with once it is assigned to an arm (refusals before that,
+# INVALID_ARGUMENT, carry arm=""). Each configured arm starts with all of them at 0, so that
+# an error ratio over them reads 0, not "no data", until the first error.
+ARM_CODES = (
+    "OK", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL",
+)  # fmt: skip
+# The codes a Record call can end with (seminar.clients.events), at 0 from the start for the
+# same reason: the Record failure ratio sums UNAVAILABLE, DATA_LOSS and INTERNAL.
+RECORD_CODES = (
+    "OK", "INVALID_ARGUMENT", "UNAVAILABLE", "DATA_LOSS", "INTERNAL", "CANCELLED",
+)  # fmt: skip
+RELOAD_RESULTS = ("applied", "rejected")
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:
@@ -92,6 +110,11 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        for result in RELOAD_RESULTS:  # the first reload must show as an increase from 0
+            self.config_reloads.labels(result)
+        # Requests refused before assignment (arm ""), at 0 too: the first ones must show as a
+        # rate, not as a series that appears already counted.
+        self.requests.labels("", "", "INVALID_ARGUMENT")
         self.arm_ready = Gauge(
             "seminar_gateway_arm_ready",
             "1 when Triton reports the arm's (model, version) READY, else 0 (shadow included).",
@@ -168,14 +191,21 @@ class GatewayMetrics:
         )
 
     def serve_record(self, kind: str) -> None:
-        """Publish the log's kind and every outcome at 0, so that a rate over them exists
-        before the first event (an alert on rejected events needs the series)."""
+        """Publish the log's kind and every outcome and code at 0, so that a rate over them
+        exists before the first event (an alert on rejected events or failed calls needs the
+        series)."""
         self.event_log.info({"kind": kind})
         for outcome in EVENT_OUTCOMES:
             self.events_recorded.labels(outcome)
+        for code in RECORD_CODES:
+            self.record_requests.labels(code)
 
-    def publish_outcomes(self, arm: str, model_version: str) -> None:
-        """Create the arm's impression and click series at 0 (a counter is never reset: an
-        arm a reload drops keeps its totals)."""
-        self.impressions.labels(arm, model_version)
-        self.clicks.labels(arm, model_version)
+    def publish_arms(self, arms: Iterable[Arm]) -> None:
+        """Every code of every arm's requests, and its impressions and clicks, at 0, for the
+        arms of a config being applied. Arms a reload removes keep their series: their counts
+        are part of the experiment's record."""
+        for arm in arms:
+            for code in ARM_CODES:
+                self.requests.labels(arm.name, arm.model_version, code)
+            self.impressions.labels(arm.name, arm.model_version)
+            self.clicks.labels(arm.name, arm.model_version)

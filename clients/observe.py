@@ -138,8 +138,10 @@ def prometheus_query(url: str, promql: str, timeout_s: float = 5.0) -> list[dict
     try:
         with urllib.request.urlopen(address, timeout=timeout_s) as resp:
             body = json.load(resp)
-    except urllib.error.HTTPError as err:
-        raise ServiceError(f"Prometheus at {url}: query {promql!r} failed: {err}") from None
+    except urllib.error.HTTPError as err:  # a bad or failing query: say what Prometheus said
+        raise ServiceError(
+            f"Prometheus at {url}: query {promql!r} failed: {err.code} {err.read()[:500]!r}"
+        ) from None
     except (OSError, ValueError) as err:
         raise ServiceError(f"Prometheus at {url} cannot be reached: {err}") from None
     if body.get("status") != "success":
