@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from seminar.clients.config import Arm, ExperimentConfig, write_config
 from seminar.contract import ENSEMBLE_MODEL
 from seminar.errors import ArtifactError
@@ -130,7 +132,9 @@ def run_gateway_demo(
                 table.add_row(str(rank_no), str(item), f"{score:.4f}")
             console.print(table)
 
-        result.fresh_events = _record_and_rank_again(console, gw.address, calls[0])
+        result.fresh_events = _record_and_rank_again(
+            console, gw.address, _short_history_call(data, calls[:50])
+        )
 
         prom = None
         if prometheus and shutil.which("prometheus"):
@@ -174,9 +178,19 @@ def run_gateway_demo(
     return result
 
 
+def _short_history_call(data: Path, calls: list) -> object:
+    """The request of the user with the shortest stored history among `calls`: a few new
+    events weigh most against a short history, which makes the change easy to see."""
+    from seminar.data.dataset import PreparedDataset
+
+    ds = PreparedDataset.load(data)
+    lengths = np.diff(ds.seq_offsets)
+    return min(calls, key=lambda call: int(lengths[ds.user_index(int(call.user_id))]))
+
+
 def _record_and_rank_again(console, address: str, call, clicks: int = 5) -> dict:
     """Record `clicks` clicks of the user on the candidates ranked last, rank again, and show
-    how those items and the top of the list moved."""
+    how those items, the candidates that moved most and the top of the list changed."""
     import uuid
 
     from rich.table import Table
@@ -205,10 +219,20 @@ def _record_and_rank_again(console, address: str, call, clicks: int = 5) -> dict
     for item in clicked:
         table.add_row(str(item), str(rank_before[item]), str(rank_after[item]))
     console.print(table)
+    moves = sorted(
+        (rank_before[item] - rank_after[item], item) for item in candidates if item not in clicked
+    )[::-1][:5]
+    console.print(
+        "candidates that rose most: "
+        + ", ".join(f"{item} ({rank_before[item]} -> {rank_after[item]})" for _, item in moves)
+    )
     changed = sum(a != b for a, b in zip(before.item_ids[:10], after.item_ids[:10], strict=True))
+    score_before = dict(zip(before.item_ids, before.scores, strict=True))
+    score_after = dict(zip(after.item_ids, after.scores, strict=True))
+    largest = max(abs(score_after[item] - score_before[item]) for item in candidates)
     console.print(
         f"top 10 before: {before.item_ids[:10]}\ntop 10 after:  {after.item_ids[:10]} "
-        f"({changed} of 10 positions changed)"
+        f"({changed} of 10 positions changed; largest score change {largest:.3f})"
     )
     return {
         "user_id": call.user_id,
@@ -218,6 +242,8 @@ def _record_and_rank_again(console, address: str, call, clicks: int = 5) -> dict
         "top10_before": before.item_ids[:10],
         "top10_after": after.item_ids[:10],
         "top10_changed": changed,
+        "largest_score_change": largest,
+        "rose_most": [[item, rank_before[item], rank_after[item]] for _, item in moves],
     }
 
 
@@ -242,9 +268,12 @@ def _report(result: DemoResult) -> str:
             fresh["clicked"], fresh["rank_before"], fresh["rank_after"], strict=True
         ):
             lines.append(f"- item {item}: rank {was} -> {now}")
+        rose = ", ".join(f"{item} ({was} -> {now})" for item, was, now in fresh["rose_most"])
+        lines.append(f"- candidates that rose most: {rose}")
         lines.append(
             f"- top 10 before {fresh['top10_before']}, after {fresh['top10_after']} "
-            f"({fresh['top10_changed']} of 10 positions changed)"
+            f"({fresh['top10_changed']} of 10 positions changed; largest score change "
+            f"{fresh['largest_score_change']:.3f})"
         )
     lines += ["", "## Load through the gateway", "", result.load_markdown, "", "## Arm split", ""]
     lines.append(f"- gateway /metrics (OK requests): {result.arm_split_metrics}")
