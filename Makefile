@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/python -m seminar.cli.demo --data $(DATA) --runs $(RUNS)
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"

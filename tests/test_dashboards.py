@@ -267,7 +267,7 @@ def label_problems(
     expected_arms = dict(arms)
     if "shadow" in query.expr:
         expected_arms = {shadow.name: shadow.model_version}
-    elif "lift" in query.expr:  # every arm but the one it is compared with
+    elif "lift" in query.expr or "lift" in query.where:  # every arm but the one it is compared with
         expected_arms.pop("control")
     seen_arms, versions = set(), set()
     for series in result:

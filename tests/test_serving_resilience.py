@@ -129,6 +129,8 @@ def heavy_pq_inputs(client, repo: Path, rows: int = 1024) -> list:
         shape = tensor.shape()
         if tensor.name() == contract.USER_INDEX:
             tensor.set_data_from_numpy((np.arange(rows) % users).reshape(shape).astype(np.int64))
+        elif tensor.name() == contract.INPUT_USER_ID:  # the key of each user's online tail
+            tensor.set_data_from_numpy(np.arange(rows).reshape(shape).astype(np.int64))
         else:
             tensor.set_data_from_numpy(rng.standard_normal(shape).astype(np.float32))
     return inputs
