@@ -189,6 +189,24 @@ def test_a_locked_sqlite_file_gives_a_conflict_naming_it(tmp_path: Path) -> None
     log.close()
 
 
+def test_an_existing_sqlite_log_opens_and_reads_while_a_writer_holds_it(tmp_path: Path) -> None:
+    """Serving opens the log with a short lock timeout while gateways write: opening an
+    existing log must not need the write lock (it did: a restarted tritonserver's
+    pq_retrieval failed to load under a Record load)."""
+    path = tmp_path / "events.db"
+    with SqliteEventLog(path) as writer:
+        writer.append(make_events(3))
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another writer in the middle of a transaction
+        try:
+            with SqliteEventLog(path, busy_timeout_s=0.2) as reader:
+                assert reader.log_id() == writer.log_id()
+                assert len(reader.read_user(0)) == 1
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+
 def test_a_corrupt_sqlite_file_gives_a_data_error_naming_it(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database, " * 100)

@@ -8,6 +8,7 @@ status while the server stays healthy; /metrics must move.
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -302,8 +303,18 @@ def test_metrics_show_ensemble_and_pq_retrieval_counters_moving(client, ml, trit
     items = ml.item_ids[:100]
     for _ in range(3):
         score(client, int(ml.user_ids[0]), "", items)
-    after = triton.metrics()
     ok = "nv_inference_request_success"
+    # Triton counts an ensemble request once its last step has answered, which can be just
+    # after the client has its response: read /metrics until the three show (at most 5 s).
+    give_up_at = time.monotonic() + 5.0
+    while True:
+        after = triton.metrics()
+        moved = metric_total(after, ok, model=contract.ENSEMBLE_MODEL) - metric_total(
+            before, ok, model=contract.ENSEMBLE_MODEL
+        )
+        if moved >= 3 or time.monotonic() > give_up_at:
+            break
+        time.sleep(0.1)
     assert (
         metric_total(after, ok, model=contract.ENSEMBLE_MODEL)
         - metric_total(before, ok, model=contract.ENSEMBLE_MODEL)

@@ -233,10 +233,11 @@ def test_impossible_options_exit_with_the_usage_code(movielens_data: Path) -> No
 
 # ---- a planted negative lift through the real gateway, tritonserver and event log --------------
 
-SIMULATED_USERS = 500
+SIMULATED_USERS = 600  # nearly every user of the dataset with a liked genre (608)
+VISITS = 3  # per user: about 3 s of simulation per 1,500 visits, so power is cheap here
 # Offline, the good quick run shows 0.34 of the top 10 positions relevant and the degraded one
 # 0.19 (chance: 0.20), which the click model turns into expected CTRs of about 0.11 and 0.07.
-# The CTR margin is half that gap, about 3 standard errors below it at 2,500 impressions
+# The CTR margin is half that gap, about 5 standard errors below it at 9,000 impressions
 # per arm; the relevant-shown margin about half of its gap.
 CTR_MARGIN = 0.02
 RELEVANT_SHOWN_MARGIN = 0.08
@@ -295,7 +296,7 @@ def test_a_degraded_treatment_shows_a_planted_negative_lift(model_repo, tmp_path
     ):  # fmt: skip
         result = invoke(
             "--gateway", gateway.address, "--data", str(model_repo.data),
-            "--users", str(SIMULATED_USERS), "--concurrency", "4", "--out", str(report_path),
+            "--users", str(SIMULATED_USERS), "--visits", str(VISITS), "--concurrency", "4", "--out", str(report_path),
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         counted = {

@@ -109,11 +109,15 @@ class SqliteEventLog(EventLog):
                                          f"{SCHEMA_VERSION}; COMMIT;")  # fmt: skip
             elif version in OLD_SCHEMA_VERSIONS:
                 self._migrate(connection)
-            # Two processes opening a new file race here: INSERT OR IGNORE keeps the first id.
-            connection.execute(
-                "INSERT OR IGNORE INTO log_meta (key, value) VALUES ('log_id', ?)",
-                (str(uuid.uuid4()),),
-            )
+            # Opening an existing log only reads: a reader (serving's tails) must open it while
+            # writers hold the write lock. Two processes creating a new file race here:
+            # INSERT OR IGNORE keeps the first id.
+            has_id = connection.execute("SELECT 1 FROM log_meta WHERE key = 'log_id'").fetchone()
+            if has_id is None:
+                connection.execute(
+                    "INSERT OR IGNORE INTO log_meta (key, value) VALUES ('log_id', ?)",
+                    (str(uuid.uuid4()),),
+                )
 
     def _migrate(self, connection: sqlite3.Connection) -> None:
         """Bring a schema-1 file to SCHEMA_VERSION in one transaction; another process may
