@@ -383,11 +383,19 @@ class PQRetriever:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The GSU of one stored user for B targets: item, query (1, L) of the user's sequence
         and the chosen positions (B, H, K) with their validity."""
-        k = self.k if k is None else k
+        return self._positions(user_index, self._target_vectors(x_t), self.k if k is None else k)
+
+    def _target_vectors(self, x_t: torch.Tensor) -> torch.Tensor:
+        """GSU query vectors (B, H, D) of the serving targets x_t (B, D), checked."""
         if x_t.ndim != 2 or x_t.shape[1] != self.codebooks.dim:
             raise ValueError(f"x_t must be (B, {self.codebooks.dim}), got {tuple(x_t.shape)}")
+        return self.query_vectors(x_t)
+
+    def _positions(
+        self, user_index: int, u: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """retrieve_positions for GSU query vectors u (B, H, D) already computed."""
         item, query, codes, blocks = self.user_sequence(user_index, with_codes=False)
-        u = self.query_vectors(x_t)  # (B, H, D)
         mask = torch.ones(item.shape, dtype=torch.bool, device=self.device)  # (1, L)
         pos, valid = self.topk_positions(u, codes, mask, item, query, k, blocks=blocks)
         return item, query, pos, valid
@@ -407,11 +415,12 @@ class PQRetriever:
         online tail), competing with the stored events for the K slots of every head.
         """
         k = self.k if k is None else k
-        item, query, pos, valid = self.retrieve_positions(user_index, x_t, k)
+        u = self._target_vectors(x_t)  # (B, H, D): scores the store and the tail alike
+        item, query, pos, valid = self._positions(user_index, u, k)
         emb = self.gather_winners(item, query, pos, valid)
         if tail is None or tail.shape[0] == 0:
             return emb, valid
-        return self.merge_tail(self.query_vectors(x_t), emb, valid, tail.float().to(self.device), k)
+        return self.merge_tail(u, emb, valid, tail.float().to(self.device), k)
 
     @staticmethod
     def merge_tail(
