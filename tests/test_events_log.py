@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,6 +188,49 @@ def test_a_locked_sqlite_file_gives_a_conflict_naming_it(tmp_path: Path) -> None
         holder.close()
     assert log.append(make_events(1, start=2)).seqs == (3,)
     log.close()
+
+
+class SlowDisk(SqliteEventLog):
+    """A log whose write transactions take 40 ms, as on a disk whose fsync is that slow."""
+
+    def _append_in_transaction(self, *args: object) -> object:
+        time.sleep(0.04)
+        return super()._append_in_transaction(*args)  # type: ignore[arg-type]
+
+
+def test_a_writer_in_a_tight_loop_never_starves_another_in_the_same_process(
+    tmp_path: Path,
+) -> None:
+    """A reported defect: on a slow disk, one writer appending in a loop held the write lock
+    again microseconds after each commit, and another writer of the same process, polling
+    through SQLite's busy handler, waited past its 5 s timeout (CI's ConflictError in
+    test_events_append). Writers of one process are served in arrival order: each waits at
+    most for the writers that came before it."""
+    path = tmp_path / "events.db"
+    hog, victim = SlowDisk(path, busy_timeout_s=1.0), SqliteEventLog(path, busy_timeout_s=1.0)
+    stop = threading.Event()
+    hogged = [0]
+
+    def keep_writing() -> None:
+        while not stop.is_set():
+            hog.append(make_events(3, prefix="hog-", start=3 * hogged[0]))
+            hogged[0] += 1
+
+    thread = threading.Thread(target=keep_writing)
+    thread.start()
+    waits = []
+    try:
+        for number in range(15):
+            started = time.monotonic()
+            victim.append(make_events(1, prefix="victim-", start=number))
+            waits.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        thread.join()
+    assert hogged[0] >= 15, "the hog must have been writing all along"
+    assert max(waits) < 0.5, f"the victim waited up to {max(waits):.2f} s behind one writer"
+    stored = victim.read_range(0, victim.high_watermark())
+    assert len(stored) == 15 + 3 * hogged[0]
 
 
 def test_an_existing_sqlite_log_opens_and_reads_while_a_writer_holds_it(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """seminar.v1.Events Record through a real `seminar gateway` process (Triton not needed), on a
 real SQLite file and a real redis-server, metered on the gateway's real /metrics; then kill -9
-of the gateway, of redis-server and of tritonserver (under a real `seminar serve`) under load:
-every acknowledged event is stored, once."""
+of the gateway, of tritonserver (under a real `seminar serve`) and of redis-server during one
+load: every acknowledged event is stored, once."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from seminar.processes import free_port
 from seminar.serving.serve_process import ServeProcess
 from tests.support.build import BuiltRepo
 from tests.support.clients import TEST_LIMITS, health_status, single_version_repo
-from tests.support.events import make_events, needs_redis_server
+from tests.support.events import BACKENDS, make_events, needs_redis_server
 from tests.support.serving import require_tritonserver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,48 +212,6 @@ def load_in_background(address: str) -> tuple[threading.Thread, list[RecordLoadR
     return thread, reports
 
 
-@pytest.mark.slow
-def test_kill_9_of_the_gateway_under_load_loses_no_acknowledged_event(
-    log_url: str, tmp_path: Path
-) -> None:
-    port = free_port()
-    gateway = start_gateway(log_url, tmp_path, port=port)
-    try:
-        thread, reports = load_in_background(gateway.address)
-        time.sleep(KILL_LOAD_S / 2)
-        gateway.send_signal(signal.SIGKILL)
-        gateway.stop()
-        gateway = start_gateway(log_url, tmp_path, port=port)
-        thread.join()
-    finally:
-        gateway.stop()
-    check_nothing_lost(log_url, reports[0])
-
-
-@pytest.mark.slow
-def test_kill_9_of_redis_server_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
-    needs_redis_server()
-    port = free_port()
-    server = RedisServer(tmp_path / "redis", port=port, log_path=tmp_path / "redis-1.log").start()
-    gateway = start_gateway(server.url, tmp_path)
-    try:
-        thread, reports = load_in_background(gateway.address)
-        time.sleep(KILL_LOAD_S / 2)
-        server.send_signal(signal.SIGKILL)
-        server.stop()
-        time.sleep(1.0)  # the writers meet a dead server for a while
-        server = RedisServer(
-            tmp_path / "redis", port=port, log_path=tmp_path / "redis-2.log"
-        ).start()
-        thread.join()
-    finally:
-        gateway.stop()
-    try:
-        check_nothing_lost(server.url, reports[0])
-    finally:
-        server.stop()
-
-
 def rank_until_ok(address: str, call: RankCall, timeout_s: float) -> RankResult:
     """One Rank through the gateway, retried until it answers OK (the gateway probes a
     restarted Triton every half second while an arm is unready)."""
@@ -271,43 +229,91 @@ def rank_until_ok(address: str, call: RankCall, timeout_s: float) -> RankResult:
             time.sleep(0.5)
 
 
+def kill_tritonserver_and_wait(serve: ServeProcess, url: str) -> int:
+    """kill -9 of the supervised tritonserver, then wait until the supervisor has it ready
+    again; returns how many events Record stored while it was down (Record never needs it)."""
+    old_pid = int(serve.status()["tritonserver_pid"])
+    with open_event_log(url) as log:
+        stored_at_kill = log.high_watermark()
+        os.kill(old_pid, signal.SIGKILL)
+        stored_while_down = stored_at_kill
+        # The supervisor notices the death (readiness drops), then restarts tritonserver.
+        for ready, within_s in ((False, 10), (True, 180)):
+            give_up_at = time.monotonic() + within_s
+            while serve.is_ready() != ready:
+                assert time.monotonic() < give_up_at, f"readiness not {ready} in time"
+                stored_while_down = log.high_watermark()
+                time.sleep(0.2)
+    assert int(serve.status()["tritonserver_pid"]) != old_pid
+    return stored_while_down - stored_at_kill
+
+
 @pytest.mark.slow
 @pytest.mark.serving
-def test_kill_9_of_tritonserver_under_load_loses_no_event_and_rank_comes_back(
-    log_url: str, model_repo: BuiltRepo, tmp_path: Path
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_kill_9_of_each_process_under_load_loses_no_acknowledged_event(
+    kind: str, model_repo: BuiltRepo, tmp_path: Path
 ) -> None:
+    """One Record load at concurrency 8 for KILL_LOAD_S, through a gateway in front of a
+    real `seminar serve` whose pq_retrieval reads the same log; during it, kill -9 of the
+    gateway (restarted on its port: clients resend what was not acknowledged), on Redis of
+    redis-server (restarted from its fsynced append-only file), then of tritonserver (the
+    supervisor restarts it; Record goes on meanwhile). Afterwards every acknowledged
+    event is stored exactly once, and Rank answers again."""
     require_tritonserver()
+    redis = None
+    if kind == "redis":
+        needs_redis_server()
+        redis_port = free_port()
+        redis = RedisServer(tmp_path / "redis", port=redis_port, log_path=tmp_path / "redis-1.log")
+        url = redis.start().url
+    else:
+        url = f"sqlite://{tmp_path / 'events.db'}"
     repo = single_version_repo(model_repo.repo, model_repo.version, tmp_path / "repo")
     config = tmp_path / "ab.yaml"
     write_config(ExperimentConfig(salt="record", arms=demo_arms(repo), limits=TEST_LIMITS), config)
     call = load_workload(model_repo.data, candidates=50, limit=1)[0]
-    with ServeProcess(repo, "--event-log", log_url, console_path=tmp_path / "serve.log") as serve:
-        gateway = GatewayProcess(
-            config, serve.grpc_url, catalog=repo, log_path=tmp_path / "gateway.log",
-            event_log=log_url,
+    port = free_port()
+
+    def start() -> GatewayProcess:
+        return GatewayProcess(
+            config, serve.grpc_url, catalog=repo, port=port,
+            log_path=tmp_path / f"gateway-{time.monotonic_ns()}.log", event_log=url,
         ).start()  # fmt: skip
-        try:
-            rank_until_ok(gateway.address, call, timeout_s=30)
-            thread, reports = load_in_background(gateway.address)
-            time.sleep(KILL_LOAD_S / 2)
-            old_pid = int(serve.status()["tritonserver_pid"])
-            with open_event_log(log_url) as log:
-                stored_at_kill = log.high_watermark()
-                os.kill(old_pid, signal.SIGKILL)
-                stored_while_down = stored_at_kill
-                # The supervisor notices the death (readiness drops), then restarts tritonserver.
-                for ready, within_s in ((False, 10), (True, 180)):
-                    give_up_at = time.monotonic() + within_s
-                    while serve.is_ready() != ready:
-                        assert time.monotonic() < give_up_at, f"readiness not {ready} in time"
-                        stored_while_down = log.high_watermark()
-                        time.sleep(0.2)
-            assert int(serve.status()["tritonserver_pid"]) != old_pid
-            assert stored_while_down > stored_at_kill, "Record stopped while Triton was down"
-            after = rank_until_ok(gateway.address, call, timeout_s=60)
-            assert len(after.item_ids) == len(call.candidate_ids)
-            thread.join()
-        finally:
-            gateway.stop()
-    check_nothing_lost(log_url, reports[0], interrupted=False)  # Record never needs Triton
-    print(f"stored while tritonserver was down: {stored_while_down - stored_at_kill} events")
+
+    try:
+        with ServeProcess(repo, "--event-log", url, console_path=tmp_path / "serve.log") as serve:
+            gateway = start()
+            try:
+                rank_until_ok(gateway.address, call, timeout_s=30)
+                started = time.monotonic()
+                thread, reports = load_in_background(gateway.address)
+                time.sleep(KILL_LOAD_S / 6)
+                gateway.send_signal(signal.SIGKILL)
+                gateway.stop()
+                gateway = start()
+                if redis is not None:
+                    time.sleep(max(0.0, started + KILL_LOAD_S / 3 - time.monotonic()))
+                    redis.send_signal(signal.SIGKILL)
+                    redis.stop()
+                    time.sleep(1.0)  # the writers meet a dead server for a while
+                    redis = RedisServer(
+                        tmp_path / "redis", port=redis_port, log_path=tmp_path / "redis-2.log"
+                    )
+                    redis.start()
+                time.sleep(max(0.0, started + KILL_LOAD_S / 2 - time.monotonic()))
+                assert time.monotonic() < started + 0.8 * KILL_LOAD_S, (
+                    "the kills outlasted the load"
+                )
+                stored_while_triton_down = kill_tritonserver_and_wait(serve, url)
+                assert stored_while_triton_down > 0, "Record stopped while Triton was down"
+                thread.join()
+                after = rank_until_ok(gateway.address, call, timeout_s=60)
+                assert len(after.item_ids) == len(call.candidate_ids)
+            finally:
+                gateway.stop()
+        check_nothing_lost(url, reports[0])
+        print(f"stored while tritonserver was down: {stored_while_triton_down} events")
+    finally:
+        if redis is not None:
+            redis.stop()

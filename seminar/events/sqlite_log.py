@@ -9,6 +9,13 @@ transaction, and SQLite admits one writer at a time, so they are in commit order
 reused (rule 3 of the contract). Writers in other processes are serialized by SQLite's lock;
 one that waits longer than `busy_timeout_s` gets a ConflictError naming the file.
 
+Writers of one process (the gateway's threads, or several handles on one file) first queue
+on a first-come, first-served lock per file: SQLite's busy handler polls with sleeps of up to
+100 ms, and a writer that commits and begins again within microseconds wins nearly every
+poll, so on a disk with slow fsyncs another writer could wait past any timeout. SQLite's
+polling still serializes writers in different processes (several gateway replicas on one
+host: docs/deploy.md recommends Redis for those).
+
 Schema versions (PRAGMA user_version): 1 had no `position`; 2 adds it. A file of schema 1 is
 migrated when opened (one ALTER TABLE in a write transaction, its events get position 0,
 "unknown"), so a log written before positions existed keeps working, its events and their
@@ -17,7 +24,9 @@ fingerprints unchanged.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import sqlite3
 import threading
 import uuid
@@ -62,6 +71,49 @@ HISTORY_ONLY = f"type != '{EventType.IMPRESSION}'"
 LOOKUP_CHUNK = 500
 
 
+class FirstComeLock:
+    """A lock handed to its waiters in arrival order (threading.Lock wakes them in no
+    particular order); `acquire` gives up after a timeout."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiters: collections.deque[threading.Event] = collections.deque()
+
+    def acquire(self, timeout_s: float) -> bool:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            turn = threading.Event()
+            self._waiters.append(turn)
+        if turn.wait(timeout_s):
+            return True
+        with self._mutex:
+            if turn.is_set():  # handed over as the wait timed out: it is ours now
+                return True
+            self._waiters.remove(turn)
+            return False
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().set()  # handed over: stays held
+            else:
+                self._held = False
+
+
+_WRITER_LOCKS: dict[str, FirstComeLock] = {}  # real path of a log file -> its writers' queue
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def writer_lock(path: Path) -> FirstComeLock:
+    """The one queue of this process's writers of the file at `path`."""
+    key = os.path.realpath(path)
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(key, FirstComeLock())
+
+
 def _stored(row: tuple) -> StoredEvent:
     seq, recorded_ms, event_id, user_id, item_id, query, kind, clicked, timestamp_ms = row[:9]
     request_id, position = row[9:]
@@ -87,6 +139,7 @@ class SqliteEventLog(EventLog):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._writers = writer_lock(self.path)
         if not self.path.parent.is_dir():
             raise DataError(f"event log {self.path}: folder {self.path.parent} does not exist")
         with self._errors("open"):
@@ -167,15 +220,23 @@ class SqliteEventLog(EventLog):
             ) from None
 
     def _append(self, events: list[Event], recorded_ms: int) -> AppendResult:
-        with self._errors("append"):
-            connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                result = self._append_in_transaction(connection, events, recorded_ms)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+        if not self._writers.acquire(self.busy_timeout_s):
+            raise ConflictError(
+                f"event log {self.path} is locked: the writers of this process ahead of this "
+                f"append held it for over {self.busy_timeout_s:g} s"
+            )
+        try:
+            with self._errors("append"):
+                connection = self._connection()
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    result = self._append_in_transaction(connection, events, recorded_ms)
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+        finally:
+            self._writers.release()
         return result
 
     def _append_in_transaction(
