@@ -6,16 +6,20 @@ dataset with about 100 events, and SYNTHETIC users with 1k and 10k events append
 
 - floor: a trivial Python-backend model with the ensemble's inputs on the same server
   (what Triton + gRPC + the Python backend cost before any model work), the anchor;
-- ensemble: `seminar`, sequential and at concurrency 4 (threads, one gRPC client each);
-- ensemble with a query: the same request with a query never seen in training, so the
-  difference to the ensemble's row is what the query's MiniLM embedding (`query_text`) costs;
+- ensemble, six steps: version 1 built with `--graph steps` (`seminar_v1`: each step its own
+  Python-backend model), sequential and at concurrency 4 (threads, one gRPC client each);
+- ensemble, fused: version 2 built from the same run with `--graph fused` (`seminar_v2`: one
+  Python step, `pipeline`, runs the six steps' work in one process), the same cells;
+- with a query: the same request with a query never seen in training, so the difference to
+  the row without it is what the query's MiniLM embedding (`query_text`) costs;
 - in-process: the same artifacts and library calls without Triton (seminar.serving.inprocess),
   single-threaded like each Triton model instance.
 
 The sequential cells (floor, ensemble, in-process) are interleaved request by request, so load
 from other jobs hits them alike. Where the time goes comes from Triton's own per-model
-statistics (queue and compute time per request, diffed around each row). The record goes to
-OUT.md and OUT.json (bench/harness.py).
+statistics (queue and compute time per request, diffed around each row); the bytes each
+request moves through the Python backend's IPC, per step, follow from the tensors' shapes.
+The record goes to OUT.md and OUT.json (bench/harness.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from seminar.bench.harness import (
 # The serving goal: at the longest history, the ensemble's p50 at most this multiple of the
 # same computation in-process (what Triton, gRPC and the Python backend may add).
 GOAL_RATIO = 1.5
+# The fused graph's goal at the shortest history, where the plumbing weighs most.
+FUSED_GOAL_RATIO = 1.3
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")  # Triton's statistics
 
 
@@ -63,7 +69,7 @@ class ServingBenchConfig:
     real_length: int = 100  # pick the real user whose history is closest to this
     synthetic_lengths: tuple[int, ...] = (1_000, 10_000)
     seed: int = 0
-    version: int = 1
+    version: int = 1  # the six-steps build; version + 1 is the fused build of the same run
     # The query of the search cell: never seen in training (query_text embeds it at serving
     # time); the same string every request, so the cell costs one MiniLM call per request.
     search_query: str = "a film about robots in love"
@@ -133,7 +139,7 @@ def prepare_repo(
         "seed": cfg.seed,
         "checkpoint_mtime": (run / "checkpoint.safetensors").stat().st_mtime,
     }
-    built = contract.build_info_path(repo, cfg.version)
+    built = contract.build_info_path(repo, cfg.version + 1)
     if stamp.is_file() and json.loads(stamp.read_text()) == inputs and built.is_file():
         progress(f"reusing {repo}")
         meta = json.loads((data_long / "meta.json").read_text())
@@ -144,55 +150,85 @@ def prepare_repo(
     work.mkdir(parents=True)
     progress(f"appending SYNTHETIC users of {list(cfg.synthetic_lengths)} events to {data}")
     long_users = append_synthetic_users(data, data_long, cfg.synthetic_lengths, seed=cfg.seed)
-    progress(f"building {repo} from {run} (seminar build)")
-    cmd = [
-        sys.executable, "-m", "seminar.cli", "build", "--run", str(run), "--data", str(data_long),
-        "--repo", str(repo), "--version", str(cfg.version), "--no-polygraphy",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"seminar build failed:\n{result.stderr[-3000:]}")
+    for version, graph in (
+        (cfg.version, contract.Graph.STEPS),
+        (cfg.version + 1, contract.Graph.FUSED),
+    ):
+        progress(f"building {repo} version {version} from {run} (seminar build --graph {graph})")
+        cmd = [
+            sys.executable, "-m", "seminar.cli", "build", "--run", str(run), "--data",
+            str(data_long), "--repo", str(repo), "--version", str(version), "--no-polygraphy",
+            "--graph", graph.value,
+        ]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"seminar build failed:\n{result.stderr[-3000:]}")
     write_floor_model(repo)
     stamp.write_text(json.dumps(inputs))
     return repo, data_long, long_users.user_ids
 
 
-def _measure_row(server, client, pipeline, uid, candidates, cfg, composing) -> dict:
-    """Floor, ensemble (sequential, concurrent), in-process and Triton's breakdown for one user."""
+def ipc_bytes(dims: contract.PipelineDims, rows: int, query: str) -> dict[str, int]:
+    """Bytes one request of `rows` candidate rows moves through the Python backend's IPC per
+    model, inputs plus outputs (a string tensor element: 4 length bytes + its UTF-8)."""
+    string_element = 4 + len(query.encode("utf-8"))
+    out = {}
+    for name, spec in contract.model_specs(dims).items():
+        total = 0
+        for tensor in (*spec.inputs, *spec.outputs):
+            per_row = int(np.prod(tensor.dims))
+            if tensor.dtype is contract.DataType.BYTES:
+                total += rows * per_row * string_element
+            else:
+                total += rows * per_row * tensor.dtype.numpy.itemsize
+        out[name] = total
+    return out
+
+
+def _measure_row(server, client, pipeline, uid, candidates, cfg) -> dict:
+    """Floor, both graphs (sequential, concurrent), in-process and Triton's breakdown for
+    one user."""
     from seminar.serving.client import request_inputs
     from seminar.serving.floor import FLOOR_MODEL
 
+    steps = contract.pinned_ensemble_name(cfg.version)
+    fused = contract.pinned_ensemble_name(cfg.version + 1)
     inputs = request_inputs(uid, "", candidates)
     search = request_inputs(uid, cfg.search_query, candidates)
     cell: dict = {}
-    for key, query, request in (
-        ("max_abs_diff", "", inputs),
-        ("max_abs_diff_search", cfg.search_query, search),
+    for key, model, query, request in (
+        ("max_abs_diff", steps, "", inputs),
+        ("max_abs_diff_search", steps, cfg.search_query, search),
+        ("max_abs_diff_fused", fused, "", inputs),
+        ("max_abs_diff_fused_search", fused, cfg.search_query, search),
     ):
-        served = client().infer(contract.ENSEMBLE_MODEL, request).as_numpy(contract.OUTPUT_SCORE)
+        served = client().infer(model, request).as_numpy(contract.OUTPUT_SCORE)
         local = pipeline.score(uid, query, candidates)
         cell[key] = float(np.abs(served.reshape(-1) - local).max())
     before = _stats(server)
     sequential, _ = time_interleaved(
         {
             "floor": lambda: client().infer(FLOOR_MODEL, inputs),
-            "ensemble": lambda: client().infer(contract.ENSEMBLE_MODEL, inputs),
+            "ensemble": lambda: client().infer(steps, inputs),
             # the same request with a query: what the query_text step (MiniLM) adds
-            "ensemble_search": lambda: client().infer(contract.ENSEMBLE_MODEL, search),
+            "ensemble_search": lambda: client().infer(steps, search),
+            "fused": lambda: client().infer(fused, inputs),
+            "fused_search": lambda: client().infer(fused, search),
             "in_process": lambda: pipeline.score(uid, "", candidates),
         },
         cfg.requests,
         cfg.warmup,
     )
-    # only the ensemble's requests reach the composing models: the floor is its own model
-    cell["breakdown"] = _breakdown(before, _stats(server), composing)
+    # only the ensembles' requests reach the composing models: the floor is its own model
+    cell["breakdown"] = _breakdown(before, _stats(server), contract.STEP_MODELS)
     cell |= {name: timing.summary() for name, timing in sequential.items()}
-    cell["ensemble_c4"] = time_concurrent(
-        lambda: client().infer(contract.ENSEMBLE_MODEL, inputs),
-        cfg.requests,
-        cfg.warmup,
-        cfg.concurrency,
-    ).summary()
+    for key, model in (("ensemble_c4", steps), ("fused_c4", fused)):
+        cell[key] = time_concurrent(
+            lambda model=model: client().infer(model, inputs),
+            cfg.requests,
+            cfg.warmup,
+            cfg.concurrency,
+        ).summary()
     return cell
 
 
@@ -209,7 +245,7 @@ def run_bench(
 
     from seminar.data.dataset import PreparedDataset
     from seminar.serving.floor import FLOOR_MODEL
-    from seminar.serving.inprocess import InProcessPipeline
+    from seminar.serving.inprocess import InProcessPipeline, build_info
     from seminar.serving.triton import TritonConfig, TritonServer
 
     torch.set_num_threads(1)  # like each Triton model instance (OMP_NUM_THREADS=1)
@@ -226,9 +262,9 @@ def run_bench(
     candidates = rng.choice(ds.item_ids, size=cfg.candidates, replace=False).astype(np.int64)
 
     pipeline = InProcessPipeline.from_repo(repo, cfg.version)
-    composing = contract.COMPOSING_MODELS
     results = []
-    config = TritonConfig(repo=repo, wait_models=(contract.ENSEMBLE_MODEL, FLOOR_MODEL))
+    pinned = tuple(contract.pinned_ensemble_name(v) for v in (cfg.version, cfg.version + 1))
+    config = TritonConfig(repo=repo, wait_models=(*pinned, FLOOR_MODEL))
     with TritonServer(config) as server:
         clients: dict[int, object] = {}
 
@@ -240,17 +276,21 @@ def run_bench(
 
         for source, uid, length in rows:
             cell = {"source": source, "user_id": uid, "length": length}
-            cell |= _measure_row(server, client, pipeline, uid, candidates, cfg, composing)
+            cell |= _measure_row(server, client, pipeline, uid, candidates, cfg)
             progress(
-                f"L = {length:,} ({source} user {uid}): ensemble p50 "
-                f"{cell['ensemble']['p50_ms']:.2f} ms, in-process {cell['in_process']['p50_ms']:.2f} ms, "
-                f"served vs in-process max |diff| {cell['max_abs_diff']:.1e}"
+                f"L = {length:,} ({source} user {uid}): six steps p50 "
+                f"{cell['ensemble']['p50_ms']:.2f} ms, fused {cell['fused']['p50_ms']:.2f} ms, "
+                f"in-process {cell['in_process']['p50_ms']:.2f} ms, served vs in-process max "
+                f"|diff| {max(cell['max_abs_diff'], cell['max_abs_diff_fused']):.1e}"
             )
             results.append(cell)
+    dims = contract.PipelineDims(**build_info(repo, cfg.version)["dims"])
     report = {
         "config": asdict(cfg),
         "dataset": dataset,
         "repo": str(repo),
+        "ipc_bytes": ipc_bytes(dims, cfg.candidates, ""),
+        "ipc_bytes_search": ipc_bytes(dims, cfg.candidates, cfg.search_query),
         "model_threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
         "rows": results,
     }
@@ -281,9 +321,12 @@ def setup_lines(report: dict[str, Any]) -> tuple[str, ...]:
 SYSTEMS = (
     ("floor", "floor: trivial Python model (anchor)"),
     ("in_process", "in-process, no Triton"),
-    ("ensemble", "ensemble, sequential"),
-    ("ensemble_search", "ensemble, sequential, with a query"),
-    ("ensemble_c4", "ensemble, concurrency {concurrency}"),
+    ("ensemble", "ensemble, six steps, sequential"),
+    ("ensemble_search", "ensemble, six steps, sequential, with a query"),
+    ("ensemble_c4", "ensemble, six steps, concurrency {concurrency}"),
+    ("fused", "ensemble, fused, sequential"),
+    ("fused_search", "ensemble, fused, sequential, with a query"),
+    ("fused_c4", "ensemble, fused, concurrency {concurrency}"),
 )
 
 
@@ -318,10 +361,10 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         floor, ensemble = row["floor"]["p50_ms"], row["ensemble"]["p50_ms"]
         lines.append(
-            f"- L = {row['length']:,}: the floor's p50 is {floor / ensemble:.0%} of the "
-            f"ensemble's; "
+            f"- L = {row['length']:,}: the floor's p50 is {floor / ensemble:.0%} of the six "
+            "steps'; "
             + comparison(
-                "the ensemble",
+                "the six steps",
                 _estimate(row["ensemble"]),
                 "in-process",
                 _estimate(row["in_process"]),
@@ -331,6 +374,24 @@ def markdown(report: dict[str, Any]) -> str:
             )
             + "."
         )
+        if "fused" in row:
+            lines.append(
+                f"- L = {row['length']:,}: "
+                + comparison(
+                    "the fused graph",
+                    _estimate(row["fused"]),
+                    "the six steps",
+                    _estimate(row["ensemble"]),
+                    lower_is_better=True,
+                    better="faster",
+                    unit=" ms mean",
+                )
+                + f"; at concurrency {cfg['concurrency']} it serves "
+                f"{row['fused_c4']['throughput_rps']:.0f} requests/s against "
+                f"{row['ensemble_c4']['throughput_rps']:.0f}."
+            )
+    if "ipc_bytes" in report:
+        lines += ["", *ipc_lines(report, cfg)]
     breakdown_cells = [
         (
             f"{row['length']:,}",
@@ -378,21 +439,69 @@ def markdown(report: dict[str, Any]) -> str:
             )
             + "."
         )
-    last = report["rows"][-1]
+    last, first = report["rows"][-1], report["rows"][0]
     measured = last["ensemble"]["p50_ms"] / last["in_process"]["p50_ms"]
     lines += [
         "",
-        f"Goal: at L = {last['length']:,} the ensemble's p50 <= {GOAL_RATIO:g}× the in-process "
+        f"Goal: at L = {last['length']:,} the six steps' p50 <= {GOAL_RATIO:g}× the in-process "
         f"time: {measured:.2f}× "
         f"({'met' if measured <= GOAL_RATIO else 'missed; see the per-model statistics'}).",
-        "Served vs in-process scores, max |diff| per row: "
-        + ", ".join(f"{r['max_abs_diff']:.1e}" for r in report["rows"])
-        + (
-            "; with the query: "
-            + ", ".join(f"{r['max_abs_diff_search']:.1e}" for r in report["rows"])
-            if all("max_abs_diff_search" in r for r in report["rows"])
-            else ""
-        )
-        + ".",
     ]
+    if "fused" in first:
+        fused = first["fused"]["p50_ms"] / first["in_process"]["p50_ms"]
+        lines.append(
+            f"Goal: at L = {first['length']:,} the fused graph's p50 <= {FUSED_GOAL_RATIO:g}× "
+            f"the in-process time: {fused:.2f}× ({'met' if fused <= FUSED_GOAL_RATIO else 'missed'})."
+        )
+    diffs = [
+        (label, key)
+        for label, key in (
+            ("six steps", "max_abs_diff"),
+            ("six steps with the query", "max_abs_diff_search"),
+            ("fused", "max_abs_diff_fused"),
+            ("fused with the query", "max_abs_diff_fused_search"),
+        )
+        if all(key in r for r in report["rows"])
+    ]
+    lines.append(
+        "Served vs in-process scores, max |diff| per row: "
+        + "; ".join(
+            f"{label}: " + ", ".join(f"{r[key]:.1e}" for r in report["rows"])
+            for label, key in diffs
+        )
+        + "."
+    )
     return "\n".join(lines) + "\n"
+
+
+def ipc_lines(report: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """The bytes table: what one request moves through the Python backend's IPC per step."""
+    steps = [name for name in report["ipc_bytes"] if name != contract.PIPELINE_MODEL]
+    cells = [
+        (
+            "six steps",
+            name,
+            f"{report['ipc_bytes'][name]:,}",
+            f"{report['ipc_bytes_search'][name]:,}",
+        )
+        for name in steps
+    ]
+    total = sum(report["ipc_bytes"][name] for name in steps)
+    total_search = sum(report["ipc_bytes_search"][name] for name in steps)
+    fused = report["ipc_bytes"][contract.PIPELINE_MODEL]
+    fused_search = report["ipc_bytes_search"][contract.PIPELINE_MODEL]
+    cells += [
+        ("six steps", "**sum**", f"**{total:,}**", f"**{total_search:,}**"),
+        ("fused", contract.PIPELINE_MODEL, f"{fused:,}", f"{fused_search:,}"),
+    ]
+    heaviest = max(steps, key=lambda name: report["ipc_bytes"][name])
+    return [
+        f"## Bytes through the Python backend's IPC per request ({cfg['candidates']} rows, "
+        "inputs + outputs, from the tensors' shapes)",
+        "",
+        markdown_table(("graph", "step", "bytes", "bytes with the query"), cells, align="llrr"),
+        "",
+        f"- The six steps move {total:,} bytes per request ({heaviest} alone "
+        f"{report['ipc_bytes'][heaviest]:,}); the fused graph moves {fused:,} "
+        f"({fused / total:.1%} of that).",
+    ]

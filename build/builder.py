@@ -95,7 +95,7 @@ Progress = Callable[[str], None]
 
 
 def _version_dirs(repo: Path, version: int) -> list[Path]:
-    models = [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]
+    models = [*contract.STEP_MODELS, contract.ENSEMBLE_MODEL]
     dirs = [repo / m / str(version) for m in models]
     dirs.append(repo / contract.pinned_ensemble_name(version))
     return [d for d in dirs if d.exists()]
@@ -123,6 +123,11 @@ def _other_version_dirs(repo: Path, model: str, version: int) -> list[str]:
 def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
     """Every check that can refuse the build, before anything is written (call it under the
     repository lock, so that what it checks still holds at commit)."""
+    if request.serving.graph is contract.Graph.FUSED and request.target is contract.Target.GPU:
+        raise UsageError(
+            "--graph fused is the cpu target's: on the gpu target three steps are TensorRT "
+            "engines, each its own Triton model; build --target gpu with --graph steps"
+        )
     if request.target is contract.Target.GPU:
         reason = tensorrt.unavailable_reason()
         if reason:
@@ -139,7 +144,7 @@ def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
             "pass --force to replace it or choose another --version"
         )
     specs = contract.model_specs(dims)
-    for name in contract.COMPOSING_MODELS:
+    for name in contract.STEP_MODELS:
         path = repo / name / contract.CONFIG_FILE
         if not path.is_file():
             continue
@@ -365,7 +370,8 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         inputs.model, dims, onnx_dir, real, bounds, request.export, progress
     )
 
-    version_dirs = {name: staging / name / str(n) for name in contract.COMPOSING_MODELS}
+    models = contract.GRAPH_MODELS_OF[request.serving.graph]
+    version_dirs = {name: staging / name / str(n) for name in models}
     for d in version_dirs.values():
         d.mkdir(parents=True)
 
@@ -412,8 +418,13 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         specs[contract.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[contract.PQ_RETRIEVAL_MODEL]
     )
 
+    if contract.PIPELINE_MODEL in version_dirs:  # it reads the six steps' folders
+        _copy_backend(
+            specs[contract.PIPELINE_MODEL].backend_source, version_dirs[contract.PIPELINE_MODEL]
+        )
+
     progress("configs and manifests")
-    for name in contract.COMPOSING_MODELS:
+    for name in models:
         manifest.write_manifest(version_dirs[name])
         path = repository.write_config(
             staging / name / contract.CONFIG_FILE,
@@ -427,10 +438,12 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     newest = max([n, *existing_versions(request.repo)])
     for name, pin in ((contract.pinned_ensemble_name(n), n), (contract.ENSEMBLE_MODEL, newest)):
         (staging / name / str(n)).mkdir(parents=True)
-        path = repository.write_config(
-            staging / name / contract.CONFIG_FILE,
-            repository.ensemble_config(dims, name, pin, request.serving),
-        )
+        if pin == n:
+            config = repository.ensemble_config(dims, name, pin, request.serving)
+        else:  # `seminar` stays on the newest version, with the graph that version has
+            pinned = request.repo / contract.pinned_ensemble_name(pin) / contract.CONFIG_FILE
+            config = repository.renamed_ensemble(repository.parse_config(pinned), name)
+        path = repository.write_config(staging / name / contract.CONFIG_FILE, config)
         repository.validate_config(path, contract.ensemble_spec(dims, name), request.target)
 
     info = {
@@ -483,7 +496,7 @@ def commit(request: BuildRequest, staging: Path) -> None:
 
     try:
         repo.mkdir(parents=True, exist_ok=True)
-        for name in [*contract.COMPOSING_MODELS, contract.ENSEMBLE_MODEL]:
+        for name in [*contract.GRAPH_MODELS_OF[request.serving.graph], contract.ENSEMBLE_MODEL]:
             move(staging / name / str(n), repo / name / str(n))
             move(staging / name / contract.CONFIG_FILE, repo / name / contract.CONFIG_FILE)
         # The pinned ensemble (with build.json) goes last: until it lands the version is
@@ -546,7 +559,7 @@ def build_version(
             for p in (request.repo / name / str(request.version)).rglob("*")
             if p.is_file()
         )
-        for name in contract.COMPOSING_MODELS
+        for name in contract.GRAPH_MODELS_OF[request.serving.graph]
     }
     return BuildSummary(
         request.version,

@@ -12,6 +12,9 @@ from seminar import contract
 from seminar.errors import DataError, UsageError, cli_guard, reading_options
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 
+# What the summary's artifact column says of a model with no exported graph.
+WRITTEN = {contract.PQ_RETRIEVAL_MODEL: "pq artifacts", contract.PIPELINE_MODEL: "fused step"}
+
 
 def _summary(summary, console) -> None:
     """The final table: one row per composing model."""
@@ -22,12 +25,12 @@ def _summary(summary, console) -> None:
     table = Table(title=f"{summary.repo} version {summary.version} ({summary.target.value})")
     for col in ("model", "artifact", "parity cases", "max abs diff", "polygraphy", "bytes"):
         table.add_column(col, justify="right" if col in ("bytes", "parity cases") else "left")
-    for name in contract.COMPOSING_MODELS:
+    for name in summary.files:  # the models this build wrote, in data-flow order
         res = summary.exports.get(name)
         kind = "ONNX" if summary.target is contract.Target.CPU else "TensorRT plan + ONNX"
         table.add_row(
             name,
-            kind if res else ("pq artifacts" if name == contract.PQ_RETRIEVAL_MODEL else "id maps"),
+            kind if res else WRITTEN.get(name, "id maps"),
             str(len(res.cases)) if res else "-",
             f"{res.max_abs_diff:.2e}" if res else "-",
             res.polygraphy if res else "-",
@@ -96,6 +99,12 @@ def build(
             help="Newest online events per user (seminar serve --event-log) scored beside the stored sequence; 0 = none. Older ones wait for `seminar data append`.",
         ),
     ] = DEFAULT_MAX_TAIL_EVENTS,
+    graph: Annotated[
+        str,
+        typer.Option(
+            help="What the ensemble schedules: `steps` (the six models, each its own Triton model) or, on --target cpu, `fused` (one Python step, `pipeline`, runs the six steps' work in one process: one IPC per request instead of one per step; the six models stay loaded).",
+        ),
+    ] = contract.Graph.STEPS.value,
 ) -> None:
     """Export a trained run into a new numbered version of the Triton model repository.
 
@@ -110,6 +119,10 @@ def build(
         tgt = contract.Target(target)
     except ValueError:
         raise UsageError(f"--target must be cpu or gpu, got {target!r}") from None
+    try:
+        scheduled = contract.Graph(graph)
+    except ValueError:
+        raise UsageError(f"--graph must be steps or fused, got {graph!r}") from None
     if tgt is contract.Target.GPU:
         # Fail fast, before loading anything or touching the repository.
         from seminar.build import tensorrt
@@ -137,6 +150,7 @@ def build(
             or (max_batch,),
             execution_env=str(execution_env.resolve()) if execution_env else None,
             max_tail_events=max_tail_events,
+            graph=scheduled,
         )
         request = builder.BuildRequest(
             repo=repo,

@@ -49,6 +49,9 @@ class ServingConfig:
     # Newest online events per user pq_retrieval scores beside the stored sequence (0 = none);
     # the older ones wait for compaction into the next version's store (seminar.events.tail).
     max_tail_events: int = DEFAULT_MAX_TAIL_EVENTS
+    # What the ensemble schedules (contract.Graph): the six steps, or on the cpu target one
+    # fused Python step that runs them in one process.
+    graph: contract.Graph = contract.Graph.STEPS
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -113,9 +116,10 @@ def model_config(
         params[contract.PARAM_MAX_QUERY_BYTES] = str(serving.max_query_bytes)
     if spec.kind is contract.TritonModelKind.EXPORTED:
         params[contract.PARAM_INDEX_RANGES] = contract.INDEX_RANGES_FILE
+    if spec.name in contract.TAIL_MODELS:
+        params[contract.PARAM_MAX_TAIL_EVENTS] = str(serving.max_tail_events)
     if spec.name == contract.PQ_RETRIEVAL_MODEL:
         params[contract.PARAM_DEVICE] = "cuda" if gpu else "cpu"
-        params[contract.PARAM_MAX_TAIL_EVENTS] = str(serving.max_tail_events)
         if gpu:
             params[contract.PARAM_FORCE_CPU_ONLY] = "no"  # torch tensors in and out via DLPack
     if serving.execution_env:
@@ -131,7 +135,7 @@ def ensemble_config(
     config = tensor_config(contract.ensemble_spec(dims, name), serving.max_batch_size)
     config.platform = "ensemble"
     config.version_policy.latest.num_versions = 1
-    for step in contract.ensemble_steps():
+    for step in contract.ensemble_steps(serving.graph):
         s = config.ensemble_scheduling.step.add()
         s.model_name = step.model
         s.model_version = pinned_version
@@ -226,9 +230,14 @@ def validate_config(
         if config.platform != "ensemble":
             raise ArtifactError(f"{where}: platform {config.platform!r} != 'ensemble'")
         steps = [s.model_name for s in config.ensemble_scheduling.step]
-        if steps != list(contract.COMPOSING_MODELS):
+        graphs = {
+            graph: [step.model for step in contract.ensemble_steps(graph)]
+            for graph in contract.Graph
+        }
+        if steps not in graphs.values():
             raise ArtifactError(
-                f"{where}: ensemble steps {steps} != {list(contract.COMPOSING_MODELS)}"
+                f"{where}: ensemble steps {steps} are none of the graphs "
+                + ", ".join(f"{graph.value} {models}" for graph, models in graphs.items())
             )
         return config
     gpu = target is contract.Target.GPU
@@ -444,10 +453,12 @@ def pinned_version(config: model_config_pb2.ModelConfig) -> int | None:
     return versions.pop() if len(versions) == 1 and -1 not in versions else None
 
 
-def repinned(config: model_config_pb2.ModelConfig, version: int) -> model_config_pb2.ModelConfig:
-    """A copy of an ensemble config with every step pinned to `version`; nothing else changes."""
+def renamed_ensemble(
+    pinned: model_config_pb2.ModelConfig, name: str
+) -> model_config_pb2.ModelConfig:
+    """A copy of a pinned ensemble's config (seminar_vN's) named `name`: it schedules what
+    version N was built with (its graph: steps or fused), pinned to N."""
     out = model_config_pb2.ModelConfig()
-    out.CopyFrom(config)
-    for step in out.ensemble_scheduling.step:
-        step.model_version = version
+    out.CopyFrom(pinned)
+    out.name = name
     return out

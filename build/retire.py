@@ -173,7 +173,7 @@ def _version_folders(repo: Path, version: int) -> list[Path]:
         repo / contract.pinned_ensemble_name(version),
         repo / contract.ENSEMBLE_MODEL / str(version),
     ]
-    folders += [repo / name / str(version) for name in contract.COMPOSING_MODELS]
+    folders += [repo / name / str(version) for name in contract.STEP_MODELS]
     return folders
 
 
@@ -198,7 +198,7 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
         # A live server may still hold version N after an interrupted retire removed the
         # folders: it is known there, and this run finishes the job.
         loaded = live.loaded_versions() if live else {}
-        still_loaded = [name for name in contract.COMPOSING_MODELS if n in loaded.get(name, set())]
+        still_loaded = [name for name in contract.STEP_MODELS if n in loaded.get(name, set())]
         if not present and not still_loaded:
             known = ", ".join(map(str, complete)) or "none"
             raise ArtifactError(
@@ -230,7 +230,11 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
                 ensemble_dir = repo / contract.ENSEMBLE_MODEL
                 (ensemble_dir / str(newest_other)).mkdir(exist_ok=True)
                 config_path = ensemble_dir / contract.CONFIG_FILE
-                config = repository.repinned(repository.parse_config(config_path), newest_other)
+                pinned_path = repo / contract.pinned_ensemble_name(newest_other)
+                config = repository.renamed_ensemble(
+                    repository.parse_config(pinned_path / contract.CONFIG_FILE),
+                    contract.ENSEMBLE_MODEL,
+                )
                 repository.write_config(config_path, config)
                 progress(f"re-pinned {contract.ENSEMBLE_MODEL} from version {n} to {newest_other}")
                 if (ensemble_dir / str(n)).exists():
@@ -254,9 +258,14 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
             for folder in _version_folders(repo, n):
                 if folder.exists():
                     take_out(folder)
+            # Only the fused step can lose its last version (other versions may be steps
+            # builds): a model folder without versions would fail to load, so it goes too.
+            pipeline = repo / contract.PIPELINE_MODEL
+            if pipeline.is_dir() and not any(d.name.isdigit() for d in pipeline.iterdir()):
+                take_out(pipeline)
             if live:
                 loaded = live.loaded_versions()
-                for name in contract.COMPOSING_MODELS:
+                for name in contract.STEP_MODELS:
                     if loaded.get(name):  # a model the server does not run stays unloaded
                         live.load(name)  # re-reads the model's folder: version N is unloaded
                         progress(f"reloaded {name} on {live.url} (version {n} dropped)")

@@ -51,6 +51,9 @@ QUERY_ENCODER_MODEL: Final = "query_encoder"
 ITEM_ENCODER_MODEL: Final = "item_encoder"
 PQ_RETRIEVAL_MODEL: Final = "pq_retrieval"
 RANKING_HEAD_MODEL: Final = "ranking_head"
+# The fused graph's one step (cpu target): the six steps' work in one Python model, reading
+# their artifacts from their version folders, so no tensor crosses an IPC between steps.
+PIPELINE_MODEL: Final = "pipeline"
 
 # Gateway (docs/serving.md: "Gateway (contract)").
 GATEWAY_SERVICE: Final = "seminar.v1.Ranker"
@@ -175,6 +178,7 @@ FEATURES_SOURCE = "features.py"
 QUERY_TEXT_SOURCE = "query_text.py"
 ONNX_RUNNER_SOURCE = "onnx_model.py"
 PQ_RETRIEVAL_SOURCE = "pq_retrieval.py"
+PIPELINE_SOURCE = "pipeline.py"
 
 
 @unique
@@ -183,6 +187,19 @@ class Target(StrEnum):
 
     CPU = "cpu"  # Python backend + ONNX Runtime, KIND_CPU
     GPU = "gpu"  # TensorRT engines, KIND_GPU
+
+
+@unique
+class Graph(StrEnum):
+    """What the ensemble's scheduling runs. STEPS: the six composing models, each its own
+    Triton model (the gpu target's TensorRT engines are three of them). FUSED (cpu target):
+    one Python step, `pipeline`, that runs the same library calls in one process; the six
+    models stay in the repository (`pipeline` reads their artifacts, and each still answers
+    on its own), but requests no longer pay an IPC round trip and a dynamic-batching wait per
+    step."""
+
+    STEPS = "steps"
+    FUSED = "fused"
 
 
 @unique
@@ -380,6 +397,15 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             parameters=onnx_params,
         ),
     ]
+    specs.append(
+        ModelSpec(
+            name=PIPELINE_MODEL,
+            kind=TritonModelKind.PYTHON,
+            inputs=specs[0].inputs,  # the ensemble's own tensors, in and out
+            outputs=specs[-1].outputs,
+            backend_source=PIPELINE_SOURCE,
+        )
+    )
     return {s.name: s for s in specs}
 
 
@@ -392,6 +418,12 @@ COMPOSING_MODELS: tuple[str, ...] = (
     PQ_RETRIEVAL_MODEL,
     RANKING_HEAD_MODEL,
 )
+# The models of a repository built with each graph: the steps are always there.
+GRAPH_MODELS_OF: Mapping[Graph, tuple[str, ...]] = MappingProxyType(
+    {Graph.STEPS: COMPOSING_MODELS, Graph.FUSED: (*COMPOSING_MODELS, PIPELINE_MODEL)}
+)
+# Every model a build may write (retire and the version checks look for each).
+STEP_MODELS: tuple[str, ...] = GRAPH_MODELS_OF[Graph.FUSED]
 EXPORTED_MODELS: tuple[str, ...] = (
     QUERY_ENCODER_MODEL,
     ITEM_ENCODER_MODEL,
@@ -403,6 +435,9 @@ GRAPH_MODELS: tuple[str, ...] = (QUERY_TEXT_MODEL,)
 # The Python models that read the query string: on the CPU on every target (tokenizers), and
 # each rejects a query over max_query_bytes before tokenizing it.
 QUERY_STRING_MODELS: tuple[str, ...] = (FEATURES_MODEL, QUERY_TEXT_MODEL)
+# The models that score users' online tails (seminar.serving.tail): the retrieval step and
+# the fused step that runs it.
+TAIL_MODELS: tuple[str, ...] = (PQ_RETRIEVAL_MODEL, PIPELINE_MODEL)
 
 
 def query_text_graph_spec() -> ModelSpec:
@@ -434,10 +469,11 @@ STEP_INPUT_SOURCES: Mapping[tuple[str, str], str] = MappingProxyType(
 )
 
 
-def ensemble_steps() -> tuple[EnsembleStep, ...]:
-    """The ensemble's scheduling steps; internal tensors keep their names between steps,
-    except the inputs STEP_INPUT_SOURCES reroutes."""
+def ensemble_steps(graph: Graph = Graph.STEPS) -> tuple[EnsembleStep, ...]:
+    """The ensemble's scheduling steps for `graph`; internal tensors keep their names between
+    steps, except the inputs STEP_INPUT_SOURCES reroutes."""
     specs = model_specs(PipelineDims(d=1, h=1, k=1, t=1))  # names only; dims do not matter
+    models = (PIPELINE_MODEL,) if graph is Graph.FUSED else COMPOSING_MODELS
     return tuple(
         EnsembleStep(
             model=name,
@@ -446,7 +482,7 @@ def ensemble_steps() -> tuple[EnsembleStep, ...]:
             ),
             output_map=MappingProxyType({t.name: t.name for t in specs[name].outputs}),
         )
-        for name in COMPOSING_MODELS
+        for name in models
     )
 
 

@@ -545,3 +545,69 @@ class PipelineModel:
     def _error_response(self, error: RequestError) -> Any:
         code = getattr(self.pb_utils.TritonError, error.triton_code)
         return self.pb_utils.InferenceResponse(error=self.pb_utils.TritonError(str(error), code))
+
+
+# ---- the retrieval step's own metrics -------------------------------------------------------
+_SEQ_BUCKETS = [0, 10, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
+_TIME_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+# key, name, description, kind, histogram buckets
+_METRICS = (
+    ("rows", "seminar_pq_rows_total", "Candidate rows scored by the retrieval step", "COUNTER", None),
+    (
+        "sequence", "seminar_pq_sequence_length",
+        "Stored lifelong sequence length of each user served (0 = cold start)",
+        "HISTOGRAM", _SEQ_BUCKETS,
+    ),
+    (
+        "time", "seminar_pq_topk_seconds",
+        "Time of one batch's PQ top-K + exact gather, in seconds", "HISTOGRAM", _TIME_BUCKETS,
+    ),
+    (
+        "tail", "seminar_tail_length",
+        "Online tail events scored beside the stored sequence, per user served",
+        "HISTOGRAM", _SEQ_BUCKETS,
+    ),
+    (
+        "tail_errors", "seminar_tail_read_errors_total",
+        "Tail reads from the event log that failed (served from the store alone)",
+        "COUNTER", None,
+    ),
+)  # fmt: skip
+
+
+class RetrievalMetrics:
+    """The retrieval step's metrics on Triton's /metrics, labelled with the model and version
+    that ran it (pq_retrieval, or the fused graph's pipeline): rows scored, stored sequence
+    length per (request, user), online tail length per (batch, user), tail reads that failed
+    (served from the store alone), and the time of the top-K call. The families stay
+    referenced here: the backend drops a family that is collected."""
+
+    def __init__(self, pb_utils: Any, context: BackendContext, tails: Any | None) -> None:
+        self.tails = tails  # seminar.serving.tail.OnlineTails, or None
+        self.read_errors_seen = 0
+        labels = {"model": context.model_name, "version": context.version}
+        self.families = {}
+        self.metrics = {}
+        for key, name, description, kind, buckets in _METRICS:
+            family = pb_utils.MetricFamily(
+                name=name, description=description, kind=getattr(pb_utils.MetricFamily, kind)
+            )
+            self.families[key] = family
+            extra = {} if buckets is None else {"buckets": buckets}
+            self.metrics[key] = family.Metric(labels=labels, **extra)
+
+    def observe(self, retrieval: Any, batch: RowBatch, seconds: float) -> None:
+        """One batch through `retrieval` (seminar.serving.retrieval.BatchRetrieval) that took
+        `seconds`; the batch's user_index rows say which users each request served."""
+        self.metrics["time"].observe(seconds)
+        self.metrics["rows"].increment(batch.rows)
+        for length in retrieval.last_tail_lengths:
+            self.metrics["tail"].observe(float(length))
+        if self.tails is not None and self.tails.read_errors > self.read_errors_seen:
+            self.metrics["tail_errors"].increment(self.tails.read_errors - self.read_errors_seen)
+            self.read_errors_seen = self.tails.read_errors
+        users = batch.arrays[contract.USER_INDEX]
+        users = np.asarray(users.cpu().numpy() if hasattr(users, "cpu") else users).reshape(-1)
+        for low, high in zip(batch.offsets[:-1], batch.offsets[1:], strict=True):
+            for length in retrieval.sequence_lengths(np.unique(users[low:high])):
+                self.metrics["sequence"].observe(float(length))

@@ -1,14 +1,17 @@
-"""The `seminar` ensemble's computation in-process, without Triton: the same artifacts and the
-same library calls the Triton models make (features, query_text -> encoders -> pq_retrieval ->
-head).
+"""The `seminar` ensemble's computation in-process: the same artifacts and the same library
+calls the Triton models make (features, query_text -> encoders -> pq_retrieval -> head).
 
-`seminar bench serving` times it next to the served ensemble, so the difference is what Triton,
-gRPC and the Python backend's IPC cost.
+Two users: `seminar bench serving` times it without Triton next to the served ensemble, so the
+difference is what Triton, gRPC and the Python backend's IPC cost; and the fused graph's one
+Triton step (`pipeline`, contract.Graph.FUSED) runs it inside Triton, so a request crosses one
+IPC instead of one per step.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +50,7 @@ class InProcessPipeline:
     query_text: QueryTextEncoder
     encoders: dict[str, OnnxRunner]  # query_encoder, item_encoder, ranking_head
     retrieval: BatchRetrieval
+    retrieval_seconds: float = 0.0  # the last score_rows call's retrieval (top-K + gather)
 
     @classmethod
     def from_repo(
@@ -57,7 +61,9 @@ class InProcessPipeline:
         repo = Path(repo)
         feat = model_parameters(repo, contract.FEATURES_MODEL)
         features = FeatureMapper.from_version_dir(
-            repo / contract.FEATURES_MODEL / str(version), int(feat[contract.PARAM_QUERY_LEN])
+            repo / contract.FEATURES_MODEL / str(version),
+            int(feat[contract.PARAM_QUERY_LEN]),
+            int(feat[contract.PARAM_MAX_QUERY_BYTES]),
         )
         query_text = QueryTextEncoder.from_version_dir(
             repo / contract.QUERY_TEXT_MODEL / str(version),
@@ -82,29 +88,36 @@ class InProcessPipeline:
     def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
         """Scores (B,) float32 of one user's B candidates, exactly as the ensemble computes."""
         request = request_arrays(user_id, query, item_ids)
-        b = len(request[contract.INPUT_ITEM_ID])
-        f = self.features(
+        rows = self.features(
             request[contract.INPUT_USER_ID],
             request[contract.INPUT_QUERY],
             request[contract.INPUT_ITEM_ID],
         )
-        text = self.query_text(request[contract.INPUT_QUERY])
-        q = self.encoders[contract.QUERY_ENCODER_MODEL].run(
+        rows[contract.INPUT_USER_ID] = request[contract.INPUT_USER_ID]
+        return self.score_rows(rows).reshape(-1)  # (B, 1) -> (B,)
+
+    def score_rows(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores (N, 1) float32 of rows the features step mapped (its outputs plus the
+        ensemble's user_id), which may be the rows of several requests (users)."""
+        n = len(rows[contract.INPUT_USER_ID])
+        text = self.query_text(rows[contract.QUERY_CHECKED])
+        query_emb = self.encoders[contract.QUERY_ENCODER_MODEL].run(
             {
-                contract.QUERY_TOKENS: f[contract.QUERY_TOKENS],
+                contract.QUERY_TOKENS: rows[contract.QUERY_TOKENS],
                 contract.QUERY_TEXT_EMB: text[contract.QUERY_TEXT_EMB],
             }
-        )
-        i = self.encoders[contract.ITEM_ENCODER_MODEL].run(
-            {contract.ITEM_INDEX: f[contract.ITEM_INDEX]}
-        )
-        query_emb, item_emb = q[contract.QUERY_EMB], i[contract.ITEM_EMB]  # (B, D) each
+        )[contract.QUERY_EMB]  # (N, D)
+        item_emb = self.encoders[contract.ITEM_ENCODER_MODEL].run(
+            {contract.ITEM_INDEX: rows[contract.ITEM_INDEX]}
+        )[contract.ITEM_EMB]  # (N, D)
+        started = time.perf_counter()
         topk_emb, topk_mask = self.retrieval(
-            torch.from_numpy(f[contract.USER_INDEX].reshape(b)),  # (B, 1) -> (B,)
+            torch.from_numpy(rows[contract.USER_INDEX].reshape(n)),  # (N, 1) -> (N,)
             torch.from_numpy(query_emb),
             torch.from_numpy(item_emb),
-            torch.from_numpy(request[contract.INPUT_USER_ID].reshape(b)),
+            torch.from_numpy(rows[contract.INPUT_USER_ID].reshape(n)),
         )
+        self.retrieval_seconds = time.perf_counter() - started
         out = self.encoders[contract.RANKING_HEAD_MODEL].run(
             {
                 contract.QUERY_EMB: query_emb,
@@ -113,7 +126,7 @@ class InProcessPipeline:
                 contract.TOPK_MASK: topk_mask.numpy(),
             }
         )
-        return out[contract.OUTPUT_SCORE].reshape(b)  # (B, 1) -> (B,)
+        return out[contract.OUTPUT_SCORE]  # (N, 1)
 
 
 def build_info(repo: Path, version: int) -> dict:

@@ -280,13 +280,13 @@ def serving_report(ensemble_ms: float, in_process_ms: float, std: float = 0.2) -
 
 def test_serving_sentences_follow_the_latencies() -> None:
     slow = serving.markdown(serving_report(20.0, 10.0))
-    assert "in-process is 2.00× faster than the ensemble" in slow
+    assert "in-process is 2.00× faster than the six steps" in slow
     assert "2.00× (missed" in slow
     assert "the largest compute is pq_retrieval's, 5.00 ms" in slow
     close = serving.markdown(serving_report(12.0, 10.0))
     assert "1.20× (met)" in close
     noisy = serving.markdown(serving_report(10.5, 10.0, std=1.0))
-    assert "the ensemble and in-process are within noise" in noisy
+    assert "the six steps and in-process are within noise" in noisy
     assert "within noise" not in slow + close
     assert "10,000 (shop-catalogue)" in slow
     assert "MovieLens" not in "\n".join(serving.setup_lines(serving_report(1.0, 1.0)))
@@ -301,14 +301,37 @@ def test_serving_report_says_what_the_query_costs() -> None:
     row["breakdown"]["query_text"] = {"queue": 0.1, "compute_input": 0.01,
                                       "compute_infer": 1.7, "compute_output": 0.01}  # fmt: skip
     text = serving.markdown(report)
-    assert "| ensemble, sequential, with a query | 13.50 |" in text
+    assert "| ensemble, six steps, sequential, with a query | 13.50 |" in text
     assert (
         "a search request (query 'a film about robots in love') takes 13.50 ms p50 against "
         "10.00 ms without a query: +3.50 ms for the query's MiniLM embedding (query_text); "
         "query_text's compute averaged over both kinds of request is 1.70 ms."
     ) in text
-    assert "max |diff| per row: 0.0e+00; with the query: 2.0e-06." in text
+    assert "max |diff| per row: six steps: 0.0e+00; six steps with the query: 2.0e-06." in text
     assert "with a query" not in serving.markdown(serving_report(10.0, 8.0))
+
+
+def test_serving_report_compares_the_fused_graph_and_counts_ipc_bytes() -> None:
+    def with_fused(fused_ms: float) -> dict[str, Any]:
+        report = serving_report(14.0, 7.0)
+        row = report["rows"][0]
+        row["fused"] = serving_cell(fused_ms)
+        row["fused_c4"] = serving_cell(fused_ms * 1.5)
+        row["max_abs_diff_fused"] = 1e-7
+        report["ipc_bytes"] = {"features": 2_000, "pq_retrieval": 1_000_000, "pipeline": 2_100}
+        report["ipc_bytes_search"] = {"features": 5_000, "pq_retrieval": 1_000_000,
+                                      "pipeline": 5_100}  # fmt: skip
+        return report
+
+    fast = serving.markdown(with_fused(8.4))
+    assert "the fused graph is 1.67× faster than the six steps" in fast
+    assert "1.20× (met)" in fast and "fused graph's p50 <= 1.3×" in fast
+    assert "| six steps | **sum** | **1,002,000** | **1,005,000** |" in fast
+    assert "the fused graph moves 2,100 (0.2% of that)" in fast
+    assert "(pq_retrieval alone 1,000,000)" in fast
+    assert "fused: 1.0e-07" in fast
+    slow = serving.markdown(with_fused(10.5))
+    assert "1.50× (missed)" in slow
 
 
 # -- soak ----------------------------------------------------------------------------------------

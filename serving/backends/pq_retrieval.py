@@ -20,43 +20,23 @@ tail reads that failed (served from the store alone), and the time of the top-K 
 
 import time
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils import dlpack
 
 from seminar import contract
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
-from seminar.serving.backend import BackendContext, PipelineModel, RowBatch, require_rows
+from seminar.serving.backend import (
+    BackendContext,
+    PipelineModel,
+    RetrievalMetrics,
+    RowBatch,
+    require_rows,
+)
 from seminar.serving.retrieval import BatchRetrieval
 from seminar.serving.tail import OnlineTails
 
 _INPUTS = (contract.USER_INDEX, contract.QUERY_EMB, contract.ITEM_EMB, contract.INPUT_USER_ID)
-_SEQ_BUCKETS = [0, 10, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
-_TIME_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-# key, name, description, kind, histogram buckets
-_METRICS = (
-    ("rows", "seminar_pq_rows_total", "Candidate rows scored by pq_retrieval", "COUNTER", None),
-    (
-        "sequence", "seminar_pq_sequence_length",
-        "Stored lifelong sequence length of each user served (0 = cold start)",
-        "HISTOGRAM", _SEQ_BUCKETS,
-    ),
-    (
-        "time", "seminar_pq_topk_seconds",
-        "Time of one batch's PQ top-K + exact gather, in seconds", "HISTOGRAM", _TIME_BUCKETS,
-    ),
-    (
-        "tail", "seminar_tail_length",
-        "Online tail events scored beside the stored sequence, per user served",
-        "HISTOGRAM", _SEQ_BUCKETS,
-    ),
-    (
-        "tail_errors", "seminar_tail_read_errors_total",
-        "Tail reads from the event log that failed (served from the store alone)",
-        "COUNTER", None,
-    ),
-)  # fmt: skip
 
 
 class TritonPythonModel(PipelineModel):
@@ -91,18 +71,7 @@ class TritonPythonModel(PipelineModel):
             verify=False,
             tails=self.tails,
         )
-        self.read_errors_seen = 0
-        labels = {"model": context.model_name, "version": context.version}
-        # Families stay referenced on self: the backend drops a family that is collected.
-        self.families = {}
-        self.metrics = {}
-        for key, name, description, kind, buckets in _METRICS:
-            family = pb_utils.MetricFamily(
-                name=name, description=description, kind=getattr(pb_utils.MetricFamily, kind)
-            )
-            self.families[key] = family
-            extra = {} if buckets is None else {"buckets": buckets}
-            self.metrics[key] = family.Metric(labels=labels, **extra)
+        self.metrics = RetrievalMetrics(pb_utils, context, self.tails)
 
     def read(self, request) -> dict:
         tensors = {}
@@ -124,17 +93,7 @@ class TritonPythonModel(PipelineModel):
     def run(self, batch: RowBatch) -> dict:
         started = time.perf_counter()
         topk_emb, topk_mask = self.retrieval(*(batch.arrays[name] for name in _INPUTS))
-        self.metrics["time"].observe(time.perf_counter() - started)
-        self.metrics["rows"].increment(batch.rows)
-        for length in self.retrieval.last_tail_lengths:
-            self.metrics["tail"].observe(float(length))
-        if self.tails is not None and self.tails.read_errors > self.read_errors_seen:
-            self.metrics["tail_errors"].increment(self.tails.read_errors - self.read_errors_seen)
-            self.read_errors_seen = self.tails.read_errors
-        users = batch.arrays[contract.USER_INDEX].cpu().numpy()
-        for low, high in zip(batch.offsets[:-1], batch.offsets[1:], strict=True):
-            for length in self.retrieval.sequence_lengths(np.unique(users[low:high])):
-                self.metrics["sequence"].observe(float(length))
+        self.metrics.observe(self.retrieval, batch, time.perf_counter() - started)
         return {contract.TOPK_EMB: topk_emb, contract.TOPK_MASK: topk_mask}
 
     def output_tensor(self, name: str, value: torch.Tensor):
