@@ -4,7 +4,12 @@ Expensive artifacts (prepared MovieLens, a quickly trained run, a built model re
 a running tritonserver) are session-scoped and built once, in data-flow order.
 """
 
-pytest_plugins = [
+import importlib.util
+
+# A bare GPU machine (make gpu-check: CUDA torch, triton, numpy, no venv) runs the GPU tests,
+# which need none of these fixtures; the plugins import yaml, grpc and tritonclient.
+BARE_MACHINE = importlib.util.find_spec("tritonclient") is None
+pytest_plugins = [] if BARE_MACHINE else [
     "tests.support.data",
     "tests.support.training",
     "tests.support.pq",
