@@ -3,7 +3,7 @@
 Needs only the repository and a Python >= 3.11 with CUDA PyTorch, Triton-lang and numpy (1 or 2):
 no venv, no tritonserver, no network, nothing installed. Run from the repository root:
 
-    python3 bench/gpu_check.py --out reports        # writes reports/gpu.md and reports/gpu.json
+    python3 bench/gpu_check.py --out reports        # writes the `gpu` report (markdown + JSON) under reports/
 
 Parts, each time-boxed (a part that starts after the budget is skipped, one that fails is
 recorded with its error, and the report is rewritten after every part):
@@ -34,13 +34,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a bare checkout: seminar/ is beside bench/
+    sys.path.insert(0, str(ROOT))
+
+from seminar.errors import ServiceError  # noqa: E402 - after the path above
 
 
 def map_stage_packages() -> None:
     """Make `seminar.<stage>` importable from a bare checkout: the stage folders sit beside
     seminar/ (pyproject's package-dir), so the repository root joins seminar's path."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import seminar
 
     if str(ROOT) not in list(seminar.__path__):
@@ -460,7 +462,7 @@ def tensorrt_part(config: GpuCheckConfig, workdir: Path) -> dict:
     }
 
 
-class PartSkipped(Exception):
+class PartSkipped(ServiceError):
     """A part that cannot run here; its message says what is missing."""
 
 
