@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= data/movielens
 RUNS   ?= runs
 
-.PHONY: setup system-tools demo test test-fast lint format lock clean
+.PHONY: setup system-tools demo test test-fast gpu-check lint format lock clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q --durations=25
+
+# On a bare GPU machine (CUDA torch, triton, numpy; no venv, nothing installed): the GPU tests,
+# the kernels against torch and the exact GSU, pq_retrieval on CUDA, TensorRT where it imports;
+# writes the `gpu` report under reports/. Its CPU dry run is part of `make test` (tests/test_gpu_check.py).
+GPU_PYTHON ?= python3
+gpu-check:
+	timeout 480 $(GPU_PYTHON) bench/gpu_check.py --out reports
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"

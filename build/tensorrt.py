@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seminar import contract
+from seminar.errors import UsageError
 
 # ONNX ops whose FP16 versions lose accuracy (variance / exp over a long row): kept FP32.
 # Where too: masked_fill(-1e9) overflows FP16 to -inf, and an all-masked row (a cold-start
@@ -34,6 +35,71 @@ FP32_OPS = (
 
 # The graphs take INT64 ids and tokens (pipeline.py); TensorRT engines accept INT64 I/O from 10.
 MIN_TENSORRT_MAJOR = 10
+# The newest major this code was checked against: 11 removed the weak-typing API.
+MAX_TENSORRT_MAJOR = 11
+# From 10.12 the FP16 builder flag, precision constraints and per-layer precision are
+# deprecated (removed in 11): networks are strongly typed, precision comes from the graph.
+STRONGLY_TYPED_FROM = (10, 12)
+# The TensorRT of the pinned NGC 24.10 images (docker/triton/Dockerfile): what trtexec.sh targets.
+CONTAINER_TENSORRT = "10.5.0"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How one TensorRT version is asked for an engine.
+
+    Weakly typed (10.0 - 10.11): FP16 builder flag, precision constraints obeyed, FP32 forced on
+    the layers of FP32_OPS. Strongly typed (10.12 and 11): every tensor keeps the type the ONNX
+    graph gives it, no precision flags at all; the exported graphs are FP32, so these engines
+    run in FP32 (correct everywhere, FP16 speed needs an FP16-typed export).
+    """
+
+    version: str
+    strongly_typed: bool
+
+    @property
+    def fp16_flag(self) -> bool:
+        return not self.strongly_typed
+
+    @property
+    def per_layer_fp32(self) -> bool:
+        return not self.strongly_typed
+
+    def trtexec_flags(self, fp32_layers: list[str]) -> list[str]:
+        """trtexec's precision flags for this plan and the layers to keep in FP32."""
+        if self.strongly_typed:
+            return ["--stronglyTyped"]
+        flags = ["--fp16"]
+        if fp32_layers:
+            flags += [
+                "--precisionConstraints=obey",
+                "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in fp32_layers),
+                "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in fp32_layers),
+            ]
+        return flags
+
+
+def build_plan(version: str) -> BuildPlan:
+    """The BuildPlan of a TensorRT version string ("10.5.0", "10.13.2.6", "11.0"); a version
+    this code cannot drive (below 10, above 11, unparsable) is a UsageError naming it."""
+    parts = str(version).split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise UsageError(
+            f"cannot read TensorRT version {version!r} (want MAJOR.MINOR...)"
+        ) from None
+    if major < MIN_TENSORRT_MAJOR:
+        raise UsageError(
+            f"--target gpu needs TensorRT >= {MIN_TENSORRT_MAJOR} (INT64 engine inputs for the id "
+            f"and token tensors), found {version}"
+        )
+    if major > MAX_TENSORRT_MAJOR:
+        raise UsageError(
+            f"TensorRT {version} is newer than this build code knows (checked up to "
+            f"{MAX_TENSORRT_MAJOR}.x): build with the pinned container's TensorRT {CONTAINER_TENSORRT}"
+        )
+    return BuildPlan(str(version), strongly_typed=(major, minor) >= STRONGLY_TYPED_FROM)
 
 
 @dataclass(frozen=True)
@@ -66,12 +132,10 @@ def unavailable_reason() -> str | None:
             "--target gpu needs the TensorRT builder: only the lean runtime of `tensorrt` is "
             "installed here; build inside NVIDIA's TensorRT container or use --target cpu."
         )
-    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
-    if major < MIN_TENSORRT_MAJOR:
-        return (
-            f"--target gpu needs TensorRT >= {MIN_TENSORRT_MAJOR} (INT64 engine inputs for the "
-            f"id and token tensors), found {trt.__version__}."
-        )
+    try:
+        build_plan(getattr(trt, "__version__", "0"))
+    except UsageError as error:
+        return f"{error}."
     import torch
 
     if not torch.cuda.is_available():
@@ -102,9 +166,15 @@ def _shape(spec: contract.TensorSpec, batch: int, which: int) -> str:
 
 
 def trtexec_command(
-    onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, profile: Profile
+    onnx_path: Path,
+    plan_path: Path,
+    spec: contract.ModelSpec,
+    profile: Profile,
+    plan: BuildPlan | None = None,
 ) -> list[str]:
-    """The trtexec command line equivalent to build_engine()."""
+    """The trtexec command line equivalent to build_engine() (default plan: the TensorRT of
+    the pinned container, which trtexec.sh runs in)."""
+    plan = build_plan(CONTAINER_TENSORRT) if plan is None else plan
 
     def shapes(batch: int, which: int) -> str:
         return ",".join(f"{t.name}:{_shape(t, batch, which)}" for t in spec.inputs)
@@ -113,18 +183,11 @@ def trtexec_command(
         "trtexec",
         f"--onnx={onnx_path.name}",
         f"--saveEngine={plan_path.name}",
-        "--fp16",
+        *plan.trtexec_flags([] if plan.strongly_typed else fp32_layer_names(onnx_path)),
         f"--minShapes={shapes(profile.min_batch, 0)}",
         f"--optShapes={shapes(profile.opt_batch, 1)}",
         f"--maxShapes={shapes(profile.max_batch, 2)}",
     ]
-    layers = fp32_layer_names(onnx_path)
-    if layers:
-        cmd += [
-            "--precisionConstraints=obey",
-            "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in layers),
-            "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in layers),
-        ]
     return cmd
 
 
@@ -149,27 +212,32 @@ def write_trtexec_script(
 def build_engine(
     onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, profile: Profile
 ) -> Path:
-    """Build a serialized FP16 engine with the TensorRT Python API (needs a GPU)."""
+    """Build a serialized engine with the TensorRT Python API (needs a GPU): FP16 with FP32
+    islands, or strongly typed on a TensorRT that has deprecated that (`build_plan`)."""
     import tensorrt as trt
 
+    plan = build_plan(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path.name} ({spec.name}): {errors}")
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
-    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    keep = set(fp32_layer_names(onnx_path))
-    fp32_types = {trt.LayerType.SOFTMAX, trt.LayerType.NORMALIZATION}
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.name in keep or layer.type in fp32_types:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
+    if plan.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if plan.per_layer_fp32:
+        keep = set(fp32_layer_names(onnx_path))
+        fp32_types = {trt.LayerType.SOFTMAX, trt.LayerType.NORMALIZATION}
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.name in keep or layer.type in fp32_types:
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
     opt = builder.create_optimization_profile()
     for t in spec.inputs:
         opt.set_shape(
@@ -186,6 +254,33 @@ def build_engine(
     return plan_path
 
 
+def parity_feeds(
+    spec: contract.ModelSpec, batch: int = 7, iterations: int = 2, seed: int = 0
+) -> list[dict]:
+    """Inputs for the engine-vs-ONNX comparison: values in [0, 1) (ids and tokens 0 / 1), and
+    every `topk_mask` input's first row all zero: a cold-start user, the row whose masked
+    softmax the FP32 `Where` keeps finite."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(iterations):
+        feed = {}
+        for t in spec.inputs:
+            shape = (batch, *row_dims(t, 1))
+            dtype = t.dtype.numpy
+            if np.issubdtype(dtype, np.floating):
+                value = rng.random(shape).astype(dtype)
+            else:
+                value = rng.integers(0, 2, shape).astype(dtype)
+            if t.name == contract.TOPK_MASK:
+                value = (value > 0.5).astype(dtype)
+                value[0] = 0
+            feed[t.name] = value
+        feeds.append(feed)
+    return feeds
+
+
 def engine_parity(
     onnx_path: Path, plan_path: Path, spec: contract.ModelSpec, batch: int = 7, atol: float = 1e-2
 ) -> float:
@@ -194,16 +289,9 @@ def engine_parity(
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.common import TensorMetadata
-    from polygraphy.comparator import Comparator, CompareFunc, DataLoader
+    from polygraphy.comparator import Comparator, CompareFunc
 
-    shapes = {t.name: (batch, *row_dims(t, 1)) for t in spec.inputs}
-    meta = TensorMetadata()
-    for t in spec.inputs:
-        meta.add(t.name, t.dtype.numpy, shapes[t.name])
-    loader = DataLoader(
-        input_metadata=meta, iterations=2, val_range={t.name: (0, 1) for t in spec.inputs}
-    )
+    loader = parity_feeds(spec, batch)
     runners = [
         OnnxrtRunner(SessionFromOnnx(str(onnx_path))),
         TrtRunner(EngineFromBytes(BytesFromPath(str(plan_path)))),

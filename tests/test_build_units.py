@@ -434,3 +434,47 @@ def test_the_repository_lock_names_its_holder_and_a_killed_holder_releases_it(tm
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("version", "strongly_typed"),
+    [
+        ("10.0.1", False),
+        ("10.5.0", False),
+        ("10.11.0.33", False),
+        ("10.12.0", True),
+        ("11.0", True),
+    ],
+)
+def test_tensorrt_build_plan_follows_the_deprecations(version, strongly_typed):
+    plan = tensorrt.build_plan(version)
+    assert plan.strongly_typed is strongly_typed
+    flags = plan.trtexec_flags(["ln"])
+    if strongly_typed:  # FP16 flag, precision constraints and per-layer precision are gone
+        assert flags == ["--stronglyTyped"] and not plan.fp16_flag and not plan.per_layer_fp32
+    else:
+        assert flags[:2] == ["--fp16", "--precisionConstraints=obey"]
+        assert "--layerPrecisions=ln:fp32" in flags
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("8.6.1", r"needs TensorRT >= 10 .* found 8.6.1"),
+        ("12.0", "newer than this build code"),
+        ("ten", "cannot read TensorRT version 'ten'"),
+    ],
+)
+def test_tensorrt_build_plan_refuses_versions_it_cannot_drive(version, message):
+    with pytest.raises(UsageError, match=message):
+        tensorrt.build_plan(version)
+
+
+def test_engine_parity_feeds_a_cold_start_row():
+    specs = contract.model_specs(contract.PipelineDims(d=8, h=2, k=3, t=4)).values()
+    spec = next(s for s in specs if any(t.name == contract.TOPK_MASK for t in s.inputs))
+    feeds = tensorrt.parity_feeds(spec, batch=5, iterations=2)
+    for feed in feeds:
+        mask = feed[contract.TOPK_MASK]
+        assert mask.shape[0] == 5 and not mask[0].any() and mask[1:].any()
+        assert set(feed) == {t.name for t in spec.inputs}

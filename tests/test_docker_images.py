@@ -36,6 +36,17 @@ GATEWAY_PORTS = {DEFAULT_GATEWAY_PORT, DEFAULT_GATEWAY_METRICS_PORT}
 # from nvidia-pytriton, which must come from the same server release (docs/environment.md:
 # nvidia-pytriton 0.7.0 bundles tritonserver 2.51).
 NGC_RELEASES = {"24.10": ("2.51", "10.5")}
+# NGC release -> the CUDA major.minor of its images.
+NGC_CUDA = {"24.10": "12.6"}
+# The module each wheel installs (what `import` needs), where it differs from what pip is told.
+WHEEL_MODULES = {
+    "tensorrt": "tensorrt",
+    "tensorrt-cu12": "tensorrt",
+    "tensorrt-cu12-bindings": "tensorrt_bindings",
+    "tensorrt-cu12-libs": "tensorrt_libs",
+    "torch": "torch",
+    "nvidia-pytriton": "pytriton",
+}
 PYTRITON_SERVER = {"0.7.0": "2.51"}
 PYTHON_BASE = "python:3.11-slim-bookworm"
 
@@ -122,7 +133,7 @@ def test_nvidia_images_match_each_other_and_pytriton(dockerfiles: dict[str, Dock
     assert release in NGC_RELEASES, f"add {release} to NGC_RELEASES after checking its versions"
     server, tensorrt = NGC_RELEASES[release]
     assert PYTRITON_SERVER[_lock_pin("nvidia-pytriton")] == server
-    bindings = re.search(r"tensorrt-cu12-bindings==(\d+\.\d+)", triton.path.read_text())
+    bindings = re.search(r"tensorrt-cu12==(\d+\.\d+)", triton.path.read_text())
     assert bindings and bindings.group(1) == tensorrt, (
         "engine-builder TensorRT bindings != container"
     )
@@ -299,3 +310,30 @@ def test_every_package_reaches_the_wheel() -> None:
                 continue  # setuptools' own scratch output under build/
             on_disk.add(".".join([package, *relative.parts]))
     assert sorted(on_disk - listed) == [], "add these to [tool.setuptools] packages"
+
+
+def test_engine_builder_imports_what_its_wheels_provide(dockerfiles: dict[str, Dockerfile]) -> None:
+    """Every `python -c "import X"` of the engine-builder stage names a module that a wheel
+    it installs really provides (tensorrt-cu12-bindings alone gives `tensorrt_bindings`)."""
+    stage = dockerfiles["triton"].stage("engine-builder")
+    runs = " ".join(ins.value for ins in stage.instructions if ins.keyword == "RUN")
+    wheels = re.findall(r"(?<![\w-])([A-Za-z][\w.-]*)==[\d.]+", runs)
+    provided = {WHEEL_MODULES[w.lower()] for w in wheels if w.lower() in WHEEL_MODULES}
+    if "-r requirements.lock" in runs:
+        provided |= {"numpy"}
+    imported = set(re.findall(r"import (\w+)", runs))
+    assert "tensorrt" in imported and imported <= provided, (imported, provided)
+
+
+def test_torch_cuda_major_matches_the_nvidia_images(dockerfiles: dict[str, Dockerfile]) -> None:
+    """A torch wheel for another CUDA major than the image's needs another driver (PyPI's
+    torch 2.13.0 is CUDA 13, the 24.10 images CUDA 12.6)."""
+    text = dockerfiles["triton"].path.read_text()
+    index = re.search(r"ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu(\d+)", text)
+    release = re.search(r"tritonserver:(\d\d\.\d\d)-py3", text).group(1)
+    assert index, "the GPU image must take torch from a CUDA-specific index"
+    assert index.group(1)[:2] == NGC_CUDA[release].split(".")[0]
+    for stage in dockerfiles["triton"].stages:
+        runs = [ins.value for ins in stage.instructions if ins.keyword == "RUN"]
+        torch_runs = [r for r in runs if "torch==" in r]
+        assert torch_runs and all("--index-url" in r for r in torch_runs), stage.name

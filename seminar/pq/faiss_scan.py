@@ -21,6 +21,7 @@ FASTSCAN_BBS = 32  # events per fast-scan block: the AVX2 register width in 4-bi
 # faiss's pq4_pack_codes: inside a block, byte j of a sub-quantizer holds the codes of events
 # PERM0[j] (low nibble) and PERM0[j] + 16 (high nibble), the order its SIMD kernels read.
 _PERM0 = np.array([0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15])
+_EVENT_BYTE = np.argsort(_PERM0)  # the byte of a block's column that holds event e (e < 16)
 # Search kernel: 13 = query-blocked kernel with a reservoir for the top-K, 4 queries per pass
 # over the codes (qbs 0x4444). Timed against implem 0 and 12-15 on the bench's 10k-event
 # request (400 queries, top-50..200) on the 2-core machine: 13 and 15 were fastest, within
@@ -44,15 +45,24 @@ def pack_fastscan(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(byte.transpose(0, 2, 1)).reshape(n_blocks, 16 * c)
 
 
-def unpack_fastscan(blocks: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of `pack_fastscan`: blocks (nb, 16 * C) -> codes (n, C), one per byte."""
+def unpack_fastscan(blocks, n: int):
+    """Inverse of `pack_fastscan`: blocks (nb, 16 * C) -> codes (n, C), one per byte; a numpy
+    array gives a numpy array, a torch tensor (a GPU-resident store) a tensor on its device."""
+    is_tensor = not isinstance(blocks, np.ndarray) and hasattr(blocks, "swapaxes")
+    if not is_tensor:
+        blocks = np.asarray(blocks)
     n_blocks, width = blocks.shape
     c = width // 16
-    byte = np.asarray(blocks).reshape(n_blocks, c, 16).transpose(0, 2, 1)  # (nb, 16, C)
-    out = np.empty((n_blocks, FASTSCAN_BBS, c), np.uint8)
-    out[:, _PERM0, :] = byte & 0x0F
-    out[:, _PERM0 + 16, :] = byte >> 4
-    return out.reshape(-1, c)[:n]
+    byte = blocks.reshape(n_blocks, c, 16).swapaxes(1, 2)  # (nb, 16, C)
+    order = _EVENT_BYTE
+    if is_tensor:
+        import torch
+
+        order = torch.from_numpy(order).to(blocks.device)
+        both = torch.cat([byte[:, order, :] & 0x0F, byte[:, order, :] >> 4], 1)
+    else:
+        both = np.concatenate([byte[:, order, :] & 0x0F, byte[:, order, :] >> 4], 1)
+    return both.reshape(-1, c)[:n]
 
 
 class FaissScanner:

@@ -7,6 +7,7 @@ same (user, target) pick the same events. Shape letters as in seminar.pq.adc; U 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +16,34 @@ from seminar.errors import ArtifactError, UsageError
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
 from seminar.pq.codebooks import QUERY_MODALITY, Codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
+from seminar.pq.faiss_scan import unpack_fastscan
 from seminar.pq.store import SequenceStore
+from seminar.pq.triton_kernel import MAX_TOPK
+
+
+@dataclass(frozen=True)
+class DeviceStore:
+    """A sequence store's per-event arrays copied once into GPU memory, so that a request
+    slices its user's events there instead of copying them from the host memory map: item,
+    query (N,) int64 and the codes exactly as stored (8-bit (N, C), or 4-bit fast-scan blocks,
+    half the bytes, which the `triton` backend reads in place). The offsets stay on the host."""
+
+    item: torch.Tensor
+    query: torch.Tensor
+    codes: torch.Tensor
+
+    @classmethod
+    def upload(cls, store: SequenceStore, device: torch.device) -> DeviceStore:
+        def put(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
+        return cls(
+            put(store.item, torch.long), put(store.query, torch.long), put(store.codes, torch.uint8)
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.item, self.query, self.codes))
 
 
 def resolve_backend(backend: ScoringBackend, nbits: int, device: torch.device) -> ScoringBackend:
@@ -93,6 +121,13 @@ class PQRetriever:
             raise ArtifactError(
                 f"store modalities {store.modalities} != codebooks {self.modalities}"
             )
+        # On a GPU the whole store is resident (uploaded here, once); on the CPU it stays the
+        # memory map it was loaded as.
+        self.device_store = (
+            DeviceStore.upload(store, self.device)
+            if store is not None and self.device.type == "cuda"
+            else None
+        )
         self.gsu_weight = None if gsu_weight is None else gsu_weight.float().to(self.device)
         self.gsu_bias = None if gsu_bias is None else gsu_bias.float().to(self.device)
         self._faiss = None
@@ -200,13 +235,14 @@ class PQRetriever:
         item: torch.Tensor,
         query: torch.Tensor,
         k: int,
-        blocks: np.ndarray | None = None,
+        blocks: np.ndarray | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head top-K events by PQ score (then exact rerank of a shortlist if configured).
 
         u (B, H, D); codes (B|1, L, C); mask, item, query (B|1, L) -> positions (B, H, K) int64,
         valid (B, H, K) bool. Masked events are never selected. `blocks`: one stored sequence
-        in fast-scan layout, searched in place of `codes` (faiss backend, no padding).
+        in fast-scan layout, searched in place of `codes` (no padding): a host array for the
+        faiss backend, a GPU tensor for the triton one.
         """
         short = k * self.config.rerank
         n_events = item.shape[-1]
@@ -218,7 +254,23 @@ class PQRetriever:
             valid = mask.to(u.device).bool().unsqueeze(1).expand(b, h, n_events)
             return self._rerank(u, pos, valid, item, query, k)
         u_pq = self.rotated(u)
-        if blocks is not None:
+        fused = (
+            self.backend == ScoringBackend.TRITON
+            and short <= MAX_TOPK
+            and (blocks is not None or (codes.shape[0] == 1 and bool(mask.all())))
+        )
+        if fused:
+            # one shared sequence: scores never leave the kernel, only each head's top-K
+            from seminar.pq.triton_kernel import pq_topk_triton
+
+            seq = codes[0] if blocks is None else blocks
+            _, pos, valid = pq_topk_triton(
+                u_pq, seq, self.centroids, n_events, short, packed=blocks is not None
+            )
+        elif isinstance(blocks, torch.Tensor):
+            codes = unpack_fastscan(blocks, n_events).unsqueeze(0)
+            pos, valid = masked_topk(self._adc(u_pq, codes), mask, short)
+        elif blocks is not None:
             pos, valid = self._faiss_stored_topk(u_pq, blocks, n_events, short)
         elif self.backend == ScoringBackend.FAISS:
             pos, valid = self._faiss_topk(u_pq, codes, mask, short)
@@ -342,12 +394,15 @@ class PQRetriever:
 
     def user_sequence(
         self, user_index: int, with_codes: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray | torch.Tensor | None]:
         """(item (1, L), query (1, L), codes (1, L, C), blocks) of a stored user on this device;
         user_index -1 (unknown user) -> an empty sequence. With the faiss backend over a 4-bit
-        store, `blocks` are the user's fast-scan blocks and codes are not unpacked (None)."""
+        store, `blocks` are the user's fast-scan blocks and codes are not unpacked (None); on a
+        GPU they are slices of the resident store (`DeviceStore`), blocks for any 4-bit one."""
         if self.store is None:
             raise RuntimeError("this retriever has no sequence store (built for offline use only)")
+        if self.device_store is not None and user_index != -1:
+            return self._resident_sequence(user_index, with_codes)
         blocks = None
         if user_index == -1:
             item = np.zeros(0, np.int32)
@@ -364,6 +419,21 @@ class PQRetriever:
             return torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(0).to(self.device)
 
         return t(item).long(), t(query).long(), None if codes is None else t(codes), blocks
+
+    def _resident_sequence(
+        self, user_index: int, with_codes: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """user_sequence from the GPU-resident store: views, nothing crosses the bus."""
+        sl = self.store.user_slice(user_index)
+        item = self.device_store.item[sl].unsqueeze(0)
+        query = self.device_store.query[sl].unsqueeze(0)
+        if not self.store.fastscan:
+            return item, query, self.device_store.codes[sl].unsqueeze(0), None
+        lo, hi = self.store.block_offsets[user_index], self.store.block_offsets[user_index + 1]
+        blocks = self.device_store.codes[int(lo) : int(hi)]
+        if with_codes:
+            return item, query, unpack_fastscan(blocks, sl.stop - sl.start).unsqueeze(0), blocks
+        return item, query, None, blocks
 
     def gather_winners(
         self, item: torch.Tensor, query: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor

@@ -52,6 +52,9 @@ class TritonPythonModel(PipelineModel):
                     f"{torch.cuda.is_available()})"
                 )
             device = f"cuda:{context.device_id}"
+            # the instance's GPU becomes current: torch's default stream and any kernel launch
+            # that goes by the current device land there, not on GPU 0
+            torch.cuda.set_device(context.device_id)
         elif device != "cpu":
             raise RuntimeError(
                 f"pq_retrieval: parameter device must be cpu or cuda, got {device!r}"
