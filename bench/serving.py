@@ -92,14 +92,18 @@ class ServingBenchConfig:
 
 def _stats(server) -> dict[str, dict[str, float]]:
     """Cumulative (count, ns) per model and phase from Triton's statistics extension."""
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for m in server.statistics().get("model_stats", []):
         inf = m["inference_stats"]
-        out[m["name"]] = {
+        counts = {
             "requests": float(inf["success"]["count"]),
             "executions": float(m.get("execution_count", 0)),
             **{phase: float(inf[phase]["ns"]) for phase in PHASES},
         }
+        # Summed over the model's versions: each graph's requests reach one of them.
+        total = out.setdefault(m["name"], dict.fromkeys(counts, 0.0))
+        for key, value in counts.items():
+            total[key] += value
     return out
 
 
@@ -311,7 +315,7 @@ def setup_lines(report: dict[str, Any]) -> tuple[str, ...]:
         f"one request = 1 user x {cfg['candidates']} candidates (recommendation request; the "
         f"search cell adds the query {cfg.get('search_query', '')!r}), "
         f"{cfg['requests']} timed requests after {cfg['warmup']} warm-up per cell; floor, "
-        f"ensemble (without and with the query) and in-process interleaved; "
+        f"both graphs (without and with the query) and in-process interleaved; "
         f"c{cfg['concurrency']} = {cfg['concurrency']} client threads",
         f"data: {report['dataset']}; SYNTHETIC rows are users with seeded random events of its "
         "catalogue appended to it",
@@ -413,16 +417,25 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for row in report["rows"]:
-        queue = sum(b["queue"] for b in row["breakdown"].values())
-        infer = sum(b["compute_infer"] for b in row["breakdown"].values())
-        slowest = max(row["breakdown"], key=lambda name: row["breakdown"][name]["compute_infer"])
-        lines.append(
-            f"- L = {row['length']:,}: of the ensemble's mean {row['ensemble']['mean_ms']:.2f} ms, "
-            f"{queue:.2f} ms is queueing in the {len(row['breakdown'])} steps' dynamic batchers "
-            f"(max_queue_delay) and {infer:.2f} ms is compute (Triton's compute_infer, which "
-            "includes each Python model's IPC with its stub process); the largest compute is "
-            f"{slowest}'s, {row['breakdown'][slowest]['compute_infer']:.2f} ms."
-        )
+        steps = {n: b for n, b in row["breakdown"].items() if n != contract.PIPELINE_MODEL}
+        if steps:
+            queue = sum(b["queue"] for b in steps.values())
+            infer = sum(b["compute_infer"] for b in steps.values())
+            slowest = max(steps, key=lambda name: steps[name]["compute_infer"])
+            lines.append(
+                f"- L = {row['length']:,}: of the six steps' mean {row['ensemble']['mean_ms']:.2f} "
+                f"ms, {queue:.2f} ms is queueing in the {len(steps)} steps' dynamic batchers "
+                f"(max_queue_delay) and {infer:.2f} ms is compute (Triton's compute_infer, which "
+                "includes each Python model's IPC with its stub process); the largest compute "
+                f"is {slowest}'s, {steps[slowest]['compute_infer']:.2f} ms."
+            )
+        fused = row["breakdown"].get(contract.PIPELINE_MODEL)
+        if fused and "fused" in row:
+            lines.append(
+                f"- L = {row['length']:,}: of the fused graph's mean {row['fused']['mean_ms']:.2f} "
+                f"ms, {fused['queue']:.2f} ms is queueing in its one batcher and "
+                f"{fused['compute_infer']:.2f} ms is the {contract.PIPELINE_MODEL} step's compute."
+            )
     for row in report["rows"]:
         if "ensemble_search" not in row:
             continue

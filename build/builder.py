@@ -58,6 +58,9 @@ class BuildRequest:
             raise ValueError(f"BuildRequest.version must be a positive int, got {self.version!r}")
         if not isinstance(self.target, contract.Target):
             raise ValueError(f"BuildRequest.target must be a Target, got {self.target!r}")
+        if self.serving.graph is None:  # frozen: the resolved settings replace the given ones
+            resolved = dataclasses.replace(self.serving, graph=contract.DEFAULT_GRAPH[self.target])
+            object.__setattr__(self, "serving", resolved)
         if self.export.max_batch < self.serving.max_batch_size:
             raise ValueError("BuildRequest.export.max_batch must be >= serving.max_batch_size")
 

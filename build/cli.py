@@ -100,11 +100,11 @@ def build(
         ),
     ] = DEFAULT_MAX_TAIL_EVENTS,
     graph: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="What the ensemble schedules: `steps` (the six models, each its own Triton model) or, on --target cpu, `fused` (one Python step, `pipeline`, runs the six steps' work in one process: one IPC per request instead of one per step; the six models stay loaded).",
+            help="What the ensemble schedules: `steps` (the six models, each its own Triton model) or, on --target cpu, `fused` (one Python step, `pipeline`, runs the six steps' work in one process: one IPC per request instead of one per step; the six models stay loaded, each answering on its own). Default: fused for --target cpu, steps for gpu.",
         ),
-    ] = contract.Graph.STEPS.value,
+    ] = None,
 ) -> None:
     """Export a trained run into a new numbered version of the Triton model repository.
 
@@ -120,7 +120,7 @@ def build(
     except ValueError:
         raise UsageError(f"--target must be cpu or gpu, got {target!r}") from None
     try:
-        scheduled = contract.Graph(graph)
+        scheduled = None if graph is None else contract.Graph(graph)
     except ValueError:
         raise UsageError(f"--graph must be steps or fused, got {graph!r}") from None
     if tgt is contract.Target.GPU:

@@ -50,8 +50,9 @@ class ServingConfig:
     # the older ones wait for compaction into the next version's store (seminar.events.tail).
     max_tail_events: int = DEFAULT_MAX_TAIL_EVENTS
     # What the ensemble schedules (contract.Graph): the six steps, or on the cpu target one
-    # fused Python step that runs them in one process.
-    graph: contract.Graph = contract.Graph.STEPS
+    # fused Python step that runs them in one process. None: the target's default
+    # (contract.DEFAULT_GRAPH), which BuildRequest fills in.
+    graph: contract.Graph | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -135,6 +136,8 @@ def ensemble_config(
     config = tensor_config(contract.ensemble_spec(dims, name), serving.max_batch_size)
     config.platform = "ensemble"
     config.version_policy.latest.num_versions = 1
+    if serving.graph is None:
+        raise ValueError("ServingConfig.graph is unset: BuildRequest sets the target's default")
     for step in contract.ensemble_steps(serving.graph):
         s = config.ensemble_scheduling.step.add()
         s.model_name = step.model

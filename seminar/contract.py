@@ -202,6 +202,14 @@ class Graph(StrEnum):
     FUSED = "fused"
 
 
+# `seminar build`'s graph when none is named: on the CPU every step is a Python model, so
+# fusing them saves an IPC round trip and a batcher wait per step; on the GPU three steps
+# are TensorRT engines, which only Triton can run.
+DEFAULT_GRAPH: Mapping[Target, Graph] = MappingProxyType(
+    {Target.CPU: Graph.FUSED, Target.GPU: Graph.STEPS}
+)
+
+
 @unique
 class DataType(Enum):
     """Triton data types used by the pipeline, with their numpy and ONNX counterparts."""

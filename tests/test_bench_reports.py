@@ -318,6 +318,8 @@ def test_serving_report_compares_the_fused_graph_and_counts_ipc_bytes() -> None:
         row["fused"] = serving_cell(fused_ms)
         row["fused_c4"] = serving_cell(fused_ms * 1.5)
         row["max_abs_diff_fused"] = 1e-7
+        row["breakdown"]["pipeline"] = {"queue": 0.1, "compute_input": 0.01,
+                                        "compute_infer": 7.5, "compute_output": 0.02}  # fmt: skip
         report["ipc_bytes"] = {"features": 2_000, "pq_retrieval": 1_000_000, "pipeline": 2_100}
         report["ipc_bytes_search"] = {"features": 5_000, "pq_retrieval": 1_000_000,
                                       "pipeline": 5_100}  # fmt: skip
@@ -330,6 +332,8 @@ def test_serving_report_compares_the_fused_graph_and_counts_ipc_bytes() -> None:
     assert "the fused graph moves 2,100 (0.2% of that)" in fast
     assert "(pq_retrieval alone 1,000,000)" in fast
     assert "fused: 1.0e-07" in fast
+    assert "0.40 ms is queueing in the 2 steps' dynamic batchers" in fast  # not the fused step
+    assert "0.10 ms is queueing in its one batcher and 7.50 ms is the pipeline step's" in fast
     slow = serving.markdown(with_fused(10.5))
     assert "1.50× (missed)" in slow
 

@@ -63,7 +63,7 @@ def test_ensemble_steps_chain_every_tensor_from_a_producer():
 
 @pytest.mark.parametrize("target", list(contract.Target))
 def test_every_generated_config_parses_and_validates(tmp_path, target):
-    serving = repository.ServingConfig()
+    serving = repository.ServingConfig(graph=contract.DEFAULT_GRAPH[target])
     for spec in contract.model_specs(DIMS).values():
         path = tmp_path / f"{spec.name}.pbtxt"
         path.write_text(repository.to_text(repository.model_config(spec, target, serving)))

@@ -19,10 +19,14 @@ from tritonclient.utils import InferenceServerException
 from seminar import contract
 from seminar.build import builder, repository, retire
 from seminar.errors import UsageError
+from seminar.events import Event, EventType, open_event_log
+from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 from seminar.serving.client import request_inputs, score
 from seminar.serving.inprocess import InProcessPipeline
+from seminar.serving.tail import OnlineTails
+from seminar.serving.triton import TritonConfig, TritonServer
 from tests.support.build import BuiltRepo, build_cli, copy_repo
-from tests.support.serving import ATOL, require_serving_pieces, start_triton
+from tests.support.serving import ATOL, require_serving_pieces, require_tritonserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -57,13 +61,34 @@ def test_a_fused_build_schedules_one_step_beside_the_steps_of_version_1(mixed_re
 
 
 def test_the_fused_graph_serves_the_in_process_scores_and_rejects_bad_requests(
-    mixed_repo: Path, model_repo: BuiltRepo
+    mixed_repo: Path, tmp_path: Path
 ) -> None:
+    """Parity with the in-process pipeline (and version 1's six steps) for a known user, a
+    search and a cold-start user; a user's online tail read from the event log on every
+    request (read-your-writes); bad requests answered INVALID_ARG while the step serves on;
+    the retrieval metrics under the step's name."""
     users = np.load(mixed_repo / contract.FEATURES_MODEL / "2" / contract.USER_IDS_FILE)
     items = np.load(mixed_repo / contract.FEATURES_MODEL / "2" / contract.ITEM_IDS_FILE)[:60]
-    reference = InProcessPipeline.from_repo(mixed_repo, 2)
-    with start_triton(mixed_repo, wait_models=(contract.ENSEMBLE_MODEL, "seminar_v1")) as server:
+    require_tritonserver()
+    url = f"sqlite://{tmp_path / 'events.db'}"
+    log = open_event_log(url)
+    reference = InProcessPipeline.from_repo(
+        mixed_repo, 2, tails=OnlineTails.open(url, mixed_repo, 2, DEFAULT_MAX_TAIL_EVENTS)
+    )
+    config = TritonConfig(
+        repo=mixed_repo, wait_models=(contract.ENSEMBLE_MODEL, "seminar_v1"),
+        log_path=tmp_path / "triton.log", event_log=url,
+    )  # fmt: skip
+    with TritonServer(config) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
+        clicker = int(users[5])
+        before = score(client, clicker, "", items)
+        log.append(
+            [Event(f"fused-{n}", clicker, int(items[n]), "", EventType.REC, True) for n in range(5)]
+        )
+        after = score(client, clicker, "", items)
+        assert np.abs(after - reference.score(clicker, "", items)).max() <= ATOL
+        assert np.abs(after - before).max() > 10 * ATOL, "the clicks did not reach the score"
         for user, query in ((int(users[3]), ""), (int(users[7]), QUERY), (10**12, "")):
             want = reference.score(user, query, items)
             fused = score(client, user, query, items)

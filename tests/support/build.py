@@ -27,8 +27,13 @@ from seminar.manifest import sha256_file
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 # Small PQ codebooks keep the fixture fast (4-bit codes = faiss fast-scan layout); the
-# build's defaults (16 x 8 bit) are exercised by `seminar build` without these flags.
-FIXTURE_BUILD_ARGS = ("--pq-bits", "4", "--pq-iters", "5", "--pq-subspaces", "8")
+# build's defaults (16 x 8 bit) are exercised by `seminar build` without these flags. The
+# six-steps graph: the serving tests reach each step's own Triton model through the ensemble
+# (stalls, per-step errors and statistics); the cpu default, the fused graph, has its own
+# tests (tests/test_serving_fused.py) and runs in `make demo`.
+FIXTURE_BUILD_ARGS = (
+    "--pq-bits", "4", "--pq-iters", "5", "--pq-subspaces", "8", "--graph", "steps",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
