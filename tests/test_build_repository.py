@@ -66,7 +66,9 @@ def test_onnx_matches_pytorch_at_batch_1_7_256(model_repo, trained, name):
 def test_every_config_parses_and_matches_the_exported_graphs(model_repo, trained):
     _, dims = trained
     repo, specs = model_repo.repo, contract.model_specs(dims)
-    for name, spec in specs.items():
+    assert not (repo / contract.PIPELINE_MODEL).exists(), "a steps build writes no fused step"
+    for name in contract.COMPOSING_MODELS:
+        spec = specs[name]
         onnx_path = (
             repo / name / "1" / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
         )
@@ -295,8 +297,9 @@ def test_other_model_level_settings_are_refused_before_anything_is_written(model
 
 def test_build_json_records_every_serving_setting(model_repo):
     info = json.loads(contract.build_info_path(model_repo.repo, 1).read_text())
-    serving = repository.ServingConfig()
+    serving = repository.ServingConfig(graph=contract.Graph.STEPS)  # the fixture's --graph
     assert info["serving"] == builder.serving_record(serving)
+    assert info["serving"]["graph"] == "steps"
     assert info["serving"]["max_batch_size"] == serving.max_batch_size
     assert info["serving"]["preferred_batch_sizes"] == list(serving.preferred_batch_sizes)
     assert info["serving"]["cpu_instances"] == serving.cpu_instances
