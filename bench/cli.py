@@ -340,10 +340,17 @@ def perf(
             "perf_analyzer.log, perf_gateway.json (reports/ publishes)."
         ),
     ] = SCRATCH,
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            help="The repository Triton serves: adds in-process serving of the same requests "
+            "(one worker process per core, no Triton) as the throughput to compare with."
+        ),
+    ] = None,
 ) -> None:
     """Run perf_analyzer against the seminar ensemble; write OUT_DIR/perf.md, perf.json, perf.png.
 
-    --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio.
+    --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio. With --repo, in-process serving of the same requests in one worker per core is measured too, and Triton's best throughput is given as a share of it.
     """
     from seminar.bench.perf import PerfConfig, run_perf
 
@@ -351,7 +358,7 @@ def perf(
         cfg = PerfConfig(
             triton=triton, data=data, gateway=gateway, model=model, concurrency=concurrency,
             candidates=candidates, requests=requests, synthetic_long_user=synthetic_long_user,
-            measurement_ms=measurement_ms, chroot=chroot, out_dir=out_dir,
+            measurement_ms=measurement_ms, chroot=chroot, out_dir=out_dir, repo=repo,
         )  # fmt: skip
     report = run_perf(cfg)
     typer.echo(report)

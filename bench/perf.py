@@ -6,7 +6,10 @@
 2. perf_analyzer over gRPC for a concurrency range, natively where glibc >= 2.38, else inside
    the Debian 13 chroot built by clients/perf_analyzer_chroot.sh.
 3. `seminar load` through the gateway at the same concurrencies, same requests.
-4. OUT_DIR/perf.md and perf.json (bench/harness.py: header, one table with the gateway/Triton
+4. With `--repo`: in-process serving of the same requests, no Triton (seminar.serving.inprocess,
+   the version the ensemble serves), in as many worker processes as the machine has cores, one
+   thread each, closed loop: the throughput Triton's best is compared with.
+5. OUT_DIR/perf.md and perf.json (bench/harness.py: header, one table with the gateway/Triton
    ratio and the sentences it supports), perf.png, and the raw measurements beside them:
    perf_analyzer.csv, perf_analyzer.log, perf_gateway.json.
 """
@@ -23,7 +26,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +57,15 @@ class PerfConfig:
     measurement_ms: int = 3000
     chroot: Path | None = None
     out_dir: Path = SCRATCH
+    repo: Path | None = None  # the served repository: adds the in-process workers' throughput
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Triton's best throughput over the sweep, as a share of the in-process workers' (the
+    # serving-efficiency goal: what Triton and gRPC may cost at saturation).
+    goal_share: float = 0.8
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 1 <= self.candidates <= 100:
             raise ValueError(f"candidates must be in 1..100, got {self.candidates}")
         if self.requests < 1:
@@ -203,6 +213,13 @@ def run_perf(cfg: PerfConfig) -> str:
         shutil.copy(Path(scratch) / "perf.csv", cfg.out_dir / "perf_analyzer.csv")
         (cfg.out_dir / "perf_analyzer.log").write_text(proc.stdout)
     gateway_rows, gateway_note = _gateway_runs(cfg, calls, levels, console)
+    in_process = None
+    if cfg.repo is not None:
+        version = _newest_version(cfg.triton, cfg.model)
+        with console.status(f"in-process serving, {cfg.workers} workers"):
+            in_process = in_process_throughput(
+                cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
+            )
     run = {"perf_analyzer": {"where": pa.where, "command": command}, "gateway": gateway_note}
     (cfg.out_dir / "perf_gateway.json").write_text(
         json.dumps({**run, "rows": gateway_rows}, indent=2)
@@ -219,12 +236,14 @@ def run_perf(cfg: PerfConfig) -> str:
         **run,
         "triton_rows": triton_rows,
         "gateway_rows": gateway_rows,
+        "in_process": in_process,
+        "goal_share": cfg.goal_share,
     }
     record = Record(
         title="Serving latency: perf_analyzer on Triton vs `seminar load` through the gateway",
         header=header,
         setup=setup_lines(data),
-        body=markdown(triton_rows, gateway_rows),
+        body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share),
         data=data,
     )
     paths = write_record(
@@ -269,6 +288,54 @@ def _gateway_runs(
     return rows, f"a gateway started for this run (one arm: {cfg.model}:{version})"
 
 
+def _in_process_worker(
+    repo: Path, version: int, calls: list[RankCall], seconds: float, results: Any
+) -> None:
+    """One worker process: load the version in-process, score the calls round robin for
+    `seconds` (after a warm-up pass), put (requests, seconds) on `results`."""
+    import time
+
+    import torch
+
+    from seminar.serving.inprocess import InProcessPipeline
+
+    torch.set_num_threads(1)  # like one Triton model instance
+    pipeline = InProcessPipeline.from_repo(repo, version)
+    for call in calls:
+        pipeline.score(int(call.user_id), call.query, call.candidate_ids)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call = calls[done % len(calls)]
+        pipeline.score(int(call.user_id), call.query, call.candidate_ids)
+        done += 1
+    results.put((done, time.perf_counter() - started))
+
+
+def in_process_throughput(
+    repo: Path, version: int, calls: list[RankCall], workers: int, seconds: float
+) -> dict[str, float]:
+    """Requests/s of `workers` in-process worker processes serving `calls` at once."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no torch state forked into the workers
+    results = context.Queue()
+    processes = [
+        context.Process(target=_in_process_worker, args=(repo, version, calls, seconds, results))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    counted = [results.get(timeout=seconds + 300) for _ in processes]
+    for process in processes:
+        process.join()
+    if any(process.exitcode for process in processes):
+        raise PerfError(
+            f"an in-process worker failed (exit codes {[p.exitcode for p in processes]})"
+        )
+    rps = sum(done / elapsed for done, elapsed in counted)
+    return {"workers": workers, "version": version, "seconds": seconds, "rps": rps}
+
+
 def _newest_version(triton: str, model: str) -> int:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
@@ -296,7 +363,12 @@ def setup_lines(data: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def markdown(triton_rows: list[dict], gateway_rows: list[dict]) -> str:
+def markdown(
+    triton_rows: list[dict],
+    gateway_rows: list[dict],
+    in_process: dict[str, float] | None = None,
+    goal_share: float = 0.8,
+) -> str:
     """The table of both systems per concurrency, and what their ratios say."""
     gateway = {row["concurrency"]: row for row in gateway_rows}
     cells = []
@@ -328,6 +400,15 @@ def markdown(triton_rows: list[dict], gateway_rows: list[dict]) -> str:
     )  # fmt: skip
     lines = [markdown_table(columns, cells, align="r" * 11 + "l"), ""]
     lines += findings(triton_rows, gateway_rows)
+    if in_process and triton_rows:
+        best = max(triton_rows, key=lambda row: row["rps"])
+        share = best["rps"] / in_process["rps"]
+        lines.append(
+            f"- In-process serving of the same requests (version {in_process['version']:g}, no "
+            f"Triton), {in_process['workers']:g} worker processes of one thread each: "
+            f"{in_process['rps']:.1f} req/s. Triton's highest throughput is {share:.2f}× of it "
+            f"(goal >= {goal_share:g}×: {'met' if share >= goal_share else 'missed'})."
+        )
     return "\n".join(lines) + "\n"
 
 

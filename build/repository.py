@@ -41,7 +41,10 @@ class ServingConfig:
     # mean at 100 events (reports/serving.md). 100 us still merges requests that arrive
     # together under load.
     max_queue_delay_us: int = 100
-    cpu_instances: int = 1  # per model; 2-core CI machines gain nothing from more
+    cpu_instances: int = 1  # per step model; 2-core CI machines gain nothing from more
+    # Instances of the fused graph's one step: it does all of a request's work, so one per
+    # core keeps both cores of the 2-core reference machine busy under concurrent load.
+    fused_instances: int = 2
     execution_env: str | None = None  # EXECUTION_ENV_PATH for the Python models, if set
     # Longest query (UTF-8 bytes) `features` tokenizes; longer ones get INVALID_ARG untouched.
     # Above the gateway's own limit (256) so that only direct clients ever meet it.
@@ -63,8 +66,8 @@ class ServingConfig:
             raise ValueError("ServingConfig.preferred_batch_sizes must lie in [1, max_batch_size]")
         if self.max_queue_delay_us < 0:
             raise ValueError("ServingConfig.max_queue_delay_us must be >= 0")
-        if self.cpu_instances < 1:
-            raise ValueError("ServingConfig.cpu_instances must be >= 1")
+        if self.cpu_instances < 1 or self.fused_instances < 1:
+            raise ValueError("ServingConfig.cpu_instances and fused_instances must be >= 1")
         if self.max_query_bytes < 1:
             raise ValueError(
                 f"ServingConfig.max_query_bytes must be >= 1, got {self.max_query_bytes}"
@@ -103,7 +106,8 @@ def model_config(
     config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
     group = config.instance_group.add()
-    group.count = serving.cpu_instances
+    fused = spec.name == contract.PIPELINE_MODEL
+    group.count = serving.fused_instances if fused else serving.cpu_instances
     gpu = target is contract.Target.GPU
     group.kind = instance_kind(spec, target)
     if gpu and spec.kind is contract.TritonModelKind.EXPORTED:
