@@ -110,6 +110,18 @@ def test_users_images_are_embedded_and_bad_ones_named_with_nothing_written(
     assert np.abs(vectors[2:10]).sum(axis=1).min() > 0 and not vectors[10].any()
     assert (tmp_path / "good" / IMAGE_TOWER / "weights.safetensors").is_file()
 
+    # An item that arrives after the build: its bytes through the serving step give the vector
+    # the prepare gave (same DALI pipeline, same tower weights); bad bytes are named by position.
+    from seminar.serving.image_embedding import ImageEmbedder
+
+    embedder = ImageEmbedder(tmp_path / "good" / IMAGE_TOWER, batch_size=4)
+    encoded = [(source / ref).read_bytes() for ref in refs[:6]]
+    np.testing.assert_allclose(embedder.embed(encoded), vectors[2:8], rtol=1e-4, atol=1e-5)
+    with pytest.raises(DataError, match="image 1: corrupt, it does not decode"):
+        embedder.embed([encoded[0], encoded[1][:300]])
+    with pytest.raises(DataError, match="image 0: no bytes"):
+        embedder.embed([b""])
+
     (source / "pics" / "broken.jpg").write_bytes((source / "pics" / "3.jpg").read_bytes()[:200])
     (source / "notes.txt").write_text("not an image")
     from PIL import Image

@@ -23,6 +23,7 @@ from seminar.errors import DataError
 # shrinks) round differently; measured on the synthetic renders: at most 1 level of 255,
 # 0.14 on average. The bound leaves one more level for other images and decoders.
 PIXEL_TOLERANCE: Final = {"max": 2.0, "mean": 0.5}  # intensity levels, 0-255 scale
+ENCODED_INPUT: Final = "encoded"  # the pipeline input of encoded image bytes (serving)
 
 
 def gpu_present() -> bool:
@@ -33,16 +34,33 @@ def gpu_present() -> bool:
 
 
 def build_pipeline(
-    files: Sequence[str], config: PreprocessConfig, batch_size: int, threads: int, gpu: bool
+    files: Sequence[str] | None,
+    config: PreprocessConfig,
+    batch_size: int,
+    threads: int,
+    gpu: bool,
 ) -> Any:
-    """A built DALI pipeline over `files` in order; the last batch is padded by repeating."""
+    """A built DALI pipeline: over `files` in order (the last batch padded by repeating), or
+    with files None over encoded images fed each run as the input ENCODED_INPUT (a batch of
+    up to `batch_size` uint8 arrays, e.g. the bytes a serving request carries)."""
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if gpu else None)
+    # Fed images: one batch in flight, so each run returns the batch fed just before it.
+    queue = 2 if files is not None else 1
+
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=threads,
+        device_id=0 if gpu else None,
+        prefetch_queue_depth=queue,
+    )
     def preprocess() -> Any:
-        encoded, _ = fn.readers.file(
-            files=list(files), random_shuffle=False, pad_last_batch=True, name="reader"
-        )
+        if files is None:
+            encoded = fn.external_source(name=ENCODED_INPUT, dtype=types.UINT8, ndim=1)
+        else:
+            encoded, _ = fn.readers.file(
+                files=list(files), random_shuffle=False, pad_last_batch=True, name="reader"
+            )
         images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
         # Linear with antialiasing: what PIL's BILINEAR does when it shrinks an image; the
         # output size is rounded first and the scale follows it, as in PIL (not subpixel).
@@ -67,6 +85,11 @@ def build_pipeline(
     return pipeline
 
 
+def host_rows(batch: Any, gpu: bool) -> np.ndarray:
+    """A pipeline output batch as (n, 3, crop, crop) float32 on the host."""
+    return np.stack([np.asarray(sample) for sample in (batch.as_cpu() if gpu else batch)])
+
+
 def dali_preprocess(
     paths: Sequence[Path],
     config: PreprocessConfig,
@@ -87,9 +110,7 @@ def dali_preprocess(
         done = 0
         for _ in range(math.ceil(len(paths) / batch_size)):
             (batch,) = pipeline.run()
-            if use_gpu:
-                batch = batch.as_cpu()
-            rows = np.stack([np.asarray(sample) for sample in batch])
+            rows = host_rows(batch, use_gpu)
             take = min(len(rows), len(paths) - done)
             out[done : done + take] = rows[:take]
             done += take

@@ -49,6 +49,28 @@ class ImageTower(nn.Module):
         return self.head(pooled)
 
 
+def augment(pixels: Tensor, generator: torch.Generator, shift: int = 4) -> Tensor:
+    """A random view of each image (B, 3, S, S): shifted (wrapping round) by up to `shift`
+    pixels, mirrored half the time, brightness moved. The id the view must find stays the
+    same, so where an item's shape sits, which way it faces and how light its background is
+    stop telling items apart, and what it is (shape, colour, texture) has to."""
+    batch, _, side, _ = pixels.shape
+    moves = torch.randint(-shift, shift + 1, (2, batch, 1), generator=generator)
+    positions = torch.arange(side).expand(batch, side)  # (B, S)
+    rows = (positions - moves[0]) % side
+    cols = (positions - moves[1]) % side
+    mirrored = torch.rand(batch, 1, generator=generator) < 0.5
+    cols = torch.where(mirrored, cols.flip(1), cols)
+    views = pixels[
+        torch.arange(batch)[:, None, None, None],
+        torch.arange(pixels.shape[1])[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+    brightness = 0.3 * (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5)
+    return views + brightness
+
+
 def _other_modalities(
     item_text: np.ndarray | None,
     item_attrs: np.ndarray | None,
@@ -115,7 +137,7 @@ def train_image_tower(
             raw: dict[Modality, tuple[Tensor, Tensor]] = dict(
                 others.raw_modalities(rows + FIRST_ITEM_INDEX)
             )
-            image = image_proj(tower(images[rows]))
+            image = image_proj(tower(augment(images[rows], generator)))
             raw[Modality.IMAGE] = (image, torch.ones(len(rows), dtype=torch.bool))
             loss = modality_alignment(raw, config.tau)
             optimizer.zero_grad()
