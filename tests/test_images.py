@@ -176,3 +176,26 @@ def test_planted_image_topics_are_recoverable_from_the_image_embeddings(
         for u in range(config.users)
     ]
     assert np.mean(shares) > 0.7
+
+
+def test_untitled_items_hide_their_topic_from_text_and_attributes() -> None:
+    from seminar.data.synthetic import make_world
+
+    config = SyntheticConfig(users=4, items=300, topics=5, untitled=0.5, image_dim=0)
+    world = make_world(config, np.random.default_rng((config.seed, 0)))
+    plain = make_world(
+        SyntheticConfig(users=4, items=300, topics=5, image_dim=0), np.random.default_rng((0, 0))
+    )
+    owner = {word: topic for topic, words in enumerate(world.topic_words) for word in words}
+    named = [
+        {owner[w] for w in text.split() if w in owner} for text in world.items["text"].to_pylist()
+    ]
+    untitled = np.array([not topics for topics in named])
+    assert 0.4 < untitled.mean() < 0.6
+    # A titled item names its own topic and no other; the rest of the world is unchanged.
+    assert all(named[i] == {world.item_topic[i]} for i in np.flatnonzero(~untitled))
+    np.testing.assert_array_equal(world.item_topic, plain.item_topic)
+    assert world.queries == plain.queries
+    categories = [attrs[0] for attrs in world.items["attributes"].to_pylist()]
+    agree = [categories[i] == f"category=c{world.item_topic[i]:03d}" for i in range(300)]
+    assert np.mean(np.array(agree)[untitled]) < 0.4 < 0.8 < np.mean(np.array(agree)[~untitled])

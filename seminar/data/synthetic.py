@@ -7,7 +7,12 @@ Generative story (every draw from one seeded generator):
 - Item i has topic z_i (every topic gets items), text = words of its topic (plus one shared
   filler word), attributes `category=` (topic-correlated), `brand=` (topic-specific), `color=`
   (pure noise), and a SYNTHETIC image embedding = centre[z_i] + Gaussian noise. Popularity within a
-  topic is Zipf-like.
+  topic is Zipf-like. An `untitled` share of items get filler text and the category and brand of
+  a random topic instead: only their image shows their topic.
+- Images (`images`): a rendered JPEG per item instead of the vector (seminar.data.images), of
+  its image topic: its topic, or with `image_topics` N one of N planted image topics drawn
+  independently of it, of which each user prefers one (`image_preference` of the user's
+  events are on items of that image topic).
 - User u has an interest mixture theta_u ~ Dirichlet(concentration) over topics and a log-normal
   number of events around `events_per_user`, clipped to [min_events, max_events].
 - Each event picks a topic from theta_u (or, with probability `explore`, uniformly), is a search
@@ -88,6 +93,8 @@ class SyntheticConfig:
     # prefers one: `image_preference` of the user's events go to items of that image topic.
     image_topics: int = 0
     image_preference: float = 0.8
+    # Share of items whose text and attributes do not reveal their topic (only the image does).
+    untitled: float = 0.0
     words_per_topic: int = 12
     queries_per_topic: int = 20
     max_query_words: int = 3  # a query is 1 to this many distinct words of its topic
@@ -122,7 +129,7 @@ class SyntheticConfig:
                 f"max_events must be 0 (no bound) or >= min_events ({self.min_events}), "
                 f"got {self.max_events}"
             )
-        for name in ("search_fraction", "explore"):
+        for name in ("search_fraction", "explore", "untitled"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("length_spread", "image_noise"):
@@ -203,12 +210,19 @@ def make_world(config: SyntheticConfig, rng: np.random.Generator) -> World:
     # Items: every topic non-empty, Zipf-like popularity within a topic.
     item_topic = rng.permutation(np.arange(config.items) % t).astype(np.int32)
     texts, attributes = [], []
-    for z in item_topic:
+    # Untitled items (their own stream, so the rest of the world is the same without them):
+    # filler text and a category and brand of a random topic say nothing of their topic.
+    hidden = np.random.default_rng((config.seed, 5))
+    untitled = hidden.random(config.items) < config.untitled
+    for z, plain in zip(item_topic, untitled, strict=True):
         words = rng.choice(topic_words[z], size=config.item_words, replace=False).tolist()
         words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(fillers)))
-        texts.append(" ".join(words))
         category = z if rng.random() < 0.85 else rng.integers(t)
         brand_topic = z if rng.random() < 0.7 else rng.integers(t)
+        if plain:
+            words = hidden.choice(fillers, size=config.item_words + 1, replace=False).tolist()
+            category, brand_topic = hidden.integers(t), hidden.integers(t)
+        texts.append(" ".join(words))
         brand = f"b{brand_topic:03d}{rng.integers(config.brands_per_topic)}"
         attributes.append(
             [f"category=c{category:03d}", f"brand={brand}", f"color={rng.choice(_COLORS)}"]
