@@ -310,8 +310,9 @@ def run_bench(config: ImagesBenchConfig, out: Path, echo: Any = print) -> Record
             f"ablation data: SYNTHETIC, {synthetic['users']} users × ~{synthetic['events_per_user']} "
             f"events, {synthetic['items']:,} items, {synthetic['topics']} topics, "
             f"{_image_sentence(synthetic)}; images embedded by DALI + the CNN image tower",
-            f"training: SEMINAR quick settings {QUICK_TRAIN} {QUICK_MODEL}, seeds "
-            f"0..{config.seeds - 1}; cells are mean ± std over seeds",
+            f"training: SEMINAR quick settings {QUICK_TRAIN} {QUICK_MODEL}, torch threads "
+            f"{config.threads or 'default'}, seeds 0..{config.seeds - 1}; cells are mean ± std "
+            "over seeds",
         ),
         body=markdown(data),
         data=data,

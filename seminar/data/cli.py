@@ -161,6 +161,12 @@ def prepare_synthetic(
             )
         ),
     ] = 0,
+    untitled: Annotated[
+        float,
+        typer.Option(
+            help="Share of items whose text and attributes hide their topic (only the image shows it)."
+        ),
+    ] = 0.0,
     as_json: JsonOption = False,
 ) -> None:
     """SYNTHETIC lifelong logs with planted topics (truth stored in meta.json / planted/).
@@ -187,6 +193,7 @@ def prepare_synthetic(
             image_dim=image_dim,
             images=images,
             image_topics=image_topics,
+            untitled=untitled,
         )
     prepare = _config(seed, 99)
     _run(lambda: run(config, out, prepare), as_json, "SYNTHETIC")
