@@ -199,3 +199,40 @@ def test_untitled_items_hide_their_topic_from_text_and_attributes() -> None:
     categories = [attrs[0] for attrs in world.items["attributes"].to_pylist()]
     agree = [categories[i] == f"category=c{world.item_topic[i]:03d}" for i in range(300)]
     assert np.mean(np.array(agree)[untitled]) < 0.4 < 0.8 < np.mean(np.array(agree)[~untitled])
+
+
+def test_triton_image_encoder_embeds_a_new_items_image(tmp_path: Path) -> None:
+    """Real tritonserver, real gRPC: the image_encoder model answers a new item's JPEG with the
+    vector the prepare gave it, and a corrupt image with INVALID_ARG naming it."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from seminar import contract
+    from seminar.build.image_encoder import write_image_encoder
+    from seminar.data.events import prepare_events
+    from tests.support.serving import start_triton
+
+    source = tmp_path / "source"
+    write_synthetic_images(source / "pics", np.arange(1, 7), np.arange(6) % 3, 0, RenderConfig())
+    refs = [f"pics/{i}.jpg" for i in range(1, 7)]
+    events, items = _user_catalog(source, refs)
+    config = PrepareConfig(text_features=False, progress=False, image_tower=TINY_TOWER)
+    prepare_events(events, items, tmp_path / "data", "pics", config)
+    expected = np.asarray(PreparedDataset.load(tmp_path / "data").item_image_emb)[2:]
+    repo = tmp_path / "repo"
+    write_image_encoder(repo, 1, tmp_path / "data" / IMAGE_TOWER)
+
+    def request(images: list[bytes]) -> list:
+        tensor = grpcclient.InferInput(contract.INPUT_IMAGE, [len(images), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=object).reshape(-1, 1))
+        return [tensor]
+
+    model = contract.IMAGE_ENCODER_MODEL
+    with start_triton(repo, load_models=(model,), wait_models=(model,)) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        encoded = [(source / ref).read_bytes() for ref in refs[:3]]
+        result = client.infer(model, request(encoded))
+        vectors = result.as_numpy(contract.IMAGE_EMB)
+        np.testing.assert_allclose(vectors, expected[:3], rtol=1e-4, atol=1e-5)
+        with pytest.raises(InferenceServerException, match="image 1: corrupt"):
+            client.infer(model, request([encoded[0], encoded[1][:300]]))
