@@ -10,32 +10,21 @@ position with a DataError, before DALI sees the batch.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from seminar.data.dali import ENCODED_INPUT, build_pipeline, gpu_present, host_rows
-from seminar.data.images import ACCEPTED_FORMATS, PreprocessConfig
+from seminar.data.images import PreprocessConfig, image_problem
 from seminar.errors import DataError
 
 
 def check_encoded(position: int, data: bytes) -> None:
     """DataError naming the image's position when `data` is not a decodable JPEG or PNG."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise DataError(f"image {position}: no bytes (an empty image).")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ACCEPTED_FORMATS:
-                raise DataError(f"image {position}: {image.format}, not JPEG or PNG.")
-            image.load()
-    except UnidentifiedImageError as err:
-        raise DataError(f"image {position}: not an image (not JPEG or PNG).") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"image {position}: corrupt, it does not decode ({err}).") from err
+    problem = image_problem(bytes(data))
+    if problem:
+        raise DataError(f"image {position} {problem}.")
 
 
 class ImageEmbedder:

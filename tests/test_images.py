@@ -117,9 +117,9 @@ def test_users_images_are_embedded_and_bad_ones_named_with_nothing_written(
     embedder = ImageEmbedder(tmp_path / "good" / IMAGE_TOWER, batch_size=4)
     encoded = [(source / ref).read_bytes() for ref in refs[:6]]
     np.testing.assert_allclose(embedder.embed(encoded), vectors[2:8], rtol=1e-4, atol=1e-5)
-    with pytest.raises(DataError, match="image 1: corrupt, it does not decode"):
+    with pytest.raises(DataError, match="image 1 is corrupt and does not decode"):
         embedder.embed([encoded[0], encoded[1][:300]])
-    with pytest.raises(DataError, match="image 0: no bytes"):
+    with pytest.raises(DataError, match="image 0 is empty"):
         embedder.embed([b""])
 
     (source / "pics" / "broken.jpg").write_bytes((source / "pics" / "3.jpg").read_bytes()[:200])
@@ -234,5 +234,5 @@ def test_triton_image_encoder_embeds_a_new_items_image(tmp_path: Path) -> None:
         result = client.infer(model, request(encoded))
         vectors = result.as_numpy(contract.IMAGE_EMB)
         np.testing.assert_allclose(vectors, expected[:3], rtol=1e-4, atol=1e-5)
-        with pytest.raises(InferenceServerException, match="image 1: corrupt"):
+        with pytest.raises(InferenceServerException, match="image 1 is corrupt"):
             client.infer(model, request([encoded[0], encoded[1][:300]]))

@@ -131,32 +131,36 @@ def resolve_refs(refs: Sequence[str], base: Path) -> list[Path | None]:
     ]
 
 
+def image_problem(source: Path | bytes) -> str | None:
+    """What is wrong with an image file or an image's bytes, as the end of a sentence ("is
+    GIF, not JPEG or PNG"), or None when it is a JPEG or PNG that decodes."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, Path) and not source.is_file():
+        return "does not exist"
+    if isinstance(source, bytes) and not source:
+        return "is empty (no bytes)"
+    try:
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
+            if image.format not in ACCEPTED_FORMATS:
+                return f"is {image.format}, not JPEG or PNG"
+            image.load()  # decodes every pixel: a truncated file fails here
+    except UnidentifiedImageError:
+        return "is not an image (not JPEG or PNG)"
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"is corrupt and does not decode ({err})"
+    return None
+
+
 def check_images(item_ids: Sequence[int], paths: Sequence[Path | None]) -> None:
     """DataError, one sentence naming the item and its file, at the first image that is
     missing, not a JPEG or PNG, or does not decode."""
-    from PIL import Image, UnidentifiedImageError
-
     for item_id, path in zip(item_ids, paths, strict=True):
-        if path is None:
-            continue
-        if not path.is_file():
-            raise DataError(f"item {item_id}: image file {path} does not exist.")
-        try:
-            with Image.open(path) as image:
-                found = image.format
-                if found not in ACCEPTED_FORMATS:
-                    raise DataError(
-                        f"item {item_id}: image file {path} is {found}, not JPEG or PNG."
-                    )
-                image.load()  # decodes every pixel: a truncated file fails here
-        except UnidentifiedImageError as err:
-            raise DataError(
-                f"item {item_id}: image file {path} is not an image (not JPEG or PNG)."
-            ) from err
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(
-                f"item {item_id}: image file {path} is corrupt and does not decode ({err})."
-            ) from err
+        problem = None if path is None else image_problem(path)
+        if problem:
+            raise DataError(f"item {item_id}: image file {path} {problem}.")
 
 
 def pil_preprocess(paths: Sequence[Path], config: PreprocessConfig) -> np.ndarray:
