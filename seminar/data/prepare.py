@@ -476,12 +476,14 @@ def prepare_tables(
     events_file: str,
     extra_meta: dict[str, Any] | None = None,
     image_base: Path | None = None,
+    carry: tuple[Path, ...] = (),
 ) -> Stats:
     """The in-memory path (MovieLens, users' own logs): validated tables -> prepared dataset.
 
     events must already be validated (schema.validate_events); rows are ordered by user, time,
     then their order in `events` (the stable tie-break). Relative image_ref paths start from
-    `image_base` (the items file's folder).
+    `image_base` (the items file's folder). Each folder of `carry` is copied into the new
+    dataset under its own name (an appended dataset keeps its base's image tower).
     """
     catalog = Catalog.from_table(items)
     index = catalog.index_of(events.column("item_id"))
@@ -505,6 +507,8 @@ def prepare_tables(
         for start, stop in user_chunks(writer.offsets, config.chunk_rows):
             writer.write(events.slice(start, stop - start))
         stats = writer.finish()
+        for folder in carry:
+            shutil.copytree(folder, tmp / folder.name)
         write_meta(
             tmp,
             name=name,
