@@ -70,6 +70,60 @@ def bench_synthetic(
 
 
 @cli_guard
+def bench_images(
+    images: Annotated[
+        int, typer.Option(help="SYNTHETIC JPEGs timed through both pipelines.")
+    ] = 1000,
+    repeats: Annotated[int, typer.Option(help="Timed passes of each pipeline.")] = 3,
+    seeds: Annotated[int, typer.Option(help="Training seeds per ablation variant.")] = 3,
+    users: Annotated[int, typer.Option(help="SYNTHETIC users of the ablation dataset.")] = 300,
+    events_per_user: Annotated[int, typer.Option(help="Their mean events.")] = 150,
+    items: Annotated[int, typer.Option(help="Catalog size of the ablation dataset.")] = 1000,
+    topics: Annotated[int, typer.Option(help="Planted topics of the ablation dataset.")] = 8,
+    untitled: Annotated[
+        float,
+        typer.Option(help="Share of items whose text and attributes hide their topic."),
+    ] = 0.5,
+    image_topics: Annotated[
+        int,
+        typer.Option(help="0: images show their item's topic; N: N planted image topics."),
+    ] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads; 0 = torch's default.")] = 1,
+    runs: Annotated[Path, typer.Option(help="Where the dataset and runs are written.")] = Path(
+        "runs/images"
+    ),
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder for the images report: .md, .json, .png (reports/ publishes)."),
+    ] = SCRATCH,
+) -> None:
+    """DALI vs PIL preprocessing (images/s, pixel difference), and SEMINAR with vs without
+    images on SYNTHETIC data where only the images show half the items' topics (3 seeds,
+    quick settings).
+
+    Prints the record and writes OUT/images.md, images.json and images.png; takes minutes.
+    """
+    from seminar.bench.images import ImagesBenchConfig, run_bench
+
+    with reading_options():
+        config = ImagesBenchConfig(
+            images=images,
+            repeats=repeats,
+            seeds=seeds,
+            users=users,
+            events_per_user=events_per_user,
+            items=items,
+            topics=topics,
+            untitled=untitled,
+            image_topics=image_topics,
+            threads=threads,
+            runs=runs,
+        )
+    record = run_bench(config, out, echo=lambda line: typer.echo(line, err=True))
+    typer.echo(record.markdown())
+
+
+@cli_guard
 def bench_quality(
     data: Annotated[
         Path, typer.Option(help="Prepared dataset directory (`seminar data prepare ...`).")

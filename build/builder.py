@@ -197,7 +197,7 @@ def serving_record(serving: repository.ServingConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(serving), default=str))
 
 
-def _copy_backend(source: str, version_dir: Path) -> None:
+def copy_backend(source: str, version_dir: Path) -> None:
     src = contract.backend_source_path(source)
     if not src.is_file():
         raise ArtifactError(f"{src}: backend source missing (serving/backends/ holds them)")
@@ -395,18 +395,18 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             tensorrt.build_engine(vdir / contract.ONNX_FILE, plan, graph_spec, request.profile)
             tensorrt.engine_parity(vdir / contract.ONNX_FILE, plan, graph_spec)
         if name in contract.EXPORTED_MODELS and request.target is contract.Target.CPU:
-            _copy_backend(specs[name].backend_source, vdir)
+            copy_backend(specs[name].backend_source, vdir)
             artifacts.write_index_ranges(vdir, specs[name], bounds)
 
     # query_text is a Python model on every target (it tokenizes strings); the gpu build's
     # plan beside its graph is for the TensorRT container route (trtexec.sh).
     query_text_dir = version_dirs[contract.QUERY_TEXT_MODEL]
     minilm.copy_tokenizer(query_text_dir)
-    _copy_backend(specs[contract.QUERY_TEXT_MODEL].backend_source, query_text_dir)
+    copy_backend(specs[contract.QUERY_TEXT_MODEL].backend_source, query_text_dir)
 
     progress("features maps")
     artifacts.write_features(inputs.data_dir, version_dirs[contract.FEATURES_MODEL], dims)
-    _copy_backend(
+    copy_backend(
         specs[contract.FEATURES_MODEL].backend_source, version_dirs[contract.FEATURES_MODEL]
     )
 
@@ -417,7 +417,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     # The position in the online event log the store holds the events up to (the dataset's,
     # from `seminar data append`): serving scores each user's events after it as the tail.
     event_log = read_store_watermark(pq_dir)
-    _copy_backend(
+    copy_backend(
         specs[contract.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[contract.PQ_RETRIEVAL_MODEL]
     )
 

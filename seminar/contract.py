@@ -179,6 +179,14 @@ QUERY_TEXT_SOURCE = "query_text.py"
 ONNX_RUNNER_SOURCE = "onnx_model.py"
 PQ_RETRIEVAL_SOURCE = "pq_retrieval.py"
 PIPELINE_SOURCE = "pipeline.py"
+# Beside the ensemble, for items that arrive after a build: encoded image bytes -> the image
+# modality's vector, through the DALI preprocessing and the dataset's image tower.
+IMAGE_ENCODER_MODEL = "image_encoder"
+IMAGE_ENCODER_SOURCE = "image_encoder.py"
+INPUT_IMAGE = "image"  # BYTES[1]: one JPEG or PNG file's bytes per row
+IMAGE_EMB = "image_emb"  # FP32[F]: F = the tower's output width
+PARAM_IMAGE_TOWER = "image_tower_dir"  # image_encoder: the tower's folder in the version dir
+IMAGE_TOWER_DIR = "image_tower"
 
 
 @unique
@@ -446,6 +454,18 @@ QUERY_STRING_MODELS: tuple[str, ...] = (FEATURES_MODEL, QUERY_TEXT_MODEL)
 # The models that score users' online tails (seminar.serving.tail): the retrieval step and
 # the fused step that runs it.
 TAIL_MODELS: tuple[str, ...] = (PQ_RETRIEVAL_MODEL, PIPELINE_MODEL)
+
+
+def image_encoder_spec(image_dim: int) -> ModelSpec:
+    """The Python model that embeds a new item's image: image BYTES[1] -> image_emb FP32[F]."""
+    return ModelSpec(
+        name=IMAGE_ENCODER_MODEL,
+        kind=TritonModelKind.PYTHON,
+        inputs=(_t(INPUT_IMAGE, DataType.BYTES, 1),),
+        outputs=(_t(IMAGE_EMB, DataType.FP32, image_dim),),
+        backend_source=IMAGE_ENCODER_SOURCE,
+        parameters=MappingProxyType({PARAM_IMAGE_TOWER: IMAGE_TOWER_DIR}),
+    )
 
 
 def query_text_graph_spec() -> ModelSpec:

@@ -161,7 +161,7 @@ def test_no_bench_writes_into_the_published_reports_by_default() -> None:
 
     commands = (
         cli.bench_synthetic, cli.bench_quality, cli.bench_pq, cli.bench_serving, cli.bench_soak,
-        cli.perf,
+        cli.perf, cli.bench_images,
     )  # fmt: skip
     for command in commands:
         outputs = {

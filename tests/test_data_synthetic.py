@@ -15,19 +15,10 @@ from seminar.data.synthetic import (
     lifelong_user,
     lifelong_user_for,
     load_planted,
+    nearest_centroid_accuracy,
     prepare_synthetic,
 )
 from tests.support.data import SYNTHETIC_SMALL
-
-
-def _nearest_centroid_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
-    """Fit topic centroids on even rows, classify odd rows by cosine similarity."""
-    train = np.arange(len(labels)) % 2 == 0
-    topics = np.unique(labels)
-    centroids = np.stack([x[train & (labels == t)].mean(axis=0) for t in topics])  # (T, D)
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    predicted = topics[(x[~train] @ centroids.T).argmax(axis=1)]
-    return float((predicted == labels[~train]).mean())
 
 
 def _kmeans_purity(x: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -42,7 +33,7 @@ def test_planted_topics_are_recoverable_from_minilm_text_embeddings(synthetic_da
     topic = load_planted(synthetic_data)["item_topic"][2:]
     text = np.asarray(ds.item_text_emb[2:])  # (I, 384) MiniLM of the generated item texts
     chance = 1 / SYNTHETIC_SMALL["topics"]
-    assert _nearest_centroid_accuracy(text, topic) > 0.8 > 4 * chance
+    assert nearest_centroid_accuracy(text, topic) > 0.8 > 4 * chance
     assert _kmeans_purity(text, topic, SYNTHETIC_SMALL["topics"]) > 0.7
 
 
@@ -50,7 +41,7 @@ def test_synthetic_image_embeddings_and_attributes_follow_topics(synthetic_data:
     ds = PreparedDataset.load(synthetic_data)
     topic = load_planted(synthetic_data)["item_topic"][2:]
     assert ds.item_image_emb.shape == (ds.n_item_rows, SYNTHETIC_SMALL["image_dim"])
-    assert _nearest_centroid_accuracy(np.asarray(ds.item_image_emb[2:]), topic) > 0.8
+    assert nearest_centroid_accuracy(np.asarray(ds.item_image_emb[2:]), topic) > 0.8
     category = np.array(
         [int(ds.attributes[row[0]].split("=c")[1]) for row in ds.item_attrs[2:]]
     )  # category= is the first attribute of every synthetic item

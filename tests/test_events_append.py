@@ -368,3 +368,27 @@ def test_append_rebuild_and_count(small_data: Path, tmp_path: Path) -> None:
     card = contract.build_info_path(repo, 1).with_name(contract.MODEL_CARD_FILE).read_text()
     assert f"up to seq {mark.watermark}" in card
     event_log.close()
+
+
+def test_an_appended_dataset_keeps_its_image_vectors_and_tower(
+    event_log: EventLog, tmp_path: Path
+) -> None:
+    from seminar.data.prepare import IMAGE_TOWER, PrepareConfig
+    from seminar.data.synthetic import SyntheticConfig, prepare_synthetic
+    from seminar.model.config import ImageTowerConfig
+
+    config = SyntheticConfig(users=20, events_per_user=20, items=60, topics=3, seed=3, images=True)
+    tower = ImageTowerConfig(epochs=2, batch_size=32)
+    prepare = PrepareConfig(seed=3, text_features=False, progress=False, image_tower=tower)
+    prepare_synthetic(config, tmp_path / "data", prepare)
+    base = PreparedDataset.load(tmp_path / "data")
+    event_log.append(mixed_events(base, "img"))
+    append_events(tmp_path / "data", event_log, tmp_path / "new", config=QUIET)
+    appended = PreparedDataset.load(tmp_path / "new")
+    vectors = np.asarray(appended.item_image_emb)
+    # Catalog items keep their vectors (not re-embedded); the logged new item has none.
+    np.testing.assert_array_equal(vectors[: base.n_item_rows], np.asarray(base.item_image_emb))
+    assert vectors.shape[0] == base.n_item_rows + 1 and not vectors[-1].any()
+    weights = f"{IMAGE_TOWER}/weights.safetensors"
+    assert (tmp_path / "new" / weights).read_bytes() == (tmp_path / "data" / weights).read_bytes()
+    assert len(list((tmp_path / "new" / "images").glob("*.jpg"))) == 60

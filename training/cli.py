@@ -82,6 +82,10 @@ def train(
     ] = None,
     text: Annotated[bool, typer.Option("--text/--no-text", help="Text modality.")] = True,
     attr: Annotated[bool, typer.Option("--attr/--no-attr", help="Attribute modality.")] = True,
+    image: Annotated[
+        bool,
+        typer.Option("--image/--no-image", help="Image modality (where the dataset has one)."),
+    ] = True,
     query_text: Annotated[
         bool,
         typer.Option(
@@ -139,6 +143,7 @@ def train(
         {
             "use_text": text,
             "use_attr": attr,
+            "use_image": image,
             "use_query_text": query_text,
             "query_relevance": query_relevance,
         }

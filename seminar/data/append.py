@@ -40,7 +40,9 @@ import pyarrow as pa
 
 from seminar import contract
 from seminar.data.dataset import PreparedDataset
+from seminar.data.images import SYNTHETIC_IMAGES
 from seminar.data.prepare import (
+    IMAGE_TOWER,
     META_FILE,
     PrepareConfig,
     Stats,
@@ -253,6 +255,12 @@ def append_events(
         config=prepare_config_of(meta, config.progress),
         events_file=str(data / "events.parquet"),
         extra_meta=_meta_update(meta, new_mark, fold),
+        # The vectors of the base's images travel in items.parquet; the tower that made them
+        # (and a synthetic dataset's own images) come along, so items that arrive later are
+        # embedded by the same weights.
+        carry=tuple(
+            folder for folder in (data / IMAGE_TOWER, data / SYNTHETIC_IMAGES) if folder.is_dir()
+        ),
     )
     return fold, stats
 

@@ -142,12 +142,38 @@ def prepare_synthetic(
     image_dim: Annotated[
         int, typer.Option(help="Synthetic image embedding size (noisy topic vector); 0 = none.")
     ] = 32,
+    images: Annotated[
+        bool,
+        typer.Option(
+            "--images",
+            help=(
+                "Render one SYNTHETIC JPEG per item (OUT/images/) and embed them with the DALI "
+                "pipeline and the CNN image tower, instead of the noisy vector."
+            ),
+        ),
+    ] = False,
+    image_topics: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "0: an image shows its item's topic. N: items get one of N planted image topics "
+                "that text and attributes do not reveal, and each user prefers one."
+            )
+        ),
+    ] = 0,
+    untitled: Annotated[
+        float,
+        typer.Option(
+            help="Share of items whose text and attributes hide their topic (only the image shows it)."
+        ),
+    ] = 0.0,
     as_json: JsonOption = False,
 ) -> None:
     """SYNTHETIC lifelong logs with planted topics (truth stored in meta.json / planted/).
 
     Items get a topic, text from that topic's vocabulary, topic-correlated attributes and a
-    synthetic image vector; users get a topic mixture; search and rec events interleave and
+    synthetic image vector (with --images a rendered JPEG: shape, colour and texture of its
+    image topic, plus noise); users get a topic mixture; search and rec events interleave and
     labels follow interest; a search event's query is 1-3 words of its item's topic. Streams
     to disk in bounded memory.
     """
@@ -165,6 +191,9 @@ def prepare_synthetic(
             min_events=min_events,
             max_events=max_events,
             image_dim=image_dim,
+            images=images,
+            image_topics=image_topics,
+            untitled=untitled,
         )
     prepare = _config(seed, 99)
     _run(lambda: run(config, out, prepare), as_json, "SYNTHETIC")

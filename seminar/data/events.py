@@ -30,4 +30,5 @@ def prepare_events(
         },
         config=config,
         events_file=str(events_path),
+        image_base=items_path.parent,
     )

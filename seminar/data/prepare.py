@@ -37,14 +37,24 @@ import pyarrow.parquet as pq
 
 from seminar.contract import FIRST_ITEM_INDEX
 from seminar.data import features
-from seminar.data.schema import EVENTS_SCHEMA, SCHEMA_VERSION, EventType, image_embeddings
+from seminar.data.images import PreprocessConfig
+from seminar.data.schema import (
+    EVENTS_SCHEMA,
+    IMAGE_EMBEDDING,
+    IMAGE_REF,
+    SCHEMA_VERSION,
+    EventType,
+    image_embeddings,
+)
 from seminar.data.splits import SplitConfig, split_user
 from seminar.data.tokenizer import QUERY_TOKENS, QueryTokenizer
 from seminar.errors import ConflictError, DataError
+from seminar.model.config import ImageTowerConfig
 
 META_FILE = "meta.json"
 ARRAYS = "arrays"
 ATTR_PAD = "<pad>"
+IMAGE_TOWER = "image_tower"  # the trained image tower, beside a dataset embedded from images
 
 
 def note(config: PrepareConfig, message: str) -> None:
@@ -65,6 +75,10 @@ class PrepareConfig:
     # Progress on stderr: one line per step, and bars where stderr is a terminal (a bar written
     # to a log file is one unreadable line of carriage returns).
     progress: bool = True
+    # A catalog with image files (image_ref, no image_embedding): how DALI preprocesses them
+    # and how the CNN image tower that embeds them trains.
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    image_tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
@@ -186,10 +200,13 @@ class DatasetWriter:
         user_ids: np.ndarray,
         counts: np.ndarray,
         config: PrepareConfig,
+        image_base: Path | None = None,
     ) -> None:
+        """image_base: the folder relative image_ref paths start from (the items file's)."""
         if not queries or queries[0] != "":
             raise ValueError("queries[0] must be the empty query")
         self.root, self.catalog, self.queries, self.config = root, catalog, queries, config
+        self.image_paths = _image_paths(catalog, image_base)  # checked before any event
         self.user_ids = np.asarray(user_ids, np.int64)
         self.counts = np.asarray(counts, np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)  # (U+1,)
@@ -274,7 +291,6 @@ class DatasetWriter:
         self._events.close()
         for appender in self._seq.values():
             appender.close()
-        pq.write_table(self.catalog.table, self.root / "items.parquet")
         for name in ("test_pos", "valid_pos", "test_negatives", "valid_negatives"):
             np.save(self.arrays / f"{name}.npy", getattr(self, name))
 
@@ -288,13 +304,16 @@ class DatasetWriter:
             np.array(tokenizer.encode_batch(self.queries), np.int32).reshape(-1, QUERY_TOKENS),
         )
         n_attributes = self._write_attributes()
+        if self.config.text_features:
+            self._write_text_features()
+        if self.image_paths is not None:
+            self._embed_images(n_attributes)
+        pq.write_table(self.catalog.table, self.root / "items.parquet")
         image = image_embeddings(self.catalog.table)
         if image is not None:
             rows = np.zeros((len(self.catalog) + FIRST_ITEM_INDEX, image.shape[1]), np.float32)
             rows[FIRST_ITEM_INDEX:] = image  # (I+2, E), PAD and OOV rows zero
             np.save(self.arrays / "item_image_emb.npy", rows)
-        if self.config.text_features:
-            self._write_text_features()
 
         n_events = int(self.offsets[-1])
         return Stats(
@@ -329,6 +348,42 @@ class DatasetWriter:
         np.save(self.arrays / "item_attrs.npy", table)
         return len(vocab)
 
+    def _embed_images(self, n_attributes: int) -> None:
+        """DALI-preprocess the catalog's images, train the image tower on them (aligned with
+        the text and attributes just written), save it under IMAGE_TOWER and add its vectors
+        as the image_embedding column (zeros for items without an image)."""
+        from seminar.data.dali import dali_preprocess
+        from seminar.model.image_tower import embed_images, save_tower, train_image_tower
+
+        paths = self.image_paths or []
+        has = np.array([path is not None for path in paths])
+        if has.sum() < 2:
+            raise DataError(
+                f"column '{IMAGE_REF}' names {int(has.sum())} image(s); the image tower needs at "
+                "least 2 (or give precomputed vectors in 'image_embedding')."
+            )
+        rows = np.flatnonzero(has)
+        note(self.config, f"images: {rows.size:,} files -> DALI -> CNN image tower")
+        pixels = dali_preprocess([paths[row] for row in rows], self.config.preprocess)
+        text = None
+        if self.config.text_features:
+            text = np.load(self.arrays / "item_text_emb.npy")[FIRST_ITEM_INDEX:][rows]
+        attrs = np.load(self.arrays / "item_attrs.npy")[FIRST_ITEM_INDEX:][rows]
+        tower_config = self.config.image_tower
+        tower, losses = train_image_tower(pixels, text, attrs, n_attributes, tower_config)
+        save_tower(
+            tower,
+            tower_config,
+            self.root / IMAGE_TOWER,
+            {"preprocess": asdict(self.config.preprocess), "losses": losses},
+        )
+        vectors = np.zeros((len(paths), tower_config.dim), np.float32)
+        vectors[rows] = embed_images(tower, pixels)
+        column = pa.array(list(vectors), pa.list_(pa.float32()))
+        self.catalog = Catalog(
+            self.catalog.table.append_column(IMAGE_EMBEDDING, column), self.catalog.item_ids
+        )
+
     def _write_text_features(self) -> None:
         progress = self.config.progress
         texts = self.catalog.table.column("text").to_pylist()
@@ -340,6 +395,19 @@ class DatasetWriter:
         query_emb = np.zeros((len(self.queries), features.TEXT_DIM), np.float32)
         query_emb[1:] = features.embed_texts(self.queries[1:], progress=progress, desc="queries")
         np.save(self.arrays / "query_text_emb.npy", query_emb)  # (Q, 384)
+
+
+def _image_paths(catalog: Catalog, base: Path | None) -> list[Path | None] | None:
+    """The image file of each item (None = no image), each checked to exist and decode, when
+    the catalog names image files and has no precomputed vectors; else None."""
+    table = catalog.table
+    if IMAGE_REF not in table.column_names or IMAGE_EMBEDDING in table.column_names:
+        return None
+    from seminar.data.images import check_images, resolve_refs
+
+    paths = resolve_refs(table.column(IMAGE_REF).to_pylist(), base or Path.cwd())
+    check_images(catalog.item_ids.tolist(), paths)
+    return paths
 
 
 def write_meta(
@@ -407,11 +475,15 @@ def prepare_tables(
     config: PrepareConfig,
     events_file: str,
     extra_meta: dict[str, Any] | None = None,
+    image_base: Path | None = None,
+    carry: tuple[Path, ...] = (),
 ) -> Stats:
     """The in-memory path (MovieLens, users' own logs): validated tables -> prepared dataset.
 
     events must already be validated (schema.validate_events); rows are ordered by user, time,
-    then their order in `events` (the stable tie-break).
+    then their order in `events` (the stable tie-break). Relative image_ref paths start from
+    `image_base` (the items file's folder). Each folder of `carry` is copied into the new
+    dataset under its own name (an appended dataset keeps its base's image tower).
     """
     catalog = Catalog.from_table(items)
     index = catalog.index_of(events.column("item_id"))
@@ -431,10 +503,12 @@ def prepare_tables(
     queries = ["", *sorted(q for q in searched if q)]
 
     with atomic_output(out) as tmp:
-        writer = DatasetWriter(tmp, catalog, queries, user_ids, counts, config)
+        writer = DatasetWriter(tmp, catalog, queries, user_ids, counts, config, image_base)
         for start, stop in user_chunks(writer.offsets, config.chunk_rows):
             writer.write(events.slice(start, stop - start))
         stats = writer.finish()
+        for folder in carry:
+            shutil.copytree(folder, tmp / folder.name)
         write_meta(
             tmp,
             name=name,

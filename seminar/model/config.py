@@ -134,3 +134,30 @@ class ModelConfig:
 # Fields added after run directories were first written, with the value that rebuilds the
 # model those older runs were trained as.
 LEGACY_DEFAULTS: dict[str, Any] = {"use_query_text": False, "query_relevance": False}
+
+
+@dataclass(frozen=True)
+class ImageTowerConfig:
+    """The small CNN that turns a preprocessed item image into the image modality's vector.
+
+    It is trained at prepare time with the PSU alignment loss (image against the item's text,
+    id and attributes), small enough to train in seconds on one core.
+    """
+
+    dim: int = 32  # F of the image modality: the tower's output
+    width: int = 16  # channels of the first convolution (doubled by each of the next two)
+    align_dim: int = 32  # the shared space the alignment compares modalities in
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 3e-3
+    tau: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "width", "align_dim", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ImageTowerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError("ImageTowerConfig.batch_size must be >= 2 (in-batch negatives)")
+        if self.lr <= 0 or self.tau <= 0:
+            raise ValueError("ImageTowerConfig.lr and tau must be > 0")

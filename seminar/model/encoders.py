@@ -7,6 +7,7 @@ only indices as input.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -130,6 +131,24 @@ class ItemEncoder(nn.Module):
             if config.projections
             else None
         )
+
+    def load_features(
+        self,
+        item_text: np.ndarray | None = None,
+        item_attrs: np.ndarray | None = None,
+        item_image: np.ndarray | None = None,
+    ) -> None:
+        """Copy frozen per-item features (I+2 rows each) into the buffers of the modalities
+        this encoder has; a zero text or image row means the item lacks that modality."""
+        with torch.no_grad():
+            if hasattr(self, "item_text") and item_text is not None:
+                self.item_text.copy_(torch.as_tensor(np.array(item_text), dtype=torch.float32))
+                self.item_has_text.copy_(self.item_text.abs().sum(-1) > 0)
+            if hasattr(self, "item_attrs") and item_attrs is not None:
+                self.item_attrs.copy_(torch.as_tensor(np.array(item_attrs), dtype=torch.long))
+            if hasattr(self, "item_image") and item_image is not None:
+                self.item_image.copy_(torch.as_tensor(np.array(item_image), dtype=torch.float32))
+                self.item_has_image.copy_(self.item_image.abs().sum(-1) > 0)
 
     def raw_modalities(self, item_index: Tensor) -> dict[Modality, tuple[Tensor, Tensor]]:
         """Per modality: the embedding before G (B, D) and whether the item has it (B,)."""

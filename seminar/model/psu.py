@@ -14,12 +14,14 @@ tables and modality projections; G, GSU/ESU and scorer start fresh.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from seminar.model.config import Modality
 from seminar.model.seminar import SeminarModel
 
 
@@ -48,18 +50,23 @@ def info_nce(a: Tensor, b: Tensor, tau: float) -> Tensor:
     )
 
 
-def alignment_loss(model: SeminarModel, items: Tensor, tau: float) -> Tensor:
-    """Mean InfoNCE over every pair of modalities, on the distinct real items of `items`."""
-    items = torch.unique(items[items > 1])  # drop PAD/OOV; duplicates would be false negatives
-    raw = model.item_encoder.raw_modalities(items)
+def modality_alignment(raw: Mapping[Modality, tuple[Tensor, Tensor]], tau: float) -> Tensor:
+    """Mean InfoNCE over every pair of modalities: raw[m] = (embeddings (N, D), whether each
+    of the N distinct items has m (N,)); only items having both modalities of a pair count."""
     losses = []
     for m1, m2 in itertools.combinations(list(raw), 2):
         both = raw[m1][1] & raw[m2][1]  # (N,) items having both modalities
         if int(both.sum()) >= 2:
             losses.append(info_nce(raw[m1][0][both], raw[m2][0][both], tau))
     if not losses:
-        return items.new_zeros((), dtype=torch.float32)
+        return next(iter(raw.values()))[0].new_zeros(())
     return torch.stack(losses).mean()
+
+
+def alignment_loss(model: SeminarModel, items: Tensor, tau: float) -> Tensor:
+    """Mean InfoNCE over every pair of modalities, on the distinct real items of `items`."""
+    items = torch.unique(items[items > 1])  # drop PAD/OOV; duplicates would be false negatives
+    return modality_alignment(model.item_encoder.raw_modalities(items), tau)
 
 
 def relevance_loss(model: SeminarModel, query: Tensor, item: Tensor, tau: float) -> Tensor:

@@ -73,15 +73,7 @@ class SeminarModel(nn.Module):
                 self.query_text.copy_(
                     torch.as_tensor(np.array(query_text_emb), dtype=torch.float32)
                 )
-            enc = self.item_encoder
-            if hasattr(enc, "item_text") and item_text is not None:
-                enc.item_text.copy_(torch.as_tensor(np.array(item_text), dtype=torch.float32))
-                enc.item_has_text.copy_(enc.item_text.abs().sum(-1) > 0)
-            if hasattr(enc, "item_attrs") and item_attrs is not None:
-                enc.item_attrs.copy_(torch.as_tensor(np.array(item_attrs), dtype=torch.long))
-            if hasattr(enc, "item_image") and item_image is not None:
-                enc.item_image.copy_(torch.as_tensor(np.array(item_image), dtype=torch.float32))
-                enc.item_has_image.copy_(enc.item_image.abs().sum(-1) > 0)
+        self.item_encoder.load_features(item_text, item_attrs, item_image)
 
     # ---- embeddings ---------------------------------------------------------------------
     def pair(self, query_emb: Tensor, item_emb: Tensor) -> Tensor:
