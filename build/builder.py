@@ -422,7 +422,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     )
 
     if contract.PIPELINE_MODEL in version_dirs:  # it reads the six steps' folders
-        _copy_backend(
+        copy_backend(
             specs[contract.PIPELINE_MODEL].backend_source, version_dirs[contract.PIPELINE_MODEL]
         )
 
