@@ -24,6 +24,7 @@ from seminar.bench.pq.config import (
     EXACT_FAISS,
     FAISS_FASTSCAN,
     FAISS_PQ,
+    FAISS_SHORTLIST,
     FAST,
     RAW_FAISS,
     SERVED,
@@ -52,7 +53,7 @@ def measure(cfg: BenchConfig, world: World, log: Callable[[str], None]) -> list[
     """Every method at every length of `cfg`, one SYNTHETIC user per length."""
     lengths = list(cfg.lengths)
     retrievers = {
-        name: retriever_for(world, lengths, config, cfg.seed)
+        name: retriever_for(world, lengths, config, cfg.seed, fused_scan=name != FAISS_SHORTLIST)
         for name, config in timed_methods().items()
     }
     anchor = retrievers[DECODE]

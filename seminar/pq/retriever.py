@@ -15,6 +15,7 @@ from seminar.errors import ArtifactError, UsageError
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
 from seminar.pq.codebooks import QUERY_MODALITY, Codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
+from seminar.pq.faiss_scan import pack_fastscan
 from seminar.pq.store import SequenceStore
 
 
@@ -43,6 +44,9 @@ class PQRetriever:
     k: the GSU top-K used by `retrieve` when none is given.
     alpha: the model's pair weight (recorded for serving, which receives query and item
         embeddings separately); None when built without a model.
+    fused_scan: with the faiss backend, collect the shortlist of a reranked search with the
+        fused scan kernel (seminar.pq.fused_scan) when it is built; False keeps faiss's own
+        top-K collection (the bench's side-by-side row).
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class PQRetriever:
         k: int = 50,
         device: str | torch.device = "cpu",
         alpha: float | None = None,
+        fused_scan: bool = True,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -95,11 +100,21 @@ class PQRetriever:
             )
         self.gsu_weight = None if gsu_weight is None else gsu_weight.float().to(self.device)
         self.gsu_bias = None if gsu_bias is None else gsu_bias.float().to(self.device)
+        self.fused_scan = fused_scan
         self._faiss = None
+        self._fused = None
         if self.backend == ScoringBackend.FAISS:
+            import faiss
+
             from seminar.pq.faiss_scan import FaissScanner
+            from seminar.pq.fused_scan import FusedScanner
 
             self._faiss = FaissScanner(codebooks)
+            # The shortlist of a reranked search: faiss's top-K collection costs more than its
+            # scan at a 4K shortlist (reports/pq.md); the fused kernel collects it in the scan.
+            four_bit = codebooks.nbits == 4
+            if fused_scan and config.rerank > 1 and four_bit and FusedScanner.available():
+                self._fused = FusedScanner(codebooks, threads=faiss.omp_get_max_threads())
 
     def with_config(self, config: PQConfig) -> PQRetriever:
         """The same codebooks, tables, store and projection scored with another backend /
@@ -120,7 +135,15 @@ class PQRetriever:
             k=self.k,
             device=self.device,
             alpha=self.alpha,
+            fused_scan=self.fused_scan,
         )
+
+    def with_fused_scan(self, enabled: bool) -> PQRetriever:
+        """The same retriever with the fused shortlist kernel on or off (faiss collects)."""
+        retriever = self.with_config(self.config)
+        if not enabled:
+            retriever.fused_scan, retriever._fused = False, None
+        return retriever
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -232,11 +255,22 @@ class PQRetriever:
         self, u: torch.Tensor, blocks: np.ndarray, n_events: int, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, h, dim = u.shape
-        _, found = self._faiss.search_blocks(
-            u.detach().cpu().reshape(-1, dim).numpy(), blocks, n_events, k
-        )
+        queries = u.detach().cpu().reshape(-1, dim).numpy()
+        if self._fused is not None:
+            found = self._fused.search_blocks(queries, blocks, n_events, k)[0]
+        else:
+            found = self._faiss.search_blocks(queries, blocks, n_events, k)[1]
         found = torch.from_numpy(found).reshape(b, h, k)  # -1 = fewer than K events
         return found.clamp(min=0), found >= 0
+
+    def _faiss_search(self, u: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
+        """Positions (Q, K) of the top-K events of one sequence's codes (L, C) for queries
+        (Q, D); -1 = fewer than K events. The fused kernel reads the sequence packed as the
+        store packs it, so an offline row and a served user pick the same shortlist."""
+        if self._fused is not None:
+            blocks = pack_fastscan(codes)
+            return self._fused.search_blocks(u, blocks, len(codes), k)[0]
+        return self._faiss.search(u, codes, k)[1]
 
     def _faiss_topk(
         self, u: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, k: int
@@ -253,7 +287,7 @@ class PQRetriever:
             targets = slice(None) if codes_np.shape[0] == 1 else slice(r, r + 1)
             uq = u_np[targets].reshape(-1, dim)  # (B'*H, D)
             if mask_np[r].all():  # a stored sequence: no padding, positions are faiss ids
-                _, found = self._faiss.search(uq, codes_np[r], k)  # (B'*H, K), -1 = none
+                found = self._faiss_search(uq, codes_np[r], k)  # (B'*H, K), -1 = none
                 found = found.reshape(-1, h, k)
                 ok = found >= 0
                 pos[targets] = torch.from_numpy(np.maximum(found, 0))
@@ -261,7 +295,7 @@ class PQRetriever:
                 real = np.flatnonzero(mask_np[r])  # positions of the real events
                 if len(real) == 0:
                     continue  # nothing to select: every slot stays invalid
-                _, found = self._faiss.search(uq, codes_np[r, real], k)
+                found = self._faiss_search(uq, codes_np[r, real], k)
                 found = found.reshape(-1, h, k)
                 ok = found >= 0
                 pos[targets] = torch.from_numpy(real[np.maximum(found, 0)])
