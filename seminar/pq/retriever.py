@@ -7,6 +7,7 @@ same (user, target) pick the same events. Shape letters as in seminar.pq.adc; U 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from seminar.pq.codebooks import QUERY_MODALITY, Codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
 from seminar.pq.faiss_scan import pack_fastscan
 from seminar.pq.store import SequenceStore
+
+if TYPE_CHECKING:
+    from seminar.pq.fused_scan import ScanResult
 
 
 def resolve_backend(backend: ScoringBackend, nbits: int, device: torch.device) -> ScoringBackend:
@@ -104,17 +108,16 @@ class PQRetriever:
         self._faiss = None
         self._fused = None
         if self.backend == ScoringBackend.FAISS:
-            import faiss
-
             from seminar.pq.faiss_scan import FaissScanner
             from seminar.pq.fused_scan import FusedScanner
 
             self._faiss = FaissScanner(codebooks)
-            # The shortlist of a reranked search: faiss's top-K collection costs more than its
-            # scan at a 4K shortlist (reports/pq.md); the fused kernel collects it in the scan.
+            # A reranked search: faiss's top-K collection costs more than its scan at a 4K
+            # shortlist (reports/pq.md); the fused kernel collects it in the scan and reranks.
             four_bit = codebooks.nbits == 4
             if fused_scan and config.rerank > 1 and four_bit and FusedScanner.available():
-                self._fused = FusedScanner(codebooks, threads=faiss.omp_get_max_threads())
+                # on torch's OpenMP threads: the kernel binds to torch's runtime
+                self._fused = FusedScanner(codebooks, threads=torch.get_num_threads())
 
     def with_config(self, config: PQConfig) -> PQRetriever:
         """The same codebooks, tables, store and projection scored with another backend /
@@ -241,6 +244,8 @@ class PQRetriever:
             valid = mask.to(u.device).bool().unsqueeze(1).expand(b, h, n_events)
             return self._rerank(u, pos, valid, item, query, k)
         u_pq = self.rotated(u)
+        if self._fused is not None:
+            return self._fused_topk(u, u_pq, codes, mask, item, query, k, blocks)
         if blocks is not None:
             pos, valid = self._faiss_stored_topk(u_pq, blocks, n_events, short)
         elif self.backend == ScoringBackend.FAISS:
@@ -256,21 +261,81 @@ class PQRetriever:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, h, dim = u.shape
         queries = u.detach().cpu().reshape(-1, dim).numpy()
-        if self._fused is not None:
-            found = self._fused.search_blocks(queries, blocks, n_events, k)[0]
-        else:
-            found = self._faiss.search_blocks(queries, blocks, n_events, k)[1]
+        _, found = self._faiss.search_blocks(queries, blocks, n_events, k)
         found = torch.from_numpy(found).reshape(b, h, k)  # -1 = fewer than K events
         return found.clamp(min=0), found >= 0
 
-    def _faiss_search(self, u: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
-        """Positions (Q, K) of the top-K events of one sequence's codes (L, C) for queries
-        (Q, D); -1 = fewer than K events. The fused kernel reads the sequence packed as the
-        store packs it, so an offline row and a served user pick the same shortlist."""
-        if self._fused is not None:
-            blocks = pack_fastscan(codes)
-            return self._fused.search_blocks(u, blocks, len(codes), k)[0]
-        return self._faiss.search(u, codes, k)[1]
+    def _fused_topk(
+        self,
+        u: torch.Tensor,
+        u_pq: torch.Tensor,
+        codes: torch.Tensor | None,
+        mask: torch.Tensor,
+        item: torch.Tensor,
+        query: torch.Tensor,
+        k: int,
+        blocks: np.ndarray | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """topk_positions with the fused kernel (CPU): the shortlist of `rerank * k` by ADC and
+        its exact rerank in one call per sequence. A stored user's `blocks` are searched as
+        stored; an offline row's real events are packed the same way, so both pick alike."""
+        b, h, _ = u.shape
+        pos = torch.zeros((b, h, k), dtype=torch.long)
+        valid = torch.zeros((b, h, k), dtype=torch.bool)
+        rows = item.shape[0]
+        for r in range(rows):
+            targets = slice(None) if rows == 1 else slice(r, r + 1)  # as in _faiss_topk
+            items, queries, real = item[r], query[r], None
+            if blocks is None:
+                row_mask = mask[r].cpu().numpy().astype(bool)
+                row_codes = codes[r].cpu().numpy()
+                if not row_mask.all():
+                    real = np.flatnonzero(row_mask)
+                    row_codes = row_codes[real]
+                    items, queries = items[real], queries[real]
+                seq_blocks = pack_fastscan(row_codes)
+            else:
+                seq_blocks = blocks
+            if len(items) == 0:
+                continue  # nothing to select: every slot stays invalid
+            found = self._fused_search(u[targets], u_pq[targets], seq_blocks, items, queries, k)
+            found = found.reranked
+            found = torch.from_numpy(found).reshape(-1, h, k)  # -1 = fewer than k events
+            ok = found >= 0
+            found = found.clamp(min=0)
+            pos[targets] = found if real is None else torch.from_numpy(real)[found]
+            valid[targets] = ok
+        return pos.to(self.device), valid.to(self.device)
+
+    def _fused_search(
+        self,
+        u: torch.Tensor,
+        u_pq: torch.Tensor,
+        blocks: np.ndarray,
+        item: torch.Tensor,
+        query: torch.Tensor,
+        k: int,
+        embeddings: bool = False,
+    ) -> ScanResult:
+        """One kernel call over one sequence (item, query (L,), its fast-scan blocks) for the
+        queries u (..., D) (u_pq rotated): the `rerank * k` shortlist by ADC, reranked to the
+        best k by exact score against the tables (seminar.pq.fused_scan.ScanResult)."""
+        from seminar.pq.fused_scan import ExactRerank
+
+        dim = u.shape[-1]
+        rerank = ExactRerank(
+            u=u.detach().cpu().reshape(-1, dim).numpy(),
+            item_index=item.cpu().numpy(),
+            query_index=None if self.query_table is None else query.cpu().numpy(),
+            item_table=self.item_table.numpy(),
+            query_table=None if self.query_table is None else self.query_table.numpy(),
+            k=k,
+            embeddings=embeddings,
+        )
+        queries = u_pq.detach().cpu().reshape(-1, dim).numpy()
+        return self._fused.search_blocks(
+            queries, blocks, len(item), k * self.config.rerank, rerank=rerank
+        )
 
     def _faiss_topk(
         self, u: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, k: int
@@ -287,7 +352,7 @@ class PQRetriever:
             targets = slice(None) if codes_np.shape[0] == 1 else slice(r, r + 1)
             uq = u_np[targets].reshape(-1, dim)  # (B'*H, D)
             if mask_np[r].all():  # a stored sequence: no padding, positions are faiss ids
-                found = self._faiss_search(uq, codes_np[r], k)  # (B'*H, K), -1 = none
+                _, found = self._faiss.search(uq, codes_np[r], k)  # (B'*H, K), -1 = none
                 found = found.reshape(-1, h, k)
                 ok = found >= 0
                 pos[targets] = torch.from_numpy(np.maximum(found, 0))
@@ -295,7 +360,7 @@ class PQRetriever:
                 real = np.flatnonzero(mask_np[r])  # positions of the real events
                 if len(real) == 0:
                     continue  # nothing to select: every slot stays invalid
-                found = self._faiss_search(uq, codes_np[r, real], k)
+                _, found = self._faiss.search(uq, codes_np[r, real], k)
                 found = found.reshape(-1, h, k)
                 ok = found >= 0
                 pos[targets] = torch.from_numpy(real[np.maximum(found, 0)])
@@ -450,11 +515,32 @@ class PQRetriever:
         """
         k = self.k if k is None else k
         u = self._target_vectors(x_t)  # (B, H, D): scores the store and the tail alike
-        item, query, pos, valid = self._positions(user_index, u, k)
-        emb = self.gather_winners(item, query, pos, valid)
+        fused = self._fused_retrieve(user_index, u, k)
+        if fused is None:
+            item, query, pos, valid = self._positions(user_index, u, k)
+            emb = self.gather_winners(item, query, pos, valid)
+        else:
+            emb, valid = fused
         if tail is None or tail.shape[0] == 0:
             return emb, valid
         return self.merge_tail(u, emb, valid, tail.float().to(self.device), k)
+
+    def _fused_retrieve(
+        self, user_index: int, u: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """retrieve's stored part in one kernel call (scan, shortlist, rerank and the gather of
+        the winners' exact vectors), the same events as topk_positions + gather_winners; None
+        where the kernel does not apply (no kernel, an unknown user, a history no longer than
+        the shortlist: those take the general path)."""
+        if self._fused is None or user_index == -1:
+            return None
+        item, query, _, blocks = self.user_sequence(user_index, with_codes=False)
+        if blocks is None or item.shape[1] <= k * self.config.rerank:
+            return None
+        b, h, dim = u.shape
+        found = self._fused_search(u, self.rotated(u), blocks, item[0], query[0], k, True)
+        valid = torch.from_numpy(found.reranked >= 0).reshape(b, h, k)
+        return torch.from_numpy(found.embeddings).reshape(b, h, k, dim), valid
 
     @staticmethod
     def merge_tail(
