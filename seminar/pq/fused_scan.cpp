@@ -451,16 +451,22 @@ struct ExactTables {
     int dim;
 };
 
-__attribute__((target("avx2,fma"))) inline float dot(const float* a, const float* b, int dim) {
+// <u, item + query> of one event: the two rows are summed before the product (the vector the
+// gather writes), one horizontal sum per event.
+__attribute__((target("avx2,fma"))) inline float exact_score(const float* u, const float* item,
+                                                             const float* query, int dim) {
     __m256 sum = _mm256_setzero_ps();
     int i = 0;
-    for (; i + 8 <= dim; i += 8)
-        sum = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), sum);
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, sum);
-    float total = 0.0f;
-    for (int j = 0; j < 8; ++j) total += lanes[j];
-    for (; i < dim; ++i) total += a[i] * b[i];
+    for (; i + 8 <= dim; i += 8) {
+        __m256 row = _mm256_loadu_ps(item + i);
+        if (query) row = _mm256_add_ps(row, _mm256_loadu_ps(query + i));
+        sum = _mm256_fmadd_ps(_mm256_loadu_ps(u + i), row, sum);
+    }
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_shuffle_ps(half, half, 1));
+    float total = _mm_cvtss_f32(half);
+    for (; i < dim; ++i) total += u[i] * (item[i] + (query ? query[i] : 0.0f));
     return total;
 }
 
@@ -473,10 +479,12 @@ __attribute__((target("avx2,fma"))) void rerank(const ExactTables& tables, const
     scored->clear();
     for (int64_t i = 0; i < n && ids[i] >= 0; ++i) {
         const int64_t e = ids[i];
-        float score = dot(u, tables.item_table + tables.item_index[e] * tables.dim, tables.dim);
-        if (tables.query_index)
-            score += dot(u, tables.query_table + tables.query_index[e] * tables.dim, tables.dim);
-        scored->push_back({score, e});
+        const float* query =
+            tables.query_index ? tables.query_table + tables.query_index[e] * tables.dim : nullptr;
+        scored->push_back(
+            {exact_score(u, tables.item_table + tables.item_index[e] * tables.dim, query,
+                         tables.dim),
+             e});
     }
     const auto order = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
         return a.first != b.first ? a.first > b.first : a.second < b.second;
