@@ -9,7 +9,13 @@ RUNS   ?= runs
 
 .PHONY: setup system-tools demo test test-fast gpu-check lint format lock clean
 
-setup: $(STAMP)
+KERNEL := seminar/pq/_fused_scan.so
+
+setup: $(STAMP) $(KERNEL)
+
+# The PQ shortlist kernel (C++, the machine's g++); without it the retriever uses faiss.
+$(KERNEL): seminar/pq/fused_scan.cpp $(STAMP)
+	$(BIN)/python -m seminar.pq.fused_scan
 
 # torch is pinned and installed in the same pip call as everything else: an unpinned
 # torch pulled in by another package would download a multi-GB CUDA build.
@@ -29,10 +35,10 @@ system-tools:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server debootstrap >/dev/null
 	test -x $(PERF_CHROOT)/opt/pa/bin/perf_analyzer || bash clients/perf_analyzer_chroot.sh $(PERF_CHROOT)
 
-demo: $(STAMP)
+demo: $(STAMP) $(KERNEL)
 	$(BIN)/python -m seminar.cli.demo --data $(DATA) --runs $(RUNS)
 
-test: $(STAMP)
+test: $(STAMP) $(KERNEL)
 	$(BIN)/pytest -q --durations=25
 
 # On a bare GPU machine (CUDA torch, triton, numpy; no venv, nothing installed): the GPU tests,
@@ -42,7 +48,7 @@ GPU_PYTHON ?= python3
 gpu-check:
 	timeout 480 $(GPU_PYTHON) bench/gpu_check.py --out reports
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(KERNEL)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)

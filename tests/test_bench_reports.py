@@ -103,6 +103,13 @@ def test_pq_breakdown_sentences_follow_the_steps_and_rates() -> None:
     assert "The largest PQ step is scan: 5.00 ms" in slow_memory
     assert "10.24 ms of its 9.20 ms (memory-bound)" in slow_memory
     assert "above the 0.50× goal" in slow_memory
+    # the goal's budget (0.5 x 9.2 ms) against the PQ steps, and the scan's share of it
+    assert (
+        "Budget: the goal allows the PQ steps 4.60 ms and they took 7.30 ms, 2.70 ms over; "
+        "the scan alone is 2.00 ms (43% of the budget)" in fast_memory
+    )
+    within = "\n".join(breakdown.markdown(breakdown_result(1.0, 0.5, 20.0)))
+    assert "Budget: the goal allows the PQ steps 4.60 ms and they took 2.80 ms." in within
 
 
 def test_pq_distribution_sentences_name_the_best_tables() -> None:

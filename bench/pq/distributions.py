@@ -13,7 +13,7 @@ from seminar.bench.pq.config import (
     BenchConfig,
     distribution_methods,
 )
-from seminar.bench.pq.gsu import exact_gsu, pq_gsu, threshold_recall
+from seminar.bench.pq.gsu import embedding_recall, exact_gsu, pq_gsu
 from seminar.bench.pq.world import World, request_targets, retriever_for, synthetic_world
 from seminar.pq.synthetic import SyntheticSpec
 
@@ -47,11 +47,9 @@ def measure(
             for request in range(DISTRIBUTION_REQUESTS):
                 x_t = request_targets(world, cfg.seed + request)
                 _, _, _, exact_scores = exact_gsu(retriever, 0, x_t, TOP_K)
-                pos, valid, _ = pq_gsu(retriever, 0, x_t, TOP_K)
+                emb, valid = pq_gsu(retriever, 0, x_t, TOP_K)
                 per_request.append(
-                    threshold_recall(
-                        pos.reshape(-1, TOP_K), valid.reshape(-1, TOP_K), exact_scores, TOP_K
-                    )
+                    embedding_recall(retriever, x_t, emb, valid, exact_scores, TOP_K)
                 )
             recalls[name] = float(np.mean(per_request))
         out[label] = recalls

@@ -15,12 +15,32 @@ def threshold_recall(
     chosen, valid (R, K); exact_scores (R, L). Events with equal vectors (a history repeats an
     item) tie, and either one is a correct pick: a position-set overlap would punish that.
     """
+    return score_recall(torch.gather(exact_scores, 1, chosen), valid, exact_scores, k)
+
+
+def score_recall(
+    got: torch.Tensor, valid: torch.Tensor, exact_scores: torch.Tensor, k: int
+) -> float:
+    """threshold_recall from the exact scores got (R, K) of the chosen events themselves."""
     kk = min(k, exact_scores.shape[1])
     kth = exact_scores.topk(kk, dim=-1).values[:, -1:]  # (R, 1)
-    got = torch.gather(exact_scores, 1, chosen)  # (R, K)
     scale = exact_scores.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
     hit = (got >= kth - 1e-6 * scale) & valid
     return float(hit.sum(dim=-1).float().div(kk).mean())
+
+
+def embedding_recall(
+    retriever: PQRetriever,
+    x_t: torch.Tensor,
+    emb: torch.Tensor,
+    valid: torch.Tensor,
+    exact_scores: torch.Tensor,
+    k: int,
+) -> float:
+    """threshold_recall of a GSU that returns the winners' embeddings emb (B, H, K, D)."""
+    u = retriever.query_vectors(x_t)  # (B, H, D)
+    got = torch.einsum("bhd,bhkd->bhk", u, emb)
+    return score_recall(got.reshape(-1, k), valid.reshape(-1, k), exact_scores, k)
 
 
 def exact_gsu(retriever: PQRetriever, user: int, x_t: torch.Tensor, k: int):
@@ -52,8 +72,6 @@ def exact_gsu_faiss(retriever: PQRetriever, user: int, x_t: torch.Tensor, k: int
 
 
 def pq_gsu(retriever: PQRetriever, user: int, x_t: torch.Tensor, k: int):
-    """Our PQ GSU as served (`PQRetriever.retrieve`: codes -> scores -> top-K -> exact
-    embeddings of the winners), plus the positions for recall."""
-    item, query, pos, valid = retriever.retrieve_positions(user, x_t, k)
-    emb = retriever.gather_winners(item, query, pos, valid)
-    return pos, valid, emb
+    """Our PQ GSU as served, `PQRetriever.retrieve`: codes -> scores -> top-K -> the exact
+    embeddings of the winners (B, H, K, D) and their validity (B, H, K)."""
+    return retriever.retrieve(user, x_t, k)

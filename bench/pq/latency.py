@@ -24,6 +24,7 @@ from seminar.bench.pq.config import (
     EXACT_FAISS,
     FAISS_FASTSCAN,
     FAISS_PQ,
+    FAISS_SHORTLIST,
     FAST,
     RAW_FAISS,
     SERVED,
@@ -32,7 +33,13 @@ from seminar.bench.pq.config import (
     BenchConfig,
     timed_methods,
 )
-from seminar.bench.pq.gsu import exact_gsu, exact_gsu_faiss, pq_gsu, threshold_recall
+from seminar.bench.pq.gsu import (
+    embedding_recall,
+    exact_gsu,
+    exact_gsu_faiss,
+    pq_gsu,
+    threshold_recall,
+)
 from seminar.bench.pq.world import World, request_targets, retriever_for
 from seminar.pq.faiss_scan import FaissScanner
 
@@ -52,7 +59,7 @@ def measure(cfg: BenchConfig, world: World, log: Callable[[str], None]) -> list[
     """Every method at every length of `cfg`, one SYNTHETIC user per length."""
     lengths = list(cfg.lengths)
     retrievers = {
-        name: retriever_for(world, lengths, config, cfg.seed)
+        name: retriever_for(world, lengths, config, cfg.seed, fused_scan=name != FAISS_SHORTLIST)
         for name, config in timed_methods().items()
     }
     anchor = retrievers[DECODE]
@@ -97,6 +104,9 @@ def measure(cfg: BenchConfig, world: World, log: Callable[[str], None]) -> list[
             elif name in RAW_FAISS:
                 found = torch.from_numpy(last[name][1])
                 recall = threshold_recall(found.clamp(min=0), found >= 0, exact_scores, TOP_K)
+            elif name in retrievers:  # retrieve's embeddings and validity
+                emb, valid = last[name]
+                recall = embedding_recall(anchor, x_t, emb, valid, exact_scores, TOP_K)
             else:
                 pos, valid = last[name][0], last[name][1]
                 recall = threshold_recall(
@@ -156,7 +166,7 @@ def findings(rows: list[Row]) -> list[str]:
             f"search) takes {ratio(at[EXACT_FAISS].timing.mean, anchor.timing.mean)} the exact "
             f"GSU's time. Fastest: {fastest.method}, "
             f"{ratio(fastest.timing.mean, anchor.timing.mean)} the exact GSU's time, at recall@50 "
-            f"{fastest.recall:.3f}."
+            f"{fastest.recall:.3f}." + _before_sentence(at, anchor)
         )
     if len(anchors) > 1:
         served_ratios = {
@@ -172,6 +182,19 @@ def findings(rows: list[Row]) -> list[str]:
             + f"; {trend} at the longest L than at the shortest."
         )
     return lines
+
+
+def _before_sentence(at: dict[str, Row], anchor: Row) -> str:
+    """The served configuration with faiss's shortlist (the path the fused kernel replaced)."""
+    if FAISS_SHORTLIST not in at:
+        return ""
+    before, served = at[FAISS_SHORTLIST], at[SERVED]
+    return (
+        f" With faiss collecting the shortlist instead (before) it takes "
+        f"{ratio(before.timing.mean, anchor.timing.mean)} the exact GSU's time "
+        f"({ratio(served.timing.mean, before.timing.mean)} of it served now), recall@50 "
+        f"{before.recall:.3f}."
+    )
 
 
 def goal(rows: list[Row], length: int) -> str | None:

@@ -92,12 +92,16 @@ def trained_world(run: Path, cfg: BenchConfig) -> World:
     )
 
 
-def retriever_for(world: World, lengths: list[int], config: PQConfig, seed: int) -> PQRetriever:
-    """A retriever over one SYNTHETIC user per length (user i has lengths[i] events)."""
+def retriever_for(
+    world: World, lengths: list[int], config: PQConfig, seed: int, fused_scan: bool = True
+) -> PQRetriever:
+    """A retriever over one SYNTHETIC user per length (user i has lengths[i] events);
+    `fused_scan` False: faiss collects the shortlist (PQRetriever's fused_scan)."""
     codebooks = world.codebooks[config.nbits, config.opq_iters > 0]
     codes = world.encode(codebooks)
     store = world.store(codebooks, lengths, seed, table_codes=codes)
-    return world.retriever(codebooks, config, TOP_K, store, table_codes=codes)
+    retriever = world.retriever(codebooks, config, TOP_K, store, table_codes=codes)
+    return retriever if fused_scan else retriever.with_fused_scan(False)
 
 
 def request_targets(world: World, seed: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from seminar.errors import ArtifactError, UsageError
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
 from seminar.pq.codebooks import QUERY_MODALITY, Codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
-from seminar.pq.faiss_scan import unpack_fastscan
+from seminar.pq.faiss_scan import pack_fastscan, unpack_fastscan
 from seminar.pq.store import SequenceStore
 from seminar.pq.triton_kernel import MAX_TOPK
 
@@ -45,6 +46,9 @@ class DeviceStore:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.item, self.query, self.codes))
 
+if TYPE_CHECKING:
+    from seminar.pq.fused_scan import ScanResult
+
 
 def resolve_backend(backend: ScoringBackend, nbits: int, device: torch.device) -> ScoringBackend:
     """`auto` -> the fastest measured path for this code width and device; refuse impossible ones."""
@@ -71,6 +75,9 @@ class PQRetriever:
     k: the GSU top-K used by `retrieve` when none is given.
     alpha: the model's pair weight (recorded for serving, which receives query and item
         embeddings separately); None when built without a model.
+    fused_scan: with the faiss backend, collect the shortlist of a reranked search with the
+        fused scan kernel (seminar.pq.fused_scan) when it is built; False keeps faiss's own
+        top-K collection (the bench's side-by-side row).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class PQRetriever:
         k: int = 50,
         device: str | torch.device = "cpu",
         alpha: float | None = None,
+        fused_scan: bool = True,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -130,11 +138,20 @@ class PQRetriever:
         )
         self.gsu_weight = None if gsu_weight is None else gsu_weight.float().to(self.device)
         self.gsu_bias = None if gsu_bias is None else gsu_bias.float().to(self.device)
+        self.fused_scan = fused_scan
         self._faiss = None
+        self._fused = None
         if self.backend == ScoringBackend.FAISS:
             from seminar.pq.faiss_scan import FaissScanner
+            from seminar.pq.fused_scan import FusedScanner
 
             self._faiss = FaissScanner(codebooks)
+            # A reranked search: faiss's top-K collection costs more than its scan at a 4K
+            # shortlist (reports/pq.md); the fused kernel collects it in the scan and reranks.
+            four_bit = codebooks.nbits == 4
+            if fused_scan and config.rerank > 1 and four_bit and FusedScanner.available():
+                # on torch's OpenMP threads: the kernel binds to torch's runtime
+                self._fused = FusedScanner(codebooks, threads=torch.get_num_threads())
 
     def with_config(self, config: PQConfig) -> PQRetriever:
         """The same codebooks, tables, store and projection scored with another backend /
@@ -155,7 +172,15 @@ class PQRetriever:
             k=self.k,
             device=self.device,
             alpha=self.alpha,
+            fused_scan=self.fused_scan,
         )
+
+    def with_fused_scan(self, enabled: bool) -> PQRetriever:
+        """The same retriever with the fused shortlist kernel on or off (faiss collects)."""
+        retriever = self.with_config(self.config)
+        if not enabled:
+            retriever.fused_scan, retriever._fused = False, None
+        return retriever
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -267,6 +292,8 @@ class PQRetriever:
             _, pos, valid = pq_topk_triton(
                 u_pq, seq, self.centroids, n_events, short, packed=blocks is not None
             )
+        elif self._fused is not None:  # the CPU kernel: shortlist, rerank and winners in one call
+            return self._fused_topk(u, u_pq, codes, mask, item, query, k, blocks)
         elif isinstance(blocks, torch.Tensor):
             codes = unpack_fastscan(blocks, n_events).unsqueeze(0)
             pos, valid = masked_topk(self._adc(u_pq, codes), mask, short)
@@ -284,11 +311,82 @@ class PQRetriever:
         self, u: torch.Tensor, blocks: np.ndarray, n_events: int, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, h, dim = u.shape
-        _, found = self._faiss.search_blocks(
-            u.detach().cpu().reshape(-1, dim).numpy(), blocks, n_events, k
-        )
+        queries = u.detach().cpu().reshape(-1, dim).numpy()
+        _, found = self._faiss.search_blocks(queries, blocks, n_events, k)
         found = torch.from_numpy(found).reshape(b, h, k)  # -1 = fewer than K events
         return found.clamp(min=0), found >= 0
+
+    def _fused_topk(
+        self,
+        u: torch.Tensor,
+        u_pq: torch.Tensor,
+        codes: torch.Tensor | None,
+        mask: torch.Tensor,
+        item: torch.Tensor,
+        query: torch.Tensor,
+        k: int,
+        blocks: np.ndarray | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """topk_positions with the fused kernel (CPU): the shortlist of `rerank * k` by ADC and
+        its exact rerank in one call per sequence. A stored user's `blocks` are searched as
+        stored; an offline row's real events are packed the same way, so both pick alike."""
+        b, h, _ = u.shape
+        pos = torch.zeros((b, h, k), dtype=torch.long)
+        valid = torch.zeros((b, h, k), dtype=torch.bool)
+        rows = item.shape[0]
+        for r in range(rows):
+            targets = slice(None) if rows == 1 else slice(r, r + 1)  # as in _faiss_topk
+            items, queries, real = item[r], query[r], None
+            if blocks is None:
+                row_mask = mask[r].cpu().numpy().astype(bool)
+                row_codes = codes[r].cpu().numpy()
+                if not row_mask.all():
+                    real = np.flatnonzero(row_mask)
+                    row_codes = row_codes[real]
+                    items, queries = items[real], queries[real]
+                seq_blocks = pack_fastscan(row_codes)
+            else:
+                seq_blocks = blocks
+            if len(items) == 0:
+                continue  # nothing to select: every slot stays invalid
+            found = self._fused_search(u[targets], u_pq[targets], seq_blocks, items, queries, k)
+            found = found.reranked
+            found = torch.from_numpy(found).reshape(-1, h, k)  # -1 = fewer than k events
+            ok = found >= 0
+            found = found.clamp(min=0)
+            pos[targets] = found if real is None else torch.from_numpy(real)[found]
+            valid[targets] = ok
+        return pos.to(self.device), valid.to(self.device)
+
+    def _fused_search(
+        self,
+        u: torch.Tensor,
+        u_pq: torch.Tensor,
+        blocks: np.ndarray,
+        item: torch.Tensor,
+        query: torch.Tensor,
+        k: int,
+        embeddings: bool = False,
+    ) -> ScanResult:
+        """One kernel call over one sequence (item, query (L,), its fast-scan blocks) for the
+        queries u (..., D) (u_pq rotated): the `rerank * k` shortlist by ADC, reranked to the
+        best k by exact score against the tables (seminar.pq.fused_scan.ScanResult)."""
+        from seminar.pq.fused_scan import ExactRerank
+
+        dim = u.shape[-1]
+        rerank = ExactRerank(
+            u=u.detach().cpu().reshape(-1, dim).numpy(),
+            item_index=item.cpu().numpy(),
+            query_index=None if self.query_table is None else query.cpu().numpy(),
+            item_table=self.item_table.numpy(),
+            query_table=None if self.query_table is None else self.query_table.numpy(),
+            k=k,
+            embeddings=embeddings,
+        )
+        queries = u_pq.detach().cpu().reshape(-1, dim).numpy()
+        return self._fused.search_blocks(
+            queries, blocks, len(item), k * self.config.rerank, rerank=rerank
+        )
 
     def _faiss_topk(
         self, u: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, k: int
@@ -486,11 +584,32 @@ class PQRetriever:
         """
         k = self.k if k is None else k
         u = self._target_vectors(x_t)  # (B, H, D): scores the store and the tail alike
-        item, query, pos, valid = self._positions(user_index, u, k)
-        emb = self.gather_winners(item, query, pos, valid)
+        fused = self._fused_retrieve(user_index, u, k)
+        if fused is None:
+            item, query, pos, valid = self._positions(user_index, u, k)
+            emb = self.gather_winners(item, query, pos, valid)
+        else:
+            emb, valid = fused
         if tail is None or tail.shape[0] == 0:
             return emb, valid
         return self.merge_tail(u, emb, valid, tail.float().to(self.device), k)
+
+    def _fused_retrieve(
+        self, user_index: int, u: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """retrieve's stored part in one kernel call (scan, shortlist, rerank and the gather of
+        the winners' exact vectors), the same events as topk_positions + gather_winners; None
+        where the kernel does not apply (no kernel, an unknown user, a history no longer than
+        the shortlist: those take the general path)."""
+        if self._fused is None or user_index == -1:
+            return None
+        item, query, _, blocks = self.user_sequence(user_index, with_codes=False)
+        if blocks is None or item.shape[1] <= k * self.config.rerank:
+            return None
+        b, h, dim = u.shape
+        found = self._fused_search(u, self.rotated(u), blocks, item[0], query[0], k, True)
+        valid = torch.from_numpy(found.reranked >= 0).reshape(b, h, k)
+        return torch.from_numpy(found.embeddings).reshape(b, h, k, dim), valid
 
     @staticmethod
     def merge_tail(
