@@ -46,6 +46,7 @@ class DeviceStore:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.item, self.query, self.codes))
 
+
 if TYPE_CHECKING:
     from seminar.pq.fused_scan import ScanResult
 
