@@ -200,15 +200,11 @@ def _measure_row(server, client, pipeline, uid, candidates, cfg) -> dict:
     inputs = request_inputs(uid, "", candidates)
     search = request_inputs(uid, cfg.search_query, candidates)
     cell: dict = {}
-    for key, model, query, request in (
-        ("max_abs_diff", steps, "", inputs),
-        ("max_abs_diff_search", steps, cfg.search_query, search),
-        ("max_abs_diff_fused", fused, "", inputs),
-        ("max_abs_diff_fused_search", fused, cfg.search_query, search),
-    ):
-        served = client().infer(model, request).as_numpy(contract.OUTPUT_SCORE)
+    for suffix, query, request in (("", "", inputs), ("_search", cfg.search_query, search)):
         local = pipeline.score(uid, query, candidates)
-        cell[key] = float(np.abs(served.reshape(-1) - local).max())
+        for prefix, model in (("max_abs_diff", steps), ("max_abs_diff_fused", fused)):
+            served = client().infer(model, request).as_numpy(contract.OUTPUT_SCORE)
+            cell[prefix + suffix] = float(np.abs(served.reshape(-1) - local).max())
     before = _stats(server)
     sequential, _ = time_interleaved(
         {
@@ -362,34 +358,23 @@ def markdown(report: dict[str, Any]) -> str:
             )
     columns = ("L (history)", "system", "p50 ms", "p90 ms", "p99 ms", "req/s", "p50 / in-process")
     lines = [markdown_table(columns, cells, align="llrrrrr"), ""]
+
+    def faster(row: dict, name: str, key: str, anchor_name: str, anchor_key: str) -> str:
+        return comparison(
+            name, _estimate(row[key]), anchor_name, _estimate(row[anchor_key]),
+            lower_is_better=True, better="faster", unit=" ms mean",
+        )  # fmt: skip
+
     for row in report["rows"]:
         floor, ensemble = row["floor"]["p50_ms"], row["ensemble"]["p50_ms"]
         lines.append(
             f"- L = {row['length']:,}: the floor's p50 is {floor / ensemble:.0%} of the six "
-            "steps'; "
-            + comparison(
-                "the six steps",
-                _estimate(row["ensemble"]),
-                "in-process",
-                _estimate(row["in_process"]),
-                lower_is_better=True,
-                better="faster",
-                unit=" ms mean",
-            )
-            + "."
+            "steps'; " + faster(row, "the six steps", "ensemble", "in-process", "in_process") + "."
         )
         if "fused" in row:
             lines.append(
                 f"- L = {row['length']:,}: "
-                + comparison(
-                    "the fused graph",
-                    _estimate(row["fused"]),
-                    "the six steps",
-                    _estimate(row["ensemble"]),
-                    lower_is_better=True,
-                    better="faster",
-                    unit=" ms mean",
-                )
+                + faster(row, "the fused graph", "fused", "the six steps", "ensemble")
                 + f"; at concurrency {cfg['concurrency']} it serves "
                 f"{row['fused_c4']['throughput_rps']:.0f} requests/s against "
                 f"{row['ensemble_c4']['throughput_rps']:.0f}."

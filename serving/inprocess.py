@@ -54,10 +54,17 @@ class InProcessPipeline:
 
     @classmethod
     def from_repo(
-        cls, repo: Path, version: int, threads: int = 1, tails: OnlineTails | None = None
+        cls,
+        repo: Path,
+        version: int,
+        threads: int = 1,
+        tails: OnlineTails | None = None,
+        verify: bool = True,
     ) -> InProcessPipeline:
         """Load version `version` of every composing model of `repo` (cpu target); `tails`:
-        users' online tails to score beside the stored sequences (OnlineTails.open)."""
+        users' online tails to score beside the stored sequences (OnlineTails.open); `verify`
+        checks the PQ artifacts' sha256s (False when the caller verified the version's
+        manifests, which cover them)."""
         repo = Path(repo)
         feat = model_parameters(repo, contract.FEATURES_MODEL)
         features = FeatureMapper.from_version_dir(
@@ -81,6 +88,7 @@ class InProcessPipeline:
             repo / contract.PQ_RETRIEVAL_MODEL / str(version) / pq[contract.PARAM_PQ_DIR],
             "cpu",
             int(pq[contract.PARAM_TOP_K]),
+            verify=verify,
             tails=tails,
         )
         return cls(features=features, query_text=query_text, encoders=encoders, retrieval=retrieval)

@@ -35,7 +35,10 @@ class TritonPythonModel(PipelineModel):
         tails = OnlineTails.from_environment(
             repo, context.version, DEFAULT_MAX_TAIL_EVENTS if tail_cap is None else int(tail_cap)
         )
-        self.pipeline = InProcessPipeline.from_repo(repo, int(context.version), tails=tails)
+        # The manifests above cover the PQ files: they are not hashed twice.
+        self.pipeline = InProcessPipeline.from_repo(
+            repo, int(context.version), tails=tails, verify=False
+        )
         self.metrics = RetrievalMetrics(pb_utils, context, tails)
 
     def read(self, request) -> dict:
