@@ -155,3 +155,11 @@ def read_index_ranges(path: Path) -> dict[str, tuple[int, int]]:
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{path}: not a valid index ranges file ({exc})") from exc
     return ranges
+
+
+def copy_backend(source: str, version_dir: Path) -> None:
+    src = contract.backend_source_path(source)
+    if not src.is_file():
+        raise ArtifactError(f"{src}: backend source missing (serving/backends/ holds them)")
+    shutil.copyfile(src, version_dir / contract.PYTHON_FILE)
+    (version_dir / contract.PYCACHE_BLOCKER).touch()  # no bytecode from the stub in the version dir

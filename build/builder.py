@@ -35,7 +35,9 @@ from torch import nn
 
 from seminar import contract, manifest
 from seminar.build import artifacts, export, lock, minilm, repository, tensorrt
-from seminar.errors import ArtifactError, ConflictError, UsageError
+from seminar.build.image_encoder import write_image_encoder
+from seminar.data.prepare import IMAGE_TOWER
+from seminar.errors import ConflictError, UsageError
 from seminar.pq.artifacts import read_store_watermark
 from seminar.provenance import git_revision
 
@@ -82,6 +84,8 @@ class BuildInputs:
     # Writes the pq_retrieval artifacts into the given (empty) dir; seminar.pq by default.
     write_pq: Callable[[Path], None] | None = None
     pq_config: object | None = None  # seminar.pq.PQConfig; its defaults when None
+    # How the run's model was rebased onto data_dir's catalog (None: data_dir is its own).
+    rebase: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ Progress = Callable[[str], None]
 
 
 def _version_dirs(repo: Path, version: int) -> list[Path]:
-    models = [*contract.STEP_MODELS, contract.ENSEMBLE_MODEL]
+    models = [*contract.VERSION_MODELS, contract.ENSEMBLE_MODEL]
     dirs = [repo / m / str(version) for m in models]
     dirs.append(repo / contract.pinned_ensemble_name(version))
     return [d for d in dirs if d.exists()]
@@ -195,14 +199,6 @@ def serving_record(serving: repository.ServingConfig) -> dict:
     """The serving settings of a build, as build.json records them (every field of
     ServingConfig, so settings added there are recorded too)."""
     return json.loads(json.dumps(dataclasses.asdict(serving), default=str))
-
-
-def copy_backend(source: str, version_dir: Path) -> None:
-    src = contract.backend_source_path(source)
-    if not src.is_file():
-        raise ArtifactError(f"{src}: backend source missing (serving/backends/ holds them)")
-    shutil.copyfile(src, version_dir / contract.PYTHON_FILE)
-    (version_dir / contract.PYCACHE_BLOCKER).touch()  # no bytecode from the stub in the version dir
 
 
 def _default_write_pq(inputs: BuildInputs) -> Callable[[Path], None]:
@@ -326,6 +322,7 @@ def model_card(request: BuildRequest, inputs: BuildInputs, info: dict) -> str:
         "",
         _event_log_line(info.get(contract.EVENT_LOG_FIELD)),
         "",
+        *([f"The run's model was {inputs.rebase}.", ""] if inputs.rebase else []),
         f"## Metrics of this version's run ({sizes}, test split)",
         "",
     ]
@@ -395,18 +392,18 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             tensorrt.build_engine(vdir / contract.ONNX_FILE, plan, graph_spec, request.profile)
             tensorrt.engine_parity(vdir / contract.ONNX_FILE, plan, graph_spec)
         if name in contract.EXPORTED_MODELS and request.target is contract.Target.CPU:
-            copy_backend(specs[name].backend_source, vdir)
+            artifacts.copy_backend(specs[name].backend_source, vdir)
             artifacts.write_index_ranges(vdir, specs[name], bounds)
 
     # query_text is a Python model on every target (it tokenizes strings); the gpu build's
     # plan beside its graph is for the TensorRT container route (trtexec.sh).
     query_text_dir = version_dirs[contract.QUERY_TEXT_MODEL]
     minilm.copy_tokenizer(query_text_dir)
-    copy_backend(specs[contract.QUERY_TEXT_MODEL].backend_source, query_text_dir)
+    artifacts.copy_backend(specs[contract.QUERY_TEXT_MODEL].backend_source, query_text_dir)
 
     progress("features maps")
     artifacts.write_features(inputs.data_dir, version_dirs[contract.FEATURES_MODEL], dims)
-    copy_backend(
+    artifacts.copy_backend(
         specs[contract.FEATURES_MODEL].backend_source, version_dirs[contract.FEATURES_MODEL]
     )
 
@@ -417,14 +414,20 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
     # The position in the online event log the store holds the events up to (the dataset's,
     # from `seminar data append`): serving scores each user's events after it as the tail.
     event_log = read_store_watermark(pq_dir)
-    copy_backend(
+    artifacts.copy_backend(
         specs[contract.PQ_RETRIEVAL_MODEL].backend_source, version_dirs[contract.PQ_RETRIEVAL_MODEL]
     )
 
     if contract.PIPELINE_MODEL in version_dirs:  # it reads the six steps' folders
-        copy_backend(
+        artifacts.copy_backend(
             specs[contract.PIPELINE_MODEL].backend_source, version_dirs[contract.PIPELINE_MODEL]
         )
+
+    # New items' images are embedded by the tower the dataset's vectors came from.
+    tower = inputs.data_dir / IMAGE_TOWER
+    if tower.is_dir():
+        progress("image encoder")
+        write_image_encoder(staging, n, tower, request.serving)
 
     progress("configs and manifests")
     for name in models:
@@ -457,6 +460,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         "git_revision": git_revision(),
         "run": display_path(inputs.run_dir) if inputs.run_dir else None,
         "data": _data_summary(inputs.data_dir),
+        "rebase": inputs.rebase,
         contract.EVENT_LOG_FIELD: event_log.to_json(),
         "serving": serving_record(request.serving),
         "exports": {
@@ -499,7 +503,8 @@ def commit(request: BuildRequest, staging: Path) -> None:
 
     try:
         repo.mkdir(parents=True, exist_ok=True)
-        for name in [*contract.GRAPH_MODELS_OF[request.serving.graph], contract.ENSEMBLE_MODEL]:
+        staged = [name for name in contract.VERSION_MODELS if (staging / name / str(n)).is_dir()]
+        for name in [*staged, contract.ENSEMBLE_MODEL]:
             move(staging / name / str(n), repo / name / str(n))
             move(staging / name / contract.CONFIG_FILE, repo / name / contract.CONFIG_FILE)
         # The pinned ensemble (with build.json) goes last: until it lands the version is
@@ -556,13 +561,11 @@ def build_version(
             commit(request, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    written = [request.repo / name / str(request.version) for name in contract.VERSION_MODELS]
     files = {
-        name: sum(
-            p.stat().st_size
-            for p in (request.repo / name / str(request.version)).rglob("*")
-            if p.is_file()
-        )
-        for name in contract.GRAPH_MODELS_OF[request.serving.graph]
+        folder.parent.name: sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        for folder in written
+        if folder.is_dir()
     }
     return BuildSummary(
         request.version,

@@ -133,8 +133,10 @@ def build(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from seminar.build import builder, export, repository
+    from seminar.data.dataset import PreparedDataset
     from seminar.pq import PQConfig
     from seminar.training.checkpoint import load_run
+    from seminar.training.rebase import model_for_dataset
 
     with reading_options():
         pq_config = PQConfig.for_serving(
@@ -161,14 +163,24 @@ def build(
             export=export.ExportConfig(max_batch=max(max_batch, 256), polygraphy=polygraphy),
         )
     loaded = load_run(run)
-    dims = contract.PipelineDims.from_model_config(loaded.model_config)
     recorded = loaded.data.get("path")
     data_dir = data or (Path(recorded) if recorded else None)
     if data_dir is None:
         raise UsageError(f"{run / 'config.json'}: records no dataset path; pass --data DATA")
     if not (data_dir / "arrays").is_dir():
         raise DataError(f"{data_dir}: not a prepared dataset (no arrays/); pass --data DATA")
-    inputs = builder.BuildInputs(loaded.model, dims, data_dir, run_dir=run, pq_config=pq_config)
+    model, rebase = model_for_dataset(loaded, PreparedDataset.load(data_dir))
+    if rebase is not None:
+        console.print(rebase.sentence(), markup=False, highlight=False)
+    dims = contract.PipelineDims.from_model_config(model.config)
+    inputs = builder.BuildInputs(
+        model,
+        dims,
+        data_dir,
+        run_dir=run,
+        pq_config=pq_config,
+        rebase=rebase.sentence() if rebase else None,
+    )
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as progress:

@@ -3,8 +3,8 @@
 `write_image_encoder(repo, version, tower)` writes `image_encoder/<version>/` (the tower folder,
 the backend, a manifest) and `image_encoder/config.pbtxt`: a Python model on the CPU that turns
 a new item's encoded image into its image modality vector (serving/backends/image_encoder.py).
-It stands beside the ensemble, not in it: `seminar build` does not write it yet (docs/serving.md,
-"Images of items that arrive after a build").
+It stands beside the ensemble, not in it: `seminar build` writes it into every version whose
+dataset has an image tower (docs/serving.md, "Images of items that arrive after a build").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2
 
 from seminar import contract, manifest
-from seminar.build.builder import copy_backend
+from seminar.build.artifacts import copy_backend
 from seminar.build.repository import ServingConfig, tensor_config, write_config
 from seminar.errors import ArtifactError
 

@@ -173,7 +173,7 @@ def _version_folders(repo: Path, version: int) -> list[Path]:
         repo / contract.pinned_ensemble_name(version),
         repo / contract.ENSEMBLE_MODEL / str(version),
     ]
-    folders += [repo / name / str(version) for name in contract.STEP_MODELS]
+    folders += [repo / name / str(version) for name in contract.VERSION_MODELS]
     return folders
 
 
@@ -198,7 +198,7 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
         # A live server may still hold version N after an interrupted retire removed the
         # folders: it is known there, and this run finishes the job.
         loaded = live.loaded_versions() if live else {}
-        still_loaded = [name for name in contract.STEP_MODELS if n in loaded.get(name, set())]
+        still_loaded = [name for name in contract.VERSION_MODELS if n in loaded.get(name, set())]
         if not present and not still_loaded:
             known = ", ".join(map(str, complete)) or "none"
             raise ArtifactError(
@@ -258,17 +258,24 @@ def retire_version(request: RetireRequest, progress: Progress = print) -> Retire
             for folder in _version_folders(repo, n):
                 if folder.exists():
                     take_out(folder)
-            # Only the fused step can lose its last version (other versions may be steps
-            # builds): a model folder without versions would fail to load, so it goes too.
-            pipeline = repo / contract.PIPELINE_MODEL
-            if pipeline.is_dir() and not any(d.name.isdigit() for d in pipeline.iterdir()):
-                take_out(pipeline)
+            # Only an optional model can lose its last version (the other versions may be
+            # steps builds, or built without images): a model folder without versions would
+            # fail to load, so it goes too.
+            for name in contract.OPTIONAL_MODELS:
+                folder = repo / name
+                if folder.is_dir() and not any(d.name.isdigit() for d in folder.iterdir()):
+                    take_out(folder)
             if live:
                 loaded = live.loaded_versions()
-                for name in contract.STEP_MODELS:
-                    if loaded.get(name):  # a model the server does not run stays unloaded
+                for name in contract.VERSION_MODELS:
+                    if not loaded.get(name):  # a model the server does not run stays unloaded
+                        continue
+                    if (repo / name).is_dir():
                         live.load(name)  # re-reads the model's folder: version N is unloaded
                         progress(f"reloaded {name} on {live.url} (version {n} dropped)")
+                    else:  # its last version went with N
+                        live.unload(name)
+                        progress(f"unloaded {name} on {live.url} (no version left)")
         finally:
             shutil.rmtree(trash, ignore_errors=True)
         if removed:

@@ -32,7 +32,7 @@ from seminar.errors import (
 REFUSED_REQUEST_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
 
 client_app = typer.Typer(
-    help="Send one Rank request to the gateway, or the same request straight to Triton.",
+    help="Send one Rank request to the gateway, or the same request straight to Triton; embed new items' images with the served image_encoder.",
     no_args_is_help=True,
 )
 ab_app = typer.Typer(
@@ -167,6 +167,29 @@ def client_rank(
         if mismatch:
             raise CheckFailed(f"MISMATCH with Triton {result.model_version}: {mismatch}")
         typer.echo(f"verified: equal to Triton {result.model_version} scores", err=True)
+
+
+@client_app.command("embed-images")
+@cli_guard
+def client_embed_images(
+    triton: Annotated[str, typer.Option(help="Triton HOST:PORT (gRPC) serving image_encoder.")],
+    items: Annotated[
+        Path,
+        typer.Option(help="Parquet catalog of new items with image_ref files (docs/data.md)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The catalog with image_embedding to write.")],
+    version: Annotated[
+        int, typer.Option(help="image_encoder version (0 = Triton's default: the newest).")
+    ] = 0,
+    timeout: Annotated[float, typer.Option(help="Deadline per call in seconds.")] = 30.0,
+) -> None:
+    """Embed new items' images with the served image_encoder step (DALI + the dataset's image
+    tower) and write OUT for `seminar data append --items OUT`. A missing or corrupt image exits
+    3 naming its item and file, before any call; an unreachable server exits 6."""
+    from seminar.clients.images import embed_new_items
+
+    count = embed_new_items(triton, items, out, timeout_s=timeout, version=version)
+    typer.echo(f"embedded {count:,} images through {triton}; wrote {out}")
 
 
 def _print_ranking(user: str, result) -> None:

@@ -185,6 +185,9 @@ IMAGE_ENCODER_MODEL = "image_encoder"
 IMAGE_ENCODER_SOURCE = "image_encoder.py"
 INPUT_IMAGE = "image"  # BYTES[1]: one JPEG or PNG file's bytes per row
 IMAGE_EMB = "image_emb"  # FP32[F]: F = the tower's output width
+# BYTES[1]: which tower made the row's vector (the digest of its weights), so that a client
+# adding items to a dataset can refuse vectors of another dataset's tower.
+IMAGE_TOWER_ID = "image_tower_id"
 PARAM_IMAGE_TOWER = "image_tower_dir"  # image_encoder: the tower's folder in the version dir
 IMAGE_TOWER_DIR = "image_tower"
 
@@ -438,8 +441,15 @@ COMPOSING_MODELS: tuple[str, ...] = (
 GRAPH_MODELS_OF: Mapping[Graph, tuple[str, ...]] = MappingProxyType(
     {Graph.STEPS: COMPOSING_MODELS, Graph.FUSED: (*COMPOSING_MODELS, PIPELINE_MODEL)}
 )
-# Every model a build may write (retire and the version checks look for each).
+# Every model of the two graphs (the per-step timings and the target checks look at each).
 STEP_MODELS: tuple[str, ...] = GRAPH_MODELS_OF[Graph.FUSED]
+# Beside the graph, outside the ensemble: written by a build whose dataset has an image tower.
+BESIDE_GRAPH_MODELS: tuple[str, ...] = (IMAGE_ENCODER_MODEL,)
+# Every model a build may write (retire and the version checks look for each).
+VERSION_MODELS: tuple[str, ...] = (*STEP_MODELS, *BESIDE_GRAPH_MODELS)
+# Models a version may lack: their folder goes when its last version does (a model folder
+# without versions would fail to load).
+OPTIONAL_MODELS: tuple[str, ...] = (PIPELINE_MODEL, *BESIDE_GRAPH_MODELS)
 EXPORTED_MODELS: tuple[str, ...] = (
     QUERY_ENCODER_MODEL,
     ITEM_ENCODER_MODEL,
@@ -457,12 +467,16 @@ TAIL_MODELS: tuple[str, ...] = (PQ_RETRIEVAL_MODEL, PIPELINE_MODEL)
 
 
 def image_encoder_spec(image_dim: int) -> ModelSpec:
-    """The Python model that embeds a new item's image: image BYTES[1] -> image_emb FP32[F]."""
+    """The Python model that embeds a new item's image: image BYTES[1] -> image_emb FP32[F],
+    image_tower_id BYTES[1]."""
     return ModelSpec(
         name=IMAGE_ENCODER_MODEL,
         kind=TritonModelKind.PYTHON,
         inputs=(_t(INPUT_IMAGE, DataType.BYTES, 1),),
-        outputs=(_t(IMAGE_EMB, DataType.FP32, image_dim),),
+        outputs=(
+            _t(IMAGE_EMB, DataType.FP32, image_dim),
+            _t(IMAGE_TOWER_ID, DataType.BYTES, 1),
+        ),
         backend_source=IMAGE_ENCODER_SOURCE,
         parameters=MappingProxyType({PARAM_IMAGE_TOWER: IMAGE_TOWER_DIR}),
     )

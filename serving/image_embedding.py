@@ -31,9 +31,10 @@ class ImageEmbedder:
     """Encoded JPEG/PNG bytes -> (N, F) float32 image embeddings, F = the tower's output."""
 
     def __init__(self, tower_folder: Path, *, batch_size: int = 16, threads: int = 1) -> None:
-        from seminar.model.image_tower import load_tower
+        from seminar.model.image_tower import load_tower, tower_id
 
         self.tower, raw = load_tower(tower_folder)
+        self.tower_id = tower_id(tower_folder)
         self.preprocess = PreprocessConfig(
             **{key: tuple(v) if isinstance(v, list) else v for key, v in raw["preprocess"].items()}
         )

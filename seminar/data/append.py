@@ -41,6 +41,7 @@ import pyarrow as pa
 from seminar import contract
 from seminar.data.dataset import PreparedDataset
 from seminar.data.images import SYNTHETIC_IMAGES
+from seminar.data.new_items import new_catalog_rows
 from seminar.data.prepare import (
     IMAGE_TOWER,
     META_FILE,
@@ -86,6 +87,7 @@ class Fold:
     events: int  # logged events folded (W < seq <= W_new)
     new_users: int  # users the dataset did not have
     new_items: int  # item ids added to the catalog (empty text, no attributes)
+    catalog_items: int = 0  # items added with their content (--items)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,10 +202,12 @@ def append_events(
     *,
     force: bool = False,
     config: AppendConfig | None = None,
+    items: Path | None = None,
 ) -> tuple[Fold, Stats]:
-    """Fold the events logged after DATA's mark into a new prepared dataset at `out`
-    (module docstring); returns what was folded and the new dataset's statistics. DATA is
-    never modified; `out` appears whole or not at all."""
+    """Fold the events logged after DATA's mark, and the new items of the catalog file
+    `items` (seminar.data.new_items), into a new prepared dataset at `out` (module docstring);
+    returns what was folded and the new dataset's statistics. DATA is never modified; `out`
+    appears whole or not at all."""
     config = config or AppendConfig()
     data, out = Path(data), Path(out)
     check_out(data, out, force)
@@ -221,8 +225,14 @@ def append_events(
         )
     logged = read_logged(log, mark.watermark, high, config)
     new_mark = Watermark(log_id, high)
+    catalog = dataset.items_table()
+    added = 0
+    if items is not None:
+        rows = new_catalog_rows(dataset, Path(items))
+        catalog, added = pa.concat_tables([catalog, rows]), rows.num_rows
+        note(config, f"catalog: {added:,} new items from {items}")
 
-    if not logged:
+    if not logged and not added:
         note(config, f"event log: nothing after seq {mark.watermark}; {out} = {data}, new mark")
         fold = Fold(log_id, mark.watermark, high, events=0, new_users=0, new_items=0)
         with atomic_output(out) as tmp:
@@ -233,8 +243,8 @@ def append_events(
             )
         return fold, Stats(**meta["stats"])
 
-    rows = logged_rows(logged, dataset, log.url)
-    items, new_items = catalog_with(dataset.items_table(), rows.column("item_id").to_numpy())
+    rows = logged_rows(logged, dataset, log.url) if logged else EVENTS_SCHEMA.empty_table()
+    catalog, new_items = catalog_with(catalog, rows.column("item_id").to_numpy())
     logged_users = np.unique(rows.column("user_id").to_numpy())
     new_users = int(np.setdiff1d(logged_users, dataset.user_ids).size)
     note(
@@ -243,11 +253,11 @@ def append_events(
         f"new items) to the {dataset.n_events:,} events of {data}",
     )
     events = pa.concat_tables([dataset.events_table(), rows])
-    fold = Fold(log_id, mark.watermark, high, rows.num_rows, new_users, new_items)
+    fold = Fold(log_id, mark.watermark, high, rows.num_rows, new_users, new_items, added)
     rule = meta.get("positive_rule", "")
     stats = prepare_tables(
         events,
-        items,
+        catalog,
         out,
         name=str(meta.get("name", data.name)),
         positive_rule=rule if LOGGED_RULE in rule else f"{rule}; {LOGGED_RULE}",

@@ -217,12 +217,22 @@ def append(
     force: Annotated[
         bool, typer.Option(help="Replace --out if it exists (a prepared dataset).")
     ] = False,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            help="Parquet catalog of items that arrived since DATA (its columns; docs/data.md). "
+            "Their image vectors: its image_embedding column (from `seminar images embed`, "
+            "the served image_encoder step), else their image_ref files through DATA's own "
+            "DALI preprocessing and image tower."
+        ),
+    ] = None,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print what was folded and the statistics as one JSON object."),
     ] = False,
 ) -> None:
-    """Fold the events the log recorded after DATA's mark into a new prepared dataset (OUT).
+    """Fold the events the log recorded after DATA's mark, and new catalog items (--items),
+    into a new prepared dataset (OUT).
 
     Reads the log up to its current end (its high watermark W_new, taken before reading),
     adds each logged event as a canonical row after the user's events (label = clicked; new
@@ -230,20 +240,24 @@ def append(
     prepare pipeline and records the mark (log id, W_new) in OUT/meta.json, so the next train
     and build include these events and serving reads only the events after W_new. Nothing
     logged after the mark: OUT is a copy of DATA with the mark moved. A log other than the one
-    DATA was folded from exits 3; an unreachable log exits 6. Example: seminar data append
-    --data data/movielens --event-log sqlite:///data/events.db --out data/movielens-2
+    DATA was folded from exits 3; an unreachable log exits 6; an --items row whose id DATA
+    has, or whose image is missing or corrupt, exits 3 naming the item. `seminar build --run
+    RUN --data OUT` then serves RUN's model on the grown catalog without retraining. Example:
+    seminar data append --data data/movielens --event-log sqlite:///data/events.db --out
+    data/movielens-2
     """
     from seminar.data.append import append_events, open_existing_log
 
     with open_existing_log(event_log) as log:
-        fold, stats = append_events(data, log, out, force=force)
+        fold, stats = append_events(data, log, out, force=force, items=items)
     if as_json:
         typer.echo(json.dumps({**fold.to_json(), "stats": stats.to_dict()}))
         return
     typer.echo(
         f"folded {fold.events:,} logged events (seq {fold.watermark_from + 1:,} to "
         f"{fold.watermark_to:,} of log {fold.log_id}): {fold.new_users:,} new users, "
-        f"{fold.new_items:,} new items; {out} holds the events up to seq {fold.watermark_to:,}"
+        f"{fold.new_items:,} new items; {fold.catalog_items:,} catalog items added; {out} "
+        f"holds the events up to seq {fold.watermark_to:,}"
     )
     _print_stats(stats.to_dict(), False, str(out))
 

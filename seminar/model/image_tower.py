@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from seminar.contract import FIRST_ITEM_INDEX
+from seminar.errors import ArtifactError
 from seminar.model.config import ImageTowerConfig, Modality, ModelConfig, ModelKind
 from seminar.model.encoders import ItemEncoder
 from seminar.model.psu import modality_alignment
@@ -175,6 +176,16 @@ def save_tower(
     (folder / TOWER_CONFIG).write_text(
         json.dumps({"tower": asdict(config), **extra}, indent=2), encoding="utf-8"
     )
+
+
+def tower_id(folder: Path) -> str:
+    """Which tower a folder holds: the first 16 hex digits of its weights' SHA-256."""
+    import hashlib
+
+    path = folder / TOWER_WEIGHTS
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: not an image tower folder (no {TOWER_WEIGHTS})")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def load_tower(folder: Path) -> tuple[ImageTower, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Triton Python model `image_encoder`: image -> image_emb, a new item's image modality vector.
 
 Adapter only: the work is `seminar.serving.image_embedding.ImageEmbedder` (this version's
-`image_tower/`: the dataset's tower weights and its DALI preprocessing); the prologue and the
+`image_tower/`: the dataset's tower weights and its DALI preprocessing), each row answered with
+the tower's id beside its vector; the prologue and the
 request loop are `seminar.serving.backend.PipelineModel`'s. A request with an empty, non-JPEG/PNG
 or corrupt image gets INVALID_ARG naming the image's row; the other requests of the batch are
 still served.
@@ -36,4 +37,6 @@ class TritonPythonModel(PipelineModel):
         return {contract.INPUT_IMAGE: np.array(images, dtype=object)}
 
     def run(self, batch: RowBatch) -> dict:
-        return {contract.IMAGE_EMB: self.embedder.embed(list(batch.arrays[contract.INPUT_IMAGE]))}
+        images = list(batch.arrays[contract.INPUT_IMAGE])
+        tower = np.full((len(images), 1), self.embedder.tower_id.encode(), dtype=object)
+        return {contract.IMAGE_EMB: self.embedder.embed(images), contract.IMAGE_TOWER_ID: tower}
