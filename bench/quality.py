@@ -121,9 +121,8 @@ def _result_key(variant: Variant, train: dict[str, Any], model: dict[str, Any]) 
 def evaluate_targets(run: Path, data: Path) -> dict[str, Any]:
     """A finished run's metrics by target group (TARGET_GROUPS) and each group's user count."""
     from seminar.training.batches import is_training_target, search_lists
-    from seminar.training.checkpoint import load_run
+    from seminar.training.checkpoint import load_run, open_run_data
     from seminar.training.evaluate import evaluate_by_target
-    from seminar.training.scoring import open_run_data
 
     loaded = load_run(run)
     ds = open_run_data(loaded, data)

@@ -102,6 +102,23 @@ def test_a_build_on_an_appended_catalog_keeps_every_trained_item_on_its_own_row(
     served_ids = np.load(repo / contract.FEATURES_MODEL / "2" / contract.ITEM_IDS_FILE)
     assert set(gaps.tolist()) <= set(served_ids.tolist())
 
+    # Served == offline on the grown catalog: `seminar score --data` reads it through the same
+    # rebase, so the reference of a known user's ranking over old and new items is exact.
+    import tritonclient.grpc as grpcclient
+
+    from seminar.serving.client import score
+    from tests.support.serving import ATOL, offline_scores, pq_dir_of, start_triton
+
+    user = int(base.user_ids[3])
+    candidates = np.array([*gaps.tolist(), *kept[:20]], dtype=np.int64)
+    pinned = contract.pinned_ensemble_name(2)
+    with start_triton(repo, wait_models=(pinned,)) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        served = score(client, user, "", candidates, model=pinned)
+    offline = offline_scores(quick_run, grown, pq_dir_of(repo, 2), user, "", candidates)
+    np.testing.assert_allclose(served, offline, atol=ATOL, rtol=0)
+    assert len(set(np.round(served[:3], 5))) == 3  # three new items, three scores (not OOV's)
+
     # Hostile: an --items row the catalog has, and a dataset the run's model cannot read.
     again = _write_items(
         tmp_path / "again.parquet", [{"item_id": int(ids[5]), "text": "x", "attributes": []}]

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from seminar.errors import ArtifactError
+from seminar.data.dataset import PreparedDataset
+from seminar.errors import ArtifactError, DataError
 from seminar.model.config import ModelConfig
 from seminar.model.seminar import SeminarModel
 from seminar.provenance import git_revision
@@ -127,3 +128,19 @@ def load_state_checked(model: SeminarModel, state: dict[str, torch.Tensor], sour
                 f"{tuple(state[name].shape)}, the config builds {tuple(tensor.shape)})."
             )
     model.load_state_dict(state, strict=True)
+
+
+def open_run_data(run: Run, data: str | Path | None = None) -> PreparedDataset:
+    """The prepared dataset a run was trained on (or `data`), checked by checksum."""
+    path = Path(data) if data is not None else Path(run.data.get("path", ""))
+    try:
+        ds = PreparedDataset.load(path)
+    except DataError as err:
+        raise DataError(f"{run.path}: cannot open its dataset ({err})") from err
+    expected = run.data.get("checksum")
+    if expected and ds.checksum != expected:
+        raise DataError(
+            f"{path}: dataset checksum {ds.checksum[:12]} differs from the one {run.path} was "
+            f"trained on ({str(expected)[:12]}); pass the dataset it was trained on."
+        )
+    return ds

@@ -231,9 +231,8 @@ def evaluate(
     A target is a search when its event has a query. Search quality: `--split search` (every
     user who searched), and `--split search --no-query` for what the query adds.
     """
-    from seminar.training.checkpoint import load_run
+    from seminar.training.checkpoint import load_run, open_run_data
     from seminar.training.evaluate import evaluate_by_target
-    from seminar.training.scoring import open_run_data
 
     loaded = load_run(run)
     ds = open_run_data(loaded, data)
@@ -290,17 +289,19 @@ def score(
 
     Computes what the serving ensemble computes: dataset tokenizer, the user's full history
     (with --event-log, plus the events recorded since the dataset was built), exact (or the
-    given PQ) GSU, ESU and scorer. Unknown item ids score as OOV.
+    given PQ) GSU, ESU and scorer. Unknown item ids score as OOV. A --data grown from the
+    run's dataset by `seminar data append` is read by the run's model rebased onto it, as
+    `seminar build --data` serves it.
     """
     from seminar.training.checkpoint import load_run
-    from seminar.training.scoring import open_run_data, score_request
+    from seminar.training.rebase import run_on
+    from seminar.training.scoring import score_request
 
     try:
         item_ids = [int(x) for x in items.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--items: {items!r} is not a comma-separated list of ids.") from None
-    loaded = load_run(run)
-    ds = open_run_data(loaded, data)
+    loaded, ds = run_on(load_run(run), data)
     tail = []
     if event_log is not None:
         if gsu is not Gsu.exact:

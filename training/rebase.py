@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from seminar.data.dataset import PreparedDataset
 from seminar.errors import DataError
 from seminar.model.config import ModelConfig
 from seminar.model.seminar import SeminarModel
-from seminar.training.checkpoint import Run
+from seminar.training.checkpoint import Run, open_run_data
 
 ID_TABLE = "item_encoder.id_table.weight"
 TOKEN_TABLE = "query_encoder.tokens.weight"
@@ -180,8 +181,6 @@ def model_for_dataset(run: Run, data: PreparedDataset) -> tuple[SeminarModel, Re
     expected = run.data.get("checksum")
     if not expected or data.checksum == expected:
         return run.model, None
-    from seminar.training.scoring import open_run_data
-
     try:
         trained_on = open_run_data(run)
     except DataError as err:
@@ -190,3 +189,17 @@ def model_for_dataset(run: Run, data: PreparedDataset) -> tuple[SeminarModel, Re
             f"onto it needs that dataset too: {err}"
         ) from err
     return rebase_model(run.model, trained_on, data)
+
+
+def run_on(run: Run, data: str | Path | None = None) -> tuple[Run, PreparedDataset]:
+    """The run as it reads `data` (default: its own dataset, checked by checksum): on a
+    dataset grown from its own, its model rebased (module docstring), as `seminar build
+    --data` serves it. The Run returned names that dataset as its own."""
+    if data is None:
+        return run, open_run_data(run)
+    dataset = PreparedDataset.load(data)
+    model, rebase = model_for_dataset(run, dataset)
+    if rebase is None:
+        return run, dataset
+    grown = {**run.data, "path": str(dataset.path), "checksum": dataset.checksum}
+    return dataclasses.replace(run, model=model, data=grown), dataset

@@ -23,27 +23,12 @@ import torch
 
 from seminar.data.dataset import PreparedDataset
 from seminar.data.features import embed_query
-from seminar.errors import DataError, UsageError
+from seminar.errors import UsageError
 from seminar.events import Event
 from seminar.model.retrieval import Retriever
 from seminar.model.seminar import SeminarModel
 from seminar.training.checkpoint import Run, load_run
-
-
-def open_run_data(run: Run, data: str | Path | None = None) -> PreparedDataset:
-    """The prepared dataset a run was trained on (or `data`), checked by checksum."""
-    path = Path(data) if data is not None else Path(run.data.get("path", ""))
-    try:
-        ds = PreparedDataset.load(path)
-    except DataError as err:
-        raise DataError(f"{run.path}: cannot open its dataset ({err})") from err
-    expected = run.data.get("checksum")
-    if expected and ds.checksum != expected:
-        raise DataError(
-            f"{path}: dataset checksum {ds.checksum[:12]} differs from the one {run.path} was "
-            f"trained on ({str(expected)[:12]}); pass the dataset it was trained on."
-        )
-    return ds
+from seminar.training.rebase import run_on
 
 
 @torch.no_grad()
@@ -121,8 +106,7 @@ def score_request(
 ) -> list[float]:
     """Logits for `item_ids` (external ids, in that order) of one user and query; `tail`:
     the user's events after the dataset (seminar.events.tail.read_tail), appended."""
-    loaded = run if isinstance(run, Run) else load_run(run)
-    ds = open_run_data(loaded, data)
+    loaded, ds = run_on(run if isinstance(run, Run) else load_run(run), data)
     if not item_ids:
         raise UsageError("items: at least one candidate item id is required.")
     try:
