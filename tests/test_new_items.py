@@ -207,3 +207,47 @@ def test_new_items_images_through_the_served_image_encoder_reach_the_ranking(
     parquet.write_table(foreign, tmp_path / "foreign.parquet")
     with pytest.raises(DataError, match="image tower 0123456789abcdef"):
         append_events(data, log, tmp_path / "x", items=tmp_path / "foreign.parquet", config=quiet)
+
+
+def test_a_rebase_refuses_a_dataset_its_model_cannot_read(
+    quick_run: Path, movielens_data: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from seminar.training.checkpoint import load_run
+    from seminar.training.rebase import rebase_model
+
+    run = load_run(quick_run)
+    base = PreparedDataset.load(movielens_data)
+    longer = dataclasses.replace(base, query_tokens=np.zeros((base.n_queries, 99), np.int32))
+    with pytest.raises(DataError, match="queries are 99 tokens long, the run's model reads"):
+        rebase_model(run.model, base, longer)
+    images = dataclasses.replace(base, item_image_emb=np.zeros((base.n_item_rows, 8), np.float32))
+    with pytest.raises(DataError, match="image vectors have 8 values, the run's model reads 0"):
+        rebase_model(run.model, base, images)
+    # Onto its own dataset: the same model, tensor for tensor.
+    same, summary = rebase_model(run.model, base, base)
+    assert not summary.changed
+    for name, tensor in run.model.state_dict().items():
+        assert torch.equal(same.state_dict()[name], tensor), name
+
+
+def test_embed_images_names_an_unreachable_server(tmp_path: Path) -> None:
+    from seminar.data.images import RenderConfig, write_synthetic_images
+
+    names = write_synthetic_images(
+        tmp_path / "pics", np.arange(1, 3), np.arange(2), 0, RenderConfig()
+    )
+    rows = [
+        {"item_id": i + 1, "text": "", "attributes": [], "image_ref": f"pics/{name}"}
+        for i, name in enumerate(names)
+    ]
+    items = _write_items(tmp_path / "items.parquet", rows)
+    out = tmp_path / "out.parquet"
+    args = ["client", "embed-images", "--triton", "127.0.0.1:9", "--items", str(items)]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--timeout", "2"])
+    assert result.exit_code == 6, result.output
+    assert "127.0.0.1:9" in result.output and not out.exists()
+    bare = _write_items(tmp_path / "bare.parquet", [{"item_id": 1, "text": "", "attributes": []}])
+    result = CliRunner().invoke(app, [*args[:-1], str(bare), "--out", str(out)])
+    assert result.exit_code == 3 and "has no 'image_ref' column" in result.output
