@@ -9,6 +9,10 @@
 4. With `--repo`: in-process serving of the same requests, no Triton (seminar.serving.inprocess,
    the version the ensemble serves), in as many worker processes as the machine has cores, one
    thread each, closed loop: the throughput Triton's best is compared with.
+   Then perf_analyzer once more at the top concurrency while /proc is read (bench/served_cpu.py):
+   CPU cores and CPU ms per request of the client, `seminar serve`'s gRPC proxy when one
+   listens on the address, tritonserver, its stubs and the rest of the machine; behind a proxy,
+   also at tritonserver's own gRPC port, side by side.
 5. OUT_DIR/perf.md and perf.json (bench/harness.py: header, one table with the gateway/Triton
    ratio and the sentences it supports), perf.png, and the raw measurements beside them:
    perf_analyzer.csv, perf_analyzer.log, perf_gateway.json.
@@ -26,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +160,21 @@ def input_data(calls: list[RankCall], synthetic_user: int | None = None) -> dict
     return {"data": rows}
 
 
+def analyzer_args(
+    cfg: PerfConfig, address: str, input_file: str, concurrency: str, measurement_ms: int
+) -> list[str]:
+    """perf_analyzer's arguments for `cfg`'s model and requests at `address`."""
+    return [
+        "-m", cfg.model, "-i", "grpc", "-u", address,
+        "-b", str(cfg.candidates),
+        "--input-data", input_file,
+        "--concurrency-range", concurrency,
+        "--measurement-interval", str(measurement_ms),
+        "--stability-percentage", "50",  # p99 on 2 shared cores is noisy (docs/environment.md)
+        "--max-trials", "10",
+    ]  # fmt: skip
+
+
 def parse_csv(path: Path, batch: int) -> list[dict[str, float]]:
     """perf_analyzer's -f CSV (latencies in us, throughput in rows/s) -> requests/s and ms."""
     out = []
@@ -193,16 +213,9 @@ def run_perf(cfg: PerfConfig) -> str:
         (Path(scratch) / "input.json").write_text(
             json.dumps(input_data(calls, cfg.synthetic_long_user))
         )
-        args = [
-            "-m", cfg.model, "-i", "grpc", "-u", cfg.triton,
-            "-b", str(cfg.candidates),
-            "--input-data", f"{inside}/input.json",
-            "--concurrency-range", cfg.concurrency,
-            "--measurement-interval", str(cfg.measurement_ms),
-            "--stability-percentage", "50",  # p99 on 2 shared cores is noisy (docs/environment.md)
-            "--max-trials", "10",
-            "-f", f"{inside}/perf.csv",
-        ]  # fmt: skip
+        input_file = f"{inside}/input.json"
+        args = analyzer_args(cfg, cfg.triton, input_file, cfg.concurrency, cfg.measurement_ms)
+        args += ["-f", f"{inside}/perf.csv"]
         command = pa.command(args)
         console.print(f"[bold]perf_analyzer[/] ({pa.where}): {shlex.join(command)}", soft_wrap=True)
         with console.status(f"perf_analyzer, concurrency {cfg.concurrency}"):
@@ -212,6 +225,10 @@ def run_perf(cfg: PerfConfig) -> str:
             raise PerfError(f"perf_analyzer failed (exit {proc.returncode}):\n{tail}")
         shutil.copy(Path(scratch) / "perf.csv", cfg.out_dir / "perf_analyzer.csv")
         (cfg.out_dir / "perf_analyzer.log").write_text(proc.stdout)
+        saturation = []
+        if cfg.repo is not None:
+            with console.status(f"CPU per process at concurrency {levels[-1]}"):
+                saturation = saturation_runs(pa, cfg, input_file, levels[-1])
     gateway_rows, gateway_note = _gateway_runs(cfg, calls, levels, console)
     in_process = None
     if cfg.repo is not None:
@@ -237,13 +254,15 @@ def run_perf(cfg: PerfConfig) -> str:
         "triton_rows": triton_rows,
         "gateway_rows": gateway_rows,
         "in_process": in_process,
+        "saturation": saturation,
         "goal_share": cfg.goal_share,
     }
     record = Record(
         title="Serving latency: perf_analyzer on Triton vs `seminar load` through the gateway",
         header=header,
         setup=setup_lines(data),
-        body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share),
+        body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share)
+        + saturation_markdown(saturation, in_process, cfg.goal_share),
         data=data,
     )
     paths = write_record(
@@ -292,8 +311,7 @@ def _in_process_worker(
     repo: Path, version: int, calls: list[RankCall], seconds: float, results: Any
 ) -> None:
     """One worker process: load the version in-process, score the calls round robin for
-    `seconds` (after a warm-up pass), put (requests, seconds) on `results`."""
-    import time
+    `seconds` (after a warm-up pass), put (requests, seconds, CPU seconds) on `results`."""
 
     import torch
 
@@ -303,12 +321,12 @@ def _in_process_worker(
     pipeline = InProcessPipeline.from_repo(repo, version)
     for call in calls:
         pipeline.score(int(call.user_id), call.query, call.candidate_ids)
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         call = calls[done % len(calls)]
         pipeline.score(int(call.user_id), call.query, call.candidate_ids)
         done += 1
-    results.put((done, time.perf_counter() - started))
+    results.put((done, time.perf_counter() - started, time.process_time() - cpu))
 
 
 def in_process_throughput(
@@ -332,8 +350,181 @@ def in_process_throughput(
         raise PerfError(
             f"an in-process worker failed (exit codes {[p.exitcode for p in processes]})"
         )
-    rps = sum(done / elapsed for done, elapsed in counted)
-    return {"workers": workers, "version": version, "seconds": seconds, "rps": rps}
+    rps = sum(done / elapsed for done, elapsed, _ in counted)
+    cpu_ms = 1000 * sum(cpu for _, _, cpu in counted) / sum(done for done, _, _ in counted)
+    return {
+        "workers": workers,
+        "version": version,
+        "seconds": seconds,
+        "rps": rps,
+        "cpu_ms_per_request": cpu_ms,
+    }
+
+
+# perf_analyzer runs this long before the CPU window opens: its connections, the first batches.
+SATURATION_WARMUP_S = 2.0
+
+
+def saturation_runs(
+    pa: PerfAnalyzer, cfg: PerfConfig, input_file: str, concurrency: int
+) -> list[dict[str, Any]]:
+    """CPU per process at `concurrency` through cfg.triton and, when `seminar serve`'s proxy
+    listens there, at tritonserver's own gRPC port too; [] when cfg.triton is not served by a
+    tritonserver on this machine (nothing to read in /proc)."""
+    from seminar.bench.served_cpu import find_served_path
+
+    served = find_served_path(cfg.triton)
+    if served is None:
+        return []
+    runs = [saturation_run(pa, cfg, input_file, concurrency, served, cfg.triton)]
+    direct = served.triton_address()
+    if direct is not None:
+        runs.append(saturation_run(pa, cfg, input_file, concurrency, served, direct))
+    return runs
+
+
+def saturation_run(
+    pa: PerfAnalyzer,
+    cfg: PerfConfig,
+    input_file: str,
+    concurrency: int,
+    served: Any,
+    address: str,
+) -> dict[str, Any]:
+    """perf_analyzer at `address` and fixed `concurrency` for cfg's measurement window x 2,
+    with every process of `served` (bench.served_cpu.ServedPath) read from /proc around the
+    window, and the ensemble's requests counted by Triton itself over the same window."""
+    from seminar.bench.served_cpu import CLIENT, CpuSnapshot, Role, cpu_table
+
+    seconds = cfg.measurement_ms / 1000 * 2
+    # Long enough never to end on its own: it is stopped once the window closed.
+    longer_ms = int(1000 * (SATURATION_WARMUP_S + seconds) * 10)
+    command = pa.command(
+        analyzer_args(cfg, address, input_file, f"{concurrency}:{concurrency}", longer_ms)
+    )
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(SATURATION_WARMUP_S)
+        roles = [
+            Role(f"perf_analyzer (the client, {concurrency} in flight)", CLIENT, (process.pid,))
+        ]
+        roles += served.processes(_ensemble_steps(address, cfg.model))
+        before, count_before = CpuSnapshot.take(roles), _requests_served(address, cfg.model)
+        time.sleep(seconds)
+        after, count_after = CpuSnapshot.take(roles), _requests_served(address, cfg.model)
+        if process.poll() is not None:
+            raise PerfError(
+                f"perf_analyzer at {address} ended early (exit {process.returncode}): "
+                + process.stderr.read().decode(errors="replace")[-2000:]
+            )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    requests = count_after - count_before
+    if requests <= 0:
+        raise PerfError(f"Triton at {address} counted no {cfg.model} request in {seconds:g} s")
+    return {
+        "address": address,
+        "proxied": address == served.address and served.proxied,
+        "concurrency": concurrency,
+        "seconds": after.wall - before.wall,
+        "requests": requests,
+        "rps": requests / (after.wall - before.wall),
+        "rows": cpu_table(roles, before, after, requests),
+    }
+
+
+def _ensemble_steps(address: str, model: str) -> tuple[str, ...]:
+    """The models an ensemble schedules (the model itself when it is not an ensemble)."""
+    import tritonclient.grpc as grpcclient
+
+    config = grpcclient.InferenceServerClient(address).get_model_config(model).config
+    steps = tuple(step.model_name for step in config.ensemble_scheduling.step)
+    return steps or (model,)
+
+
+def _requests_served(address: str, model: str) -> int:
+    """Successful requests of `model` (every version) Triton has counted so far."""
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(address).get_inference_statistics(model_name=model)
+    return sum(int(entry.inference_stats.success.count) for entry in stats.model_stats)
+
+
+def saturation_markdown(
+    runs: list[dict[str, Any]], in_process: dict[str, float] | None, goal_share: float = 0.8
+) -> str:
+    """The CPU of every process per request at saturation, and what it says."""
+    if not runs:
+        return ""
+    from seminar.bench.served_cpu import CLIENT, IDLE, OTHER, PROXY, STUBS
+
+    concurrency, seconds = runs[0]["concurrency"], runs[0]["seconds"]
+    columns = ["process"]
+    for run in runs:
+        where = "proxy" if run["proxied"] else "Triton"
+        columns += [f"{where} {run['address']}: cores", "CPU ms / request"]
+    cells = []
+    for row in runs[0]["rows"]:
+        line = [row["process"]]
+        for run in runs:
+            match = [r for r in run["rows"] if r["process"] == row["process"]]
+            line += (
+                [f"{match[0]['cores']:.2f}", f"{match[0]['ms_per_request']:.2f}"]
+                if match
+                else ["-", "-"]
+            )
+        cells.append(tuple(line))
+    cells.append(("requests/s", *(x for run in runs for x in (f"{run['rps']:.1f}", ""))))
+    if in_process:
+        cells.append(
+            (
+                f"in-process worker (for comparison; {in_process['workers']:g} of them served "
+                f"{in_process['rps']:.1f} req/s)",
+                *(x for _ in runs for x in ("", f"{in_process['cpu_ms_per_request']:.2f}")),
+            )
+        )
+    lines = [
+        "",
+        f"## CPU per process at saturation (perf_analyzer at concurrency {concurrency}, "
+        f"{seconds:.1f} s, read from /proc)",
+        "",
+        "cores = CPU seconds / wall seconds; CPU ms / request = CPU seconds / the requests "
+        "Triton counted in the same window.",
+        "",
+        markdown_table(tuple(columns), cells, align="l" + "r" * (len(columns) - 1)),
+        "",
+    ]
+    for run in runs:
+
+        def ms(*kinds: str, rows: list = run["rows"]) -> float:
+            return sum(r["ms_per_request"] for r in rows if r["kind"] in kinds)
+
+        served = sum(
+            r["ms_per_request"] for r in run["rows"] if r["kind"] not in (OTHER, IDLE, CLIENT)
+        )
+        idle = sum(r["cores"] for r in run["rows"] if r["kind"] == IDLE)
+        sentence = (
+            f"- At {run['address']}"
+            + (" (`seminar serve`'s gRPC proxy in front of tritonserver)" if run["proxied"] else "")
+            + f": {run['rps']:.1f} req/s; the served path took {served:.2f} ms of CPU per "
+            f"request, of which the stubs {ms(STUBS):.2f}"
+            + (f" and the proxy {ms(PROXY):.2f}" if run["proxied"] else "")
+            + f"; the client {ms(CLIENT):.2f}; {idle:.2f} cores stayed idle"
+        )
+        if in_process:
+            share = run["rps"] / in_process["rps"]
+            sentence += (
+                f". An in-process worker spends {in_process['cpu_ms_per_request']:.2f} ms of "
+                f"CPU per request; this throughput is {share:.2f}× the in-process workers' "
+                f"(goal >= {goal_share:g}×: {'met' if share >= goal_share else 'missed'})"
+            )
+        lines.append(sentence + ".")
+    return "\n".join(lines) + "\n"
 
 
 def _newest_version(triton: str, model: str) -> int:
