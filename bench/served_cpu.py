@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seminar.serving.process_group import StubWatch
+from seminar.serving.process_group import _cmdline as command_line  # one /proc reader
 
 PROC = Path("/proc")
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -60,14 +61,6 @@ def _comm(pid: int) -> str:
         return (PROC / str(pid) / "comm").read_text().strip()
     except OSError:
         return ""
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = (PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def listening_pid(port: int) -> int | None:
@@ -140,7 +133,7 @@ class ServedPath:
             return None
         args = dict(
             arg[2:].split("=", 1)
-            for arg in _cmdline(self.tritonserver)
+            for arg in command_line(self.tritonserver)
             if arg.startswith("--") and "=" in arg
         )
         port = args.get("grpc-port")
