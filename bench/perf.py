@@ -525,6 +525,12 @@ def saturation_markdown(
                 "what the served path and the client spend together (the throughput share "
                 "the two cores would give with nothing else running on them)"
             )
+            budget, spent = inproc_ms / goal_share, served + ms(CLIENT)
+            if spent > budget:
+                sentence += (
+                    f"; at {goal_share:g}× they may spend {budget:.2f} ms, {spent - budget:.2f} "
+                    "ms less than here"
+                )
         lines.append(sentence + ".")
     return "\n".join(lines) + "\n"
 

@@ -128,4 +128,6 @@ def test_saturation_markdown_states_both_paths_from_their_numbers() -> None:
     assert "0.83× the in-process workers' (goal >= 0.8×: met)" in text
     # 3.3 ms in-process / (3.96 ms served + 0.2 ms client) at Triton's own port
     assert "an in-process worker spends 3.30 ms of CPU, 0.79× what the served path" in text
+    # the budget at 0.8x: 3.3 / 0.8 = 4.125 ms; through the proxy 4.95 ms were spent
+    assert "at 0.8× they may spend 4.12 ms, 0.83 ms less than here" in text
     assert saturation_markdown([], in_process) == ""
