@@ -310,22 +310,27 @@ def _in_process_worker(
     repo: Path, version: int, calls: list[RankCall], seconds: float, results: Any
 ) -> None:
     """One worker process: load the version in-process, score the calls round robin for
-    `seconds` (after a warm-up pass), put (requests, seconds, CPU seconds) on `results`."""
+    `seconds` (after a warm-up pass), put (requests, seconds, CPU seconds, busy cores and idle
+    cores of the machine meanwhile) on `results`."""
 
     import torch
 
+    from seminar.bench.served_cpu import machine_cpu_seconds
     from seminar.serving.inprocess import InProcessPipeline
 
     torch.set_num_threads(1)  # like one Triton model instance
     pipeline = InProcessPipeline.from_repo(repo, version)
     for call in calls:
         pipeline.score(int(call.user_id), call.query, call.candidate_ids)
+    busy, idle = machine_cpu_seconds()
     done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         call = calls[done % len(calls)]
         pipeline.score(int(call.user_id), call.query, call.candidate_ids)
         done += 1
-    results.put((done, time.perf_counter() - started, time.process_time() - cpu))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    busy_after, idle_after = machine_cpu_seconds()
+    results.put((done, elapsed, cpu, (busy_after - busy) / elapsed, (idle_after - idle) / elapsed))
 
 
 def in_process_throughput(
@@ -349,14 +354,18 @@ def in_process_throughput(
         raise PerfError(
             f"an in-process worker failed (exit codes {[p.exitcode for p in processes]})"
         )
-    rps = sum(done / elapsed for done, elapsed, _ in counted)
-    cpu_ms = 1000 * sum(cpu for _, _, cpu in counted) / sum(done for done, _, _ in counted)
+    rps = sum(done / elapsed for done, elapsed, *_ in counted)
+    cpu_ms = 1000 * sum(entry[2] for entry in counted) / sum(entry[0] for entry in counted)
+    worker_cores = sum(cpu / elapsed for _, elapsed, cpu, *_ in counted)
     return {
         "workers": workers,
         "version": version,
         "seconds": seconds,
         "rps": rps,
         "cpu_ms_per_request": cpu_ms,
+        # What the rest of the machine did meanwhile (each worker saw about the same window).
+        "other_cores": max(0.0, sum(entry[3] for entry in counted) / workers - worker_cores),
+        "idle_cores": sum(entry[4] for entry in counted) / workers,
     }
 
 
@@ -483,7 +492,9 @@ def saturation_markdown(
         cells.append(
             (
                 f"in-process worker (for comparison; {in_process['workers']:g} of them served "
-                f"{in_process['rps']:.1f} req/s)",
+                f"{in_process['rps']:.1f} req/s right after, while other processes took "
+                f"{in_process.get('other_cores', 0):.2f} cores and "
+                f"{in_process.get('idle_cores', 0):.2f} stayed idle)",
                 *(x for _ in runs for x in ("", f"{in_process['cpu_ms_per_request']:.2f}")),
             )
         )
