@@ -6,13 +6,13 @@
 2. perf_analyzer over gRPC for a concurrency range, natively where glibc >= 2.38, else inside
    the Debian 13 chroot built by clients/perf_analyzer_chroot.sh.
 3. `seminar load` through the gateway at the same concurrencies, same requests.
-4. With `--repo`: in-process serving of the same requests, no Triton (seminar.serving.inprocess,
-   the version the ensemble serves), in as many worker processes as the machine has cores, one
-   thread each, closed loop: the throughput Triton's best is compared with.
-   Then perf_analyzer once more at the top concurrency while /proc is read (bench/served_cpu.py):
-   CPU cores and CPU ms per request of the client, `seminar serve`'s gRPC proxy when one
-   listens on the address, tritonserver, its stubs and the rest of the machine; behind a proxy,
-   also at tritonserver's own gRPC port, side by side.
+4. With `--repo`, first and back to back: perf_analyzer at the top concurrency while /proc is
+   read (bench/served_cpu.py: CPU cores and CPU ms per request of the client, `seminar serve`'s
+   gRPC proxy when one listens on the address, tritonserver, its stubs and the rest of the
+   machine; behind a proxy, also at tritonserver's own gRPC port, side by side), then in-process
+   serving of the same requests, no Triton (seminar.serving.inprocess, the version the ensemble
+   serves), in as many worker processes as the machine has cores, one thread each, closed
+   loop: the throughput and the CPU per request Triton's are compared with.
 5. OUT_DIR/perf.md and perf.json (bench/harness.py: header, one table with the gateway/Triton
    ratio and the sentences it supports), perf.png, and the raw measurements beside them:
    perf_analyzer.csv, perf_analyzer.log, perf_gateway.json.
@@ -214,6 +214,18 @@ def run_perf(cfg: PerfConfig) -> str:
             json.dumps(input_data(calls, cfg.synthetic_long_user))
         )
         input_file = f"{inside}/input.json"
+        # First, back to back, what the goal compares: Triton at saturation and the in-process
+        # workers (a shared machine's other load changes less over a minute than over the
+        # whole run).
+        saturation, in_process = [], None
+        if cfg.repo is not None:
+            with console.status(f"CPU per process at concurrency {levels[-1]}"):
+                saturation = saturation_runs(pa, cfg, input_file, levels[-1])
+            version = _newest_version(cfg.triton, cfg.model)
+            with console.status(f"in-process serving, {cfg.workers} workers"):
+                in_process = in_process_throughput(
+                    cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
+                )
         args = analyzer_args(cfg, cfg.triton, input_file, cfg.concurrency, cfg.measurement_ms)
         args += ["-f", f"{inside}/perf.csv"]
         command = pa.command(args)
@@ -225,16 +237,6 @@ def run_perf(cfg: PerfConfig) -> str:
             raise PerfError(f"perf_analyzer failed (exit {proc.returncode}):\n{tail}")
         shutil.copy(Path(scratch) / "perf.csv", cfg.out_dir / "perf_analyzer.csv")
         (cfg.out_dir / "perf_analyzer.log").write_text(proc.stdout)
-        saturation, in_process = [], None
-        if cfg.repo is not None:
-            with console.status(f"CPU per process at concurrency {levels[-1]}"):
-                saturation = saturation_runs(pa, cfg, input_file, levels[-1])
-            # Right after the saturation runs: the machine's other load changes slowly.
-            version = _newest_version(cfg.triton, cfg.model)
-            with console.status(f"in-process serving, {cfg.workers} workers"):
-                in_process = in_process_throughput(
-                    cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
-                )
     gateway_rows, gateway_note = _gateway_runs(cfg, calls, levels, console)
     run = {"perf_analyzer": {"where": pa.where, "command": command}, "gateway": gateway_note}
     (cfg.out_dir / "perf_gateway.json").write_text(
