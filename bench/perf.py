@@ -36,6 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from seminar.bench.harness import SCRATCH, Header, Record, markdown_table, ratio, write_record
+from seminar.bench.served_cpu import (
+    CLIENT,
+    IDLE,
+    OTHER,
+    PROXY,
+    STUBS,
+    CpuSnapshot,
+    Role,
+    cpu_table,
+    find_served_path,
+    machine_cpu_seconds,
+    other_cores,
+    own_cpu_seconds,
+)
 from seminar.clients.workload import RankCall, load_workload
 from seminar.contract import ENSEMBLE_MODEL
 from seminar.errors import ServiceError
@@ -208,6 +222,10 @@ def run_perf(cfg: PerfConfig) -> str:
 
     scratch_root = pa.host_path("/tmp")
     scratch_root.mkdir(parents=True, exist_ok=True)
+    served = find_served_path(cfg.triton)  # None: not served on this machine
+    served_roles = (
+        [] if served is None else served.processes(_ensemble_steps(cfg.triton, cfg.model))
+    )
     with tempfile.TemporaryDirectory(prefix="seminar-perf-", dir=scratch_root) as scratch:
         inside = "/tmp/" + Path(scratch).name if pa.chroot else scratch
         (Path(scratch) / "input.json").write_text(
@@ -220,7 +238,7 @@ def run_perf(cfg: PerfConfig) -> str:
         saturation, in_process = [], None
         if cfg.repo is not None:
             with console.status(f"CPU per process at concurrency {levels[-1]}"):
-                saturation = saturation_runs(pa, cfg, input_file, levels[-1])
+                saturation = saturation_runs(pa, cfg, input_file, levels[-1], served)
             version = _newest_version(cfg.triton, cfg.model)
             with console.status(f"in-process serving, {cfg.workers} workers"):
                 in_process = in_process_throughput(
@@ -231,7 +249,10 @@ def run_perf(cfg: PerfConfig) -> str:
         command = pa.command(args)
         console.print(f"[bold]perf_analyzer[/] ({pa.where}): {shlex.join(command)}", soft_wrap=True)
         with console.status(f"perf_analyzer, concurrency {cfg.concurrency}"):
+            before, own = CpuSnapshot.take(served_roles), own_cpu_seconds()
             proc = subprocess.run(command, capture_output=True, text=True, timeout=60 * 30)
+            after, own = CpuSnapshot.take(served_roles), own_cpu_seconds() - own
+        sweep_other = other_cores(served_roles, before, after, own)
         if proc.returncode != 0 or not (Path(scratch) / "perf.csv").exists():
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
             raise PerfError(f"perf_analyzer failed (exit {proc.returncode}):\n{tail}")
@@ -256,13 +277,14 @@ def run_perf(cfg: PerfConfig) -> str:
         "gateway_rows": gateway_rows,
         "in_process": in_process,
         "saturation": saturation,
+        "sweep_other_cores": sweep_other,
         "goal_share": cfg.goal_share,
     }
     record = Record(
         title="Serving latency: perf_analyzer on Triton vs `seminar load` through the gateway",
         header=header,
         setup=setup_lines(data),
-        body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share)
+        body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share, sweep_other)
         + saturation_markdown(saturation, in_process, cfg.goal_share),
         data=data,
     )
@@ -317,7 +339,6 @@ def _in_process_worker(
 
     import torch
 
-    from seminar.bench.served_cpu import machine_cpu_seconds
     from seminar.serving.inprocess import InProcessPipeline
 
     torch.set_num_threads(1)  # like one Triton model instance
@@ -376,14 +397,11 @@ SATURATION_WARMUP_S = 2.0
 
 
 def saturation_runs(
-    pa: PerfAnalyzer, cfg: PerfConfig, input_file: str, concurrency: int
+    pa: PerfAnalyzer, cfg: PerfConfig, input_file: str, concurrency: int, served: Any
 ) -> list[dict[str, Any]]:
     """CPU per process at `concurrency` through cfg.triton and, when `seminar serve`'s proxy
     listens there, at tritonserver's own gRPC port too; [] when cfg.triton is not served by a
-    tritonserver on this machine (nothing to read in /proc)."""
-    from seminar.bench.served_cpu import find_served_path
-
-    served = find_served_path(cfg.triton)
+    tritonserver on this machine (`served` is None: nothing to read in /proc)."""
     if served is None:
         return []
     runs = [saturation_run(pa, cfg, input_file, concurrency, served, cfg.triton)]
@@ -404,8 +422,6 @@ def saturation_run(
     """perf_analyzer at `address` and fixed `concurrency` for cfg's measurement window x 2,
     with every process of `served` (bench.served_cpu.ServedPath) read from /proc around the
     window, and the ensemble's requests counted by Triton itself over the same window."""
-    from seminar.bench.served_cpu import CLIENT, CpuSnapshot, Role, cpu_table
-
     seconds = cfg.measurement_ms / 1000 * 2
     # Long enough never to end on its own: it is stopped once the window closed.
     longer_ms = int(1000 * (SATURATION_WARMUP_S + seconds) * 10)
@@ -471,8 +487,6 @@ def saturation_markdown(
     """The CPU of every process per request at saturation, and what it says."""
     if not runs:
         return ""
-    from seminar.bench.served_cpu import CLIENT, IDLE, OTHER, PROXY, STUBS
-
     concurrency, seconds = runs[0]["concurrency"], runs[0]["seconds"]
     columns = ["process"]
     for run in runs:
@@ -580,8 +594,10 @@ def markdown(
     gateway_rows: list[dict],
     in_process: dict[str, float] | None = None,
     goal_share: float = 0.8,
+    sweep_other: float | None = None,
 ) -> str:
-    """The table of both systems per concurrency, and what their ratios say."""
+    """The table of both systems per concurrency, and what their ratios say; `sweep_other`:
+    the cores other processes on the machine took during perf_analyzer's sweep."""
     gateway = {row["concurrency"]: row for row in gateway_rows}
     cells = []
     for t in triton_rows:
@@ -612,6 +628,11 @@ def markdown(
     )  # fmt: skip
     lines = [markdown_table(columns, cells, align="r" * 11 + "l"), ""]
     lines += findings(triton_rows, gateway_rows)
+    if sweep_other is not None:
+        lines.append(
+            f"- During perf_analyzer's sweep, processes other than the served path, "
+            f"perf_analyzer and this command took {sweep_other:.2f} cores on average."
+        )
     if in_process and triton_rows:
         best = max(triton_rows, key=lambda row: row["rps"])
         share = best["rps"] / in_process["rps"]

@@ -242,3 +242,19 @@ def cpu_table(
     rows.append(row("other processes on the machine", OTHER, max(0.0, busy - listed)))
     rows.append(row("idle", IDLE, after.machine_idle - before.machine_idle))
     return rows
+
+
+def other_cores(
+    roles: list[Role], before: CpuSnapshot, after: CpuSnapshot, known_seconds: float = 0.0
+) -> float:
+    """Cores that processes not in `roles` took between the snapshots, less `known_seconds`
+    of CPU whose owner is known (the measuring command and its children)."""
+    rows = cpu_table(roles, before, after, requests=1)
+    other = next(row["cores"] for row in rows if row["kind"] == OTHER)
+    return max(0.0, other - known_seconds / (after.wall - before.wall))
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that were waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system

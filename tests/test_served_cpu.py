@@ -26,6 +26,8 @@ from seminar.bench.served_cpu import (
     cpu_table,
     find_served_path,
     listening_pid,
+    other_cores,
+    own_cpu_seconds,
 )
 from seminar.processes import LOOPBACK
 
@@ -101,6 +103,9 @@ def test_cpu_table_divides_by_the_window_and_the_requests() -> None:
     assert rows["idle"]["cores"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="request count"):
         cpu_table(roles, before, after, requests=0)
+    # 2.4 s of the machine's 7 busy seconds were not the roles'; 0.4 s of them known to be ours
+    assert other_cores(roles, before, after, known_seconds=0.4) == pytest.approx(0.5)
+    assert own_cpu_seconds() > 0
 
 
 def _run(address: str, proxied: bool, rps: float, proxy_ms: float) -> dict:
