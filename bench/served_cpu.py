@@ -88,9 +88,11 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
-def split_address(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int | None]:
+    """HOST:PORT -> (host, port); port None when it is no number (the caller's client then
+    names the bad address)."""
     host, _, port = address.rpartition(":")
-    return host, int(port)
+    return host, int(port) if port.isdigit() else None
 
 
 # What a process does on the served path (a table row's `kind`).
@@ -167,7 +169,7 @@ def find_served_path(address: str) -> ServedPath | None:
     directly or through a parent process's proxy; None otherwise (a remote Triton, another
     user's processes)."""
     host, port = split_address(address)
-    if host not in _LOCAL_HOSTS:
+    if host not in _LOCAL_HOSTS or port is None:
         return None
     listener = listening_pid(port)
     if listener is None:

@@ -42,6 +42,7 @@ def test_the_listener_of_a_port_is_found_and_a_plain_listener_is_no_triton() -> 
         assert find_served_path(f"{LOOPBACK}:{port}") is None
     assert listening_pid(port) is None  # closed
     assert find_served_path(f"10.1.2.3:{port}") is None  # not this machine: nothing to read
+    assert find_served_path("127.0.0.1:grpc") is None  # perf_analyzer names the bad address
 
 
 def test_cpu_seconds_grow_with_work_and_a_gone_process_has_none() -> None:
