@@ -398,13 +398,15 @@ def perf(
         Path | None,
         typer.Option(
             help="The repository Triton serves: adds in-process serving of the same requests "
-            "(one worker process per core, no Triton) as the throughput to compare with."
+            "(one worker process per core, no Triton) as the throughput to compare with, and "
+            "the CPU per request of every process at the top concurrency (read from /proc; "
+            "behind `seminar serve`'s proxy also at tritonserver's own gRPC port)."
         ),
     ] = None,
 ) -> None:
     """Run perf_analyzer against the seminar ensemble; write OUT_DIR/perf.md, perf.json, perf.png.
 
-    --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio. With --repo, in-process serving of the same requests in one worker per core is measured too, and Triton's best throughput is given as a share of it.
+    --input-data is built from real users and their real candidate sets. With --gateway, a `seminar load` run at the same concurrencies through the gateway is added, so the gateway's overhead shows as a ratio. With --repo, in-process serving of the same requests in one worker per core is measured too, and Triton's best throughput is given as a share of it; a table gives the CPU milliseconds per request of the client, `seminar serve`'s gRPC proxy, tritonserver, its model stubs and the rest of the machine at saturation, so a shortfall shows where the CPU went.
     """
     from seminar.bench.perf import PerfConfig, run_perf
 

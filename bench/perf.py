@@ -6,9 +6,13 @@
 2. perf_analyzer over gRPC for a concurrency range, natively where glibc >= 2.38, else inside
    the Debian 13 chroot built by clients/perf_analyzer_chroot.sh.
 3. `seminar load` through the gateway at the same concurrencies, same requests.
-4. With `--repo`: in-process serving of the same requests, no Triton (seminar.serving.inprocess,
-   the version the ensemble serves), in as many worker processes as the machine has cores, one
-   thread each, closed loop: the throughput Triton's best is compared with.
+4. With `--repo`, first and back to back: perf_analyzer at the top concurrency while /proc is
+   read (bench/served_cpu.py: CPU cores and CPU ms per request of the client, `seminar serve`'s
+   gRPC proxy when one listens on the address, tritonserver, its stubs and the rest of the
+   machine; behind a proxy, also at tritonserver's own gRPC port, side by side), then in-process
+   serving of the same requests, no Triton (seminar.serving.inprocess, the version the ensemble
+   serves), in as many worker processes as the machine has cores, one thread each, closed
+   loop: the throughput and the CPU per request Triton's are compared with.
 5. OUT_DIR/perf.md and perf.json (bench/harness.py: header, one table with the gateway/Triton
    ratio and the sentences it supports), perf.png, and the raw measurements beside them:
    perf_analyzer.csv, perf_analyzer.log, perf_gateway.json.
@@ -26,11 +30,26 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from seminar.bench.harness import SCRATCH, Header, Record, markdown_table, ratio, write_record
+from seminar.bench.served_cpu import (
+    CLIENT,
+    IDLE,
+    OTHER,
+    PROXY,
+    STUBS,
+    CpuSnapshot,
+    Role,
+    cpu_table,
+    find_served_path,
+    machine_cpu_seconds,
+    other_cores,
+    own_cpu_seconds,
+)
 from seminar.clients.workload import RankCall, load_workload
 from seminar.contract import ENSEMBLE_MODEL
 from seminar.errors import ServiceError
@@ -155,6 +174,21 @@ def input_data(calls: list[RankCall], synthetic_user: int | None = None) -> dict
     return {"data": rows}
 
 
+def analyzer_args(
+    cfg: PerfConfig, address: str, input_file: str, concurrency: str, measurement_ms: int
+) -> list[str]:
+    """perf_analyzer's arguments for `cfg`'s model and requests at `address`."""
+    return [
+        "-m", cfg.model, "-i", "grpc", "-u", address,
+        "-b", str(cfg.candidates),
+        "--input-data", input_file,
+        "--concurrency-range", concurrency,
+        "--measurement-interval", str(measurement_ms),
+        "--stability-percentage", "50",  # p99 on 2 shared cores is noisy (docs/environment.md)
+        "--max-trials", "10",
+    ]  # fmt: skip
+
+
 def parse_csv(path: Path, batch: int) -> list[dict[str, float]]:
     """perf_analyzer's -f CSV (latencies in us, throughput in rows/s) -> requests/s and ms."""
     out = []
@@ -188,38 +222,43 @@ def run_perf(cfg: PerfConfig) -> str:
 
     scratch_root = pa.host_path("/tmp")
     scratch_root.mkdir(parents=True, exist_ok=True)
+    served = find_served_path(cfg.triton)  # None: not served on this machine
+    served_roles = (
+        [] if served is None else served.processes(_ensemble_steps(cfg.triton, cfg.model))
+    )
     with tempfile.TemporaryDirectory(prefix="seminar-perf-", dir=scratch_root) as scratch:
         inside = "/tmp/" + Path(scratch).name if pa.chroot else scratch
         (Path(scratch) / "input.json").write_text(
             json.dumps(input_data(calls, cfg.synthetic_long_user))
         )
-        args = [
-            "-m", cfg.model, "-i", "grpc", "-u", cfg.triton,
-            "-b", str(cfg.candidates),
-            "--input-data", f"{inside}/input.json",
-            "--concurrency-range", cfg.concurrency,
-            "--measurement-interval", str(cfg.measurement_ms),
-            "--stability-percentage", "50",  # p99 on 2 shared cores is noisy (docs/environment.md)
-            "--max-trials", "10",
-            "-f", f"{inside}/perf.csv",
-        ]  # fmt: skip
+        input_file = f"{inside}/input.json"
+        # First, back to back, what the goal compares: Triton at saturation and the in-process
+        # workers (a shared machine's other load changes less over a minute than over the
+        # whole run).
+        saturation, in_process = [], None
+        if cfg.repo is not None:
+            with console.status(f"CPU per process at concurrency {levels[-1]}"):
+                saturation = saturation_runs(pa, cfg, input_file, levels[-1], served)
+            version = _newest_version(cfg.triton, cfg.model)
+            with console.status(f"in-process serving, {cfg.workers} workers"):
+                in_process = in_process_throughput(
+                    cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
+                )
+        args = analyzer_args(cfg, cfg.triton, input_file, cfg.concurrency, cfg.measurement_ms)
+        args += ["-f", f"{inside}/perf.csv"]
         command = pa.command(args)
         console.print(f"[bold]perf_analyzer[/] ({pa.where}): {shlex.join(command)}", soft_wrap=True)
         with console.status(f"perf_analyzer, concurrency {cfg.concurrency}"):
+            before, own = CpuSnapshot.take(served_roles), own_cpu_seconds()
             proc = subprocess.run(command, capture_output=True, text=True, timeout=60 * 30)
+            after, own = CpuSnapshot.take(served_roles), own_cpu_seconds() - own
+        sweep_other = other_cores(served_roles, before, after, own)
         if proc.returncode != 0 or not (Path(scratch) / "perf.csv").exists():
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
             raise PerfError(f"perf_analyzer failed (exit {proc.returncode}):\n{tail}")
         shutil.copy(Path(scratch) / "perf.csv", cfg.out_dir / "perf_analyzer.csv")
         (cfg.out_dir / "perf_analyzer.log").write_text(proc.stdout)
     gateway_rows, gateway_note = _gateway_runs(cfg, calls, levels, console)
-    in_process = None
-    if cfg.repo is not None:
-        version = _newest_version(cfg.triton, cfg.model)
-        with console.status(f"in-process serving, {cfg.workers} workers"):
-            in_process = in_process_throughput(
-                cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
-            )
     run = {"perf_analyzer": {"where": pa.where, "command": command}, "gateway": gateway_note}
     (cfg.out_dir / "perf_gateway.json").write_text(
         json.dumps({**run, "rows": gateway_rows}, indent=2)
@@ -237,13 +276,16 @@ def run_perf(cfg: PerfConfig) -> str:
         "triton_rows": triton_rows,
         "gateway_rows": gateway_rows,
         "in_process": in_process,
+        "saturation": saturation,
+        "sweep_other_cores": sweep_other,
         "goal_share": cfg.goal_share,
     }
     record = Record(
         title="Serving latency: perf_analyzer on Triton vs `seminar load` through the gateway",
         header=header,
         setup=setup_lines(data),
-        body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share),
+        body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share, sweep_other)
+        + saturation_markdown(saturation, in_process, cfg.goal_share),
         data=data,
     )
     paths = write_record(
@@ -292,8 +334,8 @@ def _in_process_worker(
     repo: Path, version: int, calls: list[RankCall], seconds: float, results: Any
 ) -> None:
     """One worker process: load the version in-process, score the calls round robin for
-    `seconds` (after a warm-up pass), put (requests, seconds) on `results`."""
-    import time
+    `seconds` (after a warm-up pass), put (requests, seconds, CPU seconds, busy cores and idle
+    cores of the machine meanwhile) on `results`."""
 
     import torch
 
@@ -303,12 +345,15 @@ def _in_process_worker(
     pipeline = InProcessPipeline.from_repo(repo, version)
     for call in calls:
         pipeline.score(int(call.user_id), call.query, call.candidate_ids)
-    done, started = 0, time.perf_counter()
+    busy, idle = machine_cpu_seconds()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         call = calls[done % len(calls)]
         pipeline.score(int(call.user_id), call.query, call.candidate_ids)
         done += 1
-    results.put((done, time.perf_counter() - started))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    busy_after, idle_after = machine_cpu_seconds()
+    results.put((done, elapsed, cpu, (busy_after - busy) / elapsed, (idle_after - idle) / elapsed))
 
 
 def in_process_throughput(
@@ -332,8 +377,189 @@ def in_process_throughput(
         raise PerfError(
             f"an in-process worker failed (exit codes {[p.exitcode for p in processes]})"
         )
-    rps = sum(done / elapsed for done, elapsed in counted)
-    return {"workers": workers, "version": version, "seconds": seconds, "rps": rps}
+    rps = sum(done / elapsed for done, elapsed, *_ in counted)
+    cpu_ms = 1000 * sum(entry[2] for entry in counted) / sum(entry[0] for entry in counted)
+    worker_cores = sum(cpu / elapsed for _, elapsed, cpu, *_ in counted)
+    return {
+        "workers": workers,
+        "version": version,
+        "seconds": seconds,
+        "rps": rps,
+        "cpu_ms_per_request": cpu_ms,
+        # What the rest of the machine did meanwhile (each worker saw about the same window).
+        "other_cores": max(0.0, sum(entry[3] for entry in counted) / workers - worker_cores),
+        "idle_cores": sum(entry[4] for entry in counted) / workers,
+    }
+
+
+# perf_analyzer runs this long before the CPU window opens: its connections, the first batches.
+SATURATION_WARMUP_S = 2.0
+
+
+def saturation_runs(
+    pa: PerfAnalyzer, cfg: PerfConfig, input_file: str, concurrency: int, served: Any
+) -> list[dict[str, Any]]:
+    """CPU per process at `concurrency` through cfg.triton and, when `seminar serve`'s proxy
+    listens there, at tritonserver's own gRPC port too; [] when cfg.triton is not served by a
+    tritonserver on this machine (`served` is None: nothing to read in /proc)."""
+    if served is None:
+        return []
+    runs = [saturation_run(pa, cfg, input_file, concurrency, served, cfg.triton)]
+    direct = served.triton_address()
+    if direct is not None:
+        runs.append(saturation_run(pa, cfg, input_file, concurrency, served, direct))
+    return runs
+
+
+def saturation_run(
+    pa: PerfAnalyzer,
+    cfg: PerfConfig,
+    input_file: str,
+    concurrency: int,
+    served: Any,
+    address: str,
+) -> dict[str, Any]:
+    """perf_analyzer at `address` and fixed `concurrency` for cfg's measurement window x 2,
+    with every process of `served` (bench.served_cpu.ServedPath) read from /proc around the
+    window, and the ensemble's requests counted by Triton itself over the same window."""
+    seconds = cfg.measurement_ms / 1000 * 2
+    # Long enough never to end on its own: it is stopped once the window closed.
+    longer_ms = int(1000 * (SATURATION_WARMUP_S + seconds) * 10)
+    command = pa.command(
+        analyzer_args(cfg, address, input_file, f"{concurrency}:{concurrency}", longer_ms)
+    )
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(SATURATION_WARMUP_S)
+        roles = [
+            Role(f"perf_analyzer (the client, {concurrency} in flight)", CLIENT, (process.pid,))
+        ]
+        roles += served.processes(_ensemble_steps(address, cfg.model))
+        before, count_before = CpuSnapshot.take(roles), _requests_served(address, cfg.model)
+        time.sleep(seconds)
+        after, count_after = CpuSnapshot.take(roles), _requests_served(address, cfg.model)
+        if process.poll() is not None:
+            raise PerfError(
+                f"perf_analyzer at {address} ended early (exit {process.returncode}): "
+                + process.stderr.read().decode(errors="replace")[-2000:]
+            )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    requests = count_after - count_before
+    if requests <= 0:
+        raise PerfError(f"Triton at {address} counted no {cfg.model} request in {seconds:g} s")
+    return {
+        "address": address,
+        "proxied": address == served.address and served.proxied,
+        "concurrency": concurrency,
+        "seconds": after.wall - before.wall,
+        "requests": requests,
+        "rps": requests / (after.wall - before.wall),
+        "rows": cpu_table(roles, before, after, requests),
+    }
+
+
+def _ensemble_steps(address: str, model: str) -> tuple[str, ...]:
+    """The models an ensemble schedules (the model itself when it is not an ensemble)."""
+    import tritonclient.grpc as grpcclient
+
+    config = grpcclient.InferenceServerClient(address).get_model_config(model).config
+    steps = tuple(step.model_name for step in config.ensemble_scheduling.step)
+    return steps or (model,)
+
+
+def _requests_served(address: str, model: str) -> int:
+    """Successful requests of `model` (every version) Triton has counted so far."""
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(address).get_inference_statistics(model_name=model)
+    return sum(int(entry.inference_stats.success.count) for entry in stats.model_stats)
+
+
+def saturation_markdown(
+    runs: list[dict[str, Any]], in_process: dict[str, float] | None, goal_share: float = 0.8
+) -> str:
+    """The CPU of every process per request at saturation, and what it says."""
+    if not runs:
+        return ""
+    concurrency, seconds = runs[0]["concurrency"], runs[0]["seconds"]
+    columns = ["process"]
+    for run in runs:
+        where = "proxy" if run["proxied"] else "Triton"
+        columns += [f"{where} {run['address']}: cores", "CPU ms / request"]
+    cells = []
+    for row in runs[0]["rows"]:
+        line = [row["process"]]
+        for run in runs:
+            match = [r for r in run["rows"] if r["process"] == row["process"]]
+            line += (
+                [f"{match[0]['cores']:.2f}", f"{match[0]['ms_per_request']:.2f}"]
+                if match
+                else ["-", "-"]
+            )
+        cells.append(tuple(line))
+    cells.append(("requests/s", *(x for run in runs for x in (f"{run['rps']:.1f}", ""))))
+    if in_process:
+        cells.append(
+            (
+                f"in-process worker (for comparison; {in_process['workers']:g} of them served "
+                f"{in_process['rps']:.1f} req/s right after, while other processes took "
+                f"{in_process.get('other_cores', 0):.2f} cores and "
+                f"{in_process.get('idle_cores', 0):.2f} stayed idle)",
+                *(x for _ in runs for x in ("", f"{in_process['cpu_ms_per_request']:.2f}")),
+            )
+        )
+    lines = [
+        "",
+        f"## CPU per process at saturation (perf_analyzer at concurrency {concurrency}, "
+        f"{seconds:.1f} s, read from /proc)",
+        "",
+        "cores = CPU seconds / wall seconds; CPU ms / request = CPU seconds / the requests "
+        "Triton counted in the same window.",
+        "",
+        markdown_table(tuple(columns), cells, align="l" + "r" * (len(columns) - 1)),
+        "",
+    ]
+    for run in runs:
+
+        def ms(*kinds: str, rows: list = run["rows"]) -> float:
+            return sum(r["ms_per_request"] for r in rows if r["kind"] in kinds)
+
+        served = sum(
+            r["ms_per_request"] for r in run["rows"] if r["kind"] not in (OTHER, IDLE, CLIENT)
+        )
+        idle = sum(r["cores"] for r in run["rows"] if r["kind"] == IDLE)
+        sentence = (
+            f"- At {run['address']}"
+            + (" (`seminar serve`'s gRPC proxy in front of tritonserver)" if run["proxied"] else "")
+            + f": {run['rps']:.1f} req/s; the served path took {served:.2f} ms of CPU per "
+            f"request, of which the stubs {ms(STUBS):.2f}"
+            + (f" and the proxy {ms(PROXY):.2f}" if run["proxied"] else "")
+            + f"; the client {ms(CLIENT):.2f}; {idle:.2f} cores stayed idle"
+        )
+        if in_process:
+            share = run["rps"] / in_process["rps"]
+            inproc_ms = in_process["cpu_ms_per_request"]
+            sentence += (
+                f". This throughput is {share:.2f}× the in-process workers' (goal >= "
+                f"{goal_share:g}×: {'met' if share >= goal_share else 'missed'}). Per request, "
+                f"an in-process worker spends {inproc_ms:.2f} ms of CPU, {inproc_ms / (served + ms(CLIENT)):.2f}× "
+                "what the served path and the client spend together (the throughput share "
+                "the two cores would give with nothing else running on them)"
+            )
+            budget, spent = inproc_ms / goal_share, served + ms(CLIENT)
+            if spent > budget:
+                sentence += (
+                    f"; at {goal_share:g}× they may spend {budget:.2f} ms, {spent - budget:.2f} "
+                    "ms less than here"
+                )
+        lines.append(sentence + ".")
+    return "\n".join(lines) + "\n"
 
 
 def _newest_version(triton: str, model: str) -> int:
@@ -368,8 +594,10 @@ def markdown(
     gateway_rows: list[dict],
     in_process: dict[str, float] | None = None,
     goal_share: float = 0.8,
+    sweep_other: float | None = None,
 ) -> str:
-    """The table of both systems per concurrency, and what their ratios say."""
+    """The table of both systems per concurrency, and what their ratios say; `sweep_other`:
+    the cores other processes on the machine took during perf_analyzer's sweep."""
     gateway = {row["concurrency"]: row for row in gateway_rows}
     cells = []
     for t in triton_rows:
@@ -400,6 +628,11 @@ def markdown(
     )  # fmt: skip
     lines = [markdown_table(columns, cells, align="r" * 11 + "l"), ""]
     lines += findings(triton_rows, gateway_rows)
+    if sweep_other is not None:
+        lines.append(
+            f"- During perf_analyzer's sweep, processes other than the served path, "
+            f"perf_analyzer and this command took {sweep_other:.2f} cores on average."
+        )
     if in_process and triton_rows:
         best = max(triton_rows, key=lambda row: row["rps"])
         share = best["rps"] / in_process["rps"]
