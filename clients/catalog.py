@@ -9,6 +9,9 @@ Sources, in the order `Catalog.load` tries them:
 - a plain `.npy` file of int64 item ids.
 
 Every arm of an experiment is built from the same dataset, so one catalog serves all arms.
+The gateway loads it again from the same place on every applied config reload: rolling out a
+version built on a grown catalog (items that arrived after the last build) is a config change,
+and the new items are accepted from then on.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from seminar.errors import DataError
 class Catalog:
     """A sorted set of known item ids with a vectorised membership test."""
 
-    def __init__(self, item_ids: np.ndarray, source: str) -> None:
+    def __init__(self, item_ids: np.ndarray, source: str, origin: Path | None = None) -> None:
         self.item_ids = np.unique(np.asarray(item_ids, dtype=np.int64))  # sorted (I,)
-        self.source = source
+        self.source = source  # the file read
+        self.origin = origin  # what `load` was given: where `reloaded` looks again
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -54,7 +58,11 @@ class Catalog:
             raise DataError(
                 f"{file}: expected a non-empty 1-d integer array, got {ids.dtype} {ids.shape}"
             )
-        return cls(ids, str(file))
+        return cls(ids, str(file), origin=path)
+
+    def reloaded(self) -> Catalog:
+        """The catalog at the same origin now (the newest features version of a repository)."""
+        return self if self.origin is None else Catalog.load(self.origin)
 
 
 def _catalog_file(path: Path) -> Path | None:

@@ -58,7 +58,7 @@ from seminar.clients.readiness import NOT_CHECKED, ModelKey, Readiness, Readines
 from seminar.clients.scoring import TRITON_CHANNEL_ARGS, CallFailed, rank, score_async, spearman
 from seminar.clients.triton_calls import Overloaded, TritonCalls
 from seminar.contract import EVENTS_SERVICE, GATEWAY_SERVICE
-from seminar.errors import UsageError
+from seminar.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from grpc_health.v1.health import aio as health_aio
@@ -521,6 +521,7 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
                 )
                 return False
             self.config = new  # atomic reference swap; in-flight requests hold the old object
+            self._reload_catalog()
             await self._apply_readiness(new, readiness)
             self._publish_shares(new)
             self.metrics.publish_arms(new.arms)
@@ -528,6 +529,23 @@ class RankerService(ranker_pb2_grpc.RankerServicer):
             arms = ", ".join(f"{a.name}={a.model_version}@{a.weight:g}" for a in new.arms)
             log.info("config reload (%s) applied: salt=%s arms: %s", reason, new.salt, arms)
             return True
+
+    def _reload_catalog(self) -> None:
+        """The catalog from the same place again (module docstring of seminar.clients.catalog);
+        one that cannot be read now leaves the old one in use, logged."""
+        if self.catalog is None:
+            return
+        try:
+            catalog = self.catalog.reloaded()
+        except DataError as err:
+            log.error("catalog reload failed, keeping %s: %s", self.catalog.source, err)
+            return
+        if catalog.source != self.catalog.source or len(catalog) != len(self.catalog):
+            log.info(
+                "catalog: %d items from %s (was %d from %s)",
+                len(catalog), catalog.source, len(self.catalog), self.catalog.source,
+            )  # fmt: skip
+        self.catalog = catalog
 
     def request_reload(self, reason: str) -> None:
         """Reload in the background (the SIGHUP handler cannot await)."""

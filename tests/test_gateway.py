@@ -327,3 +327,42 @@ def test_load_cli_closed_and_open_loop_through_the_gateway(
     assert opened.returncode == 0, opened.stderr
     report = json.loads((tmp_path / "open.json").read_text())
     assert report["mode"] == "rate" and abs(report["requests"] - 60) <= 2, report
+
+
+def test_a_config_reload_takes_the_newest_versions_catalog(
+    triton: TritonServer, gateway_arms, real_calls: list[RankCall], tmp_path: Path
+) -> None:
+    """Items of a version built on a grown catalog are refused until the rollout's config
+    reload, and accepted after it; the arms keep serving throughout."""
+    from seminar import contract
+    from tests.support.clients import launch_gateway
+
+    repo = tmp_path / "repo"
+    served = triton.repo / contract.FEATURES_MODEL / "1" / contract.ITEM_IDS_FILE
+    (repo / contract.FEATURES_MODEL / "1").mkdir(parents=True)
+    ids = np.load(served)
+    np.save(repo / contract.FEATURES_MODEL / "1" / contract.ITEM_IDS_FILE, ids)
+    new_id = int(ids.max()) + 1
+    config = make_config(gateway_arms)
+    (tmp_path / "gw").mkdir()
+    gw = launch_gateway(config, triton.grpc_url, repo, tmp_path / "gw")
+    try:
+        call = real_calls[0]
+        grown = RankCall(call.user_id, call.query, np.append(call.candidate_ids[:5], new_id))
+        with pytest.raises(grpc.RpcError) as err:
+            _rank(gw, grown)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"unknown item id(s) {new_id}" in err.value.details()
+        # The build of version 2 wrote its features map with the new item; the rollout
+        # rewrites the config (here: the same arms, SIGHUP).
+        (repo / contract.FEATURES_MODEL / "2").mkdir()
+        np.save(
+            repo / contract.FEATURES_MODEL / "2" / contract.ITEM_IDS_FILE, np.append(ids, new_id)
+        )
+        applied = _reloads(gw, "applied")
+        gw.process.reload()
+        assert _wait(lambda: _reloads(gw, "applied") >= applied + 1)
+        assert new_id in _rank(gw, grown).item_ids  # served (as OOV by version 1)
+        assert "catalog: " in gw.process.log_text()
+    finally:
+        gw.process.stop()
