@@ -5,7 +5,6 @@ the table tests are made up and say so)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,13 +32,22 @@ from seminar.processes import LOOPBACK
 
 
 def test_the_listener_of_a_port_is_found_and_a_plain_listener_is_no_triton() -> None:
-    with socket.socket() as server:
-        server.bind((LOOPBACK, 0))
-        server.listen()
-        port = server.getsockname()[1]
-        assert listening_pid(port) == os.getpid()
+    # A process of its own: this test process may have tritonserver children (the session's
+    # served fixtures), which would make it a proxy in front of Triton.
+    script = (
+        "import socket, sys, time\n"
+        f"server = socket.socket(); server.bind(({LOOPBACK!r}, 0)); server.listen()\n"
+        "print(server.getsockname()[1], flush=True); time.sleep(60)\n"
+    )
+    listener = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(listener.stdout.readline())
+        assert listening_pid(port) == listener.pid
         # It listens, but it is not tritonserver and has no tritonserver child.
         assert find_served_path(f"{LOOPBACK}:{port}") is None
+    finally:
+        listener.kill()
+        listener.wait()
     assert listening_pid(port) is None  # closed
     assert find_served_path(f"10.1.2.3:{port}") is None  # not this machine: nothing to read
     assert find_served_path("127.0.0.1:grpc") is None  # perf_analyzer names the bad address
