@@ -185,14 +185,19 @@ class Shortlist {
         int cut = high - low;
         while (above + (*counts)[cut] < k_) above += (*counts)[cut--];
         const uint16_t kth = static_cast<uint16_t>(low + cut);
-        tied->clear();
-        int64_t kept = 0;
+        // without branches (whether an entry is above the k-th value is a coin flip here): every
+        // entry is written to both places, and the count of each advances only where it belongs
+        tied->resize(size_);
+        Entry* tie = tied->data();
+        int64_t kept = 0, n_tied = 0;
         for (const Entry* e = begin; e != end; ++e) {
-            if (value_of(*e) > kth)
-                begin[kept++] = *e;  // kept <= the entry's own index: nothing unread is overwritten
-            else if (value_of(*e) == kth)
-                tied->push_back(*e);
+            const Entry x = *e;
+            begin[kept] = x;  // kept <= the entry's own index: nothing unread is overwritten
+            kept += value_of(x) > kth;
+            tie[n_tied] = x;
+            n_tied += value_of(x) == kth;
         }
+        tied->resize(n_tied);
         const int64_t need = k_ - above;
         // equal values: the larger key is the lower id
         std::nth_element(tied->begin(), tied->begin() + (need - 1), tied->end(),
@@ -254,7 +259,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void 
             _mm512_set1_epi64(static_cast<int64_t>(UINT32_MAX) - (first_id + 8 * half)), lanes);
         const __m512i keys =
             _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu16_epi64(part), 32), inverted_ids);
-        _mm512_mask_compressstoreu_epi64(out + count, take, keys);
+        // compressed in a register and stored whole: the entries past the taken ones land in
+        // the shortlist's spare room (kBlock past 4k) and are overwritten by the next
+        _mm512_storeu_si512(out + count, _mm512_maskz_compress_epi64(take, keys));
         count += __builtin_popcount(take);
     }
     shortlist->added(count);
