@@ -59,14 +59,17 @@ def measure(cfg: BenchConfig, world: World, length: int) -> dict[str, Any]:
         )  # fmt: skip
         # as `retrieve` serves it, the kernel also writes the winners' vectors
         with_vectors = replace(exact_tables, embeddings=True)
+        # as served: the queries (target, head) taken head by head
         pq_steps = {
-            SCAN_STEP: lambda: fused.search_blocks(rotated, blocks, length, 1),
-            "scan with shortlist": lambda: fused.search_blocks(rotated, blocks, length, shortlist),
+            SCAN_STEP: lambda: fused.search_blocks(rotated, blocks, length, 1, heads=h),
+            "scan with shortlist": lambda: fused.search_blocks(
+                rotated, blocks, length, shortlist, heads=h
+            ),
             "with rerank": lambda: fused.search_blocks(
-                rotated, blocks, length, shortlist, rerank=exact_tables
+                rotated, blocks, length, shortlist, rerank=exact_tables, heads=h
             ),
             "with gather": lambda: fused.search_blocks(
-                rotated, blocks, length, shortlist, rerank=with_vectors
+                rotated, blocks, length, shortlist, rerank=with_vectors, heads=h
             ),
         }
     else:

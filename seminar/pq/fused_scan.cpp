@@ -583,7 +583,10 @@ void seminar_fused_scan_avx2_only(int enabled) { avx2_only = enabled; }
 // score against ExactTables (exact_u (n_queries, dim): the queries before any rotation) and the
 // best k_final written there, best first (-1 past the end); with out_embeddings
 // (n_queries, k_final, dim) float32 also their exact vectors (zero past the end).
-// sample_stride 0: no sample, the shortlist floor starts at 0. Returns the
+// sample_stride 0: no sample, the shortlist floor starts at 0. heads > 1: the queries are
+// (n_queries / heads, heads) row-major, (target, head), and are taken head by head: the
+// shortlists of one head's targets overlap, so the rows a query's rerank fetches are mostly
+// still cached from the queries before it (the outputs keep the queries' order). Returns the
 // number of queries scanned a second time (their sample's threshold let fewer than k events
 // through), or -1 for arguments it cannot take.
 int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t n_events,
@@ -594,8 +597,9 @@ int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t
                                 const float* exact_u, const int64_t* item_index,
                                 const int64_t* query_index, const float* item_table,
                                 const float* query_table, int dim, int64_t k_final,
-                                int64_t* final_ids, float* out_embeddings) {
+                                int64_t* final_ids, float* out_embeddings, int64_t heads) {
     if (code_size <= 0 || code_size % 2 || code_size > 256 || k <= 0 || n_events < 0 ||
+        heads <= 0 || n_queries % heads ||
         n_events > n_blocks * kBlock || n_events > INT32_MAX || n_subspaces <= 0 ||
         sub_dim <= 0 || (final_ids && (!exact_u || !item_index || !item_table || dim <= 0 ||
                                         k_final <= 0 || !query_index != !query_table)) ||
@@ -622,11 +626,16 @@ int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t
         for (int64_t g = next_group++; g < n_groups; g = next_group++) {
             const int64_t first = g * kGroup;
             const int n = static_cast<int>(std::min<int64_t>(kGroup, n_queries - first));
+            int64_t at[kGroup];  // the group's queries: head-major position -> query index
+            for (int q = 0; q < n; ++q) {
+                const int64_t position = first + q, targets = n_queries / heads;
+                at[q] = (position % targets) * heads + position / targets;
+            }
             const uint8_t* group_luts[kGroup];
             for (int q = 0; q < n; ++q) {
-                uint8_t* lut = out_luts ? out_luts + (first + q) * lut_bytes
+                uint8_t* lut = out_luts ? out_luts + at[q] * lut_bytes
                                         : group_tables.data() + q * lut_bytes;
-                quantize_lut(u + (first + q) * query_dim, centroids, code_size, n_subspaces, sub_dim,
+                quantize_lut(u + at[q] * query_dim, centroids, code_size, n_subspaces, sub_dim,
                              float_luts.data(), lut);
                 group_luts[q] = lut;
             }
@@ -639,13 +648,13 @@ int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t
                                kernels[1], k, 0, depth_percent, &shortlists[q], &scratch);
                     ++rescanned[thread];
                 }
-                int64_t* ids = out_ids + (first + q) * k;
-                shortlists[q].finish(ids, out_values + (first + q) * k, &scratch.counts,
+                int64_t* ids = out_ids + at[q] * k;
+                shortlists[q].finish(ids, out_values + at[q] * k, &scratch.counts,
                                      &scratch.tied);
                 if (final_ids)
-                    rerank(tables, exact_u + (first + q) * dim, ids, k, k_final, &rerank_scratch,
-                           final_ids + (first + q) * k_final,
-                           out_embeddings ? out_embeddings + (first + q) * k_final * dim
+                    rerank(tables, exact_u + at[q] * dim, ids, k, k_final, &rerank_scratch,
+                           final_ids + at[q] * k_final,
+                           out_embeddings ? out_embeddings + at[q] * k_final * dim
                                           : nullptr);
             }
         }

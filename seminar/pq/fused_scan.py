@@ -75,7 +75,7 @@ def _library() -> ctypes.CDLL | None:
     library.seminar_fused_scan_topk.argtypes = [
         pointer, size, size, integer, pointer, pointer, integer, integer, size, size, size, size,
         integer, pointer, pointer, pointer, pointer, pointer, pointer, pointer, pointer, integer,
-        size, pointer, pointer,
+        size, pointer, pointer, size,
     ]  # fmt: skip
     return library
 
@@ -167,10 +167,13 @@ class FusedScanner:
         k: int,
         with_luts: bool = False,
         rerank: ExactRerank | None = None,
+        heads: int = 1,
     ) -> ScanResult:
         """The top-k events by quantized ADC score of queries u (Q, D) float32 over one
         sequence's blocks (ceil(n_events / 32), 16 * M*S) uint8, and with `rerank` the best of
-        them by exact score (ScanResult)."""
+        them by exact score (ScanResult). `heads` > 1: u is (targets, heads) flattened, and the
+        kernel takes the queries head by head (one head's shortlists overlap, so their rows
+        stay cached); the results keep u's order either way."""
         library = _library()
         if library is None:
             raise ArtifactError("the fused scan kernel is not available")
@@ -183,6 +186,8 @@ class FusedScanner:
             raise ArtifactError(f"{n_events} events do not fit {len(blocks)} blocks of 32")
         u = _floats(u, (None, self.n_subspaces * self.sub_dim), "queries")
         n_queries = len(u)
+        if heads < 1 or n_queries % heads:
+            raise ArtifactError(f"{n_queries} queries are not (targets, {heads} heads)")
         # `arrays` keeps the checked copies alive through the call that reads their pointers
         arrays, exact = self._exact_arguments(rerank, n_queries, n_events)
         dim = exact[5]
@@ -210,7 +215,7 @@ class FusedScanner:
             SAMPLE_STRIDE, SAMPLE_DEPTH_PERCENT, self.threads, ids.ctypes.data, values.ctypes.data,
             None if luts is None else luts.ctypes.data, *exact,
             None if reranked is None else reranked.ctypes.data,
-            None if embeddings is None else embeddings.ctypes.data,
+            None if embeddings is None else embeddings.ctypes.data, heads,
         )  # fmt: skip
         del arrays  # read by the kernel; free to go
         if rescans < 0:

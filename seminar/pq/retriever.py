@@ -381,7 +381,7 @@ class PQRetriever:
         embeddings: bool = False,
     ) -> ScanResult:
         """One kernel call over one sequence (item, query (L,), its fast-scan blocks) for the
-        queries u (..., D) (u_pq rotated): the `rerank * k` shortlist by ADC, reranked to the
+        queries u (B, H, D) (u_pq rotated): the `rerank * k` shortlist by ADC, reranked to the
         best k by exact score against the tables (seminar.pq.fused_scan.ScanResult)."""
         from seminar.pq.fused_scan import ExactRerank
 
@@ -397,7 +397,7 @@ class PQRetriever:
         )
         queries = u_pq.detach().cpu().reshape(-1, dim).numpy()
         return self._fused.search_blocks(
-            queries, blocks, len(item), k * self.config.rerank, rerank=rerank
+            queries, blocks, len(item), k * self.config.rerank, rerank=rerank, heads=u.shape[-2]
         )
 
     def _faiss_topk(
