@@ -324,15 +324,57 @@ def _wall_clock() -> float:
     return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
 
 
+class ThreadTurns:
+    """Seconds one thread has run or stood ready to run (waiting for a CPU), from the kernel's
+    scheduler statistics (/proc/self/task/TID/schedstat: time on a CPU, time queued for one).
+    A thread that is stopped, frozen or asleep adds to neither. Where the kernel keeps no such
+    statistics, the thread's CPU time stands in for both (a crowded CPU then reads as a stall).
+    """
+
+    def __init__(self, native_id: int, thread_ident: int) -> None:
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+            self._parse(os.pread(self._fd, 128, 0))
+        except (OSError, ValueError, IndexError):
+            self.close()
+            self._cpu_clock = time.pthread_getcpuclockid(thread_ident)
+
+    @classmethod
+    def of_current_thread(cls) -> ThreadTurns:
+        return cls(threading.get_native_id(), threading.get_ident())
+
+    @staticmethod
+    def _parse(line: bytes) -> float:
+        on_cpu_ns, queued_ns = line.split()[:2]
+        return (int(on_cpu_ns) + int(queued_ns)) / 1e9
+
+    def seconds(self, default: float = 0.0) -> float:
+        """The running total; `default` once the thread is gone (it gets no more turns)."""
+        try:
+            if self._fd is not None:
+                return self._parse(os.pread(self._fd, 128, 0))
+            return time.clock_gettime(self._cpu_clock)
+        except (OSError, ValueError, IndexError):
+            return default
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class StallGuard:
     """Exit the stub, rather than answer, once tritonserver may have given its request up.
 
     A daemon ticker observes the time every `tick_s`, and `execute` runs inside
     `executing()`, which also observes at entry and right before its responses (or error) go
-    back. An observation counts as a stall the wall time since the previous one minus the CPU
-    time the executing thread got in between: a frozen process gets none, so the stall is at
-    least as long as the freeze, while a thread that keeps the GIL busy computing (the ticker
-    cannot run, but the C++ heartbeat does) shows none. A stall over `limit_s` logs one line
+    back. An observation counts as a stall the wall time since the previous one minus the time
+    the executing thread ran or stood ready to run in between (ThreadTurns): a frozen process
+    does neither, so the stall is at least as long as the freeze, while a thread that keeps the
+    GIL busy computing (the ticker cannot run, but the C++ heartbeat does) shows none, and
+    neither does one that waited its turn for a crowded CPU (the heartbeat, a thread that
+    mostly sleeps, gets its turns first). A stall over `limit_s` logs one line
     to stderr and exits the process with STALL_EXIT_CODE, from whichever thread saw it first,
     holding the GIL throughout.
 
@@ -373,16 +415,12 @@ class StallGuard:
         self._stopped = threading.Event()
         self._ticker: threading.Thread | None = None
         self._watched = threading.get_ident()
-        self._cpu_clock = time.pthread_getcpuclockid(self._watched)
-        self._last_cpu = 0.0
-        self._last_cpu = self._watched_cpu()
+        self._turns = ThreadTurns.of_current_thread()
+        self._last_cpu = self._turns.seconds()
         self._last_wall = _wall_clock()
 
     def _watched_cpu(self) -> float:
-        try:
-            return time.clock_gettime(self._cpu_clock)
-        except OSError:  # the watched thread is gone: it gets no CPU
-            return self._last_cpu
+        return self._turns.seconds(default=self._last_cpu)
 
     def start(self) -> StallGuard:
         """Start the ticker. Call it last in `initialize`: a stall while loading fails the
@@ -400,6 +438,7 @@ class StallGuard:
         if self._ticker is not None:
             self._ticker.join()
             self._ticker = None
+        self._turns.close()
 
     def _tick(self) -> None:
         while not self._stopped.wait(self.tick_s):
@@ -440,8 +479,9 @@ class StallGuard:
             self.observe("before executing")  # close the old thread's interval first
             with self._lock:
                 self._watched = ident
-                self._cpu_clock = time.pthread_getcpuclockid(ident)
-                self._last_cpu = self._watched_cpu()
+                self._turns.close()
+                self._turns = ThreadTurns.of_current_thread()
+                self._last_cpu = self._turns.seconds()
 
     @contextlib.contextmanager
     def executing(self) -> Iterator[None]:

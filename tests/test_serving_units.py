@@ -533,3 +533,33 @@ def test_stall_guard_ignores_short_stops_and_a_busy_gil(guarded_child) -> None:
     assert held > 0.7, f"the GIL was held {held:.2f} s only: not a test of the limit"
     assert guarded_child.stdout.readline() == "done\n"
     assert guarded_child.poll() is None, guarded_child.stderr.read()
+
+
+def test_stall_guard_keeps_an_execute_that_waited_for_a_crowded_cpu(guarded_child) -> None:
+    """A stub that is ready to run but waits its turn for a CPU (a loaded machine) is not
+    stalled: its threads, tritonserver's heartbeat among them, keep getting turns. The guard
+    counted that wait as a stall and killed ranking_head in a full test run."""
+    import os
+    import subprocess
+    import sys
+
+    from seminar.serving.backend import STALL_LIMIT_S
+
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(guarded_child.pid, {cpu})
+    crowd = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        for competitor in crowd:
+            os.sched_setaffinity(competitor.pid, {cpu})
+        guarded_child.stdin.write("hog 0.5\n")
+        guarded_child.stdin.flush()
+        line = guarded_child.stdout.readline()
+    finally:
+        for competitor in crowd:
+            competitor.kill()
+            competitor.wait()
+    assert line.startswith("held "), guarded_child.stderr.read()
+    waited = float(line.split()[1]) - 0.5
+    assert waited > STALL_LIMIT_S + 0.2, f"waited {waited:.2f} s only: not a test of the limit"
+    assert guarded_child.stdout.readline() == "done\n"
+    assert guarded_child.poll() is None, guarded_child.stderr.read()
