@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from seminar.bench.pq.gsu import threshold_recall
+from seminar.bench.pq.gsu import score_recall, threshold_recall
 from seminar.errors import ArtifactError, UsageError
 from seminar.pq import PQConfig, ScoringBackend, SequenceStore
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
-from seminar.pq.codebooks import pack_codes, unpack_codes
+from seminar.pq.codebooks import codebook_tables, pack_codes, train_codebooks, unpack_codes
 from seminar.pq.faiss_scan import FaissScanner
-from tests.support.pq import PQ_TEST_K
+from seminar.pq.synthetic import SyntheticWorld
+from tests.support.pq import PQ_TEST_K, PQ_TEST_LENGTHS
 
 
 def _recall(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -320,8 +321,12 @@ def test_shortlist_scores_by_index_equal_torch(pq_world_4bit) -> None:
 
 def test_serving_presets_and_overrides() -> None:
     cpu, gpu = PQConfig.for_serving("cpu"), PQConfig.for_serving("cuda")
-    assert (cpu.nbits, cpu.rerank) == (4, 4)
-    assert (gpu.nbits, gpu.rerank) == (PQConfig().nbits, 1) == (8, 1)
+    assert (cpu.nbits, cpu.rerank, cpu.fused_items) == (4, 4, True)
+    assert (gpu.nbits, gpu.rerank, gpu.fused_items) == (PQConfig().nbits, 1, False) == (8, 1, False)
+    assert PQConfig.from_json(cpu.to_json()) == cpu
+    # a config saved before fused_items existed describes per-modality codebooks
+    old = {k: v for k, v in cpu.to_json().items() if k != "fused_items"}
+    assert PQConfig.from_json(old).fused_items is False
     assert PQConfig.for_serving("cpu", rerank=2, nbits=None).rerank == 2
 
 
@@ -393,3 +398,42 @@ def test_a_store_saved_before_the_fast_scan_layout_still_loads(pq_world_4bit, tm
     (old / "manifest.json").write_text(json.dumps(manifest | {"format": "seminar-pq-store/9"}))
     with pytest.raises(ArtifactError, match="format"):
         SequenceStore.load(old)
+
+
+def test_fused_item_codebooks_halve_the_codes_and_keep_the_exact_vectors(pq_world_4bit) -> None:
+    """fused_items: one codebook for the summed item tables, so an event carries query + item
+    codes (2 x S, not 4 x S); the retriever's exact vectors are the per-modality ones, its
+    served top-K (fast-scan + 4K rerank) keeps recall@50 >= 0.9 on the SYNTHETIC 2,000-event
+    user, and codebooks that disagree with the config are refused."""
+    w = pq_world_4bit
+    config = PQConfig(nbits=4, rerank=4, fused_items=True, kmeans_iters=6, seed=w.spec.seed)
+    tables = codebook_tables(w.tables, config)
+    assert list(tables) == ["query", "item"]
+    summed = sum(t for m, t in w.tables.items() if m != "query")
+    np.testing.assert_allclose(tables["item"], summed, rtol=1e-6, atol=1e-6)
+    again = codebook_tables(tables, config)  # already fused tables pass unchanged
+    assert list(again) == list(tables) and all(np.array_equal(again[m], tables[m]) for m in tables)
+    codebooks = train_codebooks(w.tables, config)
+    assert codebooks.modalities == ("query", "item")
+    assert codebooks.code_size == 2 * w.codebooks.n_subspaces == w.codebooks.code_size // 2
+    world = SyntheticWorld(tables, w.world.gsu_weight, w.world.gsu_bias)
+    codes = world.encode(codebooks)
+    store = world.store(codebooks, PQ_TEST_LENGTHS, seed=w.spec.seed, table_codes=codes)
+    fused = world.retriever(codebooks, config, PQ_TEST_K, store, table_codes=codes)
+    per_modality = w.retriever(rerank=4)
+    assert store.bytes_per_event < w.store.bytes_per_event
+    user = PQ_TEST_LENGTHS.index(2_000)
+    item, query, _, _ = fused.user_sequence(user)
+    torch.testing.assert_close(
+        fused.exact_vectors(item, query), per_modality.exact_vectors(item, query)
+    )
+    x_t = torch.randn(20, w.spec.dim, generator=torch.Generator().manual_seed(11))
+    emb, valid = fused.retrieve(user, x_t)
+    u = fused.query_vectors(x_t)
+    exact_scores = u.reshape(-1, w.spec.dim) @ fused.exact_vectors(item[0], query[0]).T
+    got = torch.einsum("bhd,bhkd->bhk", u, emb).reshape(-1, PQ_TEST_K)
+    assert score_recall(got, valid.reshape(-1, PQ_TEST_K), exact_scores, PQ_TEST_K) >= 0.9
+    with pytest.raises(ArtifactError, match="fused_items"):
+        world.retriever(codebooks, PQConfig(nbits=4), PQ_TEST_K, store, table_codes=codes)
+    with pytest.raises(ArtifactError, match="fused_items"):
+        w.retriever(fused_items=True)

@@ -104,6 +104,25 @@ def test_shortlist_is_the_exact_top_k_of_its_quantized_scores(
     assert np.abs(shifted * scale - luts).max() <= 0.51
 
 
+def test_taking_the_queries_head_by_head_changes_no_output() -> None:
+    """heads=4: the kernel visits (target, head) queries head-major for the cache; every output
+    still belongs to its own query, the same arrays as in the given order."""
+    fused = scanner()
+    rng = np.random.default_rng(5)
+    n_events, dim = 1_500, SUBSPACES * SUB_DIM
+    codes = rng.integers(0, 16, (n_events, MODALITIES * SUBSPACES)).astype(np.uint8)
+    queries = rng.standard_normal((3 * 4, dim)).astype(np.float32)  # 3 targets x 4 heads
+    table = rng.standard_normal((60, dim)).astype(np.float32)
+    rerank = ExactRerank(queries, rng.integers(0, 60, n_events), None, table, None, 7, True)
+    given = fused.search_blocks(queries, pack_fastscan(codes), n_events, 40, True, rerank)
+    by_head = fused.search_blocks(queries, pack_fastscan(codes), n_events, 40, True, rerank, 4)
+    for name, want, got in zip(given._fields, given, by_head, strict=True):
+        assert np.array_equal(
+            np.sort(want, axis=-1) if name in ("ids", "values") else want,
+            np.sort(got, axis=-1) if name in ("ids", "values") else got,
+        ), name
+
+
 def fused_centroids(fused: FusedScanner) -> np.ndarray:
     """(M*S, d, 16) back to (M, S, 16, d)."""
     return fused._centroids.transpose(0, 2, 1).reshape(MODALITIES, SUBSPACES, 16, SUB_DIM)
@@ -119,6 +138,8 @@ def test_bad_blocks_and_queries_are_refused_by_name() -> None:
         fused.search_blocks(queries, blocks, 65, 5)
     with pytest.raises(ArtifactError, match="queries must have shape"):
         fused.search_blocks(queries[:, :10], blocks, 40, 5)
+    with pytest.raises(ArtifactError, match=r"not \(targets, 3 heads\)"):
+        fused.search_blocks(queries, blocks, 40, 5, heads=3)
     table = np.zeros((3, SUBSPACES * SUB_DIM), np.float32)
     out_of_range = ExactRerank(queries, np.full(40, 3), None, table, None, k=2)
     with pytest.raises(ArtifactError, match="item_index out of range"):

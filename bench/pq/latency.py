@@ -26,6 +26,7 @@ from seminar.bench.pq.config import (
     FAISS_PQ,
     FAISS_SHORTLIST,
     FAST,
+    PER_MODALITY,
     RAW_FAISS,
     SERVED,
     TARGET_RATIO,
@@ -185,16 +186,23 @@ def findings(rows: list[Row]) -> list[str]:
 
 
 def _before_sentence(at: dict[str, Row], anchor: Row) -> str:
-    """The served configuration with faiss's shortlist (the path the fused kernel replaced)."""
-    if FAISS_SHORTLIST not in at:
-        return ""
-    before, served = at[FAISS_SHORTLIST], at[SERVED]
-    return (
-        f" With faiss collecting the shortlist instead (before) it takes "
-        f"{ratio(before.timing.mean, anchor.timing.mean)} the exact GSU's time "
-        f"({ratio(served.timing.mean, before.timing.mean)} of it served now), recall@50 "
-        f"{before.recall:.3f}."
-    )
+    """The served configuration beside the paths it replaced: faiss's shortlist collection
+    (before the fused kernel) and a codebook per item modality (before fused items)."""
+    served = at[SERVED]
+    sentences = []
+    for method, what in (
+        (FAISS_SHORTLIST, "With faiss collecting the shortlist instead"),
+        (PER_MODALITY, "With a codebook per item modality instead"),
+    ):
+        if method not in at:
+            continue
+        before = at[method]
+        sentences.append(
+            f" {what} it takes {ratio(before.timing.mean, anchor.timing.mean)} the exact "
+            f"GSU's time ({ratio(served.timing.mean, before.timing.mean)} of it served now), "
+            f"recall@50 {before.recall:.3f}."
+        )
+    return "".join(sentences)
 
 
 def goal(rows: list[Row], length: int) -> str | None:

@@ -17,6 +17,7 @@ from seminar.bench.pq.config import (
     CANDIDATES,
     FAST,
     HEADS,
+    PER_MODALITY,
     SERVED,
     TOP_K,
     BenchConfig,
@@ -94,20 +95,25 @@ def setup_lines(cfg: BenchConfig, world: World) -> tuple[str, ...]:
         f"after {cfg.warmup} warm-up, methods interleaved",
         f"data: {world.label}; request = 1 user × {CANDIDATES} candidates × {HEADS} heads, "
         f"top-{TOP_K}; codebooks: S={PQConfig().n_subspaces} per modality, OPQ rotation, "
-        f"k-means {cfg.kmeans_iters} iterations",
+        f"k-means {cfg.kmeans_iters} iterations; the served rows code the query and the item "
+        "modalities' summed table (fused item codebook), the others every modality",
     )
 
 
 def _bytes_sentence(rows: list[latency.Row], world: World) -> str:
     served = next(row for row in rows if row.method == SERVED)
-    code_size = world.codebooks[4, True].code_size
-    packed = code_size / 2  # two 4-bit codes per byte
+    per_modality = next(row for row in rows if row.method == PER_MODALITY)
+    code_size = world.codebooks[8, True, False].code_size
+    fused = world.codebooks[4, True, True]
+    packed = fused.code_size / 2  # two 4-bit codes per byte
     return (
         f"bytes / event: exact = {len(world.tables)} modality components × {world.dim} × "
         f"float32 = {world.exact_bytes_per_event} B (a fused x_l would be {world.dim * 4} B); "
-        f"PQ 8-bit = {code_size} B, one byte per (modality, sub-space) code; PQ 4-bit = "
-        f"{packed:g} B of codes plus {served.bytes_per_event - packed:.2f} B of fast-scan block "
-        f"padding = {served.bytes_per_event:.4g} B, "
+        f"PQ 8-bit = {code_size} B, one byte per (modality, sub-space) code; PQ 4-bit with a "
+        f"codebook per modality = {per_modality.bytes_per_event:.4g} B; served PQ 4-bit = "
+        f"{packed:g} B of codes ({fused.n_modalities} modalities × {fused.n_subspaces} "
+        f"sub-spaces) plus {served.bytes_per_event - packed:.2f} B of fast-scan block padding "
+        f"= {served.bytes_per_event:.4g} B, "
         f"{harness.ratio(served.bytes_per_event, world.exact_bytes_per_event)} the exact bytes."
     )
 

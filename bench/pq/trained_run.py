@@ -61,9 +61,10 @@ def measure(
         "exact": exact,
         "pq": {},
     }
-    trained: dict[tuple[int, int], PQRetriever] = {}  # codebooks per code shape, trained once
+    # codebooks per code shape (and item modalities fused or not), trained once
+    trained: dict[tuple[int, int, bool], PQRetriever] = {}
     for label, config in configs.items():
-        shape = (config.n_subspaces, config.nbits)
+        shape = (config.n_subspaces, config.nbits, config.fused_items)
         if shape not in trained:
             log(f"{name}: training {config.n_subspaces} x {config.nbits}-bit codebooks")
             trained[shape] = build_pq_retriever(loaded.model, dataset, config)

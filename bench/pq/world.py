@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 
 from seminar.bench.pq.config import CANDIDATES, TOP_K, BenchConfig
 from seminar.contract import FIRST_ITEM_INDEX
-from seminar.pq.codebooks import Codebooks, train_codebooks
+from seminar.pq.codebooks import Codebooks, codebook_tables, train_codebooks
 from seminar.pq.config import PQConfig
 from seminar.pq.retriever import PQRetriever
 from seminar.pq.synthetic import ITEM_MODALITIES, SyntheticSpec, SyntheticWorld
@@ -22,7 +22,8 @@ class World(SyntheticWorld):
     in the report) and codebooks trained on its tables."""
 
     label: str
-    codebooks: dict[tuple[int, bool], Codebooks]  # (nbits, rotated) -> codebooks
+    # (nbits, rotated, fused items) -> codebooks
+    codebooks: dict[tuple[int, bool, bool], Codebooks]
 
     @property
     def exact_bytes_per_event(self) -> int:
@@ -30,13 +31,17 @@ class World(SyntheticWorld):
         return len(self.tables) * self.dim * 4
 
 
+# The codebooks a world trains: 8- and 4-bit with the rotation, 4-bit without it (the
+# rotation's own column in the recall table), and the served 4-bit fused-item ones.
+BOOKS = ((8, True, False), (4, True, False), (4, False, False), (4, True, True))
+
+
 def train_books(
     tables: dict[str, np.ndarray], cfg: BenchConfig
-) -> dict[tuple[int, bool], Codebooks]:
-    """Codebooks by (nbits, OPQ rotation): 8- and 4-bit with the rotation, and 4-bit without
-    it for the rotation's own row in the recall table."""
+) -> dict[tuple[int, bool, bool], Codebooks]:
+    """Codebooks by (nbits, OPQ rotation, fused items), every kind in BOOKS."""
     return {
-        (nbits, rotated): train_codebooks(
+        (nbits, rotated, fused): train_codebooks(
             tables,
             PQConfig(
                 nbits=nbits,
@@ -44,9 +49,10 @@ def train_books(
                 kmeans_iters=cfg.kmeans_iters,
                 opq_iters=PQConfig().opq_iters if rotated else 0,
                 seed=cfg.seed,
+                fused_items=fused,
             ),
         )
-        for nbits, rotated in ((8, True), (4, True), (4, False))
+        for nbits, rotated, fused in BOOKS
     }
 
 
@@ -97,7 +103,9 @@ def retriever_for(
 ) -> PQRetriever:
     """A retriever over one SYNTHETIC user per length (user i has lengths[i] events);
     `fused_scan` False: faiss collects the shortlist (PQRetriever's fused_scan)."""
-    codebooks = world.codebooks[config.nbits, config.opq_iters > 0]
+    codebooks = world.codebooks[config.nbits, config.opq_iters > 0, config.fused_items]
+    # the tables the codes index: with fused items, query and the summed item table
+    world = replace(world, tables=codebook_tables(world.tables, config))
     codes = world.encode(codebooks)
     store = world.store(codebooks, lengths, seed, table_codes=codes)
     retriever = world.retriever(codebooks, config, TOP_K, store, table_codes=codes)

@@ -23,7 +23,7 @@ import torch
 from seminar import contract, manifest
 from seminar.errors import ArtifactError, DataError
 from seminar.events.log import Watermark
-from seminar.pq.codebooks import Codebooks, train_codebooks
+from seminar.pq.codebooks import Codebooks, codebook_tables, train_codebooks
 from seminar.pq.config import PQConfig
 from seminar.pq.retriever import PQRetriever
 from seminar.pq.store import SequenceStore, build_sequence_store
@@ -83,7 +83,10 @@ def build_pq_retriever(model: Any, dataset: Any, config: PQConfig = PQConfig()) 
         weight, bias = gsu_projection(model, dim)
     finally:
         model.train(was_training)
-    tables_np = {m: t.numpy() for m, t in tables.items()}
+    # the tables the codes index (with fused_items: query and the summed item table), and the
+    # exact tables the retriever reranks and gathers from
+    tables_np = codebook_tables({m: t.numpy() for m, t in tables.items()}, config)
+    tables = {m: torch.from_numpy(t) for m, t in tables_np.items()}
     codebooks = train_codebooks(tables_np, config)
     table_codes = {m: codebooks.encode(m, t) for m, t in tables_np.items()}
     store = None

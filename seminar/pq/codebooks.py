@@ -11,6 +11,7 @@ D embedding size, d = D / S sub-space size, N table rows.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from seminar.errors import ArtifactError, UsageError
 from seminar.pq.config import PQConfig
 
 QUERY_MODALITY = "query"
+# The one item modality of fused-item codebooks (PQConfig.fused_items): the item modalities'
+# tables summed, the item part of every x.
+ITEM_MODALITY = "item"
 
 
 def unpack_codes(packed: np.ndarray, n_codes: int, nbits: int) -> np.ndarray:
@@ -148,16 +152,32 @@ class Codebooks:
         return cls(tuple(meta["modalities"]), centroids, int(meta["nbits"]), rotation)
 
 
+def codebook_tables(tables: Mapping[str, np.ndarray], config: PQConfig) -> dict[str, np.ndarray]:
+    """The tables codebooks are trained on and codes are read from: the component tables as
+    given, or with `config.fused_items` the query table and ITEM_MODALITY, the sum of the item
+    modalities' tables (float32, summed in the tables' order; already fused tables pass)."""
+    if not config.fused_items:
+        return dict(tables)
+    items = [np.asarray(t, dtype=np.float32) for m, t in tables.items() if m != QUERY_MODALITY]
+    if not items:
+        raise ArtifactError("fused_items needs at least one item modality table")
+    out = {m: np.asarray(t, dtype=np.float32) for m, t in tables.items() if m == QUERY_MODALITY}
+    out[ITEM_MODALITY] = np.ascontiguousarray(np.stack(items).sum(axis=0, dtype=np.float32))
+    return out
+
+
 def train_codebooks(tables: dict[str, np.ndarray], config: PQConfig = PQConfig()) -> Codebooks:
     """k-means (faiss ProductQuantizer) per modality on that modality's table rows.
 
     tables: name -> (N_m, D) float32, as from `model.component_tables()`; all-zero rows
-    (PAD/OOV items, the empty query) are kept: they are real rows events may point at.
+    (PAD/OOV items, the empty query) are kept: they are real rows events may point at. With
+    `config.fused_items` the codebooks are those of `codebook_tables` (query and item).
     """
     import faiss
 
     if not tables:
         raise ArtifactError("no component tables to train codebooks on")
+    tables = codebook_tables(tables, config)
     names = _ordered_modalities(tables)
     dims = {name: np.asarray(t).shape[1] for name, t in tables.items()}
     if len(set(dims.values())) != 1:

@@ -47,6 +47,12 @@ class PQConfig:
     backend: how scores are computed (see ScoringBackend).
     rerank: shortlist `rerank * K` events by ADC, then keep the K best by exact score
         (gathered from the component tables). 1 = no rerank: the paper's pure PQ top-K.
+    fused_items: one codebook for the item part of x (the sum of the item modalities' tables,
+        the item table the exact rerank and gather read) instead of one per item modality, so
+        an event has two modalities' codes (query, item), not 1 + 3: half the look-ups of the
+        ADC at the same S. The GSU scores only the sum <u, query + item>, so nothing is lost
+        but the split by modality; recall@50 of 4-bit codes + a 4K rerank at L = 10k stays
+        >= 0.9 on the trained tables (reports/pq.md). Old artifacts (per modality) still load.
     """
 
     n_subspaces: int = 16
@@ -58,6 +64,7 @@ class PQConfig:
     seed: int = 0
     backend: ScoringBackend = ScoringBackend.AUTO
     rerank: int = 1
+    fused_items: bool = False
 
     def __post_init__(self) -> None:
         if self.n_subspaces < 1:
@@ -82,12 +89,13 @@ class PQConfig:
     def for_serving(cls, device: str, **overrides: Any) -> PQConfig:
         """What `seminar build` serves unless told otherwise, on "cpu" or "cuda".
 
-        CPU: 4-bit codes in faiss fast-scan layout, then an exact rerank of a 4K shortlist, the
-        fastest CPU path whose recall@50 holds >= 0.9 at L = 10k (reports/pq.md). CUDA: the
+        CPU: 4-bit codes of the query and the fused item modality in faiss fast-scan layout,
+        then an exact rerank of a 4K shortlist, the fastest CPU path whose recall@50 holds
+        >= 0.9 at L = 10k (reports/pq.md). CUDA: the
         default 16 x 256 codebooks, scored by the fused GPU kernel / torch on the device.
         `overrides` (None values ignored) replace single fields.
         """
-        base = cls(nbits=4, rerank=4) if device == "cpu" else cls()
+        base = cls(nbits=4, rerank=4, fused_items=True) if device == "cpu" else cls()
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     @property
@@ -106,6 +114,7 @@ class PQConfig:
             "seed": self.seed,
             "backend": self.backend.value,
             "rerank": self.rerank,
+            "fused_items": self.fused_items,
         }
 
     @classmethod
@@ -113,4 +122,5 @@ class PQConfig:
         unknown = set(data) - set(cls().to_json())
         if unknown:
             raise ValueError(f"unknown PQConfig field(s): {sorted(unknown)}")
-        return cls(**data)
+        # configs saved before fused_items existed trained one codebook per item modality
+        return cls(**{"fused_items": False, **data})

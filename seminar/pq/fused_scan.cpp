@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 namespace {
@@ -184,14 +185,19 @@ class Shortlist {
         int cut = high - low;
         while (above + (*counts)[cut] < k_) above += (*counts)[cut--];
         const uint16_t kth = static_cast<uint16_t>(low + cut);
-        tied->clear();
-        int64_t kept = 0;
+        // without branches (whether an entry is above the k-th value is a coin flip here): every
+        // entry is written to both places, and the count of each advances only where it belongs
+        tied->resize(size_);
+        Entry* tie = tied->data();
+        int64_t kept = 0, n_tied = 0;
         for (const Entry* e = begin; e != end; ++e) {
-            if (value_of(*e) > kth)
-                begin[kept++] = *e;  // kept <= the entry's own index: nothing unread is overwritten
-            else if (value_of(*e) == kth)
-                tied->push_back(*e);
+            const Entry x = *e;
+            begin[kept] = x;  // kept <= the entry's own index: nothing unread is overwritten
+            kept += value_of(x) > kth;
+            tie[n_tied] = x;
+            n_tied += value_of(x) == kth;
         }
+        tied->resize(n_tied);
         const int64_t need = k_ - above;
         // equal values: the larger key is the lower id
         std::nth_element(tied->begin(), tied->begin() + (need - 1), tied->end(),
@@ -253,7 +259,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline void 
             _mm512_set1_epi64(static_cast<int64_t>(UINT32_MAX) - (first_id + 8 * half)), lanes);
         const __m512i keys =
             _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu16_epi64(part), 32), inverted_ids);
-        _mm512_mask_compressstoreu_epi64(out + count, take, keys);
+        // compressed in a register and stored whole: the entries past the taken ones land in
+        // the shortlist's spare room (kBlock past 4k) and are overwritten by the next
+        _mm512_storeu_si512(out + count, _mm512_maskz_compress_epi64(take, keys));
         count += __builtin_popcount(take);
     }
     shortlist->added(count);
@@ -471,46 +479,89 @@ __attribute__((target("avx2,fma"))) inline float exact_score(const float* u, con
 }
 
 // The best k_final of one query's shortlist ids (n, -1 past its end) by exact score, best
-// first, ties to the earlier event; -1 past the end.
-__attribute__((target("avx2,fma"))) void rerank(const ExactTables& tables, const float* u,
-                                                const int64_t* ids, int64_t n, int64_t k_final,
-                                                std::vector<std::pair<float, int64_t>>* scored,
-                                                int64_t* out) {
-    scored->clear();
-    for (int64_t i = 0; i < n && ids[i] >= 0; ++i) {
-        const int64_t e = ids[i];
-        const float* query =
-            tables.query_index ? tables.query_table + tables.query_index[e] * tables.dim : nullptr;
-        scored->push_back(
-            {exact_score(u, tables.item_table + tables.item_index[e] * tables.dim, query,
-                         tables.dim),
-             e});
-    }
-    const auto order = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
-        return a.first != b.first ? a.first > b.first : a.second < b.second;
-    };
-    const int64_t kept = std::min<int64_t>(k_final, static_cast<int64_t>(scored->size()));
-    if (kept < static_cast<int64_t>(scored->size()))
-        std::nth_element(scored->begin(), scored->begin() + (kept - 1), scored->end(), order);
-    std::sort(scored->begin(), scored->begin() + kept, order);
-    for (int64_t i = 0; i < k_final; ++i) out[i] = i < kept ? (*scored)[i].second : -1;
+// first, ties to the earlier event; -1 past the end. The rows are fetched in a first pass
+// (their addresses, then a prefetch a few events ahead of the scoring), since a row fetch from
+// a table larger than the cache, not the product, is what a score costs. A ranking key packs
+// the score's order-preserving bits above the inverted id (as Entry), so the selection
+// compares integers. With out_embeddings the winners' exact vectors are written too
+// (item row + query row, the same float32 sum as the retriever's torch gather; zero past the
+// end), while their rows are still in the cache.
+constexpr int kPrefetchAhead = 8;  // events between a row's prefetch and its score
+
+inline uint64_t rank_key(float score, int64_t id) {
+    uint32_t bits;
+    const float positive_zero = score + 0.0f;  // -0 and +0 rank alike, as the float compare
+    std::memcpy(&bits, &positive_zero, sizeof bits);
+    bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    return (static_cast<uint64_t>(bits) << 32) | (UINT32_MAX - static_cast<uint32_t>(id));
 }
 
-// The exact vectors of one query's chosen events (k_final, dim): item row + query row (the same
-// float32 sum as the retriever's torch gather), zero where the id is -1.
-void gather(const ExactTables& tables, const int64_t* ids, int64_t k_final, float* out) {
-    for (int64_t i = 0; i < k_final; ++i, out += tables.dim) {
-        if (ids[i] < 0) {
-            std::fill(out, out + tables.dim, 0.0f);
+inline int64_t key_id(uint64_t key) {
+    return static_cast<int64_t>(UINT32_MAX - static_cast<uint32_t>(key));
+}
+
+inline void prefetch_row(const float* row, int dim) {
+    const char* bytes = reinterpret_cast<const char*>(row);
+    for (int64_t at = 0; at < static_cast<int64_t>(dim) * 4; at += 64)
+        __builtin_prefetch(bytes + at);
+}
+
+struct RerankScratch {
+    std::vector<const float*> items, queries;  // the shortlist's rows
+    std::vector<uint64_t> keys;
+};
+
+__attribute__((target("avx2,fma"))) void rerank(const ExactTables& tables, const float* u,
+                                                const int64_t* ids, int64_t n, int64_t k_final,
+                                                RerankScratch* scratch, int64_t* out,
+                                                float* out_embeddings) {
+    const int dim = tables.dim;
+    int64_t m = 0;
+    while (m < n && ids[m] >= 0) ++m;
+    scratch->items.resize(m);
+    scratch->queries.resize(m);
+    scratch->keys.resize(m);
+    const float** items = scratch->items.data();
+    const float** queries = scratch->queries.data();
+    for (int64_t i = 0; i < m; ++i) {
+        items[i] = tables.item_table + tables.item_index[ids[i]] * dim;
+        queries[i] = tables.query_index ? tables.query_table + tables.query_index[ids[i]] * dim
+                                        : nullptr;
+    }
+    for (int64_t i = 0; i < std::min<int64_t>(kPrefetchAhead, m); ++i) {
+        prefetch_row(items[i], dim);
+        if (queries[i]) prefetch_row(queries[i], dim);
+    }
+    uint64_t* keys = scratch->keys.data();
+    for (int64_t i = 0; i < m; ++i) {
+        if (i + kPrefetchAhead < m) {
+            prefetch_row(items[i + kPrefetchAhead], dim);
+            if (queries[i + kPrefetchAhead]) prefetch_row(queries[i + kPrefetchAhead], dim);
+        }
+        keys[i] = rank_key(exact_score(u, items[i], queries[i], dim), ids[i]);
+    }
+    const int64_t kept = std::min<int64_t>(k_final, m);
+    if (kept > 0 && kept < m)
+        std::nth_element(keys, keys + (kept - 1), keys + m, std::greater<uint64_t>());
+    std::sort(keys, keys + kept, std::greater<uint64_t>());
+    for (int64_t i = 0; i < k_final; ++i) out[i] = i < kept ? key_id(keys[i]) : -1;
+    if (!out_embeddings) return;
+    for (int64_t i = 0; i < k_final; ++i, out_embeddings += dim) {
+        if (i >= kept) {
+            std::fill(out_embeddings, out_embeddings + dim, 0.0f);
             continue;
         }
-        const float* item = tables.item_table + tables.item_index[ids[i]] * tables.dim;
-        if (!tables.query_index) {
-            std::copy(item, item + tables.dim, out);
-            continue;
+        const int64_t e = out[i];
+        const float* item = tables.item_table + tables.item_index[e] * dim;
+        const float* query =
+            tables.query_index ? tables.query_table + tables.query_index[e] * dim : nullptr;
+        int j = 0;
+        for (; j + 8 <= dim; j += 8) {
+            __m256 row = _mm256_loadu_ps(item + j);
+            if (query) row = _mm256_add_ps(row, _mm256_loadu_ps(query + j));
+            _mm256_storeu_ps(out_embeddings + j, row);
         }
-        const float* query = tables.query_table + tables.query_index[ids[i]] * tables.dim;
-        for (int j = 0; j < tables.dim; ++j) out[j] = item[j] + query[j];
+        for (; j < dim; ++j) out_embeddings[j] = item[j] + (query ? query[j] : 0.0f);
     }
 }
 
@@ -532,7 +583,10 @@ void seminar_fused_scan_avx2_only(int enabled) { avx2_only = enabled; }
 // score against ExactTables (exact_u (n_queries, dim): the queries before any rotation) and the
 // best k_final written there, best first (-1 past the end); with out_embeddings
 // (n_queries, k_final, dim) float32 also their exact vectors (zero past the end).
-// sample_stride 0: no sample, the shortlist floor starts at 0. Returns the
+// sample_stride 0: no sample, the shortlist floor starts at 0. heads > 1: the queries are
+// (n_queries / heads, heads) row-major, (target, head), and are taken head by head: the
+// shortlists of one head's targets overlap, so the rows a query's rerank fetches are mostly
+// still cached from the queries before it (the outputs keep the queries' order). Returns the
 // number of queries scanned a second time (their sample's threshold let fewer than k events
 // through), or -1 for arguments it cannot take.
 int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t n_events,
@@ -543,8 +597,9 @@ int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t
                                 const float* exact_u, const int64_t* item_index,
                                 const int64_t* query_index, const float* item_table,
                                 const float* query_table, int dim, int64_t k_final,
-                                int64_t* final_ids, float* out_embeddings) {
+                                int64_t* final_ids, float* out_embeddings, int64_t heads) {
     if (code_size <= 0 || code_size % 2 || code_size > 256 || k <= 0 || n_events < 0 ||
+        heads <= 0 || n_queries % heads ||
         n_events > n_blocks * kBlock || n_events > INT32_MAX || n_subspaces <= 0 ||
         sub_dim <= 0 || (final_ids && (!exact_u || !item_index || !item_table || dim <= 0 ||
                                         k_final <= 0 || !query_index != !query_table)) ||
@@ -564,18 +619,23 @@ int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t
     auto work = [&](int thread) {
         std::vector<Shortlist> shortlists(kGroup, Shortlist(k));
         Scratch scratch;
-        std::vector<std::pair<float, int64_t>> scored;
+        RerankScratch rerank_scratch;
         std::vector<float> float_luts(lut_bytes);
         std::vector<uint8_t> group_tables(kGroup * lut_bytes);
         // groups are handed out one at a time: a thread the OS holds back takes fewer
         for (int64_t g = next_group++; g < n_groups; g = next_group++) {
             const int64_t first = g * kGroup;
             const int n = static_cast<int>(std::min<int64_t>(kGroup, n_queries - first));
+            int64_t at[kGroup];  // the group's queries: head-major position -> query index
+            for (int q = 0; q < n; ++q) {
+                const int64_t position = first + q, targets = n_queries / heads;
+                at[q] = (position % targets) * heads + position / targets;
+            }
             const uint8_t* group_luts[kGroup];
             for (int q = 0; q < n; ++q) {
-                uint8_t* lut = out_luts ? out_luts + (first + q) * lut_bytes
+                uint8_t* lut = out_luts ? out_luts + at[q] * lut_bytes
                                         : group_tables.data() + q * lut_bytes;
-                quantize_lut(u + (first + q) * query_dim, centroids, code_size, n_subspaces, sub_dim,
+                quantize_lut(u + at[q] * query_dim, centroids, code_size, n_subspaces, sub_dim,
                              float_luts.data(), lut);
                 group_luts[q] = lut;
             }
@@ -588,15 +648,14 @@ int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t
                                kernels[1], k, 0, depth_percent, &shortlists[q], &scratch);
                     ++rescanned[thread];
                 }
-                int64_t* ids = out_ids + (first + q) * k;
-                shortlists[q].finish(ids, out_values + (first + q) * k, &scratch.counts,
+                int64_t* ids = out_ids + at[q] * k;
+                shortlists[q].finish(ids, out_values + at[q] * k, &scratch.counts,
                                      &scratch.tied);
                 if (final_ids)
-                    rerank(tables, exact_u + (first + q) * dim, ids, k, k_final, &scored,
-                           final_ids + (first + q) * k_final);
-                if (out_embeddings)
-                    gather(tables, final_ids + (first + q) * k_final, k_final,
-                           out_embeddings + (first + q) * k_final * dim);
+                    rerank(tables, exact_u + at[q] * dim, ids, k, k_final, &rerank_scratch,
+                           final_ids + at[q] * k_final,
+                           out_embeddings ? out_embeddings + at[q] * k_final * dim
+                                          : nullptr);
             }
         }
     };

@@ -75,7 +75,7 @@ def _library() -> ctypes.CDLL | None:
     library.seminar_fused_scan_topk.argtypes = [
         pointer, size, size, integer, pointer, pointer, integer, integer, size, size, size, size,
         integer, pointer, pointer, pointer, pointer, pointer, pointer, pointer, pointer, integer,
-        size, pointer, pointer,
+        size, pointer, pointer, size,
     ]  # fmt: skip
     return library
 
@@ -167,10 +167,13 @@ class FusedScanner:
         k: int,
         with_luts: bool = False,
         rerank: ExactRerank | None = None,
+        heads: int = 1,
     ) -> ScanResult:
         """The top-k events by quantized ADC score of queries u (Q, D) float32 over one
         sequence's blocks (ceil(n_events / 32), 16 * M*S) uint8, and with `rerank` the best of
-        them by exact score (ScanResult)."""
+        them by exact score (ScanResult). `heads` > 1: u is (targets, heads) flattened, and the
+        kernel takes the queries head by head (one head's shortlists overlap, so their rows
+        stay cached); the results keep u's order either way."""
         library = _library()
         if library is None:
             raise ArtifactError("the fused scan kernel is not available")
@@ -183,24 +186,36 @@ class FusedScanner:
             raise ArtifactError(f"{n_events} events do not fit {len(blocks)} blocks of 32")
         u = _floats(u, (None, self.n_subspaces * self.sub_dim), "queries")
         n_queries = len(u)
-        ids = np.full((n_queries, k), -1, np.int64)
-        values = np.zeros((n_queries, k), np.uint16)
-        luts = np.zeros((n_queries, self.code_size, 16), np.uint8) if with_luts else None
+        if heads < 1 or n_queries % heads:
+            raise ArtifactError(f"{n_queries} queries are not (targets, {heads} heads)")
         # `arrays` keeps the checked copies alive through the call that reads their pointers
         arrays, exact = self._exact_arguments(rerank, n_queries, n_events)
-        reranked = None if rerank is None else np.full((n_queries, rerank.k), -1, np.int64)
-        embeddings = None
-        if rerank is not None and rerank.embeddings:
-            embeddings = np.zeros((n_queries, rerank.k, exact[5]), np.float32)
+        dim = exact[5]
+        with_embeddings = rerank is not None and rerank.embeddings
         if n_events == 0 or n_queries == 0:
-            return ScanResult(ids, values, luts, reranked, embeddings)
+            return ScanResult(
+                np.full((n_queries, k), -1, np.int64),
+                np.zeros((n_queries, k), np.uint16),
+                np.zeros((n_queries, self.code_size, 16), np.uint8) if with_luts else None,
+                None if rerank is None else np.full((n_queries, rerank.k), -1, np.int64),
+                np.zeros((n_queries, rerank.k, dim), np.float32) if with_embeddings else None,
+            )
+        # the kernel writes every slot of its outputs (-1 / zero past the end): no fill here,
+        # which for the winners' vectors (megabytes) would cost as much as writing them
+        ids = np.empty((n_queries, k), np.int64)
+        values = np.empty((n_queries, k), np.uint16)
+        luts = np.empty((n_queries, self.code_size, 16), np.uint8) if with_luts else None
+        reranked = None if rerank is None else np.empty((n_queries, rerank.k), np.int64)
+        embeddings = None
+        if with_embeddings:
+            embeddings = np.empty((n_queries, rerank.k, dim), np.float32)
         rescans = library.seminar_fused_scan_topk(
             blocks.ctypes.data, len(blocks), n_events, self.code_size, u.ctypes.data,
             self._centroids.ctypes.data, self.n_subspaces, self.sub_dim, n_queries, k,
             SAMPLE_STRIDE, SAMPLE_DEPTH_PERCENT, self.threads, ids.ctypes.data, values.ctypes.data,
             None if luts is None else luts.ctypes.data, *exact,
             None if reranked is None else reranked.ctypes.data,
-            None if embeddings is None else embeddings.ctypes.data,
+            None if embeddings is None else embeddings.ctypes.data, heads,
         )  # fmt: skip
         del arrays  # read by the kernel; free to go
         if rescans < 0:

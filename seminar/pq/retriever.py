@@ -15,7 +15,7 @@ import torch
 
 from seminar.errors import ArtifactError, UsageError
 from seminar.pq.adc import adc_scores_decode, adc_scores_lut, build_luts, masked_topk
-from seminar.pq.codebooks import QUERY_MODALITY, Codebooks
+from seminar.pq.codebooks import ITEM_MODALITY, QUERY_MODALITY, Codebooks
 from seminar.pq.config import PQConfig, ScoringBackend
 from seminar.pq.faiss_scan import pack_fastscan, unpack_fastscan
 from seminar.pq.store import SequenceStore
@@ -101,6 +101,12 @@ class PQRetriever:
         missing = [m for m in codebooks.modalities if m not in tables or m not in table_codes]
         if missing:
             raise ArtifactError(f"tables/table codes missing for modalities {missing}")
+        item_modalities = [m for m in codebooks.modalities if m != QUERY_MODALITY]
+        if config.fused_items != (item_modalities == [ITEM_MODALITY]):
+            raise ArtifactError(
+                f"config says fused_items={config.fused_items}, the codebooks' item modalities "
+                f"are {item_modalities}"
+            )
         self.codebooks = codebooks
         self.config = config
         self.k = k
@@ -161,6 +167,11 @@ class PQRetriever:
             raise UsageError(
                 f"config asks for {config.n_subspaces} x {config.nbits}-bit codes, the codebooks "
                 f"are {self.codebooks.n_subspaces} x {self.codebooks.nbits}-bit"
+            )
+        if config.fused_items != self.config.fused_items:
+            raise UsageError(
+                f"config asks for fused_items={config.fused_items}, the codebooks were trained "
+                f"with fused_items={self.config.fused_items} (modalities {self.modalities})"
             )
         return PQRetriever(
             self.codebooks,
@@ -370,7 +381,7 @@ class PQRetriever:
         embeddings: bool = False,
     ) -> ScanResult:
         """One kernel call over one sequence (item, query (L,), its fast-scan blocks) for the
-        queries u (..., D) (u_pq rotated): the `rerank * k` shortlist by ADC, reranked to the
+        queries u (B, H, D) (u_pq rotated): the `rerank * k` shortlist by ADC, reranked to the
         best k by exact score against the tables (seminar.pq.fused_scan.ScanResult)."""
         from seminar.pq.fused_scan import ExactRerank
 
@@ -386,7 +397,7 @@ class PQRetriever:
         )
         queries = u_pq.detach().cpu().reshape(-1, dim).numpy()
         return self._fused.search_blocks(
-            queries, blocks, len(item), k * self.config.rerank, rerank=rerank
+            queries, blocks, len(item), k * self.config.rerank, rerank=rerank, heads=u.shape[-2]
         )
 
     def _faiss_topk(
