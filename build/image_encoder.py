@@ -20,10 +20,6 @@ from seminar.build.artifacts import copy_backend
 from seminar.build.repository import ServingConfig, tensor_config, write_config
 from seminar.errors import ArtifactError
 
-# Images are decoded and embedded a batch at a time on the CPU: small batches keep a request's
-# wait short.
-MAX_BATCH_SIZE = 16
-
 
 def write_image_encoder(
     repo: Path, version: int, tower: Path, serving: ServingConfig | None = None
@@ -41,7 +37,7 @@ def write_image_encoder(
     shutil.copytree(tower, version_dir / contract.IMAGE_TOWER_DIR)
     copy_backend(spec.backend_source, version_dir)
     manifest.write_manifest(version_dir)
-    config = tensor_config(spec, MAX_BATCH_SIZE)
+    config = tensor_config(spec, contract.IMAGE_ENCODER_MAX_BATCH)
     config.backend = "python"
     config.version_policy.all.SetInParent()
     config.dynamic_batching.max_queue_delay_microseconds = 2_000

@@ -23,8 +23,6 @@ from seminar.data.new_items import with_tower
 from seminar.data.schema import IMAGE_EMBEDDING, IMAGE_REF, read_items
 from seminar.errors import DataError, ServiceError
 
-BATCH = 16  # the image_encoder model's max_batch_size
-
 
 def encode_images(
     server: str, images: list[bytes], timeout_s: float, version: int = 0
@@ -36,8 +34,8 @@ def encode_images(
     client = triton_grpc.InferenceServerClient(server)
     vectors, towers = [], set()
     try:
-        for start in range(0, len(images), BATCH):
-            chunk = images[start : start + BATCH]
+        for start in range(0, len(images), contract.IMAGE_ENCODER_MAX_BATCH):
+            chunk = images[start : start + contract.IMAGE_ENCODER_MAX_BATCH]
             tensor = triton_grpc.InferInput(contract.INPUT_IMAGE, [len(chunk), 1], "BYTES")
             tensor.set_data_from_numpy(np.array(chunk, dtype=object).reshape(-1, 1))
             try:

@@ -183,6 +183,9 @@ PIPELINE_SOURCE = "pipeline.py"
 # modality's vector, through the DALI preprocessing and the dataset's image tower.
 IMAGE_ENCODER_MODEL = "image_encoder"
 IMAGE_ENCODER_SOURCE = "image_encoder.py"
+# Images are decoded and embedded a batch at a time on the CPU: small batches keep a request's
+# wait short. Clients send at most this many images per call.
+IMAGE_ENCODER_MAX_BATCH = 16
 INPUT_IMAGE = "image"  # BYTES[1]: one JPEG or PNG file's bytes per row
 IMAGE_EMB = "image_emb"  # FP32[F]: F = the tower's output width
 # BYTES[1]: which tower made the row's vector (the digest of its weights), so that a client

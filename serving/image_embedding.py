@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seminar import contract
 from seminar.data.dali import ENCODED_INPUT, build_pipeline, gpu_present, host_rows
 from seminar.data.images import PreprocessConfig, image_problem
 from seminar.errors import DataError
@@ -30,14 +31,18 @@ def check_encoded(position: int, data: bytes) -> None:
 class ImageEmbedder:
     """Encoded JPEG/PNG bytes -> (N, F) float32 image embeddings, F = the tower's output."""
 
-    def __init__(self, tower_folder: Path, *, batch_size: int = 16, threads: int = 1) -> None:
+    def __init__(
+        self,
+        tower_folder: Path,
+        *,
+        batch_size: int = contract.IMAGE_ENCODER_MAX_BATCH,
+        threads: int = 1,
+    ) -> None:
         from seminar.model.image_tower import load_tower, tower_id
 
         self.tower, raw = load_tower(tower_folder)
         self.tower_id = tower_id(tower_folder)
-        self.preprocess = PreprocessConfig(
-            **{key: tuple(v) if isinstance(v, list) else v for key, v in raw["preprocess"].items()}
-        )
+        self.preprocess = PreprocessConfig.from_json(raw["preprocess"])
         self.batch_size = batch_size
         self.gpu = gpu_present()
         self.pipeline = build_pipeline(None, self.preprocess, batch_size, threads, self.gpu)

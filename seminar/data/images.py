@@ -18,10 +18,10 @@ numpy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -56,6 +56,11 @@ class PreprocessConfig:
             )
         if min(self.std) <= 0:
             raise ValueError(f"PreprocessConfig.std must be > 0, got {self.std}")
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> PreprocessConfig:
+        """The config as a tower's config.json stores it (JSON lists for the tuples)."""
+        return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in fields.items()})
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,9 @@ def embed_image_files(tower_folder: Path, paths: list[Path]) -> np.ndarray:
     from seminar.model.image_tower import embed_images, load_tower
 
     tower, raw = load_tower(tower_folder)
-    preprocess = PreprocessConfig(
-        **{key: tuple(v) if isinstance(v, list) else v for key, v in raw["preprocess"].items()}
+    return embed_images(
+        tower, dali_preprocess(paths, PreprocessConfig.from_json(raw["preprocess"]))
     )
-    return embed_images(tower, dali_preprocess(paths, preprocess))
 
 
 def new_catalog_rows(dataset: PreparedDataset, items_path: Path) -> pa.Table:

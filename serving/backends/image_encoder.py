@@ -22,7 +22,7 @@ class TritonPythonModel(PipelineModel):
 
     def load(self, context: BackendContext) -> None:
         tower = context.artifact(contract.PARAM_IMAGE_TOWER)
-        batch = int(context.config.get("max_batch_size", 16) or 16)
+        batch = int(context.config.get("max_batch_size") or contract.IMAGE_ENCODER_MAX_BATCH)
         self.embedder = ImageEmbedder(tower, batch_size=batch)
 
     def read(self, request) -> dict:
