@@ -70,6 +70,10 @@ def test_every_generated_config_parses_and_validates(tmp_path, target):
         config = repository.validate_config(path, spec, target, serving=serving)
         assert config.max_batch_size == serving.max_batch_size
         assert list(config.dynamic_batching.preferred_batch_size) == [128, 256, 512]
+        # The fused step (one per core) takes what queued while it was busy; it waits for
+        # nothing more, which would add the delay to every request.
+        fused = spec.name == contract.PIPELINE_MODEL
+        assert config.dynamic_batching.max_queue_delay_microseconds == (0 if fused else 100)
         assert config.version_policy.HasField("all")
         gpu_engine = (
             target is contract.Target.GPU and spec.kind is contract.TritonModelKind.EXPORTED
