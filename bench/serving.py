@@ -128,8 +128,10 @@ def prepare_repo(
 ) -> tuple[Path, Path, tuple[int, ...]]:
     """The bench's own data (real + SYNTHETIC long users) and repository, built from `run`.
 
-    Reused when `work` already holds a complete build from the same inputs.
+    Reused when `work` already holds a complete build from the same inputs and the same
+    committed code (a build from other code would time that code; a dirty checkout rebuilds).
     """
+    from seminar.provenance import git_revision
     from seminar.serving.floor import write_floor_model
     from seminar.serving.long_users import append_synthetic_users
 
@@ -142,9 +144,12 @@ def prepare_repo(
         "lengths": list(cfg.synthetic_lengths),
         "seed": cfg.seed,
         "checkpoint_mtime": (run / "checkpoint.safetensors").stat().st_mtime,
+        "revision": git_revision(),
     }
     built = contract.build_info_path(repo, cfg.version + 1)
-    if stamp.is_file() and json.loads(stamp.read_text()) == inputs and built.is_file():
+    committed = not inputs["revision"].endswith(("+dirty", "unknown"))
+    same = stamp.is_file() and json.loads(stamp.read_text()) == inputs
+    if committed and same and built.is_file():
         progress(f"reusing {repo}")
         meta = json.loads((data_long / "meta.json").read_text())
         return repo, data_long, tuple(meta["synthetic_users"]["user_ids"])
