@@ -613,6 +613,7 @@ _METRICS = (
         "COUNTER", None,
     ),
 )  # fmt: skip
+_METRIC_KINDS = {key: kind for key, _, _, kind, _ in _METRICS}
 
 
 class RetrievalMetrics:
@@ -620,7 +621,12 @@ class RetrievalMetrics:
     that ran it (pq_retrieval, or the fused graph's pipeline): rows scored, stored sequence
     length per (request, user), online tail length per (batch, user), tail reads that failed
     (served from the store alone), and the time of the top-K call. The families stay
-    referenced here: the backend drops a family that is collected."""
+    referenced here: the backend drops a family that is collected.
+
+    Each update of a Python-backend metric is a round trip to tritonserver (a message and a
+    wait for its answer). `observe` only queues a batch's updates; a daemon thread sends them,
+    so the requests' answers never wait for them, and /metrics shows a batch's updates within
+    milliseconds of its answers. Counter increments queued together go as one."""
 
     def __init__(self, pb_utils: Any, context: BackendContext, tails: Any | None) -> None:
         self.tails = tails  # seminar.serving.tail.OnlineTails, or None
@@ -635,19 +641,44 @@ class RetrievalMetrics:
             self.families[key] = family
             extra = {} if buckets is None else {"buckets": buckets}
             self.metrics[key] = family.Metric(labels=labels, **extra)
+        self._queued: list[tuple[str, float]] = []  # (metric key, observed value or increment)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        threading.Thread(
+            target=self._send_forever, name=f"metrics-{context.model_name}", daemon=True
+        ).start()
 
     def observe(self, retrieval: Any, batch: RowBatch, seconds: float) -> None:
         """One batch through `retrieval` (seminar.serving.retrieval.BatchRetrieval) that took
         `seconds`; the batch's user_index rows say which users each request served."""
-        self.metrics["time"].observe(seconds)
-        self.metrics["rows"].increment(batch.rows)
-        for length in retrieval.last_tail_lengths:
-            self.metrics["tail"].observe(float(length))
+        updates = [("time", seconds), ("rows", float(batch.rows))]
+        updates += [("tail", float(length)) for length in retrieval.last_tail_lengths]
         if self.tails is not None and self.tails.read_errors > self.read_errors_seen:
-            self.metrics["tail_errors"].increment(self.tails.read_errors - self.read_errors_seen)
+            updates.append(("tail_errors", float(self.tails.read_errors - self.read_errors_seen)))
             self.read_errors_seen = self.tails.read_errors
         users = batch.arrays[contract.USER_INDEX]
         users = np.asarray(users.cpu().numpy() if hasattr(users, "cpu") else users).reshape(-1)
         for low, high in zip(batch.offsets[:-1], batch.offsets[1:], strict=True):
             for length in retrieval.sequence_lengths(np.unique(users[low:high])):
-                self.metrics["sequence"].observe(float(length))
+                updates.append(("sequence", float(length)))
+        with self._lock:
+            self._queued += updates
+        self._wake.set()
+
+    def _send_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                updates, self._queued = self._queued, []
+            increments: dict[str, float] = {}
+            try:
+                for key, value in updates:
+                    if _METRIC_KINDS[key] == "COUNTER":
+                        increments[key] = increments.get(key, 0.0) + value
+                    else:
+                        self.metrics[key].observe(value)
+                for key, value in increments.items():
+                    self.metrics[key].increment(value)
+            except Exception as err:  # a lost update must not stop the next ones
+                print(f"seminar metrics: {len(updates)} updates not sent: {err}", file=sys.stderr)

@@ -26,7 +26,12 @@ from seminar.serving.inprocess import InProcessPipeline
 from seminar.serving.tail import OnlineTails
 from seminar.serving.triton import TritonConfig, TritonServer
 from tests.support.build import BuiltRepo, build_cli, copy_repo
-from tests.support.serving import ATOL, require_serving_pieces, require_tritonserver
+from tests.support.serving import (
+    ATOL,
+    metrics_once,
+    require_serving_pieces,
+    require_tritonserver,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
@@ -108,14 +113,23 @@ def test_the_fused_graph_serves_the_in_process_scores_and_rejects_bad_requests(
         good = score(client, int(users[3]), "", items)  # the step still serves
         assert np.abs(good - reference.score(int(users[3]), "", items)).max() <= ATOL
 
-        with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
-            metrics = reply.read().decode()
-        rows = [
-            line
-            for line in metrics.splitlines()
-            if line.startswith("seminar_pq_rows_total")
-            and f'model="{contract.PIPELINE_MODEL}"' in line
-        ]
+        def read() -> str:
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
+                return reply.read().decode()
+
+        def rows_of(metrics: str) -> list[str]:
+            return [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("seminar_pq_rows_total")
+                and f'model="{contract.PIPELINE_MODEL}"' in line
+            ]
+
+        def counted(metrics: str) -> bool:
+            rows = rows_of(metrics)
+            return bool(rows) and float(rows[0].rsplit(" ", 1)[1]) >= 4 * len(items)
+
+        rows = rows_of(metrics_once(read, counted))
         assert rows and float(rows[0].rsplit(" ", 1)[1]) >= 4 * len(items), rows
 
 

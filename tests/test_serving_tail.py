@@ -25,7 +25,7 @@ from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
 from seminar.training.scoring import score_request
 from tests.support.build import BuiltRepo
 from tests.support.clients import launch_gateway, make_config, single_version_repo
-from tests.support.serving import require_tritonserver
+from tests.support.serving import metrics_once, require_tritonserver
 
 NEW_QUERY = "zebra submarine opera"  # no MovieLens query holds these words together
 UNKNOWN_ITEM = 999_999_999
@@ -223,7 +223,9 @@ def test_read_your_writes_through_the_gateway_and_triton(
             )
             assert np.abs([warm[i] for i in items] - expected).max() <= TOLERANCE
             assert max(abs(warm[i] - cold[i]) for i in items) > 1e-3
-            metrics = triton.metrics()
+            metrics = metrics_once(
+                triton.metrics, lambda text: metric_total(text, "seminar_tail_length_count") >= 5
+            )
             assert metric_total(metrics, "seminar_tail_length_count") >= 5
             assert metric_total(metrics, "seminar_tail_read_errors_total") == 0
         finally:

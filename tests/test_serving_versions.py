@@ -20,6 +20,7 @@ from seminar.serving.client import request_inputs, score
 from tests.support.build import build_cli
 from tests.support.serving import (
     ATOL,
+    metrics_once,
     offline_scores,
     pq_dir_of,
     require_serving_pieces,
@@ -87,7 +88,7 @@ def test_10k_event_synthetic_user_matches_offline_reference(
         return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(prefix))
 
     total = "seminar_pq_sequence_length_count"
-    after = server.metrics()
+    after = metrics_once(server.metrics, lambda text: count(text, total) > count(before, total))
     assert count(after, total) - count(before, total) == 1
     assert count(after, bucket) == count(before, bucket)  # not <= 3000 events
     assert count(after, "seminar_pq_sequence_length_sum") - count(

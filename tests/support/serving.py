@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def require_tritonserver() -> None:
 
 # Served vs offline scores (issue 6): same artifacts, same PQ top-K, float32 ONNX vs torch.
 ATOL = 1e-4
+
+
+def metrics_once(
+    read: Callable[[], str], ready: Callable[[str], bool], timeout_s: float = 10.0
+) -> str:
+    """/metrics text (`read`) once `ready` holds, or the last text after `timeout_s`: the
+    retrieval step sends its updates from a thread after the answers go back."""
+    deadline = time.monotonic() + timeout_s
+    text = read()
+    while not ready(text) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        text = read()
+    return text
 
 
 def pq_dir_of(repo: Path, version: int = 1) -> Path:
