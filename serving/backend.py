@@ -416,11 +416,11 @@ class StallGuard:
         self._ticker: threading.Thread | None = None
         self._watched = threading.get_ident()
         self._turns = ThreadTurns.of_current_thread()
-        self._last_cpu = self._turns.seconds()
+        self._last_turns = self._turns.seconds()
         self._last_wall = _wall_clock()
 
-    def _watched_cpu(self) -> float:
-        return self._turns.seconds(default=self._last_cpu)
+    def _watched_turns(self) -> float:
+        return self._turns.seconds(default=self._last_turns)
 
     def start(self) -> StallGuard:
         """Start the ticker. Call it last in `initialize`: a stall while loading fails the
@@ -452,9 +452,9 @@ class StallGuard:
         seconds; one over `limit_s` exits the process (`when` goes into the log line), or,
         when not `fatal` (between requests), is remembered for the next execute."""
         with self._lock:
-            wall, cpu = _wall_clock(), self._watched_cpu()
-            stall = max(0.0, (wall - self._last_wall) - (cpu - self._last_cpu))
-            self._last_wall, self._last_cpu = wall, cpu
+            wall, turns = _wall_clock(), self._watched_turns()
+            stall = max(0.0, (wall - self._last_wall) - (turns - self._last_turns))
+            self._last_wall, self._last_turns = wall, turns
             if stall > self.limit_s:
                 if not fatal:
                     self._idle_stall = (wall, stall)
@@ -481,7 +481,7 @@ class StallGuard:
                 self._watched = ident
                 self._turns.close()
                 self._turns = ThreadTurns.of_current_thread()
-                self._last_cpu = self._turns.seconds()
+                self._last_turns = self._turns.seconds()
 
     @contextlib.contextmanager
     def executing(self) -> Iterator[None]:
