@@ -8,7 +8,6 @@ version 2 built fused from the same run, so one server holds both graphs: `semin
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from seminar import contract
 from seminar.build import builder, repository, retire
+from seminar.clients.metrics import metric_total
 from seminar.errors import UsageError
 from seminar.events import Event, EventType, open_event_log
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
@@ -113,24 +113,11 @@ def test_the_fused_graph_serves_the_in_process_scores_and_rejects_bad_requests(
         good = score(client, int(users[3]), "", items)  # the step still serves
         assert np.abs(good - reference.score(int(users[3]), "", items)).max() <= ATOL
 
-        def read() -> str:
-            with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
-                return reply.read().decode()
+        def pipeline_rows(metrics: str) -> float:
+            return metric_total(metrics, "seminar_pq_rows_total", model=contract.PIPELINE_MODEL)
 
-        def rows_of(metrics: str) -> list[str]:
-            return [
-                line
-                for line in metrics.splitlines()
-                if line.startswith("seminar_pq_rows_total")
-                and f'model="{contract.PIPELINE_MODEL}"' in line
-            ]
-
-        def counted(metrics: str) -> bool:
-            rows = rows_of(metrics)
-            return bool(rows) and float(rows[0].rsplit(" ", 1)[1]) >= 4 * len(items)
-
-        rows = rows_of(metrics_once(read, counted))
-        assert rows and float(rows[0].rsplit(" ", 1)[1]) >= 4 * len(items), rows
+        metrics = metrics_once(server.metrics, lambda text: pipeline_rows(text) >= 4 * len(items))
+        assert pipeline_rows(metrics) >= 4 * len(items), pipeline_rows(metrics)
 
 
 def test_retiring_the_fused_version_takes_the_step_out_and_repins_the_steps_graph(
