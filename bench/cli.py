@@ -403,6 +403,13 @@ def perf(
             "behind `seminar serve`'s proxy also at tritonserver's own gRPC port)."
         ),
     ] = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="With --repo: rounds of (served at saturation, in-process) back to back; the "
+            "report judges the median share."
+        ),
+    ] = 3,
 ) -> None:
     """Run perf_analyzer against the seminar ensemble; write OUT_DIR/perf.md, perf.json, perf.png.
 
@@ -415,6 +422,7 @@ def perf(
             triton=triton, data=data, gateway=gateway, model=model, concurrency=concurrency,
             candidates=candidates, requests=requests, synthetic_long_user=synthetic_long_user,
             measurement_ms=measurement_ms, chroot=chroot, out_dir=out_dir, repo=repo,
+            rounds=rounds,
         )  # fmt: skip
     report = run_perf(cfg)
     typer.echo(report)

@@ -12,7 +12,9 @@
    machine; behind a proxy, also at tritonserver's own gRPC port, side by side), then in-process
    serving of the same requests, no Triton (seminar.serving.inprocess, the version the ensemble
    serves), in as many worker processes as the machine has cores, one thread each, closed
-   loop: the throughput and the CPU per request Triton's are compared with.
+   loop: the throughput and the CPU per request Triton's are compared with. In rounds
+   (`rounds`, 3 by default), because the machine's speed drifts: the report gives every
+   round's shares, judges the median and shows the median round's CPU table.
 5. OUT_DIR/perf.md and perf.json (bench/harness.py: header, one table with the gateway/Triton
    ratio and the sentences it supports), perf.png, and the raw measurements beside them:
    perf_analyzer.csv, perf_analyzer.log, perf_gateway.json.
@@ -81,6 +83,10 @@ class PerfConfig:
     # Triton's best throughput over the sweep, as a share of the in-process workers' (the
     # serving-efficiency goal: what Triton and gRPC may cost at saturation).
     goal_share: float = 0.8
+    # With `repo`: rounds of (served at saturation, then in-process), back to back. The shared
+    # reference machine's speed drifts by 20% within minutes, so one pair of runs can land
+    # either side of the goal; the report gives every round and judges the median.
+    rounds: int = 3
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -91,6 +97,8 @@ class PerfConfig:
             raise ValueError(f"requests must be >= 1, got {self.requests}")
         if self.measurement_ms < 100:
             raise ValueError(f"measurement_ms must be >= 100, got {self.measurement_ms}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         self.concurrency_levels()  # validates the range
 
     def concurrency_levels(self) -> list[int]:
@@ -234,16 +242,21 @@ def run_perf(cfg: PerfConfig) -> str:
         input_file = f"{inside}/input.json"
         # First, back to back, what the goal compares: Triton at saturation and the in-process
         # workers (a shared machine's other load changes less over a minute than over the
-        # whole run).
-        saturation, in_process = [], None
+        # whole run), in rounds.
+        rounds: list[dict[str, Any]] = []
         if cfg.repo is not None:
-            with console.status(f"CPU per process at concurrency {levels[-1]}"):
-                saturation = saturation_runs(pa, cfg, input_file, levels[-1], served)
             version = _newest_version(cfg.triton, cfg.model)
-            with console.status(f"in-process serving, {cfg.workers} workers"):
-                in_process = in_process_throughput(
-                    cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
-                )
+            for index in range(cfg.rounds if served is not None else 1):
+                step = f"round {index + 1} of {cfg.rounds}"
+                with console.status(f"{step}: CPU per process at concurrency {levels[-1]}"):
+                    runs = saturation_runs(pa, cfg, input_file, levels[-1], served)
+                with console.status(f"{step}: in-process serving, {cfg.workers} workers"):
+                    in_process = in_process_throughput(
+                        cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
+                    )
+                rounds.append({"runs": runs, "in_process": in_process})
+        median = median_round(rounds)
+        in_process = median["in_process"] if median else None
         args = analyzer_args(cfg, cfg.triton, input_file, cfg.concurrency, cfg.measurement_ms)
         args += ["-f", f"{inside}/perf.csv"]
         command = pa.command(args)
@@ -276,7 +289,7 @@ def run_perf(cfg: PerfConfig) -> str:
         "triton_rows": triton_rows,
         "gateway_rows": gateway_rows,
         "in_process": in_process,
-        "saturation": saturation,
+        "saturation_rounds": rounds,
         "sweep_other_cores": sweep_other,
         "goal_share": cfg.goal_share,
     }
@@ -285,7 +298,7 @@ def run_perf(cfg: PerfConfig) -> str:
         header=header,
         setup=setup_lines(data),
         body=markdown(triton_rows, gateway_rows, in_process, cfg.goal_share, sweep_other)
-        + saturation_markdown(saturation, in_process, cfg.goal_share),
+        + saturation_markdown(rounds, cfg.goal_share),
         data=data,
     )
     paths = write_record(
@@ -481,12 +494,68 @@ def _requests_served(address: str, model: str) -> int:
     return sum(int(entry.inference_stats.success.count) for entry in stats.model_stats)
 
 
-def saturation_markdown(
-    runs: list[dict[str, Any]], in_process: dict[str, float] | None, goal_share: float = 0.8
-) -> str:
-    """The CPU of every process per request at saturation, and what it says."""
-    if not runs:
+def served_share(one_round: dict[str, Any], run: int = 0) -> float:
+    """Requests/s of a round's served run number `run` over its in-process workers'."""
+    return one_round["runs"][run]["rps"] / one_round["in_process"]["rps"]
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The round whose share at the address the command was given (its first run) is the
+    median (the lower middle one of an even count); by in-process throughput where no round
+    measured a served path."""
+    if not rounds:
+        return None
+    if rounds[0]["runs"]:
+        ordered = sorted(rounds, key=served_share)
+    else:
+        ordered = sorted(rounds, key=lambda one: one["in_process"]["rps"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def rounds_markdown(rounds: list[dict[str, Any]], goal_share: float) -> list[str]:
+    """Every round's throughput shares, and the median share of each served address."""
+    first = rounds[0]["runs"]
+    columns = ["round", "in-process req/s"]
+    for run in first:
+        where = "proxy" if run["proxied"] else "Triton"
+        columns += [f"{where} {run['address']}: req/s", "share"]
+    cells = []
+    for number, one in enumerate(rounds, 1):
+        line = [str(number), f"{one['in_process']['rps']:.1f}"]
+        for index, run in enumerate(one["runs"]):
+            line += [f"{run['rps']:.1f}", f"{served_share(one, index):.2f}×"]
+        cells.append(tuple(line))
+    lines = [
+        "",
+        f"## Throughput at saturation, {len(rounds)} rounds",
+        "",
+        "Each round: perf_analyzer at the top concurrency through every served address, then "
+        "the in-process workers, back to back; share = served req/s / in-process req/s of the "
+        "same round.",
+        "",
+        markdown_table(tuple(columns), cells, align="r" * len(columns)),
+        "",
+    ]
+    for index, run in enumerate(first):
+        shares = sorted(served_share(one, index) for one in rounds)
+        middle = shares[(len(shares) - 1) // 2]
+        lines.append(
+            f"- At {run['address']}"
+            + (" (`seminar serve`'s gRPC proxy)" if run["proxied"] else " (tritonserver)")
+            + f": median share {middle:.2f}× over {len(shares)} rounds (from {shares[0]:.2f}× "
+            f"to {shares[-1]:.2f}×); goal >= {goal_share:g}×: "
+            f"{'met' if middle >= goal_share else 'missed'} on the median."
+        )
+    return lines
+
+
+def saturation_markdown(rounds: list[dict[str, Any]], goal_share: float = 0.8) -> str:
+    """Every round's shares, then the CPU of every process per request in the median round,
+    and what they say."""
+    median = median_round(rounds)
+    if median is None or not median["runs"]:
         return ""
+    runs, in_process = median["runs"], median["in_process"]
     concurrency, seconds = runs[0]["concurrency"], runs[0]["seconds"]
     columns = ["process"]
     for run in runs:
@@ -515,9 +584,10 @@ def saturation_markdown(
             )
         )
     lines = [
+        *rounds_markdown(rounds, goal_share),
         "",
-        f"## CPU per process at saturation (perf_analyzer at concurrency {concurrency}, "
-        f"{seconds:.1f} s, read from /proc)",
+        f"## CPU per process at saturation, round {rounds.index(median) + 1} (the median; "
+        f"perf_analyzer at concurrency {concurrency}, {seconds:.1f} s, read from /proc)",
         "",
         "cores = CPU seconds / wall seconds; CPU ms / request = CPU seconds / the requests "
         "Triton counted in the same window.",
@@ -638,8 +708,8 @@ def markdown(
         share = best["rps"] / in_process["rps"]
         lines.append(
             f"- In-process serving of the same requests (version {in_process['version']:g}, no "
-            f"Triton), {in_process['workers']:g} worker processes of one thread each: "
-            f"{in_process['rps']:.1f} req/s. Triton's highest throughput is {share:.2f}× of it "
+            f"Triton), {in_process['workers']:g} worker processes of one thread each, in the "
+            f"median round below: {in_process['rps']:.1f} req/s. Triton's highest throughput is {share:.2f}× of it "
             f"(goal >= {goal_share:g}×: {'met' if share >= goal_share else 'missed'})."
         )
     return "\n".join(lines) + "\n"

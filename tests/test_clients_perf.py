@@ -43,6 +43,8 @@ def test_perf_config_rejects_bad_ranges() -> None:
     for bad in ("8:1", "0:4", "a:b", "3"):
         with pytest.raises(ValueError, match="concurrency"):
             PerfConfig(triton="x:1", data=Path("d"), concurrency=bad)
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        PerfConfig(triton="x:1", data=Path("d"), rounds=0)
 
 
 @pytest.mark.skipif(

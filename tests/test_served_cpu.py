@@ -132,7 +132,7 @@ def _run(address: str, proxied: bool, rps: float, proxy_ms: float) -> dict:
 def test_saturation_markdown_states_both_paths_from_their_numbers() -> None:
     in_process = {"workers": 2, "rps": 600.0, "cpu_ms_per_request": 3.3}  # made-up
     runs = [_run("127.0.0.1:18001", True, 400.0, 0.8), _run("127.0.0.1:4001", False, 500.0, 0.01)]
-    text = saturation_markdown(runs, in_process, goal_share=0.8)
+    text = saturation_markdown([{"runs": runs, "in_process": in_process}], goal_share=0.8)
     assert "| `pipeline` stubs | 1.40 | 3.60 | 1.40 | 3.60 |" in text
     assert (
         "the served path took 4.75 ms of CPU per request, of which the stubs 3.60 and the proxy 0.80"
@@ -144,4 +144,32 @@ def test_saturation_markdown_states_both_paths_from_their_numbers() -> None:
     assert "an in-process worker spends 3.30 ms of CPU, 0.79× what the served path" in text
     # the budget at 0.8x: 3.3 / 0.8 = 4.125 ms; through the proxy 4.95 ms were spent
     assert "at 0.8× they may spend 4.12 ms, 0.83 ms less than here" in text
-    assert saturation_markdown([], in_process) == ""
+    assert saturation_markdown([]) == ""
+    assert saturation_markdown([{"runs": [], "in_process": in_process}]) == ""
+
+
+def test_saturation_rounds_judge_the_median_round_not_a_lucky_one() -> None:
+    """Three rounds (made-up numbers) whose proxy shares are 0.70, 0.85 and 0.75: one round
+    alone would meet the goal, the median does not, and the CPU table is the median round's."""
+    rounds = [
+        {
+            "runs": [
+                _run("127.0.0.1:18001", True, proxy_rps, 0.8 + number / 10),
+                _run("127.0.0.1:4001", False, direct_rps, 0.01),
+            ],
+            "in_process": {"workers": 2, "rps": 600.0, "cpu_ms_per_request": 3.0},
+        }
+        for number, (proxy_rps, direct_rps) in enumerate([(420, 510), (510, 540), (450, 480)])
+    ]
+    text = saturation_markdown(rounds, goal_share=0.8)
+    assert "| 2 | 600.0 | 510.0 | 0.85× | 540.0 | 0.90× |" in text
+    assert (
+        "At 127.0.0.1:18001 (`seminar serve`'s gRPC proxy): median share 0.75× over 3 rounds "
+        "(from 0.70× to 0.85×); goal >= 0.8×: missed on the median." in text
+    )
+    assert (
+        "At 127.0.0.1:4001 (tritonserver): median share 0.85× over 3 rounds (from 0.80× to "
+        "0.90×); goal >= 0.8×: met on the median." in text
+    )
+    assert "## CPU per process at saturation, round 3 (the median;" in text
+    assert "and the proxy 1.00" in text  # round 3's proxy: 0.8 + 2 / 10 ms per request
