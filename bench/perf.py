@@ -246,8 +246,10 @@ def run_perf(cfg: PerfConfig) -> str:
         rounds: list[dict[str, Any]] = []
         if cfg.repo is not None:
             version = _newest_version(cfg.triton, cfg.model)
-            for index in range(cfg.rounds if served is not None else 1):
-                step = f"round {index + 1} of {cfg.rounds}"
+            # Without a served path on this machine there is nothing to pair: one round.
+            count = cfg.rounds if served is not None else 1
+            for index in range(count):
+                step = f"round {index + 1} of {count}"
                 with console.status(f"{step}: CPU per process at concurrency {levels[-1]}"):
                     runs = saturation_runs(pa, cfg, input_file, levels[-1], served)
                 with console.status(f"{step}: in-process serving, {cfg.workers} workers"):
@@ -499,17 +501,19 @@ def served_share(one_round: dict[str, Any], run: int = 0) -> float:
     return one_round["runs"][run]["rps"] / one_round["in_process"]["rps"]
 
 
+def _lower_middle(ordered: list[Any]) -> Any:
+    """The median of a sorted list; the lower middle one of an even count."""
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The round whose share at the address the command was given (its first run) is the
-    median (the lower middle one of an even count); by in-process throughput where no round
-    measured a served path."""
+    median; the only round where none measured a served path (run_perf then runs one)."""
     if not rounds:
         return None
-    if rounds[0]["runs"]:
-        ordered = sorted(rounds, key=served_share)
-    else:
-        ordered = sorted(rounds, key=lambda one: one["in_process"]["rps"])
-    return ordered[(len(ordered) - 1) // 2]
+    if not rounds[0]["runs"]:
+        return rounds[0]
+    return _lower_middle(sorted(rounds, key=served_share))
 
 
 def rounds_markdown(rounds: list[dict[str, Any]], goal_share: float) -> list[str]:
@@ -538,7 +542,7 @@ def rounds_markdown(rounds: list[dict[str, Any]], goal_share: float) -> list[str
     ]
     for index, run in enumerate(first):
         shares = sorted(served_share(one, index) for one in rounds)
-        middle = shares[(len(shares) - 1) // 2]
+        middle = _lower_middle(shares)
         lines.append(
             f"- At {run['address']}"
             + (" (`seminar serve`'s gRPC proxy)" if run["proxied"] else " (tritonserver)")
@@ -709,8 +713,9 @@ def markdown(
         lines.append(
             f"- In-process serving of the same requests (version {in_process['version']:g}, no "
             f"Triton), {in_process['workers']:g} worker processes of one thread each, in the "
-            f"median round below: {in_process['rps']:.1f} req/s. Triton's highest throughput is {share:.2f}× of it "
-            f"(goal >= {goal_share:g}×: {'met' if share >= goal_share else 'missed'})."
+            f"median round below: {in_process['rps']:.1f} req/s. Triton's highest throughput "
+            f"is {share:.2f}× of it (goal >= {goal_share:g}×: "
+            f"{'met' if share >= goal_share else 'missed'})."
         )
     return "\n".join(lines) + "\n"
 
