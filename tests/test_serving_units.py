@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from seminar.serving.backend import (
     BackendContext,
     PipelineModel,
     RequestError,
+    RetrievalMetrics,
     RowBatch,
     check_numpy,
     read_requests,
@@ -394,6 +396,81 @@ def test_pipeline_model_refuses_to_load_a_version_that_fails_its_manifest(tmp_pa
                 "model_version": "1",
             }
         )
+
+
+class _RecordingMetrics:
+    """The metric names of triton_python_backend_utils that RetrievalMetrics uses; every
+    update is recorded (by metric key and kind of call) instead of sent to tritonserver."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float]] = []  # (metric name, "observe"/"increment", v)
+        metrics = self
+
+        class MetricFamily:
+            COUNTER, HISTOGRAM = "COUNTER", "HISTOGRAM"
+
+            def __init__(self, name: str, description: str, kind: str) -> None:
+                self.name = name
+
+            def Metric(self, labels: dict, buckets: list | None = None):
+                family = self
+
+                class Metric:
+                    def observe(self, value: float) -> None:
+                        metrics.calls.append((family.name, "observe", value))
+
+                    def increment(self, value: float) -> None:
+                        metrics.calls.append((family.name, "increment", value))
+
+                return Metric()
+
+        self.MetricFamily = MetricFamily
+
+
+class _Retrieved:
+    """What RetrievalMetrics reads of a BatchRetrieval after a batch: the tail length per
+    user of the batch and the stored sequence length of each user (made-up numbers)."""
+
+    last_tail_lengths = (0,)
+
+    @staticmethod
+    def sequence_lengths(users: np.ndarray) -> list[int]:
+        return [10 * int(user) for user in users]
+
+
+def test_retrieval_metrics_send_each_interval_at_once_and_lose_no_update(tmp_path) -> None:
+    """Waking the sender for every batch took the GIL from the computing thread hundreds of
+    times a second (7 to 9% of the fused step's throughput): the batches of one interval go
+    together, counters summed, every histogram value kept."""
+    pb_utils = _RecordingMetrics()
+    context = BackendContext.from_args(
+        {"model_config": "{}", "model_name": "pipeline", "model_repository": str(tmp_path),
+         "model_version": "1"}
+    )  # fmt: skip
+    metrics = RetrievalMetrics(pb_utils, context, tails=None, send_interval_s=2.0)
+
+    def batch(user: int, rows: int) -> RowBatch:
+        return RowBatch.concat([{contract.USER_INDEX: np.full((rows, 1), user, np.int64)}])
+
+    metrics.observe(_Retrieved(), batch(user=3, rows=100), seconds=0.004)
+    time.sleep(0.3)  # a sender woken per batch has sent the first batch by now
+    assert pb_utils.calls == [], "nothing is sent before the interval ends"
+    metrics.observe(_Retrieved(), batch(user=5, rows=50), seconds=0.002)
+    deadline = time.monotonic() + 20
+    while len(pb_utils.calls) < 7 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = sorted(pb_utils.calls)
+    assert sent == sorted(
+        [
+            ("seminar_pq_topk_seconds", "observe", 0.004),
+            ("seminar_pq_topk_seconds", "observe", 0.002),
+            ("seminar_tail_length", "observe", 0.0),
+            ("seminar_tail_length", "observe", 0.0),
+            ("seminar_pq_sequence_length", "observe", 30.0),
+            ("seminar_pq_sequence_length", "observe", 50.0),
+            ("seminar_pq_rows_total", "increment", 150.0),
+        ]
+    ), "both batches in one send: one increment of the summed rows, every value observed"
 
 
 def test_the_features_model_never_imports_torch() -> None:
