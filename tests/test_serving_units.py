@@ -440,8 +440,8 @@ class _Retrieved:
 
 def test_retrieval_metrics_send_each_interval_at_once_and_lose_no_update(tmp_path) -> None:
     """Waking the sender for every batch took the GIL from the computing thread hundreds of
-    times a second (7 to 9% of the fused step's throughput): the batches of one interval go
-    together, counters summed, every histogram value kept."""
+    times a second: the batches of one interval go together, counters summed, every
+    histogram value kept."""
     pb_utils = _RecordingMetrics()
     context = BackendContext.from_args(
         {"model_config": "{}", "model_name": "pipeline", "model_repository": str(tmp_path),
