@@ -468,9 +468,10 @@ def ab_ramp(
 ) -> None:
     """Ramp the treatment's weight through the steps; on a guardrail breach roll it back to 0%.
 
-    At each step the config is rewritten atomically (the other arms keep their proportions), the gateway reloads it, and the step is held while Prometheus guardrails are checked: the treatment's error ratio, its p99 latency (absolute and against control), and its CTR drop against control once enough impressions are in. A breach writes weight 0 for the treatment, reloads, and exits 1 naming the guardrail, the value and the bound. Ctrl-C leaves the config at the last step written and says so (exit 130).
+    At each step the config is rewritten atomically (the other arms keep their proportions), the gateway reloads it, and the step is held while Prometheus guardrails are checked: the treatment's error ratio, its p99 latency (absolute and against control), and its CTR drop against control once enough impressions are in. A breach writes weight 0 for the treatment, reloads, and exits 1 naming the guardrail, the value and the bound. Ctrl-C or SIGTERM leaves the config at the last step written and says so (exit 130).
     """
     from seminar.clients.ramp import Ramp, RampPlan
+    from seminar.processes import interrupt_on_stop_signals
 
     try:
         percents = tuple(float(x) for x in steps.split(",") if x.strip())
@@ -488,6 +489,7 @@ def ab_ramp(
             ),
         )  # fmt: skip
     ramp = Ramp(plan, echo=typer.echo)
+    interrupt_on_stop_signals()
     try:
         ramp.run()
     except KeyboardInterrupt:

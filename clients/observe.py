@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from seminar.errors import ArtifactError, ServiceError
-from seminar.processes import LOOPBACK, ChildProcess, http_request
+from seminar.processes import LOOPBACK, ChildProcess, http_request, interrupt_on_stop_signals
 
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
 
@@ -153,12 +153,7 @@ def run_prometheus(
     triton_metrics: str, gateway_metrics: str, port: int, storage: Path | None
 ) -> None:
     """Run until Ctrl-C or SIGTERM, printing where to look; Prometheus is always stopped."""
-    import signal
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    interrupt_on_stop_signals()
     with PrometheusProcess(
         triton_metrics, gateway_metrics, port, storage, scrape_interval_s=5.0
     ) as prom:

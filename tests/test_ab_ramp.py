@@ -181,8 +181,15 @@ class BackgroundLoad:
 
 
 def _ramp(
-    stack: RampStack, tmp_path: Path, treatment: str, steps: str, hold_s: float
+    stack: RampStack,
+    tmp_path: Path,
+    treatment: str,
+    steps: str,
+    hold_s: float,
+    sigint_ignored: bool = False,
 ) -> subprocess.Popen[str]:
+    """`seminar ab ramp` against the stack; `sigint_ignored`: started as a script's
+    background command is (bash starts those with SIGINT ignored, and exec keeps that)."""
     cmd = [
         sys.executable, "-m", "seminar.cli", "ab", "ramp",
         "--config", str(stack.gateway.config_path), "--treatment", treatment,
@@ -193,7 +200,12 @@ def _ramp(
         "--log", str(tmp_path / "ramp.jsonl"), "--metrics-file", str(tmp_path / "ramp.prom"),
         *BOUNDS,
     ]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint_ignored else None
+    try:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _events(tmp_path: Path) -> list[dict]:
@@ -305,16 +317,19 @@ def test_a_healthy_treatment_reaches_50_percent_and_no_request_is_lost(
 
 @pytest.mark.slow
 @pytest.mark.serving
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_ramp_leaves_the_last_step_and_says_so(
-    ramp_stack: RampStack, tmp_path: Path
+    ramp_stack: RampStack, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
+    """Ctrl-C, or a supervisor's SIGTERM, even where the ramp was started with SIGINT ignored
+    (a script's background command): the last step stays, the log and stderr say so."""
     _reset(ramp_stack)
-    ramp = _ramp(ramp_stack, tmp_path, "healthy", "10,25", hold_s=60)
+    ramp = _ramp(ramp_stack, tmp_path, "healthy", "10,25", hold_s=60, sigint_ignored=True)
     deadline = time.monotonic() + 30
     while not (tmp_path / "ramp.jsonl").exists() or not _events(tmp_path):
         assert time.monotonic() < deadline and ramp.poll() is None, ramp.stderr
         time.sleep(0.1)
-    ramp.send_signal(signal.SIGINT)
+    ramp.send_signal(stop_signal)
     _, stderr = ramp.communicate(timeout=30)
     assert ramp.returncode == 130, stderr
     assert "left at the last step written, healthy at 10%" in stderr
