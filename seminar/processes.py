@@ -64,17 +64,13 @@ def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
         proc.wait()
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def interrupt_on_stop_signals() -> None:
     """Make SIGINT and SIGTERM raise KeyboardInterrupt in this process's main thread, so a
     long-running command stops through its own clean-up path on either, whatever it inherited:
     a command started in the background of a script inherits SIGINT ignored, and supervisors
     (Kubernetes, CI runners, systemd) stop processes with SIGTERM."""
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, _raise_keyboard_interrupt)
+        signal.signal(stop_signal, signal.default_int_handler)  # raises KeyboardInterrupt
 
 
 def http_request(
