@@ -10,12 +10,17 @@ RUNS   ?= runs
 .PHONY: setup system-tools demo test test-fast gpu-check lint format lock clean
 
 KERNEL := seminar/pq/_fused_scan.so
+NATIVE := serving/native/_fused_step.so
 
-setup: $(STAMP) $(KERNEL)
+setup: $(STAMP) $(KERNEL) $(NATIVE)
 
 # The PQ shortlist kernel (C++, the machine's g++); without it the retriever uses faiss.
 $(KERNEL): seminar/pq/fused_scan.cpp $(STAMP)
 	$(BIN)/python -m seminar.pq.fused_scan
+
+# The fused step in C++ with the kernel (fetches ONNX Runtime's API headers from Debian once).
+$(NATIVE): serving/native/fused_step.cc seminar/pq/fused_scan.cpp $(STAMP)
+	$(BIN)/python -m seminar.serving.native.fused_step
 
 # torch is pinned and installed in the same pip call as everything else: an unpinned
 # torch pulled in by another package would download a multi-GB CUDA build.
@@ -35,10 +40,10 @@ system-tools:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server debootstrap >/dev/null
 	test -x $(PERF_CHROOT)/opt/pa/bin/perf_analyzer || bash clients/perf_analyzer_chroot.sh $(PERF_CHROOT)
 
-demo: $(STAMP) $(KERNEL)
+demo: $(STAMP) $(KERNEL) $(NATIVE)
 	$(BIN)/python -m seminar.cli.demo --data $(DATA) --runs $(RUNS)
 
-test: $(STAMP) $(KERNEL)
+test: $(STAMP) $(KERNEL) $(NATIVE)
 	$(BIN)/pytest -q --durations=25
 
 # On a bare GPU machine (CUDA torch, triton, numpy; no venv, nothing installed): the GPU tests,
@@ -48,7 +53,7 @@ GPU_PYTHON ?= python3
 gpu-check:
 	timeout 480 $(GPU_PYTHON) bench/gpu_check.py --out reports
 
-test-fast: $(STAMP) $(KERNEL)
+test-fast: $(STAMP) $(KERNEL) $(NATIVE)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)

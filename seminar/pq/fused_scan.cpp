@@ -669,4 +669,27 @@ int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t
     return total;
 }
 
+// The exact top-k_final of every event of one sequence (n_events of them, no scan): each query
+// u (n_queries, dim) ranks all events by exact score as the rerank ranks a shortlist (best
+// first, ties to the earlier event, -1 / zero past the end). For a sequence no longer than the
+// shortlist, where the scan would keep every event anyway. Returns 0, or -1 for arguments it
+// cannot take.
+int64_t seminar_exact_topk(const float* u, int64_t n_queries, int64_t n_events,
+                           const int64_t* item_index, const int64_t* query_index,
+                           const float* item_table, const float* query_table, int dim,
+                           int64_t k_final, int64_t* final_ids, float* out_embeddings) {
+    if (!u || n_queries < 0 || n_events < 0 || n_events > INT32_MAX || dim <= 0 ||
+        k_final <= 0 || !final_ids || (n_events && (!item_index || !item_table)) ||
+        !query_index != !query_table)
+        return -1;
+    const ExactTables tables{item_index, query_index, item_table, query_table, dim};
+    std::vector<int64_t> ids(n_events);
+    for (int64_t e = 0; e < n_events; ++e) ids[e] = e;
+    RerankScratch scratch;
+    for (int64_t q = 0; q < n_queries; ++q)
+        rerank(tables, u + q * dim, ids.data(), n_events, k_final, &scratch,
+               final_ids + q * k_final, out_embeddings ? out_embeddings + q * k_final * dim : nullptr);
+    return 0;
+}
+
 }  // extern "C"

@@ -1,0 +1,330 @@
+"""The fused step's computation in C++ (fused_step.cc): mapped rows -> scores with no Python on
+the path, for a Triton C++ backend and for in-process workers alike.
+
+`NativeFusedStep` opens it on the arrays of an `InProcessPipeline` (the same ONNX graphs, PQ
+store, tables and projection), so the two answer the same rows alike; the features step and the
+query's MiniLM embedding stay in Python for now and hand it their outputs. The users' online
+tails are not read here yet: a pipeline with tails is refused.
+
+Built by `make setup` (`python -m seminar.serving.native.fused_step`) with the machine's g++,
+together with seminar/pq/fused_scan.cpp (the PQ kernel). ONNX Runtime is the onnxruntime
+wheel's own libonnxruntime, opened by path at run time; its C API headers come from Debian's
+libonnxruntime-dev package (the same API, older than the wheel: a newer runtime serves an older
+API version), fetched once at build time by its pinned sha256 into a git-ignored folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import io
+import lzma
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from seminar import contract
+from seminar.build.repository import model_parameters
+from seminar.errors import ArtifactError
+from seminar.pq import fused_scan
+from seminar.serving.backend import RequestError
+from seminar.serving.inprocess import InProcessPipeline
+
+HERE = Path(__file__).parent
+SOURCE = HERE / "fused_step.cc"
+LIBRARY = HERE / "_fused_step.so"
+INCLUDE = HERE / "include"  # the fetched ONNX Runtime headers (git-ignored)
+ORT_HEADERS_DEB = (
+    "https://deb.debian.org/debian/pool/main/o/onnxruntime/"
+    "libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb"
+)
+ORT_HEADERS_SHA256 = "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08"
+ORT_HEADERS = (
+    "onnxruntime_c_api.h",
+    "onnxruntime_cxx_api.h",
+    "onnxruntime_cxx_inline.h",
+    "onnxruntime_float16.h",
+)
+COMPILE = (*fused_scan.COMPILE, "-I", str(INCLUDE))
+ERROR_BYTES = 1024
+# fused_step.cc's tensor order (its enum Name)
+TENSOR_NAMES = (
+    contract.QUERY_TOKENS,
+    contract.QUERY_TEXT_EMB,
+    contract.QUERY_EMB,
+    contract.ITEM_INDEX,
+    contract.ITEM_EMB,
+    contract.TOPK_EMB,
+    contract.TOPK_MASK,
+    contract.OUTPUT_SCORE,
+)
+BAD_REQUEST, STEP_FAILED = 1, 2  # fused_step.cc's return codes
+
+
+def _deb_member(deb: bytes, prefix: str) -> bytes:
+    """The first member of a Debian package (an ar archive) whose name starts with `prefix`."""
+    if not deb.startswith(b"!<arch>\n"):
+        raise ArtifactError("the ONNX Runtime header package is not a Debian archive")
+    at = 8
+    while at + 60 <= len(deb):
+        name = deb[at : at + 16].decode().strip().rstrip("/")
+        size = int(deb[at + 48 : at + 58].decode().strip())
+        if name.startswith(prefix):
+            return deb[at + 60 : at + 60 + size]
+        at += 60 + size + (size % 2)
+    raise ArtifactError(f"the ONNX Runtime header package has no {prefix}*")
+
+
+def fetch_headers(quiet: bool = False) -> Path:
+    """ONNX Runtime's C/C++ API headers in INCLUDE, from Debian's package (checked by sha256)."""
+    if all((INCLUDE / name).is_file() for name in ORT_HEADERS):
+        return INCLUDE
+    with urllib.request.urlopen(ORT_HEADERS_DEB, timeout=60) as response:
+        deb = response.read()
+    digest = hashlib.sha256(deb).hexdigest()
+    if digest != ORT_HEADERS_SHA256:
+        raise ArtifactError(f"{ORT_HEADERS_DEB} has sha256 {digest}, expected {ORT_HEADERS_SHA256}")
+    data = _deb_member(deb, "data.tar")
+    INCLUDE.mkdir(exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(lzma.decompress(data))) as archive:
+        for name in ORT_HEADERS:
+            member = archive.extractfile(f"./usr/include/onnxruntime/{name}")
+            (INCLUDE / name).write_bytes(member.read())
+    if not quiet:
+        print(f"fetched ONNX Runtime headers into {INCLUDE}")
+    return INCLUDE
+
+
+def build(quiet: bool = False) -> Path:
+    """Compile fused_step.cc with the PQ kernel into the shared library next to it."""
+    fetch_headers(quiet)
+    command = [*COMPILE, "-o", str(LIBRARY), str(SOURCE), str(fused_scan.SOURCE), "-ldl"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ArtifactError(f"building {SOURCE.name} failed:\n{done.stderr.strip()}")
+    if not quiet:
+        print(f"built {LIBRARY}")
+    return LIBRARY
+
+
+def onnxruntime_library() -> Path:
+    """The onnxruntime wheel's own libonnxruntime.so.<version>."""
+    import onnxruntime
+
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    found = sorted(capi.glob("libonnxruntime.so.*"))
+    if not found:
+        raise ArtifactError(f"no libonnxruntime.so.* in {capi} (the onnxruntime wheel's)")
+    return found[-1]
+
+
+class _Spec(ctypes.Structure):
+    """fused_step.cc's SeminarFusedStepSpec, field for field."""
+
+    _fields_ = [
+        ("onnxruntime_library", ctypes.c_char_p),
+        ("query_encoder_onnx", ctypes.c_char_p),
+        ("item_encoder_onnx", ctypes.c_char_p),
+        ("ranking_head_onnx", ctypes.c_char_p),
+        ("tensor_names", ctypes.POINTER(ctypes.c_char_p)),
+        *((name, ctypes.c_int64) for name in ("query_len", "text_dim", "dim", "heads", "k")),
+        ("rerank", ctypes.c_int64),
+        ("alpha", ctypes.c_float),
+        *((name, ctypes.c_void_p) for name in ("gsu_weight", "gsu_bias", "rotation", "centroids")),
+        *(
+            (name, ctypes.c_int64)
+            for name in (
+                "code_size",
+                "n_subspaces",
+                "sub_dim",
+                "sample_stride",
+                "depth_percent",
+                "n_users",
+            )
+        ),  # fmt: skip
+        *(
+            (name, ctypes.c_void_p)
+            for name in ("offsets", "event_item", "event_query", "block_offsets", "blocks")
+        ),
+        ("item_table", ctypes.c_void_p),
+        ("item_rows", ctypes.c_int64),
+        ("query_table", ctypes.c_void_p),
+        ("query_rows", ctypes.c_int64),
+    ]
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    """The built library, or None (not built, or older than one of its sources)."""
+    if not LIBRARY.exists():
+        return None
+    import torch  # noqa: F401  (its libgomp first: the PQ kernel binds to torch's OpenMP)
+
+    built = LIBRARY.stat().st_mtime
+    if any(src.stat().st_mtime > built for src in (SOURCE, fused_scan.SOURCE) if src.exists()):
+        return None
+    library = ctypes.CDLL(str(LIBRARY))
+    library.seminar_fused_step_open.restype = ctypes.c_void_p
+    library.seminar_fused_step_open.argtypes = [
+        ctypes.POINTER(_Spec),
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
+    library.seminar_fused_step_score.restype = ctypes.c_int
+    library.seminar_fused_step_score.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, *[ctypes.c_void_p] * 5, ctypes.c_char_p, ctypes.c_size_t
+    ]  # fmt: skip
+    library.seminar_fused_step_close.argtypes = [ctypes.c_void_p]
+    return library
+
+
+def available() -> bool:
+    return _library() is not None and fused_scan.FusedScanner.available()
+
+
+def _array(value, dtype) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(value), dtype=dtype)
+
+
+class NativeFusedStep:
+    """`score_rows(rows) -> (N, 1)` float32, InProcessPipeline.score_rows in C++.
+
+    One caller at a time (the step keeps its scratch between calls); ctypes releases the GIL
+    for the call, so threads of one process can each hold a step of their own."""
+
+    def __init__(self, pipeline: InProcessPipeline, onnx_files: Mapping[str, Path]) -> None:
+        self._handle = None
+        library = _library()
+        if library is None or not fused_scan.FusedScanner.available():
+            raise ArtifactError(
+                f"the native fused step is not built ({LIBRARY.name}: run `make setup`) or "
+                "this CPU has no AVX2"
+            )
+        retrieval = pipeline.retrieval
+        if retrieval.tails is not None:
+            raise ArtifactError("the native fused step does not read online tails yet")
+        retriever = retrieval.retriever
+        store, codebooks = retriever.store, retriever.codebooks
+        if retriever.device.type != "cpu" or codebooks.nbits != 4 or not store.fastscan:
+            raise ArtifactError("the native fused step runs 4-bit fast-scan PQ on the CPU")
+        if retriever.config.rerank < 2:
+            # without a rerank the Python retriever keeps faiss's ADC top-K, which the kernel
+            # (a shortlist always reranked) does not reproduce
+            raise ArtifactError("the native fused step needs a PQ rerank (rerank >= 2)")
+        self.pipeline = pipeline
+        self.library = library
+        m, s, _, d = codebooks.centroids.shape
+        # kept alive with the step: it reads them in place
+        self._keep = {
+            "gsu_weight": _array(retriever.gsu_weight.numpy(), np.float32),
+            "gsu_bias": None
+            if retriever.gsu_bias is None
+            else _array(retriever.gsu_bias.numpy(), np.float32),
+            "rotation": None
+            if retriever.rotation is None
+            else _array(retriever.rotation.numpy(), np.float32),
+            "centroids": _array(
+                codebooks.centroids.reshape(m * s, -1, d).transpose(0, 2, 1), np.float32
+            ),
+            "offsets": _array(store.offsets, np.int64),
+            "event_item": _array(store.item, np.int32),
+            "event_query": _array(store.query, np.int32),
+            "block_offsets": _array(store.block_offsets, np.int64),
+            "blocks": _array(store.codes, np.uint8),
+            "item_table": _array(retriever.item_table.numpy(), np.float32),
+            "query_table": None
+            if retriever.query_table is None
+            else _array(retriever.query_table.numpy(), np.float32),
+        }
+        self._names = (ctypes.c_char_p * len(TENSOR_NAMES))(*(n.encode() for n in TENSOR_NAMES))
+        keep = self._keep
+
+        def pointer(name: str) -> int | None:
+            return None if keep[name] is None else keep[name].ctypes.data
+
+        dim, heads, _ = retriever.gsu_weight.shape
+        spec = _Spec(
+            onnxruntime_library=str(onnxruntime_library()).encode(),
+            query_encoder_onnx=str(onnx_files[contract.QUERY_ENCODER_MODEL]).encode(),
+            item_encoder_onnx=str(onnx_files[contract.ITEM_ENCODER_MODEL]).encode(),
+            ranking_head_onnx=str(onnx_files[contract.RANKING_HEAD_MODEL]).encode(),
+            tensor_names=self._names,
+            query_len=pipeline.features.tokenizer.length,
+            text_dim=contract.QUERY_TEXT_DIM,
+            dim=dim,
+            heads=heads,
+            k=retrieval.k,
+            rerank=retriever.config.rerank,
+            alpha=retrieval.alpha,
+            code_size=m * s,
+            n_subspaces=s,
+            sub_dim=d,
+            sample_stride=fused_scan.SAMPLE_STRIDE,
+            depth_percent=fused_scan.SAMPLE_DEPTH_PERCENT,
+            n_users=store.n_users,
+            item_rows=len(keep["item_table"]),
+            query_rows=0 if keep["query_table"] is None else len(keep["query_table"]),
+            **{name: pointer(name) for name in ("gsu_weight", "gsu_bias", "rotation")},
+            **{name: pointer(name) for name in ("centroids", "offsets", "event_item")},
+            **{name: pointer(name) for name in ("event_query", "block_offsets", "blocks")},
+            **{name: pointer(name) for name in ("item_table", "query_table")},
+        )
+        error = ctypes.create_string_buffer(ERROR_BYTES)
+        self._handle = library.seminar_fused_step_open(ctypes.byref(spec), error, ERROR_BYTES)
+        if not self._handle:
+            raise ArtifactError(f"the native fused step failed to open: {error.value.decode()}")
+
+    @classmethod
+    def from_repo(cls, repo: Path, version: int) -> NativeFusedStep:
+        """Version `version` of every composing model of `repo` (cpu target), no tails."""
+        repo = Path(repo)
+        pipeline = InProcessPipeline.from_repo(repo, version)
+        onnx_files = {
+            name: repo
+            / name
+            / str(version)
+            / model_parameters(repo, name)[contract.PARAM_ONNX_FILE]
+            for name in contract.EXPORTED_MODELS
+        }
+        return cls(pipeline, onnx_files)
+
+    def score_rows(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores (N, 1) float32 of rows the features step mapped (with the ensemble's
+        user_id), as InProcessPipeline.score_rows; RequestError for a row the step refuses."""
+        n = len(rows[contract.USER_INDEX])
+        text = self.pipeline.query_text(rows[contract.QUERY_CHECKED])[contract.QUERY_TEXT_EMB]
+        inputs = (
+            _array(rows[contract.USER_INDEX].reshape(n), np.int64),
+            _array(rows[contract.ITEM_INDEX].reshape(n), np.int64),
+            _array(rows[contract.QUERY_TOKENS], np.int64),
+            _array(text, np.float32),
+        )
+        scores = np.empty((n, 1), np.float32)
+        error = ctypes.create_string_buffer(ERROR_BYTES)
+        code = self.library.seminar_fused_step_score(
+            self._handle, n, *(a.ctypes.data for a in inputs), scores.ctypes.data,
+            error, ERROR_BYTES,
+        )  # fmt: skip
+        if code == BAD_REQUEST:
+            raise RequestError(error.value.decode())
+        if code != 0:
+            raise ArtifactError(f"the native fused step failed: {error.value.decode()}")
+        return scores
+
+    def close(self) -> None:
+        if self._handle:
+            self.library.seminar_fused_step_close(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    build(quiet="--quiet" in sys.argv)

@@ -1,0 +1,161 @@
+"""The fused step's computation in C++ (seminar.serving.native.fused_step) against the Python one
+(InProcessPipeline.score_rows) on the session's real MovieLens build: the same scores for known,
+cold-start and searching users, short and long histories, unknown items, and several users'
+rows interleaved in one call; bad rows refused with a message while the step keeps serving;
+artifacts it cannot use refused at open; two threads, one step each, at once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seminar import contract
+from seminar.errors import ArtifactError
+from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
+from seminar.serving.backend import RequestError
+from seminar.serving.client import request_arrays
+from seminar.serving.native import fused_step
+from seminar.serving.native.fused_step import NativeFusedStep
+from seminar.serving.tail import OnlineTails
+from tests.support.build import BuiltRepo, copy_repo
+from tests.support.serving import ATOL
+
+pytestmark = pytest.mark.skipif(
+    not fused_step.available(),
+    reason=f"{fused_step.LIBRARY.name} is not built (make setup) or this CPU has no AVX2",
+)
+
+QUERY = "a film about robots in love"
+
+
+@pytest.fixture(scope="module")
+def native(model_repo: BuiltRepo) -> NativeFusedStep:
+    return NativeFusedStep.from_repo(model_repo.repo, model_repo.version)
+
+
+def mapped_rows(step: NativeFusedStep, user_id: int, query: str, items: np.ndarray) -> dict:
+    """One request's rows as the features step maps them (with the ensemble's user_id)."""
+    request = request_arrays(user_id, query, items)
+    names = (contract.INPUT_USER_ID, contract.INPUT_QUERY, contract.INPUT_ITEM_ID)
+    rows = step.pipeline.features(*(request[name] for name in names))
+    rows[contract.INPUT_USER_ID] = request[contract.INPUT_USER_ID]
+    return rows
+
+
+def users_by_history(step: NativeFusedStep) -> tuple[int, int, int]:
+    """External ids of a user with no stored event, one with a history no longer than the
+    shortlist (every event reranked exactly) and one with a longer one (the PQ kernel)."""
+    retriever = step.pipeline.retrieval.retriever
+    lengths = np.diff(retriever.store.offsets)
+    shortlist = step.pipeline.retrieval.k * retriever.config.rerank
+    user_ids = step.pipeline.features.user_ids
+    short = int(user_ids[np.flatnonzero((lengths > 0) & (lengths <= shortlist))[0]])
+    long = int(user_ids[np.flatnonzero(lengths > shortlist)[0]])
+    return 10**12, short, long
+
+
+def test_native_scores_equal_the_python_pipeline_for_every_kind_of_row(
+    native: NativeFusedStep,
+) -> None:
+    cold, short, long = users_by_history(native)
+    known_items = native.pipeline.features.item_ids[:80]
+    items = np.concatenate([known_items, [10**12, 10**12 + 1]])  # two unknown ids: OOV rows
+    requests = [
+        mapped_rows(native, user, query, items)
+        for user in (cold, short, long)
+        for query in ("", QUERY)
+    ]
+    for rows in requests:
+        want = native.pipeline.score_rows(rows)
+        got = native.score_rows(rows)
+        assert got.shape == want.shape == (len(items), 1)
+        assert np.abs(got - want).max() <= ATOL
+        assert got.std() > 0  # real scores, not a constant
+    # Several users in one call, their rows interleaved: each row keeps its own user.
+    batch = {name: np.concatenate([rows[name] for rows in requests]) for name in requests[0]}
+    order = np.random.default_rng(0).permutation(len(batch[contract.USER_INDEX]))
+    shuffled = {name: values[order] for name, values in batch.items()}
+    want = np.concatenate([native.pipeline.score_rows(rows) for rows in requests])[order]
+    assert np.abs(native.score_rows(shuffled) - want).max() <= ATOL
+
+
+def test_bad_rows_are_refused_with_a_reason_and_the_step_serves_on(
+    native: NativeFusedStep,
+) -> None:
+    _, short, _ = users_by_history(native)
+    items = native.pipeline.features.item_ids[:10]
+    good = mapped_rows(native, short, "", items)
+    want = native.pipeline.score_rows(good)
+    for name, value, says in (
+        (contract.USER_INDEX, 10**6, "outside [-1,"),
+        (contract.USER_INDEX, -7, "outside [-1,"),
+        (contract.ITEM_INDEX, 10**9, "1000000000"),  # ONNX Runtime names the index
+        (contract.QUERY_TOKENS, 10**9, "1000000000"),
+    ):
+        rows = {key: array.copy() for key, array in good.items()}
+        rows[name][3] = value
+        with pytest.raises(RequestError, match=r".") as caught:
+            native.score_rows(rows)
+        assert says in str(caught.value), (name, str(caught.value))
+    assert np.abs(native.score_rows(good) - want).max() <= ATOL
+
+
+def test_artifacts_the_step_cannot_use_are_refused_at_open(
+    model_repo: BuiltRepo, tmp_path: Path
+) -> None:
+    repo = copy_repo(model_repo, tmp_path / "model_repository")
+    version_dir = lambda name: repo / name / str(model_repo.version)  # noqa: E731
+    # a ranking head that is not one: the item encoder's graph in its place
+    head = next(version_dir(contract.RANKING_HEAD_MODEL).glob("*.onnx"))
+    shutil.copyfile(next(version_dir(contract.ITEM_ENCODER_MODEL).glob("*.onnx")), head)
+    reference = NativeFusedStep.from_repo(model_repo.repo, model_repo.version)
+    files = {name: next(version_dir(name).glob("*.onnx")) for name in contract.EXPORTED_MODELS}
+    with pytest.raises(ArtifactError, match="graph inputs are item_index, expected"):
+        NativeFusedStep(reference.pipeline, files)
+    missing = dict(files, **{contract.RANKING_HEAD_MODEL: tmp_path / "absent.onnx"})
+    with pytest.raises(ArtifactError, match="absent.onnx"):
+        NativeFusedStep(reference.pipeline, missing)
+    # a pipeline that reads online tails: not yet the native step's job
+    tails = OnlineTails.open(
+        f"sqlite://{tmp_path / 'events.db'}", model_repo.repo, model_repo.version,
+        DEFAULT_MAX_TAIL_EVENTS,
+    )  # fmt: skip
+    reference.pipeline.retrieval.tails = tails
+    try:
+        with pytest.raises(ArtifactError, match="online tails"):
+            NativeFusedStep(reference.pipeline, files)
+    finally:
+        reference.pipeline.retrieval.tails = None
+
+
+def test_two_threads_with_a_step_each_score_at_once_alike(
+    native: NativeFusedStep, model_repo: BuiltRepo
+) -> None:
+    """ctypes lets go of the GIL for the call, so the steps truly overlap; each keeps its own
+    scratch, so neither sees the other's rows."""
+    other = NativeFusedStep.from_repo(model_repo.repo, model_repo.version)
+    cold, short, long = users_by_history(native)
+    items = native.pipeline.features.item_ids[:100]
+    jobs = [mapped_rows(native, user, "", items) for user in (short, long, cold)]
+    want = [native.pipeline.score_rows(rows) for rows in jobs]
+    failures: list[str] = []
+
+    def work(step: NativeFusedStep, offset: int) -> None:
+        for round_ in range(20):
+            at = (round_ + offset) % len(jobs)
+            if np.abs(step.score_rows(jobs[at]) - want[at]).max() > ATOL:
+                failures.append(f"job {at}, round {round_}")
+
+    threads = [
+        threading.Thread(target=work, args=(step, n)) for n, step in enumerate((native, other))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
