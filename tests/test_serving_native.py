@@ -118,7 +118,7 @@ def test_artifacts_the_step_cannot_use_are_refused_at_open(
     with pytest.raises(ArtifactError, match="graph inputs are item_index, expected"):
         NativeFusedStep(reference.pipeline, files)
     missing = dict(files, **{contract.RANKING_HEAD_MODEL: tmp_path / "absent.onnx"})
-    with pytest.raises(ArtifactError, match="absent.onnx"):
+    with pytest.raises(ArtifactError, match=r"absent\.onnx"):
         NativeFusedStep(reference.pipeline, missing)
     # a pipeline that reads online tails: not yet the native step's job
     tails = OnlineTails.open(

@@ -124,34 +124,23 @@ def onnxruntime_library() -> Path:
     return found[-1]
 
 
+_PATHS = ("onnxruntime_library", "query_encoder_onnx", "item_encoder_onnx", "ranking_head_onnx")
+_KERNEL_SIZES = ("code_size", "n_subspaces", "sub_dim", "sample_stride", "depth_percent", "n_users")
+_STORE = ("offsets", "event_item", "event_query", "block_offsets", "blocks")
+
+
 class _Spec(ctypes.Structure):
     """fused_step.cc's SeminarFusedStepSpec, field for field."""
 
     _fields_ = [
-        ("onnxruntime_library", ctypes.c_char_p),
-        ("query_encoder_onnx", ctypes.c_char_p),
-        ("item_encoder_onnx", ctypes.c_char_p),
-        ("ranking_head_onnx", ctypes.c_char_p),
+        *((name, ctypes.c_char_p) for name in _PATHS),
         ("tensor_names", ctypes.POINTER(ctypes.c_char_p)),
         *((name, ctypes.c_int64) for name in ("query_len", "text_dim", "dim", "heads", "k")),
         ("rerank", ctypes.c_int64),
         ("alpha", ctypes.c_float),
         *((name, ctypes.c_void_p) for name in ("gsu_weight", "gsu_bias", "rotation", "centroids")),
-        *(
-            (name, ctypes.c_int64)
-            for name in (
-                "code_size",
-                "n_subspaces",
-                "sub_dim",
-                "sample_stride",
-                "depth_percent",
-                "n_users",
-            )
-        ),  # fmt: skip
-        *(
-            (name, ctypes.c_void_p)
-            for name in ("offsets", "event_item", "event_query", "block_offsets", "blocks")
-        ),
+        *((name, ctypes.c_int64) for name in _KERNEL_SIZES),
+        *((name, ctypes.c_void_p) for name in _STORE),
         ("item_table", ctypes.c_void_p),
         ("item_rows", ctypes.c_int64),
         ("query_table", ctypes.c_void_p),
