@@ -7,6 +7,7 @@ artifacts it cannot use refused at open; two threads, one step each, at once.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -159,3 +160,30 @@ def test_two_threads_with_a_step_each_score_at_once_alike(
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_rows_without_a_query_are_mapped_and_scored_all_in_cpp(native: NativeFusedStep) -> None:
+    """score_ids does the features step in C++ too: known, cold-start and unknown ids as the
+    Python mapper maps them, and its message for a negative id."""
+    cold, short, long = users_by_history(native)
+    items = np.concatenate([native.pipeline.features.item_ids[:50], [10**12]])
+    for user in (cold, short, long):
+        want = native.pipeline.score(user, "", items)
+        assert np.abs(native.score(user, "", items) - want).max() <= ATOL
+        assert (
+            np.abs(
+                native.score(user, QUERY, items) - native.pipeline.score(user, QUERY, items)
+            ).max()
+            <= ATOL
+        )
+    for users, item_ids, says in (
+        (np.full(3, -5), items[:3], "user_id must be >= 0, row 0 has -5"),
+        (
+            np.full(3, short),
+            np.array([items[0], -1, items[1]]),
+            "item_id must be >= 0, row 1 has -1",
+        ),
+        (np.full(3, short), items[:2], "inputs disagree on the number of rows"),
+    ):
+        with pytest.raises(RequestError, match=re.escape(says)):
+            native.score_ids(users, item_ids)

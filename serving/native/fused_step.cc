@@ -80,6 +80,11 @@ struct SeminarFusedStepSpec {
     int64_t item_rows;
     const float* query_table;  // (query_rows, D) or null
     int64_t query_rows;
+    // the features step's maps: external id of user index u / of item index i + 2, ascending
+    const int64_t* user_ids;
+    int64_t user_id_count;
+    const int64_t* item_ids;
+    int64_t item_id_count;
 };
 
 namespace {
@@ -88,6 +93,9 @@ enum Name {
     kQueryTokens, kQueryTextEmb, kQueryEmb, kItemIndex, kItemEmb, kTopkEmb, kTopkMask, kScore,
     kNameCount
 };
+
+// seminar/contract.py's index conventions
+constexpr int64_t kOovItemIndex = 1, kFirstItemIndex = 2, kPadTokenId = 0;
 
 void put_error(char* buffer, size_t size, const std::string& message) {
     if (buffer && size) std::snprintf(buffer, size, "%s", message.c_str());
@@ -308,6 +316,54 @@ void score(FusedStep* step, int64_t n, const int64_t* user_index, const int64_t*
     run_graph(step->ranking_head, inputs, scores, n);
 }
 
+// The features step for rows without a query (seminar.serving.features.FeatureMapper, the same
+// rules and messages): a known user id -> its index, unknown -> -1 (cold start); a known item id
+// -> its index, unknown -> 1 (OOV); a negative id refuses the rows. Then the rows are scored
+// with the padding tokens and the zero text embedding an empty query has.
+void score_ids(FusedStep* step, int64_t n, const int64_t* user_id, const int64_t* item_id,
+               float* scores) {
+    const auto& s = step->spec;
+    for (auto [name, ids] : {std::pair{"user_id", user_id}, std::pair{"item_id", item_id}})
+        for (int64_t r = 0; r < n; ++r)
+            if (ids[r] < 0)
+                throw std::invalid_argument(std::string(name) + " must be >= 0, row " +
+                                            std::to_string(r) + " has " + std::to_string(ids[r]));
+    auto position = [](const int64_t* sorted, int64_t count, int64_t id) -> int64_t {
+        const int64_t* at = std::lower_bound(sorted, sorted + count, id);
+        return at != sorted + count && *at == id ? at - sorted : -1;
+    };
+    std::vector<int64_t> user_index(n), item_index(n);
+    for (int64_t r = 0; r < n; ++r) {
+        user_index[r] = position(s.user_ids, s.user_id_count, user_id[r]);  // -1: cold start
+        const int64_t item = position(s.item_ids, s.item_id_count, item_id[r]);
+        item_index[r] = item < 0 ? kOovItemIndex : item + kFirstItemIndex;
+    }
+    std::vector<int64_t> tokens(n * s.query_len, kPadTokenId);
+    std::vector<float> text(n * s.text_dim, 0.0f);
+    score(step, n, user_index.data(), item_index.data(), tokens.data(), text.data(), scores);
+}
+
+// Runs `call`: 0 on success; 1 for a bad row (the request's fault), 2 for any other failure;
+// the reason in `error` either way (no exception crosses the C boundary).
+template <typename Call>
+int guarded(Call call, char* error, size_t error_size) {
+    try {
+        call();
+        return 0;
+    } catch (const std::invalid_argument& e) {
+        put_error(error, error_size, e.what());
+        return 1;
+    } catch (const Ort::Exception& e) {
+        // ONNX Runtime refuses an index outside its table (an item or token id) with
+        // INVALID_ARGUMENT: the request's fault; anything else is the step's
+        put_error(error, error_size, e.what());
+        return e.GetOrtErrorCode() == ORT_INVALID_ARGUMENT ? 1 : 2;
+    } catch (const std::exception& e) {
+        put_error(error, error_size, e.what());
+        return 2;
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -341,29 +397,26 @@ void* seminar_fused_step_open(const SeminarFusedStepSpec* spec, char* error, siz
     return step.release();
 }
 
-// scores (n,) of n mapped rows. 0 on success; 1 for a bad row (the request's fault), 2 for any
-// other failure; the reason in `error` either way.
+// scores (n,) of n mapped rows; see guarded() for the return codes.
 int seminar_fused_step_score(void* handle, int64_t n, const int64_t* user_index,
                              const int64_t* item_index, const int64_t* query_tokens,
                              const float* query_text_emb, float* scores, char* error,
                              size_t error_size) {
     if (n <= 0) return 0;
-    try {
-        score(static_cast<FusedStep*>(handle), n, user_index, item_index, query_tokens,
-              query_text_emb, scores);
-        return 0;
-    } catch (const std::invalid_argument& e) {
-        put_error(error, error_size, e.what());
-        return 1;
-    } catch (const Ort::Exception& e) {
-        // ONNX Runtime refuses an index outside its table (an item or token id) with
-        // INVALID_ARGUMENT: the request's fault; anything else is the step's
-        put_error(error, error_size, e.what());
-        return e.GetOrtErrorCode() == ORT_INVALID_ARGUMENT ? 1 : 2;
-    } catch (const std::exception& e) {
-        put_error(error, error_size, e.what());
-        return 2;
-    }
+    auto* step = static_cast<FusedStep*>(handle);
+    return guarded(
+        [&] { score(step, n, user_index, item_index, query_tokens, query_text_emb, scores); },
+        error, error_size);
+}
+
+// scores (n,) of n rows with an empty query, from the ensemble's user_id and item_id; the same
+// return codes.
+int seminar_fused_step_score_ids(void* handle, int64_t n, const int64_t* user_id,
+                                 const int64_t* item_id, float* scores, char* error,
+                                 size_t error_size) {
+    if (n <= 0) return 0;
+    auto* step = static_cast<FusedStep*>(handle);
+    return guarded([&] { score_ids(step, n, user_id, item_id, scores); }, error, error_size);
 }
 
 void seminar_fused_step_close(void* handle) { delete static_cast<FusedStep*>(handle); }

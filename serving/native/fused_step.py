@@ -34,6 +34,7 @@ from seminar.build.repository import model_parameters
 from seminar.errors import ArtifactError
 from seminar.pq import fused_scan
 from seminar.serving.backend import RequestError
+from seminar.serving.client import request_arrays
 from seminar.serving.inprocess import InProcessPipeline
 
 HERE = Path(__file__).parent
@@ -145,6 +146,10 @@ class _Spec(ctypes.Structure):
         ("item_rows", ctypes.c_int64),
         ("query_table", ctypes.c_void_p),
         ("query_rows", ctypes.c_int64),
+        ("user_ids", ctypes.c_void_p),
+        ("user_id_count", ctypes.c_int64),
+        ("item_ids", ctypes.c_void_p),
+        ("item_id_count", ctypes.c_int64),
     ]
 
 
@@ -168,6 +173,10 @@ def _library() -> ctypes.CDLL | None:
     library.seminar_fused_step_score.restype = ctypes.c_int
     library.seminar_fused_step_score.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, *[ctypes.c_void_p] * 5, ctypes.c_char_p, ctypes.c_size_t
+    ]  # fmt: skip
+    library.seminar_fused_step_score_ids.restype = ctypes.c_int
+    library.seminar_fused_step_score_ids.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, *[ctypes.c_void_p] * 3, ctypes.c_char_p, ctypes.c_size_t
     ]  # fmt: skip
     library.seminar_fused_step_close.argtypes = [ctypes.c_void_p]
     return library
@@ -230,6 +239,8 @@ class NativeFusedStep:
             "query_table": None
             if retriever.query_table is None
             else _array(retriever.query_table.numpy(), np.float32),
+            "user_ids": _array(pipeline.features.user_ids, np.int64),
+            "item_ids": _array(pipeline.features.item_ids, np.int64),
         }
         self._names = (ctypes.c_char_p * len(TENSOR_NAMES))(*(n.encode() for n in TENSOR_NAMES))
         keep = self._keep
@@ -259,10 +270,13 @@ class NativeFusedStep:
             n_users=store.n_users,
             item_rows=len(keep["item_table"]),
             query_rows=0 if keep["query_table"] is None else len(keep["query_table"]),
+            user_id_count=len(keep["user_ids"]),
+            item_id_count=len(keep["item_ids"]),
             **{name: pointer(name) for name in ("gsu_weight", "gsu_bias", "rotation")},
             **{name: pointer(name) for name in ("centroids", "offsets", "event_item")},
             **{name: pointer(name) for name in ("event_query", "block_offsets", "blocks")},
             **{name: pointer(name) for name in ("item_table", "query_table")},
+            **{name: pointer(name) for name in ("user_ids", "item_ids")},
         )
         error = ctypes.create_string_buffer(ERROR_BYTES)
         self._handle = library.seminar_fused_step_open(ctypes.byref(spec), error, ERROR_BYTES)
@@ -294,10 +308,35 @@ class NativeFusedStep:
             _array(rows[contract.QUERY_TOKENS], np.int64),
             _array(text, np.float32),
         )
-        scores = np.empty((n, 1), np.float32)
+        return self._call(self.library.seminar_fused_step_score, inputs)
+
+    def score_ids(self, user_id: np.ndarray, item_id: np.ndarray) -> np.ndarray:
+        """Scores (N, 1) float32 of rows with an empty query from the ensemble's user_id and
+        item_id (N,) int64, the features step done in C++ too; RequestError for a negative id."""
+        users, items = _array(user_id, np.int64).reshape(-1), _array(item_id, np.int64).reshape(-1)
+        if len(users) != len(items):
+            raise RequestError(
+                f"inputs disagree on the number of rows: user_id {len(users)}, item_id {len(items)}"
+            )
+        return self._call(self.library.seminar_fused_step_score_ids, (users, items))
+
+    def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
+        """Scores (B,) float32 of one user's B candidates, as InProcessPipeline.score: without a
+        query all in C++, with one the features and MiniLM steps in Python first."""
+        if query == "":
+            return self.score_ids(np.full(len(item_ids), user_id), item_ids).reshape(-1)
+        request = request_arrays(user_id, query, item_ids)
+        names = (contract.INPUT_USER_ID, contract.INPUT_QUERY, contract.INPUT_ITEM_ID)
+        rows = self.pipeline.features(*(request[name] for name in names))
+        rows[contract.INPUT_USER_ID] = request[contract.INPUT_USER_ID]
+        return self.score_rows(rows).reshape(-1)
+
+    def _call(self, function, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        """One C call over `inputs` (N rows each) into fresh scores (N, 1)."""
+        scores = np.empty((len(inputs[0]), 1), np.float32)
         error = ctypes.create_string_buffer(ERROR_BYTES)
-        code = self.library.seminar_fused_step_score(
-            self._handle, n, *(a.ctypes.data for a in inputs), scores.ctypes.data,
+        code = function(
+            self._handle, len(scores), *(a.ctypes.data for a in inputs), scores.ctypes.data,
             error, ERROR_BYTES,
         )  # fmt: skip
         if code == BAD_REQUEST:
