@@ -18,8 +18,9 @@ setup: $(STAMP) $(KERNEL) $(NATIVE)
 $(KERNEL): seminar/pq/fused_scan.cpp $(STAMP)
 	$(BIN)/python -m seminar.pq.fused_scan
 
-# The fused step in C++ with the kernel (fetches ONNX Runtime's API headers from Debian once).
-$(NATIVE): serving/native/fused_step.cc seminar/pq/fused_scan.cpp $(STAMP)
+# The fused step in C++ with the kernel, and its Triton backend (fetches ONNX Runtime's API
+# headers from Debian once).
+$(NATIVE): serving/native/*.cc serving/native/*.h seminar/pq/fused_scan.cpp $(STAMP)
 	$(BIN)/python -m seminar.serving.native.fused_step
 
 # torch is pinned and installed in the same pip call as everything else: an unpinned

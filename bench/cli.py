@@ -426,3 +426,47 @@ def perf(
         )  # fmt: skip
     report = run_perf(cfg)
     typer.echo(report)
+
+
+@cli_guard
+def bench_native(
+    repo: Annotated[
+        Path, typer.Option(help="A built cpu model repository (4-bit PQ with a rerank).")
+    ],
+    data: Annotated[Path, typer.Option(help="Prepared dataset dir for real requests.")],
+    version: Annotated[int, typer.Option(min=1, help="The version of REPO to serve.")] = 1,
+    concurrency: Annotated[
+        str, typer.Option(help="perf_analyzer range START:END[:STEP].")
+    ] = "4:16:4",
+    requests: Annotated[int, typer.Option(help="Distinct real requests in --input-data.")] = 32,
+    measurement_ms: Annotated[int, typer.Option(help="perf_analyzer measurement window.")] = 4000,
+    rounds: Annotated[
+        int, typer.Option(help="Rounds of (served sweep, in-process); the median share counts.")
+    ] = 3,
+    chroot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Debian 13 chroot holding perf_analyzer (clients/perf_analyzer_chroot.sh)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for native.md and native.json (reports/ publishes).")
+    ] = SCRATCH,
+) -> None:
+    """The fused step in C++: served by tritonserver's `seminar_native` backend (perf_analyzer
+    sweep, best throughput) against in-process workers running the same C++ step, one per core,
+    in rounds; writes OUT/native.md and native.json.
+
+    Real requests of DATA with the query left out (the native step serves no searches and no online tails yet). About 1 minute a round."""
+    from seminar.bench.native import NativeBenchConfig, run_native_bench
+
+    require_data_dir(data)
+    if not (repo / ENSEMBLE_MODEL).is_dir():
+        raise ArtifactError(f"--repo {repo}: not a built model repository.")
+    with reading_options():
+        cfg = NativeBenchConfig(
+            repo=repo, data=data, version=version, out_dir=out, chroot=chroot,
+            concurrency=concurrency, requests=requests, measurement_ms=measurement_ms,
+            rounds=rounds,
+        )  # fmt: skip
+    typer.echo(run_native_bench(cfg))

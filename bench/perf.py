@@ -346,18 +346,24 @@ def _gateway_runs(
 
 
 def _in_process_worker(
-    repo: Path, version: int, calls: list[RankCall], seconds: float, results: Any
+    repo: Path, version: int, calls: list[RankCall], seconds: float, results: Any, native: bool
 ) -> None:
     """One worker process: load the version in-process, score the calls round robin for
     `seconds` (after a warm-up pass), put (requests, seconds, CPU seconds, busy cores and idle
-    cores of the machine meanwhile) on `results`."""
+    cores of the machine meanwhile) on `results`. `native`: the fused step in C++
+    (seminar.serving.native), else the Python pipeline."""
 
     import torch
 
     from seminar.serving.inprocess import InProcessPipeline
 
     torch.set_num_threads(1)  # like one Triton model instance
-    pipeline = InProcessPipeline.from_repo(repo, version)
+    if native:
+        from seminar.serving.native.fused_step import NativeFusedStep
+
+        pipeline = NativeFusedStep.from_repo(repo, version)
+    else:
+        pipeline = InProcessPipeline.from_repo(repo, version)
     for call in calls:
         pipeline.score(int(call.user_id), call.query, call.candidate_ids)
     busy, idle = machine_cpu_seconds()
@@ -372,15 +378,23 @@ def _in_process_worker(
 
 
 def in_process_throughput(
-    repo: Path, version: int, calls: list[RankCall], workers: int, seconds: float
+    repo: Path,
+    version: int,
+    calls: list[RankCall],
+    workers: int,
+    seconds: float,
+    native: bool = False,
 ) -> dict[str, float]:
-    """Requests/s of `workers` in-process worker processes serving `calls` at once."""
+    """Requests/s of `workers` in-process worker processes serving `calls` at once (`native`:
+    the C++ fused step)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no torch state forked into the workers
     results = context.Queue()
     processes = [
-        context.Process(target=_in_process_worker, args=(repo, version, calls, seconds, results))
+        context.Process(
+            target=_in_process_worker, args=(repo, version, calls, seconds, results, native)
+        )
         for _ in range(workers)
     ]
     for process in processes:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from seminar.bench import online, perf, serving, soak, synthetic
+from seminar.bench import native, online, perf, serving, soak, synthetic
 from seminar.bench.harness import Header, Machine, Record, Timing, write_plotted
 from seminar.bench.pq import breakdown, distributions, latency, trained_run
 from seminar.bench.pq.config import EXACT, EXACT_FAISS, FAISS_FASTSCAN, FAST, SERVED
@@ -528,3 +528,17 @@ def test_perf_compares_triton_at_saturation_with_in_process_workers() -> None:
     assert "0.75× of it (goal >= 0.8×: missed)" in text
     in_process["rps"] = best / 0.9
     assert "0.90× of it (goal >= 0.8×: met)" in perf.markdown(triton_rows, gateway_rows, in_process)
+
+
+def test_native_verdict_follows_the_median_round() -> None:
+    def one_round(served: float, in_process: float) -> dict[str, Any]:
+        best = {"rps": served, "concurrency": 8, "p50": 9.0}
+        return {"runs": [best], "in_process": {"rps": in_process, "cpu_ms_per_request": 1.9}}
+
+    rounds = [one_round(700.0, 1000.0), one_round(850.0, 1000.0), one_round(820.0, 1000.0)]
+    text = native.native_markdown(rounds, 0.8)
+    assert "| 3 | 1000.0 | 820.0 | 8 | 9.00 | 0.82× |" in text
+    assert "Median share 0.82× over 3 rounds (from 0.70× to 0.85×); goal >= 0.8×: met." in text
+    rounds[2] = one_round(790.0, 1000.0)
+    assert "Median share 0.79× over 3 rounds" in native.native_markdown(rounds, 0.8)
+    assert "goal >= 0.8×: missed." in native.native_markdown(rounds, 0.8)

@@ -14,17 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from seminar import contract
 from seminar.errors import ArtifactError
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 from seminar.serving.backend import RequestError
-from seminar.serving.client import request_arrays
+from seminar.serving.client import request_arrays, request_inputs, score
 from seminar.serving.native import fused_step
-from seminar.serving.native.fused_step import NativeFusedStep
+from seminar.serving.native.fused_step import NATIVE_MODEL, NativeFusedStep, add_native_model
 from seminar.serving.tail import OnlineTails
+from seminar.serving.triton import TritonConfig, TritonServer
 from tests.support.build import BuiltRepo, copy_repo
-from tests.support.serving import ATOL
+from tests.support.serving import ATOL, require_tritonserver
 
 pytestmark = pytest.mark.skipif(
     not fused_step.available(),
@@ -187,3 +190,70 @@ def test_rows_without_a_query_are_mapped_and_scored_all_in_cpp(native: NativeFus
     ):
         with pytest.raises(RequestError, match=re.escape(says)):
             native.score_ids(users, item_ids)
+
+
+def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
+    native: NativeFusedStep, model_repo: BuiltRepo, tmp_path: Path
+) -> None:
+    """The real tritonserver loads the `seminar_native` backend and serves, over real gRPC, the
+    scores of the Python pipeline, also for requests it batches together; bad requests get
+    INVALID_ARG with the features step's message while the others are served; a search gets
+    UNIMPLEMENTED (Triton's UNSUPPORTED); a model whose arrays are cut short never becomes ready and says why."""
+    require_tritonserver()
+    repo = copy_repo(model_repo, tmp_path / "model_repository")
+    add_native_model(repo, native, model_repo.version, instances=2)
+    broken = add_native_model(repo, native, model_repo.version, 2, name="seminar_native_broken")
+    blocks = broken / str(model_repo.version) / fused_step.BUNDLE_DIR / "blocks.npy"
+    blocks.write_bytes(blocks.read_bytes()[:-100])
+    cold, short, long = users_by_history(native)
+    items = np.concatenate([native.pipeline.features.item_ids[:60], [10**12]])
+    config = TritonConfig(
+        repo=repo, wait_models=(NATIVE_MODEL,), log_path=tmp_path / "triton.log",
+        exit_on_error=False,
+    )  # fmt: skip
+    with TritonServer(config) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for user in (cold, short, long):
+            got = score(client, user, "", items, model=NATIVE_MODEL)
+            assert np.abs(got - native.pipeline.score(user, "", items)).max() <= ATOL
+        # many requests at once: the dynamic batcher hands several to one execute
+        users = [cold, short, long] * 8
+        boxes = [ResultBox() for _ in users]
+        for user, box in zip(users, boxes, strict=True):
+            client.async_infer(NATIVE_MODEL, request_inputs(user, "", items), box)
+        for box, user in zip(boxes, users, strict=True):
+            got = box.wait().as_numpy(contract.OUTPUT_SCORE).reshape(-1)
+            assert np.abs(got - native.pipeline.score(user, "", items)).max() <= ATOL
+        for inputs, status, says in (
+            (
+                request_inputs(-5, "", items[:3]),
+                "INVALID_ARG",
+                "user_id must be >= 0, row 0 has -5",
+            ),
+            (request_inputs(short, QUERY, items[:3]), "UNIMPLEMENTED", "query row 0 has one"),
+        ):
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer(NATIVE_MODEL, inputs)
+            assert status in str(caught.value.status()) and says in caught.value.message()
+        got = score(client, short, "", items, model=NATIVE_MODEL)  # it still serves
+        assert np.abs(got - native.pipeline.score(short, "", items)).max() <= ATOL
+        assert not server.model_ready("seminar_native_broken")
+    assert "blocks.npy: truncated data" in (tmp_path / "triton.log").read_text()
+
+
+class ResultBox:
+    """A callback for tritonclient's async_infer that a test can wait on."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result = self.error = None
+
+    def __call__(self, result, error) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+    def wait(self):
+        assert self.done.wait(60), "no answer within 60 s"
+        if self.error is not None:
+            raise self.error
+        return self.result

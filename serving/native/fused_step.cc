@@ -30,6 +30,8 @@
 #include <string>
 #include <vector>
 
+#include "fused_step.h"
+
 extern "C" {
 int64_t seminar_fused_scan_topk(const uint8_t* blocks, int64_t n_blocks, int64_t n_events,
                                 int code_size, const float* u, const float* centroids,
@@ -45,47 +47,6 @@ int64_t seminar_exact_topk(const float* u, int64_t n_queries, int64_t n_events,
                            const float* item_table, const float* query_table, int dim,
                            int64_t k_final, int64_t* final_ids, float* out_embeddings);
 }
-
-// What seminar.serving.native.fused_step hands over (its ctypes mirror must match field for
-// field). Tensor names come from seminar/contract.py, in the order of kNames below.
-struct SeminarFusedStepSpec {
-    const char* onnxruntime_library;
-    const char* query_encoder_onnx;
-    const char* item_encoder_onnx;
-    const char* ranking_head_onnx;
-    const char* const* tensor_names;  // kNames order
-    int64_t query_len;                // T
-    int64_t text_dim;                 // F
-    int64_t dim;                      // D
-    int64_t heads;                    // H
-    int64_t k;                        // K
-    int64_t rerank;                   // shortlist = rerank * K
-    float alpha;
-    const float* gsu_weight;  // (D, H, D)
-    const float* gsu_bias;    // (H, D) or null
-    const float* rotation;    // (D, D) or null: the PQ space is R u
-    const float* centroids;   // (code_size, sub_dim, 16), the kernel's layout
-    int64_t code_size;
-    int64_t n_subspaces;
-    int64_t sub_dim;
-    int64_t sample_stride;
-    int64_t depth_percent;
-    int64_t n_users;
-    const int64_t* offsets;        // (U + 1,)
-    const int32_t* event_item;     // (N,)
-    const int32_t* event_query;    // (N,)
-    const int64_t* block_offsets;  // (U + 1,)
-    const uint8_t* blocks;         // (n_blocks, 16 * code_size)
-    const float* item_table;       // (item_rows, D): the item modalities summed
-    int64_t item_rows;
-    const float* query_table;  // (query_rows, D) or null
-    int64_t query_rows;
-    // the features step's maps: external id of user index u / of item index i + 2, ascending
-    const int64_t* user_ids;
-    int64_t user_id_count;
-    const int64_t* item_ids;
-    int64_t item_id_count;
-};
 
 namespace {
 
@@ -352,15 +313,15 @@ int guarded(Call call, char* error, size_t error_size) {
         return 0;
     } catch (const std::invalid_argument& e) {
         put_error(error, error_size, e.what());
-        return 1;
+        return kFusedStepBadRequest;
     } catch (const Ort::Exception& e) {
         // ONNX Runtime refuses an index outside its table (an item or token id) with
         // INVALID_ARGUMENT: the request's fault; anything else is the step's
         put_error(error, error_size, e.what());
-        return e.GetOrtErrorCode() == ORT_INVALID_ARGUMENT ? 1 : 2;
+        return e.GetOrtErrorCode() == ORT_INVALID_ARGUMENT ? kFusedStepBadRequest : kFusedStepFailed;
     } catch (const std::exception& e) {
         put_error(error, error_size, e.what());
-        return 2;
+        return kFusedStepFailed;
     }
 }
 
@@ -368,7 +329,8 @@ int guarded(Call call, char* error, size_t error_size) {
 
 extern "C" {
 
-// The step, or null with the reason in `error`.
+// The C interface is documented in fused_step.h.
+
 void* seminar_fused_step_open(const SeminarFusedStepSpec* spec, char* error, size_t error_size) {
     std::string message;
     const OrtApi* api = open_onnxruntime(spec->onnxruntime_library, &message);
@@ -397,7 +359,6 @@ void* seminar_fused_step_open(const SeminarFusedStepSpec* spec, char* error, siz
     return step.release();
 }
 
-// scores (n,) of n mapped rows; see guarded() for the return codes.
 int seminar_fused_step_score(void* handle, int64_t n, const int64_t* user_index,
                              const int64_t* item_index, const int64_t* query_tokens,
                              const float* query_text_emb, float* scores, char* error,
@@ -409,8 +370,6 @@ int seminar_fused_step_score(void* handle, int64_t n, const int64_t* user_index,
         error, error_size);
 }
 
-// scores (n,) of n rows with an empty query, from the ensemble's user_id and item_id; the same
-// return codes.
 int seminar_fused_step_score_ids(void* handle, int64_t n, const int64_t* user_id,
                                  const int64_t* item_id, float* scores, char* error,
                                  size_t error_size) {

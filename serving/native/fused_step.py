@@ -1,10 +1,13 @@
 """The fused step's computation in C++ (fused_step.cc): mapped rows -> scores with no Python on
-the path, for a Triton C++ backend and for in-process workers alike.
+the path, for the `seminar_native` Triton backend (triton_backend.cc, the same code linked into
+tritonserver) and for in-process workers alike.
 
 `NativeFusedStep` opens it on the arrays of an `InProcessPipeline` (the same ONNX graphs, PQ
-store, tables and projection), so the two answer the same rows alike; the features step and the
-query's MiniLM embedding stay in Python for now and hand it their outputs. The users' online
-tails are not read here yet: a pipeline with tails is refused.
+store, tables and projection), so the two answer the same rows alike. Rows without a query are
+mapped and scored all in C++ (`score_ids`); for a row with a query the features and MiniLM
+steps still run in Python and hand their outputs over (`score_rows`). The users' online tails
+are not read here yet: a pipeline with tails is refused. `write_bundle` / `add_native_model`
+write what the backend opens: the arrays as .npy files, spec.txt, the config and the library.
 
 Built by `make setup` (`python -m seminar.serving.native.fused_step`) with the machine's g++,
 together with seminar/pq/fused_scan.cpp (the PQ kernel). ONNX Runtime is the onnxruntime
@@ -19,6 +22,7 @@ import ctypes
 import hashlib
 import io
 import lzma
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -66,6 +70,21 @@ TENSOR_NAMES = (
     contract.OUTPUT_SCORE,
 )
 BAD_REQUEST, STEP_FAILED = 1, 2  # fused_step.cc's return codes
+BACKEND_NAME = "seminar_native"  # triton_backend.cc: Triton loads libtriton_<name>.so
+BACKEND_SOURCE = HERE / "triton_backend.cc"
+BACKEND_LIBRARY = HERE / f"libtriton_{BACKEND_NAME}.so"
+BUNDLE_DIR = "fused_step"  # in the model's version folder
+NATIVE_MODEL = "seminar_native"  # the model add_native_model writes
+NATIVE_CONFIG = """name: "{name}"
+backend: "{backend}"
+max_batch_size: 1024
+input {{ name: "{user_id}" data_type: TYPE_INT64 dims: 1 }}
+input {{ name: "{query}" data_type: TYPE_STRING dims: 1 }}
+input {{ name: "{item_id}" data_type: TYPE_INT64 dims: 1 }}
+output {{ name: "{score}" data_type: TYPE_FP32 dims: 1 }}
+instance_group {{ count: {instances} kind: KIND_CPU }}
+dynamic_batching {{ }}
+"""
 
 
 def _deb_member(deb: bytes, prefix: str) -> bytes:
@@ -103,14 +122,18 @@ def fetch_headers(quiet: bool = False) -> Path:
 
 
 def build(quiet: bool = False) -> Path:
-    """Compile fused_step.cc with the PQ kernel into the shared library next to it."""
+    """Compile fused_step.cc with the PQ kernel into the shared library next to it, and with
+    triton_backend.cc into the `seminar_native` Triton backend."""
     fetch_headers(quiet)
-    command = [*COMPILE, "-o", str(LIBRARY), str(SOURCE), str(fused_scan.SOURCE), "-ldl"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise ArtifactError(f"building {SOURCE.name} failed:\n{done.stderr.strip()}")
-    if not quiet:
-        print(f"built {LIBRARY}")
+    sources = (str(SOURCE), str(fused_scan.SOURCE))
+    # the Triton backend links the same step; Triton's own symbols resolve when it loads it
+    for library, extra in ((LIBRARY, ()), (BACKEND_LIBRARY, (str(BACKEND_SOURCE),))):
+        command = [*COMPILE, "-o", str(library), *extra, *sources, "-ldl"]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ArtifactError(f"building {library.name} failed:\n{done.stderr.strip()}")
+        if not quiet:
+            print(f"built {library}")
     return LIBRARY
 
 
@@ -125,6 +148,12 @@ def onnxruntime_library() -> Path:
     return found[-1]
 
 
+# the spec's field for each exported graph
+_ONNX_FIELDS = {
+    contract.QUERY_ENCODER_MODEL: "query_encoder_onnx",
+    contract.ITEM_ENCODER_MODEL: "item_encoder_onnx",
+    contract.RANKING_HEAD_MODEL: "ranking_head_onnx",
+}
 _PATHS = ("onnxruntime_library", "query_encoder_onnx", "item_encoder_onnx", "ranking_head_onnx")
 _KERNEL_SIZES = ("code_size", "n_subspaces", "sub_dim", "sample_stride", "depth_percent", "n_users")
 _STORE = ("offsets", "event_item", "event_query", "block_offsets", "blocks")
@@ -161,7 +190,11 @@ def _library() -> ctypes.CDLL | None:
     import torch  # noqa: F401  (its libgomp first: the PQ kernel binds to torch's OpenMP)
 
     built = LIBRARY.stat().st_mtime
-    if any(src.stat().st_mtime > built for src in (SOURCE, fused_scan.SOURCE) if src.exists()):
+    if any(
+        src.stat().st_mtime > built
+        for src in (SOURCE, SOURCE.with_suffix(".h"), fused_scan.SOURCE)
+        if src.exists()
+    ):
         return None
     library = ctypes.CDLL(str(LIBRARY))
     library.seminar_fused_step_open.restype = ctypes.c_void_p
@@ -242,41 +275,43 @@ class NativeFusedStep:
             "user_ids": _array(pipeline.features.user_ids, np.int64),
             "item_ids": _array(pipeline.features.item_ids, np.int64),
         }
-        self._names = (ctypes.c_char_p * len(TENSOR_NAMES))(*(n.encode() for n in TENSOR_NAMES))
+        dim, heads, _ = retriever.gsu_weight.shape
+        self.onnx_files = {name: Path(onnx_files[name]) for name in contract.EXPORTED_MODELS}
+        # the step's sizes and settings (the bundle's spec.txt writes the same)
+        self.settings = {
+            "query_len": pipeline.features.tokenizer.length,
+            "text_dim": contract.QUERY_TEXT_DIM,
+            "dim": dim,
+            "heads": heads,
+            "k": retrieval.k,
+            "rerank": retriever.config.rerank,
+            "alpha": retrieval.alpha,
+            "code_size": m * s,
+            "n_subspaces": s,
+            "sub_dim": d,
+            "sample_stride": fused_scan.SAMPLE_STRIDE,
+            "depth_percent": fused_scan.SAMPLE_DEPTH_PERCENT,
+        }
         keep = self._keep
+        self._names = (ctypes.c_char_p * len(TENSOR_NAMES))(*(n.encode() for n in TENSOR_NAMES))
 
         def pointer(name: str) -> int | None:
             return None if keep[name] is None else keep[name].ctypes.data
 
-        dim, heads, _ = retriever.gsu_weight.shape
         spec = _Spec(
             onnxruntime_library=str(onnxruntime_library()).encode(),
-            query_encoder_onnx=str(onnx_files[contract.QUERY_ENCODER_MODEL]).encode(),
-            item_encoder_onnx=str(onnx_files[contract.ITEM_ENCODER_MODEL]).encode(),
-            ranking_head_onnx=str(onnx_files[contract.RANKING_HEAD_MODEL]).encode(),
+            **{
+                f"{_ONNX_FIELDS[name]}": str(path).encode()
+                for name, path in self.onnx_files.items()
+            },
             tensor_names=self._names,
-            query_len=pipeline.features.tokenizer.length,
-            text_dim=contract.QUERY_TEXT_DIM,
-            dim=dim,
-            heads=heads,
-            k=retrieval.k,
-            rerank=retriever.config.rerank,
-            alpha=retrieval.alpha,
-            code_size=m * s,
-            n_subspaces=s,
-            sub_dim=d,
-            sample_stride=fused_scan.SAMPLE_STRIDE,
-            depth_percent=fused_scan.SAMPLE_DEPTH_PERCENT,
             n_users=store.n_users,
             item_rows=len(keep["item_table"]),
             query_rows=0 if keep["query_table"] is None else len(keep["query_table"]),
             user_id_count=len(keep["user_ids"]),
             item_id_count=len(keep["item_ids"]),
-            **{name: pointer(name) for name in ("gsu_weight", "gsu_bias", "rotation")},
-            **{name: pointer(name) for name in ("centroids", "offsets", "event_item")},
-            **{name: pointer(name) for name in ("event_query", "block_offsets", "blocks")},
-            **{name: pointer(name) for name in ("item_table", "query_table")},
-            **{name: pointer(name) for name in ("user_ids", "item_ids")},
+            **self.settings,
+            **{name: pointer(name) for name in keep},
         )
         error = ctypes.create_string_buffer(ERROR_BYTES)
         self._handle = library.seminar_fused_step_open(ctypes.byref(spec), error, ERROR_BYTES)
@@ -296,6 +331,31 @@ class NativeFusedStep:
             for name in contract.EXPORTED_MODELS
         }
         return cls(pipeline, onnx_files)
+
+    def write_bundle(self, folder: Path) -> Path:
+        """What the `seminar_native` Triton backend opens (triton_backend.cc): the step's arrays
+        as .npy files and spec.txt (settings, the graphs' paths inside the model repository,
+        <model>/<version>/<file>, tensor names, the ONNX Runtime library) in `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, array in self._keep.items():
+            if array is not None:
+                np.save(folder / f"{name}.npy", array)
+        lines = {
+            **self.settings,
+            **{
+                _ONNX_FIELDS[name]: Path(*path.parts[-3:]).as_posix()
+                for name, path in self.onnx_files.items()
+            },
+            "onnxruntime_library": onnxruntime_library(),
+            "tensor_names": " ".join(TENSOR_NAMES),  # fused_step.cc's order
+            # the float32 the step reads, written exactly
+            "alpha": repr(float(np.float32(self.settings["alpha"]))),
+        }
+        (folder / "spec.txt").write_text(
+            "".join(f"{key} {value}\n" for key, value in lines.items())
+        )
+        return folder
 
     def score_rows(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores (N, 1) float32 of rows the features step mapped (with the ensemble's
@@ -352,6 +412,29 @@ class NativeFusedStep:
 
     def __del__(self) -> None:
         self.close()
+
+
+def add_native_model(
+    repo: Path, step: NativeFusedStep, version: int, instances: int, name: str = NATIVE_MODEL
+) -> Path:
+    """A `seminar_native` model in `repo` (which holds the composing models the step was opened
+    on): version `version`'s bundle, its config (the ensemble's tensors, `instances` CPU
+    instances, dynamic batching) and the backend library, which Triton finds in the model's
+    folder."""
+    folder = Path(repo) / name
+    step.write_bundle(folder / str(version) / BUNDLE_DIR)
+    config = NATIVE_CONFIG.format(
+        name=name,
+        backend=BACKEND_NAME,
+        user_id=contract.INPUT_USER_ID,
+        query=contract.INPUT_QUERY,
+        item_id=contract.INPUT_ITEM_ID,
+        score=contract.OUTPUT_SCORE,
+        instances=instances,
+    )
+    (folder / contract.CONFIG_FILE).write_text(config)
+    shutil.copy(BACKEND_LIBRARY, folder / BACKEND_LIBRARY.name)
+    return folder
 
 
 if __name__ == "__main__":

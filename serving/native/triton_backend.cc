@@ -1,0 +1,439 @@
+// Triton backend `seminar_native`: the fused step in C++ inside tritonserver, no Python stub and
+// no IPC. A model of this backend reads the fused step's arrays from its version folder
+// (`fused_step/`, written by seminar.serving.native.fused_step.write_bundle) and serves the
+// ensemble's tensors: user_id (B, 1) INT64, query (B, 1) BYTES, item_id (B, 1) INT64 ->
+// score (B, 1) FP32.
+//
+// Every request of a batch is checked on its own (a bad one gets INVALID_ARG with the reason, the
+// others are still served), then all accepted rows are scored in one call. Rows with a query
+// are not served here yet: such a request gets UNSUPPORTED (the Python `pipeline` model serves
+// searches).
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fused_step.h"
+#include "triton_api.h"
+
+namespace {
+
+constexpr const char* kBundleDir = "fused_step";
+constexpr const char* kUserId = "user_id";
+constexpr const char* kQuery = "query";
+constexpr const char* kItemId = "item_id";
+constexpr const char* kScore = "score";
+constexpr size_t kErrorBytes = 1024;
+
+uint64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// A .npy file mapped read-only: its data, dtype string and shape.
+struct NpyArray {
+    void* mapping = nullptr;
+    size_t mapped = 0;
+    const char* data = nullptr;
+    std::string descr;
+    std::vector<int64_t> shape;
+
+    NpyArray() = default;
+    NpyArray(const NpyArray&) = delete;
+    NpyArray& operator=(const NpyArray&) = delete;
+    ~NpyArray() {
+        if (mapping) munmap(mapping, mapped);
+    }
+    int64_t rows() const { return shape.empty() ? 0 : shape[0]; }
+};
+
+std::unique_ptr<NpyArray> load_npy(const std::string& path, const std::string& descr,
+                                   size_t dims) {
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw std::runtime_error("cannot open " + path);
+    struct stat info {};
+    fstat(fd, &info);
+    auto array = std::make_unique<NpyArray>();
+    array->mapped = static_cast<size_t>(info.st_size);
+    void* mapping = array->mapped ? mmap(nullptr, array->mapped, PROT_READ, MAP_PRIVATE, fd, 0)
+                                  : MAP_FAILED;
+    close(fd);
+    if (mapping == MAP_FAILED) throw std::runtime_error("cannot map " + path);
+    array->mapping = mapping;
+    const char* bytes = static_cast<const char*>(mapping);
+    auto bad = [&](const std::string& why) { return std::runtime_error(path + ": " + why); };
+    if (array->mapped < 10 || std::memcmp(bytes, "\x93NUMPY", 6) != 0) throw bad("not a .npy file");
+    const int major = bytes[6];
+    size_t header_len, at;
+    if (major == 1) {
+        header_len = static_cast<uint8_t>(bytes[8]) | static_cast<uint8_t>(bytes[9]) << 8;
+        at = 10;
+    } else {
+        if (array->mapped < 12) throw bad("truncated header");
+        header_len = 0;
+        for (int i = 0; i < 4; ++i) header_len |= static_cast<size_t>(static_cast<uint8_t>(bytes[8 + i])) << (8 * i);
+        at = 12;
+    }
+    if (at + header_len > array->mapped) throw bad("truncated header");
+    const std::string header(bytes + at, header_len);
+    auto field = [&](const std::string& key) {
+        size_t where = header.find("'" + key + "':");
+        if (where == std::string::npos) throw bad("no " + key + " in the header");
+        return header.substr(where + key.size() + 3);
+    };
+    const std::string descr_field = field("descr");
+    array->descr = descr_field.substr(descr_field.find('\'') + 1);
+    array->descr = array->descr.substr(0, array->descr.find('\''));
+    if (field("fortran_order").find("False") != field("fortran_order").find_first_not_of(' '))
+        throw bad("Fortran order is not supported");
+    std::string shape = field("shape");
+    shape = shape.substr(shape.find('(') + 1, shape.find(')') - shape.find('(') - 1);
+    size_t count = 1;
+    for (size_t pos = 0; pos < shape.size();) {
+        size_t comma = shape.find(',', pos);
+        std::string item = shape.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+        if (item.find_first_not_of(' ') != std::string::npos) {
+            array->shape.push_back(std::stoll(item));
+            count *= static_cast<size_t>(array->shape.back());
+        }
+        if (comma == std::string::npos) break;
+        pos = comma + 1;
+    }
+    if (array->descr != descr) throw bad("dtype " + array->descr + ", expected " + descr);
+    if (array->shape.size() != dims)
+        throw bad(std::to_string(array->shape.size()) + " dimensions, expected " + std::to_string(dims));
+    const size_t item_size = std::stoul(descr.substr(2));
+    array->data = bytes + at + header_len;
+    if (at + header_len + count * item_size > array->mapped) throw bad("truncated data");
+    return array;
+}
+
+// The model: its arrays (shared by its instances) and the spec every instance opens a step on.
+struct ModelState {
+    std::map<std::string, std::string> settings;
+    std::map<std::string, std::unique_ptr<NpyArray>> arrays;
+    std::vector<std::string> paths, names;
+    std::vector<const char*> name_pointers;
+    SeminarFusedStepSpec spec{};
+};
+
+const void* optional(ModelState& state, const std::string& name) {
+    auto at = state.arrays.find(name);
+    return at == state.arrays.end() ? nullptr : at->second->data;
+}
+
+std::unique_ptr<ModelState> load_model(const std::string& repo, const std::string& bundle) {
+    auto state = std::make_unique<ModelState>();
+    std::ifstream settings(bundle + "/spec.txt");
+    if (!settings) throw std::runtime_error("cannot read " + bundle + "/spec.txt");
+    for (std::string key, value; settings >> key && std::getline(settings >> std::ws, value);)
+        state->settings[key] = value;
+    auto setting = [&](const std::string& key) {
+        auto at = state->settings.find(key);
+        if (at == state->settings.end()) throw std::runtime_error(bundle + "/spec.txt has no " + key);
+        return at->second;
+    };
+    auto integer = [&](const std::string& key) { return std::stoll(setting(key)); };
+    struct Wanted { const char* name; const char* descr; size_t dims; bool required; };
+    const Wanted wanted[] = {
+        {"gsu_weight", "<f4", 3, true},   {"gsu_bias", "<f4", 2, false},
+        {"rotation", "<f4", 2, false},    {"centroids", "<f4", 3, true},
+        {"offsets", "<i8", 1, true},      {"event_item", "<i4", 1, true},
+        {"event_query", "<i4", 1, true},  {"block_offsets", "<i8", 1, true},
+        {"blocks", "|u1", 2, true},       {"item_table", "<f4", 2, true},
+        {"query_table", "<f4", 2, false}, {"user_ids", "<i8", 1, true},
+        {"item_ids", "<i8", 1, true},
+    };
+    for (const Wanted& w : wanted) {
+        const std::string path = bundle + "/" + w.name + ".npy";
+        if (!w.required && access(path.c_str(), F_OK) != 0) continue;
+        state->arrays[w.name] = load_npy(path, w.descr, w.dims);
+    }
+    for (const char* key : {"query_encoder_onnx", "item_encoder_onnx", "ranking_head_onnx"})
+        state->paths.push_back(repo + "/" + setting(key));
+    state->paths.push_back(setting("onnxruntime_library"));
+    std::istringstream names(setting("tensor_names"));  // fused_step.cc's order
+    for (std::string name; names >> name;) state->names.push_back(name);
+    if (state->names.size() != 8)
+        throw std::runtime_error(bundle + "/spec.txt: tensor_names must name 8 tensors");
+    for (auto& name : state->names) state->name_pointers.push_back(name.c_str());
+    SeminarFusedStepSpec& spec = state->spec;
+    spec.query_encoder_onnx = state->paths[0].c_str();
+    spec.item_encoder_onnx = state->paths[1].c_str();
+    spec.ranking_head_onnx = state->paths[2].c_str();
+    spec.onnxruntime_library = state->paths[3].c_str();
+    spec.tensor_names = state->name_pointers.data();
+    spec.query_len = integer("query_len");
+    spec.text_dim = integer("text_dim");
+    spec.dim = integer("dim");
+    spec.heads = integer("heads");
+    spec.k = integer("k");
+    spec.rerank = integer("rerank");
+    spec.alpha = std::stof(setting("alpha"));
+    spec.code_size = integer("code_size");
+    spec.n_subspaces = integer("n_subspaces");
+    spec.sub_dim = integer("sub_dim");
+    spec.sample_stride = integer("sample_stride");
+    spec.depth_percent = integer("depth_percent");
+    auto& arrays = state->arrays;
+    spec.gsu_weight = reinterpret_cast<const float*>(arrays["gsu_weight"]->data);
+    spec.gsu_bias = static_cast<const float*>(optional(*state, "gsu_bias"));
+    spec.rotation = static_cast<const float*>(optional(*state, "rotation"));
+    spec.centroids = reinterpret_cast<const float*>(arrays["centroids"]->data);
+    spec.n_users = arrays["offsets"]->rows() - 1;
+    spec.offsets = reinterpret_cast<const int64_t*>(arrays["offsets"]->data);
+    spec.event_item = reinterpret_cast<const int32_t*>(arrays["event_item"]->data);
+    spec.event_query = reinterpret_cast<const int32_t*>(arrays["event_query"]->data);
+    spec.block_offsets = reinterpret_cast<const int64_t*>(arrays["block_offsets"]->data);
+    spec.blocks = reinterpret_cast<const uint8_t*>(arrays["blocks"]->data);
+    spec.item_table = reinterpret_cast<const float*>(arrays["item_table"]->data);
+    spec.item_rows = arrays["item_table"]->rows();
+    spec.query_table = static_cast<const float*>(optional(*state, "query_table"));
+    spec.query_rows = spec.query_table ? arrays["query_table"]->rows() : 0;
+    spec.user_ids = reinterpret_cast<const int64_t*>(arrays["user_ids"]->data);
+    spec.user_id_count = arrays["user_ids"]->rows();
+    spec.item_ids = reinterpret_cast<const int64_t*>(arrays["item_ids"]->data);
+    spec.item_id_count = arrays["item_ids"]->rows();
+    if (spec.n_users != arrays["user_ids"]->rows() ||
+        arrays["block_offsets"]->rows() != spec.n_users + 1)
+        throw std::runtime_error(bundle + ": the user arrays disagree on the number of users");
+    return state;
+}
+
+TRITONSERVER_Error* error_of(TRITONSERVER_Error_Code code, const std::string& message) {
+    return TRITONSERVER_ErrorNew(code, message.c_str());
+}
+
+struct BadRequest : std::runtime_error {
+    TRITONSERVER_Error_Code code;
+    BadRequest(TRITONSERVER_Error_Code c, const std::string& m) : std::runtime_error(m), code(c) {}
+};
+
+// One input's bytes, contiguous (a copy only when Triton hands it over in several buffers).
+const char* input_bytes(TRITONBACKEND_Request* request, const char* name,
+                        TRITONSERVER_DataType want, int64_t* rows, uint64_t* size,
+                        std::string* joined) {
+    TRITONBACKEND_Input* input;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_RequestInput(request, name, &input)) {
+        std::string message = TRITONSERVER_ErrorMessage(e);
+        TRITONSERVER_ErrorDelete(e);
+        throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, message);
+    }
+    TRITONSERVER_DataType type;
+    const int64_t* shape;
+    uint32_t dims, buffers;
+    TRITONBACKEND_InputProperties(input, nullptr, &type, &shape, &dims, size, &buffers);
+    if (type != want || dims != 2 || shape[1] != 1)
+        throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG,
+                         std::string(name) + " must be (B, 1) of the ensemble's type");
+    *rows = shape[0];
+    const void* buffer = nullptr;
+    uint64_t bytes = 0;
+    TRITONSERVER_MemoryType memory = TRITONSERVER_MEMORY_CPU;
+    int64_t memory_id = 0;
+    if (buffers == 1) {
+        TRITONBACKEND_InputBuffer(input, 0, &buffer, &bytes, &memory, &memory_id);
+        if (memory == TRITONSERVER_MEMORY_GPU)
+            throw BadRequest(TRITONSERVER_ERROR_UNSUPPORTED, "GPU inputs are not supported");
+        return static_cast<const char*>(buffer);
+    }
+    joined->clear();
+    for (uint32_t b = 0; b < buffers; ++b) {
+        TRITONBACKEND_InputBuffer(input, b, &buffer, &bytes, &memory, &memory_id);
+        if (memory == TRITONSERVER_MEMORY_GPU)
+            throw BadRequest(TRITONSERVER_ERROR_UNSUPPORTED, "GPU inputs are not supported");
+        joined->append(static_cast<const char*>(buffer), bytes);
+    }
+    return joined->data();
+}
+
+struct Rows {
+    std::vector<int64_t> user_id, item_id;
+};
+
+// A request's rows, checked as the features step checks them.
+void read_request(TRITONBACKEND_Request* request, Rows* rows) {
+    std::string users_copy, items_copy, query_copy;
+    int64_t n_users, n_items, n_queries;
+    uint64_t users_size, items_size, query_size;
+    const char* users = input_bytes(request, kUserId, TRITONSERVER_TYPE_INT64, &n_users, &users_size, &users_copy);
+    const char* items = input_bytes(request, kItemId, TRITONSERVER_TYPE_INT64, &n_items, &items_size, &items_copy);
+    const char* query = input_bytes(request, kQuery, TRITONSERVER_TYPE_BYTES, &n_queries, &query_size, &query_copy);
+    if (n_users != n_items || n_users != n_queries)
+        throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG,
+                         "inputs disagree on the number of rows: user_id " + std::to_string(n_users) +
+                             ", query " + std::to_string(n_queries) + ", item_id " + std::to_string(n_items));
+    if (users_size != static_cast<uint64_t>(n_users) * 8 || items_size != static_cast<uint64_t>(n_items) * 8)
+        throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, "user_id and item_id must hold 8 bytes a row");
+    // BYTES: each element is a 4-byte little-endian length, then that many bytes
+    uint64_t at = 0;
+    for (int64_t r = 0; r < n_queries; ++r) {
+        if (at + 4 > query_size)
+            throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, "query is shorter than its rows");
+        uint32_t length;
+        std::memcpy(&length, query + at, 4);
+        at += 4 + static_cast<uint64_t>(length);
+        if (at > query_size)
+            throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, "query is shorter than its rows");
+        if (length != 0)
+            throw BadRequest(TRITONSERVER_ERROR_UNSUPPORTED,
+                             "the native step scores rows without a query; query row " +
+                                 std::to_string(r) + " has one (the pipeline model serves searches)");
+    }
+    const size_t first = rows->user_id.size();
+    rows->user_id.resize(first + n_users);
+    rows->item_id.resize(first + n_items);
+    std::memcpy(rows->user_id.data() + first, users, users_size);
+    std::memcpy(rows->item_id.data() + first, items, items_size);
+    for (auto [name, ids] : {std::pair{"user_id", rows->user_id.data()}, std::pair{"item_id", rows->item_id.data()}})
+        for (int64_t r = 0; r < n_users; ++r)
+            if (ids[first + r] < 0) {
+                const std::string message = std::string(name) + " must be >= 0, row " + std::to_string(r) +
+                                            " has " + std::to_string(ids[first + r]);
+                rows->user_id.resize(first);
+                rows->item_id.resize(first);
+                throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, message);
+            }
+}
+
+void respond(TRITONBACKEND_Request* request, const float* scores, int64_t n, TRITONSERVER_Error* error) {
+    TRITONBACKEND_Response* response;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseNew(&response, request)) {
+        TRITONSERVER_ErrorDelete(e);
+        if (error) TRITONSERVER_ErrorDelete(error);
+        return;
+    }
+    if (!error) {
+        const int64_t shape[2] = {n, 1};
+        TRITONBACKEND_Output* output;
+        error = TRITONBACKEND_ResponseOutput(response, &output, kScore, TRITONSERVER_TYPE_FP32, shape, 2);
+        void* buffer;
+        TRITONSERVER_MemoryType memory = TRITONSERVER_MEMORY_CPU;
+        int64_t memory_id = 0;
+        if (!error) error = TRITONBACKEND_OutputBuffer(output, &buffer, n * sizeof(float), &memory, &memory_id);
+        if (!error && memory == TRITONSERVER_MEMORY_GPU)
+            error = error_of(TRITONSERVER_ERROR_INTERNAL, "Triton offered a GPU output buffer");
+        if (!error) std::memcpy(buffer, scores, n * sizeof(float));
+    }
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, error))
+        TRITONSERVER_ErrorDelete(e);
+    if (error) TRITONSERVER_ErrorDelete(error);
+}
+
+}  // namespace
+
+extern "C" {
+
+TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend*) {
+    uint32_t major = 0, minor = 0;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ApiVersion(&major, &minor)) return e;
+    if (major != 1)
+        return error_of(TRITONSERVER_ERROR_UNSUPPORTED,
+                        "seminar_native needs backend API 1.x, tritonserver has " +
+                            std::to_string(major) + "." + std::to_string(minor));
+    return nullptr;
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
+    uint64_t version;
+    TRITONBACKEND_ArtifactType type;
+    const char* location;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelVersion(model, &version)) return e;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelRepository(model, &type, &location)) return e;
+    if (type != TRITONBACKEND_ARTIFACT_FILESYSTEM)
+        return error_of(TRITONSERVER_ERROR_UNSUPPORTED, "seminar_native reads a model folder");
+    const std::string model_dir = location;
+    const std::string repo = model_dir.substr(0, model_dir.find_last_of('/'));
+    try {
+        auto state = load_model(repo, model_dir + "/" + std::to_string(version) + "/" + kBundleDir);
+        return TRITONBACKEND_ModelSetState(model, state.release());
+    } catch (const std::exception& e) {
+        return error_of(TRITONSERVER_ERROR_INVALID_ARG, e.what());
+    }
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
+    void* state;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelState(model, &state)) return e;
+    delete static_cast<ModelState*>(state);
+    return nullptr;
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelInstance* instance) {
+    TRITONBACKEND_Model* model;
+    void* state;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceModel(instance, &model)) return e;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelState(model, &state)) return e;
+    char error[kErrorBytes] = {};
+    void* step = seminar_fused_step_open(&static_cast<ModelState*>(state)->spec, error, sizeof error);
+    if (!step) return error_of(TRITONSERVER_ERROR_INVALID_ARG, error);
+    return TRITONBACKEND_ModelInstanceSetState(instance, step);
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* instance) {
+    void* step;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceState(instance, &step)) return e;
+    seminar_fused_step_close(step);
+    return nullptr;
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance* instance,
+                                                       TRITONBACKEND_Request** requests,
+                                                       const uint32_t request_count) {
+    const uint64_t exec_start = now_ns();
+    void* step;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceState(instance, &step)) return e;
+    Rows rows;
+    std::vector<int64_t> first(request_count), count(request_count, -1);
+    std::vector<TRITONSERVER_Error*> refused(request_count, nullptr);
+    for (uint32_t r = 0; r < request_count; ++r) {
+        first[r] = static_cast<int64_t>(rows.user_id.size());
+        try {
+            read_request(requests[r], &rows);
+            count[r] = static_cast<int64_t>(rows.user_id.size()) - first[r];
+        } catch (const BadRequest& e) {
+            refused[r] = error_of(e.code, e.what());
+        } catch (const std::exception& e) {
+            refused[r] = error_of(TRITONSERVER_ERROR_INTERNAL, e.what());
+        }
+    }
+    const uint64_t compute_start = now_ns();
+    const int64_t n = static_cast<int64_t>(rows.user_id.size());
+    std::vector<float> scores(n);
+    char error[kErrorBytes] = {};
+    const int code = n ? seminar_fused_step_score_ids(step, n, rows.user_id.data(), rows.item_id.data(),
+                                                      scores.data(), error, sizeof error)
+                       : 0;
+    const uint64_t compute_end = now_ns();
+    for (uint32_t r = 0; r < request_count; ++r) {
+        TRITONSERVER_Error* outcome = refused[r];
+        if (!outcome && code)
+            outcome = error_of(code == kFusedStepBadRequest ? TRITONSERVER_ERROR_INVALID_ARG
+                                                            : TRITONSERVER_ERROR_INTERNAL,
+                               error);
+        const bool success = outcome == nullptr;
+        respond(requests[r], scores.data() + first[r], count[r], outcome);
+        if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportStatistics(
+                instance, requests[r], success, exec_start, compute_start, compute_end, now_ns()))
+            TRITONSERVER_ErrorDelete(e);
+        TRITONBACKEND_RequestRelease(requests[r], TRITONSERVER_REQUEST_RELEASE_ALL);
+    }
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportBatchStatistics(
+            instance, request_count, exec_start, compute_start, compute_end, now_ns()))
+        TRITONSERVER_ErrorDelete(e);
+    return nullptr;
+}
+
+}  // extern "C"
