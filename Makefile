@@ -15,12 +15,12 @@ NATIVE := serving/native/_fused_step.so
 setup: $(STAMP) $(KERNEL) $(NATIVE)
 
 # The PQ shortlist kernel (C++, the machine's g++); without it the retriever uses faiss.
-$(KERNEL): seminar/pq/fused_scan.cpp $(STAMP)
+$(KERNEL): seminar/pq/fused_scan.cpp seminar/pq/fused_scan.h $(STAMP)
 	$(BIN)/python -m seminar.pq.fused_scan
 
 # The fused step in C++ with the kernel, and its Triton backend (fetches ONNX Runtime's API
 # headers from Debian once).
-$(NATIVE): serving/native/*.cc serving/native/*.h seminar/pq/fused_scan.cpp $(STAMP)
+$(NATIVE): serving/native/*.cc serving/native/*.h seminar/pq/fused_scan.* $(STAMP)
 	$(BIN)/python -m seminar.serving.native.fused_step
 
 # torch is pinned and installed in the same pip call as everything else: an unpinned

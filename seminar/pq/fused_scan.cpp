@@ -29,6 +29,8 @@
 #include <functional>
 #include <vector>
 
+#include "fused_scan.h"
+
 namespace {
 
 constexpr int kBlock = 32;  // events per fast-scan block

@@ -31,6 +31,7 @@ from seminar.pq.codebooks import Codebooks
 from seminar.pq.faiss_scan import FASTSCAN_BBS
 
 SOURCE = Path(__file__).with_name("fused_scan.cpp")
+HEADER = SOURCE.with_suffix(".h")
 LIBRARY = Path(__file__).with_name("_fused_scan.so")
 COMPILE = ("g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 # Every SAMPLE_STRIDE-th block is scanned first and kept whole; the threshold is the score
@@ -43,12 +44,19 @@ SAMPLE_STRIDE = 8
 SAMPLE_DEPTH_PERCENT = 150
 
 
-def build(quiet: bool = False) -> Path:
-    """Compile fused_scan.cpp into the shared library next to it; returns its path."""
-    command = [*COMPILE, "-o", str(LIBRARY), str(SOURCE)]
+def compile_library(library: Path, sources: tuple[Path, ...], flags: tuple[str, ...] = ()) -> Path:
+    """g++ `sources` into the shared library `library` (COMPILE's flags, then `flags`);
+    ArtifactError with the compiler's message when it fails."""
+    command = [*COMPILE, "-o", str(library), *map(str, sources), *flags]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise ArtifactError(f"building {SOURCE.name} failed:\n{done.stderr.strip()}")
+        raise ArtifactError(f"building {library.name} failed:\n{done.stderr.strip()}")
+    return library
+
+
+def build(quiet: bool = False) -> Path:
+    """Compile fused_scan.cpp into the shared library next to it; returns its path."""
+    compile_library(LIBRARY, (SOURCE,))
     if not quiet:
         print(f"built {LIBRARY}")
     return LIBRARY
@@ -63,7 +71,9 @@ def _library() -> ctypes.CDLL | None:
     # pool for torch and the kernel
     import torch  # noqa: F401
 
-    if SOURCE.exists() and LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
+    if any(
+        src.exists() and LIBRARY.stat().st_mtime < src.stat().st_mtime for src in (SOURCE, HEADER)
+    ):
         return None  # built from an older source: `make setup` rebuilds it
     library = ctypes.CDLL(str(LIBRARY))
     if not library.seminar_fused_scan_supported():

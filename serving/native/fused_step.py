@@ -23,7 +23,6 @@ import hashlib
 import io
 import lzma
 import shutil
-import subprocess
 import sys
 import tarfile
 import urllib.request
@@ -56,7 +55,6 @@ ORT_HEADERS = (
     "onnxruntime_cxx_inline.h",
     "onnxruntime_float16.h",
 )
-COMPILE = (*fused_scan.COMPILE, "-I", str(INCLUDE))
 ERROR_BYTES = 1024
 # fused_step.cc's tensor order (its enum Name)
 TENSOR_NAMES = (
@@ -125,13 +123,11 @@ def build(quiet: bool = False) -> Path:
     """Compile fused_step.cc with the PQ kernel into the shared library next to it, and with
     triton_backend.cc into the `seminar_native` Triton backend."""
     fetch_headers(quiet)
-    sources = (str(SOURCE), str(fused_scan.SOURCE))
+    sources = (SOURCE, fused_scan.SOURCE)
+    flags = ("-I", str(INCLUDE), "-I", str(fused_scan.SOURCE.parent))
     # the Triton backend links the same step; Triton's own symbols resolve when it loads it
-    for library, extra in ((LIBRARY, ()), (BACKEND_LIBRARY, (str(BACKEND_SOURCE),))):
-        command = [*COMPILE, "-o", str(library), *extra, *sources, "-ldl"]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ArtifactError(f"building {library.name} failed:\n{done.stderr.strip()}")
+    for library, extra in ((LIBRARY, ()), (BACKEND_LIBRARY, (BACKEND_SOURCE,))):
+        fused_scan.compile_library(library, (*extra, *sources), (*flags, "-ldl"))
         if not quiet:
             print(f"built {library}")
     return LIBRARY
