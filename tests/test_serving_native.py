@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from seminar import contract
+from seminar import contract, manifest
 from seminar.errors import ArtifactError
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 from seminar.serving.backend import RequestError
@@ -198,13 +198,22 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
     """The real tritonserver loads the `seminar_native` backend and serves, over real gRPC, the
     scores of the Python pipeline, also for requests it batches together; bad requests get
     INVALID_ARG with the features step's message while the others are served; a search gets
-    UNIMPLEMENTED (Triton's UNSUPPORTED); a model whose arrays are cut short never becomes ready and says why."""
+    UNIMPLEMENTED (Triton's UNSUPPORTED); a model with an array changed in place (its sha256
+    differs from the manifest) or cut short never becomes ready and says why."""
     require_tritonserver()
     repo = copy_repo(model_repo, tmp_path / "model_repository")
     add_native_model(repo, native, model_repo.version, instances=2)
-    broken = add_native_model(repo, native, model_repo.version, 2, name="seminar_native_broken")
-    blocks = broken / str(model_repo.version) / fused_step.BUNDLE_DIR / "blocks.npy"
-    blocks.write_bytes(blocks.read_bytes()[:-100])
+    # one array changed in place (same size): its sha256 no longer matches the manifest
+    flipped = add_native_model(repo, native, model_repo.version, 2, name="seminar_native_flipped")
+    blocks = flipped / str(model_repo.version) / fused_step.BUNDLE_DIR / "blocks.npy"
+    data = bytearray(blocks.read_bytes())
+    data[-1] ^= 0xFF
+    blocks.write_bytes(bytes(data))
+    # one array cut short with a manifest that agrees: the .npy reader refuses it
+    cut = add_native_model(repo, native, model_repo.version, 2, name="seminar_native_cut")
+    bundle = cut / str(model_repo.version) / fused_step.BUNDLE_DIR
+    (bundle / "blocks.npy").write_bytes((bundle / "blocks.npy").read_bytes()[:-100])
+    manifest.write_manifest(bundle)
     cold, short, long = users_by_history(native)
     items = np.concatenate([native.pipeline.features.item_ids[:60], [10**12]])
     config = TritonConfig(
@@ -237,8 +246,11 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
             assert status in str(caught.value.status()) and says in caught.value.message()
         got = score(client, short, "", items, model=NATIVE_MODEL)  # it still serves
         assert np.abs(got - native.pipeline.score(short, "", items)).max() <= ATOL
-        assert not server.model_ready("seminar_native_broken")
-    assert "blocks.npy: truncated data" in (tmp_path / "triton.log").read_text()
+        assert not server.model_ready("seminar_native_flipped")
+        assert not server.model_ready("seminar_native_cut")
+    log = (tmp_path / "triton.log").read_text()
+    assert "blocks.npy: sha256 differs from" in log
+    assert "blocks.npy: truncated data" in log
 
 
 class ResultBox:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seminar import contract
+from seminar import contract, manifest
 from seminar.build.repository import model_parameters
 from seminar.errors import ArtifactError
 from seminar.pq import fused_scan
@@ -331,7 +331,8 @@ class NativeFusedStep:
     def write_bundle(self, folder: Path) -> Path:
         """What the `seminar_native` Triton backend opens (triton_backend.cc): the step's arrays
         as .npy files and spec.txt (settings, the graphs' paths inside the model repository,
-        <model>/<version>/<file>, tensor names, the ONNX Runtime library) in `folder`."""
+        <model>/<version>/<file>, tensor names, the ONNX Runtime library) in `folder`, with the
+        manifest.json of them all (the backend checks every file against it)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, array in self._keep.items():
@@ -351,6 +352,7 @@ class NativeFusedStep:
         (folder / "spec.txt").write_text(
             "".join(f"{key} {value}\n" for key, value in lines.items())
         )
+        manifest.write_manifest(folder)
         return folder
 
     def score_rows(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:

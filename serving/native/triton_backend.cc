@@ -1,6 +1,7 @@
 // Triton backend `seminar_native`: the fused step in C++ inside tritonserver, no Python stub and
 // no IPC. A model of this backend reads the fused step's arrays from its version folder
-// (`fused_step/`, written by seminar.serving.native.fused_step.write_bundle) and serves the
+// (`fused_step/`, written by seminar.serving.native.fused_step.write_bundle), each file and the
+// three ONNX graphs it names checked against their manifests' sha256 first, and serves the
 // ensemble's tensors: user_id (B, 1) INT64, query (B, 1) BYTES, item_id (B, 1) INT64 ->
 // score (B, 1) FP32.
 //
@@ -120,6 +121,87 @@ std::unique_ptr<NpyArray> load_npy(const std::string& path, const std::string& d
     return array;
 }
 
+// SHA-256 (FIPS 180-4) of a file, lowercase hex: what seminar.manifest records for it.
+std::string sha256_hex(const std::string& path) {
+    static const uint32_t k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2};
+    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                     0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
+    auto compress = [&](const unsigned char* block) {
+        uint32_t w[64];
+        for (int i = 0; i < 16; ++i)
+            w[i] = uint32_t(block[4 * i]) << 24 | uint32_t(block[4 * i + 1]) << 16 |
+                   uint32_t(block[4 * i + 2]) << 8 | uint32_t(block[4 * i + 3]);
+        for (int i = 16; i < 64; ++i) {
+            const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+            const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+        }
+        uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], x = h[7];
+        for (int i = 0; i < 64; ++i) {
+            const uint32_t t1 = x + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+            const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+            x = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+        }
+        h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += x;
+    };
+    std::ifstream file(path, std::ios::binary);
+    if (!file) throw std::runtime_error("cannot read " + path);
+    std::vector<unsigned char> buffer(1 << 16);
+    uint64_t total = 0;
+    size_t pending = 0;  // bytes of buffer not yet compressed
+    while (file) {
+        file.read(reinterpret_cast<char*>(buffer.data() + pending), buffer.size() - pending);
+        const size_t got = static_cast<size_t>(file.gcount());
+        total += got;
+        pending += got;
+        size_t at = 0;
+        for (; at + 64 <= pending; at += 64) compress(buffer.data() + at);
+        std::memmove(buffer.data(), buffer.data() + at, pending - at);
+        pending -= at;
+    }
+    unsigned char tail[128] = {};
+    std::memcpy(tail, buffer.data(), pending);
+    tail[pending] = 0x80;
+    const size_t blocks = pending + 9 <= 64 ? 1 : 2;
+    const uint64_t bits = total * 8;
+    for (int i = 0; i < 8; ++i) tail[blocks * 64 - 1 - i] = static_cast<unsigned char>(bits >> (8 * i));
+    for (size_t b = 0; b < blocks; ++b) compress(tail + 64 * b);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (uint32_t word : h)
+        for (int shift = 28; shift >= 0; shift -= 4) out += hex[(word >> shift) & 0xf];
+    return out;
+}
+
+// Check `name` in `folder` against folder/manifest.json (seminar.manifest's format: "files"
+// maps each name to its "sha256"); the error names the file that fails.
+void verify_file(const std::string& folder, const std::string& name) {
+    const std::string manifest_path = folder + "/manifest.json";
+    std::ifstream in(manifest_path);
+    if (!in) throw std::runtime_error(manifest_path + ": manifest not found");
+    const std::string manifest((std::istreambuf_iterator<char>(in)), {});
+    const size_t entry = manifest.find("\"" + name + "\": {");
+    const size_t field = entry == std::string::npos ? entry : manifest.find("\"sha256\": \"", entry);
+    const size_t end = field == std::string::npos ? field : manifest.find('}', entry);
+    if (field == std::string::npos || field > end)
+        throw std::runtime_error(manifest_path + " lists no sha256 for " + name);
+    const std::string want = manifest.substr(field + 11, 64);
+    if (sha256_hex(folder + "/" + name) != want)
+        throw std::runtime_error(folder + "/" + name + ": sha256 differs from " + manifest_path +
+                                 " (a changed or corrupt file)");
+}
+
 // The model: its arrays (shared by its instances) and the spec every instance opens a step on.
 struct ModelState {
     std::map<std::string, std::string> settings;
@@ -136,6 +218,7 @@ const void* optional(ModelState& state, const std::string& name) {
 
 std::unique_ptr<ModelState> load_model(const std::string& repo, const std::string& bundle) {
     auto state = std::make_unique<ModelState>();
+    verify_file(bundle, "spec.txt");
     std::ifstream settings(bundle + "/spec.txt");
     if (!settings) throw std::runtime_error("cannot read " + bundle + "/spec.txt");
     for (std::string key, value; settings >> key && std::getline(settings >> std::ws, value);)
@@ -159,10 +242,16 @@ std::unique_ptr<ModelState> load_model(const std::string& repo, const std::strin
     for (const Wanted& w : wanted) {
         const std::string path = bundle + "/" + w.name + ".npy";
         if (!w.required && access(path.c_str(), F_OK) != 0) continue;
+        verify_file(bundle, std::string(w.name) + ".npy");
         state->arrays[w.name] = load_npy(path, w.descr, w.dims);
     }
-    for (const char* key : {"query_encoder_onnx", "item_encoder_onnx", "ranking_head_onnx"})
-        state->paths.push_back(repo + "/" + setting(key));
+    for (const char* key : {"query_encoder_onnx", "item_encoder_onnx", "ranking_head_onnx"}) {
+        // <model>/<version>/<file>: checked against that version's own manifest
+        const std::string graph = setting(key);
+        const size_t slash = graph.find_last_of('/');
+        verify_file(repo + "/" + graph.substr(0, slash), graph.substr(slash + 1));
+        state->paths.push_back(repo + "/" + graph);
+    }
     state->paths.push_back(setting("onnxruntime_library"));
     std::istringstream names(setting("tensor_names"));  // fused_step.cc's order
     for (std::string name; names >> name;) state->names.push_back(name);
