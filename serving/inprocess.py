@@ -93,8 +93,9 @@ class InProcessPipeline:
         )
         return cls(features=features, query_text=query_text, encoders=encoders, retrieval=retrieval)
 
-    def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
-        """Scores (B,) float32 of one user's B candidates, exactly as the ensemble computes."""
+    def map_request(self, user_id: int, query: str, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """One request's rows as the features step maps them, with the ensemble's user_id
+        (what score_rows takes)."""
         request = request_arrays(user_id, query, item_ids)
         rows = self.features(
             request[contract.INPUT_USER_ID],
@@ -102,7 +103,11 @@ class InProcessPipeline:
             request[contract.INPUT_ITEM_ID],
         )
         rows[contract.INPUT_USER_ID] = request[contract.INPUT_USER_ID]
-        return self.score_rows(rows).reshape(-1)  # (B, 1) -> (B,)
+        return rows
+
+    def score(self, user_id: int, query: str, item_ids: np.ndarray) -> np.ndarray:
+        """Scores (B,) float32 of one user's B candidates, exactly as the ensemble computes."""
+        return self.score_rows(self.map_request(user_id, query, item_ids)).reshape(-1)
 
     def score_rows(self, rows: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores (N, 1) float32 of rows the features step mapped (its outputs plus the

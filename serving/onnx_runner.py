@@ -31,6 +31,7 @@ class OnnxRunner:
     ) -> None:
         import onnxruntime as ort
 
+        self.path = Path(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1

@@ -21,7 +21,7 @@ from seminar import contract, manifest
 from seminar.errors import ArtifactError
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 from seminar.serving.backend import RequestError
-from seminar.serving.client import request_arrays, request_inputs, score
+from seminar.serving.client import request_inputs, score
 from seminar.serving.native import fused_step
 from seminar.serving.native.fused_step import NATIVE_MODEL, NativeFusedStep, add_native_model
 from seminar.serving.tail import OnlineTails
@@ -40,15 +40,6 @@ QUERY = "a film about robots in love"
 @pytest.fixture(scope="module")
 def native(model_repo: BuiltRepo) -> NativeFusedStep:
     return NativeFusedStep.from_repo(model_repo.repo, model_repo.version)
-
-
-def mapped_rows(step: NativeFusedStep, user_id: int, query: str, items: np.ndarray) -> dict:
-    """One request's rows as the features step maps them (with the ensemble's user_id)."""
-    request = request_arrays(user_id, query, items)
-    names = (contract.INPUT_USER_ID, contract.INPUT_QUERY, contract.INPUT_ITEM_ID)
-    rows = step.pipeline.features(*(request[name] for name in names))
-    rows[contract.INPUT_USER_ID] = request[contract.INPUT_USER_ID]
-    return rows
 
 
 def users_by_history(step: NativeFusedStep) -> tuple[int, int, int]:
@@ -70,7 +61,7 @@ def test_native_scores_equal_the_python_pipeline_for_every_kind_of_row(
     known_items = native.pipeline.features.item_ids[:80]
     items = np.concatenate([known_items, [10**12, 10**12 + 1]])  # two unknown ids: OOV rows
     requests = [
-        mapped_rows(native, user, query, items)
+        native.pipeline.map_request(user, query, items)
         for user in (cold, short, long)
         for query in ("", QUERY)
     ]
@@ -93,7 +84,7 @@ def test_bad_rows_are_refused_with_a_reason_and_the_step_serves_on(
 ) -> None:
     _, short, _ = users_by_history(native)
     items = native.pipeline.features.item_ids[:10]
-    good = mapped_rows(native, short, "", items)
+    good = native.pipeline.map_request(short, "", items)
     want = native.pipeline.score_rows(good)
     for name, value, says in (
         (contract.USER_INDEX, 10**6, "outside [-1,"),
@@ -145,7 +136,7 @@ def test_two_threads_with_a_step_each_score_at_once_alike(
     other = NativeFusedStep.from_repo(model_repo.repo, model_repo.version)
     cold, short, long = users_by_history(native)
     items = native.pipeline.features.item_ids[:100]
-    jobs = [mapped_rows(native, user, "", items) for user in (short, long, cold)]
+    jobs = [native.pipeline.map_request(user, "", items) for user in (short, long, cold)]
     want = [native.pipeline.score_rows(rows) for rows in jobs]
     failures: list[str] = []
 

@@ -150,6 +150,20 @@ void matmul(const float* a, const float* b, float* out, int64_t n, int64_t inner
         }
 }
 
+// Every stored event names a row of the tables (checked once at open, so that a request
+// never reads past them).
+void check_store(const SeminarFusedStepSpec& s) {
+    const int64_t n_events = s.offsets[s.n_users];
+    for (int64_t e = 0; e < n_events; ++e) {
+        const bool bad_item = s.event_item[e] < 0 || s.event_item[e] >= s.item_rows;
+        const bool bad_query =
+            s.query_table && (s.event_query[e] < 0 || s.event_query[e] >= s.query_rows);
+        if (bad_item || bad_query)
+            throw std::runtime_error("the sequence store's event " + std::to_string(e) +
+                                     " names a table row out of range");
+    }
+}
+
 // topk_emb / topk_mask of the rows of one user, whose GSU vectors are group_u.
 void retrieve_user(FusedStep* step, int64_t user) {
     const auto& s = step->spec;
@@ -161,13 +175,6 @@ void retrieve_user(FusedStep* step, int64_t user) {
     step->event_item.assign(s.event_item + first, s.event_item + first + n_events);
     step->event_query.clear();
     if (s.query_table) step->event_query.assign(s.event_query + first, s.event_query + first + n_events);
-    for (int64_t e = 0; e < n_events; ++e) {
-        const int64_t item = step->event_item[e];
-        const int64_t query = s.query_table ? step->event_query[e] : 0;
-        if (item < 0 || item >= s.item_rows || (s.query_table && (query < 0 || query >= s.query_rows)))
-            throw std::runtime_error("the sequence store of user " + std::to_string(user) +
-                                     " names a table row out of range");
-    }
     const int64_t* query_index = s.query_table ? step->event_query.data() : nullptr;
     step->final_ids.resize(queries * s.k);
     step->group_emb.resize(queries * s.k * s.dim);
@@ -331,6 +338,7 @@ void* seminar_fused_step_open(const SeminarFusedStepSpec* spec, char* error, siz
     try {
         // FATAL only: every failure comes back to the caller with its message, and a client's
         // bad index must not write to the server's log on every request
+        check_store(*spec);
         step->env = Ort::Env(ORT_LOGGING_LEVEL_FATAL, "seminar-fused-step");
         step->cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
         step->query_encoder =

@@ -33,15 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from seminar import contract, manifest
-from seminar.build.repository import model_parameters
 from seminar.errors import ArtifactError
 from seminar.pq import fused_scan
 from seminar.serving.backend import RequestError
-from seminar.serving.client import request_arrays
 from seminar.serving.inprocess import InProcessPipeline
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "fused_step.cc"
+HEADER = HERE / "fused_step.h"
 LIBRARY = HERE / "_fused_step.so"
 INCLUDE = HERE / "include"  # the fetched ONNX Runtime headers (git-ignored)
 ORT_HEADERS_DEB = (
@@ -150,7 +149,7 @@ _ONNX_FIELDS = {
     contract.ITEM_ENCODER_MODEL: "item_encoder_onnx",
     contract.RANKING_HEAD_MODEL: "ranking_head_onnx",
 }
-_PATHS = ("onnxruntime_library", "query_encoder_onnx", "item_encoder_onnx", "ranking_head_onnx")
+_PATHS = ("onnxruntime_library", *_ONNX_FIELDS.values())
 _KERNEL_SIZES = ("code_size", "n_subspaces", "sub_dim", "sample_stride", "depth_percent", "n_users")
 _STORE = ("offsets", "event_item", "event_query", "block_offsets", "blocks")
 
@@ -186,11 +185,8 @@ def _library() -> ctypes.CDLL | None:
     import torch  # noqa: F401  (its libgomp first: the PQ kernel binds to torch's OpenMP)
 
     built = LIBRARY.stat().st_mtime
-    if any(
-        src.stat().st_mtime > built
-        for src in (SOURCE, SOURCE.with_suffix(".h"), fused_scan.SOURCE)
-        if src.exists()
-    ):
+    sources = (SOURCE, HEADER, fused_scan.SOURCE, fused_scan.HEADER)
+    if any(src.exists() and src.stat().st_mtime > built for src in sources):
         return None
     library = ctypes.CDLL(str(LIBRARY))
     library.seminar_fused_step_open.restype = ctypes.c_void_p
@@ -227,8 +223,7 @@ class NativeFusedStep:
 
     def __init__(self, pipeline: InProcessPipeline, onnx_files: Mapping[str, Path]) -> None:
         self._handle = None
-        library = _library()
-        if library is None or not fused_scan.FusedScanner.available():
+        if not available():
             raise ArtifactError(
                 f"the native fused step is not built ({LIBRARY.name}: run `make setup`) or "
                 "this CPU has no AVX2"
@@ -245,7 +240,7 @@ class NativeFusedStep:
             # (a shortlist always reranked) does not reproduce
             raise ArtifactError("the native fused step needs a PQ rerank (rerank >= 2)")
         self.pipeline = pipeline
-        self.library = library
+        self.library = _library()
         m, s, _, d = codebooks.centroids.shape
         # kept alive with the step: it reads them in place
         self._keep = {
@@ -296,10 +291,7 @@ class NativeFusedStep:
 
         spec = _Spec(
             onnxruntime_library=str(onnxruntime_library()).encode(),
-            **{
-                f"{_ONNX_FIELDS[name]}": str(path).encode()
-                for name, path in self.onnx_files.items()
-            },
+            **{_ONNX_FIELDS[name]: str(path).encode() for name, path in self.onnx_files.items()},
             tensor_names=self._names,
             n_users=store.n_users,
             item_rows=len(keep["item_table"]),
@@ -310,22 +302,15 @@ class NativeFusedStep:
             **{name: pointer(name) for name in keep},
         )
         error = ctypes.create_string_buffer(ERROR_BYTES)
-        self._handle = library.seminar_fused_step_open(ctypes.byref(spec), error, ERROR_BYTES)
+        self._handle = self.library.seminar_fused_step_open(ctypes.byref(spec), error, ERROR_BYTES)
         if not self._handle:
             raise ArtifactError(f"the native fused step failed to open: {error.value.decode()}")
 
     @classmethod
     def from_repo(cls, repo: Path, version: int) -> NativeFusedStep:
         """Version `version` of every composing model of `repo` (cpu target), no tails."""
-        repo = Path(repo)
         pipeline = InProcessPipeline.from_repo(repo, version)
-        onnx_files = {
-            name: repo
-            / name
-            / str(version)
-            / model_parameters(repo, name)[contract.PARAM_ONNX_FILE]
-            for name in contract.EXPORTED_MODELS
-        }
+        onnx_files = {name: runner.path for name, runner in pipeline.encoders.items()}
         return cls(pipeline, onnx_files)
 
     def write_bundle(self, folder: Path) -> Path:
@@ -383,11 +368,7 @@ class NativeFusedStep:
         query all in C++, with one the features and MiniLM steps in Python first."""
         if query == "":
             return self.score_ids(np.full(len(item_ids), user_id), item_ids).reshape(-1)
-        request = request_arrays(user_id, query, item_ids)
-        names = (contract.INPUT_USER_ID, contract.INPUT_QUERY, contract.INPUT_ITEM_ID)
-        rows = self.pipeline.features(*(request[name] for name in names))
-        rows[contract.INPUT_USER_ID] = request[contract.INPUT_USER_ID]
-        return self.score_rows(rows).reshape(-1)
+        return self.score_rows(self.pipeline.map_request(user_id, query, item_ids)).reshape(-1)
 
     def _call(self, function, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
         """One C call over `inputs` (N rows each) into fresh scores (N, 1)."""
