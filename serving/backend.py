@@ -292,30 +292,35 @@ STALL_RECENT_S = 0.25
 STALL_EXIT_CODE = 75
 # A stub that dies while one of its threads holds a mutex it shares with tritonserver makes
 # tritonserver's next lock of it throw (boost::interprocess::lock_exception, an abort; seen
-# when killing a stub at a random moment under load). Before exiting, the guard keeps the GIL
-# this long, so that the stub's C++ threads that woke with it finish what they were doing with
-# those mutexes (popping a message, a heartbeat) and then wait, for the GIL, holding none.
-_EXIT_SETTLE_US = 20_000
+# when killing a stub at a random moment under load). The stub's C++ threads hold those
+# mutexes only while they run (popping a message, a heartbeat), so before exiting the guard
+# waits until no other thread of the stub is running or queued for a CPU, twice in a row, for
+# at most this long. A fixed pause was not enough: on a crowded machine a holder preempted
+# right after SIGCONT waited longer than 20 ms for its turn, and tritonserver aborted.
+STALL_EXIT_SETTLE_MAX_S = 1.0
+_EXIT_SETTLE_LOOK_S = 0.002
 
 
-class _GilHoldingLibc:
-    """libc calls made without releasing the GIL (ctypes.PyDLL), so that no other thread of
-    the stub runs Python, or returns from C++ into its command loop, while the guard exits."""
-
-    def __init__(self) -> None:
-        import ctypes
-        import ctypes.util
-
-        self._libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")
-        self._libc.write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
-        self._libc.usleep.argtypes = (ctypes.c_uint,)
-
-    def write_stderr(self, line: str) -> None:
-        data = line.encode(errors="replace")
-        self._libc.write(2, data, len(data))
-
-    def sleep_us(self, microseconds: int) -> None:
-        self._libc.usleep(microseconds)
+def other_threads_running() -> bool:
+    """Whether a thread of this process other than the caller is running, queued for a CPU
+    (state R) or in an uninterruptible wait (D): the states in which it may hold a mutex."""
+    own = threading.get_native_id()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return False
+    for task in tasks:
+        if int(task) == own:
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue  # the thread has ended
+        # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")"
+        if stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"R", b"D"):
+            return True
+    return False
 
 
 def _wall_clock() -> float:
@@ -374,9 +379,11 @@ class StallGuard:
     does neither, so the stall is at least as long as the freeze, while a thread that keeps the
     GIL busy computing (the ticker cannot run, but the C++ heartbeat does) shows none, and
     neither does one that waited its turn for a crowded CPU (the heartbeat, a thread that
-    mostly sleeps, gets its turns first). A stall over `limit_s` logs one line
-    to stderr and exits the process with STALL_EXIT_CODE, from whichever thread saw it first,
-    holding the GIL throughout.
+    mostly sleeps, gets its turns first). A stall over `limit_s` logs one line to stderr and
+    exits the process with STALL_EXIT_CODE, from whichever thread saw it first, holding the
+    guard's lock throughout: an execute's responses go back only after its last observation,
+    which takes that lock, so the stale answer never leaves. Before exiting it lets the stub's
+    other threads settle (see STALL_EXIT_SETTLE_MAX_S).
 
     Between requests the ticker only remembers a stall: an idle stub that did not run for a
     while harmed nobody unless a request arrived meanwhile, and exiting there turned CPU
@@ -398,6 +405,7 @@ class StallGuard:
         limit_s: float = STALL_LIMIT_S,
         tick_s: float = STALL_TICK_S,
         recent_s: float = STALL_RECENT_S,
+        settle_max_s: float = STALL_EXIT_SETTLE_MAX_S,
         exit_process: Callable[[int], Any] = os._exit,
         report: Callable[[str], Any] | None = None,
     ) -> None:
@@ -405,12 +413,12 @@ class StallGuard:
             raise ValueError(f"StallGuard: need 0 < tick_s < limit_s, got {tick_s}, {limit_s}")
         self.model, self.version = model, version
         self.limit_s, self.tick_s, self.recent_s = limit_s, tick_s, recent_s
+        self.settle_max_s = settle_max_s
         # The last stall over the limit seen between requests: (when it ended, its length).
         self._idle_stall: tuple[float, float] | None = None
         self._executing = False
-        self._libc = _GilHoldingLibc()
         self._exit_process = exit_process
-        self._report = report or self._libc.write_stderr
+        self._report = report or _write_stderr
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -503,8 +511,20 @@ class StallGuard:
             f"its request up, so the stub exits with code {STALL_EXIT_CODE} instead of "
             "answering\n"
         )
-        self._libc.sleep_us(_EXIT_SETTLE_US)
+        self._settle()
         self._exit_process(STALL_EXIT_CODE)
+
+    def _settle(self) -> None:
+        """Wait, up to `settle_max_s`, until no other thread runs twice in a row."""
+        deadline = time.monotonic() + self.settle_max_s
+        quiet_looks = 0
+        while quiet_looks < 2 and time.monotonic() < deadline:
+            time.sleep(_EXIT_SETTLE_LOOK_S)
+            quiet_looks = 0 if other_threads_running() else quiet_looks + 1
+
+
+def _write_stderr(line: str) -> None:
+    os.write(2, line.encode(errors="replace"))
 
 
 # ---- the model every model.py subclasses ---------------------------------------------------------

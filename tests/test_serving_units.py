@@ -5,6 +5,7 @@ Inputs are small hand-built arrays (labelled synthetic where they stand in for d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -492,19 +493,34 @@ def test_the_features_model_never_imports_torch() -> None:
 
 # ---- stall guard (a real process, stopped and continued with real signals) --------------------
 _GUARDED_CHILD = """
-import sys, time
+import hashlib, sys, threading, time
 from seminar.serving.backend import StallGuard
 
 started = time.thread_time()
 sum(range(2_000_000))
 sums_per_cpu_second = 2_000_000 / (time.thread_time() - started)
-guard = StallGuard("unit_model", "7").start()
+block = b"x" * (4 << 20)
+started = time.thread_time()
+hashlib.sha256(block * 4)
+blocks_per_cpu_second = 4 / (time.thread_time() - started)
+
+
+def work(seconds):  # a thread that runs without the GIL, as the stub's C++ threads do
+    for _ in range(int(blocks_per_cpu_second * seconds) + 1):
+        hashlib.sha256(block)
+    print("worked", flush=True)
+
+
+guard = StallGuard("unit_model", "7", settle_max_s=float(sys.argv[1])).start()
 print("ready", flush=True)
 for line in sys.stdin:
     command, seconds = line.split()
     with guard.executing():
         if command == "sleep":  # an execute waiting with the GIL released (ONNX Runtime, IPC)
             time.sleep(float(seconds))
+        elif command == "work":  # another thread busy for `seconds` of CPU while this one waits
+            threading.Thread(target=work, args=(float(seconds),), daemon=True).start()
+            time.sleep(2.0)
         else:  # "hog": one C call that keeps the GIL, on the CPU, for `seconds` of CPU time
             started = time.monotonic()
             sum(range(int(sums_per_cpu_second * float(seconds))))
@@ -513,25 +529,39 @@ for line in sys.stdin:
 """
 
 
-@pytest.fixture
-def guarded_child():
+def _start_guarded_child(settle_max_s: float):
     import subprocess
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", _GUARDED_CHILD],
+        [sys.executable, "-c", _GUARDED_CHILD, str(settle_max_s)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout.readline() == "ready\n"
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        stream.close()
+    return proc
+
+
+@contextlib.contextmanager
+def _guarded(settle_max_s: float):
+    proc = _start_guarded_child(settle_max_s)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+
+
+@pytest.fixture
+def guarded_child():
+    # A long settle bound: the tests that exit must not depend on how crowded the machine is.
+    with _guarded(settle_max_s=60.0) as proc:
+        yield proc
 
 
 def _stop_for(proc, seconds: float) -> None:
@@ -557,6 +587,42 @@ def test_stall_guard_exits_when_the_process_is_stopped_during_an_execute(guarded
     err = guarded_child.stderr.read()
     assert re.search(r"model unit_model version 7 did not run for 1\.\d\d s", err), err
     assert guarded_child.stdout.read() == ""  # the execute never answered
+
+
+def test_stall_guard_exits_only_once_the_other_threads_stop_running(guarded_child) -> None:
+    """The stub's C++ threads hold mutexes shared with tritonserver while they run; dying
+    then makes tritonserver abort on its next lock (boost::interprocess::lock_exception, seen
+    in CI). After a stop, the guard must let a thread that is still running finish before
+    the process exits: a fixed 20 ms pause exited with the thread mid-work."""
+    import time
+
+    from seminar.serving.backend import STALL_EXIT_CODE
+
+    guarded_child.stdin.write("work 1.0\n")
+    guarded_child.stdin.flush()
+    time.sleep(0.2)
+    _stop_for(guarded_child, 1.0)
+    assert guarded_child.wait(timeout=60) == STALL_EXIT_CODE
+    assert re.search(r"did not run for 1\.\d\d s", guarded_child.stderr.read())
+    assert guarded_child.stdout.read() == "worked\n"  # the thread finished; no answer left
+
+
+def test_stall_guard_exit_waits_for_a_running_thread_only_so_long() -> None:
+    """A thread that never stops running (a spinning library thread) delays the exit by
+    `settle_max_s` at most."""
+    import time
+
+    from seminar.serving.backend import STALL_EXIT_CODE
+
+    with _guarded(settle_max_s=0.5) as child:
+        child.stdin.write("work 600\n")
+        child.stdin.flush()
+        time.sleep(0.2)
+        _stop_for(child, 1.0)
+        resumed = time.monotonic()
+        assert child.wait(timeout=30) == STALL_EXIT_CODE
+        assert time.monotonic() - resumed < 20  # not the thread's 600 s
+        assert child.stdout.read() == ""
 
 
 def test_stall_guard_exits_when_a_request_arrives_during_an_idle_stop(guarded_child) -> None:
