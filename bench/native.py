@@ -7,10 +7,13 @@ concurrency range on the served model (its best throughput is the served figure)
 in-process worker per core over the same requests (seminar.serving.native.fused_step, the same
 library the backend links); share = served / in-process, judged on the median round.
 
-The native step serves rows without a query and without online tails (a search gets
-UNIMPLEMENTED), so the requests are the real workload's users and candidates with the query
-left out: recommendation requests. The model runs from a scratch repository that links the
-source repository's composing models and holds the native model's bundle.
+The requests are the real workload's, searches included: the backend scores recommendations
+itself and forwards each search, inside the server, to the Python `pipeline` model served beside
+it (the C++ step has no query tokenizers yet), while an in-process worker maps a search's query
+in Python and scores it on the same C++ step. Online tails are not read by the native step, so
+the source repository is served without an event log. The model runs from a scratch repository
+that links the source repository's composing models and its `pipeline` and holds the native
+model's bundle.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +96,12 @@ def run_native_bench(cfg: NativeBenchConfig) -> str:
     header = Header.now(seeds=())
     console = Console(stderr=True)
     pa = find_perf_analyzer(cfg.chroot)
-    calls = [
-        replace(call, query="")
-        for call in load_workload(cfg.data, candidates=cfg.candidates, limit=cfg.requests)
-    ]
+    calls = load_workload(cfg.data, candidates=cfg.candidates, limit=cfg.requests)
+    if not (cfg.repo / contract.PIPELINE_MODEL / str(cfg.version)).is_dir():
+        raise PerfError(
+            f"{cfg.repo} has no version {cfg.version} of {contract.PIPELINE_MODEL}, where the "
+            "native model forwards searches: build it with the fused graph (the cpu default)"
+        )
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     scratch_root = pa.host_path("/tmp")
     scratch_root.mkdir(parents=True, exist_ok=True)
@@ -107,7 +112,8 @@ def run_native_bench(cfg: NativeBenchConfig) -> str:
     ):
         repo = Path(work) / "model_repository"
         repo.mkdir()
-        for name in contract.COMPOSING_MODELS:  # the graphs the bundle names, in place
+        # the graphs the bundle names, in place, and the model searches are forwarded to
+        for name in (*contract.COMPOSING_MODELS, contract.PIPELINE_MODEL):
             (repo / name).symlink_to((cfg.repo / name).resolve(), target_is_directory=True)
         with console.status("writing the native model's bundle"):
             step = NativeFusedStep.from_repo(cfg.repo, cfg.version)
@@ -116,8 +122,10 @@ def run_native_bench(cfg: NativeBenchConfig) -> str:
         inside = "/tmp/" + Path(scratch).name if pa.chroot else scratch
         (Path(scratch) / "input.json").write_text(json.dumps(input_data(calls)))
         server_config = TritonConfig(
-            repo=repo, model_control=ModelControl.EXPLICIT, load_models=(NATIVE_MODEL,),
-            wait_models=(NATIVE_MODEL,), log_path=cfg.out_dir / "native_triton.log",
+            repo=repo, model_control=ModelControl.EXPLICIT,
+            load_models=(NATIVE_MODEL, contract.PIPELINE_MODEL),
+            wait_models=(NATIVE_MODEL, contract.PIPELINE_MODEL),
+            log_path=cfg.out_dir / "native_triton.log",
         )  # fmt: skip
         with TritonServer(server_config) as server:
             perf = cfg.perf_config(server.grpc_url)
@@ -134,9 +142,11 @@ def run_native_bench(cfg: NativeBenchConfig) -> str:
                 best = max(rows, key=lambda row: row["rps"])
                 rounds.append({"runs": [best], "sweep": rows, "in_process": in_process})
     median = median_round(rounds)
+    searches = sum(1 for call in calls if call.query)
     data = {
         "repo": str(cfg.repo), "version": cfg.version, "data": str(cfg.data),
-        "requests": cfg.requests, "candidates": cfg.candidates, "concurrency": cfg.concurrency,
+        "requests": cfg.requests, "searches": searches, "candidates": cfg.candidates,
+        "concurrency": cfg.concurrency,
         "measurement_ms": cfg.measurement_ms, "workers": cfg.workers,
         "goal_share": cfg.goal_share, "rounds": rounds, "median_share": served_share(median),
         "perf_analyzer": pa.where,
@@ -146,8 +156,9 @@ def run_native_bench(cfg: NativeBenchConfig) -> str:
         header=header,
         setup=(
             f"Repository {cfg.repo}, version {cfg.version}; {len(calls)} real requests of "
-            f"{cfg.data} ({cfg.candidates} candidates each) with the query left out "
-            "(recommendation requests: the native step serves no searches yet).",
+            f"{cfg.data} ({cfg.candidates} candidates each), {searches} of them searches "
+            f"(forwarded by the backend to `{contract.PIPELINE_MODEL}`; an in-process worker "
+            "maps their query in Python).",
             f"perf_analyzer ({pa.where}) over concurrency {cfg.concurrency}, "
             f"{cfg.measurement_ms} ms windows, on `seminar_native` ({cfg.workers} instances); "
             f"then {cfg.workers} in-process workers running the same C++ step.",

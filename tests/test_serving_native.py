@@ -187,13 +187,20 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
     native: NativeFusedStep, model_repo: BuiltRepo, tmp_path: Path
 ) -> None:
     """The real tritonserver loads the `seminar_native` backend and serves, over real gRPC, the
-    scores of the Python pipeline, also for requests it batches together; bad requests get
-    INVALID_ARG with the features step's message while the others are served; a search gets
-    UNIMPLEMENTED (Triton's UNSUPPORTED); a model with an array changed in place (its sha256
-    differs from the manifest) or cut short never becomes ready and says why."""
+    scores of the Python pipeline, also for requests it batches together; a search (ASCII or
+    not) is forwarded inside the server to the Python `pipeline` model and gets its scores, or
+    its error, also mixed into a batch of recommendations; bad requests get INVALID_ARG with the
+    features step's message while the others are served; without a search model a search gets
+    UNIMPLEMENTED (Triton's UNSUPPORTED), and with a missing one the server's reason; a model
+    with an array changed in place (its sha256 differs from the manifest) or cut short never
+    becomes ready and says why."""
     require_tritonserver()
     repo = copy_repo(model_repo, tmp_path / "model_repository")
-    add_native_model(repo, native, model_repo.version, instances=2)
+    # searches go to this version's whole pipeline (here the six-step build's pinned ensemble)
+    searches = contract.pinned_ensemble_name(model_repo.version)
+    add_native_model(repo, native, model_repo.version, 2, search_model=searches)
+    add_native_model(repo, native, model_repo.version, 1, "seminar_native_nosearch", None)
+    add_native_model(repo, native, model_repo.version, 1, "seminar_native_lost", "no_such_model")
     # one array changed in place (same size): its sha256 no longer matches the manifest
     flipped = add_native_model(repo, native, model_repo.version, 2, name="seminar_native_flipped")
     blocks = flipped / str(model_repo.version) / fused_step.BUNDLE_DIR / "blocks.npy"
@@ -216,25 +223,43 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
         for user in (cold, short, long):
             got = score(client, user, "", items, model=NATIVE_MODEL)
             assert np.abs(got - native.pipeline.score(user, "", items)).max() <= ATOL
-        # many requests at once: the dynamic batcher hands several to one execute
-        users = [cold, short, long] * 8
-        boxes = [ResultBox() for _ in users]
-        for user, box in zip(users, boxes, strict=True):
-            client.async_infer(NATIVE_MODEL, request_inputs(user, "", items), box)
-        for box, user in zip(boxes, users, strict=True):
+        for user, query in (
+            (cold, QUERY),
+            (long, QUERY),
+            (short, "robots \u00e0 la fran\u00e7aise"),
+        ):
+            got = score(client, user, query, items, model=NATIVE_MODEL)  # forwarded
+            assert np.abs(got - native.pipeline.score(user, query, items)).max() <= ATOL
+        # many requests at once: the dynamic batcher hands several to one execute, searches
+        # (forwarded) among recommendations (scored here)
+        asked = [(user, query) for user in (cold, short, long) for query in ("", "", QUERY)] * 3
+        boxes = [ResultBox() for _ in asked]
+        for (user, query), box in zip(asked, boxes, strict=True):
+            client.async_infer(NATIVE_MODEL, request_inputs(user, query, items), box)
+        for box, (user, query) in zip(boxes, asked, strict=True):
             got = box.wait().as_numpy(contract.OUTPUT_SCORE).reshape(-1)
-            assert np.abs(got - native.pipeline.score(user, "", items)).max() <= ATOL
+            assert np.abs(got - native.pipeline.score(user, query, items)).max() <= ATOL
         for inputs, status, says in (
             (
                 request_inputs(-5, "", items[:3]),
                 "INVALID_ARG",
                 "user_id must be >= 0, row 0 has -5",
             ),
-            (request_inputs(short, QUERY, items[:3]), "UNIMPLEMENTED", "query row 0 has one"),
+            # a search the pipeline model refuses: its status and message come back
+            (request_inputs(-5, QUERY, items[:3]), "INVALID_ARG", "user_id must be >= 0"),
         ):
             with pytest.raises(InferenceServerException) as caught:
                 client.infer(NATIVE_MODEL, inputs)
             assert status in str(caught.value.status()) and says in caught.value.message()
+        for model, status, says in (
+            ("seminar_native_nosearch", "UNIMPLEMENTED", "names no search_model"),
+            ("seminar_native_lost", "", "forwarding the search to model no_such_model: "),
+        ):
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer(model, request_inputs(short, QUERY, items[:3]))
+            assert status in str(caught.value.status()) and says in caught.value.message()
+            got = score(client, short, "", items, model=model)  # recommendations still served
+            assert np.abs(got - native.pipeline.score(short, "", items)).max() <= ATOL
         got = score(client, short, "", items, model=NATIVE_MODEL)  # it still serves
         assert np.abs(got - native.pipeline.score(short, "", items)).max() <= ATOL
         assert not server.model_ready("seminar_native_flipped")

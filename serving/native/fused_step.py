@@ -5,7 +5,8 @@ tritonserver) and for in-process workers alike.
 `NativeFusedStep` opens it on the arrays of an `InProcessPipeline` (the same ONNX graphs, PQ
 store, tables and projection), so the two answer the same rows alike. Rows without a query are
 mapped and scored all in C++ (`score_ids`); for a row with a query the features and MiniLM
-steps still run in Python and hand their outputs over (`score_rows`). The users' online tails
+steps still run in Python and hand their outputs over (`score_rows`), and the Triton backend
+forwards a search whole to the Python `pipeline` model served beside it. The users' online tails
 are not read here yet: a pipeline with tails is refused. `write_bundle` / `add_native_model`
 write what the backend opens: the arrays as .npy files, spec.txt, the config and the library.
 
@@ -82,6 +83,11 @@ output {{ name: "{score}" data_type: TYPE_FP32 dims: 1 }}
 instance_group {{ count: {instances} kind: KIND_CPU }}
 dynamic_batching {{ }}
 """
+# Where the backend forwards a search (a request with a query) inside the server: the C++ step
+# has no query tokenizers yet.
+SEARCH_MODEL_PARAMETER = (
+    'parameters {{ key: "search_model" value: {{ string_value: "{model}" }} }}\n'
+)
 
 
 def _deb_member(deb: bytes, prefix: str) -> bytes:
@@ -394,12 +400,18 @@ class NativeFusedStep:
 
 
 def add_native_model(
-    repo: Path, step: NativeFusedStep, version: int, instances: int, name: str = NATIVE_MODEL
+    repo: Path,
+    step: NativeFusedStep,
+    version: int,
+    instances: int,
+    name: str = NATIVE_MODEL,
+    search_model: str | None = contract.PIPELINE_MODEL,
 ) -> Path:
     """A `seminar_native` model in `repo` (which holds the composing models the step was opened
     on): version `version`'s bundle, its config (the ensemble's tensors, `instances` CPU
     instances, dynamic batching) and the backend library, which Triton finds in the model's
-    folder."""
+    folder. Searches are forwarded to version `version` of `search_model`, which must be served
+    beside it (None: they are refused with UNSUPPORTED)."""
     folder = Path(repo) / name
     step.write_bundle(folder / str(version) / BUNDLE_DIR)
     config = NATIVE_CONFIG.format(
@@ -411,6 +423,8 @@ def add_native_model(
         score=contract.OUTPUT_SCORE,
         instances=instances,
     )
+    if search_model is not None:
+        config += SEARCH_MODEL_PARAMETER.format(model=search_model)
     (folder / contract.CONFIG_FILE).write_text(config)
     shutil.copy(BACKEND_LIBRARY, folder / BACKEND_LIBRARY.name)
     return folder

@@ -6,9 +6,11 @@
 // score (B, 1) FP32.
 //
 // Every request of a batch is checked on its own (a bad one gets INVALID_ARG with the reason, the
-// others are still served), then all accepted rows are scored in one call. Rows with a query
-// are not served here yet: such a request gets UNSUPPORTED (the Python `pipeline` model serves
-// searches).
+// others are still served), then all accepted rows are scored in one call. The C++ step has no
+// query tokenizers yet, so a search (a request with a query) is forwarded whole, inside the
+// server, to the model the config's `search_model` parameter names (the Python `pipeline` of
+// the same version) and answered with that model's scores or error; without the parameter a
+// search gets UNSUPPORTED.
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -16,11 +18,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -36,6 +41,7 @@ constexpr const char* kQuery = "query";
 constexpr const char* kItemId = "item_id";
 constexpr const char* kScore = "score";
 constexpr size_t kErrorBytes = 1024;
+constexpr const char* kSearchModelParameter = "search_model";
 
 uint64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -202,8 +208,13 @@ void verify_file(const std::string& folder, const std::string& name) {
                                  " (a changed or corrupt file)");
 }
 
-// The model: its arrays (shared by its instances) and the spec every instance opens a step on.
+// The model: its arrays (shared by its instances), the spec every instance opens a step on, and
+// where searches go.
 struct ModelState {
+    std::string search_model;  // empty: searches are refused
+    int64_t version = 0;
+    TRITONSERVER_Server* server = nullptr;
+    TRITONSERVER_ResponseAllocator* allocator = nullptr;
     std::map<std::string, std::string> settings;
     std::map<std::string, std::unique_ptr<NpyArray>> arrays;
     std::vector<std::string> paths, names;
@@ -352,8 +363,9 @@ struct Rows {
     std::vector<int64_t> user_id, item_id;
 };
 
-// A request's rows, checked as the features step checks them.
-void read_request(TRITONBACKEND_Request* request, Rows* rows) {
+// A request's rows, checked as the features step checks them, appended to `rows`; false, with
+// nothing appended, for a search (a row with a query), which the C++ step does not score.
+bool read_request(TRITONBACKEND_Request* request, Rows* rows) {
     std::string users_copy, items_copy, query_copy;
     int64_t n_users, n_items, n_queries;
     uint64_t users_size, items_size, query_size;
@@ -368,6 +380,7 @@ void read_request(TRITONBACKEND_Request* request, Rows* rows) {
         throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, "user_id and item_id must hold 8 bytes a row");
     // BYTES: each element is a 4-byte little-endian length, then that many bytes
     uint64_t at = 0;
+    bool search = false;
     for (int64_t r = 0; r < n_queries; ++r) {
         if (at + 4 > query_size)
             throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, "query is shorter than its rows");
@@ -376,11 +389,9 @@ void read_request(TRITONBACKEND_Request* request, Rows* rows) {
         at += 4 + static_cast<uint64_t>(length);
         if (at > query_size)
             throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, "query is shorter than its rows");
-        if (length != 0)
-            throw BadRequest(TRITONSERVER_ERROR_UNSUPPORTED,
-                             "the native step scores rows without a query; query row " +
-                                 std::to_string(r) + " has one (the pipeline model serves searches)");
+        search = search || length != 0;
     }
+    if (search) return false;
     const size_t first = rows->user_id.size();
     rows->user_id.resize(first + n_users);
     rows->item_id.resize(first + n_items);
@@ -395,6 +406,149 @@ void read_request(TRITONBACKEND_Request* request, Rows* rows) {
                 rows->item_id.resize(first);
                 throw BadRequest(TRITONSERVER_ERROR_INVALID_ARG, message);
             }
+    return true;
+}
+
+void respond(TRITONBACKEND_Request* request, const float* scores, int64_t n, TRITONSERVER_Error* error);
+
+// ---- searches, forwarded to the search model inside the server ----------------------------------
+struct Forwarded;
+
+// The searches of one execute in flight: each completes when its response came back and Triton
+// released the forwarded request (which reads the original request's input buffers).
+struct InFlight {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<std::unique_ptr<Forwarded>> calls;
+};
+
+struct Forwarded {
+    InFlight* batch = nullptr;
+    uint32_t index = 0;  // the original request's place in the execute
+    TRITONSERVER_InferenceRequest* request = nullptr;
+    TRITONSERVER_InferenceResponse* response = nullptr;
+    bool responded = false, released = false;
+    ~Forwarded() {
+        if (response) TRITONSERVER_InferenceResponseDelete(response);
+        if (request) TRITONSERVER_InferenceRequestDelete(request);
+    }
+};
+
+void on_forwarded_response(TRITONSERVER_InferenceResponse* response, const uint32_t flags, void* userp) {
+    auto* call = static_cast<Forwarded*>(userp);
+    std::lock_guard<std::mutex> lock(call->batch->mutex);
+    if (response) {
+        if (call->response) TRITONSERVER_InferenceResponseDelete(call->response);
+        call->response = response;
+    }
+    if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) call->responded = true;
+    call->batch->changed.notify_all();
+}
+
+void on_forwarded_release(TRITONSERVER_InferenceRequest*, const uint32_t flags, void* userp) {
+    auto* call = static_cast<Forwarded*>(userp);
+    if (!(flags & TRITONSERVER_REQUEST_RELEASE_ALL)) return;
+    std::lock_guard<std::mutex> lock(call->batch->mutex);
+    call->released = true;
+    call->batch->changed.notify_all();
+}
+
+TRITONSERVER_Error* allocate_on_heap(TRITONSERVER_ResponseAllocator*, const char*, size_t byte_size,
+                                     TRITONSERVER_MemoryType, int64_t, void*, void** buffer,
+                                     void** buffer_userp, TRITONSERVER_MemoryType* actual_memory_type,
+                                     int64_t* actual_memory_type_id) {
+    *buffer = byte_size ? std::malloc(byte_size) : nullptr;
+    *buffer_userp = nullptr;
+    *actual_memory_type = TRITONSERVER_MEMORY_CPU;
+    *actual_memory_type_id = 0;
+    if (byte_size && !*buffer)
+        return error_of(TRITONSERVER_ERROR_INTERNAL, "out of memory for a forwarded search's scores");
+    return nullptr;
+}
+
+TRITONSERVER_Error* free_on_heap(TRITONSERVER_ResponseAllocator*, void* buffer, void*, size_t,
+                                 TRITONSERVER_MemoryType, int64_t) {
+    std::free(buffer);
+    return nullptr;
+}
+
+// Throw a Triton error as a BadRequest carrying its code and message.
+void check(TRITONSERVER_Error* error, const std::string& context) {
+    if (!error) return;
+    BadRequest failure(TRITONSERVER_ErrorCode(error), context + TRITONSERVER_ErrorMessage(error));
+    TRITONSERVER_ErrorDelete(error);
+    throw failure;
+}
+
+// Send `origin` on to the search model with the same inputs (its buffers, not copies).
+void forward(ModelState& state, TRITONBACKEND_Request* origin, Forwarded* call) {
+    const std::string context = "forwarding the search to model " + state.search_model + ": ";
+    check(TRITONSERVER_InferenceRequestNew(&call->request, state.server, state.search_model.c_str(),
+                                           state.version),
+          context);
+    for (const char* name : {kUserId, kQuery, kItemId}) {
+        TRITONBACKEND_Input* input;
+        TRITONSERVER_DataType type;
+        const int64_t* shape;
+        uint32_t dims, buffers;
+        uint64_t size;
+        check(TRITONBACKEND_RequestInput(origin, name, &input), context);
+        check(TRITONBACKEND_InputProperties(input, nullptr, &type, &shape, &dims, &size, &buffers), context);
+        check(TRITONSERVER_InferenceRequestAddInput(call->request, name, type, shape, dims), context);
+        for (uint32_t b = 0; b < buffers; ++b) {
+            const void* buffer;
+            uint64_t bytes;
+            TRITONSERVER_MemoryType memory;
+            int64_t memory_id;
+            check(TRITONBACKEND_InputBuffer(input, b, &buffer, &bytes, &memory, &memory_id), context);
+            check(TRITONSERVER_InferenceRequestAppendInputData(call->request, name, buffer, bytes,
+                                                               memory, memory_id),
+                  context);
+        }
+    }
+    check(TRITONSERVER_InferenceRequestAddRequestedOutput(call->request, kScore), context);
+    check(TRITONSERVER_InferenceRequestSetReleaseCallback(call->request, on_forwarded_release, call), context);
+    check(TRITONSERVER_InferenceRequestSetResponseCallback(call->request, state.allocator, nullptr,
+                                                           on_forwarded_response, call),
+          context);
+    check(TRITONSERVER_ServerInferAsync(state.server, call->request, nullptr), context);
+}
+
+// Answer `origin` with the search model's response: its scores, or its error.
+void answer_forwarded(TRITONBACKEND_Request* origin, const std::string& search_model,
+                      Forwarded& call, bool* success) {
+    const std::string context = "the search model " + search_model + ": ";
+    *success = false;
+    if (!call.response) {
+        respond(origin, nullptr, 0, error_of(TRITONSERVER_ERROR_INTERNAL, context + "no response"));
+        return;
+    }
+    if (TRITONSERVER_Error* failed = TRITONSERVER_InferenceResponseError(call.response)) {
+        respond(origin, nullptr, 0,
+                error_of(TRITONSERVER_ErrorCode(failed), TRITONSERVER_ErrorMessage(failed)));
+        return;
+    }
+    uint32_t outputs = 0;
+    const char* name = nullptr;
+    TRITONSERVER_DataType type = TRITONSERVER_TYPE_INVALID;
+    const int64_t* shape = nullptr;
+    uint64_t dims = 0;
+    const void* base = nullptr;
+    size_t bytes = 0;
+    TRITONSERVER_MemoryType memory = TRITONSERVER_MEMORY_CPU;
+    int64_t memory_id = 0;
+    void* userp = nullptr;
+    TRITONSERVER_Error* error = TRITONSERVER_InferenceResponseOutputCount(call.response, &outputs);
+    if (!error && outputs != 1)
+        error = error_of(TRITONSERVER_ERROR_INTERNAL, context + "answered " + std::to_string(outputs) + " outputs");
+    if (!error)
+        error = TRITONSERVER_InferenceResponseOutput(call.response, 0, &name, &type, &shape, &dims, &base,
+                                                     &bytes, &memory, &memory_id, &userp);
+    if (!error && (std::string(name) != kScore || type != TRITONSERVER_TYPE_FP32 || dims != 2 ||
+                   shape[1] != 1 || bytes != static_cast<size_t>(shape[0]) * sizeof(float)))
+        error = error_of(TRITONSERVER_ERROR_INTERNAL, context + "answered another tensor than score (B, 1) FP32");
+    *success = error == nullptr;
+    respond(origin, static_cast<const float*>(base), error ? 0 : shape[0], error);
 }
 
 void respond(TRITONBACKEND_Request* request, const float* scores, int64_t n, TRITONSERVER_Error* error) {
@@ -445,18 +599,42 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
         return error_of(TRITONSERVER_ERROR_UNSUPPORTED, "seminar_native reads a model folder");
     const std::string model_dir = location;
     const std::string repo = model_dir.substr(0, model_dir.find_last_of('/'));
+    std::unique_ptr<ModelState> state;
     try {
-        auto state = load_model(repo, model_dir + "/" + std::to_string(version) + "/" + kBundleDir);
-        return TRITONBACKEND_ModelSetState(model, state.release());
+        state = load_model(repo, model_dir + "/" + std::to_string(version) + "/" + kBundleDir);
     } catch (const std::exception& e) {
         return error_of(TRITONSERVER_ERROR_INVALID_ARG, e.what());
     }
+    state->version = static_cast<int64_t>(version);
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelServer(model, &state->server)) return e;
+    TRITONSERVER_Message* config;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelConfig(model, 1, &config)) return e;
+    const char* json;
+    size_t json_bytes;
+    TRITONSERVER_Error* failed = TRITONSERVER_MessageSerializeToJson(config, &json, &json_bytes);
+    if (!failed) {
+        // "parameters":{"search_model":{"string_value":"pipeline"}}, as Triton serializes it
+        const std::string text(json, json_bytes);
+        const std::string key = std::string("\"") + kSearchModelParameter + "\":{\"string_value\":\"";
+        const size_t at = text.find(key);
+        if (at != std::string::npos)
+            state->search_model = text.substr(at + key.size(), text.find('"', at + key.size()) - at - key.size());
+    }
+    TRITONSERVER_MessageDelete(config);
+    if (failed) return failed;
+    if (!state->search_model.empty())
+        if (TRITONSERVER_Error* e = TRITONSERVER_ResponseAllocatorNew(&state->allocator, allocate_on_heap,
+                                                                      free_on_heap, nullptr))
+            return e;
+    return TRITONBACKEND_ModelSetState(model, state.release());
 }
 
 TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
     void* state;
     if (TRITONSERVER_Error* e = TRITONBACKEND_ModelState(model, &state)) return e;
-    delete static_cast<ModelState*>(state);
+    auto* model_state = static_cast<ModelState*>(state);  // null when its initialize failed
+    if (model_state && model_state->allocator) TRITONSERVER_ResponseAllocatorDelete(model_state->allocator);
+    delete model_state;
     return nullptr;
 }
 
@@ -483,15 +661,34 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
                                                        const uint32_t request_count) {
     const uint64_t exec_start = now_ns();
     void* step;
+    TRITONBACKEND_Model* model;
+    void* model_state;
     if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceState(instance, &step)) return e;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceModel(instance, &model)) return e;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelState(model, &model_state)) return e;
+    ModelState& state = *static_cast<ModelState*>(model_state);
     Rows rows;
     std::vector<int64_t> first(request_count), count(request_count, -1);
     std::vector<TRITONSERVER_Error*> refused(request_count, nullptr);
+    std::vector<Forwarded*> forwarded(request_count, nullptr);
+    InFlight searches;
     for (uint32_t r = 0; r < request_count; ++r) {
         first[r] = static_cast<int64_t>(rows.user_id.size());
         try {
-            read_request(requests[r], &rows);
-            count[r] = static_cast<int64_t>(rows.user_id.size()) - first[r];
+            if (read_request(requests[r], &rows)) {
+                count[r] = static_cast<int64_t>(rows.user_id.size()) - first[r];
+            } else if (state.search_model.empty()) {
+                refused[r] = error_of(TRITONSERVER_ERROR_UNSUPPORTED,
+                                      "the native step scores rows without a query, and this model "
+                                      "names no search_model to forward searches to");
+            } else {
+                auto call = std::make_unique<Forwarded>();
+                call->batch = &searches;
+                call->index = r;
+                forward(state, requests[r], call.get());
+                forwarded[r] = call.get();
+                searches.calls.push_back(std::move(call));
+            }
         } catch (const BadRequest& e) {
             refused[r] = error_of(e.code, e.what());
         } catch (const std::exception& e) {
@@ -505,20 +702,34 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
     const int code = n ? seminar_fused_step_score_ids(step, n, rows.user_id.data(), rows.item_id.data(),
                                                       scores.data(), error, sizeof error)
                        : 0;
+    {
+        std::unique_lock<std::mutex> lock(searches.mutex);
+        searches.changed.wait(lock, [&] {
+            for (const auto& call : searches.calls)
+                if (!call->responded || !call->released) return false;
+            return true;
+        });
+    }
     const uint64_t compute_end = now_ns();
     for (uint32_t r = 0; r < request_count; ++r) {
-        TRITONSERVER_Error* outcome = refused[r];
-        if (!outcome && code)
-            outcome = error_of(code == kFusedStepBadRequest ? TRITONSERVER_ERROR_INVALID_ARG
-                                                            : TRITONSERVER_ERROR_INTERNAL,
-                               error);
-        const bool success = outcome == nullptr;
-        respond(requests[r], scores.data() + first[r], count[r], outcome);
+        bool success;
+        if (forwarded[r]) {
+            answer_forwarded(requests[r], state.search_model, *forwarded[r], &success);
+        } else {
+            TRITONSERVER_Error* outcome = refused[r];
+            if (!outcome && code)
+                outcome = error_of(code == kFusedStepBadRequest ? TRITONSERVER_ERROR_INVALID_ARG
+                                                                : TRITONSERVER_ERROR_INTERNAL,
+                                   error);
+            success = outcome == nullptr;
+            respond(requests[r], scores.data() + first[r], count[r], outcome);
+        }
         if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportStatistics(
                 instance, requests[r], success, exec_start, compute_start, compute_end, now_ns()))
             TRITONSERVER_ErrorDelete(e);
         TRITONBACKEND_RequestRelease(requests[r], TRITONSERVER_REQUEST_RELEASE_ALL);
     }
+    searches.calls.clear();  // deletes the responses and the released requests
     if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportBatchStatistics(
             instance, request_count, exec_start, compute_start, compute_end, now_ns()))
         TRITONSERVER_ErrorDelete(e);
