@@ -183,6 +183,21 @@ def test_rows_without_a_query_are_mapped_and_scored_all_in_cpp(native: NativeFus
             native.score_ids(users, item_ids)
 
 
+def test_rewriting_a_native_model_replaces_its_library_instead_of_writing_into_it(
+    native: NativeFusedStep, tmp_path: Path
+) -> None:
+    """A running tritonserver has the model's backend library mapped: writing the new copy into
+    the same file would change its code in place (SIGBUS). The new copy is renamed over it."""
+    import os
+
+    folder = add_native_model(tmp_path, native, 1, 1)
+    library = folder / fused_step.BACKEND_LIBRARY.name
+    before = os.stat(library).st_ino
+    add_native_model(tmp_path, native, 1, 1)
+    assert os.stat(library).st_ino != before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["1", "config.pbtxt", library.name])
+
+
 def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
     native: NativeFusedStep, model_repo: BuiltRepo, tmp_path: Path
 ) -> None:

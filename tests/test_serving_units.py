@@ -496,13 +496,20 @@ _GUARDED_CHILD = """
 import hashlib, sys, threading, time
 from seminar.serving.backend import StallGuard
 
-started = time.thread_time()
-sum(range(2_000_000))
-sums_per_cpu_second = 2_000_000 / (time.thread_time() - started)
+
+
+def fastest_rate(work, units):  # units per CPU second, the fastest of 5 runs: a run slowed
+    best = 0.0  # by a busy machine would make every hog and work shorter than asked
+    for _ in range(5):
+        started = time.thread_time()
+        work()
+        best = max(best, units / max(time.thread_time() - started, 1e-6))
+    return best
+
+
+sums_per_cpu_second = fastest_rate(lambda: sum(range(1_000_000)), 1_000_000)
 block = b"x" * (4 << 20)
-started = time.thread_time()
-hashlib.sha256(block * 4)
-blocks_per_cpu_second = 4 / (time.thread_time() - started)
+blocks_per_cpu_second = fastest_rate(lambda: hashlib.sha256(block), 1)
 
 
 def work(seconds):  # a thread that runs without the GIL, as the stub's C++ threads do

@@ -23,6 +23,7 @@ import ctypes
 import hashlib
 import io
 import lzma
+import os
 import shutil
 import sys
 import tarfile
@@ -426,7 +427,11 @@ def add_native_model(
     if search_model is not None:
         config += SEARCH_MODEL_PARAMETER.format(model=search_model)
     (folder / contract.CONFIG_FILE).write_text(config)
-    shutil.copy(BACKEND_LIBRARY, folder / BACKEND_LIBRARY.name)
+    # A new file renamed over the old one: a tritonserver serving this model has the old one
+    # mapped, and rewriting it in place would change the code under its feet (SIGBUS, a crash).
+    staged = folder / f".{BACKEND_LIBRARY.name}.new"
+    shutil.copy(BACKEND_LIBRARY, staged)
+    os.replace(staged, folder / BACKEND_LIBRARY.name)
     return folder
 
 
