@@ -610,8 +610,9 @@ class PipelineModel:
 # ---- the retrieval step's own metrics -------------------------------------------------------
 _SEQ_BUCKETS = [0, 10, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000]
 _TIME_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-# key, name, description, kind, histogram buckets
-_METRICS = (
+# key, name, description, kind, histogram buckets (the native backend reads the same, from
+# its bundle's spec.txt: metric families of one name must agree in one tritonserver)
+RETRIEVAL_METRICS = (
     ("rows", "seminar_pq_rows_total", "Candidate rows scored by the retrieval step", "COUNTER", None),
     (
         "sequence", "seminar_pq_sequence_length",
@@ -633,7 +634,7 @@ _METRICS = (
         "COUNTER", None,
     ),
 )  # fmt: skip
-_METRIC_KINDS = {key: kind for key, _, _, kind, _ in _METRICS}
+_METRIC_KINDS = {key: kind for key, _, _, kind, _ in RETRIEVAL_METRICS}
 # The sender wakes at most this often. Woken for every batch, it took the GIL from the thread
 # computing the next batch hundreds of times a second, which cost the fused step throughput at
 # saturation; /metrics is scraped every few seconds, so 0.1 s later shows the same.
@@ -666,7 +667,7 @@ class RetrievalMetrics:
         labels = {"model": context.model_name, "version": context.version}
         self.families = {}
         self.metrics = {}
-        for key, name, description, kind, buckets in _METRICS:
+        for key, name, description, kind, buckets in RETRIEVAL_METRICS:
             family = pb_utils.MetricFamily(
                 name=name, description=description, kind=getattr(pb_utils.MetricFamily, kind)
             )

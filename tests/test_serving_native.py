@@ -27,6 +27,7 @@ from seminar.serving.native.fused_step import NATIVE_MODEL, NativeFusedStep, add
 from seminar.serving.tail import OnlineTails
 from seminar.serving.triton import TritonConfig, TritonServer
 from tests.support.build import BuiltRepo, copy_repo
+from tests.support.clients import metric_samples
 from tests.support.serving import ATOL, require_tritonserver
 
 pytestmark = pytest.mark.skipif(
@@ -52,6 +53,14 @@ def users_by_history(step: NativeFusedStep) -> tuple[int, int, int]:
     short = int(user_ids[np.flatnonzero((lengths > 0) & (lengths <= shortlist))[0]])
     long = int(user_ids[np.flatnonzero(lengths > shortlist)[0]])
     return 10**12, short, long
+
+
+def stored_length(step: NativeFusedStep, user: int) -> int:
+    """Events stored for external user id `user` (0 for a user the build never saw)."""
+    user_ids = step.pipeline.features.user_ids
+    index = np.flatnonzero(user_ids == user)
+    offsets = step.pipeline.retrieval.retriever.store.offsets
+    return int(offsets[index[0] + 1] - offsets[index[0]]) if index.size else 0
 
 
 def test_native_scores_equal_the_python_pipeline_for_every_kind_of_row(
@@ -205,7 +214,8 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
     scores of the Python pipeline, also for requests it batches together; a search (ASCII or
     not) is forwarded inside the server to the Python `pipeline` model and gets its scores, or
     its error, also mixed into a batch of recommendations; bad requests get INVALID_ARG with the
-    features step's message while the others are served; without a search model a search gets
+    features step's message while the others are served; the retrieval metrics of the rows it
+    scored reach /metrics under its own labels; without a search model a search gets
     UNIMPLEMENTED (Triton's UNSUPPORTED), and with a missing one the server's reason; a model
     with an array changed in place (its sha256 differs from the manifest) or cut short never
     becomes ready and says why."""
@@ -279,6 +289,24 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
         assert np.abs(got - native.pipeline.score(short, "", items)).max() <= ATOL
         assert not server.model_ready("seminar_native_flipped")
         assert not server.model_ready("seminar_native_cut")
+        # The retrieval metrics of the rows it scored itself (22 recommendation requests of
+        # 61 rows: 7 for the cold user, 8 for the short history, 7 for the long one), labelled
+        # with this model, beside the Python step's families of the same names.
+        labels = {"model": NATIVE_MODEL, "version": str(model_repo.version)}
+
+        def sample(name: str) -> float:
+            found = [v for got, v in metric_samples(server.metrics_url, name) if got == labels]
+            assert len(found) == 1, (name, found)
+            return found[0]
+
+        assert sample("seminar_pq_rows_total") == 22 * len(items)
+        assert sample("seminar_pq_sequence_length_count") == 22
+        lengths = {user: stored_length(native, user) for user in (cold, short, long)}
+        assert lengths[cold] == 0 < lengths[short] < lengths[long]
+        want = 8 * lengths[short] + 7 * lengths[long]
+        assert sample("seminar_pq_sequence_length_sum") == want
+        assert 1 <= sample("seminar_pq_topk_seconds_count") <= 22
+        assert sample("seminar_pq_topk_seconds_sum") > 0
     log = (tmp_path / "triton.log").read_text()
     assert "blocks.npy: sha256 differs from" in log
     assert "blocks.npy: truncated data" in log

@@ -22,6 +22,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -63,6 +64,7 @@ struct FusedStep {
     std::vector<float> x, u, u_pq, topk_emb, topk_mask, group_u, group_u_pq, group_emb;
     std::vector<int64_t> group_rows, final_ids, shortlist_ids, event_item, event_query;
     std::vector<uint16_t> shortlist_values;
+    double last_topk_seconds = 0.0;  // the last call's retrieval (top-K + gather), for metrics
 };
 
 const OrtApi* open_onnxruntime(const char* path, std::string* error) {
@@ -254,6 +256,7 @@ void score(FusedStep* step, int64_t n, const int64_t* user_index, const int64_t*
     step->topk_mask.assign(n * slots, 0.0f);
     std::map<int64_t, std::vector<int64_t>> rows_of_user;  // users in ascending order
     for (int64_t r = 0; r < n; ++r) rows_of_user[user_index[r]].push_back(r);
+    const auto retrieval_start = std::chrono::steady_clock::now();
     for (auto& [user, rows] : rows_of_user) {
         step->group_rows = rows;
         step->group_u.resize(rows.size() * hd);
@@ -262,6 +265,8 @@ void score(FusedStep* step, int64_t n, const int64_t* user_index, const int64_t*
                         hd * sizeof(float));
         retrieve_user(step, user);
     }
+    step->last_topk_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - retrieval_start).count();
     std::vector<Ort::Value> inputs;
     inputs.push_back(tensor(step, query_emb.data(), {n, s.dim}));
     inputs.push_back(tensor(step, item_emb.data(), {n, s.dim}));
@@ -370,6 +375,10 @@ int seminar_fused_step_score_ids(void* handle, int64_t n, const int64_t* user_id
     if (n <= 0) return 0;
     auto* step = static_cast<FusedStep*>(handle);
     return guarded([&] { score_ids(step, n, user_id, item_id, scores); }, error, error_size);
+}
+
+double seminar_fused_step_last_topk_seconds(void* handle) {
+    return static_cast<FusedStep*>(handle)->last_topk_seconds;
 }
 
 void seminar_fused_step_close(void* handle) { delete static_cast<FusedStep*>(handle); }

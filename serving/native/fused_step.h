@@ -60,6 +60,8 @@ int seminar_fused_step_score(void* step, int64_t n, const int64_t* user_index,
 int seminar_fused_step_score_ids(void* step, int64_t n, const int64_t* user_id,
                                  const int64_t* item_id, float* scores, char* error,
                                  size_t error_size);
+// Seconds the last successful call spent retrieving (per user: the top-K and the gather).
+double seminar_fused_step_last_topk_seconds(void* step);
 void seminar_fused_step_close(void* step);
 }
 

@@ -37,7 +37,7 @@ import numpy as np
 from seminar import contract, manifest
 from seminar.errors import ArtifactError
 from seminar.pq import fused_scan
-from seminar.serving.backend import RequestError
+from seminar.serving.backend import RETRIEVAL_METRICS, RequestError
 from seminar.serving.inprocess import InProcessPipeline
 
 HERE = Path(__file__).parent
@@ -74,6 +74,9 @@ BACKEND_SOURCE = HERE / "triton_backend.cc"
 BACKEND_LIBRARY = HERE / f"libtriton_{BACKEND_NAME}.so"
 BUNDLE_DIR = "fused_step"  # in the model's version folder
 NATIVE_MODEL = "seminar_native"  # the model add_native_model writes
+# The retrieval metrics (seminar.serving.backend.RETRIEVAL_METRICS) the backend reports: the
+# online-tail ones stay with the Python step, which reads the tails.
+NATIVE_METRICS = ("rows", "sequence", "time")
 NATIVE_CONFIG = """name: "{name}"
 backend: "{backend}"
 max_batch_size: 1024
@@ -338,6 +341,13 @@ class NativeFusedStep:
             },
             "onnxruntime_library": onnxruntime_library(),
             "tensor_names": " ".join(TENSOR_NAMES),  # fused_step.cc's order
+            # the retrieval metrics the backend reports: "name KIND buckets|- description"
+            **{
+                f"metric_{key}": f"{name} {kind} "
+                f"{','.join(repr(float(b)) for b in buckets) if buckets else '-'} {description}"
+                for key, name, description, kind, buckets in RETRIEVAL_METRICS
+                if key in NATIVE_METRICS
+            },
             # the float32 the step reads, written exactly
             "alpha": repr(float(np.float32(self.settings["alpha"]))),
         }

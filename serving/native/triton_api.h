@@ -24,6 +24,10 @@ struct TRITONSERVER_InferenceRequest;
 struct TRITONSERVER_InferenceResponse;
 struct TRITONSERVER_InferenceTrace;
 struct TRITONSERVER_ResponseAllocator;
+struct TRITONSERVER_Parameter;
+struct TRITONSERVER_MetricFamily;
+struct TRITONSERVER_Metric;
+struct TRITONSERVER_MetricArgs;
 
 enum TRITONSERVER_Error_Code {
     TRITONSERVER_ERROR_UNKNOWN = 0,
@@ -58,6 +62,18 @@ enum TRITONSERVER_MemoryType {
     TRITONSERVER_MEMORY_CPU = 0,
     TRITONSERVER_MEMORY_CPU_PINNED = 1,
     TRITONSERVER_MEMORY_GPU = 2,
+};
+
+enum TRITONSERVER_ParameterType {
+    TRITONSERVER_PARAMETER_STRING = 0,
+    TRITONSERVER_PARAMETER_INT = 1,
+    TRITONSERVER_PARAMETER_BOOL = 2,
+};
+
+enum TRITONSERVER_MetricKind {
+    TRITONSERVER_METRIC_KIND_COUNTER = 0,
+    TRITONSERVER_METRIC_KIND_GAUGE = 1,
+    TRITONSERVER_METRIC_KIND_HISTOGRAM = 2,
 };
 
 enum TRITONBACKEND_ArtifactType { TRITONBACKEND_ARTIFACT_FILESYSTEM = 0 };
@@ -184,5 +200,27 @@ TRITONSERVER_Error* TRITONSERVER_InferenceResponseOutput(
     TRITONSERVER_DataType* datatype, const int64_t** shape, uint64_t* dim_count,
     const void** base, size_t* byte_size, TRITONSERVER_MemoryType* memory_type,
     int64_t* memory_type_id, void** userp);
+
+// Metrics on tritonserver's /metrics. Families of one name are shared by every model (the first
+// registration's description is kept), metrics by their labels.
+TRITONSERVER_Parameter* TRITONSERVER_ParameterNew(const char* name, const TRITONSERVER_ParameterType type,
+                                                  const void* value);
+void TRITONSERVER_ParameterDelete(TRITONSERVER_Parameter* parameter);
+TRITONSERVER_Error* TRITONSERVER_MetricFamilyNew(TRITONSERVER_MetricFamily** family,
+                                                 const TRITONSERVER_MetricKind kind, const char* name,
+                                                 const char* description);
+TRITONSERVER_Error* TRITONSERVER_MetricFamilyDelete(TRITONSERVER_MetricFamily* family);
+TRITONSERVER_Error* TRITONSERVER_MetricArgsNew(TRITONSERVER_MetricArgs** args);
+TRITONSERVER_Error* TRITONSERVER_MetricArgsSetHistogram(TRITONSERVER_MetricArgs* args, const double* buckets,
+                                                        const uint64_t buckets_count);
+TRITONSERVER_Error* TRITONSERVER_MetricArgsDelete(TRITONSERVER_MetricArgs* args);
+TRITONSERVER_Error* TRITONSERVER_MetricNewWithArgs(TRITONSERVER_Metric** metric,
+                                                   TRITONSERVER_MetricFamily* family,
+                                                   const TRITONSERVER_Parameter** labels,
+                                                   const uint64_t label_count,
+                                                   const TRITONSERVER_MetricArgs* args);
+TRITONSERVER_Error* TRITONSERVER_MetricDelete(TRITONSERVER_Metric* metric);
+TRITONSERVER_Error* TRITONSERVER_MetricIncrement(TRITONSERVER_Metric* metric, double value);
+TRITONSERVER_Error* TRITONSERVER_MetricObserve(TRITONSERVER_Metric* metric, double value);
 
 }  // extern "C"

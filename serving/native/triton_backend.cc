@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -215,6 +216,8 @@ struct ModelState {
     int64_t version = 0;
     TRITONSERVER_Server* server = nullptr;
     TRITONSERVER_ResponseAllocator* allocator = nullptr;
+    // the retrieval metrics on /metrics, labelled with this model and version: rows, sequence, time
+    std::map<std::string, std::pair<TRITONSERVER_MetricFamily*, TRITONSERVER_Metric*>> metrics;
     std::map<std::string, std::string> settings;
     std::map<std::string, std::unique_ptr<NpyArray>> arrays;
     std::vector<std::string> paths, names;
@@ -575,6 +578,76 @@ void respond(TRITONBACKEND_Request* request, const float* scores, int64_t n, TRI
     if (error) TRITONSERVER_ErrorDelete(error);
 }
 
+// ---- the retrieval metrics ------------------------------------------------------------------------
+// Each is a spec.txt line "metric_<key> <name> <COUNTER|HISTOGRAM> <buckets,...|-> <description>",
+// written from the Python step's own definitions (families of one name must agree).
+TRITONSERVER_Error* create_metrics(ModelState& state, const std::string& model, uint64_t version) {
+    const std::string version_text = std::to_string(version);
+    TRITONSERVER_Parameter* labels[2] = {
+        TRITONSERVER_ParameterNew("model", TRITONSERVER_PARAMETER_STRING, model.c_str()),
+        TRITONSERVER_ParameterNew("version", TRITONSERVER_PARAMETER_STRING, version_text.c_str())};
+    TRITONSERVER_Error* error = nullptr;
+    for (const char* key : {"rows", "sequence", "time"}) {
+        auto at = state.settings.find(std::string("metric_") + key);
+        if (at == state.settings.end() || error) continue;
+        std::istringstream line(at->second);
+        std::string name, kind, bucket_list, description;
+        line >> name >> kind >> bucket_list;
+        std::getline(line >> std::ws, description);
+        const bool histogram = kind == "HISTOGRAM";
+        std::vector<double> buckets;
+        std::istringstream bucket_items(bucket_list);
+        for (std::string item; histogram && std::getline(bucket_items, item, ',');) buckets.push_back(std::stod(item));
+        TRITONSERVER_MetricFamily* family = nullptr;
+        TRITONSERVER_Metric* metric = nullptr;
+        TRITONSERVER_MetricArgs* args = nullptr;
+        error = TRITONSERVER_MetricFamilyNew(
+            &family, histogram ? TRITONSERVER_METRIC_KIND_HISTOGRAM : TRITONSERVER_METRIC_KIND_COUNTER,
+            name.c_str(), description.c_str());
+        if (!error && histogram) error = TRITONSERVER_MetricArgsNew(&args);
+        if (!error && histogram) error = TRITONSERVER_MetricArgsSetHistogram(args, buckets.data(), buckets.size());
+        if (!error)
+            error = TRITONSERVER_MetricNewWithArgs(&metric, family, const_cast<const TRITONSERVER_Parameter**>(labels),
+                                                   2, args);
+        if (args) TRITONSERVER_MetricArgsDelete(args);
+        if (!error) state.metrics[key] = {family, metric};
+        else if (family) TRITONSERVER_MetricFamilyDelete(family);
+    }
+    for (TRITONSERVER_Parameter* label : labels) TRITONSERVER_ParameterDelete(label);
+    return error;
+}
+
+void delete_metrics(ModelState& state) {
+    for (auto& [key, family_and_metric] : state.metrics) {
+        TRITONSERVER_MetricDelete(family_and_metric.second);  // the metric before its family
+        TRITONSERVER_MetricFamilyDelete(family_and_metric.first);
+    }
+    state.metrics.clear();
+}
+
+void update_metric(ModelState& state, const char* key, double value) {
+    auto at = state.metrics.find(key);
+    if (at == state.metrics.end()) return;
+    TRITONSERVER_Error* error = key == std::string("rows") ? TRITONSERVER_MetricIncrement(at->second.second, value)
+                                                           : TRITONSERVER_MetricObserve(at->second.second, value);
+    if (error) TRITONSERVER_ErrorDelete(error);
+}
+
+// The stored sequence length of each distinct user among `n` rows (0 for a cold start), as the
+// Python step observes it per request.
+void observe_sequences(ModelState& state, const int64_t* user_id, int64_t n) {
+    const SeminarFusedStepSpec& spec = state.spec;
+    std::vector<int64_t> users(user_id, user_id + n);
+    std::sort(users.begin(), users.end());
+    users.erase(std::unique(users.begin(), users.end()), users.end());
+    for (int64_t user : users) {
+        const int64_t* at = std::lower_bound(spec.user_ids, spec.user_ids + spec.user_id_count, user);
+        const bool known = at != spec.user_ids + spec.user_id_count && *at == user;
+        const int64_t index = at - spec.user_ids;
+        update_metric(state, "sequence", known ? double(spec.offsets[index + 1] - spec.offsets[index]) : 0.0);
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -626,6 +699,13 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
         if (TRITONSERVER_Error* e = TRITONSERVER_ResponseAllocatorNew(&state->allocator, allocate_on_heap,
                                                                       free_on_heap, nullptr))
             return e;
+    const char* model_name;
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelName(model, &model_name)) return e;
+    if (TRITONSERVER_Error* e = create_metrics(*state, model_name, version)) {
+        delete_metrics(*state);
+        if (state->allocator) TRITONSERVER_ResponseAllocatorDelete(state->allocator);
+        return e;
+    }
     return TRITONBACKEND_ModelSetState(model, state.release());
 }
 
@@ -633,6 +713,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
     void* state;
     if (TRITONSERVER_Error* e = TRITONBACKEND_ModelState(model, &state)) return e;
     auto* model_state = static_cast<ModelState*>(state);  // null when its initialize failed
+    if (model_state) delete_metrics(*model_state);
     if (model_state && model_state->allocator) TRITONSERVER_ResponseAllocatorDelete(model_state->allocator);
     delete model_state;
     return nullptr;
@@ -711,6 +792,12 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
         });
     }
     const uint64_t compute_end = now_ns();
+    if (n && !code) {
+        update_metric(state, "rows", double(n));
+        update_metric(state, "time", seminar_fused_step_last_topk_seconds(step));
+        for (uint32_t r = 0; r < request_count; ++r)
+            if (count[r] > 0) observe_sequences(state, rows.user_id.data() + first[r], count[r]);
+    }
     for (uint32_t r = 0; r < request_count; ++r) {
         bool success;
         if (forwarded[r]) {
