@@ -1,9 +1,9 @@
 """The fused graph (contract.Graph.FUSED, `seminar build --graph fused`): the cpu ensemble as one
 Python step, `pipeline`, served by the real tritonserver over real gRPC.
 
-The repository is a copy of the session's `model_repo` (version 1, the six steps) plus a
-version 2 built fused from the same run, so one server holds both graphs: `seminar_v1` (steps),
-`seminar_v2` and `seminar` (fused, pinned to the newest version).
+The repository is the session's `mixed_repo` (tests/support/build.py): `model_repo` (version 1,
+the six steps) plus a version 2 built fused from the same run, so one server holds both graphs:
+`seminar_v1` (steps), `seminar_v2` and `seminar` (fused, pinned to the newest version).
 """
 
 from __future__ import annotations
@@ -25,29 +25,16 @@ from seminar.serving.client import request_inputs, score
 from seminar.serving.inprocess import InProcessPipeline
 from seminar.serving.tail import OnlineTails
 from seminar.serving.triton import TritonConfig, TritonServer
-from tests.support.build import BuiltRepo, build_cli, copy_repo
+from tests.support.build import copy_repo
 from tests.support.serving import (
     ATOL,
     metrics_once,
-    require_serving_pieces,
     require_tritonserver,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving]
 
 QUERY = "a film about robots in love"
-
-
-@pytest.fixture(scope="module")
-def mixed_repo(model_repo: BuiltRepo, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = copy_repo(model_repo, tmp_path_factory.mktemp("fused") / "model_repository")
-    result = build_cli(
-        model_repo.run, repo, 2, "--data", str(model_repo.data), "--no-polygraphy",
-        "--graph", "fused",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    require_serving_pieces(repo)
-    return repo
 
 
 def ensemble_steps(repo: Path, name: str) -> list[tuple[str, int]]:

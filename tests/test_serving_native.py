@@ -312,6 +312,69 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
     assert "blocks.npy: truncated data" in log
 
 
+def test_a_search_model_killed_under_load_fails_searches_with_a_status_and_spares_the_rest(
+    mixed_repo: Path, tmp_path: Path
+) -> None:
+    """The native model waits for the searches it forwarded. When the `pipeline` stub they go
+    to is killed (kill -9) under load, every search comes back, with the right scores or a
+    status (no hang, no lost connection); the recommendations the C++ step scores keep being
+    answered right; tritonserver survives; once `pipeline` is reloaded, searches are served
+    again."""
+    import os
+    import signal
+    import time
+
+    from tests.support.serving import private_triton, python_stubs
+
+    repo = copy_repo(mixed_repo, tmp_path / "model_repository")
+    step = NativeFusedStep.from_repo(repo, 2)
+    add_native_model(repo, step, 2, instances=1)  # searches go to pipeline version 2
+    _, short, _ = users_by_history(step)
+    items = step.pipeline.features.item_ids[:60]
+    want = {query: step.pipeline.score(short, query, items) for query in ("", QUERY)}
+    served = (NATIVE_MODEL, contract.PIPELINE_MODEL)
+    with private_triton(repo, tmp_path / "triton.log", served, served) as server:
+        stop = threading.Event()
+        outcomes: list[tuple[str, Exception | None]] = []
+
+        def load(query: str) -> None:
+            own = grpcclient.InferenceServerClient(server.grpc_url)
+            while not stop.is_set():
+                try:
+                    got = score(own, short, query, items, model=NATIVE_MODEL)
+                    assert np.abs(got - want[query]).max() <= ATOL  # never a wrong answer
+                    outcomes.append((query, None))
+                except InferenceServerException as error:
+                    outcomes.append((query, error))
+                    time.sleep(0.05)
+
+        threads = [threading.Thread(target=load, args=(q,)) for q in (QUERY, QUERY, "")]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            os.kill(python_stubs(server)[contract.PIPELINE_MODEL].pid, signal.SIGKILL)
+            time.sleep(3.0)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads), "a call never came back"
+        assert server.is_alive(), server.log_tail()
+        failed = [error for query, error in outcomes if error is not None]
+        assert all(query == QUERY for query, error in outcomes if error is not None), failed
+        assert failed, "the kill failed no search: not a test of it"
+        for error in failed:  # an answer with a status, not a lost connection
+            assert error.status() in ("StatusCode.INTERNAL", "StatusCode.UNAVAILABLE"), error
+            assert "connect" not in error.message() and "Socket" not in error.message(), error
+        assert sum(1 for query, error in outcomes if query == "" and error is None) > 10
+        server.unload_model(contract.PIPELINE_MODEL)
+        server.load_model(contract.PIPELINE_MODEL)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        got = score(client, short, QUERY, items, model=NATIVE_MODEL)
+        assert np.abs(got - want[QUERY]).max() <= ATOL
+
+
 class ResultBox:
     """A callback for tritonclient's async_infer that a test can wait on."""
 

@@ -189,5 +189,22 @@ def model_repo_two_versions(
     return repo
 
 
+@pytest.fixture(scope="session")
+def mixed_repo(model_repo: BuiltRepo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of `model_repo` plus a version 2 built with the fused graph (the cpu default:
+    its `pipeline` step beside the six steps' version 2). Tests copy it before changing it."""
+    from tests.support.serving import require_serving_pieces
+
+    repo = copy_repo(model_repo, tmp_path_factory.mktemp("fused") / "model_repository")
+    result = build_cli(
+        model_repo.run, repo, 2, "--data", str(model_repo.data), "--no-polygraphy",
+        "--graph", "fused",
+    )  # fmt: skip
+    if result.exit_code != 0:
+        raise RuntimeError(f"seminar build --graph fused failed:\n{result.output}")
+    require_serving_pieces(repo)
+    return repo
+
+
 if __name__ == "__main__":
     sys.exit(_gated_build_main(sys.argv[1:]))

@@ -221,13 +221,20 @@ def python_stubs(server: TritonServer) -> dict[str, Stub]:
 
 
 @contextlib.contextmanager
-def private_triton(repo: Path, log_path: Path) -> Iterator[TritonServer]:
+def private_triton(
+    repo: Path,
+    log_path: Path,
+    load_models: tuple[str, ...] = ("*",),
+    wait_models: tuple[str, ...] = (ENSEMBLE_MODEL,),
+) -> Iterator[TritonServer]:
     """A tritonserver of the test's own (tests that stop, kill or crash it), over `repo`.
 
     On exit it also removes the stubs' shared-memory regions that a crashed server leaves in
     /dev/shm (only this server's: the names come from its own stubs)."""
     regions: set[str] = set()
-    with start_triton(repo, log_path=log_path) as server:
+    with start_triton(
+        repo, load_models=load_models, wait_models=wait_models, log_path=log_path
+    ) as server:
         try:
             regions |= {stub.shm_region for stub in python_stubs(server).values()}
             yield server
