@@ -217,7 +217,12 @@ struct ModelState {
     TRITONSERVER_Server* server = nullptr;
     TRITONSERVER_ResponseAllocator* allocator = nullptr;
     // the retrieval metrics on /metrics, labelled with this model and version: rows, sequence, time
-    std::map<std::string, std::pair<TRITONSERVER_MetricFamily*, TRITONSERVER_Metric*>> metrics;
+    struct RetrievalMetric {
+        TRITONSERVER_MetricFamily* family;
+        TRITONSERVER_Metric* metric;
+        bool histogram;  // observed; a counter is incremented
+    };
+    std::map<std::string, RetrievalMetric> metrics;
     std::map<std::string, std::string> settings;
     std::map<std::string, std::unique_ptr<NpyArray>> arrays;
     std::vector<std::string> paths, names;
@@ -427,7 +432,6 @@ struct InFlight {
 
 struct Forwarded {
     InFlight* batch = nullptr;
-    uint32_t index = 0;  // the original request's place in the execute
     TRITONSERVER_InferenceRequest* request = nullptr;
     TRITONSERVER_InferenceResponse* response = nullptr;
     bool responded = false, released = false;
@@ -610,7 +614,7 @@ TRITONSERVER_Error* create_metrics(ModelState& state, const std::string& model, 
             error = TRITONSERVER_MetricNewWithArgs(&metric, family, const_cast<const TRITONSERVER_Parameter**>(labels),
                                                    2, args);
         if (args) TRITONSERVER_MetricArgsDelete(args);
-        if (!error) state.metrics[key] = {family, metric};
+        if (!error) state.metrics[key] = {family, metric, histogram};
         else if (family) TRITONSERVER_MetricFamilyDelete(family);
     }
     for (TRITONSERVER_Parameter* label : labels) TRITONSERVER_ParameterDelete(label);
@@ -618,9 +622,9 @@ TRITONSERVER_Error* create_metrics(ModelState& state, const std::string& model, 
 }
 
 void delete_metrics(ModelState& state) {
-    for (auto& [key, family_and_metric] : state.metrics) {
-        TRITONSERVER_MetricDelete(family_and_metric.second);  // the metric before its family
-        TRITONSERVER_MetricFamilyDelete(family_and_metric.first);
+    for (auto& [key, entry] : state.metrics) {
+        TRITONSERVER_MetricDelete(entry.metric);  // the metric before its family
+        TRITONSERVER_MetricFamilyDelete(entry.family);
     }
     state.metrics.clear();
 }
@@ -628,8 +632,8 @@ void delete_metrics(ModelState& state) {
 void update_metric(ModelState& state, const char* key, double value) {
     auto at = state.metrics.find(key);
     if (at == state.metrics.end()) return;
-    TRITONSERVER_Error* error = key == std::string("rows") ? TRITONSERVER_MetricIncrement(at->second.second, value)
-                                                           : TRITONSERVER_MetricObserve(at->second.second, value);
+    TRITONSERVER_Error* error = at->second.histogram ? TRITONSERVER_MetricObserve(at->second.metric, value)
+                                                     : TRITONSERVER_MetricIncrement(at->second.metric, value);
     if (error) TRITONSERVER_ErrorDelete(error);
 }
 
@@ -765,7 +769,6 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
             } else {
                 auto call = std::make_unique<Forwarded>();
                 call->batch = &searches;
-                call->index = r;
                 forward(state, requests[r], call.get());
                 forwarded[r] = call.get();
                 searches.calls.push_back(std::move(call));
