@@ -34,7 +34,12 @@ from seminar.errors import UsageError
 
 BLOCK_EVENTS = 64  # events per step of the scores kernel
 MIN_DOT = 16  # tl.dot needs every dim >= 16
-MAX_TOPK = 256  # running top-K state is (rows, next_pow2(K)) int64 per program
+# The running top-K state is (rows, next_pow2(K)) int64 per program, and Triton's sort of it
+# takes shared memory: K = 64 compiles to 160 KiB on Hopper, K = 128 to 292 KiB, over the 227
+# KiB a program may have (`compile_for_gpu` measures it). A longer shortlist goes through
+# `adc_scores_triton` and a torch top-K instead.
+MAX_TOPK = 64
+SHARED_MEMORY_LIMIT = 232_448  # bytes one program may use on a Hopper GPU (H100, H200)
 # The row tile of the top-K kernel times its K-list is what one program keeps in registers.
 TOPK_STATE = 4096
 # Split the sequence so that the grid holds about this many programs (several per SM), but
@@ -147,6 +152,66 @@ def adc_scores_triton(
     return out
 
 
+def _topk_tiling(k: int, n_rows: int) -> tuple[int, int]:
+    """(K-list length, rows per program) of the top-K kernel for top-`k` over `n_rows` rows."""
+    topk = max(MIN_DOT, _pow2(k))
+    return topk, max(MIN_DOT, min(64, TOPK_STATE // topk, _pow2(n_rows)))
+
+
+def compile_for_gpu(
+    centroids_shape: tuple[int, int, int, int],
+    k: int,
+    n_rows: int,
+    packed: bool,
+    capability: int = 90,
+) -> dict[str, dict[str, int]]:
+    """Compile both kernels for a CUDA GPU of `capability` (90: Hopper) ahead of time, with no
+        GPU: what a launch would compile for top-`k` of `n_rows` (B*H) rows over centroids
+        (M, S, k, d). Returns each kernel's PTX size and the shared memory one program takes, which
+    a launch refuses above the GPU's limit (SHARED_MEMORY_LIMIT on Hopper). The interpreter (TRITON_INTERPRET=1) skips
+        the GPU compiler's passes, so only this shows, on a CPU, that a kernel compiles at all."""
+    triton, scores_kernel, topk_kernel = _kernels()
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import ASTSource
+
+    m, s, _, _ = centroids_shape
+    centroids = torch.zeros(centroids_shape)
+    u = torch.zeros((1, n_rows, centroids_shape[1] * centroids_shape[3]))
+    code_size = m * s
+    codes = torch.zeros((1, 16 * code_size if packed else code_size), dtype=torch.uint8)
+    shape = _shape_args(u, codes, centroids, _layout(codes, packed))
+    topk, rows_tile = _topk_tiling(k, n_rows)
+    scores_rows = max(MIN_DOT, min(64, _pow2(n_rows)))
+    pointers = {"u_ptr": "*fp32", "codes_ptr": "*u8", "cent_ptr": "*fp32"}
+    plans = {
+        "scores_kernel": (
+            scores_kernel,
+            {**shape, "ROWS": scores_rows, "BLOCK": BLOCK_EVENTS},
+            {**pointers, "out_ptr": "*fp32"},
+        ),
+        "topk_kernel": (
+            topk_kernel,
+            {**shape, "ROWS": rows_tile, "TOPK": topk, "KEY_MIN": INT64_MIN},
+            {**pointers, "out_ptr": "*i64"},
+        ),
+    }
+    sizes = {}
+    for name, (kernel, constants, kinds) in plans.items():
+        signature = {
+            arg: "constexpr" if arg in constants else kinds.get(arg, "i32")
+            for arg in kernel.arg_names
+        }
+        compiled = triton.compile(
+            ASTSource(kernel, signature, constexprs=constants),
+            target=GPUTarget("cuda", capability, 32),
+        )
+        sizes[name] = {
+            "ptx_bytes": len(compiled.asm["ptx"]),
+            "shared_bytes": compiled.metadata.shared,
+        }
+    return sizes
+
+
 def topk_split_events(n_events: int, n_tiles: int, topk: int, splits: int | None = None) -> int:
     """Events per split of the top-K kernel, a whole number of K-list steps: `splits` parts, or
     by default enough for about TARGET_PROGRAMS programs."""
@@ -196,9 +261,8 @@ def pq_topk_triton(
         raise ValueError(f"n_events {n_events} outside [0, {capacity}] of the codes given")
     args = _shape_args(u, codes, centroids, layout)
     triton, _, topk_kernel = _kernels()
-    topk = max(MIN_DOT, _pow2(k))
     n_rows = b * h
-    rows_tile = max(MIN_DOT, min(64, TOPK_STATE // topk, _pow2(n_rows)))
+    topk, rows_tile = _topk_tiling(k, n_rows)
     n_tiles = triton.cdiv(max(n_rows, 1), rows_tile)
     split = topk_split_events(max(n_events, 1), n_tiles, topk, splits)
     n_splits = triton.cdiv(max(n_events, 1), split)
@@ -216,7 +280,6 @@ def pq_topk_triton(
                 split,
                 ROWS=rows_tile,
                 TOPK=topk,
-                LOG_TOPK=topk.bit_length() - 1,
                 KEY_MIN=INT64_MIN,
                 **args,
             )

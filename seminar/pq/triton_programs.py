@@ -54,50 +54,12 @@ def decode_block(
 
 
 @triton.jit
-def compare_swap(
-    x,
-    ROWS: tl.constexpr,
-    N: tl.constexpr,
-    DIST: tl.constexpr,
-    RUN: tl.constexpr,
-    FLIP: tl.constexpr,
-):
-    """One bitonic step on every row of x (ROWS, N): elements DIST apart are ordered, descending
-    inside runs of RUN elements whose index // RUN is even, ascending inside the odd ones (a
-    RUN of 2*N orders everything descending); FLIP swaps the two directions."""
-    pairs = tl.permute(tl.reshape(x, (ROWS, N // (2 * DIST), 2, DIST)), (0, 1, 3, 2))
-    left, right = tl.split(pairs)  # (ROWS, N // (2*DIST), DIST) each
-    first = tl.arange(0, N // (2 * DIST))[None, :, None] * (2 * DIST)  # index of each pair group
-    ascending = (((first // RUN) % 2) == 1) != FLIP
-    high = tl.maximum(left, right)
-    low = tl.minimum(left, right)
-    joined = tl.join(tl.where(ascending, low, high), tl.where(ascending, high, low))
-    return tl.reshape(tl.permute(joined, (0, 1, 3, 2)), (ROWS, N))
-
-
-@triton.jit
-def bitonic_sort(
-    x, ROWS: tl.constexpr, N: tl.constexpr, LOG_N: tl.constexpr, ASCENDING: tl.constexpr
-):
-    """Sort every row of x (ROWS, N), N = 2**LOG_N, in the given direction."""
-    for stage in tl.static_range(1, LOG_N + 1):
-        # runs of 2**stage become sorted; the last stage's single run takes the final direction
-        run: tl.constexpr = 2 * N if stage == LOG_N else (1 << stage)
-        for step in tl.static_range(stage):
-            x = compare_swap(x, ROWS, N, 1 << (stage - 1 - step), run, ASCENDING)
-    return x
-
-
-@triton.jit
-def merge_best(best, keys, ROWS: tl.constexpr, TOPK: tl.constexpr, LOG_TOPK: tl.constexpr):
+def merge_best(best, keys, ROWS: tl.constexpr, TOPK: tl.constexpr):
     """best (ROWS, TOPK) sorted descending, keys (ROWS, TOPK) in any order -> the TOPK largest
-    of both per row, sorted descending: max(best, keys ascending) is a bitonic row holding
-    them (bitonic split), which one bitonic merge sorts."""
-    rising = bitonic_sort(keys, ROWS, TOPK, LOG_TOPK, True)
-    x = tl.maximum(best, rising)
-    for step in tl.static_range(LOG_TOPK):
-        x = compare_swap(x, ROWS, TOPK, 1 << (LOG_TOPK - 1 - step), 2 * TOPK, False)
-    return x
+    of both per row, sorted descending. Triton's own bitonic top-K: a hand-written network of
+    reshape/permute steps sent the GPU compiler's layout pass into a search that never ended."""
+    both = tl.reshape(tl.join(best, keys), (ROWS, 2 * TOPK))
+    return tl.topk(both, TOPK, dim=1)
 
 
 @triton.jit
@@ -168,8 +130,7 @@ def topk_kernel(
     C: tl.constexpr,
     PACKED: tl.constexpr,
     ROWS: tl.constexpr,
-    TOPK: tl.constexpr,  # K-list length, also the events per step
-    LOG_TOPK: tl.constexpr,
+    TOPK: tl.constexpr,  # K-list length (a power of two), also the events per step
     KEY_MIN: tl.constexpr,  # the key of no event
 ):
     pid = tl.program_id(0)
@@ -200,6 +161,6 @@ def topk_kernel(
         keys = tl.where(l_ok[None, :], keys, KEY_MIN)
         kth = tl.min(best, axis=1)  # (ROWS,): each row's K-th best so far
         if tl.sum((keys > kth[:, None]).to(tl.int32)) > 0:
-            best = merge_best(best, keys, ROWS, TOPK, LOG_TOPK)
+            best = merge_best(best, keys, ROWS, TOPK)
     out = out_ptr + (split.to(tl.int64) * n_rows + offs_r.to(tl.int64))[:, None] * TOPK
     tl.store(out + tl.arange(0, TOPK)[None, :], best, mask=r_ok[:, None])
