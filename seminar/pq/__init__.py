@@ -2,7 +2,7 @@
 
 Core (plain arrays and tensors, no model needed): `train_codebooks`, `build_sequence_store`,
 `seminar.pq.adc` (torch ADC), `seminar.pq.faiss_scan` (faiss fast path),
-`seminar.pq.triton_kernel` (fused GPU kernel), `PQRetriever`.
+`seminar.pq.triton_kernel` (GPU kernels), `PQRetriever`.
 Adapters to a trained model: `build_pq_retriever`, `save_pq_artifacts`, `load_pq_retriever`;
 `read_store_watermark` (the event log position a saved store holds the events up to).
 

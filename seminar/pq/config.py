@@ -92,7 +92,7 @@ class PQConfig:
         CPU: 4-bit codes of the query and the fused item modality in faiss fast-scan layout,
         then an exact rerank of a 4K shortlist, the fastest CPU path whose recall@50 holds
         >= 0.9 at L = 10k (reports/pq.md). CUDA: the
-        default 16 x 256 codebooks, scored by the fused GPU kernel / torch on the device.
+        default 16 x 256 codebooks, scored by the Triton-lang ADC kernel / torch on the device.
         `overrides` (None values ignored) replace single fields.
         """
         base = cls(nbits=4, rerank=4, fused_items=True) if device == "cpu" else cls()

@@ -8,12 +8,13 @@ name) once, and then <u_r, x_l> for a whole tile of rows is one `tl.dot`: the ga
 per (event, row tile), not per (event, row). The centroids (C*k*d floats, 256 KiB at D = 64)
 stay in L1/L2; only the codes stream from HBM.
 
-`pq_topk_triton` (the serving path) never writes the (B*H, L) scores: every program scans a
+`pq_topk_triton` never writes the (B*H, L) scores: every program scans a
 split of the sequence for one tile of rows and keeps each row's running top-K in registers as
 sortable int64 keys (score bits above, event position below), merged only when a block holds a
 key above the row's current K-th best; the host merges the splits' K-lists with one small
-`topk`. `adc_scores_triton` keeps the `adc_scores_lut` contract (full scores) for the offline
-path that needs them.
+`topk`. `adc_scores_triton` keeps the `adc_scores_lut` contract (full scores); it is the
+retriever's GPU path, since on an H200 writing the scores out and letting torch pick the
+top-K was 2 to 3 times faster than the fused kernel (reports/gpu.md).
 
 Both read codes one per byte (8-bit, or 4-bit unpacked) or a 4-bit store's fast-scan blocks in
 place (`seminar.pq.faiss_scan.pack_fastscan`), launch under the tensors' device, and put every
