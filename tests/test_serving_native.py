@@ -19,9 +19,11 @@ from tritonclient.utils import InferenceServerException
 
 from seminar import contract, manifest
 from seminar.errors import ArtifactError
+from seminar.events import Event, EventType, open_event_log
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 from seminar.serving.backend import RequestError
 from seminar.serving.client import request_inputs, score
+from seminar.serving.inprocess import InProcessPipeline
 from seminar.serving.native import fused_step
 from seminar.serving.native.fused_step import NATIVE_MODEL, NativeFusedStep, add_native_model
 from seminar.serving.tail import OnlineTails
@@ -310,6 +312,44 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
     log = (tmp_path / "triton.log").read_text()
     assert "blocks.npy: sha256 differs from" in log
     assert "blocks.npy: truncated data" in log
+
+
+def test_with_an_event_log_every_request_is_forwarded_and_the_tails_are_scored(
+    native: NativeFusedStep, model_repo: BuiltRepo, tmp_path: Path
+) -> None:
+    """The C++ step does not read users' online tails. With tritonserver reading an event log,
+    the native model forwards every request, recommendations too, to its search model, whose
+    scores include the user's recorded events (never the stale stored-only ones); a native model
+    with nowhere to forward them refuses to load and says why."""
+    require_tritonserver()
+    repo = copy_repo(model_repo, tmp_path / "model_repository")
+    searches = contract.pinned_ensemble_name(model_repo.version)
+    add_native_model(repo, native, model_repo.version, 1, search_model=searches)
+    add_native_model(repo, native, model_repo.version, 1, "seminar_native_nosearch", None)
+    _, short, _ = users_by_history(native)
+    items = native.pipeline.features.item_ids[:40]
+    url = f"sqlite://{tmp_path / 'events.db'}"
+    with open_event_log(url) as log:
+        log.append(
+            [Event(f"e{n}", short, int(items[n]), "", EventType.REC, True) for n in (3, 5, 7)]
+        )
+    tails = OnlineTails.open(url, repo, model_repo.version, DEFAULT_MAX_TAIL_EVENTS)
+    with_tails = InProcessPipeline.from_repo(repo, model_repo.version, tails=tails)
+    want = {query: with_tails.score(short, query, items) for query in ("", QUERY)}
+    stale = native.pipeline.score(short, "", items)
+    assert np.abs(want[""] - stale).max() > 1e-3, "the recorded events change nothing: no test"
+    config = TritonConfig(
+        repo=repo, wait_models=(NATIVE_MODEL,), log_path=tmp_path / "triton.log",
+        exit_on_error=False, event_log=url,
+    )  # fmt: skip
+    with TritonServer(config) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for query in ("", QUERY):
+            got = score(client, short, query, items, model=NATIVE_MODEL)
+            assert np.abs(got - want[query]).max() <= ATOL, query
+        assert not server.model_ready("seminar_native_nosearch")
+        log = (tmp_path / "triton.log").read_text()
+        assert "names no search_model to forward its requests to" in log
 
 
 def test_a_search_model_killed_under_load_fails_searches_with_a_status_and_spares_the_rest(

@@ -7,7 +7,8 @@ store, tables and projection), so the two answer the same rows alike. Rows witho
 mapped and scored all in C++ (`score_ids`); for a row with a query the features and MiniLM
 steps still run in Python and hand their outputs over (`score_rows`), and the Triton backend
 forwards a search whole to the Python `pipeline` model served beside it. The users' online tails
-are not read here yet: a pipeline with tails is refused. `write_bundle` / `add_native_model`
+are not read here yet: a pipeline with tails is refused, and a tritonserver that reads an event
+log has the backend forward every request to that model, which scores them. `write_bundle` / `add_native_model`
 write what the backend opens: the arrays as .npy files, spec.txt, the config and the library.
 
 Built by `make setup` (`python -m seminar.serving.native.fused_step`) with the machine's g++,
@@ -341,6 +342,8 @@ class NativeFusedStep:
             },
             "onnxruntime_library": onnxruntime_library(),
             "tensor_names": " ".join(TENSOR_NAMES),  # fused_step.cc's order
+            # with this set, the backend forwards every request to the search model (tails)
+            "event_log_env": contract.EVENT_LOG_ENV,
             # the retrieval metrics the backend reports: "name KIND buckets|- description"
             **{
                 f"metric_{key}": f"{name} {kind} "

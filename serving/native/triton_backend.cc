@@ -10,7 +10,9 @@
 // query tokenizers yet, so a search (a request with a query) is forwarded whole, inside the
 // server, to the model the config's `search_model` parameter names (the Python `pipeline` of
 // the same version) and answered with that model's scores or error; without the parameter a
-// search gets UNSUPPORTED.
+// search gets UNSUPPORTED. Nor does it read the users' online tails: when tritonserver runs
+// with an event log (the variable spec.txt's `event_log_env` names), every request is forwarded
+// to the search model, which scores the tails, and without one the model refuses to load.
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -213,6 +215,7 @@ void verify_file(const std::string& folder, const std::string& name) {
 // where searches go.
 struct ModelState {
     std::string search_model;  // empty: searches are refused
+    bool forward_all = false;  // an event log is set: the search model scores every request
     int64_t version = 0;
     TRITONSERVER_Server* server = nullptr;
     TRITONSERVER_ResponseAllocator* allocator = nullptr;
@@ -248,6 +251,7 @@ std::unique_ptr<ModelState> load_model(const std::string& repo, const std::strin
         return at->second;
     };
     auto integer = [&](const std::string& key) { return std::stoll(setting(key)); };
+    setting("event_log_env");  // ModelInitialize reads it
     struct Wanted { const char* name; const char* descr; size_t dims; bool required; };
     const Wanted wanted[] = {
         {"gsu_weight", "<f4", 3, true},   {"gsu_bias", "<f4", 2, false},
@@ -699,6 +703,16 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
     }
     TRITONSERVER_MessageDelete(config);
     if (failed) return failed;
+    const char* event_log = std::getenv(state->settings.at("event_log_env").c_str());
+    if (event_log && *event_log) {
+        if (state->search_model.empty())
+            return error_of(TRITONSERVER_ERROR_UNSUPPORTED,
+                            "tritonserver reads an online event log (" +
+                                state->settings.at("event_log_env") +
+                                "), which the native step does not read, and this model names no "
+                                "search_model to forward its requests to");
+        state->forward_all = true;
+    }
     if (!state->search_model.empty())
         if (TRITONSERVER_Error* e = TRITONSERVER_ResponseAllocatorNew(&state->allocator, allocate_on_heap,
                                                                       free_on_heap, nullptr))
@@ -760,7 +774,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
     for (uint32_t r = 0; r < request_count; ++r) {
         first[r] = static_cast<int64_t>(rows.user_id.size());
         try {
-            if (read_request(requests[r], &rows)) {
+            if (!state.forward_all && read_request(requests[r], &rows)) {
                 count[r] = static_cast<int64_t>(rows.user_id.size()) - first[r];
             } else if (state.search_model.empty()) {
                 refused[r] = error_of(TRITONSERVER_ERROR_UNSUPPORTED,
