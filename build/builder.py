@@ -86,6 +86,11 @@ class BuildInputs:
     pq_config: object | None = None  # seminar.pq.PQConfig; its defaults when None
     # How the run's model was rebased onto data_dir's catalog (None: data_dir is its own).
     rebase: str | None = None
+    # Writes version N of the native step (contract.NATIVE_MODEL: its bundle and library) into
+    # a staged repository holding version N of the composing models, for --graph native. The
+    # serving stage's code (the C++ step opens on those models), which the build may not
+    # import: the application that mounts both hands it over (build/cli.py, NATIVE_WRITER).
+    write_native: Callable[[Path, int], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -130,10 +135,11 @@ def _other_version_dirs(repo: Path, model: str, version: int) -> list[str]:
 def preflight(request: BuildRequest, dims: contract.PipelineDims) -> None:
     """Every check that can refuse the build, before anything is written (call it under the
     repository lock, so that what it checks still holds at commit)."""
-    if request.serving.graph is contract.Graph.FUSED and request.target is contract.Target.GPU:
+    graph = request.serving.graph
+    if graph in contract.FUSED_STEP_OF and request.target is contract.Target.GPU:
         raise UsageError(
-            "--graph fused is the cpu target's: on the gpu target three steps are TensorRT "
-            "engines, each its own Triton model; build --target gpu with --graph steps"
+            f"--graph {graph.value} is the cpu target's: on the gpu target three steps are "
+            "TensorRT engines, each its own Triton model; build --target gpu with --graph steps"
         )
     if request.target is contract.Target.GPU:
         reason = tensorrt.unavailable_reason()
@@ -430,7 +436,10 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         write_image_encoder(staging, n, tower, request.serving)
 
     progress("configs and manifests")
+    native = contract.NATIVE_MODEL in models
     for name in models:
+        if name == contract.NATIVE_MODEL:  # written below, on the others
+            continue
         manifest.write_manifest(version_dirs[name])
         path = repository.write_config(
             staging / name / contract.CONFIG_FILE,
@@ -440,6 +449,18 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             version_dirs[name] / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
         )
         repository.validate_config(path, specs[name], request.target, onnx_path, request.serving)
+    if native:
+        if inputs.write_native is None:
+            raise UsageError("--graph native: this build was given no native step writer")
+        progress("native step")
+        inputs.write_native(staging, n)
+        manifest.write_manifest(version_dirs[contract.NATIVE_MODEL])
+        spec = specs[contract.NATIVE_MODEL]
+        path = repository.write_config(
+            staging / spec.name / contract.CONFIG_FILE,
+            repository.model_config(spec, request.target, request.serving),
+        )
+        repository.validate_config(path, spec, request.target, serving=request.serving)
 
     newest = max([n, *existing_versions(request.repo)])
     for name, pin in ((contract.pinned_ensemble_name(n), n), (contract.ENSEMBLE_MODEL, newest)):
@@ -506,7 +527,8 @@ def commit(request: BuildRequest, staging: Path) -> None:
         staged = [name for name in contract.VERSION_MODELS if (staging / name / str(n)).is_dir()]
         for name in [*staged, contract.ENSEMBLE_MODEL]:
             move(staging / name / str(n), repo / name / str(n))
-            move(staging / name / contract.CONFIG_FILE, repo / name / contract.CONFIG_FILE)
+            for model_file in (contract.CONFIG_FILE, *contract.MODEL_FILES.get(name, ())):
+                move(staging / name / model_file, repo / name / model_file)
         # The pinned ensemble (with build.json) goes last: until it lands the version is
         # incomplete.
         move(staging / contract.pinned_ensemble_name(n), repo / contract.pinned_ensemble_name(n))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,14 @@ from seminar.errors import DataError, UsageError, cli_guard, reading_options
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
 
 # What the summary's artifact column says of a model with no exported graph.
-WRITTEN = {contract.PQ_RETRIEVAL_MODEL: "pq artifacts", contract.PIPELINE_MODEL: "fused step"}
+WRITTEN = {
+    contract.PQ_RETRIEVAL_MODEL: "pq artifacts",
+    contract.PIPELINE_MODEL: "fused step",
+    contract.NATIVE_MODEL: "fused step (C++)",
+}
+# What writes the native step for --graph native (builder.BuildInputs.write_native): serving's
+# code, which this stage may not import, so the application mounting both sets it (cli/).
+NATIVE_WRITER: Callable[[Path, int], object] | None = None
 
 
 def _summary(summary, console) -> None:
@@ -102,7 +110,7 @@ def build(
     graph: Annotated[
         str | None,
         typer.Option(
-            help="What the ensemble schedules: `steps` (the six models, each its own Triton model) or, on --target cpu, `fused` (one Python step, `pipeline`, runs the six steps' work in one process: one IPC per request instead of one per step; the six models stay loaded, each answering on its own). Default: fused for --target cpu, steps for gpu.",
+            help="What the ensemble schedules: `steps` (the six models, each its own Triton model) or, on --target cpu, `fused` (one Python step, `pipeline`, runs the six steps' work in one process: one IPC per request instead of one per step; the six models stay loaded, each answering on its own) or `native` (the same step in C++ inside tritonserver, `seminar_native`: no Python and no IPC on a recommendation; searches, and every request under an event log, are forwarded to `pipeline`, written beside it). Default: fused for --target cpu, steps for gpu.",
         ),
     ] = None,
 ) -> None:
@@ -122,7 +130,8 @@ def build(
     try:
         scheduled = None if graph is None else contract.Graph(graph)
     except ValueError:
-        raise UsageError(f"--graph must be steps or fused, got {graph!r}") from None
+        choices = ", ".join(g.value for g in contract.Graph)
+        raise UsageError(f"--graph must be one of {choices}, got {graph!r}") from None
     if tgt is contract.Target.GPU:
         # Fail fast, before loading anything or touching the repository.
         from seminar.build import tensorrt
@@ -180,6 +189,7 @@ def build(
         run_dir=run,
         pq_config=pq_config,
         rebase=rebase.sentence() if rebase else None,
+        write_native=NATIVE_WRITER,
     )
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console

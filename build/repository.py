@@ -110,7 +110,7 @@ def model_config(
     config = tensor_config(spec, serving.max_batch_size)
     config.version_policy.all.SetInParent()
     config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
-    fused = spec.name == contract.PIPELINE_MODEL
+    fused = spec.name in contract.FUSED_STEP_OF.values()
     config.dynamic_batching.max_queue_delay_microseconds = (
         serving.fused_queue_delay_us if fused else serving.max_queue_delay_us
     )
@@ -122,6 +122,10 @@ def model_config(
         group.count = 1
         config.platform = "tensorrt_plan"
         config.default_model_filename = contract.PLAN_FILE
+        return config
+    if spec.kind is contract.TritonModelKind.NATIVE:
+        config.backend = contract.NATIVE_BACKEND
+        _params(config, spec.parameters)
         return config
     config.backend = "python"
     params = dict(spec.parameters)
@@ -259,6 +263,11 @@ def validate_config(
     if spec.kind is contract.TritonModelKind.EXPORTED and gpu:
         if config.platform != "tensorrt_plan":
             raise ArtifactError(f"{where}: gpu target needs platform tensorrt_plan")
+    elif spec.kind is contract.TritonModelKind.NATIVE:
+        if gpu:
+            raise ArtifactError(f"{where}: {spec.name} is the cpu target's (a C++ step on the CPU)")
+        if config.backend != contract.NATIVE_BACKEND:
+            raise ArtifactError(f"{where}: needs backend {contract.NATIVE_BACKEND}")
     elif config.backend != "python":
         raise ArtifactError(f"{where}: {target.value} target needs backend python")
     _check_queue_policy(where, config)

@@ -6,6 +6,8 @@ Those modules import heavy libraries (torch, tritonclient, grpc) inside the comm
 that `seminar --help` stays instant.
 """
 
+from pathlib import Path
+
 import typer
 
 from seminar.bench import cli as bench_cli
@@ -15,6 +17,18 @@ from seminar.data import cli as data_cli
 from seminar.errors import exit_code_epilog
 from seminar.serving import cli as serving_cli
 from seminar.training import cli as training_cli
+
+
+def _write_native(repo: Path, version: int) -> Path:
+    """builder.BuildInputs.write_native: serving's C++ step, imported when a build needs it."""
+    from seminar.serving.native.fused_step import write_native_version
+
+    return write_native_version(repo, version)
+
+
+# `seminar build --graph native` writes the serving stage's C++ step, which the build stage
+# may not import: the application that mounts both hands it over.
+build_cli.NATIVE_WRITER = _write_native
 
 app = typer.Typer(
     name="seminar",

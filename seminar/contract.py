@@ -54,6 +54,14 @@ RANKING_HEAD_MODEL: Final = "ranking_head"
 # The fused graph's one step (cpu target): the six steps' work in one Python model, reading
 # their artifacts from their version folders, so no tensor crosses an IPC between steps.
 PIPELINE_MODEL: Final = "pipeline"
+# The native graph's one step: the fused step in C++ in a Triton backend of our own
+# (serving/native/), whose library sits in the model's folder.
+NATIVE_MODEL: Final = "seminar_native"
+NATIVE_BACKEND: Final = "seminar_native"
+NATIVE_LIBRARY: Final = f"libtriton_{NATIVE_BACKEND}.so"  # Triton's name for the backend's library
+# Where the native step forwards what it does not score itself (searches; every request when
+# tritonserver reads an event log): the Python step of the same version.
+PARAM_SEARCH_MODEL: Final = "search_model"
 
 # Gateway (docs/serving.md: "Gateway (contract)").
 GATEWAY_SERVICE: Final = "seminar.v1.Ranker"
@@ -214,6 +222,9 @@ class Graph(StrEnum):
 
     STEPS = "steps"
     FUSED = "fused"
+    # cpu target: the fused step in C++ (`seminar_native`, no Python stub, no IPC), with the
+    # fused graph's `pipeline` beside it for the searches it forwards.
+    NATIVE = "native"
 
 
 # `seminar build`'s graph when none is named: on the CPU every step is a Python model, so
@@ -260,6 +271,7 @@ class TritonModelKind(Enum):
 
     EXPORTED = "exported"  # a torch module exported to ONNX (cpu) / a TensorRT engine (gpu)
     PYTHON = "python"  # a Python-backend model.py from serving/backends/
+    NATIVE = "native"  # our C++ backend (serving/native/): its library in the model's folder
     ENSEMBLE = "ensemble"
 
 
@@ -428,6 +440,15 @@ def model_specs(dims: PipelineDims) -> dict[str, ModelSpec]:
             backend_source=PIPELINE_SOURCE,
         )
     )
+    specs.append(
+        ModelSpec(
+            name=NATIVE_MODEL,
+            kind=TritonModelKind.NATIVE,
+            inputs=specs[-1].inputs,  # the fused step's: the ensemble's own tensors
+            outputs=specs[-1].outputs,
+            parameters=MappingProxyType({PARAM_SEARCH_MODEL: PIPELINE_MODEL}),
+        )
+    )
     return {s.name: s for s in specs}
 
 
@@ -442,17 +463,27 @@ COMPOSING_MODELS: tuple[str, ...] = (
 )
 # The models of a repository built with each graph: the steps are always there.
 GRAPH_MODELS_OF: Mapping[Graph, tuple[str, ...]] = MappingProxyType(
-    {Graph.STEPS: COMPOSING_MODELS, Graph.FUSED: (*COMPOSING_MODELS, PIPELINE_MODEL)}
+    {
+        Graph.STEPS: COMPOSING_MODELS,
+        Graph.FUSED: (*COMPOSING_MODELS, PIPELINE_MODEL),
+        Graph.NATIVE: (*COMPOSING_MODELS, PIPELINE_MODEL, NATIVE_MODEL),
+    }
 )
-# Every model of the two graphs (the per-step timings and the target checks look at each).
-STEP_MODELS: tuple[str, ...] = GRAPH_MODELS_OF[Graph.FUSED]
+# Every model of the graphs (the per-step timings and the target checks look at each).
+STEP_MODELS: tuple[str, ...] = GRAPH_MODELS_OF[Graph.NATIVE]
+# The one step each graph that fuses the six schedules.
+FUSED_STEP_OF: Mapping[Graph, str] = MappingProxyType(
+    {Graph.FUSED: PIPELINE_MODEL, Graph.NATIVE: NATIVE_MODEL}
+)
 # Beside the graph, outside the ensemble: written by a build whose dataset has an image tower.
 BESIDE_GRAPH_MODELS: tuple[str, ...] = (IMAGE_ENCODER_MODEL,)
 # Every model a build may write (retire and the version checks look for each).
 VERSION_MODELS: tuple[str, ...] = (*STEP_MODELS, *BESIDE_GRAPH_MODELS)
 # Models a version may lack: their folder goes when its last version does (a model folder
 # without versions would fail to load).
-OPTIONAL_MODELS: tuple[str, ...] = (PIPELINE_MODEL, *BESIDE_GRAPH_MODELS)
+OPTIONAL_MODELS: tuple[str, ...] = (PIPELINE_MODEL, NATIVE_MODEL, *BESIDE_GRAPH_MODELS)
+# Files a model keeps beside config.pbtxt, shared by all its versions (a build replaces them).
+MODEL_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType({NATIVE_MODEL: (NATIVE_LIBRARY,)})
 EXPORTED_MODELS: tuple[str, ...] = (
     QUERY_ENCODER_MODEL,
     ITEM_ENCODER_MODEL,
@@ -518,7 +549,7 @@ def ensemble_steps(graph: Graph = Graph.STEPS) -> tuple[EnsembleStep, ...]:
     """The ensemble's scheduling steps for `graph`; internal tensors keep their names between
     steps, except the inputs STEP_INPUT_SOURCES reroutes."""
     specs = model_specs(PipelineDims(d=1, h=1, k=1, t=1))  # names only; dims do not matter
-    models = (PIPELINE_MODEL,) if graph is Graph.FUSED else COMPOSING_MODELS
+    models = (FUSED_STEP_OF[graph],) if graph in FUSED_STEP_OF else COMPOSING_MODELS
     return tuple(
         EnsembleStep(
             model=name,

@@ -65,21 +65,28 @@ def test_ensemble_steps_chain_every_tensor_from_a_producer():
 def test_every_generated_config_parses_and_validates(tmp_path, target):
     serving = repository.ServingConfig(graph=contract.DEFAULT_GRAPH[target])
     for spec in contract.model_specs(DIMS).values():
+        native = spec.kind is contract.TritonModelKind.NATIVE
         path = tmp_path / f"{spec.name}.pbtxt"
         path.write_text(repository.to_text(repository.model_config(spec, target, serving)))
+        if native and target is contract.Target.GPU:  # the C++ step runs on the CPU alone
+            with pytest.raises(ArtifactError, match="cpu target's"):
+                repository.validate_config(path, spec, target, serving=serving)
+            continue
         config = repository.validate_config(path, spec, target, serving=serving)
         assert config.max_batch_size == serving.max_batch_size
         assert list(config.dynamic_batching.preferred_batch_size) == [128, 256, 512]
         # The fused step (one per core) takes what queued while it was busy; it waits for
         # nothing more, which would add the delay to every request.
-        fused = spec.name == contract.PIPELINE_MODEL
+        fused = spec.name in contract.FUSED_STEP_OF.values()
         assert config.dynamic_batching.max_queue_delay_microseconds == (0 if fused else 100)
         assert config.version_policy.HasField("all")
         gpu_engine = (
             target is contract.Target.GPU and spec.kind is contract.TritonModelKind.EXPORTED
         )
         assert config.platform == ("tensorrt_plan" if gpu_engine else "")
-        assert config.backend == ("" if gpu_engine else "python")
+        assert config.backend == (
+            "" if gpu_engine else contract.NATIVE_BACKEND if native else "python"
+        )
         on_gpu = target is contract.Target.GPU and spec.name not in contract.QUERY_STRING_MODELS
         kind = (
             model_config_pb2.ModelInstanceGroup.KIND_GPU

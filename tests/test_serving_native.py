@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+from typer.testing import CliRunner
 
 from seminar import contract, manifest
+from seminar.build import repository
 from seminar.errors import ArtifactError
 from seminar.events import Event, EventType, open_event_log
 from seminar.events.tail import DEFAULT_MAX_TAIL_EVENTS
@@ -312,6 +314,47 @@ def test_the_cpp_backend_serves_the_python_scores_inside_tritonserver(
     log = (tmp_path / "triton.log").read_text()
     assert "blocks.npy: sha256 differs from" in log
     assert "blocks.npy: truncated data" in log
+
+
+def test_a_native_build_serves_the_offline_scores_through_the_ensemble_and_retires_whole(
+    native: NativeFusedStep, model_repo: BuiltRepo, tmp_path: Path
+) -> None:
+    """`seminar build --graph native` writes `seminar_native` (its bundle, its library, the
+    config a build validates) beside `pipeline` and the six steps, and the ensemble schedules
+    it: the real tritonserver answers `seminar` with the offline scores (`seminar score`), a
+    recommendation in C++ and a search forwarded to `pipeline`, beside the six-step version 1.
+    `seminar retire` of that version takes the native model's folder, library and all."""
+    from seminar.cli import app
+    from seminar.training.scoring import score_request
+    from tests.support.build import build_cli
+
+    require_tritonserver()
+    repo = copy_repo(model_repo, tmp_path / "model_repository")
+    built = build_cli(model_repo.run, repo, 2, "--data", str(model_repo.data), "--graph", "native")
+    assert built.exit_code == 0, built.output
+    folder = repo / NATIVE_MODEL
+    assert (folder / contract.NATIVE_LIBRARY).is_file()
+    assert (folder / "2" / fused_step.BUNDLE_DIR / "spec.txt").is_file()
+    manifest.verify_manifest(folder / "2")
+    pinned = repository.parse_config(repo / "seminar_v2" / contract.CONFIG_FILE)
+    assert [step.model_name for step in pinned.ensemble_scheduling.step] == [NATIVE_MODEL]
+    _, short, _ = users_by_history(native)  # every event reranked exactly: the offline GSU
+    items = [int(item) for item in native.pipeline.features.item_ids[:30]]
+    config = TritonConfig(repo=repo, log_path=tmp_path / "triton.log")
+    with TritonServer(config) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for query in ("", QUERY):
+            want = score_request(model_repo.run, short, query, items, data=model_repo.data)
+            for ensemble in (contract.ENSEMBLE_MODEL, "seminar_v1"):
+                got = score(client, short, query, np.asarray(items), model=ensemble)
+                assert np.abs(got - np.asarray(want, np.float32)).max() <= ATOL, (ensemble, query)
+        rows = [v for labels, v in metric_samples(server.metrics_url, "seminar_pq_rows_total")
+                if labels.get("model") == NATIVE_MODEL]  # fmt: skip
+        assert rows == [len(items)], "the recommendation was not scored in C++"
+    retired = CliRunner().invoke(app, ["retire", "--repo", str(repo), "--version", "2"])
+    assert retired.exit_code == 0, retired.output
+    assert not folder.exists() and not (repo / contract.PIPELINE_MODEL).exists()
+    assert (repo / contract.FEATURES_MODEL / "1").is_dir()
 
 
 def test_with_an_event_log_every_request_is_forwarded_and_the_tails_are_scored(

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from seminar import contract, manifest
+from seminar.build import repository
 from seminar.errors import ArtifactError
 from seminar.pq import fused_scan
 from seminar.serving.backend import RETRIEVAL_METRICS, RequestError
@@ -70,29 +71,13 @@ TENSOR_NAMES = (
     contract.OUTPUT_SCORE,
 )
 BAD_REQUEST, STEP_FAILED = 1, 2  # fused_step.cc's return codes
-BACKEND_NAME = "seminar_native"  # triton_backend.cc: Triton loads libtriton_<name>.so
 BACKEND_SOURCE = HERE / "triton_backend.cc"
-BACKEND_LIBRARY = HERE / f"libtriton_{BACKEND_NAME}.so"
+BACKEND_LIBRARY = HERE / contract.NATIVE_LIBRARY  # Triton loads libtriton_<backend>.so
 BUNDLE_DIR = "fused_step"  # in the model's version folder
-NATIVE_MODEL = "seminar_native"  # the model add_native_model writes
+NATIVE_MODEL = contract.NATIVE_MODEL
 # The retrieval metrics (seminar.serving.backend.RETRIEVAL_METRICS) the backend reports: the
 # online-tail ones stay with the Python step, which reads the tails.
 NATIVE_METRICS = ("rows", "sequence", "time")
-NATIVE_CONFIG = """name: "{name}"
-backend: "{backend}"
-max_batch_size: 1024
-input {{ name: "{user_id}" data_type: TYPE_INT64 dims: 1 }}
-input {{ name: "{query}" data_type: TYPE_STRING dims: 1 }}
-input {{ name: "{item_id}" data_type: TYPE_INT64 dims: 1 }}
-output {{ name: "{score}" data_type: TYPE_FP32 dims: 1 }}
-instance_group {{ count: {instances} kind: KIND_CPU }}
-dynamic_batching {{ }}
-"""
-# Where the backend forwards a search (a request with a query) inside the server: the C++ step
-# has no query tokenizers yet.
-SEARCH_MODEL_PARAMETER = (
-    'parameters {{ key: "search_model" value: {{ string_value: "{model}" }} }}\n'
-)
 
 
 def _deb_member(deb: bytes, prefix: str) -> bytes:
@@ -413,6 +398,30 @@ class NativeFusedStep:
         self.close()
 
 
+def install_library(folder: Path) -> Path:
+    """The backend library in model folder `folder`, where Triton looks for it first. A new
+    file renamed over the old one: a tritonserver serving the model has the old one mapped,
+    and rewriting it in place would change the code under its feet (SIGBUS, a crash)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / f".{BACKEND_LIBRARY.name}.new"
+    shutil.copy(BACKEND_LIBRARY, staged)
+    os.replace(staged, folder / BACKEND_LIBRARY.name)
+    return folder / BACKEND_LIBRARY.name
+
+
+def write_native_version(repo: Path, version: int) -> Path:
+    """Version `version` of `seminar_native` in `repo`, which holds that version of the composing
+    models (`seminar build --graph native` calls this on its staged version): the bundle of
+    the step opened on them, and the library; the build writes the config. ArtifactError when
+    the step cannot serve them (not built, no AVX2, or PQ it does not run)."""
+    step = NativeFusedStep.from_repo(repo, version)
+    try:
+        step.write_bundle(Path(repo) / NATIVE_MODEL / str(version) / BUNDLE_DIR)
+    finally:
+        step.close()
+    return install_library(Path(repo) / NATIVE_MODEL)
+
+
 def add_native_model(
     repo: Path,
     step: NativeFusedStep,
@@ -421,30 +430,23 @@ def add_native_model(
     name: str = NATIVE_MODEL,
     search_model: str | None = contract.PIPELINE_MODEL,
 ) -> Path:
-    """A `seminar_native` model in `repo` (which holds the composing models the step was opened
-    on): version `version`'s bundle, its config (the ensemble's tensors, `instances` CPU
-    instances, dynamic batching) and the backend library, which Triton finds in the model's
-    folder. Searches are forwarded to version `version` of `search_model`, which must be served
-    beside it (None: they are refused with UNSUPPORTED)."""
+    """A `seminar_native` model named `name` in `repo` (which holds the composing models the
+    step was opened on), beside what a build writes: version `version`'s bundle, the config a
+    build writes with `instances` instances, and the library. Searches are forwarded to
+    version `version` of `search_model`, which must be served beside it (None: they are
+    refused with UNSUPPORTED)."""
     folder = Path(repo) / name
     step.write_bundle(folder / str(version) / BUNDLE_DIR)
-    config = NATIVE_CONFIG.format(
-        name=name,
-        backend=BACKEND_NAME,
-        user_id=contract.INPUT_USER_ID,
-        query=contract.INPUT_QUERY,
-        item_id=contract.INPUT_ITEM_ID,
-        score=contract.OUTPUT_SCORE,
-        instances=instances,
-    )
-    if search_model is not None:
-        config += SEARCH_MODEL_PARAMETER.format(model=search_model)
-    (folder / contract.CONFIG_FILE).write_text(config)
-    # A new file renamed over the old one: a tritonserver serving this model has the old one
-    # mapped, and rewriting it in place would change the code under its feet (SIGBUS, a crash).
-    staged = folder / f".{BACKEND_LIBRARY.name}.new"
-    shutil.copy(BACKEND_LIBRARY, staged)
-    os.replace(staged, folder / BACKEND_LIBRARY.name)
+    spec = contract.model_specs(contract.PipelineDims(d=1, h=1, k=1, t=1))[NATIVE_MODEL]
+    serving = repository.ServingConfig(fused_instances=instances, graph=contract.Graph.NATIVE)
+    config = repository.model_config(spec, contract.Target.CPU, serving)
+    config.name = name
+    if search_model is None:
+        del config.parameters[contract.PARAM_SEARCH_MODEL]
+    else:
+        config.parameters[contract.PARAM_SEARCH_MODEL].string_value = search_model
+    repository.write_config(folder / contract.CONFIG_FILE, config)
+    install_library(folder)
     return folder
 
 
