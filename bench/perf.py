@@ -53,7 +53,7 @@ from seminar.bench.served_cpu import (
     own_cpu_seconds,
 )
 from seminar.clients.workload import RankCall, load_workload
-from seminar.contract import ENSEMBLE_MODEL
+from seminar.contract import ENSEMBLE_MODEL, NATIVE_MODEL
 from seminar.errors import ServiceError
 from seminar.serving.client import request_rows
 
@@ -231,9 +231,11 @@ def run_perf(cfg: PerfConfig) -> str:
     scratch_root = pa.host_path("/tmp")
     scratch_root.mkdir(parents=True, exist_ok=True)
     served = find_served_path(cfg.triton)  # None: not served on this machine
-    served_roles = (
-        [] if served is None else served.processes(_ensemble_steps(cfg.triton, cfg.model))
-    )
+    steps = _ensemble_steps(cfg.triton, cfg.model)
+    served_roles = [] if served is None else served.processes(steps)
+    # The in-process workers run the computation the ensemble serves: the C++ step when it
+    # schedules the native one, else the Python pipeline.
+    native = NATIVE_MODEL in steps
     with tempfile.TemporaryDirectory(prefix="seminar-perf-", dir=scratch_root) as scratch:
         inside = "/tmp/" + Path(scratch).name if pa.chroot else scratch
         (Path(scratch) / "input.json").write_text(
@@ -254,8 +256,9 @@ def run_perf(cfg: PerfConfig) -> str:
                     runs = saturation_runs(pa, cfg, input_file, levels[-1], served)
                 with console.status(f"{step}: in-process serving, {cfg.workers} workers"):
                     in_process = in_process_throughput(
-                        cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2
-                    )
+                        cfg.repo, version, calls, cfg.workers, cfg.measurement_ms / 1000 * 2,
+                        native=native,
+                    )  # fmt: skip
                 rounds.append({"runs": runs, "in_process": in_process})
         median = median_round(rounds)
         in_process = median["in_process"] if median else None
@@ -411,6 +414,7 @@ def in_process_throughput(
     worker_cores = sum(cpu / elapsed for _, elapsed, cpu, *_ in counted)
     return {
         "workers": workers,
+        "native": native,
         "version": version,
         "seconds": seconds,
         "rps": rps,
@@ -726,12 +730,18 @@ def markdown(
         share = best["rps"] / in_process["rps"]
         lines.append(
             f"- In-process serving of the same requests (version {in_process['version']:g}, no "
-            f"Triton), {in_process['workers']:g} worker processes of one thread each, in the "
+            f"Triton, {_in_process_step(in_process)}), {in_process['workers']:g} worker "
+            "processes of one thread each, in the "
             f"median round below: {in_process['rps']:.1f} req/s. Triton's highest throughput "
             f"is {share:.2f}× of it (goal >= {goal_share:g}×: "
             f"{'met' if share >= goal_share else 'missed'})."
         )
     return "\n".join(lines) + "\n"
+
+
+def _in_process_step(in_process: dict) -> str:
+    """Which computation the in-process workers ran, as the report names it."""
+    return "the fused step in C++" if in_process.get("native") else "the Python pipeline"
 
 
 def findings(triton_rows: list[dict], gateway_rows: list[dict]) -> list[str]:
