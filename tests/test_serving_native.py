@@ -29,7 +29,7 @@ from seminar.serving.inprocess import InProcessPipeline
 from seminar.serving.native import fused_step
 from seminar.serving.native.fused_step import NATIVE_MODEL, NativeFusedStep, add_native_model
 from seminar.serving.tail import OnlineTails
-from seminar.serving.triton import TritonConfig, TritonServer
+from seminar.serving.triton import ModelControl, TritonConfig, TritonServer
 from tests.support.build import BuiltRepo, copy_repo
 from tests.support.clients import metric_samples
 from tests.support.serving import ATOL, require_tritonserver
@@ -322,8 +322,8 @@ def test_a_native_build_serves_the_offline_scores_through_the_ensemble_and_retir
     """`seminar build --graph native` writes `seminar_native` (its bundle, its library, the
     config a build validates) beside `pipeline` and the six steps, and the ensemble schedules
     it: the real tritonserver answers `seminar` with the offline scores (`seminar score`), a
-    recommendation in C++ and a search forwarded to `pipeline`, beside the six-step version 1.
-    `seminar retire` of that version takes the native model's folder, library and all."""
+    recommendation in C++ and a search forwarded to `pipeline`. `seminar retire` of that
+    version, beside the six-step version 1, takes the native model's folder, library and all."""
     from seminar.cli import app
     from seminar.training.scoring import score_request
     from tests.support.build import build_cli
@@ -340,14 +340,19 @@ def test_a_native_build_serves_the_offline_scores_through_the_ensemble_and_retir
     assert [step.model_name for step in pinned.ensemble_scheduling.step] == [NATIVE_MODEL]
     _, short, _ = users_by_history(native)  # every event reranked exactly: the offline GSU
     items = [int(item) for item in native.pipeline.features.item_ids[:30]]
-    config = TritonConfig(repo=repo, log_path=tmp_path / "triton.log")
+    # the ensemble (which loads the native step it schedules) and where searches go: not the
+    # six steps' two versions, whose stubs would only make the test slower
+    config = TritonConfig(
+        repo=repo, model_control=ModelControl.EXPLICIT, log_path=tmp_path / "triton.log",
+        load_models=(contract.ENSEMBLE_MODEL, contract.PIPELINE_MODEL),
+        wait_models=(contract.ENSEMBLE_MODEL, contract.PIPELINE_MODEL),
+    )  # fmt: skip
     with TritonServer(config) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         for query in ("", QUERY):
             want = score_request(model_repo.run, short, query, items, data=model_repo.data)
-            for ensemble in (contract.ENSEMBLE_MODEL, "seminar_v1"):
-                got = score(client, short, query, np.asarray(items), model=ensemble)
-                assert np.abs(got - np.asarray(want, np.float32)).max() <= ATOL, (ensemble, query)
+            got = score(client, short, query, np.asarray(items), model=contract.ENSEMBLE_MODEL)
+            assert np.abs(got - np.asarray(want, np.float32)).max() <= ATOL, query
         rows = [v for labels, v in metric_samples(server.metrics_url, "seminar_pq_rows_total")
                 if labels.get("model") == NATIVE_MODEL]  # fmt: skip
         assert rows == [len(items)], "the recommendation was not scored in C++"
@@ -358,17 +363,17 @@ def test_a_native_build_serves_the_offline_scores_through_the_ensemble_and_retir
 
 
 def test_with_an_event_log_every_request_is_forwarded_and_the_tails_are_scored(
-    native: NativeFusedStep, model_repo: BuiltRepo, tmp_path: Path
+    mixed_repo: Path, tmp_path: Path
 ) -> None:
     """The C++ step does not read users' online tails. With tritonserver reading an event log,
     the native model forwards every request, recommendations too, to its search model, whose
     scores include the user's recorded events (never the stale stored-only ones); a native model
     with nowhere to forward them refuses to load and says why."""
     require_tritonserver()
-    repo = copy_repo(model_repo, tmp_path / "model_repository")
-    searches = contract.pinned_ensemble_name(model_repo.version)
-    add_native_model(repo, native, model_repo.version, 1, search_model=searches)
-    add_native_model(repo, native, model_repo.version, 1, "seminar_native_nosearch", None)
+    repo = copy_repo(mixed_repo, tmp_path / "model_repository")
+    native = NativeFusedStep.from_repo(repo, 2)
+    add_native_model(repo, native, 2, 1)  # forwards to pipeline version 2
+    add_native_model(repo, native, 2, 1, "seminar_native_nosearch", None)
     _, short, _ = users_by_history(native)
     items = native.pipeline.features.item_ids[:40]
     url = f"sqlite://{tmp_path / 'events.db'}"
@@ -376,13 +381,15 @@ def test_with_an_event_log_every_request_is_forwarded_and_the_tails_are_scored(
         log.append(
             [Event(f"e{n}", short, int(items[n]), "", EventType.REC, True) for n in (3, 5, 7)]
         )
-    tails = OnlineTails.open(url, repo, model_repo.version, DEFAULT_MAX_TAIL_EVENTS)
-    with_tails = InProcessPipeline.from_repo(repo, model_repo.version, tails=tails)
+    tails = OnlineTails.open(url, repo, 2, DEFAULT_MAX_TAIL_EVENTS)
+    with_tails = InProcessPipeline.from_repo(repo, 2, tails=tails)
     want = {query: with_tails.score(short, query, items) for query in ("", QUERY)}
     stale = native.pipeline.score(short, "", items)
     assert np.abs(want[""] - stale).max() > 1e-3, "the recorded events change nothing: no test"
+    served = (NATIVE_MODEL, "seminar_native_nosearch", contract.PIPELINE_MODEL)
     config = TritonConfig(
-        repo=repo, wait_models=(NATIVE_MODEL,), log_path=tmp_path / "triton.log",
+        repo=repo, model_control=ModelControl.EXPLICIT, load_models=served,
+        wait_models=(NATIVE_MODEL, contract.PIPELINE_MODEL), log_path=tmp_path / "triton.log",
         exit_on_error=False, event_log=url,
     )  # fmt: skip
     with TritonServer(config) as server:
