@@ -435,11 +435,7 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
         progress("image encoder")
         write_image_encoder(staging, n, tower, request.serving)
 
-    progress("configs and manifests")
-    native = contract.NATIVE_MODEL in models
-    for name in models:
-        if name == contract.NATIVE_MODEL:  # written below, on the others
-            continue
+    def write_model(name: str) -> None:
         manifest.write_manifest(version_dirs[name])
         path = repository.write_config(
             staging / name / contract.CONFIG_FILE,
@@ -449,18 +445,17 @@ def stage(request: BuildRequest, inputs: BuildInputs, staging: Path, progress: P
             version_dirs[name] / contract.ONNX_FILE if name in contract.EXPORTED_MODELS else None
         )
         repository.validate_config(path, specs[name], request.target, onnx_path, request.serving)
-    if native:
+
+    progress("configs and manifests")
+    for name in models:
+        if name != contract.NATIVE_MODEL:  # the native step opens on the others: written last
+            write_model(name)
+    if contract.NATIVE_MODEL in models:
         if inputs.write_native is None:
             raise UsageError("--graph native: this build was given no native step writer")
         progress("native step")
         inputs.write_native(staging, n)
-        manifest.write_manifest(version_dirs[contract.NATIVE_MODEL])
-        spec = specs[contract.NATIVE_MODEL]
-        path = repository.write_config(
-            staging / spec.name / contract.CONFIG_FILE,
-            repository.model_config(spec, request.target, request.serving),
-        )
-        repository.validate_config(path, spec, request.target, serving=request.serving)
+        write_model(contract.NATIVE_MODEL)
 
     newest = max([n, *existing_versions(request.repo)])
     for name, pin in ((contract.pinned_ensemble_name(n), n), (contract.ENSEMBLE_MODEL, newest)):
